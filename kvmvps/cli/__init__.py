@@ -1,0 +1,1 @@
+"""kvmvps-admin: the operator's command line."""

@@ -1,0 +1,241 @@
+"""``init``, ``image``, ``plan``, ``network`` and ``host`` commands."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import click
+
+from kvmvps.cli.context import Obj, json_option, pass_obj
+from kvmvps.cli.output import emit_json, record, table
+from kvmvps.services import images as image_service
+from kvmvps.services import inventory, setup, views
+
+PLAN_COLUMNS = ("name", "vcpus", "memory_mib", "disk_gib", "network", "price_cents")
+IMAGE_COLUMNS = ("name", "login_user", "cloud_init", "os_family", "virtual_size_gib", "kernel_boot")
+NETWORK_COLUMNS = ("name", "kind", "subnet", "gateway", "bridge", "pool_start", "pool_end")
+HOST_COLUMNS = ("name", "uri", "cpus", "memory_mib", "enabled")
+
+
+@click.command("init")
+@json_option
+@pass_obj
+def init_cmd(obj: Obj, as_json: bool) -> None:
+    """Prepare this machine (idempotent): state dir, database, keys, pool, network, host."""
+    report = setup.init(obj.raw_ctx)
+    if as_json:
+        emit_json(asdict(report))
+    else:
+        record(asdict(report))
+
+
+# -- images -------------------------------------------------------------------
+@click.group("image")
+def image_group() -> None:
+    """OS templates that VPSes are cloned from.
+
+    \b
+    Examples:
+      kvmvps-admin image build-tiny tiny
+      kvmvps-admin image add bookworm ./debian.qcow2 --login-user debian --cloud-init
+      kvmvps-admin image list --json
+    """
+
+
+@image_group.command("build-tiny")
+@click.argument("name")
+@json_option
+@pass_obj
+def image_build_tiny(obj: Obj, name: str, as_json: bool) -> None:
+    """Build a tiny busybox+dropbear test image from Debian packages and register it."""
+    progress = None if as_json else (lambda msg: click.echo(f"  {msg}", err=True))
+    image = image_service.build_tiny(obj.ctx, name, progress)
+    _print_images([views.image_view(image)], as_json, single=True)
+
+
+@image_group.command("build-debian")
+@click.argument("name")
+@json_option
+@pass_obj
+def image_build_debian(obj: Obj, name: str, as_json: bool) -> None:
+    """Build a Debian 12 image (systemd, OpenSSH, cloud-init) with debootstrap."""
+    progress = None if as_json else (lambda msg: click.echo(f"  {msg}", err=True))
+    image = image_service.build_debian(obj.ctx, name, progress)
+    _print_images([views.image_view(image)], as_json, single=True)
+
+
+@image_group.command("add")
+@click.argument("name")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--kernel", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Kernel for direct kernel boot.")
+@click.option("--initrd", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Initrd for direct kernel boot.")
+@click.option("--cmdline", help="Kernel command line for direct kernel boot.")
+@click.option("--login-user", default="root", show_default=True,
+              help="The user customers log in as.")
+@click.option("--cloud-init", is_flag=True, help="The image reads a NoCloud seed.")
+@click.option("--no-credentials", is_flag=True,
+              help="Only boot VPSes of this image; push no password or keys.")
+@json_option
+@pass_obj
+def image_add(obj: Obj, name: str, path: Path, kernel: Path | None, initrd: Path | None,
+              cmdline: str | None, login_user: str, cloud_init: bool, no_credentials: bool,
+              as_json: bool) -> None:
+    """Register a qcow2 base image (copied into the image store).
+
+    The image must be qcow2 with no backing file. For kvmvps to push
+    credentials, root must accept the provisioning key printed by
+    'kvmvps-admin init' (/var/lib/kvmvps/keys/provisioning_ed25519.pub), and
+    the guest must either use cloud-init (--cloud-init) or print its SSH host
+    keys to the serial console at boot as cloud-init does.
+    """
+    image = inventory.add_image(obj.ctx, name, path, kernel=kernel, initrd=initrd,
+                                cmdline=cmdline, login_user=login_user, cloud_init=cloud_init,
+                                credentials=not no_credentials)
+    _print_images([views.image_view(image)], as_json, single=True)
+
+
+@image_group.command("list")
+@json_option
+@pass_obj
+def image_list(obj: Obj, as_json: bool) -> None:
+    """List the registered images."""
+    _print_images([views.image_view(i) for i in inventory.list_images(obj.ctx)], as_json)
+
+
+@image_group.command("remove")
+@click.argument("name")
+@pass_obj
+def image_remove(obj: Obj, name: str) -> None:
+    """Remove an image that no VPS uses."""
+    inventory.remove_image(obj.ctx, name)
+    click.echo(f"image {name} removed")
+
+
+def _print_images(views: list[dict], as_json: bool, single: bool = False) -> None:
+    if as_json:
+        emit_json(views[0] if single else views)
+    elif single:
+        record(views[0])
+    else:
+        table(views, IMAGE_COLUMNS)
+
+
+# -- plans --------------------------------------------------------------------
+@click.group("plan")
+def plan_group() -> None:
+    """Sizes customers can order: vCPUs, memory and disk.
+
+    \b
+    Examples:
+      kvmvps-admin plan add small --vcpus 1 --memory-mib 512 --disk-gib 10
+      kvmvps-admin plan list
+    """
+
+
+@plan_group.command("add")
+@click.argument("name")
+@click.option("--vcpus", type=int, required=True, help="Virtual CPUs.")
+@click.option("--memory-mib", type=int, required=True, help="Memory in MiB.")
+@click.option("--disk-gib", type=int, required=True, help="Disk size in GiB.")
+@click.option("--network", help="Network for VPSes of this plan (default: the NAT network).")
+@click.option("--price-cents", type=int, default=0, show_default=True, help="Monthly price.")
+@json_option
+@pass_obj
+def plan_add(obj: Obj, name: str, vcpus: int, memory_mib: int, disk_gib: int,
+             network: str | None, price_cents: int, as_json: bool) -> None:
+    """Add a plan."""
+    plan = inventory.add_plan(obj.ctx, name, vcpus, memory_mib, disk_gib, network, price_cents)
+    view = views.plan_view(plan, network)
+    emit_json(view) if as_json else record(view)
+
+
+@plan_group.command("list")
+@json_option
+@pass_obj
+def plan_list(obj: Obj, as_json: bool) -> None:
+    """List plans."""
+    rows = views.plan_views(obj.ctx)
+    emit_json(rows) if as_json else table(rows, PLAN_COLUMNS)
+
+
+@plan_group.command("remove")
+@click.argument("name")
+@pass_obj
+def plan_remove(obj: Obj, name: str) -> None:
+    """Remove a plan that no VPS uses."""
+    inventory.remove_plan(obj.ctx, name)
+    click.echo(f"plan {name} removed")
+
+
+# -- networks and hosts -------------------------------------------------------
+@click.group("network")
+def network_group() -> None:
+    """Guest networks: NAT with private addresses, or a bridge with public ones.
+
+    \b
+    Examples:
+      kvmvps-admin network add lan2 --kind nat --subnet 10.214.0.0/24
+      kvmvps-admin network add public --kind bridge --bridge br0 \\
+          --subnet 203.0.113.0/24 --gateway 203.0.113.1 \\
+          --pool-start 203.0.113.10 --pool-end 203.0.113.50
+    """
+
+
+@network_group.command("add")
+@click.argument("name")
+@click.option("--kind", type=click.Choice(["nat", "bridge"]), default="nat", show_default=True)
+@click.option("--subnet", required=True, help="IPv4 subnet, e.g. 10.214.0.0/24.")
+@click.option("--bridge", help="Host bridge (required for --kind bridge).")
+@click.option("--gateway", help="Gateway address (default: first host address).")
+@click.option("--pool-start", help="First address handed to guests.")
+@click.option("--pool-end", help="Last address handed to guests.")
+@json_option
+@pass_obj
+def network_add(obj: Obj, name: str, kind: str, subnet: str, bridge: str | None,
+                gateway: str | None, pool_start: str | None, pool_end: str | None,
+                as_json: bool) -> None:
+    """Add a network and create it on every host."""
+    net = inventory.add_network(obj.ctx, name, kind, subnet, bridge=bridge, gateway=gateway,
+                                pool_start=pool_start, pool_end=pool_end)
+    view = views.network_view(net)
+    emit_json(view) if as_json else record(view)
+
+
+@network_group.command("list")
+@json_option
+@pass_obj
+def network_list(obj: Obj, as_json: bool) -> None:
+    """List networks."""
+    rows = [views.network_view(n) for n in inventory.list_networks(obj.ctx)]
+    emit_json(rows) if as_json else table(rows, NETWORK_COLUMNS)
+
+
+@network_group.command("remove")
+@click.argument("name")
+@pass_obj
+def network_remove(obj: Obj, name: str) -> None:
+    """Remove a network that no VPS or plan uses."""
+    inventory.remove_network(obj.ctx, name)
+    click.echo(f"network {name} removed")
+
+
+@click.group("host")
+def host_group() -> None:
+    """libvirt hosts that run VPSes."""
+
+
+@host_group.command("list")
+@json_option
+@pass_obj
+def host_list(obj: Obj, as_json: bool) -> None:
+    """List hosts."""
+    rows = [views.host_view(h) for h in inventory.list_hosts(obj.ctx)]
+    emit_json(rows) if as_json else table(rows, HOST_COLUMNS)
+
+
+def register(cli: click.Group) -> None:
+    for command in (init_cmd, image_group, plan_group, network_group, host_group):
+        cli.add_command(command)

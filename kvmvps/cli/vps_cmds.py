@@ -1,0 +1,185 @@
+"""``vps`` commands: create, inspect, power and delete guests."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from kvmvps.cli.context import Obj, json_option, pass_obj
+from kvmvps.cli.output import emit_json, record, table
+from kvmvps.services import credentials, provisioning
+from kvmvps.services import vps as vps_service
+
+LIST_COLUMNS = ("id", "hostname", "state", "ip", "plan", "image", "host", "owner")
+SHOW_KEYS = vps_service.VIEW_KEYS
+
+
+@click.group("vps")
+def vps_group() -> None:
+    """Customers' virtual servers.
+
+    A VPS is named by its id, a unique id prefix, or its hostname.
+
+    \b
+    Examples:
+      kvmvps-admin vps create --plan small --image tiny --hostname web1 --json
+      kvmvps-admin vps list --state running
+      kvmvps-admin vps show web1
+      kvmvps-admin vps shutdown web1 --timeout 30 --force
+      kvmvps-admin vps delete 3f2a --yes
+    """
+
+
+def _progress(quiet: bool):  # noqa: ANN202
+    if quiet or not sys.stderr.isatty():
+        return None
+
+    def show(step: str, index: int, total: int) -> None:
+        click.echo(f"  [{index + 1}/{total}] {step}", err=True)
+
+    return show
+
+
+@vps_group.command("create")
+@click.option("--plan", required=True, help="Plan name.")
+@click.option("--image", required=True, help="Image name.")
+@click.option("--hostname", required=True, help="A DNS label, e.g. web1.")
+@click.option("--owner", help="Owner's e-mail (default: the local operator).")
+@click.option("--network", help="Network name (default: the plan's, or the NAT network).")
+@click.option("--ssh-key", "ssh_key_files", multiple=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A file of SSH public keys to install for the login user (repeatable).")
+@click.option("--wait/--no-wait", default=True, show_default=True,
+              help="Build now and wait until the guest runs.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
+@json_option
+@pass_obj
+def vps_create(obj: Obj, plan: str, image: str, hostname: str, owner: str | None,
+               network: str | None, ssh_key_files: tuple[Path, ...], wait: bool, quiet: bool,
+               as_json: bool) -> None:
+    """Order a VPS and build it; its password is shown this once."""
+    keys = [line for f in ssh_key_files for line in _read_key_file(f)]
+    req = provisioning.OrderRequest(plan=plan, image=image, hostname=hostname,
+                                    owner_email=owner, network=network, ssh_keys=tuple(keys))
+    order = provisioning.record_order(obj.ctx, req)
+    if wait:
+        provisioning.build(obj.ctx, order.uuid, _progress(quiet or as_json))
+    _print_with_password(vps_service.show(obj.ctx, order.uuid), order.password, as_json)
+
+
+def _read_key_file(path: Path) -> list[str]:
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.BadParameter(f"cannot read {path}: {exc}", param_hint="--ssh-key") from None
+    return [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def _print_with_password(view: dict, password: str | None, as_json: bool) -> None:
+    if as_json:
+        emit_json({**view, "password": password})
+        return
+    record(view, SHOW_KEYS)
+    if password:
+        click.echo(f"{'password'.ljust(20)}  {password}")
+        click.echo("(the password is shown only this once; 'vps password-reset' sets a new one)")
+        click.echo(f"log in: ssh {view['username']}@{view['ssh_host']} -p {view['ssh_port']}")
+
+
+@vps_group.command("password-reset")
+@click.argument("ref")
+@json_option
+@pass_obj
+def vps_password_reset(obj: Obj, ref: str, as_json: bool) -> None:
+    """Set a new random password on a running VPS and show it once."""
+    view, password = credentials.password_reset(obj.ctx, ref)
+    _print_with_password(view, password, as_json)
+
+
+@vps_group.command("list")
+@click.option("--owner", help="Only this owner's (e-mail).")
+@click.option("--state", help="Only VPSes in this state.")
+@click.option("--host", help="Only VPSes on this host.")
+@json_option
+@pass_obj
+def vps_list(obj: Obj, owner: str | None, state: str | None, host: str | None,
+             as_json: bool) -> None:
+    """List VPSes."""
+    rows = vps_service.list_vps(obj.ctx, owner=owner, state=state, host=host)
+    if as_json:
+        emit_json(rows)
+    else:
+        table([{**r, "id": r["id"][:8]} for r in rows], LIST_COLUMNS)
+
+
+@vps_group.command("show")
+@click.argument("ref")
+@json_option
+@pass_obj
+def vps_show(obj: Obj, ref: str, as_json: bool) -> None:
+    """Show one VPS."""
+    _print_one(vps_service.show(obj.ctx, ref), as_json)
+
+
+@vps_group.command("xml")
+@click.argument("ref")
+@pass_obj
+def vps_xml(obj: Obj, ref: str) -> None:
+    """Print the VPS's libvirt domain XML."""
+    click.echo(vps_service.domain_xml(obj.ctx, ref), nl=False)
+
+
+@vps_group.command("delete")
+@click.argument("ref")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@pass_obj
+def vps_delete(obj: Obj, ref: str, yes: bool) -> None:
+    """Delete a VPS: its domain, disk, address and DHCP entry."""
+    shown = vps_service.show(obj.ctx, ref)
+    if not yes:
+        click.confirm(f"Delete {shown['hostname']} ({shown['id'][:8]})?", abort=True)
+    provisioning.delete(obj.ctx, shown["id"])
+    click.echo(f"deleted {shown['hostname']} ({shown['id']})")
+
+
+def _power_command(name: str, help_text: str, action):  # noqa: ANN001, ANN202
+    @vps_group.command(name, help=help_text)
+    @click.argument("ref")
+    @json_option
+    @pass_obj
+    def command(obj: Obj, ref: str, as_json: bool) -> None:
+        _print_one(action(obj.ctx, ref), as_json)
+
+    return command
+
+
+_power_command("start", "Power a stopped VPS on.", vps_service.start)
+_power_command("destroy", "Power a VPS off at once, like pulling the plug.", vps_service.destroy)
+_power_command("reboot", "Reboot a VPS (ACPI).", vps_service.reboot)
+_power_command("suspend", "Pause a running VPS in memory.", vps_service.suspend)
+_power_command("resume", "Resume a suspended VPS.", vps_service.resume)
+
+
+@vps_group.command("shutdown")
+@click.argument("ref")
+@click.option("--timeout", type=float, default=60.0, show_default=True,
+              help="Seconds to wait for the guest to power off.")
+@click.option("--force", is_flag=True, help="Destroy the VPS if it has not stopped in time.")
+@json_option
+@pass_obj
+def vps_shutdown(obj: Obj, ref: str, timeout: float, force: bool, as_json: bool) -> None:
+    """Shut a VPS down gracefully (ACPI power button)."""
+    _print_one(vps_service.shutdown(obj.ctx, ref, timeout=timeout, force=force), as_json)
+
+
+def _print_one(view: dict, as_json: bool) -> None:
+    if as_json:
+        emit_json(view)
+    else:
+        record(view, SHOW_KEYS)
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(vps_group)

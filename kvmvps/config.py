@@ -1,0 +1,144 @@
+"""Settings: one object, read from the environment and an optional TOML file.
+
+Precedence, highest first: ``KVMVPS_*`` environment variables, the TOML file
+named by ``KVMVPS_CONFIG`` (keys are the variable names without the prefix,
+lower-case), then the defaults below.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from kvmvps.errors import InvalidInput
+
+log = logging.getLogger(__name__)
+
+DOMAIN_TYPES = ("auto", "kvm", "qemu")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything kvmvps needs to know about its environment."""
+
+    state_dir: Path = Path("/var/lib/kvmvps")
+    database_url: str = ""
+    libvirt_uri: str = "qemu:///system"
+    domain_type: str = "auto"
+    storage_pool: str = "kvmvps"
+    network: str = "kvmvps"
+    network_subnet: str = "10.213.0.0/24"
+    network_bridge: str = "kvmvps0"
+    cpu_overcommit: float = 4.0
+    host_memory_reserve_mib: int = 512
+    ssh_timeout: float = 120.0
+    cache_dir: str = ""
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.state_dir / "kvmvps.sqlite3"
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.sqlite_path}"
+
+    @property
+    def pool_dir(self) -> Path:
+        return self.state_dir / "pool"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.state_dir / "images"
+
+    @property
+    def console_dir(self) -> Path:
+        return self.state_dir / "console"
+
+    @property
+    def download_cache(self) -> Path:
+        """Where image builders keep downloaded packages (KVMVPS_CACHE_DIR)."""
+        return Path(self.cache_dir) if self.cache_dir else self.state_dir / "cache"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.state_dir / "keys"
+
+
+def _coerce(name: str, raw: Any, default: Any) -> Any:
+    """Turn a raw env/TOML value into the type of the field's default."""
+    try:
+        if isinstance(default, Path):
+            return Path(raw)
+        if isinstance(default, bool):
+            return str(raw).lower() in ("1", "true", "yes", "on")
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+    except ValueError:
+        raise InvalidInput(f"setting {name}: {raw!r} is not a valid value") from None
+    return str(raw)
+
+
+def _read_toml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise InvalidInput(f"KVMVPS_CONFIG names {path}, which does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidInput(f"{path}: not valid TOML ({exc})") from None
+
+
+def load_settings(env: dict[str, str] | None = None, **overrides: Any) -> Settings:
+    """Build :class:`Settings` from ``env`` (default ``os.environ``) and overrides."""
+    env = dict(os.environ if env is None else env)
+    file_values = _read_toml(env["KVMVPS_CONFIG"]) if env.get("KVMVPS_CONFIG") else {}
+    values: dict[str, Any] = {}
+    defaults = Settings()
+    for f in fields(Settings):
+        if f.name == "extra":
+            continue
+        default = getattr(defaults, f.name)
+        key = "KVMVPS_" + f.name.upper()
+        if key in env:
+            values[f.name] = _coerce(key, env[key], default)
+        elif f.name in file_values:
+            values[f.name] = _coerce(f.name, file_values[f.name], default)
+    settings = replace(defaults, **values, **overrides)
+    if settings.domain_type not in DOMAIN_TYPES:
+        raise InvalidInput(
+            f"KVMVPS_DOMAIN_TYPE must be one of {', '.join(DOMAIN_TYPES)}, not {settings.domain_type!r}"
+        )
+    return settings
+
+
+def kvm_usable(cpuinfo: Path = Path("/proc/cpuinfo"), dev: Path = Path("/dev/kvm")) -> bool:
+    """True when the CPU has vmx/svm and /dev/kvm can be opened read-write."""
+    try:
+        flags = cpuinfo.read_text()
+    except OSError:
+        return False
+    if not any(f" {flag}" in flags for flag in ("vmx", "svm")):
+        return False
+    try:
+        fd = os.open(dev, os.O_RDWR)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
+def resolve_domain_type(settings: Settings) -> str:
+    """The libvirt domain type to use: kvm when usable, otherwise qemu (TCG)."""
+    if settings.domain_type != "auto":
+        return settings.domain_type
+    if kvm_usable():
+        return "kvm"
+    log.warning("no usable KVM (no vmx/svm or /dev/kvm); guests run under QEMU emulation")
+    return "qemu"

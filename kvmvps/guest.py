@@ -1,0 +1,240 @@
+"""Talking to a guest over SSH with paramiko, host key pinned.
+
+kvmvps always knows a guest's host key before it connects: it generated the
+key itself (cloud-init seed) or read it from the guest's first-boot serial
+console. Connections reject any other key; there is no trust on first use.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import secrets
+import shlex
+import socket
+import string
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import paramiko
+from passlib.hash import sha512_crypt
+
+from kvmvps.errors import GuestError, HostKeyMismatch
+
+log = logging.getLogger(__name__)
+
+BEGIN_KEYS = "-----BEGIN SSH HOST KEY KEYS-----"
+END_KEYS = "-----END SSH HOST KEY KEYS-----"
+PASSWORD_ALPHABET = "".join(c for c in string.ascii_letters + string.digits if c not in "0O1lI")
+PASSWORD_LENGTH = 20
+PREFERRED_KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "rsa-sha2-512", "ssh-rsa")
+
+# Fixed scripts run on the guest. User-controlled values reach them only as
+# quoted positional arguments (already validated) or on stdin, never as code.
+SET_HOSTNAME = (
+    'set -e; printf "%s\\n" "$1" > /etc/hostname; hostname "$1"; '
+    'if [ -f /etc/hosts ] && ! grep -q "^127.0.1.1" /etc/hosts; then '
+    'printf "127.0.1.1\\t%s\\n" "$1" >> /etc/hosts; '
+    'elif [ -f /etc/hosts ]; then sed -i "s/^127.0.1.1.*/127.0.1.1\\t$1/" /etc/hosts; fi'
+)
+INSTALL_KEYS = (
+    'set -e; u="$1"; '
+    'home=$(awk -F: -v u="$u" \'$1 == u {print $6}\' /etc/passwd); '
+    'gid=$(awk -F: -v u="$u" \'$1 == u {print $4}\' /etc/passwd); '
+    '[ -n "$home" ] || { echo "no such user: $u" >&2; exit 1; }; '
+    'mkdir -p "$home/.ssh"; chmod 700 "$home/.ssh"; '
+    'cat > "$home/.ssh/authorized_keys.new"; chmod 600 "$home/.ssh/authorized_keys.new"; '
+    'mv "$home/.ssh/authorized_keys.new" "$home/.ssh/authorized_keys"; '
+    'chown -R "$u:$gid" "$home/.ssh"'
+)
+FORCE_CHANGE = 'if command -v chage >/dev/null 2>&1; then chage -d 0 "$1"; echo forced; fi'
+
+
+def new_password() -> str:
+    """A fresh random password (20 characters, about 115 bits)."""
+    return "".join(secrets.choice(PASSWORD_ALPHABET) for _ in range(PASSWORD_LENGTH))
+
+
+def hash_password(password: str) -> str:
+    """A SHA-512 crypt hash, as /etc/shadow and ``chpasswd -e`` expect."""
+    return sha512_crypt.using(rounds=5000).hash(password)
+
+
+def fingerprint(public_line: str) -> str:
+    """OpenSSH's ``SHA256:...`` fingerprint of a public key line."""
+    blob = base64.b64decode(public_line.split()[1])
+    digest = base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+    return f"SHA256:{digest}"
+
+
+def parse_console_host_keys(text: str) -> list[str]:
+    """The public host keys of the last key block a guest printed on its console."""
+    block: list[str] | None = None
+    found: list[str] = []
+    for raw in text.splitlines():
+        line = raw.strip().strip("\r")
+        if line.endswith(BEGIN_KEYS):
+            block = []
+        elif line.endswith(END_KEYS) and block is not None:
+            found, block = block, None
+        elif block is not None and line:
+            parts = line.split()
+            if len(parts) >= 2 and parts[0].startswith(("ssh-", "ecdsa-")):
+                block.append(f"{parts[0]} {parts[1]}")
+    return found
+
+
+def preferred_key(keys: list[str]) -> str:
+    for kind in PREFERRED_KEY_TYPES:
+        for key in keys:
+            if key.split()[0] == kind:
+                return key
+    raise GuestError("the guest printed no usable SSH host key")
+
+
+def wait_for_console_host_key(log_path: Path, deadline: float) -> str:
+    """Poll the serial console log until the guest prints its host keys."""
+    delay = 0.2
+    while True:
+        try:
+            keys = parse_console_host_keys(log_path.read_text(errors="replace"))
+        except FileNotFoundError:
+            keys = []
+        if keys:
+            return preferred_key(keys)
+        if time.monotonic() >= deadline:
+            raise GuestError("the guest never printed its SSH host key on the serial console")
+        time.sleep(delay)
+        delay = min(delay * 1.5, 2.0)
+
+
+def wait_for_ssh_banner(host: str, port: int, deadline: float) -> str:
+    """Poll until something on host:port greets with an SSH banner; return it."""
+    delay = 0.2
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=2) as sock:
+                sock.settimeout(5)
+                banner = sock.recv(256).decode(errors="replace").strip()
+                if banner.startswith("SSH-"):
+                    return banner
+        except OSError:
+            pass
+        if time.monotonic() >= deadline:
+            raise GuestError(f"the guest did not answer SSH on {host}:{port} in time")
+        time.sleep(delay)
+        delay = min(delay * 1.5, 2.0)
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a guest's sshd is and which key it must present."""
+
+    host: str
+    port: int
+    host_key: str
+
+    @property
+    def known_hosts_name(self) -> str:
+        return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
+
+
+def _pinned_client(target: Target) -> paramiko.SSHClient:
+    client = paramiko.SSHClient()
+    kind, blob = target.host_key.split()[:2]
+    key = paramiko.PKey.from_type_string(kind, base64.b64decode(blob))
+    client.get_host_keys().add(target.known_hosts_name, key.get_name(), key)
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    return client
+
+
+def _connect(target: Target, username: str, *, pkey: paramiko.PKey | None = None,
+             password: str | None = None) -> paramiko.SSHClient:
+    client = _pinned_client(target)
+    try:
+        client.connect(
+            target.host, target.port, username=username, pkey=pkey, password=password,
+            allow_agent=False, look_for_keys=False, timeout=5, banner_timeout=10,
+            auth_timeout=10,
+        )
+    except paramiko.BadHostKeyException as exc:
+        client.close()
+        raise HostKeyMismatch(
+            f"{target.host}:{target.port} presented host key {fingerprint_of(exc.key)}, "
+            f"not the pinned {fingerprint(target.host_key)}; refusing to connect"
+        ) from None
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+def fingerprint_of(key: paramiko.PKey) -> str:
+    return fingerprint(f"{key.get_name()} {key.get_base64()}")
+
+
+@contextmanager
+def root_session(target: Target, key_path: Path, deadline: float) -> Iterator[paramiko.SSHClient]:
+    """A root session over the provisioning key, retried with backoff until ``deadline``."""
+    pkey = paramiko.Ed25519Key.from_private_key_file(str(key_path))
+    delay = 0.5
+    while True:
+        try:
+            client = _connect(target, "root", pkey=pkey)
+            break
+        except HostKeyMismatch:
+            raise
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            if time.monotonic() >= deadline:
+                raise GuestError(f"cannot log in to {target.host} as root: {exc}") from None
+            log.debug("SSH to %s not ready yet: %s", target.host, exc)
+            time.sleep(delay)
+            delay = min(delay * 1.5, 3.0)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def run(client: paramiko.SSHClient, script: str, args: list[str], stdin: bytes = b"") -> str:
+    """Run a fixed ``sh -c`` script with quoted arguments; raise on a non-zero exit."""
+    command = shlex.join(["sh", "-c", script, "sh", *args])
+    chan_in, chan_out, chan_err = client.exec_command(command, timeout=60)
+    if stdin:
+        chan_in.write(stdin)
+    chan_in.channel.shutdown_write()
+    out = chan_out.read().decode(errors="replace")
+    status = chan_out.channel.recv_exit_status()
+    if status != 0:
+        err = chan_err.read().decode(errors="replace").strip().splitlines()
+        raise GuestError(f"a command on the guest failed ({status}): {err[-1] if err else ''}")
+    return out
+
+
+def push_credentials(client: paramiko.SSHClient, *, hostname: str, user: str,
+                     password: str, ssh_keys: list[str]) -> bool:
+    """Set hostname, password and keys; force a password change where possible.
+
+    Returns True when the image supports (and got) a forced password change.
+    """
+    run(client, SET_HOSTNAME, [hostname])
+    line = f"{user}:{hash_password(password)}\n".encode()
+    run(client, "chpasswd -e", [], stdin=line)
+    keys = "".join(f"{k}\n" for k in ssh_keys).encode()
+    run(client, INSTALL_KEYS, [user], stdin=keys)
+    return "forced" in run(client, FORCE_CHANGE, [user])
+
+
+def verify_password_login(target: Target, user: str, password: str) -> None:
+    """Prove the new password works by authenticating with it (pinned host key)."""
+    try:
+        client = _connect(target, user, password=password)
+    except paramiko.AuthenticationException:
+        raise GuestError(f"the guest refused the new password for {user}") from None
+    except (OSError, paramiko.SSHException) as exc:
+        raise GuestError(f"could not check the new password: {exc}") from None
+    client.close()

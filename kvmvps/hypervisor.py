@@ -1,0 +1,394 @@
+"""The hypervisor adapter: the only module that imports libvirt.
+
+One :class:`Hypervisor` per host URI owns a lazily opened connection that is
+reopened when it drops. Every libvirt error is translated into the project's
+own exceptions, and nothing libvirt-typed leaves this module.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import libvirt
+from lxml import etree
+
+from kvmvps.errors import (
+    HypervisorError,
+    HypervisorInvalid,
+    HypervisorNotFound,
+    HypervisorUnavailable,
+)
+
+T = TypeVar("T")
+
+
+def _ignore_libvirt_errors(_ctx: Any, _err: Any) -> None:
+    """libvirt prints every error to stderr by default; we raise them instead."""
+
+
+libvirt.registerErrorHandler(_ignore_libvirt_errors, None)
+
+_NOT_FOUND = {
+    libvirt.VIR_ERR_NO_DOMAIN,
+    libvirt.VIR_ERR_NO_NETWORK,
+    libvirt.VIR_ERR_NO_STORAGE_POOL,
+    libvirt.VIR_ERR_NO_STORAGE_VOL,
+}
+_UNAVAILABLE_CODES = {libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_RPC, libvirt.VIR_ERR_AUTH_FAILED}
+_UNAVAILABLE_DOMAINS = {libvirt.VIR_FROM_RPC, libvirt.VIR_FROM_REMOTE}
+_INVALID = {
+    libvirt.VIR_ERR_XML_ERROR,
+    libvirt.VIR_ERR_XML_DETAIL,
+    libvirt.VIR_ERR_INVALID_ARG,
+    libvirt.VIR_ERR_OPERATION_INVALID,
+    libvirt.VIR_ERR_CONFIG_UNSUPPORTED,
+    libvirt.VIR_ERR_DOM_EXIST,
+    libvirt.VIR_ERR_NETWORK_EXIST,
+    libvirt.VIR_ERR_STORAGE_VOL_EXIST,
+}
+
+DOMAIN_STATES = {
+    libvirt.VIR_DOMAIN_NOSTATE: "no state",
+    libvirt.VIR_DOMAIN_RUNNING: "running",
+    libvirt.VIR_DOMAIN_BLOCKED: "idle",
+    libvirt.VIR_DOMAIN_PAUSED: "paused",
+    libvirt.VIR_DOMAIN_SHUTDOWN: "in shutdown",
+    libvirt.VIR_DOMAIN_SHUTOFF: "shut off",
+    libvirt.VIR_DOMAIN_CRASHED: "crashed",
+    libvirt.VIR_DOMAIN_PMSUSPENDED: "pmsuspended",
+}
+
+
+def translate(exc: libvirt.libvirtError, what: str) -> HypervisorError:
+    """Our exception for a libvirt error, with a one-line message."""
+    code, domain = exc.get_error_code(), exc.get_error_domain()
+    message = (exc.get_error_message() or str(exc)).splitlines()[0]
+    if code in _NOT_FOUND:
+        return HypervisorNotFound(f"{what}: {message}")
+    if code in _UNAVAILABLE_CODES or domain in _UNAVAILABLE_DOMAINS:
+        return HypervisorUnavailable(f"libvirt is unavailable ({what}): {message}")
+    if code in _INVALID:
+        return HypervisorInvalid(f"{what}: {message}")
+    return HypervisorError(f"{what}: {message}")
+
+
+@dataclass(frozen=True)
+class HostInfo:
+    cpus: int
+    memory_mib: int
+    hostname: str
+
+
+@dataclass(frozen=True)
+class DhcpEntry:
+    mac: str
+    ip: str
+    name: str
+
+
+class Hypervisor:
+    """One libvirt host, reached through ``uri``."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self._conn: libvirt.virConnect | None = None
+        self._lock = threading.RLock()
+
+    # -- connection -------------------------------------------------------
+    def _connection(self) -> libvirt.virConnect:
+        with self._lock:
+            if self._conn is not None:
+                try:
+                    if self._conn.isAlive():
+                        return self._conn
+                except libvirt.libvirtError:
+                    pass
+                self._drop()
+            try:
+                self._conn = libvirt.open(self.uri)
+            except libvirt.libvirtError as exc:
+                raise HypervisorUnavailable(
+                    f"cannot connect to libvirt at {self.uri}: {exc.get_error_message()}"
+                ) from None
+            return self._conn
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except libvirt.libvirtError:
+                pass
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop()
+
+    def _call(self, what: str, fn: Callable[[libvirt.virConnect], T]) -> T:
+        """Run ``fn`` on the connection, translating errors; drop a dead connection."""
+        conn = self._connection()
+        try:
+            return fn(conn)
+        except libvirt.libvirtError as exc:
+            err = translate(exc, what)
+            if isinstance(err, HypervisorUnavailable):
+                self.close()
+            raise err from None
+
+    def ping(self) -> None:
+        """Raise :class:`HypervisorUnavailable` unless libvirtd answers."""
+        self._call("ping", lambda c: c.getLibVersion())
+
+    def host_info(self) -> HostInfo:
+        def info(conn: libvirt.virConnect) -> HostInfo:
+            _model, memory_mib, cpus, *_rest = conn.getInfo()
+            return HostInfo(cpus=cpus, memory_mib=memory_mib, hostname=conn.getHostname())
+
+        return self._call("host info", info)
+
+    # -- storage ----------------------------------------------------------
+    def ensure_pool(self, name: str, xml: str) -> None:
+        """Define, build, start and autostart the pool unless it already runs."""
+
+        def ensure(conn: libvirt.virConnect) -> None:
+            try:
+                pool = conn.storagePoolLookupByName(name)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_POOL:
+                    raise
+                pool = conn.storagePoolDefineXML(xml, 0)
+                pool.build(0)
+            if not pool.isActive():
+                pool.create(0)
+            if not pool.autostart():
+                pool.setAutostart(1)
+
+        self._call(f"storage pool {name}", ensure)
+
+    def create_volume(self, pool: str, name: str, xml: str) -> str:
+        """Create a volume from ``xml`` unless it exists; return its path."""
+
+        def create(conn: libvirt.virConnect) -> str:
+            sp = conn.storagePoolLookupByName(pool)
+            try:
+                return sp.storageVolLookupByName(name).path()
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_VOL:
+                    raise
+            return sp.createXML(xml, 0).path()
+
+        return self._call(f"create volume {name}", create)
+
+    def upload_volume(self, pool: str, name: str, xml: str, data: bytes) -> str:
+        """Create a volume and fill it with ``data`` through a libvirt stream."""
+
+        def upload(conn: libvirt.virConnect) -> str:
+            sp = conn.storagePoolLookupByName(pool)
+            vol = sp.createXML(xml, 0)
+            stream = conn.newStream(0)
+            vol.upload(stream, 0, len(data), 0)
+            stream.send(data)
+            stream.finish()
+            return vol.path()
+
+        return self._call(f"upload volume {name}", upload)
+
+    def delete_volume(self, pool: str, name: str) -> bool:
+        """Delete a volume; False when it was already gone."""
+
+        def delete(conn: libvirt.virConnect) -> bool:
+            try:
+                vol = conn.storagePoolLookupByName(pool).storageVolLookupByName(name)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
+                    return False
+                raise
+            vol.delete(0)
+            return True
+
+        return self._call(f"delete volume {name}", delete)
+
+    def list_volumes(self, pool: str) -> list[str]:
+        def names(conn: libvirt.virConnect) -> list[str]:
+            sp = conn.storagePoolLookupByName(pool)
+            sp.refresh(0)
+            return sorted(sp.listVolumes())
+
+        return self._call(f"list volumes in {pool}", names)
+
+    # -- networks ---------------------------------------------------------
+    def ensure_network(self, name: str, xml: str) -> None:
+        """Define, start and autostart the network unless it already runs."""
+
+        def ensure(conn: libvirt.virConnect) -> None:
+            try:
+                net = conn.networkLookupByName(name)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_NETWORK:
+                    raise
+                net = conn.networkDefineXML(xml)
+            if not net.isActive():
+                net.create()
+            if not net.autostart():
+                net.setAutostart(1)
+
+        self._call(f"network {name}", ensure)
+
+    def remove_network(self, name: str) -> bool:
+        """Stop and undefine a network; False when it did not exist."""
+
+        def remove(conn: libvirt.virConnect) -> bool:
+            try:
+                net = conn.networkLookupByName(name)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_NETWORK:
+                    return False
+                raise
+            if net.isActive():
+                net.destroy()
+            net.undefine()
+            return True
+
+        return self._call(f"remove network {name}", remove)
+
+    def network_exists(self, name: str) -> bool:
+        try:
+            self._call(f"network {name}", lambda c: c.networkLookupByName(name))
+        except HypervisorNotFound:
+            return False
+        return True
+
+    def dhcp_hosts(self, network: str, live: bool = True) -> list[DhcpEntry]:
+        """The static DHCP entries of the running (or the defined) network."""
+        flags = 0 if live else libvirt.VIR_NETWORK_XML_INACTIVE
+
+        def entries(conn: libvirt.virConnect) -> list[DhcpEntry]:
+            net = conn.networkLookupByName(network)
+            try:
+                xml = net.XMLDesc(flags)
+            except libvirt.libvirtError as exc:
+                # drivers without separate live/config XML reject the flag
+                if exc.get_error_code() not in (libvirt.VIR_ERR_INVALID_ARG,
+                                                libvirt.VIR_ERR_NO_SUPPORT):
+                    raise
+                xml = net.XMLDesc(0)
+            root = etree.fromstring(xml.encode())
+            return [
+                DhcpEntry(mac=h.get("mac", ""), ip=h.get("ip", ""), name=h.get("name", ""))
+                for h in root.iterfind("./ip/dhcp/host")
+            ]
+
+        return self._call(f"network {network}", entries)
+
+    def add_dhcp_host(self, network: str, entry: DhcpEntry, xml: str) -> None:
+        """Add a static DHCP entry live and to the config, where it is missing."""
+        self._update_dhcp(network, entry, xml, libvirt.VIR_NETWORK_UPDATE_COMMAND_ADD_LAST, False)
+
+    def remove_dhcp_host(self, network: str, entry: DhcpEntry, xml: str) -> None:
+        """Remove a static DHCP entry live and from the config, where present."""
+        self._update_dhcp(network, entry, xml, libvirt.VIR_NETWORK_UPDATE_COMMAND_DELETE, True)
+
+    def _update_dhcp(
+        self, network: str, entry: DhcpEntry, xml: str, command: int, present: bool
+    ) -> None:
+        def update(conn: libvirt.virConnect) -> None:
+            net = conn.networkLookupByName(network)
+            flags = 0
+            if net.isActive() and (entry in self.dhcp_hosts(network, live=True)) == present:
+                flags |= libvirt.VIR_NETWORK_UPDATE_AFFECT_LIVE
+            if (entry in self.dhcp_hosts(network, live=False)) == present:
+                flags |= libvirt.VIR_NETWORK_UPDATE_AFFECT_CONFIG
+            if flags:
+                net.update(command, libvirt.VIR_NETWORK_SECTION_IP_DHCP_HOST, -1, xml, flags)
+
+        self._call(f"DHCP entry {entry.mac} on {network}", update)
+
+    # -- domains ----------------------------------------------------------
+    def define_domain(self, xml: str) -> str:
+        return self._call("define domain", lambda c: c.defineXML(xml).name())
+
+    def _domain(self, name: str, what: str, fn: Callable[[Any], T]) -> T:
+        return self._call(f"{what} {name}", lambda c: fn(c.lookupByName(name)))
+
+    def domain_exists(self, name: str) -> bool:
+        try:
+            self._domain(name, "look up", lambda d: d.ID())
+        except HypervisorNotFound:
+            return False
+        return True
+
+    def start(self, name: str) -> None:
+        self._domain(name, "start", lambda d: d.create())
+
+    def shutdown(self, name: str) -> None:
+        """Ask the guest to power off (ACPI power button: our domains have no agent)."""
+        self._domain(name, "shut down", lambda d: d.shutdown())
+
+    def destroy(self, name: str) -> None:
+        """Power the guest off at once (virsh's ``destroy``)."""
+        self._domain(name, "destroy", lambda d: d.destroy())
+
+    def reboot(self, name: str) -> None:
+        """Ask the guest to reboot (ACPI, as for shutdown)."""
+        self._domain(name, "reboot", lambda d: d.reboot(0))
+
+    def suspend(self, name: str) -> None:
+        self._domain(name, "suspend", lambda d: d.suspend())
+
+    def resume(self, name: str) -> None:
+        self._domain(name, "resume", lambda d: d.resume())
+
+    def undefine(self, name: str) -> bool:
+        """Power off if needed and undefine; False when the domain did not exist."""
+
+        def undefine(dom: Any) -> None:
+            if dom.isActive():
+                dom.destroy()
+            dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
+
+        try:
+            self._domain(name, "undefine", undefine)
+        except HypervisorNotFound:
+            return False
+        return True
+
+    def state(self, name: str) -> str:
+        """The domain's state in virsh's words (``running``, ``shut off``...)."""
+        return self._domain(name, "state of", lambda d: DOMAIN_STATES[d.state()[0]])
+
+    def domain_xml(self, name: str) -> str:
+        return self._domain(name, "XML of", lambda d: d.XMLDesc(0))
+
+    def list_domains(self, prefix: str = "") -> dict[str, str]:
+        """Every domain whose name starts with ``prefix``, with its state."""
+
+        def listing(conn: libvirt.virConnect) -> dict[str, str]:
+            return {
+                dom.name(): DOMAIN_STATES[dom.state()[0]]
+                for dom in conn.listAllDomains(0)
+                if dom.name().startswith(prefix)
+            }
+
+        return self._call("list domains", listing)
+
+
+_hypervisors: dict[str, Hypervisor] = {}
+_registry_lock = threading.Lock()
+
+
+def get_hypervisor(uri: str) -> Hypervisor:
+    """The shared :class:`Hypervisor` for ``uri``."""
+    with _registry_lock:
+        if uri not in _hypervisors:
+            _hypervisors[uri] = Hypervisor(uri)
+        return _hypervisors[uri]
+
+
+def close_all() -> None:
+    with _registry_lock:
+        for hv in _hypervisors.values():
+            hv.close()
+        _hypervisors.clear()

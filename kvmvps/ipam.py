@@ -1,0 +1,89 @@
+"""IP addresses and MAC addresses for guests.
+
+Allocation happens inside the caller's transaction; the unique constraints on
+``ip_leases`` make a double allocation impossible even with concurrent orders.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+from collections.abc import Iterator
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from kvmvps.errors import CapacityError, InvalidInput
+from kvmvps.models import IpLease, Network, Vps
+
+
+def usable_addresses(network: Network) -> Iterator[ipaddress.IPv4Address]:
+    """Addresses that may be handed out: never network, gateway or broadcast."""
+    net = ipaddress.IPv4Network(network.subnet)
+    gateway = ipaddress.IPv4Address(network.gateway)
+    first = ipaddress.IPv4Address(network.pool_start) if network.pool_start else None
+    last = ipaddress.IPv4Address(network.pool_end) if network.pool_end else None
+    for addr in net.hosts():
+        if addr == gateway or (first and addr < first) or (last and addr > last):
+            continue
+        yield addr
+
+
+def leased_addresses(session: Session, network_id: int) -> set[str]:
+    return set(session.scalars(select(IpLease.address).where(IpLease.network_id == network_id)))
+
+
+def next_free_address(session: Session, network: Network) -> str:
+    """The lowest free address in the network's pool."""
+    taken = leased_addresses(session, network.id)
+    for addr in usable_addresses(network):
+        if str(addr) not in taken:
+            return str(addr)
+    raise CapacityError(f"network {network.name!r} has no free addresses left")
+
+
+def random_mac(session: Session) -> str:
+    """A locally unique MAC in QEMU's 52:54:00 range."""
+    for _ in range(64):
+        mac = "52:54:00:" + ":".join(f"{secrets.randbelow(256):02x}" for _ in range(3))
+        taken = session.scalar(select(IpLease.id).where(IpLease.mac == mac))
+        if taken is None and session.scalar(select(Vps.id).where(Vps.mac == mac)) is None:
+            return mac
+    raise CapacityError("could not find a free MAC address")
+
+
+def allocate(session: Session, vps: Vps, network: Network) -> IpLease:
+    """Lease the next free address and a fresh MAC to ``vps`` (flushed, not committed)."""
+    lease = IpLease(
+        network_id=network.id,
+        address=next_free_address(session, network),
+        mac=random_mac(session),
+        vps_id=vps.id,
+    )
+    session.add(lease)
+    vps.ip, vps.mac = lease.address, lease.mac
+    session.flush()
+    return lease
+
+
+def release(session: Session, vps: Vps) -> None:
+    """Give the VPS's address and MAC back to the pool."""
+    lease = session.scalar(select(IpLease).where(IpLease.vps_id == vps.id))
+    if lease is not None:
+        session.delete(lease)
+    vps.ip = None
+    vps.mac = None
+    session.flush()
+
+
+def gateway_for(subnet: ipaddress.IPv4Network, gateway: str | None) -> str:
+    """The gateway: the given one (checked to be inside), or the first host address."""
+    if gateway is None:
+        return str(next(subnet.hosts()))
+    try:
+        addr = ipaddress.IPv4Address(gateway)
+    except ValueError:
+        raise InvalidInput(f"gateway {gateway!r} is not an IPv4 address") from None
+    if addr not in subnet or addr in (subnet.network_address, subnet.broadcast_address):
+        raise InvalidInput(f"gateway {gateway} is not a host address inside {subnet}")
+    return str(addr)

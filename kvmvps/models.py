@@ -1,0 +1,192 @@
+"""The database: SQLAlchemy 2.0 typed models.
+
+Schema changes go through Alembic migrations in ``kvmvps/migrations``. The
+models are plain data: nothing here talks to libvirt.
+"""
+
+from __future__ import annotations
+
+import uuid as uuidlib
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class VpsState:
+    """The states a VPS moves through."""
+
+    QUEUED = "queued"
+    BUILDING = "building"
+    RUNNING = "running"
+    STOPPED = "stopped"
+    SUSPENDED = "suspended"
+    ERROR = "error"
+    DELETING = "deleting"
+
+    ALL = (QUEUED, BUILDING, RUNNING, STOPPED, SUSPENDED, ERROR, DELETING)
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(254), unique=True)
+    password_hash: Mapped[str | None] = mapped_column(String(255))
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Network(Base):
+    __tablename__ = "networks"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))  # "nat" or "bridge"
+    libvirt_name: Mapped[str] = mapped_column(String(64), unique=True)
+    bridge_name: Mapped[str] = mapped_column(String(15))
+    subnet: Mapped[str] = mapped_column(String(43))
+    gateway: Mapped[str] = mapped_column(String(39))
+    pool_start: Mapped[str | None] = mapped_column(String(39))
+    pool_end: Mapped[str | None] = mapped_column(String(39))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Plan(Base):
+    __tablename__ = "plans"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    vcpus: Mapped[int] = mapped_column(Integer)
+    memory_mib: Mapped[int] = mapped_column(Integer)
+    disk_gib: Mapped[int] = mapped_column(Integer)
+    price_cents: Mapped[int] = mapped_column(Integer, default=0)
+    network_id: Mapped[int | None] = mapped_column(ForeignKey("networks.id"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    network: Mapped[Network | None] = relationship()
+
+
+class Image(Base):
+    __tablename__ = "images"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    base_path: Mapped[str] = mapped_column(String(4096))
+    virtual_size: Mapped[int] = mapped_column(BigInteger)
+    kernel_path: Mapped[str | None] = mapped_column(String(4096))
+    initrd_path: Mapped[str | None] = mapped_column(String(4096))
+    cmdline: Mapped[str | None] = mapped_column(String(1024))
+    login_user: Mapped[str] = mapped_column(String(32))
+    cloud_init: Mapped[bool] = mapped_column(Boolean, default=False)
+    # False for images that do not follow the guest contract: kvmvps only boots them
+    credentials: Mapped[bool] = mapped_column(Boolean, default=True)
+    os_family: Mapped[str] = mapped_column(String(32), default="linux")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Host(Base):
+    __tablename__ = "hosts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    uri: Mapped[str] = mapped_column(String(1024), unique=True)
+    cpus: Mapped[int] = mapped_column(Integer)
+    memory_mib: Mapped[int] = mapped_column(Integer)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Vps(Base):
+    __tablename__ = "vps"
+    __table_args__ = (UniqueConstraint("owner_id", "hostname"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    uuid: Mapped[str] = mapped_column(
+        String(36), unique=True, default=lambda: str(uuidlib.uuid4())
+    )
+    hostname: Mapped[str] = mapped_column(String(63))
+    domain_name: Mapped[str] = mapped_column(String(64), unique=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    plan_id: Mapped[int] = mapped_column(ForeignKey("plans.id"))
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"))
+    host_id: Mapped[int] = mapped_column(ForeignKey("hosts.id"))
+    network_id: Mapped[int] = mapped_column(ForeignKey("networks.id"))
+    state: Mapped[str] = mapped_column(String(16), default=VpsState.BUILDING)
+    mac: Mapped[str | None] = mapped_column(String(17), unique=True)
+    ip: Mapped[str | None] = mapped_column(String(39))
+    username: Mapped[str | None] = mapped_column(String(32))
+    host_key: Mapped[str | None] = mapped_column(Text)
+    host_key_fingerprint: Mapped[str | None] = mapped_column(String(128))
+    ssh_keys: Mapped[str] = mapped_column(Text, default="")
+    pending_password: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+    owner: Mapped[User] = relationship()
+    plan: Mapped[Plan] = relationship()
+    image: Mapped[Image] = relationship()
+    host: Mapped[Host] = relationship()
+    network: Mapped[Network] = relationship()
+    pins: Mapped[list[CpuPin]] = relationship(
+        back_populates="vps", order_by="CpuPin.vcpu", cascade="all, delete-orphan"
+    )
+
+    @property
+    def pinned_cpus(self) -> list[int]:
+        return [pin.host_cpu for pin in self.pins]
+
+
+class IpLease(Base):
+    __tablename__ = "ip_leases"
+    __table_args__ = (UniqueConstraint("network_id", "address"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    network_id: Mapped[int] = mapped_column(ForeignKey("networks.id"))
+    address: Mapped[str] = mapped_column(String(39))
+    mac: Mapped[str] = mapped_column(String(17), unique=True)
+    vps_id: Mapped[int] = mapped_column(ForeignKey("vps.id"), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class CpuPin(Base):
+    __tablename__ = "cpu_pins"
+    __table_args__ = (UniqueConstraint("vps_id", "vcpu"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    vps_id: Mapped[int] = mapped_column(ForeignKey("vps.id"))
+    host_id: Mapped[int] = mapped_column(ForeignKey("hosts.id"))
+    vcpu: Mapped[int] = mapped_column(Integer)
+    host_cpu: Mapped[int] = mapped_column(Integer)
+
+    vps: Mapped[Vps] = relationship(back_populates="pins")

@@ -1,0 +1,142 @@
+"""Credentials: the cloud-init seed, the pinned host key, the pushed password.
+
+The password is generated at order time and shown once. Until the build has
+pushed it, it is kept only sealed (Fernet, key in the state dir); after the
+push, or a failed build, the sealed copy is erased.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+
+from kvmvps import cloudinit, guest, keys, xmlrender
+from kvmvps.errors import Conflict, GuestError, HostKeyMismatch
+from kvmvps.models import Vps, VpsState
+from kvmvps.services import Context
+from kvmvps.services.vps import resolve, view
+from kvmvps.xmlspec import RawVolumeSpec
+
+if TYPE_CHECKING:
+    from kvmvps.services.provisioning import Build
+
+log = logging.getLogger(__name__)
+
+
+def seal(ctx: Context, password: str) -> str:
+    return keys.seal_key(ctx.settings).encrypt(password.encode()).decode()
+
+
+def unseal(ctx: Context, token: str) -> str:
+    return keys.seal_key(ctx.settings).decrypt(token.encode()).decode()
+
+
+def _pin(ctx: Context, vps_id: int, host_key: str | None) -> None:
+    with ctx.db.session() as s:
+        vps = s.get(Vps, vps_id)
+        vps.host_key = host_key
+        vps.host_key_fingerprint = guest.fingerprint(host_key) if host_key else None
+
+
+# -- steps ------------------------------------------------------------------
+def make_seed(b: Build) -> None:
+    """Cloud-init images: build the NoCloud seed with a host key we generated."""
+    f = b.facts
+    if not f.cloud_init:
+        return
+    host_key = cloudinit.generate_host_key()
+    user_data = cloudinit.render_user_data(
+        hostname=f.hostname, login_user=f.login_user,
+        provisioning_pubkey=keys.provisioning_public_key(b.ctx.settings), host_keys=[host_key],
+    )
+    meta_data = cloudinit.render_meta_data(instance_id=f.uuid, hostname=f.hostname)
+    iso = cloudinit.build_seed_iso(user_data=user_data, meta_data=meta_data)
+    b.hv.delete_volume(f.pool, f.seed_volume)
+    xml = xmlrender.raw_volume_xml(RawVolumeSpec(name=f.seed_volume, capacity_bytes=len(iso)))
+    b.hv.upload_volume(f.pool, f.seed_volume, xml, iso)
+    b.host_key = host_key.public_openssh
+    _pin(b.ctx, f.vps_id, b.host_key)
+
+
+def remove_seed(b: Build) -> None:
+    b.hv.delete_volume(b.facts.pool, b.facts.seed_volume)
+    _pin(b.ctx, b.facts.vps_id, None)
+
+
+def read_host_key(b: Build) -> None:
+    """Other images: read the host key the guest prints on its serial console."""
+    if b.facts.cloud_init or not b.facts.credentials:
+        return
+    key = guest.wait_for_console_host_key(Path(b.facts.console_log), b.deadline)
+    b.host_key = key
+    _pin(b.ctx, b.facts.vps_id, key)
+
+
+def forget_host_key(b: Build) -> None:
+    if not b.facts.cloud_init:
+        _pin(b.ctx, b.facts.vps_id, None)
+
+
+def push(b: Build) -> None:
+    """Push hostname, password and keys over SSH, then prove the password works."""
+    f = b.facts
+    if not f.credentials:
+        return
+    with b.ctx.db.session() as s:
+        vps = s.get(Vps, f.vps_id)
+        token, ssh_keys = vps.pending_password, vps.ssh_keys.splitlines()
+    if token is None:
+        raise GuestError("no pending password to push (it was already pushed or erased)")
+    password = unseal(b.ctx, token)
+    target = guest.Target(host=f.ip or "", port=22, host_key=b.host_key or "")
+    key_path = keys.provisioning_key_path(b.ctx.settings)
+    guest.wait_for_ssh_banner(target.host, target.port, b.deadline)
+    with guest.root_session(target, key_path, b.deadline) as client:
+        guest.push_credentials(client, hostname=f.hostname, user=f.login_user,
+                               password=password, ssh_keys=ssh_keys)
+    guest.verify_password_login(target, f.login_user, password)
+    erase_pending_password(b.ctx, f.vps_id)
+
+
+def erase_pending_password(ctx: Context, vps_id: int) -> None:
+    with ctx.db.session() as s:
+        vps = s.get(Vps, vps_id)
+        if vps is not None:
+            vps.pending_password = None
+
+
+# -- password reset ---------------------------------------------------------
+def password_reset(ctx: Context, ref: str, owner_id: int | None = None) -> tuple[dict, str]:
+    """Set a new random password on a running VPS; return its view and the password."""
+    with ctx.db.session() as s:
+        vps = resolve(s, ref, owner_id)
+        if vps.state != VpsState.RUNNING:
+            raise Conflict(f"cannot reset the password of {vps.hostname}: it is {vps.state}")
+        target = guest.Target(host=vps.ip or "", port=22, host_key=vps.host_key or "")
+        vps_id, user, hostname = vps.id, vps.username or "root", vps.hostname
+    password = guest.new_password()
+    deadline = time.monotonic() + 30
+    try:
+        with guest.root_session(target, keys.provisioning_key_path(ctx.settings), deadline) as c:
+            guest.run(c, "chpasswd -e", [], stdin=f"{user}:{guest.hash_password(password)}\n".encode())
+        guest.verify_password_login(target, user, password)
+    except HostKeyMismatch as exc:
+        _record_error(ctx, vps_id, str(exc))
+        raise
+    log.info("password of %s reset", hostname)
+    return _view(ctx, vps_id), password
+
+
+def _record_error(ctx: Context, vps_id: int, message: str) -> None:
+    with ctx.db.session() as s:
+        vps = s.get(Vps, vps_id)
+        vps.state, vps.error = VpsState.ERROR, message
+
+
+def _view(ctx: Context, vps_id: int) -> dict[str, Any]:
+    with ctx.db.session() as s:
+        return view(resolve(s, s.scalar(select(Vps.uuid).where(Vps.id == vps_id))))

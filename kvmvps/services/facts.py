@@ -1,0 +1,148 @@
+"""A frozen snapshot of one VPS and what it is built from.
+
+Provisioning steps work from this snapshot rather than from live ORM rows,
+so each step is a plain function of the facts and the hypervisor, and
+re-running a step (after a crash, say) computes the same documents.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from kvmvps.config import Settings
+from kvmvps.errors import NotFound
+from kvmvps.models import Vps
+from kvmvps.xmlspec import (
+    DhcpHost,
+    DomainSpec,
+    InterfaceSpec,
+    KernelBoot,
+    OverlayVolumeSpec,
+    VolumeDiskSpec,
+    vcpupins_for,
+)
+
+DOMAIN_PREFIX = "kvmvps-"
+
+
+def domain_name_for(uuid: str) -> str:
+    """The generated libvirt name of a VPS: never user text."""
+    return DOMAIN_PREFIX + uuid.replace("-", "")[:12]
+
+
+@dataclass(frozen=True)
+class VpsFacts:
+    vps_id: int
+    uuid: str
+    hostname: str
+    domain: str
+    host_uri: str
+    pool: str
+    overlay_volume: str
+    seed_volume: str
+    console_log: str
+    network_kind: str
+    network_libvirt: str
+    bridge: str
+    mac: str | None
+    ip: str | None
+    vcpus: int
+    memory_mib: int
+    disk_gib: int
+    pinned_cpus: tuple[int, ...]
+    image_name: str
+    base_path: str
+    kernel_path: str | None
+    initrd_path: str | None
+    cmdline: str | None
+    cloud_init: bool
+    credentials: bool
+    login_user: str
+
+    @property
+    def dhcp_host(self) -> DhcpHost | None:
+        if self.network_kind != "nat" or not self.mac or not self.ip:
+            return None
+        return DhcpHost(mac=self.mac, ip=self.ip, name=self.domain)
+
+
+def load_facts(session: Session, vps_id: int, settings: Settings) -> VpsFacts:
+    vps = session.scalar(select(Vps).where(Vps.id == vps_id))
+    if vps is None:
+        raise NotFound(f"VPS #{vps_id} no longer exists")
+    return facts_of(vps, settings)
+
+
+def facts_of(vps: Vps, settings: Settings) -> VpsFacts:
+    image, plan, net = vps.image, vps.plan, vps.network
+    return VpsFacts(
+        vps_id=vps.id,
+        uuid=vps.uuid,
+        hostname=vps.hostname,
+        domain=vps.domain_name,
+        host_uri=vps.host.uri,
+        pool=settings.storage_pool,
+        overlay_volume=f"{vps.domain_name}.qcow2",
+        seed_volume=f"{vps.domain_name}-seed.iso",
+        console_log=str(Path(settings.console_dir) / f"{vps.domain_name}.log"),
+        network_kind=net.kind,
+        network_libvirt=net.libvirt_name,
+        bridge=net.bridge_name,
+        mac=vps.mac,
+        ip=vps.ip,
+        vcpus=plan.vcpus,
+        memory_mib=plan.memory_mib,
+        disk_gib=plan.disk_gib,
+        pinned_cpus=tuple(vps.pinned_cpus),
+        image_name=image.name,
+        base_path=image.base_path,
+        kernel_path=image.kernel_path,
+        initrd_path=image.initrd_path,
+        cmdline=image.cmdline,
+        cloud_init=image.cloud_init,
+        credentials=image.credentials,
+        login_user=image.login_user,
+    )
+
+
+def overlay_spec(facts: VpsFacts, capacity_bytes: int) -> OverlayVolumeSpec:
+    return OverlayVolumeSpec(
+        name=facts.overlay_volume, capacity_bytes=capacity_bytes, backing_path=facts.base_path
+    )
+
+
+def domain_spec(facts: VpsFacts, domain_type: str, with_seed: bool) -> DomainSpec:
+    """Everything the domain template places, computed from the facts."""
+    disks = [VolumeDiskSpec(pool=facts.pool, volume=facts.overlay_volume, target="vda")]
+    if with_seed:
+        disks.append(
+            VolumeDiskSpec(
+                pool=facts.pool, volume=facts.seed_volume, target="vdb", fmt="raw", readonly=True
+            )
+        )
+    if facts.network_kind == "nat":
+        nic = InterfaceSpec(kind="network", source=facts.network_libvirt, mac=facts.mac or "")
+    else:
+        nic = InterfaceSpec(kind="bridge", source=facts.bridge, mac=facts.mac or "")
+    kernel_boot = None
+    if facts.kernel_path:
+        kernel_boot = KernelBoot(facts.kernel_path, facts.initrd_path, facts.cmdline)
+    return DomainSpec(
+        name=facts.domain,
+        uuid=facts.uuid,
+        domain_type=domain_type,
+        memory_kib=facts.memory_mib * 1024,
+        vcpus=facts.vcpus,
+        vcpupins=vcpupins_for(list(facts.pinned_cpus)),
+        disks=tuple(disks),
+        interfaces=(nic,),
+        console_log=facts.console_log,
+        title=facts.hostname,
+        vps_uuid=facts.uuid,
+        kernel_boot=kernel_boot,
+        cpu_mode="host-passthrough" if domain_type == "kvm" else None,
+    )

@@ -1,0 +1,39 @@
+"""Building kvmvps's own guest images and registering them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from kvmvps import keys, validation
+from kvmvps.errors import Conflict
+from kvmvps.models import Image
+from kvmvps.services import Context, inventory
+
+
+def _prepare(ctx: Context, name: str) -> str:
+    name = validation.object_name(name, "image name")
+    if any(i.name == name for i in inventory.list_images(ctx)):
+        raise Conflict(f"an image named {name!r} already exists")
+    return name
+
+
+def build_tiny(ctx: Context, name: str, progress: Callable[[str], None] | None = None) -> Image:
+    """Build the tiny busybox+dropbear image and register it as ``name``."""
+    from kvmvps.images.tiny import build_tiny_image
+
+    name = _prepare(ctx, name)
+    pubkey = keys.ensure_provisioning_key(ctx.settings)
+    built = build_tiny_image(ctx.settings.images_dir / name, pubkey,
+                             cache_dir=ctx.settings.download_cache, progress=progress)
+    return inventory.register_built_image(ctx, name, built)
+
+
+def build_debian(ctx: Context, name: str, progress: Callable[[str], None] | None = None) -> Image:
+    """Build the Debian 12 cloud-init image and register it as ``name``."""
+    from kvmvps.images.debian import build_debian_image
+
+    name = _prepare(ctx, name)
+    pubkey = keys.ensure_provisioning_key(ctx.settings)
+    built = build_debian_image(ctx.settings.images_dir / name, pubkey,
+                               cache_dir=ctx.settings.download_cache, progress=progress)
+    return inventory.register_built_image(ctx, name, built)

@@ -1,0 +1,277 @@
+"""Plans, images, networks, hosts and users: the things a VPS is made from."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import TypeVar
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from kvmvps import ipam, validation, xmlrender
+from kvmvps.errors import Conflict, InvalidInput, NotFound
+from kvmvps.images import BuiltImage
+from kvmvps.models import Base, Host, Image, IpLease, Network, Plan, User, Vps
+from kvmvps.services import Context
+from kvmvps.storage import check_base_image
+from kvmvps.xmlspec import BridgeNetworkSpec, DhcpHost, nat_network_spec
+
+M = TypeVar("M", bound=Base)
+
+MAX_VCPUS = 64
+MAX_MEMORY_MIB = 1 << 20
+MAX_DISK_GIB = 1 << 14
+
+
+def get_by_name(session: Session, model: type[M], name: str, what: str) -> M:
+    """The row of ``model`` named ``name``, or :class:`NotFound`."""
+    row = session.scalar(select(model).where(model.name == name))  # type: ignore[attr-defined]
+    if row is None:
+        raise NotFound(f"no {what} named {name!r}")
+    return row
+
+
+def _refuse_duplicate(session: Session, model: type[Base], name: str, what: str) -> None:
+    if session.scalar(select(model).where(model.name == name)) is not None:  # type: ignore[attr-defined]
+        raise Conflict(f"a {what} named {name!r} already exists")
+
+
+def _refuse_in_use(session: Session, column: object, row_id: int, what: str) -> None:
+    count = session.scalar(select(func.count()).select_from(Vps).where(column == row_id))
+    if count:
+        raise Conflict(f"{what} is used by {count} VPS(es); delete or move them first")
+
+
+# -- plans ------------------------------------------------------------------
+def add_plan(
+    ctx: Context,
+    name: str,
+    vcpus: int,
+    memory_mib: int,
+    disk_gib: int,
+    network: str | None = None,
+    price_cents: int = 0,
+) -> Plan:
+    name = validation.object_name(name, "plan name")
+    validation.positive_int(vcpus, "vcpus", MAX_VCPUS)
+    validation.positive_int(memory_mib, "memory (MiB)", MAX_MEMORY_MIB)
+    validation.positive_int(disk_gib, "disk (GiB)", MAX_DISK_GIB)
+    if price_cents < 0:
+        raise InvalidInput("price must not be negative")
+    with ctx.db.session() as s:
+        _refuse_duplicate(s, Plan, name, "plan")
+        net = get_by_name(s, Network, network, "network") if network else None
+        plan = Plan(
+            name=name,
+            vcpus=vcpus,
+            memory_mib=memory_mib,
+            disk_gib=disk_gib,
+            price_cents=price_cents,
+            network_id=net.id if net else None,
+        )
+        s.add(plan)
+        return plan
+
+
+def list_plans(ctx: Context) -> list[Plan]:
+    with ctx.db.session() as s:
+        return list(s.scalars(select(Plan).order_by(Plan.vcpus, Plan.memory_mib, Plan.name)))
+
+
+def remove_plan(ctx: Context, name: str) -> None:
+    with ctx.db.session() as s:
+        plan = get_by_name(s, Plan, name, "plan")
+        _refuse_in_use(s, Vps.plan_id, plan.id, f"plan {name!r}")
+        s.delete(plan)
+
+
+# -- images -----------------------------------------------------------------
+def _copy_into_store(ctx: Context, name: str, src: Path, dest_name: str) -> Path:
+    dest_dir = ctx.settings.images_dir / name
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    dest = dest_dir / dest_name
+    if src.resolve() != dest.resolve():
+        shutil.copyfile(src, dest)
+    dest.chmod(0o644)
+    return dest
+
+
+def _optional_file(path: str | Path | None, what: str) -> Path | None:
+    if path is None:
+        return None
+    p = Path(path)
+    if not p.is_file():
+        raise InvalidInput(f"{what} {p} does not exist")
+    return p
+
+
+def add_image(
+    ctx: Context,
+    name: str,
+    path: str | Path,
+    *,
+    kernel: str | Path | None = None,
+    initrd: str | Path | None = None,
+    cmdline: str | None = None,
+    login_user: str = "root",
+    cloud_init: bool = False,
+    os_family: str = "linux",
+    credentials: bool = True,
+) -> Image:
+    """Register a qcow2 base image (copied into the image store)."""
+    name = validation.object_name(name, "image name")
+    validation.unix_user(login_user)
+    info = check_base_image(Path(path))
+    kernel_p, initrd_p = _optional_file(kernel, "kernel"), _optional_file(initrd, "initrd")
+    if initrd_p and not kernel_p:
+        raise InvalidInput("an initrd needs a kernel (--kernel) for direct kernel boot")
+    if cmdline is not None and (len(cmdline) > 1000 or any(ord(c) < 32 for c in cmdline)):
+        raise InvalidInput("the kernel command line must be one line of at most 1000 characters")
+    with ctx.db.session() as s:
+        _refuse_duplicate(s, Image, name, "image")
+    image = Image(
+        name=name,
+        base_path=str(_copy_into_store(ctx, name, Path(path), "disk.qcow2")),
+        virtual_size=info.virtual_size,
+        kernel_path=str(_copy_into_store(ctx, name, kernel_p, "vmlinuz")) if kernel_p else None,
+        initrd_path=str(_copy_into_store(ctx, name, initrd_p, "initrd.img")) if initrd_p else None,
+        cmdline=cmdline if kernel_p else None,
+        login_user=login_user,
+        cloud_init=cloud_init,
+        os_family=os_family,
+        credentials=credentials,
+    )
+    with ctx.db.session() as s:
+        _refuse_duplicate(s, Image, name, "image")
+        s.add(image)
+    return image
+
+
+def register_built_image(ctx: Context, name: str, built: BuiltImage) -> Image:
+    """Register an image a builder produced."""
+    return add_image(
+        ctx,
+        name,
+        built.base_path,
+        kernel=built.kernel_path,
+        initrd=built.initrd_path,
+        cmdline=built.cmdline,
+        login_user=built.login_user,
+        cloud_init=built.cloud_init,
+        os_family=built.os_family,
+    )
+
+
+def list_images(ctx: Context) -> list[Image]:
+    with ctx.db.session() as s:
+        return list(s.scalars(select(Image).order_by(Image.name)))
+
+
+def remove_image(ctx: Context, name: str) -> None:
+    with ctx.db.session() as s:
+        image = get_by_name(s, Image, name, "image")
+        _refuse_in_use(s, Vps.image_id, image.id, f"image {name!r}")
+        s.delete(image)
+    shutil.rmtree(ctx.settings.images_dir / name, ignore_errors=True)
+
+
+# -- networks ---------------------------------------------------------------
+def network_xml(session: Session, network: Network) -> str:
+    """The libvirt XML of a network, with a DHCP entry per leased VPS."""
+    if network.kind == "bridge":
+        return xmlrender.bridge_network_xml(
+            BridgeNetworkSpec(name=network.libvirt_name, bridge=network.bridge_name)
+        )
+    rows = session.execute(
+        select(IpLease.mac, IpLease.address, Vps.domain_name)
+        .join(Vps, Vps.id == IpLease.vps_id)
+        .where(IpLease.network_id == network.id)
+    )
+    hosts = tuple(DhcpHost(mac=m, ip=ip, name=n) for m, ip, n in rows)
+    spec = nat_network_spec(
+        network.libvirt_name, network.bridge_name, network.subnet, network.gateway, hosts
+    )
+    return xmlrender.nat_network_xml(spec)
+
+
+def add_network(
+    ctx: Context,
+    name: str,
+    kind: str,
+    subnet: str,
+    *,
+    bridge: str | None = None,
+    gateway: str | None = None,
+    pool_start: str | None = None,
+    pool_end: str | None = None,
+) -> Network:
+    """Record a NAT or bridge network and create it on every enabled host."""
+    name = validation.object_name(name, "network name")
+    if kind not in ("nat", "bridge"):
+        raise InvalidInput(f"network kind must be 'nat' or 'bridge', not {kind!r}")
+    net = validation.ipv4_network(subnet)
+    bridge_name = validation.bridge_name(bridge or f"kv-{name}"[:15])
+    if kind == "bridge" and not bridge:
+        raise InvalidInput("a bridge network needs --bridge, the name of an existing host bridge")
+    start, end = validation.address_range(net, pool_start, pool_end)
+    network = Network(
+        name=name,
+        kind=kind,
+        libvirt_name=name,
+        bridge_name=bridge_name,
+        subnet=str(net),
+        gateway=ipam.gateway_for(net, gateway),
+        pool_start=start,
+        pool_end=end,
+    )
+    with ctx.db.session() as s:
+        _refuse_duplicate(s, Network, name, "network")
+        _refuse_overlap(s, net, bridge_name, kind)
+        s.add(network)
+        s.flush()
+        xml = network_xml(s, network)
+        for host in s.scalars(select(Host).where(Host.enabled)):
+            ctx.hypervisor(host).ensure_network(network.libvirt_name, xml)
+    return network
+
+
+def _refuse_overlap(session: Session, net: object, bridge: str, kind: str) -> None:
+    for other in session.scalars(select(Network)):
+        if validation.ipv4_network(other.subnet).overlaps(net):  # type: ignore[arg-type]
+            raise Conflict(f"subnet {net} overlaps network {other.name!r} ({other.subnet})")
+        if kind == "nat" and other.bridge_name == bridge:
+            raise Conflict(f"bridge {bridge} is already used by network {other.name!r}")
+
+
+def list_networks(ctx: Context) -> list[Network]:
+    with ctx.db.session() as s:
+        return list(s.scalars(select(Network).order_by(Network.name)))
+
+
+def remove_network(ctx: Context, name: str) -> None:
+    with ctx.db.session() as s:
+        network = get_by_name(s, Network, name, "network")
+        _refuse_in_use(s, Vps.network_id, network.id, f"network {name!r}")
+        if s.scalar(select(func.count()).select_from(Plan).where(Plan.network_id == network.id)):
+            raise Conflict(f"network {name!r} is named by a plan; remove or change the plan first")
+        for host in s.scalars(select(Host).where(Host.enabled)):
+            ctx.hypervisor(host).remove_network(network.libvirt_name)
+        s.delete(network)
+
+
+def default_network(ctx: Context, session: Session) -> Network:
+    return get_by_name(session, Network, ctx.settings.network, "network")
+
+
+# -- hosts and users --------------------------------------------------------
+def list_hosts(ctx: Context) -> list[Host]:
+    with ctx.db.session() as s:
+        return list(s.scalars(select(Host).order_by(Host.name)))
+
+
+def user_by_email(session: Session, email: str) -> User:
+    user = session.scalar(select(User).where(User.email == validation.email(email)))
+    if user is None:
+        raise NotFound(f"no user with e-mail {email!r}")
+    return user

@@ -1,0 +1,72 @@
+"""Choose a host for a plan: the one with the most free capacity."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from kvmvps.errors import CapacityError
+from kvmvps.models import CpuPin, Host, Plan, Vps, VpsState
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """What a host carries against what it has."""
+
+    host: str
+    cpus: int
+    vcpus_pinned: int
+    vcpu_limit: int
+    memory_mib: int
+    memory_committed_mib: int
+    memory_limit_mib: int
+
+    @property
+    def free_vcpus(self) -> int:
+        return self.vcpu_limit - self.vcpus_pinned
+
+    @property
+    def free_memory_mib(self) -> int:
+        return self.memory_limit_mib - self.memory_committed_mib
+
+
+def capacity(session: Session, host: Host, overcommit: float, reserve_mib: int) -> Capacity:
+    pinned = session.scalar(
+        select(func.count()).select_from(CpuPin).where(CpuPin.host_id == host.id)
+    )
+    committed = session.scalar(
+        select(func.coalesce(func.sum(Plan.memory_mib), 0))
+        .select_from(Vps)
+        .join(Plan, Plan.id == Vps.plan_id)
+        .where(Vps.host_id == host.id, Vps.state != VpsState.ERROR)
+    )
+    return Capacity(
+        host=host.name,
+        cpus=host.cpus,
+        vcpus_pinned=pinned or 0,
+        vcpu_limit=int(host.cpus * overcommit),
+        memory_mib=host.memory_mib,
+        memory_committed_mib=committed or 0,
+        memory_limit_mib=max(0, host.memory_mib - reserve_mib),
+    )
+
+
+def choose_host(session: Session, plan: Plan, overcommit: float, reserve_mib: int) -> Host:
+    """The enabled host with the most free memory that fits the plan."""
+    hosts = list(session.scalars(select(Host).where(Host.enabled).order_by(Host.id)))
+    if not hosts:
+        raise CapacityError("no hosts are registered; run 'kvmvps-admin init' first")
+    fitting = []
+    for host in hosts:
+        cap = capacity(session, host, overcommit, reserve_mib)
+        if plan.vcpus <= host.cpus and cap.free_vcpus >= plan.vcpus:
+            if cap.free_memory_mib >= plan.memory_mib:
+                fitting.append((cap.free_memory_mib, cap.free_vcpus, -host.id, host))
+    if not fitting:
+        raise CapacityError(
+            f"no host has {plan.vcpus} vCPU(s) and {plan.memory_mib} MiB of memory free "
+            f"for plan {plan.name!r}"
+        )
+    return max(fitting, key=lambda item: item[:3])[3]

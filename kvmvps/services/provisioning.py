@@ -1,0 +1,269 @@
+"""Turning an order into a running guest, and a guest back into nothing.
+
+An order is recorded first: the VPS row, its address, MAC and pinned CPUs in
+one transaction. The build then runs ordered steps; each step knows how to
+undo itself, and a failure undoes every step already done (and the failing
+one) in reverse before the allocation is released.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from kvmvps import cpupin, guest, ipam, validation, xmlrender
+from kvmvps.errors import Conflict, HypervisorError, KvmvpsError, StepFailed
+from kvmvps.hypervisor import DhcpEntry, Hypervisor
+from kvmvps.models import Image, Network, Plan, Vps, VpsState
+from kvmvps.services import Context, credentials, inventory, setup
+from kvmvps.services.facts import VpsFacts, domain_name_for, domain_spec, load_facts, overlay_spec
+from kvmvps.services.placement import choose_host
+from kvmvps.storage import check_base_image, overlay_capacity
+from kvmvps.xmlspec import DhcpHost
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class OrderRequest:
+    """What a customer or operator asks for."""
+
+    plan: str
+    image: str
+    hostname: str
+    owner_email: str | None = None
+    network: str | None = None
+    ssh_keys: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Order:
+    """A recorded order: the VPS's id and its password, shown this once.
+
+    The password is None for images that kvmvps only boots (no credentials).
+    """
+
+    uuid: str
+    password: str | None
+
+
+@dataclass
+class Build:
+    """The state of one build while its steps run."""
+
+    ctx: Context
+    facts: VpsFacts
+    xml: str = ""
+    host_key: str | None = None
+    deadline: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def hv(self) -> Hypervisor:
+        return self.ctx.hypervisor(self.facts.host_uri)
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    do: Callable[[Build], None]
+    undo: Callable[[Build], None]
+
+
+# -- recording an order ------------------------------------------------------
+def record_order(ctx: Context, req: OrderRequest) -> Order:
+    """Validate, place and allocate in one transaction; the password is sealed."""
+    hostname = validation.hostname(req.hostname)
+    ssh_keys = validation.ssh_public_keys(list(req.ssh_keys))
+    with ctx.db.session() as s:
+        plan = inventory.get_by_name(s, Plan, req.plan, "plan")
+        image = inventory.get_by_name(s, Image, req.image, "image")
+        password = guest.new_password() if image.credentials else None
+        network = _network_for(ctx, s, plan, req.network)
+        owner = setup.owner_for(ctx, s, req.owner_email)
+        overlay_capacity(plan.disk_gib, check_base_image(Path(image.base_path)), image.name)
+        if s.scalar(select(Vps.id).where(Vps.owner_id == owner.id, Vps.hostname == hostname)):
+            raise Conflict(f"{owner.email} already has a VPS named {hostname!r}")
+        host = choose_host(s, plan, ctx.settings.cpu_overcommit, ctx.settings.host_memory_reserve_mib)
+        setup.prepare_host(ctx, s, host)
+        vps = Vps(hostname=hostname, owner_id=owner.id, plan_id=plan.id, image_id=image.id,
+                  host_id=host.id, network_id=network.id, state=VpsState.BUILDING,
+                  username=image.login_user, domain_name="", ssh_keys="\n".join(ssh_keys),
+                  pending_password=credentials.seal(ctx, password) if password else None)
+        s.add(vps)
+        s.flush()
+        vps.domain_name = domain_name_for(vps.uuid)
+        ipam.allocate(s, vps, network)
+        cpupin.allocate(s, vps, host, plan.vcpus, ctx.settings.cpu_overcommit)
+        return Order(uuid=vps.uuid, password=password)
+
+
+def _network_for(ctx: Context, session: Session, plan: Plan, name: str | None) -> Network:
+    if name:
+        return inventory.get_by_name(session, Network, name, "network")
+    if plan.network is not None:
+        return plan.network
+    return inventory.default_network(ctx, session)
+
+
+# -- the steps ---------------------------------------------------------------
+def _clone(b: Build) -> None:
+    base = check_base_image(Path(b.facts.base_path))
+    capacity = overlay_capacity(b.facts.disk_gib, base, b.facts.image_name)
+    xml = xmlrender.overlay_volume_xml(overlay_spec(b.facts, capacity))
+    b.hv.create_volume(b.facts.pool, b.facts.overlay_volume, xml)
+
+
+def _unclone(b: Build) -> None:
+    b.hv.delete_volume(b.facts.pool, b.facts.overlay_volume)
+
+
+def _render(b: Build) -> None:
+    spec = domain_spec(b.facts, b.ctx.domain_type, with_seed=b.facts.cloud_init)
+    b.xml = xmlrender.domain_xml(spec)
+
+
+def _add_dhcp(b: Build) -> None:
+    host = b.facts.dhcp_host
+    if host is not None:
+        b.hv.add_dhcp_host(b.facts.network_libvirt, _entry(host), xmlrender.dhcp_host_xml(host))
+
+
+def _remove_dhcp(b: Build) -> None:
+    host = b.facts.dhcp_host
+    if host is not None:
+        b.hv.remove_dhcp_host(b.facts.network_libvirt, _entry(host), xmlrender.dhcp_host_xml(host))
+
+
+def _entry(host: DhcpHost) -> DhcpEntry:
+    return DhcpEntry(mac=host.mac, ip=host.ip, name=host.name)
+
+
+def _define(b: Build) -> None:
+    b.hv.define_domain(b.xml)
+
+
+def _undefine(b: Build) -> None:
+    b.hv.undefine(b.facts.domain)
+    Path(b.facts.console_log).unlink(missing_ok=True)
+
+
+def _start(b: Build) -> None:
+    if b.hv.state(b.facts.domain) != "running":
+        b.hv.start(b.facts.domain)
+    b.deadline = time.monotonic() + b.ctx.settings.ssh_timeout
+
+
+def _stop(b: Build) -> None:
+    if b.hv.domain_exists(b.facts.domain) and b.hv.state(b.facts.domain) != "shut off":
+        b.hv.destroy(b.facts.domain)
+
+
+def _nothing(_b: Build) -> None:
+    """Rendering leaves nothing behind to undo."""
+
+
+STEPS: tuple[Step, ...] = (
+    Step("clone", _clone, _unclone),
+    Step("seed", credentials.make_seed, credentials.remove_seed),
+    Step("render", _render, _nothing),
+    Step("dhcp", _add_dhcp, _remove_dhcp),
+    Step("define", _define, _undefine),
+    Step("start", _start, _stop),
+    Step("host-key", credentials.read_host_key, credentials.forget_host_key),
+    Step("credentials", credentials.push, _nothing),
+)
+
+
+# -- running the steps -------------------------------------------------------
+def build(ctx: Context, uuid: str, progress: Progress | None = None) -> dict[str, float]:
+    """Run every step for the VPS; roll back and raise :class:`StepFailed` on failure."""
+    with ctx.db.session() as s:
+        vps_id = s.scalar(select(Vps.id).where(Vps.uuid == uuid))
+        b = Build(ctx=ctx, facts=load_facts(s, vps_id, ctx.settings))
+    steps = STEPS
+    done: list[Step] = []
+    for index, step in enumerate(steps):
+        if progress:
+            progress(step.name, index, len(steps))
+        started = time.perf_counter()
+        try:
+            step.do(b)
+        except Exception as exc:  # noqa: BLE001 - every failure rolls back
+            _roll_back(b, done + [step])
+            message = _failure_message(b.facts, step.name, exc)
+            _mark_failed(ctx, b.facts.vps_id, message)
+            raise StepFailed(message) from exc
+        b.timings[step.name] = time.perf_counter() - started
+        done.append(step)
+    _set_state(ctx, b.facts.vps_id, VpsState.RUNNING)
+    return b.timings
+
+
+def _failure_message(facts: VpsFacts, step: str, exc: Exception) -> str:
+    reason = str(exc) if isinstance(exc, KvmvpsError) else f"{type(exc).__name__}: {exc}"
+    return f"building {facts.hostname} failed at step '{step}': {reason}; rolled back"
+
+
+def _roll_back(b: Build, steps: list[Step]) -> list[str]:
+    """Undo ``steps`` in reverse; return what could not be undone."""
+    leftovers = []
+    for step in reversed(steps):
+        try:
+            step.undo(b)
+        except Exception as exc:  # noqa: BLE001 - keep undoing the rest
+            log.error("undoing step %s of %s failed: %s", step.name, b.facts.domain, exc)
+            leftovers.append(f"{step.name}: {exc}")
+    return leftovers
+
+
+def _mark_failed(ctx: Context, vps_id: int, message: str) -> None:
+    with ctx.db.session() as s:
+        vps = s.get(Vps, vps_id)
+        if vps is None:
+            return
+        ipam.release(s, vps)
+        cpupin.release(s, vps)
+        vps.state, vps.error = VpsState.ERROR, message
+        vps.pending_password = None
+
+
+def _set_state(ctx: Context, vps_id: int, state: str, error: str | None = None) -> None:
+    with ctx.db.session() as s:
+        vps = s.get(Vps, vps_id)
+        if vps is not None:
+            vps.state, vps.error = state, error
+
+
+# -- creating and deleting ---------------------------------------------------
+def create(ctx: Context, req: OrderRequest, progress: Progress | None = None) -> Order:
+    """Record the order and build it now."""
+    order = record_order(ctx, req)
+    build(ctx, order.uuid, progress)
+    return order
+
+
+def delete(ctx: Context, uuid: str) -> None:
+    """The full reverse of create: domain, DHCP entry, volumes, leases, row."""
+    with ctx.db.session() as s:
+        vps = s.scalar(select(Vps).where(Vps.uuid == uuid))
+        facts = load_facts(s, vps.id, ctx.settings)
+        vps.state = VpsState.DELETING
+    b = Build(ctx=ctx, facts=facts)
+    leftovers = _roll_back(b, list(STEPS))
+    if leftovers:
+        _set_state(ctx, facts.vps_id, VpsState.ERROR, "delete incomplete: " + "; ".join(leftovers))
+        raise HypervisorError(f"deleting {facts.hostname} left work undone: {leftovers[0]}")
+    with ctx.db.session() as s:
+        vps = s.get(Vps, facts.vps_id)
+        ipam.release(s, vps)
+        cpupin.release(s, vps)
+        s.delete(vps)

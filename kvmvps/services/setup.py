@@ -1,0 +1,114 @@
+"""Setting a machine up: state dir, database, pool, network, local host."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from kvmvps import validation, xmlrender
+from kvmvps.models import Host, Network, User
+from kvmvps.services import Context, inventory
+
+log = logging.getLogger(__name__)
+
+OPERATOR_EMAIL = "operator@localhost"
+
+
+@dataclass(frozen=True)
+class InitReport:
+    state_dir: str
+    database: str
+    host: str
+    network: str
+    pool: str
+    domain_type: str
+
+
+def make_state_dirs(ctx: Context) -> None:
+    s = ctx.settings
+    s.state_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(s.state_dir, 0o755)
+    for path, mode in (
+        (s.images_dir, 0o755),
+        (s.pool_dir, 0o711),
+        (s.console_dir, 0o700),
+        (s.download_cache, 0o700),
+        (s.keys_dir, 0o700),
+    ):
+        path.mkdir(parents=True, exist_ok=True)
+        os.chmod(path, mode)
+
+
+def init(ctx: Context) -> InitReport:
+    """Idempotently prepare everything kvmvps needs on this machine."""
+    make_state_dirs(ctx)
+    ctx.db.migrate()
+    if ctx.settings.sqlite_path.exists():
+        os.chmod(ctx.settings.sqlite_path, 0o600)
+    hv = ctx.hypervisor(ctx.settings.libvirt_uri)
+    info = hv.host_info()
+    with ctx.db.session() as s:
+        host = s.scalar(select(Host).where(Host.uri == ctx.settings.libvirt_uri))
+        if host is None:
+            name = validation.object_name(_host_name(info.hostname), "host name")
+            host = Host(name=name, uri=ctx.settings.libvirt_uri, cpus=info.cpus,
+                        memory_mib=info.memory_mib)
+            s.add(host)
+        _ensure_default_network(ctx, s)
+        _ensure_operator(s)
+        s.flush()
+        prepare_host(ctx, s, host)
+    return InitReport(
+        state_dir=str(ctx.settings.state_dir),
+        database=ctx.settings.effective_database_url,
+        host=host.name,
+        network=ctx.settings.network,
+        pool=ctx.settings.storage_pool,
+        domain_type=ctx.domain_type,
+    )
+
+
+def _host_name(hostname: str) -> str:
+    short = hostname.split(".")[0].lower()
+    return short if short and short[0].isalnum() else "local"
+
+
+def _ensure_default_network(ctx: Context, session: Session) -> Network:
+    st = ctx.settings
+    net = session.scalar(select(Network).where(Network.name == st.network))
+    if net is None:
+        subnet = validation.ipv4_network(st.network_subnet)
+        net = Network(name=validation.object_name(st.network, "network name"), kind="nat",
+                      libvirt_name=st.network, bridge_name=validation.bridge_name(st.network_bridge),
+                      subnet=str(subnet), gateway=str(next(subnet.hosts())))
+        session.add(net)
+        session.flush()
+    return net
+
+
+def _ensure_operator(session: Session) -> User:
+    user = session.scalar(select(User).where(User.email == OPERATOR_EMAIL))
+    if user is None:
+        user = User(email=OPERATOR_EMAIL, is_admin=True)
+        session.add(user)
+    return user
+
+
+def prepare_host(ctx: Context, session: Session, host: Host) -> None:
+    """Make sure the host has kvmvps's storage pool and every network, running."""
+    hv = ctx.hypervisor(host)
+    hv.ensure_pool(ctx.settings.storage_pool, xmlrender.pool_xml(
+        ctx.settings.storage_pool, str(ctx.settings.pool_dir)))
+    for net in session.scalars(select(Network)):
+        hv.ensure_network(net.libvirt_name, inventory.network_xml(session, net))
+
+
+def owner_for(ctx: Context, session: Session, email: str | None) -> User:
+    """The VPS owner: the named user, or the local operator."""
+    if email:
+        return inventory.user_by_email(session, email)
+    return _ensure_operator(session)

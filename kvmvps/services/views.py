@@ -1,0 +1,69 @@
+"""The stable JSON shapes of inventory objects, shared by the CLI and the API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import selectinload
+
+from kvmvps.models import Host, Image, Network, Plan
+from kvmvps.services import Context
+from kvmvps.storage import GIB
+
+
+def plan_view(plan: Plan, network: str | None = None) -> dict[str, Any]:
+    return {
+        "name": plan.name,
+        "vcpus": plan.vcpus,
+        "memory_mib": plan.memory_mib,
+        "disk_gib": plan.disk_gib,
+        "price_cents": plan.price_cents,
+        "network": network,
+    }
+
+
+def plan_views(ctx: Context) -> list[dict[str, Any]]:
+    query = select(Plan).options(selectinload(Plan.network))
+    with ctx.db.session() as s:
+        plans = s.scalars(query.order_by(Plan.vcpus, Plan.memory_mib, Plan.name))
+        return [plan_view(p, p.network.name if p.network else None) for p in plans]
+
+
+def image_view(image: Image) -> dict[str, Any]:
+    return {
+        "name": image.name,
+        "base_path": image.base_path,
+        "virtual_size_gib": round(image.virtual_size / GIB, 2),
+        "kernel_boot": bool(image.kernel_path),
+        "kernel": image.kernel_path,
+        "initrd": image.initrd_path,
+        "cmdline": image.cmdline,
+        "login_user": image.login_user,
+        "cloud_init": image.cloud_init,
+        "credentials": image.credentials,
+        "os_family": image.os_family,
+    }
+
+
+def network_view(net: Network) -> dict[str, Any]:
+    return {
+        "name": net.name,
+        "kind": net.kind,
+        "libvirt_name": net.libvirt_name,
+        "bridge": net.bridge_name,
+        "subnet": net.subnet,
+        "gateway": net.gateway,
+        "pool_start": net.pool_start,
+        "pool_end": net.pool_end,
+    }
+
+
+def host_view(host: Host) -> dict[str, Any]:
+    return {
+        "name": host.name,
+        "uri": host.uri,
+        "cpus": host.cpus,
+        "memory_mib": host.memory_mib,
+        "enabled": host.enabled,
+    }

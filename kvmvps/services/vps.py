@@ -1,0 +1,178 @@
+"""Finding VPSes, showing them, and their power actions."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import Select, or_, select
+from sqlalchemy.orm import Session, selectinload
+
+from kvmvps.errors import Conflict, HypervisorNotFound, InvalidInput, NotFound
+from kvmvps.models import Host, User, Vps, VpsState
+from kvmvps.services import Context
+
+# libvirt's words for a domain's state -> our VPS state
+_FROM_LIBVIRT = {
+    "running": VpsState.RUNNING,
+    "idle": VpsState.RUNNING,
+    "in shutdown": VpsState.RUNNING,
+    "paused": VpsState.SUSPENDED,
+    "pmsuspended": VpsState.SUSPENDED,
+    "shut off": VpsState.STOPPED,
+    "crashed": VpsState.STOPPED,
+    "no state": VpsState.STOPPED,
+}
+
+VIEW_KEYS = (
+    "id", "hostname", "state", "ip", "mac", "domain", "host", "plan", "image", "network",
+    "owner", "vcpus", "memory_mib", "disk_gib", "pinned_cpus", "ssh_host", "ssh_port",
+    "username", "host_key_fingerprint", "error", "created_at", "updated_at",
+)
+
+
+def _query() -> Select[tuple[Vps]]:
+    return select(Vps).options(
+        selectinload(Vps.plan), selectinload(Vps.image), selectinload(Vps.host),
+        selectinload(Vps.network), selectinload(Vps.owner), selectinload(Vps.pins),
+    )
+
+
+def resolve(session: Session, ref: str, owner_id: int | None = None) -> Vps:
+    """A VPS by uuid, unique uuid prefix, or hostname (optionally of one owner)."""
+    ref = (ref or "").strip().lower()
+    if not ref:
+        raise InvalidInput("no VPS named: give an id, an id prefix or a hostname")
+    query = _query().where(or_(Vps.uuid.startswith(ref, autoescape=True), Vps.hostname == ref))
+    if owner_id is not None:
+        query = query.where(Vps.owner_id == owner_id)
+    matches = list(session.scalars(query))
+    exact = [v for v in matches if v.uuid == ref]
+    if exact:
+        return exact[0]
+    if not matches:
+        raise NotFound(f"no VPS matches {ref!r}")
+    if len(matches) > 1:
+        listing = ", ".join(f"{v.uuid[:8]} ({v.hostname})" for v in matches[:10])
+        raise NotFound(f"{ref!r} is ambiguous; it matches {listing}")
+    return matches[0]
+
+
+def view(vps: Vps) -> dict[str, Any]:
+    """The stable JSON shape of a VPS, shared by the CLI and the API."""
+    return {
+        "id": vps.uuid,
+        "hostname": vps.hostname,
+        "state": vps.state,
+        "ip": vps.ip,
+        "mac": vps.mac,
+        "domain": vps.domain_name,
+        "host": vps.host.name,
+        "plan": vps.plan.name,
+        "image": vps.image.name,
+        "network": vps.network.name,
+        "owner": vps.owner.email,
+        "vcpus": vps.plan.vcpus,
+        "memory_mib": vps.plan.memory_mib,
+        "disk_gib": vps.plan.disk_gib,
+        "pinned_cpus": vps.pinned_cpus,
+        "ssh_host": vps.ip,
+        "ssh_port": 22 if vps.ip else None,
+        "username": vps.username,
+        "host_key_fingerprint": vps.host_key_fingerprint,
+        "error": vps.error,
+        "created_at": vps.created_at.isoformat(),
+        "updated_at": vps.updated_at.isoformat(),
+    }
+
+
+def show(ctx: Context, ref: str) -> dict[str, Any]:
+    with ctx.db.session() as s:
+        return view(resolve(s, ref))
+
+
+def list_vps(
+    ctx: Context, owner: str | None = None, state: str | None = None, host: str | None = None
+) -> list[dict[str, Any]]:
+    if state is not None and state not in VpsState.ALL:
+        raise InvalidInput(f"unknown state {state!r}; one of {', '.join(VpsState.ALL)}")
+    query = _query().order_by(Vps.created_at, Vps.id)
+    if owner:
+        query = query.join(User, User.id == Vps.owner_id).where(User.email == owner.lower())
+    if state:
+        query = query.where(Vps.state == state)
+    if host:
+        query = query.join(Host, Host.id == Vps.host_id).where(Host.name == host)
+    with ctx.db.session() as s:
+        return [view(v) for v in s.scalars(query)]
+
+
+def domain_xml(ctx: Context, ref: str) -> str:
+    with ctx.db.session() as s:
+        vps = resolve(s, ref)
+        return ctx.hypervisor(vps.host).domain_xml(vps.domain_name)
+
+
+# -- power ------------------------------------------------------------------
+def sync_state(ctx: Context, ref: str) -> dict[str, Any]:
+    """Read the domain's state from libvirt into the database."""
+    with ctx.db.session() as s:
+        vps = resolve(s, ref)
+        if vps.state in (VpsState.BUILDING, VpsState.QUEUED, VpsState.DELETING):
+            return view(vps)
+        try:
+            actual = ctx.hypervisor(vps.host).state(vps.domain_name)
+        except HypervisorNotFound:
+            vps.state, vps.error = VpsState.ERROR, "the domain has vanished from libvirt"
+            return view(vps)
+        vps.state = _FROM_LIBVIRT[actual]
+        return view(vps)
+
+
+def _power(ctx: Context, ref: str, allowed: tuple[str, ...], action: str,
+           call: Callable[[Any, str], None]) -> dict[str, Any]:
+    with ctx.db.session() as s:
+        vps = resolve(s, ref)
+        if vps.state not in allowed:
+            raise Conflict(f"cannot {action} {vps.hostname}: it is {vps.state}")
+        host_uri, domain = vps.host.uri, vps.domain_name
+        uuid = vps.uuid
+    call(ctx.hypervisor(host_uri), domain)
+    return sync_state(ctx, uuid)
+
+
+def start(ctx: Context, ref: str) -> dict[str, Any]:
+    return _power(ctx, ref, (VpsState.STOPPED,), "start", lambda hv, d: hv.start(d))
+
+
+def destroy(ctx: Context, ref: str) -> dict[str, Any]:
+    allowed = (VpsState.RUNNING, VpsState.SUSPENDED)
+    return _power(ctx, ref, allowed, "destroy", lambda hv, d: hv.destroy(d))
+
+
+def reboot(ctx: Context, ref: str) -> dict[str, Any]:
+    return _power(ctx, ref, (VpsState.RUNNING,), "reboot", lambda hv, d: hv.reboot(d))
+
+
+def suspend(ctx: Context, ref: str) -> dict[str, Any]:
+    return _power(ctx, ref, (VpsState.RUNNING,), "suspend", lambda hv, d: hv.suspend(d))
+
+
+def resume(ctx: Context, ref: str) -> dict[str, Any]:
+    return _power(ctx, ref, (VpsState.SUSPENDED,), "resume", lambda hv, d: hv.resume(d))
+
+
+def shutdown(ctx: Context, ref: str, timeout: float = 60.0, force: bool = False) -> dict[str, Any]:
+    """Press the ACPI power button, wait up to ``timeout``, then destroy if ``force``."""
+    shown = _power(ctx, ref, (VpsState.RUNNING,), "shut down", lambda hv, d: hv.shutdown(d))
+    deadline = time.monotonic() + timeout
+    while shown["state"] != VpsState.STOPPED and time.monotonic() < deadline:
+        time.sleep(0.5)
+        shown = sync_state(ctx, shown["id"])
+    if shown["state"] != VpsState.STOPPED:
+        if not force:
+            raise Conflict(f"{shown['hostname']} did not power off within {timeout:g} s "
+                           "(use --force to destroy it)")
+        shown = destroy(ctx, shown["id"])
+    return shown

@@ -1,0 +1,110 @@
+"""Render specs through Jinja2 and validate them against libvirt's RelaxNG schemas.
+
+Autoescape is on and undefined values are errors, so user text can neither
+break the XML nor slip in elements. Every document is parsed with lxml and
+validated before anything hands it to libvirt.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from lxml import etree
+
+from kvmvps.errors import XmlValidationError
+from kvmvps.xmlspec import (
+    BridgeNetworkSpec,
+    DhcpHost,
+    DomainSpec,
+    NatNetworkSpec,
+    OverlayVolumeSpec,
+    RawVolumeSpec,
+)
+
+DEFAULT_SCHEMA_DIR = Path("/usr/share/libvirt/schemas")
+
+
+def schema_dir() -> Path:
+    return Path(os.environ.get("KVMVPS_SCHEMA_DIR", DEFAULT_SCHEMA_DIR))
+
+
+@cache
+def _environment() -> jinja2.Environment:
+    import domain_templates
+    import network_xml
+
+    paths = [str(Path(m.__file__).parent) for m in (domain_templates, network_xml)]
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(paths),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
+
+
+@cache
+def _schema(name: str) -> etree.RelaxNG:
+    path = schema_dir() / f"{name}.rng"
+    if not path.is_file():
+        raise XmlValidationError(
+            f"libvirt's RelaxNG schema {path} is missing (install the libvirt0 package)"
+        )
+    return etree.RelaxNG(etree.parse(str(path)))
+
+
+def validate(xml: str, schema: str) -> etree._Element:
+    """Parse ``xml`` and validate it against ``schema`` (e.g. ``domain``)."""
+    try:
+        root = etree.fromstring(xml.encode())
+    except etree.XMLSyntaxError as exc:
+        raise XmlValidationError(f"rendered {schema} XML is not well-formed: {exc}") from None
+    rng = _schema(schema)
+    if not rng.validate(root):
+        err = rng.error_log.last_error
+        raise XmlValidationError(f"rendered {schema} XML fails libvirt's schema: {err}")
+    return root
+
+
+def render(template: str, schema: str, **values: Any) -> str:
+    """Render ``template`` with ``values`` and validate it against ``schema``."""
+    xml = _environment().get_template(template).render(**values)
+    validate(xml, schema)
+    return xml
+
+
+def domain_xml(spec: DomainSpec) -> str:
+    return render("domain.xml.j2", "domain", spec=spec)
+
+
+def nat_network_xml(spec: NatNetworkSpec) -> str:
+    return render("nat.xml.j2", "network", spec=spec)
+
+
+def bridge_network_xml(spec: BridgeNetworkSpec) -> str:
+    return render("bridge.xml.j2", "network", spec=spec)
+
+
+def overlay_volume_xml(spec: OverlayVolumeSpec) -> str:
+    return render("volume.xml.j2", "storagevol", spec=spec)
+
+
+def raw_volume_xml(spec: RawVolumeSpec) -> str:
+    return render("raw_volume.xml.j2", "storagevol", spec=spec)
+
+
+def pool_xml(name: str, path: str) -> str:
+    return render("pool.xml.j2", "storagepool", name=name, path=path)
+
+
+def dhcp_host_xml(host: DhcpHost) -> str:
+    """A ``<host>`` fragment for virNetworkUpdate, validated inside a whole network."""
+    fragment = _environment().get_template("dhcp_host.xml.j2").render(host=host).strip()
+    probe = NatNetworkSpec(
+        name="probe", bridge="probe0", address="10.0.0.1", netmask="255.0.0.0", dhcp_hosts=(host,)
+    )
+    nat_network_xml(probe)
+    return fragment

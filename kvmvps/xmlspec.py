@@ -1,0 +1,133 @@
+"""Specs: every value a libvirt document needs, computed in Python.
+
+Templates only place these values; nothing in a template decides anything.
+Each spec is a frozen dataclass, so a rendered document is a pure function
+of its spec.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+KVMVPS_XMLNS = "https://kvmvps.org/xmlns/domain/1"
+
+
+@dataclass(frozen=True)
+class VolumeDiskSpec:
+    """A disk backed by a storage pool volume."""
+
+    pool: str
+    volume: str
+    target: str
+    bus: str = "virtio"
+    device: str = "disk"
+    fmt: str = "qcow2"
+    readonly: bool = False
+
+
+@dataclass(frozen=True)
+class InterfaceSpec:
+    """A NIC on a libvirt network (``network``) or a host bridge (``bridge``)."""
+
+    kind: str
+    source: str
+    mac: str
+    model: str = "virtio"
+
+
+@dataclass(frozen=True)
+class VcpuPin:
+    vcpu: int
+    cpuset: str
+
+
+@dataclass(frozen=True)
+class KernelBoot:
+    kernel: str
+    initrd: str | None
+    cmdline: str | None
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    """A whole ``<domain>``."""
+
+    name: str
+    uuid: str
+    domain_type: str
+    memory_kib: int
+    vcpus: int
+    vcpupins: tuple[VcpuPin, ...]
+    disks: tuple[VolumeDiskSpec, ...]
+    interfaces: tuple[InterfaceSpec, ...]
+    console_log: str
+    title: str
+    vps_uuid: str
+    kernel_boot: KernelBoot | None = None
+    cpu_mode: str | None = None
+    machine: str = "pc"
+    xmlns: str = KVMVPS_XMLNS
+
+
+@dataclass(frozen=True)
+class DhcpHost:
+    mac: str
+    ip: str
+    name: str
+
+
+@dataclass(frozen=True)
+class NatNetworkSpec:
+    """A routed-by-NAT libvirt network with static DHCP entries only."""
+
+    name: str
+    bridge: str
+    address: str
+    netmask: str
+    dhcp_hosts: tuple[DhcpHost, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class BridgeNetworkSpec:
+    """A libvirt network that hands guests to an existing host bridge."""
+
+    name: str
+    bridge: str
+
+
+@dataclass(frozen=True)
+class OverlayVolumeSpec:
+    """A qcow2 overlay whose backing store is a base image."""
+
+    name: str
+    capacity_bytes: int
+    backing_path: str
+    backing_format: str = "qcow2"
+
+
+def nat_network_spec(
+    name: str, bridge: str, subnet: str, gateway: str, hosts: tuple[DhcpHost, ...] = ()
+) -> NatNetworkSpec:
+    """The spec of a NAT network from its subnet and gateway."""
+    net = ipaddress.IPv4Network(subnet)
+    return NatNetworkSpec(
+        name=name,
+        bridge=bridge,
+        address=gateway,
+        netmask=str(net.netmask),
+        dhcp_hosts=tuple(sorted(hosts, key=lambda h: ipaddress.IPv4Address(h.ip))),
+    )
+
+
+def vcpupins_for(host_cpus: list[int]) -> tuple[VcpuPin, ...]:
+    """One pin per vCPU, vCPU *i* on host CPU ``host_cpus[i]``."""
+    return tuple(VcpuPin(vcpu=i, cpuset=str(cpu)) for i, cpu in enumerate(host_cpus))
+
+
+@dataclass(frozen=True)
+class RawVolumeSpec:
+    """A raw volume of a fixed size, filled by upload."""
+
+    name: str
+    capacity_bytes: int

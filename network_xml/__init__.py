@@ -1,0 +1,1 @@
+"""Jinja2 templates for libvirt NAT and bridge network XML (package data)."""

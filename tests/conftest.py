@@ -1,0 +1,133 @@
+"""Shared fixtures.
+
+Tests that touch the real libvirtd use their own storage pool, NAT network
+and bridge (never libvirt's ``default`` or the production ``kvmvps`` ones),
+a state dir under /var/lib/kvmvps-tests (QEMU must be able to read the
+images, which /tmp/pytest-of-root does not allow), and remove everything they
+made when the session ends.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kvmvps.config import load_settings
+from kvmvps.hypervisor import close_all
+from kvmvps.services import Context, inventory, setup
+
+TEST_ROOT = Path(os.environ.get("KVMVPS_TEST_ROOT", "/var/lib/kvmvps-tests"))
+TEST_CACHE = Path(os.environ.get("KVMVPS_TEST_CACHE", "/var/cache/kvmvps-tests"))
+REAL_URI = "qemu:///system"
+TEST_NET = "kvmvpstest"
+TEST_BRIDGE = "kvmvpstest0"
+TEST_SUBNET = "10.231.0.0/24"
+TEST_POOL = "kvmvpstest"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+def test_env(state_dir: Path, uri: str = REAL_URI, **extra: str) -> dict[str, str]:
+    """The KVMVPS_* environment of a test installation."""
+    env = {
+        "KVMVPS_STATE_DIR": str(state_dir),
+        "KVMVPS_LIBVIRT_URI": uri,
+        "KVMVPS_DOMAIN_TYPE": os.environ.get("KVMVPS_DOMAIN_TYPE", "auto"),
+        "KVMVPS_STORAGE_POOL": TEST_POOL,
+        "KVMVPS_NETWORK": TEST_NET,
+        "KVMVPS_NETWORK_BRIDGE": TEST_BRIDGE,
+        "KVMVPS_NETWORK_SUBNET": TEST_SUBNET,
+        "KVMVPS_HOST_MEMORY_RESERVE_MIB": "0",
+        "KVMVPS_CACHE_DIR": str(TEST_CACHE),
+    }
+    env.update(extra)
+    return env
+
+
+def make_state_dir(prefix: str) -> Path:
+    TEST_ROOT.mkdir(parents=True, exist_ok=True)
+    os.chmod(TEST_ROOT, 0o755)
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=TEST_ROOT))
+    os.chmod(path, 0o755)
+    return path
+
+
+def libvirtd_available() -> bool:
+    try:
+        from kvmvps.hypervisor import Hypervisor
+
+        Hypervisor(REAL_URI).ping()
+    except Exception:  # noqa: BLE001
+        return False
+    return True
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.environ.get("KVMVPS_REQUIRE_LIBVIRT") == "1":
+        return  # CI: a missing libvirtd must fail loudly, not skip
+    if not libvirtd_available():
+        skip = pytest.mark.skip(reason="no libvirtd at qemu:///system")
+        for item in items:
+            if "libvirt" in item.keywords or "e2e" in item.keywords:
+                item.add_marker(skip)
+
+
+def cleanup_installation(ctx: Context) -> None:
+    """Remove every domain, volume and network a test installation made."""
+    hv = ctx.hypervisor(ctx.settings.libvirt_uri)
+    for name in hv.list_domains(prefix="kvmvps-"):
+        if name in _domains_of(ctx):
+            hv.undefine(name)
+    for vol in hv.list_volumes(ctx.settings.storage_pool):
+        if vol.startswith("kvmvps-"):
+            hv.delete_volume(ctx.settings.storage_pool, vol)
+    for net in inventory.list_networks(ctx):
+        hv.remove_network(net.libvirt_name)
+    close_all()
+
+
+def _domains_of(ctx: Context) -> set[str]:
+    from sqlalchemy import select
+
+    from kvmvps.models import Vps
+
+    with ctx.db.session() as s:
+        return set(s.scalars(select(Vps.domain_name)))
+
+
+@pytest.fixture(scope="session")
+def real_state_dir() -> Iterator[Path]:
+    path = make_state_dir("session-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def real_ctx(real_state_dir: Path) -> Iterator[Context]:
+    """An initialised installation on the real libvirtd, shared by the session."""
+    ctx = Context(load_settings(test_env(real_state_dir)))
+    setup.init(ctx)
+    yield ctx
+    cleanup_installation(ctx)
+    _remove_pool(TEST_POOL)
+    ctx.close()
+    close_all()
+
+
+def _remove_pool(name: str) -> None:
+    for args in (["pool-destroy", name], ["pool-delete", name], ["pool-undefine", name]):
+        subprocess.run(["virsh", "-q", "-c", REAL_URI, *args], capture_output=True, check=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_image(real_ctx: Context) -> str:
+    """The tiny image, built once per session (the .deb cache survives sessions)."""
+    from kvmvps.services import images
+
+    images.build_tiny(real_ctx, "tiny")
+    return "tiny"

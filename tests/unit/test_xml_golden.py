@@ -1,0 +1,118 @@
+"""Golden files for every rendered document, compared semantically; all validate."""
+
+from __future__ import annotations
+
+import pytest
+from lxml import etree
+
+from kvmvps import xmlrender
+from kvmvps.errors import XmlValidationError
+from kvmvps.xmlspec import (
+    BridgeNetworkSpec,
+    DhcpHost,
+    DomainSpec,
+    InterfaceSpec,
+    KernelBoot,
+    OverlayVolumeSpec,
+    VolumeDiskSpec,
+    nat_network_spec,
+    vcpupins_for,
+)
+from tests.xmlcompare import assert_matches_golden, canonical
+
+UUID = "6f1c1b2e-6a55-4a8e-9a59-0c3b1b7a2d10"
+OVERLAY = VolumeDiskSpec(pool="kvmvps", volume="kvmvps-6f1c1b2e6a55.qcow2", target="vda")
+SEED = VolumeDiskSpec(pool="kvmvps", volume="kvmvps-6f1c1b2e6a55-seed.iso", target="vdb",
+                      fmt="raw", readonly=True)
+NAT_NIC = InterfaceSpec(kind="network", source="kvmvps", mac="52:54:00:aa:bb:cc")
+BRIDGE_NIC = InterfaceSpec(kind="bridge", source="br0", mac="52:54:00:aa:bb:cd")
+KERNEL = KernelBoot("/var/lib/kvmvps/images/tiny/vmlinuz", "/var/lib/kvmvps/images/tiny/initrd.img",
+                    "console=ttyS0 root=/dev/vda rw")
+
+
+def domain(**changes) -> DomainSpec:
+    base = dict(
+        name="kvmvps-6f1c1b2e6a55", uuid=UUID, domain_type="qemu", memory_kib=262144, vcpus=2,
+        vcpupins=vcpupins_for([1, 0]), disks=(OVERLAY,), interfaces=(NAT_NIC,),
+        console_log="/var/lib/kvmvps/console/kvmvps-6f1c1b2e6a55.log", title="web1",
+        vps_uuid=UUID, kernel_boot=KERNEL,
+    )
+    base.update(changes)
+    return DomainSpec(**base)
+
+
+DOMAIN_VARIANTS = {
+    "domain_nat_kernel_qemu.xml": domain(),
+    "domain_nat_disk_boot.xml": domain(kernel_boot=None),
+    "domain_kvm_passthrough.xml": domain(domain_type="kvm", cpu_mode="host-passthrough"),
+    "domain_bridge_seed.xml": domain(interfaces=(BRIDGE_NIC,), disks=(OVERLAY, SEED)),
+    "domain_kernel_no_initrd.xml": domain(kernel_boot=KernelBoot("/k/vmlinuz", None, None),
+                                          vcpus=1, vcpupins=vcpupins_for([3])),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DOMAIN_VARIANTS))
+def test_domain_variants_match_golden_and_validate(name: str) -> None:
+    xml = xmlrender.domain_xml(DOMAIN_VARIANTS[name])
+    xmlrender.validate(xml, "domain")
+    assert_matches_golden(xml, name)
+
+
+def test_domain_places_every_value() -> None:
+    root = etree.fromstring(xmlrender.domain_xml(domain()).encode())
+    assert root.get("type") == "qemu"
+    assert root.findtext("name") == "kvmvps-6f1c1b2e6a55"
+    assert root.findtext("uuid") == UUID
+    assert root.findtext("memory") == root.findtext("currentMemory") == "262144"
+    assert root.findtext("vcpu") == "2"
+    pins = [(p.get("vcpu"), p.get("cpuset")) for p in root.iterfind("cputune/vcpupin")]
+    assert pins == [("0", "1"), ("1", "0")]
+    assert root.find("devices/disk/source").get("volume") == "kvmvps-6f1c1b2e6a55.qcow2"
+    assert root.find("devices/interface/mac").get("address") == "52:54:00:aa:bb:cc"
+    assert root.find("devices/serial/log").get("file").endswith("kvmvps-6f1c1b2e6a55.log")
+    assert root.findtext("os/cmdline") == "console=ttyS0 root=/dev/vda rw"
+
+
+NETWORK_VARIANTS = {
+    "network_nat_empty.xml": lambda: xmlrender.nat_network_xml(
+        nat_network_spec("kvmvps", "kvmvps0", "10.213.0.0/24", "10.213.0.1")),
+    "network_nat_hosts.xml": lambda: xmlrender.nat_network_xml(nat_network_spec(
+        "kvmvps", "kvmvps0", "10.213.0.0/24", "10.213.0.1",
+        (DhcpHost("52:54:00:00:00:0b", "10.213.0.11", "kvmvps-bbbbbbbbbbbb"),
+         DhcpHost("52:54:00:00:00:02", "10.213.0.2", "kvmvps-aaaaaaaaaaaa")))),
+    "network_bridge.xml": lambda: xmlrender.bridge_network_xml(BridgeNetworkSpec("public", "br0")),
+    "volume_overlay.xml": lambda: xmlrender.overlay_volume_xml(OverlayVolumeSpec(
+        "kvmvps-6f1c1b2e6a55.qcow2", 10 << 30, "/var/lib/kvmvps/images/tiny/disk.qcow2")),
+    "pool_dir.xml": lambda: xmlrender.pool_xml("kvmvps", "/var/lib/kvmvps/pool"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NETWORK_VARIANTS))
+def test_other_documents_match_golden(name: str) -> None:
+    assert_matches_golden(NETWORK_VARIANTS[name](), name)
+
+
+def test_nat_dhcp_hosts_are_sorted_by_address() -> None:
+    xml = NETWORK_VARIANTS["network_nat_hosts.xml"]()
+    ips = [h.get("ip") for h in etree.fromstring(xml.encode()).iterfind("ip/dhcp/host")]
+    assert ips == ["10.213.0.2", "10.213.0.11"]
+
+
+def test_hostile_text_stays_text() -> None:
+    """A title full of markup is escaped, not parsed: no element is injected."""
+    evil = 'x"/><devices><disk type="file"/></devices><title>'
+    root = etree.fromstring(xmlrender.domain_xml(domain(title=evil)).encode())
+    assert root.findtext("title") == evil
+    assert len(root.findall("devices")) == 1
+
+
+def test_invalid_document_is_refused_before_libvirt() -> None:
+    with pytest.raises(XmlValidationError, match="fails libvirt's schema"):
+        xmlrender.domain_xml(domain(memory_kib=-5))
+    with pytest.raises(XmlValidationError, match="fails libvirt's schema"):
+        xmlrender.domain_xml(domain(interfaces=(InterfaceSpec("network", "n", "not-a-mac"),)))
+
+
+def test_canonical_comparison_ignores_layout_only() -> None:
+    assert canonical('<a  x="1" y="2"><b/></a>') == canonical('<a y="2" x="1">\n  <b/>\n</a>')
+    assert canonical("<a><b>1</b></a>") != canonical("<a><b>2</b></a>")
