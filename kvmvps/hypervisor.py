@@ -283,6 +283,23 @@ class Hypervisor:
 
         return self._call(f"network {network}", entries)
 
+    def dhcp_leases(self, network: str) -> dict[str, str]:
+        """The addresses the network's DHCP server currently leases, with their MACs."""
+
+        def leases(conn: libvirt.virConnect) -> dict[str, str]:
+            net = conn.networkLookupByName(network)
+            if not net.isActive():
+                return {}
+            try:
+                leases = net.DHCPLeases()
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:
+                    raise
+                return {}  # a driver without a DHCP server leases nothing
+            return {lease["ipaddr"]: lease["mac"] for lease in leases}
+
+        return self._call(f"DHCP leases of {network}", leases)
+
     def add_dhcp_host(self, network: str, entry: DhcpEntry, xml: str) -> None:
         """Add a static DHCP entry live and to the config, where it is missing."""
         self._update_dhcp(network, entry, xml, libvirt.VIR_NETWORK_UPDATE_COMMAND_ADD_LAST, False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import secrets
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -29,17 +30,24 @@ def usable_addresses(network: Network) -> Iterator[ipaddress.IPv4Address]:
         yield addr
 
 
-def leased_addresses(session: Session, network_id: int) -> set[str]:
-    return set(session.scalars(select(IpLease.address).where(IpLease.network_id == network_id)))
-
-
-def next_free_address(session: Session, network: Network) -> str:
-    """The lowest free address in the network's pool."""
-    taken = leased_addresses(session, network.id)
-    for addr in usable_addresses(network):
-        if str(addr) not in taken:
-            return str(addr)
-    raise CapacityError(f"network {network.name!r} has no free addresses left")
+def next_free_address(session: Session, network: Network, exclude: set[str]) -> str:
+    """A never-used address (lowest first), else the one released longest ago."""
+    rows = {
+        r.address: r
+        for r in session.scalars(select(IpLease).where(IpLease.network_id == network.id))
+    }
+    released = []
+    for addr in map(str, usable_addresses(network)):
+        if addr in exclude:
+            continue
+        row = rows.get(addr)
+        if row is None:
+            return addr
+        if row.vps_id is None:
+            released.append(row)
+    if not released:
+        raise CapacityError(f"network {network.name!r} has no free addresses left")
+    return min(released, key=lambda r: (r.released_at or r.created_at, r.id)).address
 
 
 def random_mac(session: Session) -> str:
@@ -52,25 +60,31 @@ def random_mac(session: Session) -> str:
     raise CapacityError("could not find a free MAC address")
 
 
-def allocate(session: Session, vps: Vps, network: Network) -> IpLease:
-    """Lease the next free address and a fresh MAC to ``vps`` (flushed, not committed)."""
-    lease = IpLease(
-        network_id=network.id,
-        address=next_free_address(session, network),
-        mac=random_mac(session),
-        vps_id=vps.id,
+def allocate(session: Session, vps: Vps, network: Network, exclude: set[str] = frozenset()
+             ) -> IpLease:
+    """Lease an address and a fresh MAC to ``vps`` (flushed, not committed).
+
+    ``exclude`` names addresses that must not be handed out now, such as ones
+    the host's DHCP server still leases to another MAC.
+    """
+    address = next_free_address(session, network, set(exclude))
+    lease = session.scalar(
+        select(IpLease).where(IpLease.network_id == network.id, IpLease.address == address)
     )
-    session.add(lease)
+    if lease is None:
+        lease = IpLease(network_id=network.id, address=address)
+        session.add(lease)
+    lease.mac, lease.vps_id, lease.released_at = random_mac(session), vps.id, None
     vps.ip, vps.mac = lease.address, lease.mac
     session.flush()
     return lease
 
 
 def release(session: Session, vps: Vps) -> None:
-    """Give the VPS's address and MAC back to the pool."""
+    """Give the VPS's address back to the pool, remembering when."""
     lease = session.scalar(select(IpLease).where(IpLease.vps_id == vps.id))
     if lease is not None:
-        session.delete(lease)
+        lease.vps_id, lease.mac, lease.released_at = None, None, datetime.now(UTC)
     vps.ip = None
     vps.mac = None
     session.flush()

@@ -16,8 +16,8 @@ SEAL_KEY = "password-seal.key"
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to a new file that only root can read, atomically."""
-    tmp = path.with_suffix(".tmp")
+    """Write ``data`` to a file that only its owner can read, atomically."""
+    tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)
@@ -31,25 +31,26 @@ def provisioning_key_path(settings: Settings) -> Path:
 def ensure_provisioning_key(settings: Settings) -> str:
     """Create the provisioning key pair once; return the public half (OpenSSH line)."""
     private = provisioning_key_path(settings)
-    public = private.with_suffix(".pub")
     settings.keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     if not private.exists():
-        key = Ed25519PrivateKey.generate()
-        pem = key.private_bytes(
+        pem = Ed25519PrivateKey.generate().private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.OpenSSH,
             serialization.NoEncryption(),
         )
-        pub = key.public_key().public_bytes(
-            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-        )
-        _write_private(private, pem)
-        public.write_text(pub.decode() + " kvmvps-provisioning\n")
-    return public.read_text().strip()
+        _create_once(private, pem)
+    public = provisioning_public_key(settings)
+    private.with_suffix(".pub").write_text(public + "\n")
+    return public
 
 
 def provisioning_public_key(settings: Settings) -> str:
-    return provisioning_key_path(settings).with_suffix(".pub").read_text().strip()
+    """The public half, derived from the private key (so the two always match)."""
+    key = serialization.load_ssh_private_key(provisioning_key_path(settings).read_bytes(), None)
+    pub = key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    return pub.decode() + " kvmvps-provisioning"
 
 
 def seal_key(settings: Settings) -> Fernet:
@@ -57,5 +58,17 @@ def seal_key(settings: Settings) -> Fernet:
     path = settings.keys_dir / SEAL_KEY
     if not path.exists():
         settings.keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        _write_private(path, Fernet.generate_key())
+        _create_once(path, Fernet.generate_key())
     return Fernet(path.read_bytes())
+
+
+def _create_once(path: Path, data: bytes) -> None:
+    """Create ``path`` with ``data`` unless another process got there first."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    _write_private(tmp, data)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()

@@ -168,15 +168,23 @@ class Vps(Base):
 
 
 class IpLease(Base):
+    """An address of a network: held by a VPS, or free since ``released_at``.
+
+    Released rows are kept so that the address freed longest ago is reused
+    first; a fresh guest never inherits an address (and the DHCP lease, ARP
+    and DNS caches) of one deleted a moment ago.
+    """
+
     __tablename__ = "ip_leases"
     __table_args__ = (UniqueConstraint("network_id", "address"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     network_id: Mapped[int] = mapped_column(ForeignKey("networks.id"))
     address: Mapped[str] = mapped_column(String(39))
-    mac: Mapped[str] = mapped_column(String(17), unique=True)
-    vps_id: Mapped[int] = mapped_column(ForeignKey("vps.id"), unique=True)
+    mac: Mapped[str | None] = mapped_column(String(17), unique=True)
+    vps_id: Mapped[int | None] = mapped_column(ForeignKey("vps.id"), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    released_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class CpuPin(Base):

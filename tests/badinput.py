@@ -19,8 +19,9 @@ from kvmvps.services import Context, inventory
 from tests.snapshots import snapshot
 
 
-def run_cli(ctx: Context, *args: str):  # noqa: ANN201 - click's Result
-    env = {k: str(v) for k, v in _env_of(ctx).items()}
+def run_cli(ctx: Context, *args: str, extra_env: dict[str, str] | None = None):  # noqa: ANN201
+    """Run kvmvps-admin in-process against ``ctx``'s installation; click's Result."""
+    env = {**_env_of(ctx), **(extra_env or {})}
     return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
 
 
@@ -36,6 +37,7 @@ def _env_of(ctx: Context) -> dict[str, str]:
         "KVMVPS_NETWORK_SUBNET": s.network_subnet,
         "KVMVPS_HOST_MEMORY_RESERVE_MIB": str(s.host_memory_reserve_mib),
         "KVMVPS_CACHE_DIR": s.cache_dir,
+        "KVMVPS_SSH_TIMEOUT": str(s.ssh_timeout),
         "KVMVPS_CONFIG": "",
     }
 

@@ -26,22 +26,22 @@ TEST_ROOT = Path(os.environ.get("KVMVPS_TEST_ROOT", "/var/lib/kvmvps-tests"))
 TEST_CACHE = Path(os.environ.get("KVMVPS_TEST_CACHE", "/var/cache/kvmvps-tests"))
 REAL_URI = "qemu:///system"
 TEST_NET = "kvmvpstest"
-TEST_BRIDGE = "kvmvpstest0"
 TEST_SUBNET = "10.231.0.0/24"
 TEST_POOL = "kvmvpstest"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 
-def test_env(state_dir: Path, uri: str = REAL_URI, **extra: str) -> dict[str, str]:
-    """The KVMVPS_* environment of a test installation."""
+def test_env(state_dir: Path, uri: str = REAL_URI, name: str = TEST_NET,
+             subnet: str = TEST_SUBNET, **extra: str) -> dict[str, str]:
+    """The KVMVPS_* environment of a test installation named ``name``."""
     env = {
         "KVMVPS_STATE_DIR": str(state_dir),
         "KVMVPS_LIBVIRT_URI": uri,
         "KVMVPS_DOMAIN_TYPE": os.environ.get("KVMVPS_DOMAIN_TYPE", "auto"),
-        "KVMVPS_STORAGE_POOL": TEST_POOL,
-        "KVMVPS_NETWORK": TEST_NET,
-        "KVMVPS_NETWORK_BRIDGE": TEST_BRIDGE,
-        "KVMVPS_NETWORK_SUBNET": TEST_SUBNET,
+        "KVMVPS_STORAGE_POOL": name,
+        "KVMVPS_NETWORK": name,
+        "KVMVPS_NETWORK_BRIDGE": f"{name}0"[:15],
+        "KVMVPS_NETWORK_SUBNET": subnet,
         "KVMVPS_HOST_MEMORY_RESERVE_MIB": "0",
         "KVMVPS_CACHE_DIR": str(TEST_CACHE),
     }
@@ -114,14 +114,39 @@ def real_ctx(real_state_dir: Path) -> Iterator[Context]:
     setup.init(ctx)
     yield ctx
     cleanup_installation(ctx)
-    _remove_pool(TEST_POOL)
+    _remove_pool(ctx.settings.storage_pool)
     ctx.close()
-    close_all()
 
 
 def _remove_pool(name: str) -> None:
     for args in (["pool-destroy", name], ["pool-delete", name], ["pool-undefine", name]):
         subprocess.run(["virsh", "-q", "-c", REAL_URI, *args], capture_output=True, check=False)
+
+
+@pytest.fixture
+def fresh_ctx(tiny_image: str, real_ctx: Context) -> Iterator[Context]:
+    """A separate installation on the real libvirtd with plan 'small' and image 'base'.
+
+    It has its own pool, network (10.232.0.0/24) and database, so a test may
+    break it freely.
+    """
+    state = make_state_dir("fresh-")
+    shutil.copytree(real_ctx.settings.keys_dir, state / "keys")  # the key the image carries
+    ctx = Context(load_settings(test_env(state, name="kvmvpsfresh", subnet="10.232.0.0/24")))
+    setup.init(ctx)
+    with real_ctx.db.session() as s:
+        from kvmvps.models import Image
+
+        tiny = inventory.get_by_name(s, Image, tiny_image, "image")
+    inventory.add_image(ctx, "base", tiny.base_path, kernel=tiny.kernel_path,
+                        initrd=tiny.initrd_path, cmdline=tiny.cmdline,
+                        login_user=tiny.login_user, os_family=tiny.os_family)
+    inventory.add_plan(ctx, "small", 1, 256, 1)
+    yield ctx
+    cleanup_installation(ctx)
+    _remove_pool(ctx.settings.storage_pool)
+    ctx.close()
+    shutil.rmtree(state, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 from typing import TypeVar
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from kvmvps import ipam, validation, xmlrender
@@ -257,6 +257,7 @@ def remove_network(ctx: Context, name: str) -> None:
             raise Conflict(f"network {name!r} is named by a plan; remove or change the plan first")
         for host in s.scalars(select(Host).where(Host.enabled)):
             ctx.hypervisor(host).remove_network(network.libvirt_name)
+        s.execute(delete(IpLease).where(IpLease.network_id == network.id))
         s.delete(network)
 
 

@@ -94,6 +94,7 @@ def record_order(ctx: Context, req: OrderRequest) -> Order:
             raise Conflict(f"{owner.email} already has a VPS named {hostname!r}")
         host = choose_host(s, plan, ctx.settings.cpu_overcommit, ctx.settings.host_memory_reserve_mib)
         setup.prepare_host(ctx, s, host)
+        leased = ctx.hypervisor(host).dhcp_leases(network.libvirt_name) if network.kind == "nat" else {}
         vps = Vps(hostname=hostname, owner_id=owner.id, plan_id=plan.id, image_id=image.id,
                   host_id=host.id, network_id=network.id, state=VpsState.BUILDING,
                   username=image.login_user, domain_name="", ssh_keys="\n".join(ssh_keys),
@@ -101,7 +102,7 @@ def record_order(ctx: Context, req: OrderRequest) -> Order:
         s.add(vps)
         s.flush()
         vps.domain_name = domain_name_for(vps.uuid)
-        ipam.allocate(s, vps, network)
+        ipam.allocate(s, vps, network, exclude=set(leased))
         cpupin.allocate(s, vps, host, plan.vcpus, ctx.settings.cpu_overcommit)
         return Order(uuid=vps.uuid, password=password)
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from kvmvps import validation, xmlrender
+from kvmvps import keys, validation, xmlrender
 from kvmvps.models import Host, Network, User
 from kvmvps.services import Context, inventory
 
@@ -26,6 +26,7 @@ class InitReport:
     network: str
     pool: str
     domain_type: str
+    provisioning_key: str
 
 
 def make_state_dirs(ctx: Context) -> None:
@@ -46,6 +47,8 @@ def make_state_dirs(ctx: Context) -> None:
 def init(ctx: Context) -> InitReport:
     """Idempotently prepare everything kvmvps needs on this machine."""
     make_state_dirs(ctx)
+    keys.ensure_provisioning_key(ctx.settings)
+    keys.seal_key(ctx.settings)
     ctx.db.migrate()
     if ctx.settings.sqlite_path.exists():
         os.chmod(ctx.settings.sqlite_path, 0o600)
@@ -69,6 +72,7 @@ def init(ctx: Context) -> InitReport:
         network=ctx.settings.network,
         pool=ctx.settings.storage_pool,
         domain_type=ctx.domain_type,
+        provisioning_key=str(keys.provisioning_key_path(ctx.settings).with_suffix(".pub")),
     )
 
 

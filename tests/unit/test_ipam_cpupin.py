@@ -85,3 +85,26 @@ def test_pins_spread_over_host_cpus(td_ctx: Context) -> None:
     with td_ctx.db.session() as s:
         pinned = [v.pinned_cpus for v in s.scalars(select(Vps).order_by(Vps.id))]
     assert pinned == [[0], [1], [2], [3]]  # each on the least-pinned CPU
+
+
+def test_released_addresses_are_reused_oldest_first(td_ctx: Context) -> None:
+    """A /29 with five addresses: once all were used, the longest-free comes back first."""
+    from kvmvps.services import inventory, provisioning
+
+    inventory.add_network(td_ctx, "small29", "nat", "10.240.0.0/29", bridge="kvsmall29")
+
+    def order(name: str) -> str:
+        req = provisioning.OrderRequest("small", "base", name, network="small29")
+        return provisioning.create(td_ctx, req).uuid
+
+    from kvmvps.services import vps as vps_service
+
+    uuids = {n: order(n) for n in ("a", "b", "c", "d", "e")}
+    assert [vps_service.show(td_ctx, u)["ip"] for u in uuids.values()] == [
+        "10.240.0.2", "10.240.0.3", "10.240.0.4", "10.240.0.5", "10.240.0.6"]
+    for name in ("d", "b"):
+        provisioning.delete(td_ctx, uuids[name])
+    assert vps_service.show(td_ctx, order("f"))["ip"] == "10.240.0.5"  # d was released first
+    assert vps_service.show(td_ctx, order("g"))["ip"] == "10.240.0.3"
+    with pytest.raises(CapacityError, match="no free addresses"):
+        order("h")

@@ -19,8 +19,11 @@ def leftovers(ctx: Context) -> dict[str, object]:
     """Everything a VPS could leave behind, in libvirt and in the database."""
     hv = ctx.hypervisor(ctx.settings.libvirt_uri)
     with ctx.db.session() as s:
-        counts = {m.__name__: s.scalar(select(func.count()).select_from(m))
-                  for m in (IpLease, CpuPin)}
+        counts = {
+            "IpLease": s.scalar(select(func.count()).select_from(IpLease)
+                                .where(IpLease.vps_id.is_not(None))),
+            "CpuPin": s.scalar(select(func.count()).select_from(CpuPin)),
+        }
     return {
         "domains": sorted(hv.list_domains(prefix="kvmvps-")),
         "volumes": hv.list_volumes(ctx.settings.storage_pool),
@@ -58,7 +61,7 @@ def test_addresses_macs_and_pins_are_distinct(td_ctx: Context) -> None:
     assert shown[0]["pinned_cpus"] != shown[1]["pinned_cpus"]
     provisioning.delete(td_ctx, uuids[1])
     again = provisioning.create(td_ctx, dataclasses.replace(ORDER, hostname="web9")).uuid
-    assert vps.show(td_ctx, again)["ip"] == "10.231.0.3"  # released address is reused
+    assert vps.show(td_ctx, again)["ip"] == "10.231.0.5"  # never-used addresses come first
 
 
 @pytest.mark.parametrize("failing", [s.name for s in provisioning.STEPS])

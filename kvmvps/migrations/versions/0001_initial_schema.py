@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-22 16:05:01.282869
+Create Date: 2026-11-22 16:10:17.304754
 
 """
 from typing import Sequence, Union
@@ -133,9 +133,10 @@ def upgrade() -> None:
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('network_id', sa.Integer(), nullable=False),
     sa.Column('address', sa.String(length=39), nullable=False),
-    sa.Column('mac', sa.String(length=17), nullable=False),
-    sa.Column('vps_id', sa.Integer(), nullable=False),
+    sa.Column('mac', sa.String(length=17), nullable=True),
+    sa.Column('vps_id', sa.Integer(), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('released_at', sa.DateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['network_id'], ['networks.id'], name=op.f('fk_ip_leases_network_id_networks')),
     sa.ForeignKeyConstraint(['vps_id'], ['vps.id'], name=op.f('fk_ip_leases_vps_id_vps')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_ip_leases')),
