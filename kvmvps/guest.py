@@ -109,7 +109,7 @@ def wait_for_console_host_key(log_path: Path, deadline: float) -> str:
         if time.monotonic() >= deadline:
             raise GuestError("the guest never printed its SSH host key on the serial console")
         time.sleep(delay)
-        delay = min(delay * 1.5, 2.0)
+        delay = min(delay * 1.5, 0.5)
 
 
 def wait_for_ssh_banner(host: str, port: int, deadline: float) -> str:
@@ -127,7 +127,7 @@ def wait_for_ssh_banner(host: str, port: int, deadline: float) -> str:
         if time.monotonic() >= deadline:
             raise GuestError(f"the guest did not answer SSH on {host}:{port} in time")
         time.sleep(delay)
-        delay = min(delay * 1.5, 2.0)
+        delay = min(delay * 1.5, 0.5)
 
 
 @dataclass(frozen=True)

@@ -16,16 +16,24 @@ from sqlalchemy.orm import Session
 
 from kvmvps.errors import CapacityError, InvalidInput
 from kvmvps.models import IpLease, Network, Vps
+from kvmvps.xmlspec import SENTINEL_MAC, sentinel_address
 
 
 def usable_addresses(network: Network) -> Iterator[ipaddress.IPv4Address]:
-    """Addresses that may be handed out: never network, gateway or broadcast."""
+    """Addresses that may be handed out: never network, gateway or broadcast.
+
+    On NAT networks the last host address is reserved for the sentinel DHCP
+    entry (see :mod:`kvmvps.xmlspec`).
+    """
     net = ipaddress.IPv4Network(network.subnet)
     gateway = ipaddress.IPv4Address(network.gateway)
+    reserved = {gateway}
+    if network.kind == "nat":
+        reserved.add(ipaddress.IPv4Address(sentinel_address(network.subnet)))
     first = ipaddress.IPv4Address(network.pool_start) if network.pool_start else None
     last = ipaddress.IPv4Address(network.pool_end) if network.pool_end else None
     for addr in net.hosts():
-        if addr == gateway or (first and addr < first) or (last and addr > last):
+        if addr in reserved or (first and addr < first) or (last and addr > last):
             continue
         yield addr
 
@@ -54,6 +62,8 @@ def random_mac(session: Session) -> str:
     """A locally unique MAC in QEMU's 52:54:00 range."""
     for _ in range(64):
         mac = "52:54:00:" + ":".join(f"{secrets.randbelow(256):02x}" for _ in range(3))
+        if mac == SENTINEL_MAC:
+            continue
         taken = session.scalar(select(IpLease.id).where(IpLease.mac == mac))
         if taken is None and session.scalar(select(Vps.id).where(Vps.mac == mac)) is None:
             return mac

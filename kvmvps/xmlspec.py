@@ -106,17 +106,30 @@ class OverlayVolumeSpec:
     backing_format: str = "qcow2"
 
 
+# Every NAT network carries one DHCP entry that no guest can match, on the
+# subnet's last host address (never allocated). With it, dnsmasq always runs
+# with a DHCP hosts file, so adding or removing a guest's entry is a reload
+# (0.3 s) instead of a full dnsmasq restart (2 s, blocking the network).
+SENTINEL_MAC = "52:54:00:00:00:00"
+SENTINEL_NAME = "kvmvps-reserved"
+
+
+def sentinel_address(subnet: str) -> str:
+    return str(ipaddress.IPv4Network(subnet).broadcast_address - 1)
+
+
 def nat_network_spec(
     name: str, bridge: str, subnet: str, gateway: str, hosts: tuple[DhcpHost, ...] = ()
 ) -> NatNetworkSpec:
     """The spec of a NAT network from its subnet and gateway."""
     net = ipaddress.IPv4Network(subnet)
+    sentinel = DhcpHost(mac=SENTINEL_MAC, ip=sentinel_address(subnet), name=SENTINEL_NAME)
     return NatNetworkSpec(
         name=name,
         bridge=bridge,
         address=gateway,
         netmask=str(net.netmask),
-        dhcp_hosts=tuple(sorted(hosts, key=lambda h: ipaddress.IPv4Address(h.ip))),
+        dhcp_hosts=tuple(sorted((*hosts, sentinel), key=lambda h: ipaddress.IPv4Address(h.ip))),
     )
 
 

@@ -9,6 +9,7 @@ one) in reverse before the allocation is released.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -64,6 +65,7 @@ class Build:
     xml: str = ""
     host_key: str | None = None
     deadline: float = 0.0
+    dhcp: _Background | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -133,15 +135,52 @@ def _render(b: Build) -> None:
 
 
 def _add_dhcp(b: Build) -> None:
+    """Start adding the DHCP entry; ``dhcp-ready`` waits for it.
+
+    libvirt restarts dnsmasq for every live DHCP change (about 2 s here), so
+    the entry is written while the domain is defined and boots; the guest's
+    first DHCP request comes later than that.
+    """
     host = b.facts.dhcp_host
     if host is not None:
-        b.hv.add_dhcp_host(b.facts.network_libvirt, _entry(host), xmlrender.dhcp_host_xml(host))
+        xml = xmlrender.dhcp_host_xml(host)
+        b.dhcp = _Background(b.hv.add_dhcp_host, b.facts.network_libvirt, _entry(host), xml)
+
+
+def _dhcp_ready(b: Build) -> None:
+    if b.dhcp is not None:
+        b.dhcp.result()
 
 
 def _remove_dhcp(b: Build) -> None:
+    if b.dhcp is not None:
+        b.dhcp.wait()
     host = b.facts.dhcp_host
     if host is not None:
         b.hv.remove_dhcp_host(b.facts.network_libvirt, _entry(host), xmlrender.dhcp_host_xml(host))
+
+
+class _Background:
+    """A call running in its own thread; ``result()`` re-raises its exception."""
+
+    def __init__(self, fn: Callable[..., object], *args: object) -> None:
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn, *args), daemon=True)
+        self._thread.start()
+
+    def _run(self, fn: Callable[..., object], *args: object) -> None:
+        try:
+            fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - handed to result()
+            self._error = exc
+
+    def wait(self) -> None:
+        self._thread.join()
+
+    def result(self) -> None:
+        self.wait()
+        if self._error is not None:
+            raise self._error
 
 
 def _entry(host: DhcpHost) -> DhcpEntry:
@@ -179,6 +218,7 @@ STEPS: tuple[Step, ...] = (
     Step("dhcp", _add_dhcp, _remove_dhcp),
     Step("define", _define, _undefine),
     Step("start", _start, _stop),
+    Step("dhcp-ready", _dhcp_ready, _nothing),
     Step("host-key", credentials.read_host_key, credentials.forget_host_key),
     Step("credentials", credentials.push, _nothing),
 )

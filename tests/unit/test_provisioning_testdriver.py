@@ -11,6 +11,7 @@ from kvmvps.errors import StepFailed
 from kvmvps.models import CpuPin, IpLease, Vps, VpsState
 from kvmvps.services import Context, provisioning, vps
 from kvmvps.services.provisioning import OrderRequest
+from kvmvps.xmlspec import SENTINEL_MAC
 
 ORDER = OrderRequest(plan="small", image="base", hostname="web1")
 
@@ -27,7 +28,7 @@ def leftovers(ctx: Context) -> dict[str, object]:
     return {
         "domains": sorted(hv.list_domains(prefix="kvmvps-")),
         "volumes": hv.list_volumes(ctx.settings.storage_pool),
-        "dhcp": hv.dhcp_hosts(ctx.settings.network),
+        "dhcp": [e for e in hv.dhcp_hosts(ctx.settings.network) if e.mac != SENTINEL_MAC],
         **counts,
     }
 
@@ -43,8 +44,8 @@ def test_create_then_delete_leaves_nothing(td_ctx: Context) -> None:
     assert shown["mac"].startswith("52:54:00:")
     hv = td_ctx.hypervisor(td_ctx.settings.libvirt_uri)
     assert hv.state(shown["domain"]) == "running"
-    assert [(e.mac, e.ip) for e in hv.dhcp_hosts(td_ctx.settings.network)] == [
-        (shown["mac"], shown["ip"])]
+    assert {(e.mac, e.ip) for e in hv.dhcp_hosts(td_ctx.settings.network)} == {
+        (shown["mac"], shown["ip"]), (SENTINEL_MAC, "10.231.0.254")}
     provisioning.delete(td_ctx, uuid)
     assert leftovers(td_ctx) == EMPTY
     with td_ctx.db.session() as s:

@@ -95,7 +95,7 @@ def test_other_documents_match_golden(name: str) -> None:
 def test_nat_dhcp_hosts_are_sorted_by_address() -> None:
     xml = NETWORK_VARIANTS["network_nat_hosts.xml"]()
     ips = [h.get("ip") for h in etree.fromstring(xml.encode()).iterfind("ip/dhcp/host")]
-    assert ips == ["10.213.0.2", "10.213.0.11"]
+    assert ips == ["10.213.0.2", "10.213.0.11", "10.213.0.254"]  # .254: the sentinel
 
 
 def test_hostile_text_stays_text() -> None:
