@@ -1,0 +1,240 @@
+"""Build the Debian image for real and inspect the result without booting it.
+
+Needs root, debootstrap, e2fsprogs (debugfs) and qemu-utils, and the Debian
+mirror. The packages are cached as a debootstrap tarball under the test cache
+(a warm rebuild takes about a minute, a cold one about a minute and a half).
+The disk is read with ``debugfs`` on a raw conversion, never mounted.
+
+The first tests (mirror discovery and argument checks) are quick and need none
+of that.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from kvmvps.errors import ImageBuildError, InvalidInput
+from kvmvps.images import BuiltImage, debian
+from kvmvps.images.debian import CMDLINE, build_debian_image, host_mirror
+
+CACHE = Path(os.environ.get("KVMVPS_TEST_CACHE", "/var/cache/kvmvps-tests")) / "debian-debootstrap"
+TOOLS = ("debootstrap", "debugfs", "e2fsck", "mkfs.ext4", "qemu-img")
+
+
+def _pubkey() -> str:
+    public = Ed25519PrivateKey.generate().public_key()
+    raw = public.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return raw.decode() + " kvmvps-provisioning@test"
+
+
+# --- quick: mirror discovery and argument checks ------------------------------------------
+
+def test_host_mirror_reads_deb822_sources(tmp_path: Path) -> None:
+    (tmp_path / "debian.sources").write_text(
+        "Types: deb-src\nURIs: http://src.example/debian\nSuites: bookworm\n\n"
+        "Types: deb\nURIs: http://mirror.example/debian/\nSuites: bookworm bookworm-updates\n"
+        "Components: main\n\n"
+        "Types: deb\nURIs: http://security.example/debian-security\nSuites: bookworm-security\n")
+    assert host_mirror("bookworm", tmp_path, tmp_path / "none.list") == \
+        "http://mirror.example/debian"
+    assert host_mirror("bookworm-security", tmp_path, tmp_path / "none.list") == \
+        "http://security.example/debian-security"
+
+
+def test_host_mirror_skips_disabled_stanzas_and_reads_one_line_lists(tmp_path: Path) -> None:
+    (tmp_path / "a.sources").write_text(
+        "Enabled: no\nTypes: deb\nURIs: http://off.example/debian\nSuites: bookworm\n")
+    listing = tmp_path / "sources.list"
+    listing.write_text("# deb http://commented.example/debian bookworm main\n"
+                       "deb [arch=amd64 signed-by=/k.gpg] http://one.example/debian bookworm main\n")
+    assert host_mirror("bookworm", tmp_path, listing) == "http://one.example/debian"
+
+
+def test_host_mirror_falls_back_to_deb_debian_org(tmp_path: Path) -> None:
+    (tmp_path / "x.sources").write_text("Types: deb\nURIs: cdrom:/media\nSuites: bookworm\n")
+    assert host_mirror("bookworm", tmp_path, tmp_path / "none.list") == \
+        "http://deb.debian.org/debian"
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"login_user": "root"}, {"login_user": "Bad User"}, {"suite": "bookworm; rm -rf /"},
+    {"mirror": "http://x/ --include=evil"}, {"mirror": "ftp.example"},
+])
+def test_bad_arguments_are_refused_before_any_work(tmp_path: Path, kwargs: dict) -> None:
+    with pytest.raises(InvalidInput):
+        build_debian_image(tmp_path / "out", _pubkey(), **kwargs)
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_provisioning_key_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInput):
+        build_debian_image(tmp_path / "out", "ssh-ed25519 AAAA\ncommand=\"sh\" ssh-ed25519 B")
+
+
+def test_building_without_root_is_an_image_build_error(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(debian.os, "geteuid", lambda: 1000)
+    with pytest.raises(ImageBuildError, match="needs root"):
+        build_debian_image(tmp_path / "out", _pubkey())
+
+
+# --- slow: the real build -------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[BuiltImage, str, Path]:
+    """Build once into a fresh directory; return the image, its key and a raw copy."""
+    if shutil.which("debootstrap") is None:
+        pytest.skip("debootstrap is not installed (apt-get install debootstrap)")
+    if os.geteuid() != 0:
+        pytest.skip("building the Debian image needs root")
+    missing = [t for t in TOOLS if shutil.which(t) is None]
+    if missing:
+        pytest.skip(f"missing tools: {' '.join(missing)}")
+    key = _pubkey()
+    dest = tmp_path_factory.mktemp("debian")
+    image = build_debian_image(dest / "out", key, login_user="alice", cache_dir=CACHE)
+    raw = dest / "disk.raw"
+    subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(image.base_path),
+                    str(raw)], check=True)
+    return image, key, raw
+
+
+def _debugfs(raw: Path, request: str) -> str:
+    proc = subprocess.run(["debugfs", "-R", request, str(raw)], capture_output=True,
+                          text=True, check=True)
+    return proc.stdout
+
+
+def _cat(raw: Path, path: str) -> str:
+    return _debugfs(raw, f"cat {path}")
+
+
+def _ls(raw: Path, path: str) -> list[str]:
+    """Names in a directory of the image (debugfs ``ls -p``: /ino/mode/uid/gid/name/size/)."""
+    out = _debugfs(raw, f"ls -p {path}")
+    return [line.split("/")[5] for line in out.splitlines() if line.count("/") >= 6] or []
+
+
+def _mode(raw: Path, path: str) -> int:
+    out = _debugfs(raw, f"stat {path}")
+    return int(out.split("Mode:")[1].split()[0], 8)
+
+
+@pytest.mark.slow
+def test_output_files_and_boot_facts(built: tuple[BuiltImage, str, Path]) -> None:
+    image, _key, _raw = built
+    out = image.base_path.parent
+    assert sorted(p.name for p in out.iterdir()) == ["disk.qcow2", "initrd.img", "vmlinuz"]
+    assert image.kernel_path == out / "vmlinuz" and image.initrd_path == out / "initrd.img"
+    assert image.cmdline == CMDLINE == "console=ttyS0 root=/dev/vda rw net.ifnames=0"
+    assert (image.login_user, image.cloud_init, image.os_family) == ("alice", True, "debian")
+    assert image.kernel_path.read_bytes()[0x202:0x206] == b"HdrS"  # Linux boot protocol
+    head = image.initrd_path.read_bytes()[:6]
+    assert head[:2] == b"\x1f\x8b" or head[:4] == b"\x28\xb5\x2f\xfd" or head == b"070701"
+    for path in out.iterdir():
+        assert path.stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.slow
+def test_disk_is_a_standalone_compressed_qcow2(built: tuple[BuiltImage, str, Path]) -> None:
+    image, _key, _raw = built
+    assert image.base_path.read_bytes()[:4] == b"QFI\xfb"
+    info = json.loads(subprocess.run(
+        ["qemu-img", "info", "--output=json", str(image.base_path)],
+        capture_output=True, text=True, check=True).stdout)
+    assert info["format"] == "qcow2"
+    assert "backing-filename" not in info and "full-backing-filename" not in info
+    assert info["actual-size"] < info["virtual-size"] / 3  # compressed, and small
+    assert info["actual-size"] < 300 * 1024 * 1024
+
+
+@pytest.mark.slow
+def test_whole_disk_ext4_that_checks_clean(built: tuple[BuiltImage, str, Path]) -> None:
+    _image, _key, raw = built
+    with open(raw, "rb") as fh:
+        head = fh.read(2048)
+    assert head[1080:1082] == b"\x53\xef"  # ext4 superblock magic at 1024 + 0x38
+    assert head[510:512] != b"\x55\xaa"  # no MBR / partition table
+    subprocess.run(["e2fsck", "-f", "-n", str(raw)], check=True, capture_output=True)
+
+
+@pytest.mark.slow
+def test_kernel_and_initrd_are_the_images_own(built: tuple[BuiltImage, str, Path],
+                                              tmp_path: Path) -> None:
+    image, _key, raw = built
+    kernels = [n for n in _ls(raw, "/boot") if n.startswith("vmlinuz-")]
+    assert len(kernels) == 1
+    version = kernels[0].removeprefix("vmlinuz-")
+    assert version.endswith("-cloud-amd64")
+    _debugfs(raw, f"dump /boot/vmlinuz-{version} {tmp_path / 'k'}")
+    _debugfs(raw, f"dump /boot/initrd.img-{version} {tmp_path / 'i'}")
+    assert (tmp_path / "k").read_bytes() == image.kernel_path.read_bytes()
+    assert (tmp_path / "i").read_bytes() == image.initrd_path.read_bytes()
+    assert version in _ls(raw, "/usr/lib/modules")
+
+
+@pytest.mark.slow
+def test_cloud_init_configuration(built: tuple[BuiltImage, str, Path]) -> None:
+    _image, _key, raw = built
+    text = _cat(raw, "/etc/cloud/cloud.cfg.d/90_kvmvps.cfg")
+    # ds-identify only reads a datasource_list written on one line.
+    assert "\ndatasource_list: [ NoCloud, None ]\n" in text
+    config = yaml.safe_load(text)
+    assert config["datasource_list"] == ["NoCloud", "None"]
+    assert config["disable_root"] is False
+    assert config["growpart"] == {"mode": "off"} and config["resize_rootfs"] is True
+    assert "dsa" not in config["ssh_genkeytypes"]
+    user = yaml.safe_load(_cat(raw, "/etc/cloud/cloud.cfg.d/91_kvmvps_user.cfg"))
+    assert user["system_info"]["default_user"]["name"] == "alice"
+    assert user["system_info"]["default_user"]["lock_passwd"] is True
+    assert "cloud-init.service" in _ls(raw, "/etc/systemd/system/cloud-init.target.wants")
+
+
+@pytest.mark.slow
+def test_root_key_and_ssh_setup(built: tuple[BuiltImage, str, Path]) -> None:
+    _image, key, raw = built
+    assert _cat(raw, "/root/.ssh/authorized_keys") == key + "\n"
+    assert _mode(raw, "/root/.ssh/authorized_keys") & 0o777 == 0o600
+    assert _mode(raw, "/root/.ssh") & 0o777 == 0o700
+    assert not [n for n in _ls(raw, "/etc/ssh") if n.startswith("ssh_host_")]
+    assert _cat(raw, "/etc/ssh/sshd_config.d/50-cloud-init.conf") == \
+        "PasswordAuthentication yes\n"
+    dropin = _cat(raw, "/etc/systemd/system/ssh.service.d/kvmvps-hostkeys.conf")
+    assert "ssh-keygen -A" in dropin and "ExecStartPre=/usr/sbin/sshd -t" in dropin
+    assert "alice" not in _cat(raw, "/etc/passwd")  # cloud-init creates the login user
+
+
+@pytest.mark.slow
+def test_system_configuration(built: tuple[BuiltImage, str, Path]) -> None:
+    _image, _key, raw = built
+    assert _cat(raw, "/etc/fstab").split() == ["/dev/vda", "/", "ext4", "errors=remount-ro",
+                                                "0", "1"]
+    eth0 = _cat(raw, "/etc/network/interfaces.d/eth0.cfg")
+    assert [ln for ln in eth0.splitlines() if not ln.startswith("#")] == \
+        ["auto eth0", "iface eth0 inet dhcp"]  # the content cloud-init removes
+    assert "source /etc/network/interfaces.d/*" in _cat(raw, "/etc/network/interfaces")
+    assert "machine-id" in _ls(raw, "/etc") and _cat(raw, "/etc/machine-id") == ""
+    assert _cat(raw, "/etc/hostname") == "debian\n"
+    assert "resolv.conf" not in _ls(raw, "/etc")
+    assert "-security main" in _cat(raw, "/etc/apt/sources.list")
+    assert "/dev/null" in _debugfs(raw, "stat /etc/systemd/system/systemd-firstboot.service")
+
+
+@pytest.mark.slow
+def test_image_is_stripped(built: tuple[BuiltImage, str, Path]) -> None:
+    _image, _key, raw = built
+    assert [n for n in _ls(raw, "/var/lib/apt/lists") if n not in (".", "..")] == ["partial"]
+    assert not [n for n in _ls(raw, "/var/cache/apt/archives") if n.endswith(".deb")]
+    assert sorted(_ls(raw, "/usr/share/doc/openssh-client")) == [".", "..", "copyright"]
+    assert "Fast link dest" in _debugfs(raw, "stat /usr/share/doc/openssh-server")
+    assert sorted(_ls(raw, "/usr/share/man/man8")) == [".", ".."]  # layout kept, pages gone
+    assert "debootstrap" not in _ls(raw, "/")
