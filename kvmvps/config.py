@@ -37,6 +37,12 @@ class Settings:
     host_memory_reserve_mib: int = 512
     ssh_timeout: float = 120.0
     cache_dir: str = ""
+    build_limit: int = 10
+    build_timeout: float = 900.0
+    job_lease_seconds: float = 30.0
+    worker_heartbeat_seconds: float = 5.0
+    worker_poll_seconds: float = 0.5
+    reconcile_interval: float = 60.0
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property

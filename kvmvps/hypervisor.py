@@ -196,6 +196,9 @@ class Hypervisor:
 
         return self._call(f"upload volume {name}", upload)
 
+    def volume_exists(self, pool: str, name: str) -> bool:
+        return name in self.list_volumes(pool)
+
     def delete_volume(self, pool: str, name: str) -> bool:
         """Delete a volume; False when it was already gone."""
 

@@ -54,7 +54,7 @@ def assert_one_line_error(result, code: int, *fragments: str) -> None:  # noqa: 
 def create_args(plan: str = "small", image: str = "base", hostname: str = "web1",
                 *extra: str) -> list[str]:
     return ["vps", "create", "--plan", plan, "--image", image, "--hostname", hostname,
-            "--json", *extra]
+            "--wait", "--json", *extra]
 
 
 # Each case: (name, setup(ctx, tmp) -> cli args, exit code, message fragment)

@@ -8,7 +8,7 @@ import traceback
 
 import click
 
-from kvmvps.cli import inventory_cmds, vps_cmds
+from kvmvps.cli import inventory_cmds, ops_cmds, vps_cmds
 from kvmvps.cli.context import Obj
 from kvmvps.errors import KvmvpsError
 
@@ -77,6 +77,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 inventory_cmds.register(cli)
 vps_cmds.register(cli)
+ops_cmds.register(cli)
 
 
 def main() -> None:

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import click
 
-from kvmvps.cli.context import Obj, json_option, pass_obj
+from kvmvps.cli.context import Obj, json_option, os_actor, pass_obj
 from kvmvps.cli.output import emit_json, record, table
-from kvmvps.services import credentials, provisioning
+from kvmvps.services import actions, provisioning
 from kvmvps.services import vps as vps_service
+from kvmvps.services.runner import run_or_follow
 
 LIST_COLUMNS = ("id", "hostname", "state", "ip", "plan", "image", "host", "owner")
 SHOW_KEYS = vps_service.VIEW_KEYS
@@ -51,22 +52,27 @@ def _progress(quiet: bool):  # noqa: ANN202
 @click.option("--ssh-key", "ssh_key_files", multiple=True,
               type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A file of SSH public keys to install for the login user (repeatable).")
-@click.option("--wait/--no-wait", default=True, show_default=True,
-              help="Build now and wait until the guest runs.")
+@click.option("--wait", is_flag=True,
+              help="Wait until the VPS runs (building it here if no worker is alive).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 @json_option
 @pass_obj
 def vps_create(obj: Obj, plan: str, image: str, hostname: str, owner: str | None,
                network: str | None, ssh_key_files: tuple[Path, ...], wait: bool, quiet: bool,
                as_json: bool) -> None:
-    """Order a VPS and build it; its password is shown this once."""
+    """Order a VPS; its password is shown this once.
+
+    Without --wait the order is queued for a worker and this returns at once
+    (state "queued"); with --wait it returns when the VPS runs.
+    """
     keys = [line for f in ssh_key_files for line in _read_key_file(f)]
     req = provisioning.OrderRequest(plan=plan, image=image, hostname=hostname,
                                     owner_email=owner, network=network, ssh_keys=tuple(keys))
-    order = provisioning.record_order(obj.ctx, req)
+    order = provisioning.record_order(obj.ctx, req, actor=os_actor())
     if wait:
-        provisioning.build(obj.ctx, order.uuid, _progress(quiet or as_json))
-    _print_with_password(vps_service.show(obj.ctx, order.uuid), order.password, as_json)
+        run_or_follow(obj.ctx, order.job, _progress(quiet or as_json))
+    view = {**vps_service.show(obj.ctx, order.uuid), "job": order.job}
+    _print_with_password(view, order.password, as_json)
 
 
 def _read_key_file(path: Path) -> list[str]:
@@ -94,8 +100,27 @@ def _print_with_password(view: dict, password: str | None, as_json: bool) -> Non
 @pass_obj
 def vps_password_reset(obj: Obj, ref: str, as_json: bool) -> None:
     """Set a new random password on a running VPS and show it once."""
-    view, password = credentials.password_reset(obj.ctx, ref)
-    _print_with_password(view, password, as_json)
+    req = actions.request(obj.ctx, ref, "password_reset", actor=os_actor())
+    run_or_follow(obj.ctx, req.job)
+    _print_with_password(vps_service.show(obj.ctx, req.vps), req.password, as_json)
+
+
+@vps_group.command("reinstall")
+@click.argument("ref")
+@click.option("--image", help="Reinstall from another image (default: the same one).")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
+@json_option
+@pass_obj
+def vps_reinstall(obj: Obj, ref: str, image: str | None, yes: bool, quiet: bool,
+                  as_json: bool) -> None:
+    """Wipe the disk and install the image afresh; new credentials are shown once."""
+    shown = vps_service.show(obj.ctx, ref)
+    if not yes:
+        click.confirm(f"Erase the disk of {shown['hostname']} ({shown['id'][:8]})?", abort=True)
+    req = actions.request(obj.ctx, shown["id"], "reinstall", actor=os_actor(), image=image)
+    run_or_follow(obj.ctx, req.job, _progress(quiet or as_json))
+    _print_with_password(vps_service.show(obj.ctx, req.vps), req.password, as_json)
 
 
 @vps_group.command("list")
@@ -140,26 +165,29 @@ def vps_delete(obj: Obj, ref: str, yes: bool) -> None:
     shown = vps_service.show(obj.ctx, ref)
     if not yes:
         click.confirm(f"Delete {shown['hostname']} ({shown['id'][:8]})?", abort=True)
-    provisioning.delete(obj.ctx, shown["id"])
+    req = actions.request(obj.ctx, shown["id"], "delete", actor=os_actor())
+    run_or_follow(obj.ctx, req.job)
     click.echo(f"deleted {shown['hostname']} ({shown['id']})")
 
 
-def _power_command(name: str, help_text: str, action):  # noqa: ANN001, ANN202
+def _power_command(name: str, action: str, help_text: str) -> click.Command:
     @vps_group.command(name, help=help_text)
     @click.argument("ref")
     @json_option
     @pass_obj
     def command(obj: Obj, ref: str, as_json: bool) -> None:
-        _print_one(action(obj.ctx, ref), as_json)
+        req = actions.request(obj.ctx, ref, action, actor=os_actor())
+        run_or_follow(obj.ctx, req.job)
+        _print_one(vps_service.show(obj.ctx, req.vps), as_json)
 
     return command
 
 
-_power_command("start", "Power a stopped VPS on.", vps_service.start)
-_power_command("destroy", "Power a VPS off at once, like pulling the plug.", vps_service.destroy)
-_power_command("reboot", "Reboot a VPS (ACPI).", vps_service.reboot)
-_power_command("suspend", "Pause a running VPS in memory.", vps_service.suspend)
-_power_command("resume", "Resume a suspended VPS.", vps_service.resume)
+_power_command("start", "start", "Power a stopped VPS on.")
+_power_command("destroy", "destroy", "Power a VPS off at once, like pulling the plug.")
+_power_command("reboot", "reboot", "Reboot a VPS (ACPI).")
+_power_command("suspend", "suspend", "Pause a running VPS in memory.")
+_power_command("resume", "resume", "Resume a suspended VPS.")
 
 
 @vps_group.command("shutdown")
@@ -171,7 +199,10 @@ _power_command("resume", "Resume a suspended VPS.", vps_service.resume)
 @pass_obj
 def vps_shutdown(obj: Obj, ref: str, timeout: float, force: bool, as_json: bool) -> None:
     """Shut a VPS down gracefully (ACPI power button)."""
-    _print_one(vps_service.shutdown(obj.ctx, ref, timeout=timeout, force=force), as_json)
+    req = actions.request(obj.ctx, ref, "shutdown", actor=os_actor(), timeout=timeout,
+                          force=force)
+    run_or_follow(obj.ctx, req.job)
+    _print_one(vps_service.show(obj.ctx, req.vps), as_json)
 
 
 def _print_one(view: dict, as_json: bool) -> None:

@@ -10,15 +10,13 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-from sqlalchemy import select
+from typing import TYPE_CHECKING
 
 from kvmvps import cloudinit, guest, keys, xmlrender
 from kvmvps.errors import Conflict, GuestError, HostKeyMismatch
 from kvmvps.models import Vps, VpsState
 from kvmvps.services import Context
-from kvmvps.services.vps import resolve, view
+from kvmvps.services.vps import resolve
 from kvmvps.xmlspec import RawVolumeSpec
 
 if TYPE_CHECKING:
@@ -48,6 +46,8 @@ def make_seed(b: Build) -> None:
     f = b.facts
     if not f.cloud_init:
         return
+    if b.host_key and b.hv.volume_exists(f.pool, f.seed_volume):
+        return  # resumed build: the guest may already have read this seed
     host_key = cloudinit.generate_host_key()
     user_data = cloudinit.render_user_data(
         hostname=f.hostname, login_user=f.login_user,
@@ -90,7 +90,9 @@ def push(b: Build) -> None:
         vps = s.get(Vps, f.vps_id)
         token, ssh_keys = vps.pending_password, vps.ssh_keys.splitlines()
     if token is None:
-        raise GuestError("no pending password to push (it was already pushed or erased)")
+        if b.host_key:
+            return  # pushed before a crash; the build is being resumed
+        raise GuestError("no pending password to push")
     password = unseal(b.ctx, token)
     target = guest.Target(host=f.ip or "", port=22, host_key=b.host_key or "")
     key_path = keys.provisioning_key_path(b.ctx.settings)
@@ -110,33 +112,31 @@ def erase_pending_password(ctx: Context, vps_id: int) -> None:
 
 
 # -- password reset ---------------------------------------------------------
-def password_reset(ctx: Context, ref: str, owner_id: int | None = None) -> tuple[dict, str]:
-    """Set a new random password on a running VPS; return its view and the password."""
+def apply_password_reset(ctx: Context, uuid: str) -> None:
+    """Push the password sealed by a reset request, prove it works, erase it."""
     with ctx.db.session() as s:
-        vps = resolve(s, ref, owner_id)
+        vps = resolve(s, uuid)
         if vps.state != VpsState.RUNNING:
             raise Conflict(f"cannot reset the password of {vps.hostname}: it is {vps.state}")
+        if vps.pending_password is None:
+            raise GuestError(f"no new password is waiting for {vps.hostname}")
         target = guest.Target(host=vps.ip or "", port=22, host_key=vps.host_key or "")
-        vps_id, user, hostname = vps.id, vps.username or "root", vps.hostname
-    password = guest.new_password()
+        vps_id, user, token = vps.id, vps.username or "root", vps.pending_password
+    password = unseal(ctx, token)
     deadline = time.monotonic() + 30
     try:
         with guest.root_session(target, keys.provisioning_key_path(ctx.settings), deadline) as c:
-            guest.run(c, "chpasswd -e", [], stdin=f"{user}:{guest.hash_password(password)}\n".encode())
+            line = f"{user}:{guest.hash_password(password)}\n".encode()
+            guest.run(c, "chpasswd -e", [], stdin=line)
         guest.verify_password_login(target, user, password)
     except HostKeyMismatch as exc:
         _record_error(ctx, vps_id, str(exc))
         raise
-    log.info("password of %s reset", hostname)
-    return _view(ctx, vps_id), password
+    finally:
+        erase_pending_password(ctx, vps_id)
 
 
 def _record_error(ctx: Context, vps_id: int, message: str) -> None:
     with ctx.db.session() as s:
         vps = s.get(Vps, vps_id)
         vps.state, vps.error = VpsState.ERROR, message
-
-
-def _view(ctx: Context, vps_id: int) -> dict[str, Any]:
-    with ctx.db.session() as s:
-        return view(resolve(s, s.scalar(select(Vps.uuid).where(Vps.id == vps_id))))

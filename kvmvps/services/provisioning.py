@@ -14,15 +14,23 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from kvmvps import cpupin, guest, ipam, validation, xmlrender
-from kvmvps.errors import Conflict, HypervisorError, KvmvpsError, StepFailed
+from kvmvps.errors import (
+    Conflict,
+    HypervisorError,
+    HypervisorUnavailable,
+    KvmvpsError,
+    NotFound,
+    StepFailed,
+)
 from kvmvps.hypervisor import DhcpEntry, Hypervisor
 from kvmvps.models import Image, Network, Plan, Vps, VpsState
-from kvmvps.services import Context, credentials, inventory, setup
+from kvmvps.services import Context, credentials, inventory, jobs, setup
 from kvmvps.services.facts import VpsFacts, domain_name_for, domain_spec, load_facts, overlay_spec
 from kvmvps.services.placement import choose_host
 from kvmvps.storage import check_base_image, overlay_capacity
@@ -54,6 +62,7 @@ class Order:
 
     uuid: str
     password: str | None
+    job: str
 
 
 @dataclass
@@ -65,6 +74,7 @@ class Build:
     xml: str = ""
     host_key: str | None = None
     deadline: float = 0.0
+    job_deadline: float | None = None
     dhcp: _Background | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -81,8 +91,11 @@ class Step:
 
 
 # -- recording an order ------------------------------------------------------
-def record_order(ctx: Context, req: OrderRequest) -> Order:
-    """Validate, place and allocate in one transaction; the password is sealed."""
+def record_order(ctx: Context, req: OrderRequest, actor: str = "") -> Order:
+    """Record the VPS, its allocations and its build job in one transaction.
+
+    Either all of it is recorded or none; the password is kept only sealed.
+    """
     hostname = validation.hostname(req.hostname)
     ssh_keys = validation.ssh_public_keys(list(req.ssh_keys))
     with ctx.db.session() as s:
@@ -98,7 +111,7 @@ def record_order(ctx: Context, req: OrderRequest) -> Order:
         setup.prepare_host(ctx, s, host)
         leased = ctx.hypervisor(host).dhcp_leases(network.libvirt_name) if network.kind == "nat" else {}
         vps = Vps(hostname=hostname, owner_id=owner.id, plan_id=plan.id, image_id=image.id,
-                  host_id=host.id, network_id=network.id, state=VpsState.BUILDING,
+                  host_id=host.id, network_id=network.id, state=VpsState.QUEUED,
                   username=image.login_user, domain_name="", ssh_keys="\n".join(ssh_keys),
                   pending_password=credentials.seal(ctx, password) if password else None)
         s.add(vps)
@@ -106,7 +119,8 @@ def record_order(ctx: Context, req: OrderRequest) -> Order:
         vps.domain_name = domain_name_for(vps.uuid)
         ipam.allocate(s, vps, network, exclude=set(leased))
         cpupin.allocate(s, vps, host, plan.vcpus, ctx.settings.cpu_overcommit)
-        return Order(uuid=vps.uuid, password=password)
+        job = jobs.enqueue(s, "create", vps.uuid, host.id, actor=actor)
+        return Order(uuid=vps.uuid, password=password, job=job.uuid)
 
 
 def _network_for(ctx: Context, session: Session, plan: Plan, name: str | None) -> Network:
@@ -200,6 +214,8 @@ def _start(b: Build) -> None:
     if b.hv.state(b.facts.domain) != "running":
         b.hv.start(b.facts.domain)
     b.deadline = time.monotonic() + b.ctx.settings.ssh_timeout
+    if b.job_deadline is not None:
+        b.deadline = min(b.deadline, b.job_deadline)
 
 
 def _stop(b: Build) -> None:
@@ -225,28 +241,74 @@ STEPS: tuple[Step, ...] = (
 
 
 # -- running the steps -------------------------------------------------------
-def build(ctx: Context, uuid: str, progress: Progress | None = None) -> dict[str, float]:
-    """Run every step for the VPS; roll back and raise :class:`StepFailed` on failure."""
-    with ctx.db.session() as s:
-        vps_id = s.scalar(select(Vps.id).where(Vps.uuid == uuid))
-        b = Build(ctx=ctx, facts=load_facts(s, vps_id, ctx.settings))
-    steps = STEPS
+class Interrupted(Exception):  # noqa: N818 - not an error: the worker is stopping
+    """Raised by a checkpoint between steps: stop here, undo nothing."""
+
+
+UNAVAILABLE_RETRIES = (1.0, 2.0, 4.0)
+
+
+def build(ctx: Context, uuid: str, progress: Progress | None = None, *,
+          checkpoint: Callable[[], None] | None = None,
+          deadline: float | None = None) -> dict[str, float]:
+    """Run every step for the VPS; roll back and raise :class:`StepFailed` on failure.
+
+    ``checkpoint`` runs before each step and may raise :class:`Interrupted`;
+    ``deadline`` (``time.monotonic()``) is the job's time limit. Every step is
+    idempotent, so a build interrupted anywhere can simply be run again.
+    """
+    b = _load(ctx, uuid, deadline)
+    _set_state(ctx, b.facts.vps_id, VpsState.BUILDING)
     done: list[Step] = []
-    for index, step in enumerate(steps):
+    for index, step in enumerate(STEPS):
+        if checkpoint:
+            checkpoint()
         if progress:
-            progress(step.name, index, len(steps))
+            progress(step.name, index, len(STEPS))
         started = time.perf_counter()
         try:
-            step.do(b)
+            if deadline is not None and time.monotonic() > deadline:
+                raise StepFailed("the build passed its time limit")
+            _do_with_retries(step, b)
         except Exception as exc:  # noqa: BLE001 - every failure rolls back
-            _roll_back(b, done + [step])
-            message = _failure_message(b.facts, step.name, exc)
-            _mark_failed(ctx, b.facts.vps_id, message)
-            raise StepFailed(message) from exc
+            _fail(b, done + [step], step.name, exc)
         b.timings[step.name] = time.perf_counter() - started
         done.append(step)
     _set_state(ctx, b.facts.vps_id, VpsState.RUNNING)
     return b.timings
+
+
+def _load(ctx: Context, uuid: str, deadline: float | None) -> Build:
+    with ctx.db.session() as s:
+        vps = s.scalar(select(Vps).where(Vps.uuid == uuid))
+        if vps is None:
+            raise NotFound(f"VPS {uuid} no longer exists")
+        b = Build(ctx=ctx, facts=load_facts(s, vps.id, ctx.settings), host_key=vps.host_key)
+    b.job_deadline = deadline
+    return b
+
+
+def _do_with_retries(step: Step, b: Build) -> None:
+    """Run a step; while libvirt is unreachable, retry with backoff, then give up."""
+    for pause in (*UNAVAILABLE_RETRIES, None):
+        try:
+            step.do(b)
+            return
+        except HypervisorUnavailable as exc:
+            if pause is None:
+                raise
+            log.warning("step %s of %s: %s; retrying in %.0f s", step.name, b.facts.domain,
+                        exc, pause)
+            time.sleep(pause)
+
+
+def _fail(b: Build, steps: list[Step], step_name: str, exc: Exception) -> NoReturn:
+    leftovers = _roll_back(b, steps)
+    message = _failure_message(b.facts, step_name, exc)
+    if leftovers:
+        message += f" (cleanup left: {'; '.join(leftovers)})"
+    _mark_failed(b.ctx, b.facts.vps_id, message)
+    raise StepFailed(message) from exc
 
 
 def _failure_message(facts: VpsFacts, step: str, exc: Exception) -> str:
@@ -285,10 +347,16 @@ def _set_state(ctx: Context, vps_id: int, state: str, error: str | None = None) 
 
 
 # -- creating and deleting ---------------------------------------------------
-def create(ctx: Context, req: OrderRequest, progress: Progress | None = None) -> Order:
-    """Record the order and build it now."""
-    order = record_order(ctx, req)
-    build(ctx, order.uuid, progress)
+def create(ctx: Context, req: OrderRequest, progress: Progress | None = None,
+           actor: str = "") -> Order:
+    """Record the order and wait until it is built (here, if no worker is alive)."""
+    from kvmvps.services.runner import JobFailed, run_or_follow
+
+    order = record_order(ctx, req, actor)
+    try:
+        run_or_follow(ctx, order.job, progress)
+    except JobFailed as exc:
+        raise StepFailed(str(exc)) from None
     return order
 
 
@@ -308,3 +376,44 @@ def delete(ctx: Context, uuid: str) -> None:
         ipam.release(s, vps)
         cpupin.release(s, vps)
         s.delete(vps)
+
+
+def reinstall(ctx: Context, uuid: str, image: str | None = None,
+              progress: Progress | None = None, *,
+              checkpoint: Callable[[], None] | None = None,
+              deadline: float | None = None) -> dict[str, float]:
+    """A fresh overlay from the image (or another one), new host key, new credentials.
+
+    The address, MAC, pinned CPUs and DHCP entry stay; the old disk is gone.
+    """
+    with ctx.db.session() as s:
+        vps = s.scalar(select(Vps).where(Vps.uuid == uuid))
+        if vps is None:
+            raise NotFound(f"VPS {uuid} no longer exists")
+        if image:
+            new = inventory.get_by_name(s, Image, image, "image")
+            overlay_capacity(vps.plan.disk_gib, check_base_image(Path(new.base_path)), new.name)
+            vps.image_id, vps.username = new.id, new.login_user
+        vps.host_key = vps.host_key_fingerprint = None
+        vps.state = VpsState.BUILDING
+        facts = load_facts(s, vps.id, ctx.settings)
+    b = Build(ctx=ctx, facts=facts)
+    b.hv.undefine(facts.domain)
+    Path(facts.console_log).unlink(missing_ok=True)
+    for volume in (facts.overlay_volume, facts.seed_volume):
+        b.hv.delete_volume(facts.pool, volume)
+    return build(ctx, uuid, progress, checkpoint=checkpoint, deadline=deadline)
+
+
+def abandon(ctx: Context, uuid: str, reason: str) -> None:
+    """Roll back every step of a build nobody can finish, and mark the VPS failed."""
+    with ctx.db.session() as s:
+        vps = s.scalar(select(Vps).where(Vps.uuid == uuid))
+        if vps is None:
+            return
+        facts = load_facts(s, vps.id, ctx.settings)
+    leftovers = _roll_back(Build(ctx=ctx, facts=facts), list(STEPS))
+    message = f"building {facts.hostname} failed: {reason}; rolled back"
+    if leftovers:
+        message += f" (cleanup left: {'; '.join(leftovers)})"
+    _mark_failed(ctx, facts.vps_id, message)

@@ -40,7 +40,7 @@ def test_commands_refuse_an_uninitialised_machine(tmp_path: Path, td_ctx: Contex
 
 def test_create_show_list_xml_delete(td_ctx: Context) -> None:
     created = json.loads(ok(td_ctx, *create_args()))
-    assert set(created) == set(VIEW_KEYS) | {"password"}
+    assert set(created) == set(VIEW_KEYS) | {"password", "job"}
     assert created["password"] is None  # this image only boots: no credentials to show
     assert created["state"] == "running" and created["hostname"] == "web1"
     assert created["ssh_host"] == created["ip"] and created["ssh_port"] == 22

@@ -1,0 +1,112 @@
+"""The audit log: who did what to which object, and how it ended.
+
+Entries hold no secrets: callers pass an action, a target name and, on
+failure, the error's one-line message.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pwd
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import select
+
+from kvmvps import validation
+from kvmvps.errors import InvalidInput, KvmvpsError
+from kvmvps.models import AuditEntry
+from kvmvps.services import Context
+
+log = logging.getLogger(__name__)
+
+OK = "ok"
+FAILED = "failed"
+RESULTS = (OK, FAILED)
+MAX_LIMIT = 10_000
+MAX_DETAIL = 1000
+
+VIEW_KEYS = ("id", "at", "actor", "action", "target", "result", "detail")
+
+
+def one_line(text: str | None, limit: int = MAX_DETAIL) -> str:
+    """The first non-blank line of ``text``, at most ``limit`` characters."""
+    lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
+    first = lines[0] if lines else ""
+    return first if len(first) <= limit else first[: limit - 3] + "..."
+
+
+def error_message(exc: BaseException) -> str:
+    """The one-line message of an error, as front ends print it."""
+    if isinstance(exc, KvmvpsError):
+        return one_line(str(exc))
+    return one_line(f"{type(exc).__name__}: {exc}")
+
+
+def os_actor() -> str:
+    """The local account running this process, e.g. ``os:root``."""
+    uid = os.getuid()
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        name = str(uid)
+    return f"os:{name}"
+
+
+def record(ctx: Context, actor: str, action: str, target: str, result: str,
+           detail: str | None = None) -> None:
+    """Write one entry (in its own transaction)."""
+    if result not in RESULTS:
+        raise InvalidInput(f"audit result must be one of {', '.join(RESULTS)}, not {result!r}")
+    entry = AuditEntry(
+        actor=one_line(actor, 300), action=one_line(action, 64), target=one_line(target, 300),
+        result=result, detail=one_line(detail) if detail else None,
+    )
+    with ctx.db.session() as s:
+        s.add(entry)
+
+
+def entry_view(entry: AuditEntry) -> dict[str, Any]:
+    return {
+        "id": entry.id,
+        "at": entry.at.isoformat(),
+        "actor": entry.actor,
+        "action": entry.action,
+        "target": entry.target,
+        "result": entry.result,
+        "detail": entry.detail,
+    }
+
+
+def list_entries(ctx: Context, limit: int = 100, actor: str | None = None,
+                 action: str | None = None, target: str | None = None) -> list[dict[str, Any]]:
+    """The newest ``limit`` entries matching every filter given, newest first."""
+    validation.positive_int(limit, "limit", MAX_LIMIT)
+    query = select(AuditEntry).order_by(AuditEntry.at.desc(), AuditEntry.id.desc()).limit(limit)
+    for column, value in ((AuditEntry.actor, actor), (AuditEntry.action, action),
+                          (AuditEntry.target, target)):
+        if value is not None:
+            query = query.where(column == value)
+    with ctx.db.session() as s:
+        return [entry_view(e) for e in s.scalars(query)]
+
+
+def _record_quietly(ctx: Context, actor: str, action: str, target: str, result: str,
+                    detail: str | None = None) -> None:
+    try:
+        record(ctx, actor, action, target, result, detail)
+    except Exception as exc:  # noqa: BLE001 - never hide the outcome being recorded
+        log.error("could not write the audit entry for %s: %s", action, error_message(exc))
+
+
+@contextmanager
+def audited(ctx: Context, actor: str, action: str, target: str) -> Iterator[None]:
+    """Record the block's outcome: ``ok``, or ``failed`` with the error's message."""
+    try:
+        yield
+    except Exception as exc:
+        _record_quietly(ctx, actor, action, target, FAILED, error_message(exc))
+        raise
+    _record_quietly(ctx, actor, action, target, OK)

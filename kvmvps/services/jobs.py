@@ -1,0 +1,249 @@
+"""Durable jobs: queued in the database, claimed atomically, leased, finished once.
+
+A worker claims a job by moving it from ``queued`` to ``running`` in one
+transaction and holds a lease that it renews while it works. A job whose
+lease runs out (its worker died) is queued again for another worker, until
+its attempts are used up.
+
+Claiming is safe with any number of workers: on PostgreSQL candidate rows
+are locked with ``FOR UPDATE SKIP LOCKED``; on SQLite every write
+transaction starts with ``BEGIN IMMEDIATE`` (see :mod:`kvmvps.db`), so claims
+are serialised.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, exists, func, or_, select, update
+from sqlalchemy.orm import Session, aliased
+
+from kvmvps.errors import NotFound
+from kvmvps.models import Host, Job, JobState, Worker
+from kvmvps.services import Context
+
+BUILD_KINDS = ("create", "reinstall")
+KINDS = BUILD_KINDS + (
+    "start", "shutdown", "destroy", "reboot", "suspend", "resume", "delete", "password_reset",
+)
+MAX_ATTEMPTS = 3
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; they were stored as UTC."""
+    if moment is not None and moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """What a worker needs to run a job it claimed."""
+
+    id: int
+    uuid: str
+    kind: str
+    vps_uuid: str | None
+    params: dict[str, Any]
+    attempts: int
+    started_at: datetime
+
+
+def enqueue(session: Session, kind: str, vps_uuid: str | None, host_id: int | None,
+            actor: str = "", **params: Any) -> Job:
+    """Add a job inside the caller's transaction."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown job kind {kind!r}")
+    job = Job(kind=kind, vps_uuid=vps_uuid, host_id=host_id, actor=actor,
+              params=json.dumps(params, sort_keys=True))
+    session.add(job)
+    session.flush()
+    return job
+
+
+def _claimable(session: Session, build_limit: int, lease: timedelta, worker: str,
+               only_id: int | None) -> Job | None:
+    other = aliased(Job)
+    busy_vps = exists().where(
+        other.vps_uuid == Job.vps_uuid,
+        other.id != Job.id,
+        or_(other.state == JobState.RUNNING,
+            and_(other.state == JobState.QUEUED, other.id < Job.id)),
+    )
+    query = (select(Job).where(Job.state == JobState.QUEUED, ~busy_vps)
+             .order_by(Job.id).limit(20).with_for_update(skip_locked=True, of=Job))
+    if only_id is not None:
+        query = query.where(Job.id == only_id)
+    for job in session.scalars(query):
+        if job.kind in BUILD_KINDS and not _build_slot_free(session, job, build_limit):
+            continue
+        job.state, job.worker = JobState.RUNNING, worker
+        job.attempts += 1
+        job.started_at = job.started_at or now()
+        job.lease_expires_at = now() + lease
+        return job
+    return None
+
+
+def _build_slot_free(session: Session, job: Job, build_limit: int) -> bool:
+    """At most ``build_limit`` builds at once per host (the host row is locked)."""
+    if job.host_id is None:
+        return True
+    session.scalar(select(Host.id).where(Host.id == job.host_id).with_for_update())
+    running = session.scalar(
+        select(func.count()).select_from(Job).where(
+            Job.host_id == job.host_id, Job.state == JobState.RUNNING,
+            Job.kind.in_(BUILD_KINDS)))
+    return running < build_limit
+
+
+def claim(ctx: Context, worker: str, only_id: int | None = None) -> Claimed | None:
+    """Atomically take the oldest runnable job (or job ``only_id``)."""
+    st = ctx.settings
+    with ctx.db.session() as s:
+        job = _claimable(s, st.build_limit, timedelta(seconds=st.job_lease_seconds), worker,
+                         only_id)
+        if job is None:
+            return None
+        return Claimed(id=job.id, uuid=job.uuid, kind=job.kind, vps_uuid=job.vps_uuid,
+                       params=json.loads(job.params or "{}"), attempts=job.attempts,
+                       started_at=_aware(job.started_at))
+
+
+def renew_lease(ctx: Context, job_id: int, worker: str) -> bool:
+    """Extend the lease; False when the job is no longer ours."""
+    expires = now() + timedelta(seconds=ctx.settings.job_lease_seconds)
+    with ctx.db.session() as s:
+        result = s.execute(update(Job).where(
+            Job.id == job_id, Job.worker == worker, Job.state == JobState.RUNNING,
+        ).values(lease_expires_at=expires))
+        return result.rowcount == 1
+
+
+def set_step(ctx: Context, job_id: int, step: str, progress: int) -> None:
+    with ctx.db.session() as s:
+        s.execute(update(Job).where(Job.id == job_id).values(step=step, progress=progress))
+
+
+def finish(ctx: Context, job_id: int, worker: str, error: str | None = None) -> None:
+    """Mark a job we hold as succeeded (or failed with ``error``)."""
+    with ctx.db.session() as s:
+        s.execute(update(Job).where(Job.id == job_id, Job.worker == worker).values(
+            state=JobState.FAILED if error else JobState.SUCCEEDED,
+            error=error, finished_at=now(), lease_expires_at=None,
+            progress=100 if error is None else Job.progress,
+        ))
+
+
+def release(ctx: Context, job_id: int, worker: str) -> None:
+    """Hand a job back to the queue (a worker stopping between steps)."""
+    with ctx.db.session() as s:
+        s.execute(update(Job).where(Job.id == job_id, Job.worker == worker).values(
+            state=JobState.QUEUED, worker=None, lease_expires_at=None,
+            attempts=Job.attempts - 1,
+        ))
+
+
+def expired(ctx: Context) -> list[Claimed]:
+    """Running jobs whose worker stopped renewing the lease."""
+    with ctx.db.session() as s:
+        rows = s.scalars(select(Job).where(
+            Job.state == JobState.RUNNING, Job.lease_expires_at < now()))
+        return [Claimed(id=j.id, uuid=j.uuid, kind=j.kind, vps_uuid=j.vps_uuid,
+                        params=json.loads(j.params or "{}"), attempts=j.attempts,
+                        started_at=_aware(j.started_at)) for j in rows]
+
+
+def requeue_expired(ctx: Context, job_id: int) -> bool:
+    """Queue an expired job again; False if someone else already did."""
+    with ctx.db.session() as s:
+        result = s.execute(update(Job).where(
+            Job.id == job_id, Job.state == JobState.RUNNING, Job.lease_expires_at < now(),
+        ).values(state=JobState.QUEUED, worker=None, lease_expires_at=None))
+        return result.rowcount == 1
+
+
+def take_over_expired(ctx: Context, job_id: int, worker: str) -> bool:
+    """Become the holder of an expired job (to roll it back); False if we lost the race."""
+    lease = now() + timedelta(seconds=ctx.settings.job_lease_seconds)
+    with ctx.db.session() as s:
+        result = s.execute(update(Job).where(
+            Job.id == job_id, Job.state == JobState.RUNNING, Job.lease_expires_at < now(),
+        ).values(worker=worker, lease_expires_at=lease))
+        return result.rowcount == 1
+
+
+# -- reading -----------------------------------------------------------------
+def job_view(job: Job) -> dict[str, Any]:
+    return {
+        "id": job.uuid,
+        "kind": job.kind,
+        "vps": job.vps_uuid,
+        "state": job.state,
+        "step": job.step,
+        "progress": job.progress,
+        "attempts": job.attempts,
+        "error": job.error,
+        "actor": job.actor,
+        "worker": job.worker,
+        "created_at": _iso(job.created_at),
+        "started_at": _iso(job.started_at),
+        "finished_at": _iso(job.finished_at),
+    }
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return _aware(moment).isoformat() if moment else None
+
+
+def get_job(ctx: Context, ref: str) -> dict[str, Any]:
+    """A job by uuid or unique uuid prefix."""
+    ref = (ref or "").strip().lower()
+    with ctx.db.session() as s:
+        rows = list(s.scalars(select(Job).where(Job.uuid.startswith(ref, autoescape=True))
+                              .limit(2))) if ref else []
+        if len(rows) != 1:
+            raise NotFound(f"no job matches {ref!r}" if not rows else f"{ref!r} is ambiguous")
+        return job_view(rows[0])
+
+
+def list_jobs(ctx: Context, state: str | None = None, vps_uuid: str | None = None,
+              limit: int = 50) -> list[dict[str, Any]]:
+    query = select(Job).order_by(Job.id.desc()).limit(limit)
+    if state:
+        query = query.where(Job.state == state)
+    if vps_uuid:
+        query = query.where(Job.vps_uuid == vps_uuid)
+    with ctx.db.session() as s:
+        return [job_view(j) for j in s.scalars(query)]
+
+
+# -- workers -----------------------------------------------------------------
+def worker_heartbeat(ctx: Context, name: str) -> None:
+    with ctx.db.session() as s:
+        row = s.scalar(select(Worker).where(Worker.name == name))
+        if row is None:
+            s.add(Worker(name=name))
+        else:
+            row.heartbeat_at = now()
+
+
+def worker_gone(ctx: Context, name: str) -> None:
+    with ctx.db.session() as s:
+        row = s.scalar(select(Worker).where(Worker.name == name))
+        if row is not None:
+            s.delete(row)
+
+
+def live_workers(ctx: Context) -> list[str]:
+    """Workers that showed a sign of life within three heartbeats."""
+    horizon = now() - timedelta(seconds=3 * ctx.settings.worker_heartbeat_seconds)
+    with ctx.db.session() as s:
+        return list(s.scalars(select(Worker.name).where(Worker.heartbeat_at >= horizon)))

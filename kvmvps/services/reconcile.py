@@ -1,0 +1,178 @@
+"""Reconciliation: the database against what libvirt really has, on every host.
+
+Each pass corrects power-state drift (a guest shut down from inside, or with
+virsh), marks VPSes whose domain vanished, and reports domains, volumes and
+DHCP entries that carry kvmvps's prefix but belong to no VPS; with ``fix`` it
+removes those. VPSes with an unfinished job are left alone: a build or a
+delete is moving them. One pass at a time, across all processes (a lock row).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from kvmvps import xmlrender
+from kvmvps.errors import Conflict, HypervisorError
+from kvmvps.hypervisor import Hypervisor
+from kvmvps.models import Host, IpLease, Job, JobState, Lock, Network, Vps, VpsState
+from kvmvps.services import Context
+from kvmvps.services.facts import DOMAIN_PREFIX
+from kvmvps.services.jobs import now
+from kvmvps.services.vps import _FROM_LIBVIRT as FROM_LIBVIRT
+from kvmvps.xmlspec import SENTINEL_MAC, DhcpHost
+
+log = logging.getLogger(__name__)
+
+LOCK_NAME = "reconcile"
+LOCK_TTL = timedelta(minutes=10)
+SETTLED = (VpsState.RUNNING, VpsState.STOPPED, VpsState.SUSPENDED)
+
+
+@dataclass
+class Report:
+    fixed: bool
+    hosts: list[str] = field(default_factory=list)
+    drift: list[dict[str, str]] = field(default_factory=list)
+    vanished: list[dict[str, str]] = field(default_factory=list)
+    orphan_domains: list[dict[str, str]] = field(default_factory=list)
+    orphan_volumes: list[dict[str, str]] = field(default_factory=list)
+    orphan_dhcp: list[dict[str, str]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        return not (self.orphan_domains or self.orphan_volumes or self.orphan_dhcp
+                    or self.vanished or self.errors)
+
+
+# -- the lock ----------------------------------------------------------------
+def acquire(ctx: Context, holder: str) -> bool:
+    try:
+        with ctx.db.session() as s:
+            lock = s.get(Lock, LOCK_NAME, with_for_update=True)
+            if lock is None:
+                s.add(Lock(name=LOCK_NAME, holder=holder, expires_at=now() + LOCK_TTL))
+                return True
+            expires = lock.expires_at
+            if expires is not None and expires.tzinfo is None:
+                expires = expires.replace(tzinfo=now().tzinfo)
+            if lock.holder and expires and expires > now() and lock.holder != holder:
+                return False
+            lock.holder, lock.expires_at = holder, now() + LOCK_TTL
+            return True
+    except IntegrityError:
+        return False  # another process inserted the lock row first
+
+
+def release(ctx: Context, holder: str) -> None:
+    with ctx.db.session() as s:
+        lock = s.get(Lock, LOCK_NAME, with_for_update=True)
+        if lock is not None and lock.holder == holder:
+            lock.holder, lock.expires_at = None, None
+
+
+# -- the pass ----------------------------------------------------------------
+def run(ctx: Context, fix: bool = False, holder: str = "cli", wait: bool = True) -> Report:
+    """One reconciliation pass over every enabled host."""
+    deadline = time.monotonic() + (60 if wait else 0)
+    while not acquire(ctx, holder):
+        if time.monotonic() >= deadline:
+            raise Conflict("another reconcile is running; try again shortly")
+        time.sleep(0.5)
+    try:
+        report = Report(fixed=fix)
+        with ctx.db.session() as s:
+            hosts = list(s.scalars(select(Host).where(Host.enabled)))
+        for host in hosts:
+            report.hosts.append(host.name)
+            try:
+                _host_pass(ctx, host, fix, report)
+            except HypervisorError as exc:
+                report.errors.append(f"{host.name}: {exc}")
+        return report
+    finally:
+        release(ctx, holder)
+
+
+def _busy_vps(ctx: Context) -> set[str]:
+    with ctx.db.session() as s:
+        return set(s.scalars(select(Job.vps_uuid).where(Job.state.in_(JobState.UNFINISHED))))
+
+
+def _host_pass(ctx: Context, host: Host, fix: bool, report: Report) -> None:
+    hv = ctx.hypervisor(host)
+    busy = _busy_vps(ctx)
+    domains = hv.list_domains(prefix=DOMAIN_PREFIX)
+    with ctx.db.session() as s:
+        rows = list(s.scalars(select(Vps).where(Vps.host_id == host.id)))
+        known = {v.domain_name for v in rows}
+        for vps in rows:
+            if vps.uuid not in busy and vps.state in SETTLED:
+                _check_power(vps, domains.get(vps.domain_name), report)
+    _orphan_domains(hv, host, set(domains) - known, fix, report)
+    _orphan_volumes(ctx, hv, host, known, fix, report)
+    _orphan_dhcp(ctx, hv, host, fix, report)
+
+
+def _check_power(vps: Vps, actual: str | None, report: Report) -> None:
+    if actual is None:
+        vps.state, vps.error = VpsState.ERROR, "the domain has vanished from libvirt"
+        report.vanished.append({"vps": vps.uuid, "hostname": vps.hostname,
+                                "domain": vps.domain_name})
+        return
+    state = FROM_LIBVIRT[actual]
+    if state != vps.state:
+        report.drift.append({"vps": vps.uuid, "hostname": vps.hostname,
+                             "from": vps.state, "to": state})
+        vps.state = state
+
+
+def _orphan_domains(hv: Hypervisor, host: Host, names: set[str], fix: bool,
+                    report: Report) -> None:
+    for name in sorted(names):
+        report.orphan_domains.append({"host": host.name, "domain": name})
+        if fix:
+            hv.undefine(name)
+
+
+def _orphan_volumes(ctx: Context, hv: Hypervisor, host: Host, known: set[str], fix: bool,
+                    report: Report) -> None:
+    pool = ctx.settings.storage_pool
+    for volume in hv.list_volumes(pool):
+        if not volume.startswith(DOMAIN_PREFIX):
+            continue
+        owner = volume.removesuffix(".qcow2").removesuffix("-seed.iso")
+        if owner not in known:
+            report.orphan_volumes.append({"host": host.name, "pool": pool, "volume": volume})
+            if fix:
+                hv.delete_volume(pool, volume)
+
+
+def _orphan_dhcp(ctx: Context, hv: Hypervisor, host: Host, fix: bool, report: Report) -> None:
+    with ctx.db.session() as s:
+        networks = list(s.scalars(select(Network).where(Network.kind == "nat")))
+        held = {(n.libvirt_name, mac) for n, mac in s.execute(
+            select(Network, IpLease.mac).join(IpLease, IpLease.network_id == Network.id)
+            .where(IpLease.vps_id.is_not(None)))}
+    for net in networks:
+        if not hv.network_exists(net.libvirt_name):
+            continue
+        for entry in hv.dhcp_hosts(net.libvirt_name, live=False):
+            if entry.mac == SENTINEL_MAC or (net.libvirt_name, entry.mac) in held:
+                continue
+            report.orphan_dhcp.append({"host": host.name, "network": net.libvirt_name,
+                                       "mac": entry.mac, "ip": entry.ip})
+            if fix:
+                xml = xmlrender.dhcp_host_xml(DhcpHost(entry.mac, entry.ip, entry.name))
+                hv.remove_dhcp_host(net.libvirt_name, entry, xml)
+
+
+def report_dict(report: Report) -> dict[str, Any]:
+    return {**asdict(report), "clean": report.clean}

@@ -1,0 +1,152 @@
+"""Jobs and workers on the test driver: queueing, claiming, leases, recovery."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select, update
+
+from kvmvps.models import Job, JobState, Vps
+from kvmvps.services import Context, actions, jobs, provisioning
+from kvmvps.services import vps as vps_service
+from kvmvps.services.provisioning import OrderRequest
+from kvmvps.worker import Worker
+from tests.badinput import create_args, run_cli
+
+
+def order(ctx: Context, name: str = "web1") -> provisioning.Order:
+    return provisioning.record_order(ctx, OrderRequest("small", "base", name), actor="test")
+
+
+def test_order_is_queued_and_a_worker_builds_it(td_ctx: Context) -> None:
+    args = [a for a in create_args() if a != "--wait"]
+    queued = json.loads(run_cli(td_ctx, *args).stdout)
+    assert queued["state"] == "queued" and queued["job"]
+    assert jobs.get_job(td_ctx, queued["job"])["state"] == "queued"
+    assert Worker(td_ctx).run(max_jobs=1) == 1
+    job = jobs.get_job(td_ctx, queued["job"])
+    assert job["state"] == "succeeded" and job["progress"] == 100 and job["attempts"] == 1
+    assert vps_service.show(td_ctx, queued["id"])["state"] == "running"
+
+
+def test_order_and_job_are_one_transaction(td_ctx: Context, monkeypatch: pytest.MonkeyPatch
+                                           ) -> None:
+    """If recording the job fails, the VPS row and its allocations are not recorded."""
+    def broken(*_a, **_k):  # noqa: ANN002, ANN003, ANN202
+        raise RuntimeError("job table unavailable")
+
+    monkeypatch.setattr(jobs, "enqueue", broken)
+    with pytest.raises(RuntimeError):
+        order(td_ctx)
+    with td_ctx.db.session() as s:
+        assert s.scalars(select(Vps)).all() == []
+
+
+def test_jobs_of_one_vps_run_in_order_never_together(td_ctx: Context) -> None:
+    first = order(td_ctx)
+    second = actions.request(td_ctx, first.uuid, "delete")  # queued behind the build
+    other = order(td_ctx, "web2")
+    a = jobs.claim(td_ctx, "w1")
+    b = jobs.claim(td_ctx, "w2")
+    assert a.uuid == first.job
+    assert b.uuid == other.job  # the delete waits for the build of the same VPS
+    assert jobs.claim(td_ctx, "w3") is None
+    jobs.finish(td_ctx, a.id, "w1")
+    c = jobs.claim(td_ctx, "w3")
+    assert c.uuid == second.job
+
+
+def test_build_limit_per_host(td_ctx: Context) -> None:
+    import dataclasses
+
+    td_ctx.settings = dataclasses.replace(td_ctx.settings, build_limit=2)
+    for i in range(3):
+        order(td_ctx, f"b{i}")
+    assert jobs.claim(td_ctx, "w1") and jobs.claim(td_ctx, "w2")
+    assert jobs.claim(td_ctx, "w3") is None
+
+
+def test_expired_lease_is_queued_again_then_resumed(td_ctx: Context) -> None:
+    o = order(td_ctx)
+    claimed = jobs.claim(td_ctx, "dead-worker")
+    assert claimed.uuid == o.job
+    with td_ctx.db.session() as s:
+        s.execute(update(Job).values(lease_expires_at=jobs.now() - timedelta(seconds=1)))
+    Worker(td_ctx, name="rescuer").run(max_jobs=1)
+    job = jobs.get_job(td_ctx, o.job)
+    assert job["state"] == "succeeded" and job["attempts"] == 2 and job["worker"] == "rescuer"
+    assert vps_service.show(td_ctx, o.uuid)["state"] == "running"
+
+
+def test_job_whose_workers_keep_dying_is_rolled_back(td_ctx: Context) -> None:
+    o = order(td_ctx)
+    provisioning.build(td_ctx, o.uuid)  # the dead worker got far: the guest even runs
+    with td_ctx.db.session() as s:
+        s.execute(update(Job).values(state=JobState.RUNNING, worker="dead",
+                                     attempts=jobs.MAX_ATTEMPTS,
+                                     lease_expires_at=jobs.now() - timedelta(seconds=1)))
+    Worker(td_ctx, name="rescuer").recover_expired()
+    job = jobs.get_job(td_ctx, o.job)
+    assert job["state"] == "failed" and "abandoned after 3 attempts" in job["error"]
+    shown = vps_service.show(td_ctx, o.uuid)
+    assert shown["state"] == "error" and shown["ip"] is None
+    hv = td_ctx.hypervisor(td_ctx.settings.libvirt_uri)
+    assert hv.list_domains(prefix="kvmvps-") == {}
+    assert hv.list_volumes(td_ctx.settings.storage_pool) == []
+
+
+def test_stopping_worker_hands_the_job_back_between_steps(td_ctx: Context) -> None:
+    o = order(td_ctx)
+    claimed = jobs.claim(td_ctx, "w1")
+    steps_seen: list[str] = []
+
+    def stop_after_two() -> bool:
+        return len(steps_seen) >= 2
+
+    from kvmvps.services.runner import run_claimed
+
+    run_claimed(td_ctx, claimed, "w1", stop_after_two,
+                on_progress=lambda step, i, n: steps_seen.append(step))
+    job = jobs.get_job(td_ctx, o.job)
+    assert job["state"] == "queued" and job["worker"] is None and job["attempts"] == 0
+    assert steps_seen == ["clone", "seed"]
+    Worker(td_ctx).run(max_jobs=1)  # another worker resumes it
+    assert vps_service.show(td_ctx, o.uuid)["state"] == "running"
+
+
+def test_failed_action_is_reported_on_the_job(td_ctx: Context) -> None:
+    created = json.loads(run_cli(td_ctx, *create_args()).stdout)
+    req = actions.request(td_ctx, created["id"], "suspend")
+    hv = td_ctx.hypervisor(td_ctx.settings.libvirt_uri)
+    hv.destroy(created["domain"])  # behind kvmvps's back: suspend must now fail
+    Worker(td_ctx).run(max_jobs=1)
+    job = jobs.get_job(td_ctx, req.job)
+    assert job["state"] == "failed" and job["error"]
+
+
+def test_actions_check_state_at_once(td_ctx: Context) -> None:
+    from kvmvps.errors import Conflict
+
+    created = json.loads(run_cli(td_ctx, *create_args()).stdout)
+    with pytest.raises(Conflict, match="cannot start web1: it is running"):
+        actions.request(td_ctx, created["id"], "start")
+    with pytest.raises(Conflict, match="cannot resume"):
+        actions.request(td_ctx, created["id"], "resume")
+
+
+def test_worker_heartbeat_and_live_detection(td_ctx: Context) -> None:
+    w = Worker(td_ctx, name="alive")
+    w.tick()
+    assert "alive" in jobs.live_workers(td_ctx)
+    w._goodbye()
+    assert "alive" not in jobs.live_workers(td_ctx)
+
+
+def test_time_limit_rolls_back(td_ctx: Context) -> None:
+    o = order(td_ctx)
+    with pytest.raises(Exception, match="time limit"):
+        provisioning.build(td_ctx, o.uuid, deadline=time.monotonic() - 1)
+    assert vps_service.show(td_ctx, o.uuid)["state"] == "error"

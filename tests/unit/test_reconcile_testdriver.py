@@ -1,0 +1,92 @@
+"""Reconciliation on the test driver: drift, vanished domains, orphans, the lock."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+from kvmvps import xmlrender
+from kvmvps.hypervisor import DhcpEntry
+from kvmvps.services import Context, reconcile
+from kvmvps.xmlspec import DhcpHost, RawVolumeSpec
+from tests.badinput import create_args, run_cli
+
+ORPHAN_XML = """<domain type='test'><name>kvmvps-0rphan000000</name><memory>65536</memory>
+<os><type>hvm</type></os></domain>"""
+
+
+def created(ctx: Context, name: str = "web1") -> dict:
+    result = run_cli(ctx, *create_args(hostname=name))
+    assert result.exit_code == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_power_drift_is_corrected(td_ctx: Context) -> None:
+    vps = created(td_ctx)
+    hv = td_ctx.hypervisor(td_ctx.settings.libvirt_uri)
+    hv.destroy(vps["domain"])  # behind kvmvps's back
+    report = reconcile.run(td_ctx)
+    assert report.drift == [{"vps": vps["id"], "hostname": "web1", "from": "running",
+                             "to": "stopped"}]
+    out = json.loads(run_cli(td_ctx, "vps", "show", "web1", "--json").stdout)
+    assert out["state"] == "stopped"
+    assert reconcile.run(td_ctx).drift == []  # in sync now
+
+
+def test_vanished_domain_is_marked(td_ctx: Context) -> None:
+    vps = created(td_ctx)
+    td_ctx.hypervisor(td_ctx.settings.libvirt_uri).undefine(vps["domain"])
+    report = reconcile.run(td_ctx)
+    assert [v["vps"] for v in report.vanished] == [vps["id"]]
+    assert json.loads(run_cli(td_ctx, "vps", "show", "web1", "--json").stdout)["state"] == "error"
+
+
+def test_orphans_are_reported_then_removed_with_fix(td_ctx: Context) -> None:
+    created(td_ctx)
+    hv = td_ctx.hypervisor(td_ctx.settings.libvirt_uri)
+    pool, net = td_ctx.settings.storage_pool, td_ctx.settings.network
+    hv.define_domain(ORPHAN_XML)
+    hv.create_volume(pool, "kvmvps-0rphan000000.qcow2", xmlrender.raw_volume_xml(
+        RawVolumeSpec("kvmvps-0rphan000000.qcow2", 1 << 20)))
+    stray = DhcpHost("52:54:00:de:ad:01", "10.231.0.200", "stray")
+    hv.add_dhcp_host(net, DhcpEntry(stray.mac, stray.ip, stray.name), xmlrender.dhcp_host_xml(stray))
+
+    report = reconcile.run(td_ctx)
+    assert [d["domain"] for d in report.orphan_domains] == ["kvmvps-0rphan000000"]
+    assert [v["volume"] for v in report.orphan_volumes] == ["kvmvps-0rphan000000.qcow2"]
+    assert [(d["mac"], d["ip"]) for d in report.orphan_dhcp] == [(stray.mac, stray.ip)]
+    assert hv.domain_exists("kvmvps-0rphan000000")  # only reported
+
+    fixed = json.loads(run_cli(td_ctx, "reconcile", "--fix", "--json").stdout)
+    assert fixed["fixed"] and len(fixed["orphan_domains"]) == 1
+    assert not hv.domain_exists("kvmvps-0rphan000000")
+    assert "kvmvps-0rphan000000.qcow2" not in hv.list_volumes(pool)
+    assert stray.mac not in [e.mac for e in hv.dhcp_hosts(net)]
+    again = reconcile.run(td_ctx, fix=True)
+    assert again.clean and again.drift == []
+    assert json.loads(run_cli(td_ctx, "vps", "show", "web1", "--json").stdout)["state"] == "running"
+
+
+def test_two_reconciles_do_not_fight(td_ctx: Context) -> None:
+    assert reconcile.acquire(td_ctx, "first")
+    assert not reconcile.acquire(td_ctx, "second")
+    results: list[object] = []
+
+    def second() -> None:
+        try:
+            results.append(reconcile.run(td_ctx, fix=True, holder="second", wait=False))
+        except Exception as exc:  # noqa: BLE001
+            results.append(exc)
+
+    t = threading.Thread(target=second)
+    t.start()
+    t.join()
+    assert "another reconcile is running" in str(results[0])
+    reconcile.release(td_ctx, "first")
+    assert reconcile.run(td_ctx, fix=True, holder="second", wait=False).fixed
+
+
+def test_cli_reconcile_reports_in_words(td_ctx: Context) -> None:
+    created(td_ctx)
+    out = run_cli(td_ctx, "reconcile").stdout
+    assert out.startswith("in sync:")
