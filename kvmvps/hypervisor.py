@@ -214,6 +214,30 @@ class Hypervisor:
 
         return self._call(f"delete volume {name}", delete)
 
+    def volume_capacity(self, pool: str, name: str) -> int:
+        """The volume's virtual size in bytes."""
+
+        def capacity(conn: libvirt.virConnect) -> int:
+            return conn.storagePoolLookupByName(pool).storageVolLookupByName(name).info()[1]
+
+        return self._call(f"volume {name}", capacity)
+
+    def resize_volume(self, pool: str, name: str, capacity_bytes: int) -> None:
+        """Grow a volume to ``capacity_bytes``; never shrinks, a no-op at that size."""
+
+        def resize(conn: libvirt.virConnect) -> None:
+            vol = conn.storagePoolLookupByName(pool).storageVolLookupByName(name)
+            current = vol.info()[1]
+            if capacity_bytes < current:
+                raise HypervisorInvalid(
+                    f"resize volume {name}: {capacity_bytes} bytes is smaller than its "
+                    f"{current}; volumes only grow"
+                )
+            if capacity_bytes > current:
+                vol.resize(capacity_bytes, 0)
+
+        self._call(f"resize volume {name}", resize)
+
     def list_volumes(self, pool: str) -> list[str]:
         def names(conn: libvirt.virConnect) -> list[str]:
             sp = conn.storagePoolLookupByName(pool)
@@ -412,3 +436,47 @@ def close_all() -> None:
         for hv in _hypervisors.values():
             hv.close()
         _hypervisors.clear()
+
+
+# -- lifecycle events --------------------------------------------------------
+_events_lock = threading.Lock()
+_events_started = False
+
+
+def _start_event_loop() -> None:
+    """Run libvirt's default event loop in a daemon thread (once per process)."""
+    global _events_started
+    with _events_lock:
+        if _events_started:
+            return
+        libvirt.virEventRegisterDefaultImpl()
+
+        def loop() -> None:
+            while True:
+                libvirt.virEventRunDefaultImpl()
+
+        threading.Thread(target=loop, name="libvirt-events", daemon=True).start()
+        _events_started = True
+
+
+class LifecycleWatch:
+    """Calls ``callback(domain_name)`` whenever a domain starts, stops, pauses..."""
+
+    def __init__(self, uri: str, callback: Callable[[str], None]) -> None:
+        _start_event_loop()
+        self.uri = uri
+        try:
+            self._conn = libvirt.open(uri)
+            self._conn.setKeepAlive(5, 3)
+            self._id = self._conn.domainEventRegisterAny(
+                None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+                lambda _c, dom, _event, _detail, _opaque: callback(dom.name()), None)
+        except libvirt.libvirtError as exc:
+            raise translate(exc, f"watch domain events on {uri}") from None
+
+    def close(self) -> None:
+        try:
+            self._conn.domainEventDeregisterAny(self._id)
+            self._conn.close()
+        except libvirt.libvirtError:
+            pass

@@ -16,12 +16,15 @@ import socket
 import threading
 import time
 import uuid as uuidlib
+from functools import partial
 from types import FrameType
 
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from kvmvps.errors import KvmvpsError
-from kvmvps.services import Context, jobs, provisioning, reconcile
+from kvmvps.hypervisor import LifecycleWatch
+from kvmvps.services import Context, inventory, jobs, provisioning, reconcile
+from kvmvps.services import vps as vps_service
 from kvmvps.services.jobs import MAX_ATTEMPTS, Claimed
 from kvmvps.services.runner import run_claimed
 
@@ -37,6 +40,7 @@ class Worker:
         self.stopping = threading.Event()
         self._last_beat = 0.0
         self._last_reconcile = 0.0
+        self._watches: list[LifecycleWatch] = []
 
     def install_signal_handlers(self) -> None:
         def stop(signum: int, _frame: FrameType | None) -> None:
@@ -45,6 +49,22 @@ class Worker:
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+
+    def watch_events(self) -> None:
+        """Follow libvirt's lifecycle events on every host, so drift shows at once."""
+        for host in (h for h in inventory.list_hosts(self.ctx) if h.enabled):
+            try:
+                self._watches.append(LifecycleWatch(host.uri, partial(self._on_event, host.uri)))
+            except KvmvpsError as exc:
+                log.warning("no lifecycle events from %s: %s", host.name, exc)
+
+    def _on_event(self, uri: str, domain: str) -> None:
+        try:
+            state = vps_service.sync_domain(self.ctx, uri, domain)
+            if state:
+                log.info("event: %s is now %s", domain, state)
+        except Exception as exc:  # noqa: BLE001 - never kill the event thread
+            log.warning("handling an event for %s failed: %s", domain, exc)
 
     def run(self, max_jobs: int | None = None) -> int:
         """Work until stopped (or ``max_jobs`` jobs ran); return how many ran."""
@@ -107,6 +127,8 @@ class Worker:
         jobs.finish(self.ctx, job.id, self.name, error=error)
 
     def _goodbye(self) -> None:
+        for watch in self._watches:
+            watch.close()
         try:
             jobs.worker_gone(self.ctx, self.name)
         except (OperationalError, DBAPIError):

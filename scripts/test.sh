@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Run kvmvps's whole test suite on a fresh Debian 12 machine, as root:
-# installs what the tests need, starts libvirtd, builds the test images, runs pytest.
+# installs what the tests need, starts libvirtd and PostgreSQL, then runs ruff
+# and pytest (which builds the test images on the way).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-host.sh
-export KVMVPS_REQUIRE_LIBVIRT=1
+KVMVPS_TEST_POSTGRES_URL=$(bash scripts/start-postgres.sh | tail -1)
+export KVMVPS_TEST_POSTGRES_URL
+export KVMVPS_REQUIRE_LIBVIRT=1 KVMVPS_REQUIRE_POSTGRES=1
 echo "==> ruff (lint, including S507: no AutoAddPolicy)" >&2
-.venv/bin/ruff check kvmvps web tests
+.venv/bin/ruff check kvmvps web tests bench
 echo "==> pytest" >&2
 exec .venv/bin/python -m pytest -v --timeout=1800 -p no:cacheprovider "$@"

@@ -29,6 +29,7 @@ def _env_of(ctx: Context) -> dict[str, str]:
     s = ctx.settings
     return {
         "KVMVPS_STATE_DIR": str(s.state_dir),
+        "KVMVPS_DATABASE_URL": s.database_url,
         "KVMVPS_LIBVIRT_URI": s.libvirt_uri,
         "KVMVPS_DOMAIN_TYPE": s.domain_type,
         "KVMVPS_STORAGE_POOL": s.storage_pool,
@@ -63,11 +64,12 @@ Case = tuple[str, Callable[[Context, Path], list[str]], int, str]
 
 def _pool_full(ctx: Context, tmp: Path) -> list[str]:
     base = ctx.settings.network_subnet.rsplit(".", 2)[0]  # e.g. "10.231"
-    inventory.add_network(ctx, "tinynet", "nat", f"{base}.250.0/29", bridge="kvtinynet0",
+    name = f"tiny{os.getpid()}"  # libvirt network names are machine-wide
+    inventory.add_network(ctx, name, "nat", f"{base}.250.0/29", bridge=f"{name}0"[:15],
                           pool_start=f"{base}.250.2", pool_end=f"{base}.250.2")
-    first = run_cli(ctx, *create_args("small", "base", "fill", "--network", "tinynet"))
+    first = run_cli(ctx, *create_args("small", "base", "fill", "--network", name))
     assert first.exit_code == 0, first.stderr
-    return create_args("small", "base", "web1", "--network", "tinynet")
+    return create_args("small", "base", "web1", "--network", name)
 
 
 def _no_memory(ctx: Context, tmp: Path) -> list[str]:

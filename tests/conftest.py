@@ -28,6 +28,11 @@ REAL_URI = "qemu:///system"
 TEST_NET = "kvmvpstest"
 TEST_SUBNET = "10.231.0.0/24"
 TEST_POOL = "kvmvpstest"
+# Installations on the real libvirtd get names and subnets of their own per
+# pytest process, so two test runs on one machine never share a network.
+_SLOT = os.getpid() % 40
+REAL_NAME, REAL_SUBNET = f"kvt{os.getpid()}", f"10.{190 + _SLOT}.0.0/24"
+FRESH_NAME, FRESH_SUBNET = f"kvf{os.getpid()}", f"10.{190 + _SLOT}.1.0/24"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 
@@ -100,6 +105,32 @@ def _domains_of(ctx: Context) -> set[str]:
         return set(s.scalars(select(Vps.domain_name)))
 
 
+PG_URL = os.environ.get("KVMVPS_TEST_POSTGRES_URL", "")
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test (dropped afterwards)."""
+    if not PG_URL:
+        if os.environ.get("KVMVPS_REQUIRE_POSTGRES") == "1":
+            pytest.fail("KVMVPS_TEST_POSTGRES_URL is not set")
+        pytest.skip("no PostgreSQL (set KVMVPS_TEST_POSTGRES_URL)")
+    import uuid
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"kvt_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    yield make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+    close_all()
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
 @pytest.fixture(scope="session")
 def real_state_dir() -> Iterator[Path]:
     path = make_state_dir("session-")
@@ -110,7 +141,7 @@ def real_state_dir() -> Iterator[Path]:
 @pytest.fixture(scope="session")
 def real_ctx(real_state_dir: Path) -> Iterator[Context]:
     """An initialised installation on the real libvirtd, shared by the session."""
-    ctx = Context(load_settings(test_env(real_state_dir)))
+    ctx = Context(load_settings(test_env(real_state_dir, name=REAL_NAME, subnet=REAL_SUBNET)))
     setup.init(ctx)
     yield ctx
     cleanup_installation(ctx)
@@ -127,12 +158,11 @@ def _remove_pool(name: str) -> None:
 def fresh_ctx(tiny_image: str, real_ctx: Context) -> Iterator[Context]:
     """A separate installation on the real libvirtd with plan 'small' and image 'base'.
 
-    It has its own pool, network (10.232.0.0/24) and database, so a test may
-    break it freely.
+    It has its own pool, network and database, so a test may break it freely.
     """
     state = make_state_dir("fresh-")
     shutil.copytree(real_ctx.settings.keys_dir, state / "keys")  # the key the image carries
-    ctx = Context(load_settings(test_env(state, name="kvmvpsfresh", subnet="10.232.0.0/24")))
+    ctx = Context(load_settings(test_env(state, name=FRESH_NAME, subnet=FRESH_SUBNET)))
     setup.init(ctx)
     with real_ctx.db.session() as s:
         from kvmvps.models import Image

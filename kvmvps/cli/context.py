@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 import click
@@ -45,12 +44,3 @@ class Obj:
 pass_obj = click.make_pass_decorator(Obj)
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for programs.")
 
-
-def os_actor() -> str:
-    """Who runs this command, for the audit log and jobs: ``os:<login name>``."""
-    import pwd
-
-    try:
-        return "os:" + pwd.getpwuid(os.getuid()).pw_name
-    except KeyError:
-        return f"os:uid{os.getuid()}"

@@ -1,4 +1,4 @@
-"""``init``, ``image``, ``plan``, ``network`` and ``host`` commands."""
+"""``init``, ``image``, ``plan`` and ``network`` commands."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from kvmvps.services import inventory, setup, views
 PLAN_COLUMNS = ("name", "vcpus", "memory_mib", "disk_gib", "network", "price_cents")
 IMAGE_COLUMNS = ("name", "login_user", "cloud_init", "os_family", "virtual_size_gib", "kernel_boot")
 NETWORK_COLUMNS = ("name", "kind", "subnet", "gateway", "bridge", "pool_start", "pool_end")
-HOST_COLUMNS = ("name", "uri", "cpus", "memory_mib", "enabled")
 
 
 @click.command("init")
@@ -170,7 +169,7 @@ def plan_remove(obj: Obj, name: str) -> None:
     click.echo(f"plan {name} removed")
 
 
-# -- networks and hosts -------------------------------------------------------
+# -- networks -----------------------------------------------------------------
 @click.group("network")
 def network_group() -> None:
     """Guest networks: NAT with private addresses, or a bridge with public ones.
@@ -222,20 +221,6 @@ def network_remove(obj: Obj, name: str) -> None:
     click.echo(f"network {name} removed")
 
 
-@click.group("host")
-def host_group() -> None:
-    """libvirt hosts that run VPSes."""
-
-
-@host_group.command("list")
-@json_option
-@pass_obj
-def host_list(obj: Obj, as_json: bool) -> None:
-    """List hosts."""
-    rows = [views.host_view(h) for h in inventory.list_hosts(obj.ctx)]
-    emit_json(rows) if as_json else table(rows, HOST_COLUMNS)
-
-
 def register(cli: click.Group) -> None:
-    for command in (init_cmd, image_group, plan_group, network_group, host_group):
+    for command in (init_cmd, image_group, plan_group, network_group):
         cli.add_command(command)

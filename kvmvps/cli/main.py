@@ -5,26 +5,147 @@ from __future__ import annotations
 import logging
 import sys
 import traceback
+from dataclasses import dataclass
 
 import click
 
-from kvmvps.cli import inventory_cmds, ops_cmds, vps_cmds
+from kvmvps.cli import admin_cmds, inventory_cmds, ops_cmds, vps_cmds, vps_extra_cmds
 from kvmvps.cli.context import Obj
+from kvmvps.db import schema_is_current
 from kvmvps.errors import KvmvpsError
+from kvmvps.services import audit
+
+log = logging.getLogger(__name__)
+
+# -- auditing -----------------------------------------------------------------
+# Every command is audited except these read-only ones (dotted command paths).
+READ_ONLY = frozenset({
+    "audit",
+    "host.list", "host.show",
+    "image.list",
+    "jobs.list", "jobs.show",
+    "network.list",
+    "plan.list",
+    "token.list",
+    "user.list",
+    "vps.console", "vps.list", "vps.show", "vps.xml",
+    "worker",  # a long-running process, not a change; its jobs carry their own actors
+})
+# ...and these, unless the named flag is given.
+READ_ONLY_UNLESS = {"reconcile": "fix"}
+# Parameters never recorded, whatever they hold.
+SECRET_PARAMS = frozenset({"password", "token", "secret"})
+TARGET_OPTIONS = ("hostname", "name")
+HELP_OPTIONS = ("-h", "--help")
+_ARGS_KEY = "kvmvps.argv"
+
+
+@dataclass(frozen=True)
+class Invocation:
+    action: str
+    target: str
+
+
+def describe(root: click.Group, ctx: click.Context, args: list[str]) -> Invocation | None:
+    """What a command line does, for the audit log; None when it changes nothing."""
+    path: list[str] = []
+    cmd: click.Command = root
+    rest = list(args)
+    while isinstance(cmd, click.Group):
+        sub = cmd.get_command(ctx, rest[0]) if rest and not rest[0].startswith("-") else None
+        if sub is None:
+            return None  # no command, or a usage error click reports itself
+        path.append(rest.pop(0))
+        cmd = sub
+    own_args = rest[: rest.index("--")] if "--" in rest else rest
+    action = ".".join(path)
+    if action in READ_ONLY or any(a in HELP_OPTIONS for a in own_args):
+        return None
+    params = _parse_quietly(cmd, path[-1], rest, ctx)
+    flag = READ_ONLY_UNLESS.get(action)
+    if flag is not None and not params.get(flag):
+        return None
+    return Invocation(action=action, target=_target(cmd, params))
+
+
+def _parse_quietly(cmd: click.Command, name: str, args: list[str],
+                   parent: click.Context) -> dict:
+    """The command's parameters, parsed without prompts, callbacks or errors."""
+    try:
+        with cmd.make_context(name, list(args), parent=parent, resilient_parsing=True) as sub:
+            return dict(sub.params)
+    except Exception:  # noqa: BLE001 - the real invocation reports bad usage
+        return {}
+
+
+def _target(cmd: click.Command, params: dict) -> str:
+    """The first positional argument, else the --hostname or --name value."""
+    names = [p.name for p in cmd.params if isinstance(p, click.Argument)][:1]
+    names += [n for n in TARGET_OPTIONS if n not in names]
+    for name in names:
+        value = params.get(name)
+        if name in SECRET_PARAMS or value in (None, "", ()):
+            continue
+        return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+    return ""
+
+
+def record_invocation(root: click.Group, ctx: click.Context, result: str,
+                      detail: str | None = None) -> None:
+    """Audit the command that just ran; skipped silently before 'init' made the database."""
+    args = ctx.meta.pop(_ARGS_KEY, None)
+    obj = ctx.find_object(Obj)
+    if args is None or obj is None:
+        return
+    try:
+        invocation = describe(root, ctx, args)
+        if invocation is None:
+            return
+        services = obj.raw_ctx
+        if not schema_is_current(services.db):
+            return
+        audit.record(services, audit.os_actor(), invocation.action, invocation.target,
+                     result, detail)
+    except KvmvpsError:
+        return  # e.g. unreadable settings: the command has reported that already
+    except Exception as exc:  # noqa: BLE001 - auditing must not turn success into failure
+        log.warning("could not write the audit entry: %s", audit.error_message(exc))
 
 
 class AdminGroup(click.Group):
-    """Turns every failure into one line on stderr and a meaningful exit code."""
+    """Turns every failure into one line on stderr and a meaningful exit code.
+
+    It also writes the audit entry of every command that may change state.
+    """
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):  # noqa: ANN201
+        ctx.meta[_ARGS_KEY] = list(args)
+        return super().resolve_command(ctx, args)
 
     def invoke(self, ctx: click.Context):  # noqa: ANN201
         try:
-            return super().invoke(ctx)
+            value = super().invoke(ctx)
         except KvmvpsError as exc:
+            record_invocation(self, ctx, audit.FAILED, str(exc))
             self._fail(ctx, str(exc), exc.exit_code)
-        except (click.exceptions.Exit, click.Abort, click.ClickException):
+        except click.exceptions.Exit as exc:
+            ok = exc.exit_code == 0
+            record_invocation(self, ctx, audit.OK if ok else audit.FAILED,
+                              None if ok else f"exit status {exc.exit_code}")
+            raise
+        except click.Abort:
+            record_invocation(self, ctx, audit.FAILED, "aborted")
+            raise
+        except click.ClickException as exc:
+            record_invocation(self, ctx, audit.FAILED, exc.format_message())
             raise
         except Exception as exc:  # noqa: BLE001 - never show a traceback unasked
-            self._fail(ctx, f"internal error: {type(exc).__name__}: {exc}", 1)
+            message = f"internal error: {type(exc).__name__}: {exc}"
+            record_invocation(self, ctx, audit.FAILED, message)
+            self._fail(ctx, message, 1)
+        else:
+            record_invocation(self, ctx, audit.OK)
+            return value
 
     def main(self, *args, standalone_mode: bool = True, **kwargs):  # noqa: ANN002, ANN003, ANN201
         """Like click's, but usage errors are one line too: ``error: ...``."""
@@ -54,7 +175,7 @@ class AdminGroup(click.Group):
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool) -> None:
-    """Manage kvmvps: VPSes, plans, images, networks and hosts.
+    """Manage kvmvps: VPSes, plans, images, networks, hosts, users and the audit log.
 
     \b
     First steps on a fresh host:
@@ -76,7 +197,9 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 inventory_cmds.register(cli)
+admin_cmds.register(cli)
 vps_cmds.register(cli)
+vps_extra_cmds.register(cli)
 ops_cmds.register(cli)
 
 

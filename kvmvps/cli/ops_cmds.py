@@ -59,6 +59,7 @@ def worker_cmd(obj: Obj, max_jobs: int | None) -> None:
     """
     worker = Worker(obj.ctx)
     worker.install_signal_handlers()
+    worker.watch_events()
     worker.run(max_jobs=max_jobs)
 
 

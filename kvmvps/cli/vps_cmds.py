@@ -7,10 +7,11 @@ from pathlib import Path
 
 import click
 
-from kvmvps.cli.context import Obj, json_option, os_actor, pass_obj
+from kvmvps.cli.context import Obj, json_option, pass_obj
 from kvmvps.cli.output import emit_json, record, table
 from kvmvps.services import actions, provisioning
 from kvmvps.services import vps as vps_service
+from kvmvps.services.audit import os_actor
 from kvmvps.services.runner import run_or_follow
 
 LIST_COLUMNS = ("id", "hostname", "state", "ip", "plan", "image", "host", "owner")

@@ -11,6 +11,7 @@ import os
 import pwd
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -29,6 +30,13 @@ MAX_LIMIT = 10_000
 MAX_DETAIL = 1000
 
 VIEW_KEYS = ("id", "at", "actor", "action", "target", "result", "detail")
+
+
+def iso(moment: datetime | None) -> str | None:
+    """A timestamp as ISO 8601 with its UTC offset (SQLite hands back naive UTC)."""
+    if moment is None:
+        return None
+    return (moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment).isoformat()
 
 
 def one_line(text: str | None, limit: int = MAX_DETAIL) -> str:
@@ -71,7 +79,7 @@ def record(ctx: Context, actor: str, action: str, target: str, result: str,
 def entry_view(entry: AuditEntry) -> dict[str, Any]:
     return {
         "id": entry.id,
-        "at": entry.at.isoformat(),
+        "at": iso(entry.at),
         "actor": entry.actor,
         "action": entry.action,
         "target": entry.target,

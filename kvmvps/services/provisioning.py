@@ -143,7 +143,8 @@ def _unclone(b: Build) -> None:
     b.hv.delete_volume(b.facts.pool, b.facts.overlay_volume)
 
 
-def _render(b: Build) -> None:
+def render_domain(b: Build) -> None:
+    """Render and validate the domain XML of the build's facts into ``b.xml``."""
     spec = domain_spec(b.facts, b.ctx.domain_type, with_seed=b.facts.cloud_init)
     b.xml = xmlrender.domain_xml(spec)
 
@@ -230,7 +231,7 @@ def _nothing(_b: Build) -> None:
 STEPS: tuple[Step, ...] = (
     Step("clone", _clone, _unclone),
     Step("seed", credentials.make_seed, credentials.remove_seed),
-    Step("render", _render, _nothing),
+    Step("render", render_domain, _nothing),
     Step("dhcp", _add_dhcp, _remove_dhcp),
     Step("define", _define, _undefine),
     Step("start", _start, _stop),

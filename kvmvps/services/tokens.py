@@ -12,6 +12,7 @@ from sqlalchemy.orm import selectinload
 from kvmvps.errors import Conflict, InvalidInput, NotFound
 from kvmvps.models import ApiToken, User, utcnow
 from kvmvps.services import Context
+from kvmvps.services.audit import iso
 from kvmvps.services.inventory import user_by_email
 
 TOKEN_PREFIX = "kvp_"
@@ -33,8 +34,8 @@ def token_view(token: ApiToken) -> dict[str, Any]:
         "user": token.user.email,
         "name": token.name,
         "revoked": bool(token.revoked),
-        "created_at": token.created_at.isoformat() if token.created_at else None,
-        "last_used_at": token.last_used_at.isoformat() if token.last_used_at else None,
+        "created_at": iso(token.created_at),
+        "last_used_at": iso(token.last_used_at),
     }
 
 

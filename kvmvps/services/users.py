@@ -17,6 +17,7 @@ from kvmvps import validation
 from kvmvps.errors import Conflict, InvalidInput
 from kvmvps.models import ApiToken, User
 from kvmvps.services import Context
+from kvmvps.services.audit import iso
 from kvmvps.services.inventory import user_by_email
 
 HASH_METHOD = "scrypt"
@@ -34,7 +35,7 @@ def user_view(user: User) -> dict[str, Any]:
         "is_admin": bool(user.is_admin),
         "is_active": bool(user.is_active),
         "has_password": user.password_hash is not None,
-        "created_at": user.created_at.isoformat() if user.created_at else None,
+        "created_at": iso(user.created_at),
     }
 
 

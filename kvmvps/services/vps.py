@@ -130,6 +130,24 @@ def sync_state(ctx: Context, ref: str) -> dict[str, Any]:
         return view(vps)
 
 
+def sync_domain(ctx: Context, host_uri: str, domain: str) -> str | None:
+    """After a libvirt event: refresh that domain's VPS unless a job is moving it."""
+    from kvmvps.models import Job, JobState
+
+    with ctx.db.session() as s:
+        vps = s.scalar(select(Vps).join(Host, Host.id == Vps.host_id).where(
+            Vps.domain_name == domain, Host.uri == host_uri))
+        if vps is None or vps.state not in (VpsState.RUNNING, VpsState.STOPPED,
+                                            VpsState.SUSPENDED):
+            return None
+        busy = s.scalar(select(Job.id).where(Job.vps_uuid == vps.uuid,
+                                             Job.state.in_(JobState.UNFINISHED)))
+        uuid = vps.uuid
+    if busy is not None:
+        return None
+    return sync_state(ctx, uuid)["state"]
+
+
 def _power(ctx: Context, ref: str, allowed: tuple[str, ...], action: str,
            call: Callable[[Any, str], None]) -> dict[str, Any]:
     with ctx.db.session() as s:

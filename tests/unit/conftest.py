@@ -25,10 +25,19 @@ def _wipe(ctx: Context) -> None:
         hv.remove_network(net.libvirt_name)
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """Each test-driver test runs on SQLite and again on PostgreSQL."""
+    if request.param == "sqlite":
+        return ""
+    return request.getfixturevalue("postgres_url")
+
+
 @pytest.fixture
-def td_ctx(tmp_path: Path) -> Iterator[Context]:
+def td_ctx(tmp_path: Path, database_url: str) -> Iterator[Context]:
     """An initialised installation on test:///default with a plan and an image."""
-    env = test_env(tmp_path / "state", uri=TEST_URI, KVMVPS_DOMAIN_TYPE="qemu")
+    env = test_env(tmp_path / "state", uri=TEST_URI, KVMVPS_DOMAIN_TYPE="qemu",
+                   KVMVPS_DATABASE_URL=database_url)
     ctx = Context(load_settings(env))
     setup.init(ctx)
     base = tmp_path / "base.qcow2"

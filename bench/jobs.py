@@ -1,0 +1,161 @@
+"""Benchmark: concurrent orders, job claiming, and the control plane at 1,000 VPSes.
+
+    .venv/bin/python bench/jobs.py [--postgres URL] [--json out.json]
+
+1. Wall time of 1 order against 8 orders at once (tiny image, real libvirtd,
+   one in-process worker per order), with each order's latency.
+2. Job claims per second with 4 claimers on PostgreSQL (claim + finish,
+   no work), when --postgres is given.
+3. ``vps list`` and a reconcile pass with 1,000 VPSes on libvirt's test driver.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from provision import installation, machine, teardown  # noqa: E402
+
+from kvmvps.config import load_settings  # noqa: E402
+from kvmvps.services import Context, images, inventory, jobs, provisioning, reconcile  # noqa: E402
+from kvmvps.services import setup  # noqa: E402
+from kvmvps.services import vps as vps_service  # noqa: E402
+from kvmvps.services.provisioning import OrderRequest  # noqa: E402
+from kvmvps.worker import Worker  # noqa: E402
+
+
+def concurrent_orders(ctx: Context, count: int) -> dict[str, object]:
+    """``count`` orders at once, ``count`` workers; wall time and per-order latency."""
+    settings = dataclasses.replace(ctx.settings, worker_poll_seconds=0.02, reconcile_interval=0)
+    contexts = [Context(settings) for _ in range(count)]
+    workers = [Worker(c, name=f"bench{i}") for i, c in enumerate(contexts)]
+    t0 = time.perf_counter()
+    orders = [provisioning.record_order(ctx, OrderRequest("bench", "tiny", f"c{count}x{i}"))
+              for i in range(count)]
+    threads = [threading.Thread(target=w.run, kwargs={"max_jobs": 1}) for w in workers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    latencies = []
+    for o in orders:
+        job = jobs.get_job(ctx, o.job)
+        assert job["state"] == "succeeded", job["error"]
+        latencies.append(_seconds(job["created_at"], job["finished_at"]))
+    for o in orders:
+        provisioning.delete(ctx, o.uuid)
+    for c in contexts:
+        c.close()
+    return {"orders": count, "wall_s": wall, "latency_median_s": statistics.median(latencies),
+            "latency_max_s": max(latencies), "latencies_s": latencies}
+
+
+def _seconds(start: str, end: str) -> float:
+    from datetime import datetime
+
+    return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+
+
+def claim_throughput(url: str, total: int = 2000, claimers: int = 4) -> dict[str, float]:
+    state = Path(tempfile.mkdtemp(prefix="kvmvps-claims-"))
+    ctx = Context(load_settings({"KVMVPS_STATE_DIR": str(state), "KVMVPS_DATABASE_URL": url}))
+    ctx.db.migrate()
+    with ctx.db.session() as s:
+        for _ in range(total):
+            jobs.enqueue(s, "start", None, None)
+    done = [0] * claimers
+
+    def claimer(i: int) -> None:
+        own = Context(ctx.settings)
+        while (c := jobs.claim(own, f"c{i}")) is not None:
+            jobs.finish(own, c.id, f"c{i}")
+            done[i] += 1
+        own.close()
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=claimer, args=(i,)) for i in range(claimers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    assert sum(done) == total
+    with ctx.db.engine.begin() as conn:
+        conn.exec_driver_sql("DELETE FROM jobs")
+    ctx.close()
+    return {"jobs": total, "claimers": claimers, "seconds": elapsed,
+            "claims_per_second": total / elapsed}
+
+
+def control_plane(count: int = 1000) -> dict[str, float]:
+    state = Path(tempfile.mkdtemp(prefix="kvmvps-cp-"))
+    env = {"KVMVPS_STATE_DIR": str(state), "KVMVPS_LIBVIRT_URI": "test:///default",
+           "KVMVPS_DOMAIN_TYPE": "qemu", "KVMVPS_NETWORK_SUBNET": "10.100.0.0/20",
+           "KVMVPS_CPU_OVERCOMMIT": "100", "KVMVPS_HOST_MEMORY_RESERVE_MIB": "0"}
+    ctx = Context(load_settings(env))
+    setup.init(ctx)
+    base = state / "base.qcow2"
+    import subprocess
+
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "1M"], check=True)
+    inventory.add_image(ctx, "base", base, credentials=False)
+    inventory.add_plan(ctx, "nano", 1, 1, 1)
+    t0 = time.perf_counter()
+    for i in range(count):
+        o = provisioning.record_order(ctx, OrderRequest("nano", "base", f"cp{i}"))
+        provisioning.build(ctx, o.uuid)
+    built = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    listed = vps_service.list_vps(ctx)
+    list_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    report = reconcile.run(ctx)
+    reconcile_s = time.perf_counter() - t0
+    assert len(listed) == count and report.clean
+    return {"vps": count, "build_all_s": built, "list_s": list_s, "reconcile_s": reconcile_s}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--postgres", default=os.environ.get("KVMVPS_TEST_POSTGRES_URL"))
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    ctx = installation()
+    out: dict[str, object] = {"machine": machine(ctx)}
+    print(f"machine: {out['machine']}")
+    try:
+        inventory.add_plan(ctx, "bench", 1, 256, 1)
+        images.build_tiny(ctx, "tiny")
+        for n in (1, 8):
+            r = concurrent_orders(ctx, n)
+            out[f"orders_{n}"] = r
+            print(f"{n} order(s) at once: wall {r['wall_s']:.2f}s, latency median "
+                  f"{r['latency_median_s']:.2f}s, max {r['latency_max_s']:.2f}s")
+    finally:
+        teardown(ctx)
+    if args.postgres:
+        r = claim_throughput(args.postgres)
+        out["claims"] = r
+        print(f"job claims on PostgreSQL: {r['claims_per_second']:.0f}/s "
+              f"({r['jobs']} jobs, {r['claimers']} claimers, {r['seconds']:.2f}s)")
+    r = control_plane()
+    out["control_plane"] = r
+    print(f"control plane, {r['vps']} VPSes on the test driver: list {r['list_s'] * 1000:.0f} ms, "
+          f"reconcile {r['reconcile_s'] * 1000:.0f} ms")
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+"""``python -m kvmvps`` is ``kvmvps-admin``."""
+
+from kvmvps.cli.main import main
+
+main()

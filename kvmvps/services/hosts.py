@@ -1,0 +1,120 @@
+"""libvirt hosts: registering them, their capacity, taking them out of service."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from kvmvps import validation
+from kvmvps.errors import Conflict, InvalidInput
+from kvmvps.models import Host, Job, JobState, Vps
+from kvmvps.services import Context, placement, setup, views
+from kvmvps.services.audit import iso
+from kvmvps.services.inventory import get_by_name
+
+_URI = re.compile(r"^[a-z][a-z0-9+.-]*:/[^\s]*$")
+
+SHOW_KEYS = (
+    "name", "uri", "enabled", "cpus", "vcpus_pinned", "vcpu_limit", "memory_mib",
+    "memory_committed_mib", "memory_limit_mib", "vps_count", "created_at",
+)
+
+
+def libvirt_uri(value: str) -> str:
+    """A libvirt connection URI such as ``qemu+ssh://root@kvm2/system``."""
+    uri = (value or "").strip()
+    if len(uri) > 1024 or not _URI.match(uri):
+        raise InvalidInput(
+            f"{value!r} is not a libvirt URI (such as qemu:///system or qemu+ssh://root@kvm2/system)"
+        )
+    return uri
+
+
+def _refuse_duplicate(session: Session, name: str, uri: str) -> None:
+    for column, value, what in ((Host.name, name, "name"), (Host.uri, uri, "URI")):
+        other = session.scalar(select(Host).where(column == value))
+        if other is not None:
+            raise Conflict(f"host {other.name!r} already has the {what} {value!r}")
+
+
+def add_host(ctx: Context, name: str, uri: str) -> Host:
+    """Register a host: read its CPUs and memory, create the pool and every network there.
+
+    An unreachable host raises :class:`HypervisorUnavailable` and nothing is recorded.
+    """
+    name = validation.object_name(name, "host name")
+    uri = libvirt_uri(uri)
+    with ctx.db.session() as s:
+        _refuse_duplicate(s, name, uri)
+    info = ctx.hypervisor(uri).host_info()
+    with ctx.db.session() as s:
+        _refuse_duplicate(s, name, uri)
+        host = Host(name=name, uri=uri, cpus=info.cpus, memory_mib=info.memory_mib, enabled=True)
+        s.add(host)
+        s.flush()
+        setup.prepare_host(ctx, s, host)
+        return host
+
+
+def list_hosts(ctx: Context) -> list[dict[str, Any]]:
+    with ctx.db.session() as s:
+        return [views.host_view(h) for h in s.scalars(select(Host).order_by(Host.name))]
+
+
+def _vps_count(session: Session, host: Host) -> int:
+    count = session.scalar(select(func.count()).select_from(Vps).where(Vps.host_id == host.id))
+    return count or 0
+
+
+def show_host(ctx: Context, name: str) -> dict[str, Any]:
+    """A host with what it carries against what it has."""
+    st = ctx.settings
+    with ctx.db.session() as s:
+        host = get_by_name(s, Host, name, "host")
+        cap = placement.capacity(s, host, st.cpu_overcommit, st.host_memory_reserve_mib)
+        return {
+            **views.host_view(host),
+            "vcpus_pinned": cap.vcpus_pinned,
+            "vcpu_limit": cap.vcpu_limit,
+            "memory_committed_mib": cap.memory_committed_mib,
+            "memory_limit_mib": cap.memory_limit_mib,
+            "vps_count": _vps_count(s, host),
+            "created_at": iso(host.created_at),
+        }
+
+
+def remove_host(ctx: Context, name: str) -> None:
+    """Forget a host that carries no VPS; nothing on the host itself is touched."""
+    with ctx.db.session() as s:
+        host = get_by_name(s, Host, name, "host")
+        count = _vps_count(s, host)
+        if count:
+            raise Conflict(f"host {name!r} carries {count} VPS(es); delete them first")
+        unfinished = s.scalar(
+            select(func.count()).select_from(Job)
+            .where(Job.host_id == host.id, Job.state.in_(JobState.UNFINISHED))
+        )
+        if unfinished:
+            raise Conflict(f"host {name!r} has {unfinished} unfinished job(s); wait for them")
+        s.execute(update(Job).where(Job.host_id == host.id).values(host_id=None))
+        s.delete(host)
+
+
+def disable_host(ctx: Context, name: str) -> dict[str, Any]:
+    """Place no new VPSes on the host; those it carries keep running."""
+    with ctx.db.session() as s:
+        host = get_by_name(s, Host, name, "host")
+        host.enabled = False
+        return views.host_view(host)
+
+
+def enable_host(ctx: Context, name: str) -> dict[str, Any]:
+    """Put the host back in service, after making sure its pool and networks exist."""
+    with ctx.db.session() as s:
+        host = get_by_name(s, Host, name, "host")
+        setup.prepare_host(ctx, s, host)
+        host.enabled = True
+        return views.host_view(host)

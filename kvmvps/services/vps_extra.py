@@ -1,0 +1,154 @@
+"""More VPS operations: the serial console and moving to another plan."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from kvmvps import cpupin
+from kvmvps.errors import CapacityError, Conflict, InvalidInput, KvmvpsError
+from kvmvps.hypervisor import Hypervisor
+from kvmvps.models import Job, JobState, Plan, Vps, VpsState
+from kvmvps.services import Context, placement, provisioning
+from kvmvps.services.facts import VpsFacts, facts_of
+from kvmvps.services.inventory import get_by_name
+from kvmvps.services.vps import resolve, view
+from kvmvps.storage import check_base_image, overlay_capacity
+
+log = logging.getLogger(__name__)
+
+MAX_LOG_BYTES = 4 << 20
+
+
+# -- console -----------------------------------------------------------------
+def console_command(ctx: Context, ref: str) -> list[str]:
+    """The argument list that attaches a terminal to the VPS's serial console."""
+    with ctx.db.session() as s:
+        vps = resolve(s, ref)
+        if vps.state not in (VpsState.RUNNING, VpsState.SUSPENDED):
+            raise Conflict(f"{vps.hostname} is {vps.state}; start it to reach its console")
+        return ["virsh", "-c", vps.host.uri, "console", vps.domain_name]
+
+
+def console_log_path(ctx: Context, ref: str) -> tuple[str, Path]:
+    """The VPS's hostname and the file its serial console is logged to."""
+    with ctx.db.session() as s:
+        vps = resolve(s, ref)
+        return vps.hostname, Path(facts_of(vps, ctx.settings).console_log)
+
+
+def console_log(ctx: Context, ref: str, max_bytes: int = MAX_LOG_BYTES) -> str:
+    """The end of the VPS's console log (at most ``max_bytes``), as text."""
+    hostname, path = console_log_path(ctx, ref)
+    try:
+        with open(path, "rb") as fh:
+            size = fh.seek(0, 2)
+            fh.seek(max(0, size - max_bytes))
+            data = fh.read()
+    except FileNotFoundError:
+        raise KvmvpsError(
+            f"{hostname} has no console log yet (it is written while the VPS runs)"
+        ) from None
+    except OSError as exc:
+        raise KvmvpsError(f"cannot read the console log of {hostname}: {exc.strerror}") from None
+    return data.decode("utf-8", errors="replace")
+
+
+# -- resize ------------------------------------------------------------------
+def _check_plans(vps: Vps, old: Plan, new: Plan) -> None:
+    if new.id == old.id:
+        raise InvalidInput(f"{vps.hostname} already has plan {new.name!r}")
+    if new.disk_gib < old.disk_gib:
+        raise InvalidInput(
+            f"disks only grow: plan {new.name!r} has {new.disk_gib} GiB, "
+            f"{vps.hostname} already has {old.disk_gib} GiB"
+        )
+
+
+def _check_stopped(session: Session, vps: Vps, hv: Hypervisor) -> None:
+    state = vps.state
+    if state == VpsState.STOPPED and hv.state(vps.domain_name) != "shut off":
+        state = "running according to libvirt"
+    if state != VpsState.STOPPED:
+        raise Conflict(f"cannot resize {vps.hostname}: it is {state}; stop it first")
+    busy = session.scalar(select(Job.id).where(Job.vps_uuid == vps.uuid,
+                                               Job.state.in_(JobState.UNFINISHED)))
+    if busy is not None:
+        raise Conflict(f"cannot resize {vps.hostname}: a job is still working on it")
+
+
+def _repin(ctx: Context, session: Session, vps: Vps, old: Plan, new: Plan) -> None:
+    """Put the VPS on ``new`` and pin its vCPUs afresh, if the host has room."""
+    st = ctx.settings
+    cpupin.release(session, vps)
+    vps.plan = new
+    session.flush()
+    cap = placement.capacity(session, vps.host, st.cpu_overcommit, st.host_memory_reserve_mib)
+    if new.memory_mib > old.memory_mib and cap.memory_committed_mib > cap.memory_limit_mib:
+        raise CapacityError(
+            f"host {vps.host.name} has {cap.free_memory_mib + new.memory_mib - old.memory_mib} "
+            f"MiB free, too little to grow {vps.hostname} to {new.memory_mib} MiB"
+        )
+    if new.vcpus > old.vcpus and cap.vcpus_pinned + new.vcpus > cap.vcpu_limit:
+        raise CapacityError(
+            f"host {vps.host.name} has {cap.free_vcpus} vCPU(s) free, too few for "
+            f"{new.vcpus} vCPUs"
+        )
+    cpupin.allocate(session, vps, vps.host, new.vcpus, st.cpu_overcommit)
+
+
+def _redefine(ctx: Context, hv: Hypervisor, facts: VpsFacts, grow_to: int | None) -> str:
+    """Define the domain afresh from the facts and grow the disk; return the old XML.
+
+    If growing fails the old definition is restored before the error is raised.
+    """
+    build = provisioning.Build(ctx=ctx, facts=facts)
+    provisioning.render_domain(build)
+    old_xml = hv.domain_xml(facts.domain)
+    hv.define_domain(build.xml)
+    try:
+        if grow_to is not None:
+            hv.resize_volume(facts.pool, facts.overlay_volume, grow_to)
+    except Exception:
+        _restore(hv, old_xml, facts.domain)
+        raise
+    return old_xml
+
+
+def _restore(hv: Hypervisor, xml: str, domain: str) -> None:
+    try:
+        hv.define_domain(xml)
+    except Exception as exc:  # noqa: BLE001 - the original error matters more
+        log.error("restoring the definition of %s failed: %s", domain, exc)
+
+
+def resize(ctx: Context, ref: str, plan: str) -> dict[str, Any]:
+    """Move a stopped VPS to another plan: vCPUs and memory follow, the disk only grows.
+
+    Database changes commit only after libvirt has the new definition and
+    disk; any failure before that leaves both as they were.
+    """
+    hv: Hypervisor | None = None
+    old_xml, domain = None, ""
+    try:
+        with ctx.db.session() as s:
+            vps = resolve(s, ref)
+            new, old = get_by_name(s, Plan, plan, "plan"), vps.plan
+            _check_plans(vps, old, new)
+            hv, domain = ctx.hypervisor(vps.host), vps.domain_name
+            _check_stopped(s, vps, hv)
+            _repin(ctx, s, vps, old, new)
+            facts = facts_of(vps, ctx.settings)
+            size = overlay_capacity(new.disk_gib, check_base_image(Path(facts.base_path)),
+                                    facts.image_name)
+            old_xml = _redefine(ctx, hv, facts, size if new.disk_gib > old.disk_gib else None)
+            s.flush()
+            return view(vps)
+    except BaseException:
+        if hv is not None and old_xml is not None:
+            _restore(hv, old_xml, domain)
+        raise

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Start PostgreSQL 15 (Debian's package; by hand when there is no systemd) and
+# make a role and database for kvmvps's tests. Idempotent. Prints the URL.
+set -euo pipefail
+if ! command -v pg_ctlcluster >/dev/null; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+fi
+version=$(ls /usr/lib/postgresql | sort -n | tail -1)
+pg_lsclusters -h | grep -q "^$version main" || pg_createcluster "$version" main >/dev/null
+if ! pg_lsclusters -h | grep -q "^$version main .* online"; then
+  pg_ctlcluster "$version" main start
+fi
+for _ in $(seq 1 60); do
+  su postgres -c "psql -qAtc 'select 1'" >/dev/null 2>&1 && break
+  sleep 0.5
+done
+su postgres -c "psql -qAtc \"select 1 from pg_roles where rolname='kvmvps'\"" | grep -q 1 || \
+  su postgres -c "psql -qc \"create role kvmvps login createdb password 'kvmvps'\""
+su postgres -c "psql -qAtc \"select 1 from pg_database where datname='kvmvps'\"" | grep -q 1 || \
+  su postgres -c "createdb -O kvmvps kvmvps"
+echo "postgresql+psycopg://kvmvps:kvmvps@127.0.0.1:5432/kvmvps"

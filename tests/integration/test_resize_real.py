@@ -1,0 +1,89 @@
+"""``vps resize`` on the real libvirtd: vCPUs, memory and a grown qcow2 overlay."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+
+import pytest
+
+from kvmvps.errors import HypervisorError
+from kvmvps.hypervisor import Hypervisor
+from kvmvps.services import Context, inventory
+from kvmvps.storage import GIB
+from tests.badinput import assert_one_line_error, create_args, run_cli
+from tests.conftest import REAL_URI
+from tests.snapshots import snapshot
+
+pytestmark = pytest.mark.libvirt
+
+
+def ok(ctx: Context, *args: str) -> dict:
+    result = run_cli(ctx, *args, "--json")
+    assert result.exit_code == 0, (args, result.stderr)
+    return json.loads(result.stdout)
+
+
+def virsh(*args: str) -> str:
+    return subprocess.run(["virsh", "-c", REAL_URI, *args], capture_output=True, text=True,
+                          check=True).stdout
+
+
+def field(text: str, name: str) -> str:
+    match = re.search(rf"^{re.escape(name)}:\s+(.+)$", text, re.MULTILINE)
+    assert match, (name, text)
+    return match.group(1).strip()
+
+
+def volume_bytes(ctx: Context, volume: str) -> int:
+    info = virsh("vol-info", "--bytes", "--pool", ctx.settings.storage_pool, volume)
+    return int(field(info, "Capacity").split()[0])
+
+
+def stopped_vps(ctx: Context) -> dict:
+    created = ok(ctx, *[a for a in create_args() if a != "--json"])
+    assert created["state"] == "running"
+    assert ok(ctx, "vps", "destroy", "web1")["state"] == "stopped"
+    return created
+
+
+def test_resize_stopped_vps_then_start(fresh_ctx: Context) -> None:
+    vps = stopped_vps(fresh_ctx)
+    domain, volume = vps["domain"], f"{vps['domain']}.qcow2"
+    assert volume_bytes(fresh_ctx, volume) == 1 * GIB
+    inventory.add_plan(fresh_ctx, "bigger", 2, 512, 2)
+
+    view = ok(fresh_ctx, "vps", "resize", "web1", "--plan", "bigger")
+    assert (view["vcpus"], view["memory_mib"], view["disk_gib"]) == (2, 512, 2)
+    assert len(view["pinned_cpus"]) == 2
+
+    info = virsh("dominfo", domain)
+    assert field(info, "CPU(s)") == "2"
+    assert field(info, "Max memory") == f"{512 * 1024} KiB"
+    assert field(info, "State") == "shut off"
+    assert volume_bytes(fresh_ctx, volume) == 2 * GIB
+    pins = virsh("vcpupin", domain, "--config")
+    assert len(re.findall(r"^\s*\d+\s+\S+", pins, re.MULTILINE)) == 2
+
+    assert ok(fresh_ctx, "vps", "start", "web1")["state"] == "running"
+    assert field(virsh("dominfo", domain), "State") == "running"
+
+
+def test_failed_grow_restores_the_definition(fresh_ctx: Context,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """libvirt's own XML of the old definition goes back when growing the disk fails."""
+    vps = stopped_vps(fresh_ctx)
+    inventory.add_plan(fresh_ctx, "bigger", 2, 512, 2)
+    before = snapshot(fresh_ctx), virsh("dumpxml", "--inactive", vps["domain"])
+
+    def broken(self: Hypervisor, pool: str, name: str, size: int) -> None:
+        raise HypervisorError(f"resize volume {name}: injected failure")
+
+    monkeypatch.setattr(Hypervisor, "resize_volume", broken)
+    result = run_cli(fresh_ctx, "vps", "resize", "web1", "--plan", "bigger")
+    assert_one_line_error(result, 1, "injected failure")
+    assert (snapshot(fresh_ctx), virsh("dumpxml", "--inactive", vps["domain"])) == before
+    assert volume_bytes(fresh_ctx, f"{vps['domain']}.qcow2") == 1 * GIB
+    assert_one_line_error(run_cli(fresh_ctx, "vps", "resize", "web1", "--plan", "small"), 2,
+                          "already has plan 'small'")
