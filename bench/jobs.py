@@ -27,8 +27,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provision import installation, machine, teardown  # noqa: E402
 
 from kvmvps.config import load_settings  # noqa: E402
-from kvmvps.services import Context, images, inventory, jobs, provisioning, reconcile  # noqa: E402
-from kvmvps.services import setup  # noqa: E402
+from kvmvps.services import (  # noqa: E402
+    Context,
+    images,
+    inventory,
+    jobs,
+    provisioning,
+    reconcile,
+    setup,  # noqa: E402
+)
 from kvmvps.services import vps as vps_service  # noqa: E402
 from kvmvps.services.provisioning import OrderRequest  # noqa: E402
 from kvmvps.worker import Worker  # noqa: E402
