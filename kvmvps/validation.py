@@ -93,6 +93,21 @@ def ssh_public_keys(text_or_lines: str | list[str]) -> list[str]:
     return keys
 
 
+_DURATION = re.compile(r"^(\d{1,6})([smhd]?)$")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration(value: str) -> int:
+    """A duration such as ``90s``, ``30m``, ``2h`` or ``7d``, in seconds (1 min to 1 year)."""
+    match = _DURATION.match((value or "").strip().lower())
+    if not match:
+        raise InvalidInput(f"duration {value!r} is not like 30m, 2h or 7d")
+    seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if not 60 <= seconds <= 366 * 86400:
+        raise InvalidInput(f"duration {value!r} must be between 1 minute and 1 year")
+    return seconds
+
+
 def ipv4_network(value: str) -> ipaddress.IPv4Network:
     try:
         net = ipaddress.IPv4Network(value, strict=True)

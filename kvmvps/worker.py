@@ -23,7 +23,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from kvmvps.errors import KvmvpsError
 from kvmvps.hypervisor import LifecycleWatch
-from kvmvps.services import Context, inventory, jobs, provisioning, reconcile
+from kvmvps.services import Context, expiry, inventory, jobs, provisioning, reconcile
 from kvmvps.services import vps as vps_service
 from kvmvps.services.jobs import MAX_ATTEMPTS, Claimed
 from kvmvps.services.runner import run_claimed
@@ -96,8 +96,11 @@ class Worker:
         return 1
 
     def _heartbeat(self) -> None:
+        """Show a sign of life; also queue deletes of VPSes whose time ran out."""
         if time.monotonic() - self._last_beat >= self.ctx.settings.worker_heartbeat_seconds:
             jobs.worker_heartbeat(self.ctx, self.name)
+            for job in expiry.delete_expired(self.ctx):
+                log.info("worker %s: queued delete %s of an expired VPS", self.name, job[:8])
             self._last_beat = time.monotonic()
 
     def _maybe_reconcile(self) -> None:

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import click
 
+from kvmvps import validation
 from kvmvps.cli.context import Obj, json_option, pass_obj
 from kvmvps.cli.output import emit_json, record, table
-from kvmvps.services import actions, provisioning
+from kvmvps.services import actions, expiry, jobs, provisioning
 from kvmvps.services import vps as vps_service
 from kvmvps.services.audit import os_actor
 from kvmvps.services.runner import run_or_follow
@@ -53,14 +54,15 @@ def _progress(quiet: bool):  # noqa: ANN202
 @click.option("--ssh-key", "ssh_key_files", multiple=True,
               type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A file of SSH public keys to install for the login user (repeatable).")
+@click.option("--ttl", help="Delete the VPS automatically after this long (30m, 2h, 7d).")
 @click.option("--wait", is_flag=True,
               help="Wait until the VPS runs (building it here if no worker is alive).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 @json_option
 @pass_obj
 def vps_create(obj: Obj, plan: str, image: str, hostname: str, owner: str | None,
-               network: str | None, ssh_key_files: tuple[Path, ...], wait: bool, quiet: bool,
-               as_json: bool) -> None:
+               network: str | None, ssh_key_files: tuple[Path, ...], ttl: str | None,
+               wait: bool, quiet: bool, as_json: bool) -> None:
     """Order a VPS; its password is shown this once.
 
     Without --wait the order is queued for a worker and this returns at once
@@ -68,7 +70,8 @@ def vps_create(obj: Obj, plan: str, image: str, hostname: str, owner: str | None
     """
     keys = [line for f in ssh_key_files for line in _read_key_file(f)]
     req = provisioning.OrderRequest(plan=plan, image=image, hostname=hostname,
-                                    owner_email=owner, network=network, ssh_keys=tuple(keys))
+                                    owner_email=owner, network=network, ssh_keys=tuple(keys),
+                                    ttl_seconds=validation.duration(ttl) if ttl else None)
     order = provisioning.record_order(obj.ctx, req, actor=os_actor())
     if wait:
         run_or_follow(obj.ctx, order.job, _progress(quiet or as_json))
@@ -158,11 +161,19 @@ def vps_xml(obj: Obj, ref: str) -> None:
 
 
 @vps_group.command("delete")
-@click.argument("ref")
+@click.argument("ref", required=False)
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--all-expired", is_flag=True, help="Delete every VPS whose --ttl ran out.")
 @pass_obj
-def vps_delete(obj: Obj, ref: str, yes: bool) -> None:
+def vps_delete(obj: Obj, ref: str | None, yes: bool, all_expired: bool) -> None:
     """Delete a VPS: its domain, disk, address and DHCP entry."""
+    if all_expired == bool(ref):
+        raise click.UsageError("name one VPS, or give --all-expired")
+    if all_expired:
+        for job in expiry.delete_expired(obj.ctx, actor=os_actor()):
+            run_or_follow(obj.ctx, job)
+            click.echo(f"deleted expired VPS ({jobs.get_job(obj.ctx, job)['vps']})")
+        return
     shown = vps_service.show(obj.ctx, ref)
     if not yes:
         click.confirm(f"Delete {shown['hostname']} ({shown['id'][:8]})?", abort=True)

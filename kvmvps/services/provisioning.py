@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import NoReturn
 
@@ -51,6 +52,7 @@ class OrderRequest:
     owner_email: str | None = None
     network: str | None = None
     ssh_keys: tuple[str, ...] = ()
+    ttl_seconds: int | None = None
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,8 @@ def record_order(ctx: Context, req: OrderRequest, actor: str = "") -> Order:
                   host_id=host.id, network_id=network.id, state=VpsState.QUEUED,
                   username=image.login_user, domain_name="", ssh_keys="\n".join(ssh_keys),
                   pending_password=credentials.seal(ctx, password) if password else None)
+        if req.ttl_seconds:
+            vps.expires_at = jobs.now() + timedelta(seconds=req.ttl_seconds)
         s.add(vps)
         s.flush()
         vps.domain_name = domain_name_for(vps.uuid)

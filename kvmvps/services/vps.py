@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Select, or_, select
@@ -28,7 +29,7 @@ _FROM_LIBVIRT = {
 VIEW_KEYS = (
     "id", "hostname", "state", "ip", "mac", "domain", "host", "plan", "image", "network",
     "owner", "vcpus", "memory_mib", "disk_gib", "pinned_cpus", "ssh_host", "ssh_port",
-    "username", "host_key_fingerprint", "error", "created_at", "updated_at",
+    "username", "host_key_fingerprint", "error", "expires_at", "created_at", "updated_at",
 )
 
 
@@ -82,9 +83,16 @@ def view(vps: Vps) -> dict[str, Any]:
         "username": vps.username,
         "host_key_fingerprint": vps.host_key_fingerprint,
         "error": vps.error,
+        "expires_at": _iso(vps.expires_at),
         "created_at": vps.created_at.isoformat(),
         "updated_at": vps.updated_at.isoformat(),
     }
+
+
+def _iso(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat()
 
 
 def show(ctx: Context, ref: str) -> dict[str, Any]:
