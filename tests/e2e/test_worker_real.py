@@ -75,7 +75,8 @@ def test_sigkill_at_each_step_then_a_fresh_worker(fresh_ctx: Context, tmp_path: 
         assert wait_for_ssh_banner(shown["ip"], 22, time.monotonic() + 30).startswith("SSH-")
         assert job["attempts"] == 2
     else:
-        assert shown["state"] == "error" and libvirt_snapshot(fresh_ctx) == before
+        assert shown["state"] == "error", job["error"]
+        assert libvirt_snapshot(fresh_ctx) == before, job["error"]
     result = run_cli(fresh_ctx, "vps", "delete", order.uuid, "--yes")
     assert result.exit_code == 0, result.stderr
     assert libvirt_snapshot(fresh_ctx) == before
