@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from kvmvps.cli.context import Obj, json_option, pass_obj
+from kvmvps.cli.context import Obj, json_option, pass_obj, simple_command
 from kvmvps.cli.output import emit_json, record, table
 from kvmvps.services import audit, hosts, tokens, users
 
@@ -78,13 +78,9 @@ def user_disable(obj: Obj, email: str) -> None:
     click.echo(f"user {email} disabled; {revoked} API token(s) revoked")
 
 
-@user_group.command("enable")
-@click.argument("email")
-@pass_obj
-def user_enable(obj: Obj, email: str) -> None:
-    """Let a disabled user log in again (revoked tokens stay revoked)."""
-    users.enable_user(obj.ctx, email)
-    click.echo(f"user {email} enabled")
+simple_command(user_group, "enable", users.enable_user, "user {} enabled",
+               "Let a disabled user log in again (revoked tokens stay revoked).",
+               argument="email")
 
 
 @user_group.command("password")
@@ -210,31 +206,12 @@ def host_show(obj: Obj, name: str, as_json: bool) -> None:
     emit_json(view) if as_json else record(view, hosts.SHOW_KEYS)
 
 
-@host_group.command("remove")
-@click.argument("name")
-@pass_obj
-def host_remove(obj: Obj, name: str) -> None:
-    """Forget a host that carries no VPS (nothing on the host is deleted)."""
-    hosts.remove_host(obj.ctx, name)
-    click.echo(f"host {name} removed")
-
-
-@host_group.command("disable")
-@click.argument("name")
-@pass_obj
-def host_disable(obj: Obj, name: str) -> None:
-    """Place no new VPSes on a host; those it carries keep running."""
-    hosts.disable_host(obj.ctx, name)
-    click.echo(f"host {name} disabled")
-
-
-@host_group.command("enable")
-@click.argument("name")
-@pass_obj
-def host_enable(obj: Obj, name: str) -> None:
-    """Put a host back in service."""
-    hosts.enable_host(obj.ctx, name)
-    click.echo(f"host {name} enabled")
+simple_command(host_group, "remove", hosts.remove_host, "host {} removed",
+               "Forget a host that carries no VPS (nothing on the host is deleted).")
+simple_command(host_group, "disable", hosts.disable_host, "host {} disabled",
+               "Place no new VPSes on a host; those it carries keep running.")
+simple_command(host_group, "enable", hosts.enable_host, "host {} enabled",
+               "Put a host back in service.")
 
 
 def register(cli: click.Group) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import click
@@ -44,3 +45,18 @@ class Obj:
 pass_obj = click.make_pass_decorator(Obj)
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for programs.")
 
+
+
+def simple_command(group: click.Group, name: str, action: Callable[[Context, str], object],
+                   done: str, help_text: str, argument: str = "name") -> click.Command:
+    """A command that takes one name, calls ``action(ctx, name)`` and says ``done``."""
+
+    @group.command(name, help=help_text)
+    @click.argument(argument)
+    @pass_obj
+    def command(obj: Obj, **kwargs: str) -> None:
+        value = kwargs[argument]
+        action(obj.ctx, value)
+        click.echo(done.format(value))
+
+    return command

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from kvmvps.cli.context import Obj, json_option, pass_obj
+from kvmvps.cli.context import Obj, json_option, pass_obj, simple_command
 from kvmvps.cli.output import emit_json, record, table
 from kvmvps.services import images as image_service
 from kvmvps.services import inventory, setup, views
@@ -104,13 +104,8 @@ def image_list(obj: Obj, as_json: bool) -> None:
     _print_images([views.image_view(i) for i in inventory.list_images(obj.ctx)], as_json)
 
 
-@image_group.command("remove")
-@click.argument("name")
-@pass_obj
-def image_remove(obj: Obj, name: str) -> None:
-    """Remove an image that no VPS uses."""
-    inventory.remove_image(obj.ctx, name)
-    click.echo(f"image {name} removed")
+simple_command(image_group, "remove", inventory.remove_image, "image {} removed",
+               "Remove an image that no VPS uses.")
 
 
 def _print_images(views: list[dict], as_json: bool, single: bool = False) -> None:
@@ -160,13 +155,8 @@ def plan_list(obj: Obj, as_json: bool) -> None:
     emit_json(rows) if as_json else table(rows, PLAN_COLUMNS)
 
 
-@plan_group.command("remove")
-@click.argument("name")
-@pass_obj
-def plan_remove(obj: Obj, name: str) -> None:
-    """Remove a plan that no VPS uses."""
-    inventory.remove_plan(obj.ctx, name)
-    click.echo(f"plan {name} removed")
+simple_command(plan_group, "remove", inventory.remove_plan, "plan {} removed",
+               "Remove a plan that no VPS uses.")
 
 
 # -- networks -----------------------------------------------------------------
@@ -212,13 +202,8 @@ def network_list(obj: Obj, as_json: bool) -> None:
     emit_json(rows) if as_json else table(rows, NETWORK_COLUMNS)
 
 
-@network_group.command("remove")
-@click.argument("name")
-@pass_obj
-def network_remove(obj: Obj, name: str) -> None:
-    """Remove a network that no VPS or plan uses."""
-    inventory.remove_network(obj.ctx, name)
-    click.echo(f"network {name} removed")
+simple_command(network_group, "remove", inventory.remove_network, "network {} removed",
+               "Remove a network that no VPS or plan uses.")
 
 
 def register(cli: click.Group) -> None:

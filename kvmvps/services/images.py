@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from kvmvps import keys, validation
 from kvmvps.errors import Conflict
+from kvmvps.images import BuiltImage
 from kvmvps.models import Image
 from kvmvps.services import Context, inventory
 
@@ -17,23 +18,24 @@ def _prepare(ctx: Context, name: str) -> str:
     return name
 
 
+def _build(ctx: Context, name: str, builder: Callable[..., BuiltImage],
+           progress: Callable[[str], None] | None) -> Image:
+    name = _prepare(ctx, name)
+    pubkey = keys.ensure_provisioning_key(ctx.settings)
+    built = builder(ctx.settings.images_dir / name, pubkey,
+                    cache_dir=ctx.settings.download_cache, progress=progress)
+    return inventory.register_built_image(ctx, name, built)
+
+
 def build_tiny(ctx: Context, name: str, progress: Callable[[str], None] | None = None) -> Image:
     """Build the tiny busybox+dropbear image and register it as ``name``."""
     from kvmvps.images.tiny import build_tiny_image
 
-    name = _prepare(ctx, name)
-    pubkey = keys.ensure_provisioning_key(ctx.settings)
-    built = build_tiny_image(ctx.settings.images_dir / name, pubkey,
-                             cache_dir=ctx.settings.download_cache, progress=progress)
-    return inventory.register_built_image(ctx, name, built)
+    return _build(ctx, name, build_tiny_image, progress)
 
 
 def build_debian(ctx: Context, name: str, progress: Callable[[str], None] | None = None) -> Image:
     """Build the Debian 12 cloud-init image and register it as ``name``."""
     from kvmvps.images.debian import build_debian_image
 
-    name = _prepare(ctx, name)
-    pubkey = keys.ensure_provisioning_key(ctx.settings)
-    built = build_debian_image(ctx.settings.images_dir / name, pubkey,
-                               cache_dir=ctx.settings.download_cache, progress=progress)
-    return inventory.register_built_image(ctx, name, built)
+    return _build(ctx, name, build_debian_image, progress)
