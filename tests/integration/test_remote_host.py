@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import time
@@ -81,5 +80,6 @@ def test_order_lands_on_the_remote_host(fresh_ctx: Context, remote_uri: str) -> 
     shown = json.loads(run_cli(fresh_ctx, "host", "show", "hv2", "--json").stdout)
     assert json.dumps(shown).count("vps") >= 1
     assert run_cli(fresh_ctx, "vps", "delete", "remote1", "--yes").exit_code == 0
-    assert os.system(f"virsh -q domstate {vps['domain']} >/dev/null 2>&1") != 0
+    gone = subprocess.run(["virsh", "-q", "domstate", vps["domain"]], capture_output=True)
+    assert gone.returncode != 0
     assert run_cli(fresh_ctx, "host", "remove", "hv2").exit_code == 0
