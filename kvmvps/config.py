@@ -7,13 +7,17 @@ lower-case), then the defaults below.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
+from functools import cache
 from pathlib import Path
 from typing import Any
 
+from kvmvps import validation
 from kvmvps.errors import InvalidInput
 
 log = logging.getLogger(__name__)
@@ -43,6 +47,14 @@ class Settings:
     worker_heartbeat_seconds: float = 5.0
     worker_poll_seconds: float = 0.5
     reconcile_interval: float = 60.0
+    public_address: str = ""
+    forward_ports: str = "20000-29999"
+    base_domain: str = ""
+    chain_prefix: str = "KVMVPS"
+    proxy_dir: str = ""
+    proxy_http_port: int = 80
+    proxy_https_port: int = 443
+    acme_hook: str = ""
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -73,6 +85,17 @@ class Settings:
     @property
     def keys_dir(self) -> Path:
         return self.state_dir / "keys"
+
+    @property
+    def forward_port_range(self) -> tuple[int, int]:
+        """KVMVPS_FORWARD_PORTS as (first, last); checked by :func:`load_settings`."""
+        first, _, last = self.forward_ports.partition("-")
+        return int(first), int(last or first)
+
+    @property
+    def proxy_path(self) -> Path:
+        """Where kvmvps keeps its haproxy configuration and pid file (KVMVPS_PROXY_DIR)."""
+        return Path(self.proxy_dir) if self.proxy_dir else self.state_dir / "proxy"
 
 
 def _coerce(name: str, raw: Any, default: Any) -> Any:
@@ -121,7 +144,36 @@ def load_settings(env: dict[str, str] | None = None, **overrides: Any) -> Settin
         raise InvalidInput(
             f"KVMVPS_DOMAIN_TYPE must be one of {', '.join(DOMAIN_TYPES)}, not {settings.domain_type!r}"
         )
+    _check_forwarding(settings)
     return settings
+
+
+_PORTS = re.compile(r"^([0-9]{1,5})(?:-([0-9]{1,5}))?$")
+_CHAIN_PREFIX = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,19}$")
+
+
+def _check_forwarding(s: Settings) -> None:
+    """One-line errors for bad port-forwarding and proxy settings."""
+    match = _PORTS.match(s.forward_ports.strip())
+    first, last = (int(match[1]), int(match[2] or match[1])) if match else (0, 0)
+    if not match or not 1 <= first <= last <= 65535:
+        raise InvalidInput(f"KVMVPS_FORWARD_PORTS {s.forward_ports!r} is not a port range "
+                           "such as 20000-29999")
+    if s.public_address:
+        try:
+            ipaddress.IPv4Address(s.public_address)
+        except ValueError:
+            raise InvalidInput(f"KVMVPS_PUBLIC_ADDRESS {s.public_address!r} is not an IPv4 "
+                               "address") from None
+    for name, port in (("HTTP", s.proxy_http_port), ("HTTPS", s.proxy_https_port)):
+        if not 1 <= port <= 65535 or first <= port <= last:
+            raise InvalidInput(f"KVMVPS_PROXY_{name}_PORT {port} must be a port outside "
+                               f"KVMVPS_FORWARD_PORTS ({s.forward_ports})")
+    if not _CHAIN_PREFIX.match(s.chain_prefix):
+        raise InvalidInput(f"KVMVPS_CHAIN_PREFIX {s.chain_prefix!r} must be a letter and up to "
+                           "19 letters, digits or '_'")
+    if s.base_domain:
+        validation.dns_name(s.base_domain, "KVMVPS_BASE_DOMAIN")
 
 
 def kvm_usable(cpuinfo: Path = Path("/proc/cpuinfo"), dev: Path = Path("/dev/kvm")) -> bool:
@@ -146,5 +198,10 @@ def resolve_domain_type(settings: Settings) -> str:
         return settings.domain_type
     if kvm_usable():
         return "kvm"
-    log.warning("no usable KVM (no vmx/svm or /dev/kvm); guests run under QEMU emulation")
+    _warn_once("no usable KVM (no vmx/svm or /dev/kvm); guests run under QEMU emulation")
     return "qemu"
+
+
+@cache
+def _warn_once(message: str) -> None:
+    log.warning(message)

@@ -68,6 +68,9 @@ def test_explicit_domain_type_wins() -> None:
 
 
 def test_auto_matches_this_machine(caplog: pytest.LogCaptureFixture) -> None:
+    from kvmvps import config
+
+    config._warn_once.cache_clear()  # the warning is logged once per process
     chosen = resolve_domain_type(load_settings({"KVMVPS_DOMAIN_TYPE": "auto"}))
     assert chosen == ("kvm" if kvm_usable() else "qemu")
     if chosen == "qemu":
