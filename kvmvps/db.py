@@ -28,6 +28,22 @@ def _sqlite_begin(conn) -> None:  # noqa: ANN001
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def _sqlite_read_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001
+    dbapi_conn.isolation_level = None
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA query_only=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def make_read_engine(url: str) -> Engine:
+    """SQLite readers: a plain snapshot (WAL lets them run beside the one writer)."""
+    engine = create_engine(url, connect_args={"timeout": 30})
+    event.listen(engine, "connect", _sqlite_read_pragmas)
+    event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN"))
+    return engine
+
+
 def make_engine(url: str) -> Engine:
     """An engine for ``url``; SQLite gets foreign keys, WAL and a busy timeout."""
     if url.startswith("sqlite"):
@@ -45,6 +61,8 @@ class Database:
         self.url = url
         self.engine = make_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._read_engine = make_read_engine(url) if url.startswith("sqlite") else self.engine
+        self._readers = sessionmaker(self._read_engine, expire_on_commit=False)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:
@@ -54,6 +72,12 @@ class Database:
     def session(self) -> Iterator[Session]:
         """A session whose transaction commits on success and rolls back on error."""
         with self._sessions() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """A read-only session: on SQLite it does not take the write lock."""
+        with self._readers() as session, session.begin():
             yield session
 
     def migrate(self) -> None:
@@ -67,6 +91,7 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        self._read_engine.dispose()
 
 
 def alembic_config(url: str) -> Config:

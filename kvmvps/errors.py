@@ -70,3 +70,7 @@ class HostKeyMismatch(GuestError):
 
 class StepFailed(KvmvpsError):
     """A provisioning step failed; the steps before it were rolled back."""
+
+
+class FirewallError(HypervisorError):
+    """iptables, or the HTTP proxy, on a libvirt host refused or failed a change."""

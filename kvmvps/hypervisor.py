@@ -403,6 +403,14 @@ class Hypervisor:
         """The domain's state in virsh's words (``running``, ``shut off``...)."""
         return self._domain(name, "state of", lambda d: DOMAIN_STATES[d.state()[0]])
 
+    def domain_metadata(self, name: str, xmlns: str) -> dict[str, str] | None:
+        """The attributes of the domain's metadata element in ``xmlns``, if it has one."""
+        root = etree.fromstring(self.domain_xml(name).encode())
+        for element in root.iterfind("metadata/*"):
+            if etree.QName(element).namespace == xmlns:
+                return dict(element.attrib)
+        return None
+
     def domain_xml(self, name: str) -> str:
         return self._domain(name, "XML of", lambda d: d.XMLDesc(0))
 

@@ -88,6 +88,8 @@ class Plan(Base):
     memory_mib: Mapped[int] = mapped_column(Integer)
     disk_gib: Mapped[int] = mapped_column(Integer)
     price_cents: Mapped[int] = mapped_column(Integer, default=0)
+    # port forwards a VPS of this plan may add beyond its SSH forward
+    extra_forwards: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     network_id: Mapped[int | None] = mapped_column(ForeignKey("networks.id"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
@@ -121,6 +123,8 @@ class Host(Base):
     cpus: Mapped[int] = mapped_column(Integer)
     memory_mib: Mapped[int] = mapped_column(Integer)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    # the host's public IPv4 for port forwards; None: KVMVPS_PUBLIC_ADDRESS
+    public_address: Mapped[str | None] = mapped_column(String(39))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -162,6 +166,7 @@ class Vps(Base):
     pins: Mapped[list[CpuPin]] = relationship(
         back_populates="vps", order_by="CpuPin.vcpu", cascade="all, delete-orphan"
     )
+    forwards: Mapped[list[Forward]] = relationship(order_by="Forward.id", viewonly=True)
 
     @property
     def pinned_cpus(self) -> list[int]:
@@ -186,6 +191,40 @@ class IpLease(Base):
     vps_id: Mapped[int | None] = mapped_column(ForeignKey("vps.id"), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     released_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Forward(Base):
+    """A public port of a host: forwarded to a VPS's guest port, or free since ``released_at``.
+
+    Released rows are kept, as addresses are, so that the port freed longest
+    ago is reused first. ``kind`` is "ssh" for the forward every NAT VPS gets
+    to its port 22, "extra" for the ones a customer adds.
+    """
+
+    __tablename__ = "forwards"
+    __table_args__ = (UniqueConstraint("host_id", "protocol", "public_port"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    host_id: Mapped[int] = mapped_column(ForeignKey("hosts.id"))
+    protocol: Mapped[str] = mapped_column(String(3))  # "tcp" or "udp"
+    public_port: Mapped[int] = mapped_column(Integer)
+    public_address: Mapped[str | None] = mapped_column(String(39))
+    vps_id: Mapped[int | None] = mapped_column(ForeignKey("vps.id"), index=True)
+    guest_port: Mapped[int | None] = mapped_column(Integer)
+    kind: Mapped[str | None] = mapped_column(String(8))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    released_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class HttpName(Base):
+    """A DNS name the host's proxy routes to a VPS: HTTP by Host header, HTTPS by SNI."""
+
+    __tablename__ = "http_names"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(253), unique=True)
+    vps_id: Mapped[int] = mapped_column(ForeignKey("vps.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class CpuPin(Base):

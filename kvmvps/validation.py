@@ -39,6 +39,18 @@ def hostname(value: str) -> str:
     return label
 
 
+_DNS_NAME = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))+$")
+
+
+def dns_name(value: str, what: str = "name") -> str:
+    """A fully qualified DNS name of two labels or more, lower-cased, at most 253 characters."""
+    name = (value or "").strip().lower().removesuffix(".")
+    if len(name) > 253 or not _DNS_NAME.match(name) or name.rsplit(".", 1)[-1].isdigit():
+        raise InvalidInput(f"{what} {value!r} is not a valid DNS name (labels of letters, "
+                           "digits and inner hyphens, joined by dots)")
+    return name
+
+
 def object_name(value: str, what: str = "name") -> str:
     """Names of plans, images, networks and hosts: short, lower-case, safe anywhere."""
     name = (value or "").strip()

@@ -64,6 +64,7 @@ class DomainSpec:
     console_log: str
     title: str
     vps_uuid: str
+    installation: str
     kernel_boot: KernelBoot | None = None
     cpu_mode: str | None = None
     machine: str = "pc"

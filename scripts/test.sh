@@ -8,6 +8,8 @@ bash scripts/setup-host.sh
 KVMVPS_TEST_POSTGRES_URL=$(bash scripts/start-postgres.sh | tail -1)
 export KVMVPS_TEST_POSTGRES_URL
 export KVMVPS_REQUIRE_LIBVIRT=1 KVMVPS_REQUIRE_POSTGRES=1
+echo "==> vagrant validate" >&2
+(cd vagrant && VAGRANT_CHECKPOINT_DISABLE=1 vagrant validate)
 echo "==> ruff (lint, including S507: no AutoAddPolicy)" >&2
 .venv/bin/ruff check kvmvps web tests bench
 echo "==> pytest" >&2

@@ -11,7 +11,7 @@ from kvmvps.services import audit, hosts, tokens, users
 USER_COLUMNS = ("email", "is_admin", "is_active", "has_password", "created_at")
 TOKEN_COLUMNS = ("id", "user", "name", "revoked", "created_at", "last_used_at")
 AUDIT_COLUMNS = ("at", "actor", "action", "target", "result", "detail")
-HOST_COLUMNS = ("name", "uri", "cpus", "memory_mib", "enabled")
+HOST_COLUMNS = ("name", "uri", "cpus", "memory_mib", "enabled", "public_address")
 
 
 def _emit(data: dict | list, as_json: bool, columns: tuple[str, ...] = ()) -> None:
@@ -173,6 +173,7 @@ def host_group() -> None:
       kvmvps-admin host list
       kvmvps-admin host show kvm2 --json
       kvmvps-admin host disable kvm2
+      kvmvps-admin host public-address kvm1 203.0.113.7
     """
 
 
@@ -203,6 +204,21 @@ def host_list(obj: Obj, as_json: bool) -> None:
 def host_show(obj: Obj, name: str, as_json: bool) -> None:
     """Show a host with its capacity and what it carries."""
     view = hosts.show_host(obj.ctx, name)
+    emit_json(view) if as_json else record(view, hosts.SHOW_KEYS)
+
+
+@host_group.command("public-address")
+@click.argument("name")
+@click.argument("address", required=False)
+@click.option("--clear", is_flag=True, help="Use KVMVPS_PUBLIC_ADDRESS again.")
+@json_option
+@pass_obj
+def host_public_address(obj: Obj, name: str, address: str | None, clear: bool,
+                        as_json: bool) -> None:
+    """Set the host's public IPv4 for port forwards (overrides KVMVPS_PUBLIC_ADDRESS)."""
+    if clear == (address is not None):
+        raise click.UsageError("give an ADDRESS or --clear")
+    view = hosts.set_public_address(obj.ctx, name, address)
     emit_json(view) if as_json else record(view, hosts.SHOW_KEYS)
 
 

@@ -12,7 +12,8 @@ from kvmvps.cli.output import emit_json, record, table
 from kvmvps.services import images as image_service
 from kvmvps.services import inventory, setup, views
 
-PLAN_COLUMNS = ("name", "vcpus", "memory_mib", "disk_gib", "network", "price_cents")
+PLAN_COLUMNS = ("name", "vcpus", "memory_mib", "disk_gib", "network", "price_cents",
+                "extra_forwards")
 IMAGE_COLUMNS = ("name", "login_user", "cloud_init", "os_family", "virtual_size_gib", "kernel_boot")
 NETWORK_COLUMNS = ("name", "kind", "subnet", "gateway", "bridge", "pool_start", "pool_end")
 
@@ -136,13 +137,16 @@ def plan_group() -> None:
 @click.option("--disk-gib", type=int, required=True, help="Disk size in GiB.")
 @click.option("--network", help="Network for VPSes of this plan (default: the NAT network).")
 @click.option("--price-cents", type=int, default=0, show_default=True, help="Monthly price.")
+@click.option("--extra-forwards", type=int, default=0, show_default=True,
+              help="Port forwards a VPS may add beyond its SSH forward.")
 @json_option
 @pass_obj
 def plan_add(obj: Obj, name: str, vcpus: int, memory_mib: int, disk_gib: int,
-             network: str | None, price_cents: int, as_json: bool) -> None:
+             network: str | None, price_cents: int, extra_forwards: int, as_json: bool) -> None:
     """Add a plan."""
-    plan = inventory.add_plan(obj.ctx, name, vcpus, memory_mib, disk_gib, network, price_cents)
-    view = views.plan_view(plan, network)
+    plan = inventory.add_plan(obj.ctx, name, vcpus, memory_mib, disk_gib, network, price_cents,
+                              extra_forwards)
+    view = views.plan_admin_view(plan, network)
     emit_json(view) if as_json else record(view)
 
 
@@ -151,7 +155,7 @@ def plan_add(obj: Obj, name: str, vcpus: int, memory_mib: int, disk_gib: int,
 @pass_obj
 def plan_list(obj: Obj, as_json: bool) -> None:
     """List plans."""
-    rows = views.plan_views(obj.ctx)
+    rows = views.plan_views(obj.ctx, admin=True)
     emit_json(rows) if as_json else table(rows, PLAN_COLUMNS)
 
 

@@ -9,7 +9,15 @@ from dataclasses import dataclass
 
 import click
 
-from kvmvps.cli import admin_cmds, inventory_cmds, ops_cmds, vps_cmds, vps_extra_cmds
+from kvmvps.cli import (
+    admin_cmds,
+    forward_cmds,
+    inventory_cmds,
+    ops_cmds,
+    serve_cmds,
+    vps_cmds,
+    vps_extra_cmds,
+)
 from kvmvps.cli.context import Obj
 from kvmvps.db import schema_is_current
 from kvmvps.errors import KvmvpsError
@@ -29,7 +37,9 @@ READ_ONLY = frozenset({
     "token.list",
     "user.list",
     "vps.console", "vps.list", "vps.show", "vps.xml",
+    "vps.forward.list", "vps.http.list",
     "worker",  # a long-running process, not a change; its jobs carry their own actors
+    "serve",  # likewise: the website audits its own actions
 })
 # ...and these, unless the named flag is given.
 READ_ONLY_UNLESS = {"reconcile": "fix"}
@@ -200,7 +210,9 @@ inventory_cmds.register(cli)
 admin_cmds.register(cli)
 vps_cmds.register(cli)
 vps_extra_cmds.register(cli)
+forward_cmds.register(cli)
 ops_cmds.register(cli)
+serve_cmds.register(cli)
 
 
 def main() -> None:

@@ -72,6 +72,7 @@ def serve_cmd(obj: Obj, host: str, port: int, production: bool, workers: int | N
     """
     ctx = obj.ctx  # refuse to start before 'kvmvps-admin init'
     if production:
+        ctx.db.dispose()  # each gunicorn worker opens its own, after the fork
         run_gunicorn(host, port, workers or default_workers(), threads)
         return
     from web import create_app

@@ -95,7 +95,7 @@ def _print_with_password(view: dict, password: str | None, as_json: bool) -> Non
     if password:
         click.echo(f"{'password'.ljust(20)}  {password}")
         click.echo("(the password is shown only this once; 'vps password-reset' sets a new one)")
-        click.echo(f"log in: ssh {view['username']}@{view['ssh_host']} -p {view['ssh_port']}")
+        click.echo(f"log in: ssh -p {view['ssh_port']} {view['username']}@{view['ssh_host']}")
 
 
 @vps_group.command("password-reset")

@@ -143,6 +143,7 @@ def domain_spec(facts: VpsFacts, domain_type: str, with_seed: bool) -> DomainSpe
         console_log=facts.console_log,
         title=facts.hostname,
         vps_uuid=facts.uuid,
+        installation=facts.pool,
         kernel_boot=kernel_boot,
         cpu_mode="host-passthrough" if domain_type == "kvm" else None,
     )

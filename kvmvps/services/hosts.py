@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Any
 
@@ -11,14 +12,14 @@ from sqlalchemy.orm import Session
 from kvmvps import validation
 from kvmvps.errors import Conflict, InvalidInput
 from kvmvps.models import Host, Job, JobState, Vps
-from kvmvps.services import Context, placement, setup, views
+from kvmvps.services import Context, forwards, http_names, placement, setup, views
 from kvmvps.services.audit import iso
 from kvmvps.services.inventory import get_by_name
 
 _URI = re.compile(r"^[a-z][a-z0-9+.-]*:/[^\s]*$")
 
 SHOW_KEYS = (
-    "name", "uri", "enabled", "cpus", "vcpus_pinned", "vcpu_limit", "memory_mib",
+    "name", "uri", "enabled", "public_address", "cpus", "vcpus_pinned", "vcpu_limit", "memory_mib",
     "memory_committed_mib", "memory_limit_mib", "vps_count", "created_at",
 )
 
@@ -101,6 +102,25 @@ def remove_host(ctx: Context, name: str) -> None:
             raise Conflict(f"host {name!r} has {unfinished} unfinished job(s); wait for them")
         s.execute(update(Job).where(Job.host_id == host.id).values(host_id=None))
         s.delete(host)
+
+
+def set_public_address(ctx: Context, name: str, address: str | None) -> dict[str, Any]:
+    """Set (None: clear) the host's own public IPv4 for port forwards and HTTP names.
+
+    Forwards already held move to the new address at the next rule update.
+    """
+    if address is not None:
+        try:
+            address = str(ipaddress.IPv4Address((address or "").strip()))
+        except ValueError:
+            raise InvalidInput(f"public address {address!r} is not an IPv4 address") from None
+    with ctx.db.session() as s:
+        host = get_by_name(s, Host, name, "host")
+        host.public_address = address
+        host_id = host.id
+    forwards.apply(ctx, host_id)
+    http_names.apply_proxy(ctx)
+    return show_host(ctx, name)
 
 
 def disable_host(ctx: Context, name: str) -> dict[str, Any]:

@@ -22,6 +22,7 @@ M = TypeVar("M", bound=Base)
 MAX_VCPUS = 64
 MAX_MEMORY_MIB = 1 << 20
 MAX_DISK_GIB = 1 << 14
+MAX_EXTRA_FORWARDS = 100
 
 
 def get_by_name(session: Session, model: type[M], name: str, what: str) -> M:
@@ -52,6 +53,7 @@ def add_plan(
     disk_gib: int,
     network: str | None = None,
     price_cents: int = 0,
+    extra_forwards: int = 0,
 ) -> Plan:
     name = validation.object_name(name, "plan name")
     validation.positive_int(vcpus, "vcpus", MAX_VCPUS)
@@ -59,6 +61,8 @@ def add_plan(
     validation.positive_int(disk_gib, "disk (GiB)", MAX_DISK_GIB)
     if price_cents < 0:
         raise InvalidInput("price must not be negative")
+    if extra_forwards != 0:
+        validation.positive_int(extra_forwards, "extra forwards", MAX_EXTRA_FORWARDS)
     with ctx.db.session() as s:
         _refuse_duplicate(s, Plan, name, "plan")
         net = get_by_name(s, Network, network, "network") if network else None
@@ -68,6 +72,7 @@ def add_plan(
             memory_mib=memory_mib,
             disk_gib=disk_gib,
             price_cents=price_cents,
+            extra_forwards=extra_forwards,
             network_id=net.id if net else None,
         )
         s.add(plan)

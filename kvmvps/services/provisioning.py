@@ -31,7 +31,7 @@ from kvmvps.errors import (
 )
 from kvmvps.hypervisor import DhcpEntry, Hypervisor
 from kvmvps.models import Image, Network, Plan, Vps, VpsState
-from kvmvps.services import Context, credentials, inventory, jobs, setup
+from kvmvps.services import Context, credentials, forwards, inventory, jobs, setup
 from kvmvps.services.facts import VpsFacts, domain_name_for, domain_spec, load_facts, overlay_spec
 from kvmvps.services.placement import choose_host
 from kvmvps.storage import check_base_image, overlay_capacity
@@ -122,6 +122,7 @@ def record_order(ctx: Context, req: OrderRequest, actor: str = "") -> Order:
         s.flush()
         vps.domain_name = domain_name_for(vps.uuid)
         ipam.allocate(s, vps, network, exclude=set(leased))
+        forwards.allocate_ssh(ctx, s, vps, host, network)
         cpupin.allocate(s, vps, host, plan.vcpus, ctx.settings.cpu_overcommit)
         job = jobs.enqueue(s, "create", vps.uuid, host.id, actor=actor)
         return Order(uuid=vps.uuid, password=password, job=job.uuid)
@@ -232,11 +233,20 @@ def _nothing(_b: Build) -> None:
     """Rendering leaves nothing behind to undo."""
 
 
+def _forward_ports(b: Build) -> None:
+    """Write the host's forwarding rules, this VPS's among them, before it boots.
+
+    Nothing to undo here: the rules go when the ports are released.
+    """
+    forwards.apply_for_vps(b.ctx, b.facts.vps_id)
+
+
 STEPS: tuple[Step, ...] = (
     Step("clone", _clone, _unclone),
     Step("seed", credentials.make_seed, credentials.remove_seed),
     Step("render", render_domain, _nothing),
     Step("dhcp", _add_dhcp, _remove_dhcp),
+    Step("forwards", _forward_ports, _nothing),
     Step("define", _define, _undefine),
     Step("start", _start, _stop),
     Step("dhcp-ready", _dhcp_ready, _nothing),
@@ -340,8 +350,11 @@ def _mark_failed(ctx: Context, vps_id: int, message: str) -> None:
             return
         ipam.release(s, vps)
         cpupin.release(s, vps)
+        forwards.release(s, vps)
         vps.state, vps.error = VpsState.ERROR, message
         vps.pending_password = None
+        host_id = vps.host_id
+    forwards.apply_quietly(ctx, host_id)
 
 
 def _set_state(ctx: Context, vps_id: int, state: str, error: str | None = None) -> None:
@@ -380,7 +393,10 @@ def delete(ctx: Context, uuid: str) -> None:
         vps = s.get(Vps, facts.vps_id)
         ipam.release(s, vps)
         cpupin.release(s, vps)
+        forwards.release(s, vps)
+        host_id = vps.host_id
         s.delete(vps)
+    forwards.apply_quietly(ctx, host_id)
 
 
 def reinstall(ctx: Context, uuid: str, image: str | None = None,

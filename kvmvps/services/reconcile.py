@@ -5,6 +5,9 @@ virsh), marks VPSes whose domain vanished, and reports domains, volumes and
 DHCP entries that carry kvmvps's prefix but belong to no VPS; with ``fix`` it
 removes those. VPSes with an unfinished job are left alone: a build or a
 delete is moving them. One pass at a time, across all processes (a lock row).
+On the local host every pass also puts running guests' taps back on their
+bridges (after a network restart) and rewrites the port-forwarding rules and
+the proxy configuration from the database where they differ.
 """
 
 from __future__ import annotations
@@ -22,11 +25,11 @@ from kvmvps import xmlrender
 from kvmvps.errors import Conflict, HypervisorError
 from kvmvps.hypervisor import Hypervisor
 from kvmvps.models import Host, IpLease, Job, JobState, Lock, Network, Vps, VpsState
-from kvmvps.services import Context
+from kvmvps.services import Context, forwards
 from kvmvps.services.facts import DOMAIN_PREFIX
 from kvmvps.services.jobs import now
 from kvmvps.services.vps import _FROM_LIBVIRT as FROM_LIBVIRT
-from kvmvps.xmlspec import SENTINEL_MAC, DhcpHost
+from kvmvps.xmlspec import KVMVPS_XMLNS, SENTINEL_MAC, DhcpHost
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,7 @@ class Report:
     orphan_domains: list[dict[str, str]] = field(default_factory=list)
     orphan_volumes: list[dict[str, str]] = field(default_factory=list)
     orphan_dhcp: list[dict[str, str]] = field(default_factory=list)
+    forwarding: list[dict[str, str]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -116,9 +120,10 @@ def _host_pass(ctx: Context, host: Host, fix: bool, report: Report) -> None:
         for vps in rows:
             if vps.uuid not in busy and vps.state in SETTLED:
                 _check_power(vps, domains.get(vps.domain_name), report)
-    _orphan_domains(hv, host, set(domains) - known, fix, report)
+    _orphan_domains(hv, host, set(domains) - known, fix, report, ctx.settings.storage_pool)
     _orphan_volumes(ctx, hv, host, known, fix, report)
     _orphan_dhcp(ctx, hv, host, fix, report)
+    report.forwarding += forwards.sync(ctx, host)
 
 
 def _check_power(vps: Vps, actual: str | None, report: Report) -> None:
@@ -135,8 +140,12 @@ def _check_power(vps: Vps, actual: str | None, report: Report) -> None:
 
 
 def _orphan_domains(hv: Hypervisor, host: Host, names: set[str], fix: bool,
-                    report: Report) -> None:
+                    report: Report, installation: str) -> None:
+    """Unknown kvmvps-* domains, except those another installation made (its own pool)."""
     for name in sorted(names):
+        meta = hv.domain_metadata(name, KVMVPS_XMLNS)
+        if meta is not None and meta.get("installation", installation) != installation:
+            continue
         report.orphan_domains.append({"host": host.name, "domain": name})
         if fix:
             hv.undefine(name)

@@ -23,11 +23,17 @@ def plan_view(plan: Plan, network: str | None = None) -> dict[str, Any]:
     }
 
 
-def plan_views(ctx: Context) -> list[dict[str, Any]]:
+def plan_admin_view(plan: Plan, network: str | None = None) -> dict[str, Any]:
+    """:func:`plan_view` with what only operators see (the CLI's shape)."""
+    return {**plan_view(plan, network), "extra_forwards": plan.extra_forwards}
+
+
+def plan_views(ctx: Context, admin: bool = False) -> list[dict[str, Any]]:
+    shape = plan_admin_view if admin else plan_view
     query = select(Plan).options(selectinload(Plan.network))
     with ctx.db.session() as s:
         plans = s.scalars(query.order_by(Plan.vcpus, Plan.memory_mib, Plan.name))
-        return [plan_view(p, p.network.name if p.network else None) for p in plans]
+        return [shape(p, p.network.name if p.network else None) for p in plans]
 
 
 def image_view(image: Image) -> dict[str, Any]:
@@ -66,4 +72,5 @@ def host_view(host: Host) -> dict[str, Any]:
         "cpus": host.cpus,
         "memory_mib": host.memory_mib,
         "enabled": host.enabled,
+        "public_address": host.public_address,
     }

@@ -37,6 +37,7 @@ def _query() -> Select[tuple[Vps]]:
     return select(Vps).options(
         selectinload(Vps.plan), selectinload(Vps.image), selectinload(Vps.host),
         selectinload(Vps.network), selectinload(Vps.owner), selectinload(Vps.pins),
+        selectinload(Vps.forwards),
     )
 
 
@@ -78,8 +79,7 @@ def view(vps: Vps) -> dict[str, Any]:
         "memory_mib": vps.plan.memory_mib,
         "disk_gib": vps.plan.disk_gib,
         "pinned_cpus": vps.pinned_cpus,
-        "ssh_host": vps.ip,
-        "ssh_port": 22 if vps.ip else None,
+        **_ssh_endpoint(vps),
         "username": vps.username,
         "host_key_fingerprint": vps.host_key_fingerprint,
         "error": vps.error,
@@ -87,6 +87,14 @@ def view(vps: Vps) -> dict[str, Any]:
         "created_at": vps.created_at.isoformat(),
         "updated_at": vps.updated_at.isoformat(),
     }
+
+
+def _ssh_endpoint(vps: Vps) -> dict[str, Any]:
+    """Where to log in: the public address and port of the SSH forward, else ip and 22."""
+    ssh = next((f for f in vps.forwards if f.kind == "ssh" and f.public_address), None)
+    if ssh is not None and vps.ip:
+        return {"ssh_host": ssh.public_address, "ssh_port": ssh.public_port}
+    return {"ssh_host": vps.ip, "ssh_port": 22 if vps.ip else None}
 
 
 def _iso(moment: datetime | None) -> str | None:

@@ -23,7 +23,7 @@ spec = DomainSpec(name="kvmvps-000000000000", uuid="6f1c1b2e-6a55-4a8e-9a59-0c3b
     domain_type="qemu", memory_kib=65536, vcpus=1, vcpupins=vcpupins_for([0]),
     disks=(VolumeDiskSpec("kvmvps", "v.qcow2", "vda"),),
     interfaces=(InterfaceSpec("network", "kvmvps", "52:54:00:00:00:01"),),
-    console_log="/tmp/c.log", title="t", vps_uuid="u")
+    console_log="/tmp/c.log", title="t", vps_uuid="u", installation="kvmvps")
 print(len(xmlrender.domain_xml(spec)))
 print(len(xmlrender.nat_network_xml(nat_network_spec("n", "b0", "10.0.0.0/24", "10.0.0.1"))))
 print(len(xmlrender.bridge_network_xml(BridgeNetworkSpec("p", "br0"))))

@@ -93,7 +93,7 @@ def test_plan_lifecycle_and_in_use(td_ctx: Context) -> None:
     out = json.loads(ok(td_ctx, "plan", "add", "big", "--vcpus", "2", "--memory-mib", "512",
                         "--disk-gib", "5", "--json"))
     assert out == {"name": "big", "vcpus": 2, "memory_mib": 512, "disk_gib": 5,
-                   "price_cents": 0, "network": None}
+                   "price_cents": 0, "network": None, "extra_forwards": 0}
     assert_one_line_error(run_cli(td_ctx, "plan", "add", "big", "--vcpus", "1", "--memory-mib",
                                   "1", "--disk-gib", "1"), 1, "already exists")
     assert_one_line_error(run_cli(td_ctx, "plan", "add", "x", "--vcpus", "0", "--memory-mib",

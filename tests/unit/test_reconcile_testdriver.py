@@ -90,3 +90,19 @@ def test_cli_reconcile_reports_in_words(td_ctx: Context) -> None:
     created(td_ctx)
     out = run_cli(td_ctx, "reconcile").stdout
     assert out.startswith("in sync:")
+
+
+def test_another_installations_domain_is_not_an_orphan(td_ctx: Context) -> None:
+    """Two kvmvps installations (pools) on one libvirt host leave each other alone."""
+    hv = td_ctx.hypervisor(td_ctx.settings.libvirt_uri)
+    theirs = ORPHAN_XML.replace("kvmvps-0rphan000000", "kvmvps-their000000").replace(
+        "<memory>", "<metadata><kvmvps:vps xmlns:kvmvps='https://kvmvps.org/xmlns/domain/1' "
+        "uuid='x' installation='someoneelse'/></metadata><memory>")
+    hv.define_domain(theirs)
+    hv.define_domain(ORPHAN_XML)
+    try:
+        report = reconcile.run(td_ctx, fix=True)
+        assert [d["domain"] for d in report.orphan_domains] == ["kvmvps-0rphan000000"]
+        assert hv.domain_exists("kvmvps-their000000")
+    finally:
+        hv.undefine("kvmvps-their000000")

@@ -35,7 +35,7 @@ def domain(**changes) -> DomainSpec:
         name="kvmvps-6f1c1b2e6a55", uuid=UUID, domain_type="qemu", memory_kib=262144, vcpus=2,
         vcpupins=vcpupins_for([1, 0]), disks=(OVERLAY,), interfaces=(NAT_NIC,),
         console_log="/var/lib/kvmvps/console/kvmvps-6f1c1b2e6a55.log", title="web1",
-        vps_uuid=UUID, kernel_boot=KERNEL,
+        vps_uuid=UUID, installation="kvmvps", kernel_boot=KERNEL,
     )
     base.update(changes)
     return DomainSpec(**base)

@@ -1,0 +1,93 @@
+"""Operators' pages: every VPS, host capacity, jobs, users, the audit log."""
+
+from __future__ import annotations
+
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask.typing import ResponseReturnValue
+from flask_login import current_user
+
+from kvmvps.errors import KvmvpsError
+from kvmvps.models import JobState
+from kvmvps.services import actions, audit, jobs, web_support
+from web.common import audited, services
+from web.extensions import login_manager
+from web.forms import ActionForm
+
+bp = Blueprint("admin", __name__, url_prefix="/admin")
+
+JOB_STATES = (JobState.QUEUED, JobState.RUNNING, JobState.SUCCEEDED, JobState.FAILED)
+PAGE = 200
+
+
+@bp.before_request
+def _require_operator() -> ResponseReturnValue | None:
+    if not current_user.is_authenticated:
+        return login_manager.unauthorized()
+    if not current_user.is_admin:
+        abort(403, "this page is for operators")
+    return None
+
+
+@bp.get("/servers")
+def servers() -> ResponseReturnValue:
+    ctx = services()
+    rows = web_support.list_vps_of(ctx, None)
+    busy = web_support.active_jobs(ctx, [r["id"] for r in rows])
+    return render_template("admin/servers.html", servers=rows, jobs=busy, form=ActionForm())
+
+
+@bp.post("/servers/<id>/<any(suspend, resume):action>")
+def server_action(id: str, action: str) -> ResponseReturnValue:  # noqa: A002 - the URL's name
+    ActionForm()  # the CSRF token was checked before the view
+    ctx = services()
+    vps = web_support.show_vps(ctx, id, None)
+    try:
+        with audited(current_user.actor, f"vps.{action}", vps["hostname"]):
+            actions.request(ctx, vps["id"], action, actor=current_user.actor)
+    except KvmvpsError as exc:
+        flash(str(exc), "error")
+    else:
+        flash(f"{action.capitalize()} of {vps['hostname']} ({vps['owner']}) requested.", "ok")
+    return redirect(url_for("admin.servers"))
+
+
+@bp.get("/hosts")
+def hosts() -> ResponseReturnValue:
+    return render_template("admin/hosts.html", hosts=web_support.host_capacities(services()))
+
+
+@bp.get("/jobs")
+def jobs_page() -> ResponseReturnValue:
+    state = request.args.get("state") or None
+    if state not in (None, *JOB_STATES):
+        abort(400, f"unknown job state {state[:20]!r}")
+    rows = jobs.list_jobs(services(), state=state, limit=PAGE)
+    return render_template("admin/jobs.html", jobs=rows, state=state, states=JOB_STATES)
+
+
+@bp.get("/users")
+def users() -> ResponseReturnValue:
+    return render_template("admin/users.html", users=web_support.user_rows(services()),
+                           form=ActionForm())
+
+
+@bp.post("/users/<int:user_id>/<any(disable, enable):change>")
+def user_active(user_id: int, change: str) -> ResponseReturnValue:
+    ActionForm()  # the CSRF token was checked before the view
+    user = web_support.user_by_id(services(), user_id)
+    if user is None:
+        abort(404)
+    try:
+        with audited(current_user.actor, f"user.{change}", user.email):
+            web_support.set_user_active(services(), user_id, change == "enable", current_user.id)
+    except KvmvpsError as exc:
+        flash(str(exc), "error")
+    else:
+        flash(f"{user.email} is {change}d.", "ok")
+    return redirect(url_for("admin.users"))
+
+
+@bp.get("/audit")
+def audit_log() -> ResponseReturnValue:
+    entries = audit.list_entries(services(), limit=PAGE)
+    return render_template("admin/audit.html", entries=entries)

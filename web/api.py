@@ -1,0 +1,213 @@
+"""The REST API at /api/v1: bearer tokens, JSON in and out, ``{"error": message}``.
+
+No session or cookie is read or set here, and no CSRF token is needed: a
+caller proves who it is with ``Authorization: Bearer <token>`` each time.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import Blueprint, Response, abort, g, jsonify, request, url_for
+from flask.typing import ResponseReturnValue
+
+from kvmvps.errors import Conflict
+from kvmvps.services import actions, provisioning, tokens, views, web_support
+from web.common import WebUser, audited, services
+from web.openapi import spec
+
+bp = Blueprint("api", __name__)
+
+PUBLIC = frozenset({"api.openapi"})
+CUSTOMER_ACTIONS = ("start", "shutdown", "reboot", "destroy", "reinstall", "password_reset")
+OPERATOR_ACTIONS = ("suspend", "resume")
+ORDER_FIELDS = ("plan", "image", "hostname", "ssh_keys")
+ACTION_FIELDS = ("action", "image", "timeout", "force")
+MAX_KEYS = 20
+
+
+class FieldErrors(Exception):
+    """Bad fields in a request body: 400 (or 409 when every one is a clash)."""
+
+    def __init__(self, fields: dict[str, str], status: int = 400) -> None:
+        super().__init__("; ".join(f"{k}: {v}" for k, v in fields.items()))
+        self.fields, self.status = fields, status
+
+
+@bp.errorhandler(FieldErrors)
+def _field_errors(exc: FieldErrors) -> ResponseReturnValue:
+    return jsonify({"error": str(exc), "fields": exc.fields}), exc.status
+
+
+@bp.before_request
+def _authenticate() -> None:
+    """Every call but the OpenAPI document needs a live token of an active user."""
+    g.api_user = None
+    if request.endpoint in PUBLIC:
+        return
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        abort(401, "authentication required: send 'Authorization: Bearer <token>'")
+    user = tokens.verify_token(services(), token.strip())
+    if user is None:
+        abort(401, "the token is invalid or revoked, or its user is disabled")
+    g.api_user = WebUser.of(user)
+
+
+def _user() -> WebUser:
+    return g.api_user
+
+
+def _scope() -> int | None:
+    """Whose VPSes the caller may touch: their own; an operator's, any."""
+    return None if _user().is_admin else _user().id
+
+
+def _body(allowed: tuple[str, ...]) -> dict[str, Any]:
+    """The request body as a JSON object with only ``allowed`` keys."""
+    raw = request.get_data(cache=True)
+    if not raw.strip():
+        abort(400, "the request body must be a JSON object")
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):
+        abort(400, "the request body is not valid JSON")
+    if not isinstance(data, dict):
+        abort(400, f"the request body must be a JSON object, not a JSON {_json_type(data)}")
+    unknown = sorted(k for k in data if k not in allowed)
+    if unknown:
+        raise FieldErrors({k[:64]: "unknown field" for k in unknown[:10]})
+    return data
+
+
+def _json_type(value: object) -> str:
+    return {list: "array", str: "string", bool: "boolean", int: "number", float: "number",
+            type(None): "null"}.get(type(value), "value")
+
+
+def _string(data: dict[str, Any], key: str, errors: dict[str, str]) -> str:
+    value = data.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        errors[key] = "must be a string"
+        return ""
+    return value
+
+
+def _keys(data: dict[str, Any], errors: dict[str, str]) -> list[str]:
+    value = data.get("ssh_keys")
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(k, str) for k in value):
+        errors["ssh_keys"] = "must be a list of strings, one public key each"
+        return []
+    if len(value) > MAX_KEYS:
+        errors["ssh_keys"] = f"at most {MAX_KEYS} SSH keys may be given"
+        return []
+    return value
+
+
+# -- servers -------------------------------------------------------------------
+@bp.get("/servers")
+def list_servers() -> ResponseReturnValue:
+    everyone = request.args.get("all", "").lower() in ("1", "true", "yes")
+    if everyone and not _user().is_admin:
+        abort(403, "listing every server (?all=1) is for operators")
+    owner = None if everyone else _user().id
+    return jsonify({"servers": web_support.list_vps_of(services(), owner)})
+
+
+@bp.post("/servers")
+def create_server() -> ResponseReturnValue:
+    data = _body(ORDER_FIELDS)
+    errors: dict[str, str] = {}
+    plan, image = _string(data, "plan", errors), _string(data, "image", errors)
+    hostname, keys = _string(data, "hostname", errors), _keys(data, errors)
+    found = web_support.check_order(services(), _user().id, plan, image, hostname, keys)
+    errors.update({k: str(v) for k, v in found.items() if k not in errors})
+    if errors:
+        clash = found and all(isinstance(e, Conflict) for e in found.values()) \
+            and set(errors) == set(found)
+        raise FieldErrors(errors, 409 if clash else 400)
+    req = provisioning.OrderRequest(plan=plan, image=image, hostname=hostname,
+                                    owner_email=_user().email, ssh_keys=tuple(keys))
+    with audited(_user().actor, "vps.create", hostname.strip().lower()):
+        order = web_support.place_order(services(), req, _user().actor)
+    shown = web_support.show_vps(services(), order.uuid, None)
+    body = {**shown, "job": order.job, "password": order.password}
+    return _accepted(body, url_for("api.get_server", id=order.uuid))
+
+
+def _accepted(body: dict[str, Any], location: str) -> Response:
+    response = jsonify(body)
+    response.status_code = 202
+    response.headers["Location"] = location
+    return response
+
+
+@bp.get("/servers/<id>")
+def get_server(id: str) -> ResponseReturnValue:  # noqa: A002 - the URL's name
+    return jsonify(web_support.show_vps(services(), id, _scope()))
+
+
+@bp.delete("/servers/<id>")
+def delete_server(id: str) -> ResponseReturnValue:  # noqa: A002
+    vps = web_support.show_vps(services(), id, _scope())
+    asked = _ask(vps, "delete", {})
+    return _accepted({"id": vps["id"], "job": asked.job, "action": "delete"},
+                     url_for("api.get_job", job=asked.job))
+
+
+@bp.post("/servers/<id>/actions")
+def server_action(id: str) -> ResponseReturnValue:  # noqa: A002
+    data = _body(ACTION_FIELDS)
+    action = data.get("action")
+    allowed = CUSTOMER_ACTIONS + (OPERATOR_ACTIONS if _user().is_admin else ())
+    if not isinstance(action, str) or action not in CUSTOMER_ACTIONS + OPERATOR_ACTIONS:
+        raise FieldErrors({"action": f"must be one of {', '.join(CUSTOMER_ACTIONS)}"})
+    vps = web_support.show_vps(services(), id, _scope())
+    if action not in allowed:
+        abort(403, f"{action} is for operators")
+    asked = _ask(vps, action, data)
+    body = {"id": vps["id"], "job": asked.job, "action": action, "password": asked.password}
+    return _accepted(body, url_for("api.get_job", job=asked.job))
+
+
+def _ask(vps: dict[str, Any], action: str, data: dict[str, Any]) -> actions.Requested:
+    errors: dict[str, str] = {}
+    image = _string(data, "image", errors) or None
+    timeout, force = data.get("timeout", 60), data.get("force", False)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        errors["timeout"] = "must be a number of seconds"
+    if not isinstance(force, bool):
+        errors["force"] = "must be true or false"
+    if errors:
+        raise FieldErrors(errors)
+    with audited(_user().actor, f"vps.{action}", vps["hostname"]):
+        return actions.request(services(), vps["id"], action, actor=_user().actor,
+                               owner_id=_scope(), image=image, timeout=float(timeout),
+                               force=force)
+
+
+# -- catalogue and jobs ------------------------------------------------------------
+@bp.get("/plans")
+def plans() -> ResponseReturnValue:
+    return jsonify({"plans": views.plan_views(services())})
+
+
+@bp.get("/images")
+def images() -> ResponseReturnValue:
+    return jsonify({"images": web_support.catalogue_images(services())})
+
+
+@bp.get("/jobs/<job>")
+def get_job(job: str) -> ResponseReturnValue:
+    return jsonify(web_support.get_job_for(services(), job, _scope(), _user().actor))
+
+
+@bp.get("/openapi.json")
+def openapi() -> ResponseReturnValue:
+    return jsonify(spec())
+

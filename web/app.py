@@ -1,0 +1,153 @@
+"""The application factory: configuration, extensions, blueprints, security headers."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, Response, request
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from kvmvps.services import Context
+from web import errors, filters
+from web.common import CONTEXT_KEY, WebUser
+from web.extensions import csrf, limiter, login_manager
+
+log = logging.getLogger(__name__)
+
+CSP = ("default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
+       "form-action 'self'; frame-ancestors 'none'")
+SECRET_KEY_FILE = "web-secret-key"
+MAX_BODY = 64 * 1024
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _env_config() -> dict[str, Any]:
+    """Settings from KVMVPS_WEB_* variables (see the README)."""
+    https = _truthy(os.environ.get("KVMVPS_WEB_HTTPS"))
+    return {
+        "HTTPS": https,
+        "SECRET_KEY": os.environ.get("KVMVPS_WEB_SECRET_KEY") or None,
+        "PROXIES": int(os.environ.get("KVMVPS_WEB_PROXIES", "0") or 0),
+        "SITE_NAME": os.environ.get("KVMVPS_WEB_SITE_NAME", "kvmvps"),
+        "CURRENCY": os.environ.get("KVMVPS_WEB_CURRENCY", "$"),
+    }
+
+
+def _defaults() -> dict[str, Any]:
+    return {
+        "SESSION_COOKIE_NAME": "kvmvps_session",
+        "SESSION_COOKIE_HTTPONLY": True,
+        "SESSION_COOKIE_SAMESITE": "Lax",
+        "REMEMBER_COOKIE_HTTPONLY": True,
+        "REMEMBER_COOKIE_SAMESITE": "Lax",
+        "MAX_CONTENT_LENGTH": MAX_BODY,
+        "WTF_CSRF_ENABLED": True,
+        "WTF_CSRF_TIME_LIMIT": None,  # the token lives as long as the session
+        "RATELIMIT_ENABLED": True,
+        "RATELIMIT_STORAGE_URI": "memory://",
+        "RATELIMIT_HEADERS_ENABLED": False,
+        "LOGIN_LIMIT": "5/minute",
+        "SIGNUP_LIMIT": "20/hour",
+    }
+
+
+def load_secret_key(state_dir: Path) -> str:
+    """The signing key kept in the state dir (made once, mode 0600), shared by every worker."""
+    path = state_dir / SECRET_KEY_FILE
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32))
+    return path.read_text().strip()
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the website and API.
+
+    ``test_config`` overrides any setting; ``KVMVPS_CONTEXT`` there hands in a
+    services :class:`Context` (otherwise one is built from the environment).
+    """
+    app = Flask(__name__)
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.config.from_mapping(_defaults())
+    app.config.from_mapping({k: v for k, v in _env_config().items() if v is not None})
+    if test_config:
+        app.config.update(test_config)
+    ctx: Context = app.config.get("KVMVPS_CONTEXT") or Context.from_env()
+    app.extensions[CONTEXT_KEY] = ctx
+    if not app.config.get("SECRET_KEY"):
+        app.config["SECRET_KEY"] = load_secret_key(ctx.settings.state_dir)
+    https = bool(app.config.get("HTTPS"))
+    for key in ("SESSION_COOKIE_SECURE", "REMEMBER_COOKIE_SECURE"):
+        if key not in (test_config or {}):
+            app.config[key] = https
+    app.config["PREFERRED_URL_SCHEME"] = "https" if https else "http"
+    if app.config.get("PROXIES"):
+        hops = int(app.config["PROXIES"])
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)  # type: ignore[method-assign]
+    _init_extensions(app)
+    _register_blueprints(app)
+    errors.register(app)
+    filters.register(app)
+    app.after_request(_security_headers)
+    return app
+
+
+def _init_extensions(app: Flask) -> None:
+    csrf.init_app(app)
+    limiter.init_app(app)
+    login_manager.init_app(app)
+    login_manager.login_view = "auth.login"
+    login_manager.login_message = "Please log in to continue."
+    login_manager.login_message_category = "info"
+    login_manager.session_protection = "basic"
+    login_manager.user_loader(_load_user)
+
+
+def _load_user(user_id: str) -> WebUser | None:
+    """The session's user, read afresh each request: a disabled user is logged out at once."""
+    from kvmvps.services import web_support
+    from web.common import services
+
+    try:
+        user = web_support.user_by_id(services(), int(user_id))
+    except ValueError:
+        return None
+    if user is None or not user.is_active:
+        return None
+    return WebUser.of(user)
+
+
+def _register_blueprints(app: Flask) -> None:
+    from web import account, admin, api, auth, dashboard, public
+
+    for module in (public, auth, dashboard, account, admin):
+        app.register_blueprint(module.bp)
+    app.register_blueprint(api.bp, url_prefix="/api/v1")
+    csrf.exempt(api.bp)
+
+
+def _security_headers(response: Response) -> Response:
+    headers = response.headers
+    headers.setdefault("Content-Security-Policy", CSP)
+    headers.setdefault("X-Frame-Options", "DENY")
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    headers.setdefault("Referrer-Policy", "same-origin")
+    headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
+    headers.setdefault("Permissions-Policy", "camera=(), microphone=(), geolocation=()")
+    if request.is_secure:
+        headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+    if request.endpoint != "static":
+        headers.setdefault("Cache-Control", "no-store")
+    return response

@@ -1,0 +1,128 @@
+"""Helpers shared by the blueprints: the services context, users, errors."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from flask import current_app, session
+from flask_login import UserMixin
+
+from kvmvps.errors import (
+    CapacityError,
+    Conflict,
+    HypervisorUnavailable,
+    InvalidInput,
+    KvmvpsError,
+    NotFound,
+)
+from kvmvps.models import User
+from kvmvps.services import Context, audit, credentials, web_support
+
+CONTEXT_KEY = "kvmvps"
+
+
+def services() -> Context:
+    """The services context of the running app."""
+    return current_app.extensions[CONTEXT_KEY]
+
+
+@dataclass
+class WebUser(UserMixin):
+    """The logged-in user as Flask-Login sees it (loaded from the database per request)."""
+
+    id: int
+    email: str
+    is_admin: bool
+    active: bool
+
+    @classmethod
+    def of(cls, user: User) -> WebUser:
+        return cls(id=user.id, email=user.email, is_admin=bool(user.is_admin),
+                   active=bool(user.is_active))
+
+    @property
+    def is_active(self) -> bool:  # type: ignore[override]
+        return self.active
+
+    @property
+    def actor(self) -> str:
+        return actor_of(self.email)
+
+
+def actor_of(email: str) -> str:
+    """The audit and job actor of a customer or operator: ``user:<email>``."""
+    return f"user:{email}"
+
+
+def status_for(exc: KvmvpsError) -> int:
+    """The HTTP status of a service error."""
+    if isinstance(exc, InvalidInput):
+        return 400
+    if isinstance(exc, NotFound):
+        return 404
+    if isinstance(exc, Conflict):
+        return 409
+    if isinstance(exc, (CapacityError, HypervisorUnavailable)):
+        return 503
+    return 500
+
+
+def safe_next(target: str | None) -> str | None:
+    """``target`` if it is a path on this site (no scheme, no host), else None."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return None
+    parts = urlsplit(target)
+    return target if not parts.scheme and not parts.netloc else None
+
+
+@contextmanager
+def audited(actor: str, action: str, target: str) -> Iterator[None]:
+    """Write in turn (see ``web_support.write_turn``) and record the outcome in the audit log.
+
+    The audit entry never holds a secret.
+    """
+    ctx = services()
+    with web_support.write_turn(ctx), audit.audited(ctx, actor, action, target):
+        yield
+
+
+# -- one-time passwords --------------------------------------------------------
+REVEAL_KEY = "reveal"
+REVEAL_TTL = 3600.0
+REVEAL_MAX = 5
+
+
+def keep_password(vps_uuid: str, password: str | None) -> None:
+    """Hold a new password, sealed, in the session until the credentials page shows it."""
+    if not password:
+        return
+    held: dict[str, Any] = dict(session.get(REVEAL_KEY) or {})
+    held[vps_uuid] = {"sealed": credentials.seal(services(), password), "at": time.time()}
+    newest = sorted(held.items(), key=lambda item: item[1]["at"])[-REVEAL_MAX:]
+    session[REVEAL_KEY] = dict(newest)
+
+
+def password_waiting(vps_uuid: str) -> bool:
+    entry = (session.get(REVEAL_KEY) or {}).get(vps_uuid)
+    return bool(entry) and time.time() - entry["at"] < REVEAL_TTL
+
+
+def take_password(vps_uuid: str) -> str | None:
+    """The held password, removed from the session: it is shown this once."""
+    held: dict[str, Any] = dict(session.get(REVEAL_KEY) or {})
+    entry = held.pop(vps_uuid, None)
+    session[REVEAL_KEY] = held
+    if not entry or time.time() - entry["at"] >= REVEAL_TTL:
+        return None
+    return credentials.unseal(services(), entry["sealed"])
+
+
+def drop_password(vps_uuid: str) -> None:
+    held: dict[str, Any] = dict(session.get(REVEAL_KEY) or {})
+    if held.pop(vps_uuid, None) is not None:
+        session[REVEAL_KEY] = held

@@ -1,0 +1,233 @@
+"""The customer's servers: ordering, build progress, credentials, actions.
+
+Everything here reads the database or records a job; the worker does the
+work. A VPS of someone else is answered with 404, exactly like one that
+does not exist.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, abort, flash, jsonify, redirect, render_template, request, url_for
+from flask.typing import ResponseReturnValue
+from flask_login import current_user
+
+from kvmvps.errors import KvmvpsError
+from kvmvps.models import JobState, VpsState
+from kvmvps.services import actions, provisioning, views, web_support
+from kvmvps.services.jobs import BUILD_KINDS
+from web.common import (
+    audited,
+    drop_password,
+    keep_password,
+    password_waiting,
+    services,
+    status_for,
+    take_password,
+)
+from web.extensions import login_manager
+from web.forms import ActionForm, ConfirmForm, OrderForm, attach
+
+bp = Blueprint("dashboard", __name__)
+
+CUSTOMER_ACTIONS = ("start", "shutdown", "reboot", "reinstall", "password_reset", "delete")
+CONFIRM = ("reinstall", "password_reset", "delete")
+ACTION_LABELS = {
+    "start": "Start", "shutdown": "Shut down", "reboot": "Reboot",
+    "reinstall": "Reinstall", "password_reset": "Reset password", "delete": "Delete",
+}
+STEP_LABELS = {
+    "clone": "Creating the disk",
+    "seed": "Preparing first-boot settings",
+    "render": "Writing the machine definition",
+    "dhcp": "Reserving the IP address",
+    "forwards": "Opening the SSH port",
+    "define": "Registering the machine",
+    "start": "Powering on",
+    "dhcp-ready": "Connecting the network",
+    "host-key": "Reading the SSH host key",
+    "credentials": "Setting up your login",
+}
+STEPS = [(step.name, STEP_LABELS.get(step.name, step.name.replace("-", " ").capitalize()))
+         for step in provisioning.STEPS]
+SHUTDOWN_GRACE = 60.0
+
+
+@bp.before_request
+def _require_login() -> ResponseReturnValue | None:
+    if not current_user.is_authenticated:
+        return login_manager.unauthorized()
+    return None
+
+
+def _own(ref: str) -> dict[str, Any]:
+    return web_support.show_vps(services(), ref, current_user.id)
+
+
+def _order_choices(form: OrderForm) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    ctx = services()
+    plans, images = views.plan_views(ctx), web_support.catalogue_images(ctx)
+    form.plan.choices = [(p["name"], p["name"]) for p in plans]
+    form.image.choices = [(i["name"], i["name"]) for i in images]
+    return plans, images
+
+
+# -- listing -------------------------------------------------------------------
+@bp.get("/servers")
+def servers() -> ResponseReturnValue:
+    ctx = services()
+    rows = web_support.list_vps_of(ctx, current_user.id)
+    busy = web_support.active_jobs(ctx, [r["id"] for r in rows])
+    return render_template("dash/servers.html", servers=rows, jobs=busy, form=ActionForm())
+
+
+@bp.get("/servers/state.json")
+def servers_state() -> ResponseReturnValue:
+    """What the dashboard polls: each VPS's state and its running job, from the database."""
+    ctx = services()
+    rows = web_support.list_vps_of(ctx, current_user.id)
+    busy = web_support.active_jobs(ctx, [r["id"] for r in rows])
+    return jsonify({"servers": [
+        {"id": r["id"], "hostname": r["hostname"], "state": r["state"], "ip": r["ip"],
+         "error": r["error"], "job": _job_brief(busy.get(r["id"]))} for r in rows]})
+
+
+def _job_brief(job: dict[str, Any] | None) -> dict[str, Any] | None:
+    if job is None:
+        return None
+    return {key: job[key] for key in ("id", "kind", "state", "step", "progress")}
+
+
+# -- ordering ------------------------------------------------------------------
+@bp.route("/order", methods=["GET", "POST"])
+def order() -> ResponseReturnValue:
+    form = OrderForm()
+    plans, images = _order_choices(form)
+    if request.method == "GET":
+        form.plan.data = form.plan.data or request.args.get("plan") or None
+        return render_template("dash/order.html", form=form, plans=plans, images=images)
+    status, problem = 400, None
+    if form.validate_on_submit():
+        errors = web_support.check_order(services(), current_user.id, form.plan.data or "",
+                                         form.image.data or "", form.hostname.data or "",
+                                         form.ssh_keys.data or "")
+        attach(form, errors)
+        if not errors:
+            try:
+                return _record(form)
+            except KvmvpsError as exc:
+                status, problem = status_for(exc), str(exc)
+    return render_template("dash/order.html", form=form, plans=plans, images=images,
+                           problem=problem), status
+
+
+def _record(form: OrderForm) -> ResponseReturnValue:
+    req = provisioning.OrderRequest(
+        plan=form.plan.data, image=form.image.data, hostname=form.hostname.data,
+        owner_email=current_user.email, ssh_keys=tuple((form.ssh_keys.data or "").splitlines()))
+    with audited(current_user.actor, "vps.create", form.hostname.data.strip().lower()):
+        placed = web_support.place_order(services(), req, current_user.actor)
+    keep_password(placed.uuid, placed.password)
+    return redirect(url_for("dashboard.job", job=placed.job))
+
+
+# -- one server ------------------------------------------------------------------
+@bp.get("/servers/<id>")
+def server(id: str) -> ResponseReturnValue:  # noqa: A002 - the URL's name
+    vps = _own(id)
+    job = web_support.active_jobs(services(), [vps["id"]]).get(vps["id"])
+    return render_template("dash/server.html", vps=vps, job=job, form=ActionForm(),
+                           labels=ACTION_LABELS, actions=CUSTOMER_ACTIONS, confirm=CONFIRM)
+
+
+@bp.get("/servers/<id>/credentials")
+def credentials(id: str) -> ResponseReturnValue:  # noqa: A002
+    """Address, SSH details and host key; a new password exactly once."""
+    ctx = services()
+    vps = _own(id)
+    job = web_support.active_jobs(ctx, [vps["id"]]).get(vps["id"])
+    if job is not None and password_waiting(vps["id"]):
+        return redirect(url_for("dashboard.job", job=job["id"]))
+    latest = web_support.latest_job(ctx, vps["id"])
+    failed = latest if latest and latest["state"] == JobState.FAILED else None
+    password = None
+    if vps["state"] == VpsState.RUNNING and failed is None:
+        password = take_password(vps["id"])
+    elif vps["state"] == VpsState.ERROR or failed is not None:
+        drop_password(vps["id"])  # never show a password that was not set
+    image = next((i for i in web_support.catalogue_images(ctx) if i["name"] == vps["image"]), {})
+    return render_template("dash/credentials.html", vps=vps, password=password, job=job,
+                           failed=failed, takes_password=image.get("credentials", True))
+
+
+@bp.route("/servers/<id>/actions/<action>", methods=["GET", "POST"])
+def action(id: str, action: str) -> ResponseReturnValue:  # noqa: A002
+    if action not in CUSTOMER_ACTIONS:
+        abort(404)
+    vps = _own(id)
+    if action in CONFIRM:
+        return _confirm(vps, action)
+    if request.method == "GET":
+        abort(404)
+    return _request(vps, action, None)
+
+
+def _confirm(vps: dict[str, Any], action: str) -> ResponseReturnValue:
+    """A destructive action: show what it does; go ahead once the hostname is typed."""
+    form = ConfirmForm()
+    images = web_support.catalogue_images(services()) if action == "reinstall" else []
+    form.image.choices = [(i["name"], i["name"]) for i in images]
+    if request.method == "GET":
+        form.image.data = vps["image"]
+    elif form.validate_on_submit():
+        if form.hostname.data.strip().lower() == vps["hostname"]:
+            return _request(vps, action, form.image.data if action == "reinstall" else None)
+        form.hostname.errors.append(f"type {vps['hostname']} to confirm")
+    status = 400 if request.method == "POST" else 200
+    return render_template("dash/confirm.html", vps=vps, action=action, form=form,
+                           images=images, label=ACTION_LABELS[action]), status
+
+
+def _request(vps: dict[str, Any], action: str, image: str | None) -> ResponseReturnValue:
+    try:
+        with audited(current_user.actor, f"vps.{action}", vps["hostname"]):
+            asked = actions.request(services(), vps["id"], action, actor=current_user.actor,
+                                    owner_id=current_user.id, image=image or None,
+                                    timeout=SHUTDOWN_GRACE, force=True)
+    except KvmvpsError as exc:
+        flash(str(exc), "error")
+        return redirect(url_for("dashboard.server", id=vps["id"]))
+    keep_password(asked.vps, asked.password)
+    if action == "delete":
+        flash(f"{vps['hostname']} is being deleted.", "ok")
+        return redirect(url_for("dashboard.servers"))
+    if action in CONFIRM:
+        return redirect(url_for("dashboard.job", job=asked.job))
+    flash(f"{ACTION_LABELS[action]} of {vps['hostname']} requested.", "ok")
+    return redirect(url_for("dashboard.server", id=vps["id"]))
+
+
+# -- jobs --------------------------------------------------------------------------
+def _own_job(ref: str) -> dict[str, Any]:
+    return web_support.get_job_for(services(), ref, current_user.id, current_user.actor)
+
+
+@bp.get("/jobs/<job>")
+def job(job: str) -> ResponseReturnValue:
+    """The progress page; it polls ``job_json`` until the job ends."""
+    view = _own_job(job)
+    try:
+        vps = _own(view["vps"]) if view["vps"] else None
+    except KvmvpsError:
+        vps = None  # deleted since
+    steps = STEPS if view["kind"] in BUILD_KINDS else []
+    reveals = view["kind"] in (*BUILD_KINDS, "password_reset")
+    return render_template("dash/progress.html", job=view, vps=vps, steps=steps,
+                           reveals=reveals, label=ACTION_LABELS.get(view["kind"], "Build"))
+
+
+@bp.get("/jobs/<job>/status.json")
+def job_json(job: str) -> ResponseReturnValue:
+    """The job view: state, step, progress, error."""
+    return jsonify(_own_job(job))

@@ -1,0 +1,56 @@
+"""Jinja filters and globals: prices, sizes, state badges."""
+
+from __future__ import annotations
+
+from flask import Flask, current_app
+
+from kvmvps.services.actions import ALLOWED
+
+STATE_CLASS = {
+    "running": "ok", "succeeded": "ok",
+    "queued": "wait", "building": "wait", "deleting": "wait", "running_job": "wait",
+    "stopped": "off", "suspended": "warn",
+    "error": "bad", "failed": "bad",
+}
+
+
+def price(cents: int | None) -> str:
+    if not cents:
+        return "Free"
+    return f"{current_app.config['CURRENCY']}{cents / 100:,.2f}"
+
+
+def memory(mib: int | None) -> str:
+    if mib is None:
+        return "-"
+    return f"{mib / 1024:g} GiB" if mib >= 1024 and mib % 256 == 0 else f"{mib} MiB"
+
+
+def state_class(state: str | None) -> str:
+    return STATE_CLASS.get(state or "", "off")
+
+
+def can(state: str, action: str) -> bool:
+    """Whether ``action`` may be asked of a VPS in ``state``."""
+    return state in ALLOWED.get(action, ())
+
+
+def short(value: str | None, length: int = 8) -> str:
+    return (value or "")[:length]
+
+
+def when(value: str | None) -> str:
+    """An ISO timestamp as ``YYYY-MM-DD HH:MM`` UTC."""
+    if not value:
+        return "-"
+    return value.replace("T", " ")[:16] + " UTC"
+
+
+def register(app: Flask) -> None:
+    for fn in (price, memory, state_class, short, when):
+        app.add_template_filter(fn)
+    app.add_template_global(can)
+
+    @app.context_processor
+    def site() -> dict[str, object]:
+        return {"site_name": app.config["SITE_NAME"]}
