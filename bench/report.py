@@ -66,7 +66,7 @@ def steps_section(prov: dict[str, Any]) -> list[str]:
     rows = [[s.removeprefix("step ").replace("render", "render + validate")]
             + [_spread(v["summary"].get(s)) for v in images.values()] for s in steps]
     notes = [f"{name}: image built in {fmt_s(v.get('build_s'))}, {v['summary'][steps[0]]['n']} "
-             f"orders one after another" for name, v in images.items()]
+             f"orders one after another{_loads(v)}" for name, v in images.items()]
     return head + _table(header, rows) + [""] + [f"- {n}" for n in notes] + [
         "- `allocate` is the order's transaction (VPS row, address, MAC, pinned CPUs, job); "
         "`claim` is the job being claimed; every build step includes its job progress write.",
@@ -75,6 +75,11 @@ def steps_section(prov: dict[str, Any]) -> list[str]:
         "cloud-init image (debian) gets a host key from kvmvps, so its wait for the boot "
         "falls in `credentials`, which logs in as soon as SSH answers.",
     ] + _failures(prov["images"])
+
+
+def _loads(v: dict[str, Any]) -> str:
+    loads = v.get("load_avg_1m_after_runs") or []
+    return f"; 1-min load average after each run {min(loads)}–{max(loads)}" if loads else ""
 
 
 def _spread(v: dict[str, float] | None) -> str:

@@ -123,17 +123,19 @@ def provisioning_runs(ctx: Context, names: list[str], built: dict[str, float],
     """``runs`` orders per image, one after another; each run's marks and a summary."""
     out: dict[str, Any] = {}
     for name in names:
-        done, failures = [], []
+        done, failures, loads = [], [], []
         for i in range(runs):
             try:
                 marks = one_order(ctx, name, i)
                 done.append(marks)
+                loads.append(round(os.getloadavg()[0], 2))
                 say(f"  {name} run {i + 1}/{runs}: credentials after "
                     f"{marks['order to working credentials']:.1f} s")
             except Exception as exc:  # noqa: BLE001 - a failed run is reported, not fatal
                 failures.append(f"{type(exc).__name__}: {exc}")
                 say(f"  {name} run {i + 1}/{runs} failed: {exc}")
-        out[name] = {"build_s": built.get(name), "runs": done, "failures": failures}
+        out[name] = {"build_s": built.get(name), "runs": done, "failures": failures,
+                     "load_avg_1m_after_runs": loads}
         if done:
             out[name]["summary"] = summarise(done)
     return {"images": out}

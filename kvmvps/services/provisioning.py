@@ -155,11 +155,12 @@ def render_domain(b: Build) -> None:
 
 
 def _add_dhcp(b: Build) -> None:
-    """Start adding the DHCP entry; ``dhcp-ready`` waits for it.
+    """Start adding the DHCP entry, right after the domain started; ``dhcp-ready`` waits.
 
-    libvirt restarts dnsmasq for every live DHCP change (about 2 s here), so
-    the entry is written while the domain is defined and boots; the guest's
-    first DHCP request comes later than that.
+    A live DHCP change makes libvirt reload dnsmasq (about 0.3 s) and holds
+    the network's lock meanwhile, which would delay the domain's start; so the
+    entry is written while the guest's firmware and kernel boot. The guest's
+    first DHCP request comes later than that, and DHCP clients retry anyway.
     """
     host = b.facts.dhcp_host
     if host is not None:
@@ -245,10 +246,10 @@ STEPS: tuple[Step, ...] = (
     Step("clone", _clone, _unclone),
     Step("seed", credentials.make_seed, credentials.remove_seed),
     Step("render", render_domain, _nothing),
-    Step("dhcp", _add_dhcp, _remove_dhcp),
     Step("forwards", _forward_ports, _nothing),
     Step("define", _define, _undefine),
     Step("start", _start, _stop),
+    Step("dhcp", _add_dhcp, _remove_dhcp),
     Step("dhcp-ready", _dhcp_ready, _nothing),
     Step("host-key", credentials.read_host_key, credentials.forget_host_key),
     Step("credentials", credentials.push, _nothing),
