@@ -34,7 +34,7 @@ from pathlib import Path
 
 from kvmvps import validation
 from kvmvps.errors import ImageBuildError, InvalidInput
-from kvmvps.images import BuiltImage
+from kvmvps.images import BuiltImage, publish
 
 PACKAGES = (
     "systemd-sysv", "dbus", "openssh-server", "linux-image-cloud-amd64", "initramfs-tools",
@@ -106,15 +106,10 @@ def build_debian_image(dest_dir: Path, provisioning_pubkey: str, *, login_user: 
         shutil.copyfile(initrd, work / "initrd.img")
         say("making the disk image")
         _make_disk(root, work)
-        for name in ("disk.qcow2", "vmlinuz", "initrd.img"):
-            os.chmod(work / name, 0o644)
-            os.replace(work / name, dest / name)
+        built = publish(work, dest, cmdline=CMDLINE, login_user=user,
+                        cloud_init=True, os_family="debian")
     say("Debian image ready")
-    return BuiltImage(
-        base_path=dest / "disk.qcow2", kernel_path=dest / "vmlinuz",
-        initrd_path=dest / "initrd.img", cmdline=CMDLINE, login_user=user,
-        cloud_init=True, os_family="debian",
-    )
+    return built
 
 
 def host_mirror(suite: str = "bookworm", sources_dir: Path = SOURCES_DIR,

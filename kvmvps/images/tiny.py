@@ -29,7 +29,7 @@ from importlib import resources
 from pathlib import Path
 
 from kvmvps.errors import ImageBuildError, InvalidInput
-from kvmvps.images import BuiltImage
+from kvmvps.images import BuiltImage, publish
 
 KERNEL_METAPACKAGE = "linux-image-cloud-amd64"
 ROOTFS_PACKAGES = (
@@ -108,15 +108,10 @@ def _build(dest: Path, cache: Path, pubkey: str, login_user: str, say: Progress)
         _make_rootfs(root, ptree, applets, login_user, pubkey)
         say("making the disk image")
         _make_disk(root, work, work / "disk.qcow2")
-        for name in ("disk.qcow2", "vmlinuz", "initrd.img"):
-            os.chmod(work / name, 0o644)
-            os.replace(work / name, dest / name)
+        built = publish(work, dest, cmdline=CMDLINE, login_user=login_user,
+                        cloud_init=False, os_family="tiny")
     say("tiny image ready")
-    return BuiltImage(
-        base_path=dest / "disk.qcow2", kernel_path=dest / "vmlinuz",
-        initrd_path=dest / "initrd.img", cmdline=CMDLINE, login_user=login_user,
-        cloud_init=False, os_family="tiny",
-    )
+    return built
 
 
 def _check_arguments(pubkey: str, login_user: str) -> str:

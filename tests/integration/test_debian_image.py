@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from kvmvps.errors import ImageBuildError, InvalidInput
 from kvmvps.images import BuiltImage, debian
 from kvmvps.images.debian import CMDLINE, build_debian_image, host_mirror
+from tests.imagecheck import debugfs, raw_copy
 
 CACHE = Path(os.environ.get("KVMVPS_TEST_CACHE", "/var/cache/kvmvps-tests")) / "debian-debootstrap"
 TOOLS = ("debootstrap", "debugfs", "e2fsck", "mkfs.ext4", "qemu-img")
@@ -102,16 +103,11 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[BuiltImage, str, Pa
     key = _pubkey()
     dest = tmp_path_factory.mktemp("debian")
     image = build_debian_image(dest / "out", key, login_user="alice", cache_dir=CACHE)
-    raw = dest / "disk.raw"
-    subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(image.base_path),
-                    str(raw)], check=True)
-    return image, key, raw
+    return image, key, raw_copy(image, dest)
 
 
 def _debugfs(raw: Path, request: str) -> str:
-    proc = subprocess.run(["debugfs", "-R", request, str(raw)], capture_output=True,
-                          text=True, check=True)
-    return proc.stdout
+    return debugfs(raw, request)
 
 
 def _cat(raw: Path, path: str) -> str:

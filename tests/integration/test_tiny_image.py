@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from kvmvps.errors import InvalidInput
 from kvmvps.images import BuiltImage
 from kvmvps.images.tiny import CMDLINE, DISK_SIZE, INITRD_MODULES, build_tiny_image
+from tests.imagecheck import debugfs, raw_copy
 
 pytestmark = pytest.mark.slow
 
@@ -55,16 +56,11 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[BuiltImage, str, Pa
     key = _pubkey()
     dest = tmp_path_factory.mktemp("tiny")
     image = build_tiny_image(dest / "out", key, login_user="alice", cache_dir=CACHE)
-    raw = dest / "disk.raw"
-    subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(image.base_path),
-                    str(raw)], check=True)
-    return image, key, raw
+    return image, key, raw_copy(image, dest)
 
 
 def _debugfs(raw: Path, request: str) -> str:
-    proc = subprocess.run(["debugfs", "-R", request, str(raw)], capture_output=True,
-                          text=True, check=True)
-    return proc.stdout
+    return debugfs(raw, request)
 
 
 def _stat(raw: Path, path: str) -> tuple[str, int, int, int]:
