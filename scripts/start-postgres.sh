@@ -17,6 +17,8 @@ for _ in $(seq 1 60); do
 done
 su postgres -c "psql -qAtc \"select 1 from pg_roles where rolname='kvmvps'\"" | grep -q 1 || \
   su postgres -c "psql -qc \"create role kvmvps login createdb password 'kvmvps'\""
+# tests drop their databases WITH (FORCE), which may have to stop an autovacuum worker
+su postgres -c "psql -qc 'grant pg_signal_backend to kvmvps'" >/dev/null
 su postgres -c "psql -qAtc \"select 1 from pg_database where datname='kvmvps'\"" | grep -q 1 || \
   su postgres -c "createdb -O kvmvps kvmvps"
 echo "postgresql+psycopg://kvmvps:kvmvps@127.0.0.1:5432/kvmvps"

@@ -126,9 +126,24 @@ def postgres_url() -> Iterator[str]:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     yield make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
     close_all()
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    _drop_database(admin, name)
     admin.dispose()
+
+
+def _drop_database(admin, name: str) -> None:  # noqa: ANN001 - an Engine
+    """Drop a test database; autovacuum may hold it a moment, so retry, then leave it."""
+    import time
+
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    for attempt in range(5):
+        try:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            return
+        except DBAPIError:
+            time.sleep(0.5 * (attempt + 1))
 
 
 @pytest.fixture(scope="session")
