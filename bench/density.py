@@ -52,7 +52,7 @@ def code_cache_kib(pid: int) -> int:
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU time a process has used, in seconds."""
     stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
     utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of stat(5)
     return (utime + stime) / CLOCK_TICKS
 
@@ -67,14 +67,16 @@ def sample_cpu(pids: list[int], seconds: float) -> list[float]:
     return [100.0 * (a - b) / elapsed for a, b in zip(after, before, strict=True)]
 
 
-def idle_guests(ctx: Context, image: str, count: int, settle: float,
-                window: float = 10.0, plan: str = "bench") -> dict[str, object]:
+def idle_guests(
+    ctx: Context, image: str, count: int, settle: float, window: float = 10.0, plan: str = "bench"
+) -> dict[str, object]:
     """Boot ``count`` guests of ``image``, wait ``settle`` s, then measure each one."""
     uuids: list[str] = []
     try:
         for i in range(count):
             order = provisioning.create(
-                ctx, provisioning.OrderRequest(plan, image, f"idle-{image}-{i}"))
+                ctx, provisioning.OrderRequest(plan, image, f"idle-{image}-{i}")
+            )
             uuids.append(order.uuid)
         time.sleep(settle)
         domains = [vps_service.show(ctx, u)["domain"] for u in uuids]
@@ -86,9 +88,16 @@ def idle_guests(ctx: Context, image: str, count: int, settle: float,
     finally:
         for uuid in uuids:
             provisioning.delete(ctx, uuid)
-    return {"image": image, "guests": count, "guest_memory_mib": memory_mib,
-            "settle_s": settle, "window_s": window,
-            "rss_mib": rss, "code_cache_mib": code, "cpu_percent": cpu,
-            "rss_mib_median": statistics.median(rss),
-            "code_cache_mib_median": statistics.median(code),
-            "cpu_percent_median": statistics.median(cpu)}
+    return {
+        "image": image,
+        "guests": count,
+        "guest_memory_mib": memory_mib,
+        "settle_s": settle,
+        "window_s": window,
+        "rss_mib": rss,
+        "code_cache_mib": code,
+        "cpu_percent": cpu,
+        "rss_mib_median": statistics.median(rss),
+        "code_cache_mib_median": statistics.median(code),
+        "cpu_percent_median": statistics.median(cpu),
+    }

@@ -30,12 +30,12 @@ from typing import TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from provision import installation, machine, teardown  # noqa: E402
-from sqlalchemy import delete, func, select  # noqa: E402
+from provision import installation, machine, teardown
+from sqlalchemy import delete, func, select
 
-from kvmvps.config import load_settings  # noqa: E402
-from kvmvps.models import Job  # noqa: E402
-from kvmvps.services import (  # noqa: E402
+from kvmvps.config import load_settings
+from kvmvps.models import Job
+from kvmvps.services import (
     Context,
     images,
     inventory,
@@ -45,9 +45,9 @@ from kvmvps.services import (  # noqa: E402
     runner,
     setup,
 )
-from kvmvps.services import vps as vps_service  # noqa: E402
-from kvmvps.services.provisioning import OrderRequest  # noqa: E402
-from kvmvps.worker import Worker  # noqa: E402
+from kvmvps.services import vps as vps_service
+from kvmvps.services.provisioning import OrderRequest
+from kvmvps.worker import Worker
 
 T = TypeVar("T")
 
@@ -61,8 +61,10 @@ def concurrent_orders(ctx: Context, count: int, image: str = "tiny") -> dict[str
     contexts = [Context(settings) for _ in range(count)]
     workers = [Worker(c, name=f"bench{i}") for i, c in enumerate(contexts)]
     t0 = time.perf_counter()
-    orders = [provisioning.record_order(ctx, OrderRequest("bench", image, f"c{count}x{i}"))
-              for i in range(count)]
+    orders = [
+        provisioning.record_order(ctx, OrderRequest("bench", image, f"c{count}x{i}"))
+        for i in range(count)
+    ]
     threads = [threading.Thread(target=w.run, kwargs={"max_jobs": 1}) for w in workers]
     for t in threads:
         t.start()
@@ -81,11 +83,16 @@ def concurrent_orders(ctx: Context, count: int, image: str = "tiny") -> dict[str
         provisioning.delete(ctx, o.uuid)
     for c in contexts:
         c.close()
-    return {"orders": count, "wall_s": wall,
-            "latency_median_s": statistics.median(latencies) if latencies else float("nan"),
-            "latency_max_s": max(latencies, default=float("nan")),
-            "latencies_s": latencies, "queue_wait_s": waits, "failed": len(errors),
-            "errors": errors}
+    return {
+        "orders": count,
+        "wall_s": wall,
+        "latency_median_s": statistics.median(latencies) if latencies else float("nan"),
+        "latency_max_s": max(latencies, default=float("nan")),
+        "latencies_s": latencies,
+        "queue_wait_s": waits,
+        "failed": len(errors),
+        "errors": errors,
+    }
 
 
 def _seconds(start: str, end: str) -> float:
@@ -131,8 +138,12 @@ def claim_throughput(url: str, total: int = 2000, claimers: int = 4) -> dict[str
     finally:
         ctx.close()
         shutil.rmtree(state, ignore_errors=True)
-    return {"jobs": total, "claimers": claimers, "seconds": elapsed,
-            "claims_per_second": total / elapsed}
+    return {
+        "jobs": total,
+        "claimers": claimers,
+        "seconds": elapsed,
+        "claims_per_second": total / elapsed,
+    }
 
 
 def control_plane(count: int = 1000, repeats: int = 5) -> dict[str, object]:
@@ -142,9 +153,14 @@ def control_plane(count: int = 1000, repeats: int = 5) -> dict[str, object]:
     reconcile pass checks every one of them. Its state dir is removed after.
     """
     state = Path(tempfile.mkdtemp(prefix="kvmvps-cp-"))
-    env = {"KVMVPS_STATE_DIR": str(state), "KVMVPS_LIBVIRT_URI": "test:///default",
-           "KVMVPS_DOMAIN_TYPE": "qemu", "KVMVPS_NETWORK_SUBNET": "10.100.0.0/20",
-           "KVMVPS_CPU_OVERCOMMIT": "100", "KVMVPS_HOST_MEMORY_RESERVE_MIB": "0"}
+    env = {
+        "KVMVPS_STATE_DIR": str(state),
+        "KVMVPS_LIBVIRT_URI": "test:///default",
+        "KVMVPS_DOMAIN_TYPE": "qemu",
+        "KVMVPS_NETWORK_SUBNET": "10.100.0.0/20",
+        "KVMVPS_CPU_OVERCOMMIT": "100",
+        "KVMVPS_HOST_MEMORY_RESERVE_MIB": "0",
+    }
     ctx = Context(load_settings(env))
     try:
         setup.init(ctx)
@@ -161,8 +177,13 @@ def control_plane(count: int = 1000, repeats: int = 5) -> dict[str, object]:
         shown, cli_s = _timed(repeats, lambda: _cli_list(env))
         report, reconcile_s = _timed(repeats, lambda: reconcile.run(ctx))
         assert len(listed) == count == shown and report.clean and not report.drift
-        return {"vps": count, "build_all_s": built, "list_s": list_s, "cli_list_s": cli_s,
-                "reconcile_s": reconcile_s}
+        return {
+            "vps": count,
+            "build_all_s": built,
+            "list_s": list_s,
+            "cli_list_s": cli_s,
+            "reconcile_s": reconcile_s,
+        }
     finally:
         ctx.close()
         shutil.rmtree(state, ignore_errors=True)
@@ -171,8 +192,13 @@ def control_plane(count: int = 1000, repeats: int = 5) -> dict[str, object]:
 def _cli_list(env: dict[str, str]) -> int:
     """``kvmvps-admin vps list --json`` in a new process; how many VPSes it listed."""
     cli = Path(sys.executable).with_name("kvmvps-admin")
-    out = subprocess.run([str(cli), "vps", "list", "--json"], env={**os.environ, **env},
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [str(cli), "vps", "list", "--json"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return len(json.loads(out.stdout))
 
 
@@ -201,20 +227,26 @@ def main() -> None:
         for n in (1, 8):
             r = concurrent_orders(ctx, n)
             out[f"orders_{n}"] = r
-            print(f"{n} order(s) at once: wall {r['wall_s']:.2f}s, latency median "
-                  f"{r['latency_median_s']:.2f}s, max {r['latency_max_s']:.2f}s")
+            print(
+                f"{n} order(s) at once: wall {r['wall_s']:.2f}s, latency median "
+                f"{r['latency_median_s']:.2f}s, max {r['latency_max_s']:.2f}s"
+            )
     finally:
         teardown(ctx)
     if args.postgres:
         r = claim_throughput(args.postgres)
         out["claims"] = r
-        print(f"job claims on PostgreSQL: {r['claims_per_second']:.0f}/s "
-              f"({r['jobs']} jobs, {r['claimers']} claimers, {r['seconds']:.2f}s)")
+        print(
+            f"job claims on PostgreSQL: {r['claims_per_second']:.0f}/s "
+            f"({r['jobs']} jobs, {r['claimers']} claimers, {r['seconds']:.2f}s)"
+        )
     r = control_plane()
     out["control_plane"] = r
-    print(f"control plane, {r['vps']} VPSes on the test driver: list "
-          f"{statistics.median(r['list_s']) * 1000:.0f} ms, "
-          f"reconcile {statistics.median(r['reconcile_s']) * 1000:.0f} ms (medians)")
+    print(
+        f"control plane, {r['vps']} VPSes on the test driver: list "
+        f"{statistics.median(r['list_s']) * 1000:.0f} ms, "
+        f"reconcile {statistics.median(r['reconcile_s']) * 1000:.0f} ms (medians)"
+    )
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
 

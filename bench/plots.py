@@ -14,8 +14,8 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
 COLOURS = {"tiny": "#4C72B0", "debian": "#DD8452"}
 
@@ -23,8 +23,10 @@ COLOURS = {"tiny": "#4C72B0", "debian": "#DD8452"}
 def machine_line(m: dict[str, Any]) -> str:
     """One line naming the machine, its CPU and the domain type."""
     kind = "KVM" if m.get("domain_type") == "kvm" else "TCG emulation, no KVM"
-    return (f"{m.get('cores')} cores, {m.get('cpu_model')}, {m.get('memory_gib')} GiB; "
-            f"domain type {m.get('domain_type')} ({kind})")
+    return (
+        f"{m.get('cores')} cores, {m.get('cpu_model')}, {m.get('memory_gib')} GiB; "
+        f"domain type {m.get('domain_type')} ({kind})"
+    )
 
 
 def _finish(fig: Figure, machine: dict[str, Any], path: Path) -> Path:
@@ -36,7 +38,9 @@ def _finish(fig: Figure, machine: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def steps_chart(provisioning: dict[str, dict[str, Any]], machine: dict[str, Any], path: Path) -> Path:
+def steps_chart(
+    provisioning: dict[str, dict[str, Any]], machine: dict[str, Any], path: Path
+) -> Path:
     """Horizontal bars: median seconds per provisioning step, min-max as error bars."""
     images = [i for i, v in provisioning.items() if "summary" in v]
     steps = [k for k in provisioning[images[0]]["summary"] if not k.startswith("order to")]
@@ -46,18 +50,23 @@ def steps_chart(provisioning: dict[str, dict[str, Any]], machine: dict[str, Any]
         summary = provisioning[image]["summary"]
         ys = [i + n * height for i in range(len(steps))]
         med = [summary[s]["median"] for s in steps]
-        err = [[m - summary[s]["min"] for s, m in zip(steps, med, strict=True)],
-               [summary[s]["max"] - m for s, m in zip(steps, med, strict=True)]]
+        err = [
+            [m - summary[s]["min"] for s, m in zip(steps, med, strict=True)],
+            [summary[s]["max"] - m for s, m in zip(steps, med, strict=True)],
+        ]
         ax.barh(ys, med, height, xerr=err, label=image, color=COLOURS.get(image), capsize=2)
         for y, s, m in zip(ys, steps, med, strict=True):
             ax.text(summary[s]["max"] * 1.2, y, _seconds(m), va="center", fontsize=7)
-    ax.set_yticks([i + height * (len(images) - 1) / 2 for i in range(len(steps))],
-                  [_step_label(s) for s in steps])
+    ax.set_yticks(
+        [i + height * (len(images) - 1) / 2 for i in range(len(steps))],
+        [_step_label(s) for s in steps],
+    )
 
     ax.invert_yaxis()
     ax.set_xscale("log")
-    spread = [provisioning[i]["summary"][s][k] for i in images for s in steps
-              for k in ("min", "max")]
+    spread = [
+        provisioning[i]["summary"][s][k] for i in images for s in steps for k in ("min", "max")
+    ]
     ax.set_xlim(max(min(spread), 1e-4) / 2, max(spread) * 6)
     ax.set_xlabel("seconds (log scale); bar = median, whisker = min to max")
     ax.set_title("Provisioning: time per step of an order")
@@ -74,12 +83,15 @@ def _seconds(value: float) -> str:
     return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.1f} s"
 
 
-def latency_chart(provisioning: dict[str, dict[str, Any]], machine: dict[str, Any], path: Path) -> Path:
+def latency_chart(
+    provisioning: dict[str, dict[str, Any]], machine: dict[str, Any], path: Path
+) -> Path:
     """Every run's order-to-banner and order-to-credentials time, per image."""
     metrics = ("order to SSH banner", "order to working credentials")
     images = [i for i, v in provisioning.items() if v.get("runs")]
-    fig, axes = plt.subplots(1, len(images), figsize=(max(9.0, 4.5 * len(images)), 4.2),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(images), figsize=(max(9.0, 4.5 * len(images)), 4.2), squeeze=False
+    )
     for ax, image in zip(axes[0], images, strict=True):
         runs = provisioning[image]["runs"]
         data = [[r[m] for r in runs if not math.isnan(r[m])] for m in metrics]
@@ -96,8 +108,9 @@ def latency_chart(provisioning: dict[str, dict[str, Any]], machine: dict[str, An
     return _finish(fig, machine, path)
 
 
-def concurrency_chart(concurrency: list[dict[str, Any]], machine: dict[str, Any],
-                      path: Path) -> Path:
+def concurrency_chart(
+    concurrency: list[dict[str, Any]], machine: dict[str, Any], path: Path
+) -> Path:
     """Wall time per batch, and each order's latency, for 1, 4, 8... orders at once."""
     batches = [c for c in concurrency if "wall_s" in c]
     labels = [str(c["orders"]) for c in batches]
@@ -132,6 +145,7 @@ def all_charts(results: dict[str, Any], out_dir: Path) -> list[Path]:
         written.append(steps_chart(prov["images"], prov["machine"], out_dir / "steps.png"))
         written.append(latency_chart(prov["images"], prov["machine"], out_dir / "latency.png"))
     if conc.get("batches"):
-        written.append(concurrency_chart(conc["batches"], conc["machine"],
-                                         out_dir / "concurrency.png"))
+        written.append(
+            concurrency_chart(conc["batches"], conc["machine"], out_dir / "concurrency.png")
+        )
     return written

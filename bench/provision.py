@@ -49,11 +49,11 @@ def installation() -> Context:
     waits for a lock, and then removes what a killed earlier run left behind.
     """
     BENCH_ROOT.mkdir(parents=True, exist_ok=True)
-    os.chmod(BENCH_ROOT, 0o755)
+    os.chmod(BENCH_ROOT, 0o755)  # noqa: S103 - world-readable on purpose: QEMU (libvirt-qemu) reads it
     _lock()
     _remove_leftovers("qemu:///system")
     state = Path(tempfile.mkdtemp(prefix="run-", dir=BENCH_ROOT))
-    os.chmod(state, 0o755)
+    os.chmod(state, 0o755)  # noqa: S103 - world-readable on purpose: QEMU (libvirt-qemu) reads it
     env = {
         "KVMVPS_STATE_DIR": str(state),
         "KVMVPS_STORAGE_POOL": BENCH_NAME,
@@ -189,9 +189,13 @@ def summarise(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
     out = {}
     for key in runs[0]:
         values = [r[key] for r in runs]
-        out[key] = {"median": statistics.median(values), "min": min(values), "max": max(values),
-                    "stdev": statistics.stdev(values) if len(values) > 1 else 0.0,
-                    "n": len(values)}
+        out[key] = {
+            "median": statistics.median(values),
+            "min": min(values),
+            "max": max(values),
+            "stdev": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "n": len(values),
+        }
     return out
 
 
@@ -200,19 +204,25 @@ def print_table(title: str, summary: dict[str, dict[str, float]], runs: int) -> 
     print(f"\n{title} ({runs} runs)")
     print(f"  {'phase':30} {'median':>9} {'min':>9} {'max':>9} {'stdev':>9}")
     for key, v in summary.items():
-        print(f"  {key:30} {v['median']:8.3f}s {v['min']:8.3f}s {v['max']:8.3f}s "
-              f"{v['stdev']:8.3f}s")
+        print(
+            f"  {key:30} {v['median']:8.3f}s {v['min']:8.3f}s {v['max']:8.3f}s {v['stdev']:8.3f}s"
+        )
 
 
 def machine(ctx: Context) -> dict[str, object]:
     """What the figures were measured on; kvm and qemu (TCG) must never be mixed up."""
     mem_kib = int(_proc_field(Path("/proc/meminfo"), "MemTotal") or 0)
-    return {"cores": os.cpu_count(), "cpu_model": _cpu_model(), "domain_type": ctx.domain_type,
-            "memory_gib": round(mem_kib / 2**20, 1), "kernel": platform.release(),
-            "python": platform.python_version(), "qemu": _first_line(["qemu-system-x86_64",
-                                                                     "--version"]),
-            "libvirt": _first_line(["libvirtd", "--version"]),
-            "load_avg_1m": round(os.getloadavg()[0], 2)}
+    return {
+        "cores": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "domain_type": ctx.domain_type,
+        "memory_gib": round(mem_kib / 2**20, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "qemu": _first_line(["qemu-system-x86_64", "--version"]),
+        "libvirt": _first_line(["libvirtd", "--version"]),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+    }
 
 
 def _cpu_model() -> str:

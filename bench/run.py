@@ -67,10 +67,26 @@ class Profile:
     web_seconds: float
 
 
-FULL = Profile(runs=5, concurrency=(1, 4, 8), control_vps=1000, control_repeats=5,
-               idle_guests=3, settle_s=30.0, window_s=10.0, web_seconds=20.0)
-QUICK = Profile(runs=2, concurrency=(1, 4), control_vps=200, control_repeats=2,
-                idle_guests=1, settle_s=5.0, window_s=5.0, web_seconds=5.0)
+FULL = Profile(
+    runs=5,
+    concurrency=(1, 4, 8),
+    control_vps=1000,
+    control_repeats=5,
+    idle_guests=3,
+    settle_s=30.0,
+    window_s=10.0,
+    web_seconds=20.0,
+)
+QUICK = Profile(
+    runs=2,
+    concurrency=(1, 4),
+    control_vps=200,
+    control_repeats=2,
+    idle_guests=1,
+    settle_s=5.0,
+    window_s=5.0,
+    web_seconds=5.0,
+)
 
 
 def say(message: str) -> None:
@@ -85,8 +101,9 @@ def snapshot(ctx: Context, base: dict[str, Any]) -> dict[str, Any]:
     return {**base, "load_avg_1m": round(os.getloadavg()[0], 2), "other_guests_running": others}
 
 
-def guarded(name: str, ctx: Context, base: dict[str, Any],
-            fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+def guarded(
+    name: str, ctx: Context, base: dict[str, Any], fn: Callable[[], dict[str, Any]]
+) -> dict[str, Any]:
     """Run one section; a failure becomes its ``error`` instead of ending the run."""
     say(f"section: {name}")
     started, at = time.perf_counter(), snapshot(ctx, base)
@@ -118,8 +135,9 @@ def build_images(ctx: Context, names: list[str]) -> tuple[dict[str, float], dict
     return built, failed
 
 
-def provisioning_runs(ctx: Context, names: list[str], built: dict[str, float],
-                      runs: int) -> dict[str, Any]:
+def provisioning_runs(
+    ctx: Context, names: list[str], built: dict[str, float], runs: int
+) -> dict[str, Any]:
     """``runs`` orders per image, one after another; each run's marks and a summary."""
     out: dict[str, Any] = {}
     for name in names:
@@ -129,13 +147,19 @@ def provisioning_runs(ctx: Context, names: list[str], built: dict[str, float],
                 marks = one_order(ctx, name, i)
                 done.append(marks)
                 loads.append(round(os.getloadavg()[0], 2))
-                say(f"  {name} run {i + 1}/{runs}: credentials after "
-                    f"{marks['order to working credentials']:.1f} s")
+                say(
+                    f"  {name} run {i + 1}/{runs}: credentials after "
+                    f"{marks['order to working credentials']:.1f} s"
+                )
             except Exception as exc:  # noqa: BLE001 - a failed run is reported, not fatal
                 failures.append(f"{type(exc).__name__}: {exc}")
                 say(f"  {name} run {i + 1}/{runs} failed: {exc}")
-        out[name] = {"build_s": built.get(name), "runs": done, "failures": failures,
-                     "load_avg_1m_after_runs": loads}
+        out[name] = {
+            "build_s": built.get(name),
+            "runs": done,
+            "failures": failures,
+            "load_avg_1m_after_runs": loads,
+        }
         if done:
             out[name]["summary"] = summarise(done)
     return {"images": out}
@@ -169,25 +193,43 @@ def web_runs(p: Profile) -> dict[str, Any]:
     """
     script = BENCH_DIR / "web_load.py"
     if not script.exists():
-        return {"measured": False,
-                "reason": "bench/web_load.py (the web load generator) does not exist yet."}
+        return {
+            "measured": False,
+            "reason": "bench/web_load.py (the web load generator) does not exist yet.",
+        }
     runs = []
     for server in WEB_SERVERS:
         say(f"  web: {WEB_CLIENTS} clients, {server}")
         with tempfile.TemporaryDirectory(prefix="kvmvps-bench-web-") as tmp:
             out = Path(tmp) / "web.json"
-            subprocess.run([sys.executable, str(script), "--server", server,
-                            "--clients", str(WEB_CLIENTS), "--duration", str(p.web_seconds),
-                            "--json", str(out)], check=True, stdout=subprocess.DEVNULL,
-                           timeout=600)
+            subprocess.run(
+                [
+                    sys.executable,
+                    str(script),
+                    "--server",
+                    server,
+                    "--clients",
+                    str(WEB_CLIENTS),
+                    "--duration",
+                    str(p.web_seconds),
+                    "--json",
+                    str(out),
+                ],
+                check=True,
+                stdout=subprocess.DEVNULL,
+                timeout=600,
+            )
             runs.append(json.loads(out.read_text()))
     return {"measured": True, "clients": WEB_CLIENTS, "runs": runs}
 
 
 def measure(args: argparse.Namespace, p: Profile) -> dict[str, Any]:
     """Every section; the real-libvirt ones in the benchmark's own installation."""
-    results: dict[str, Any] = {"started": datetime.now(UTC).isoformat(timespec="seconds"),
-                               "mode": "quick" if args.quick else "full", "profile": asdict(p)}
+    results: dict[str, Any] = {
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "mode": "quick" if args.quick else "full",
+        "profile": asdict(p),
+    }
     ctx = installation()
     base = machine(ctx)
     results["machine"] = base
@@ -196,17 +238,27 @@ def measure(args: argparse.Namespace, p: Profile) -> dict[str, Any]:
         inventory.add_plan(ctx, "bench", 1, 512, 2)
         built, results["image_build_errors"] = build_images(ctx, args.images)
         names = [n for n in args.images if n in built]
-        results["provisioning"] = guarded("provisioning", ctx, base, lambda: provisioning_runs(
-            ctx, names, built, args.runs or p.runs))
+        results["provisioning"] = guarded(
+            "provisioning",
+            ctx,
+            base,
+            lambda: provisioning_runs(ctx, names, built, args.runs or p.runs),
+        )
         results["density"] = guarded("density", ctx, base, lambda: density_runs(ctx, names, p))
-        results["concurrency"] = guarded("concurrency", ctx, base,
-                                         lambda: concurrency_runs(ctx, p.concurrency))
-        results["control_plane"] = guarded("control plane", ctx, base, lambda: (
-            job_bench.control_plane(p.control_vps, p.control_repeats)))
+        results["concurrency"] = guarded(
+            "concurrency", ctx, base, lambda: concurrency_runs(ctx, p.concurrency)
+        )
+        results["control_plane"] = guarded(
+            "control plane",
+            ctx,
+            base,
+            lambda: job_bench.control_plane(p.control_vps, p.control_repeats),
+        )
         results["web"] = guarded("web", ctx, base, lambda: web_runs(p))
         if args.postgres:
-            results["claims"] = guarded("job claims", ctx, base,
-                                        lambda: job_bench.claim_throughput(args.postgres))
+            results["claims"] = guarded(
+                "job claims", ctx, base, lambda: job_bench.claim_throughput(args.postgres)
+            )
     finally:
         say("removing the benchmark's installation")
         teardown(ctx)
@@ -236,8 +288,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line; ``--images`` becomes a list."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer runs: a smoke check")
-    parser.add_argument("--images", default="tiny,debian",
-                        help="comma-separated images to measure (default: tiny,debian)")
+    parser.add_argument(
+        "--images",
+        default="tiny,debian",
+        help="comma-separated images to measure (default: tiny,debian)",
+    )
     parser.add_argument("--runs", type=int, help="orders per image (default 5, quick 2)")
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "results")
     parser.add_argument("--postgres", help="also measure job claims on this PostgreSQL URL")
@@ -245,8 +300,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.images = [i for i in args.images.split(",") if i]
     unknown = set(args.images) - set(BUILDERS)
     if unknown or "tiny" not in args.images:
-        parser.error(f"--images: choose from {', '.join(BUILDERS)}, with tiny "
-                     f"(concurrency uses it); not {', '.join(sorted(unknown)) or 'without tiny'}")
+        parser.error(
+            f"--images: choose from {', '.join(BUILDERS)}, with tiny "
+            f"(concurrency uses it); not {', '.join(sorted(unknown)) or 'without tiny'}"
+        )
     return args
 
 

@@ -39,7 +39,7 @@ from urllib.parse import urlencode
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-PASSWORD = "bench password 123"
+PASSWORD = "bench password 123"  # noqa: S105 - a name, not a secret
 CSRF = re.compile(r'name="csrf_token"[^>]*value="([^"]+)"')
 MAX_REQUESTS = 20_000
 MAX_DURATION = 120.0
@@ -53,12 +53,18 @@ def installation(state: Path, database_url: str, clients: int) -> dict[str, str]
     from kvmvps.services import Context, inventory, setup, users
 
     env = {
-        "KVMVPS_STATE_DIR": str(state), "KVMVPS_LIBVIRT_URI": "test:///default",
-        "KVMVPS_DOMAIN_TYPE": "qemu", "KVMVPS_STORAGE_POOL": "kvmvpsweb",
-        "KVMVPS_NETWORK": "kvmvpsweb", "KVMVPS_NETWORK_BRIDGE": "kvmvpsweb0",
-        "KVMVPS_NETWORK_SUBNET": "10.234.0.0/22", "KVMVPS_HOST_MEMORY_RESERVE_MIB": "0",
-        "KVMVPS_CPU_OVERCOMMIT": "1000", "KVMVPS_DATABASE_URL": database_url,
-        "KVMVPS_WEB_SECRET_KEY": os.urandom(16).hex(), "KVMVPS_CONFIG": "",
+        "KVMVPS_STATE_DIR": str(state),
+        "KVMVPS_LIBVIRT_URI": "test:///default",
+        "KVMVPS_DOMAIN_TYPE": "qemu",
+        "KVMVPS_STORAGE_POOL": "kvmvpsweb",
+        "KVMVPS_NETWORK": "kvmvpsweb",
+        "KVMVPS_NETWORK_BRIDGE": "kvmvpsweb0",
+        "KVMVPS_NETWORK_SUBNET": "10.234.0.0/22",
+        "KVMVPS_HOST_MEMORY_RESERVE_MIB": "0",
+        "KVMVPS_CPU_OVERCOMMIT": "1000",
+        "KVMVPS_DATABASE_URL": database_url,
+        "KVMVPS_WEB_SECRET_KEY": os.urandom(16).hex(),
+        "KVMVPS_CONFIG": "",
     }
     ctx = Context(load_settings(env))
     setup.init(ctx)
@@ -102,24 +108,36 @@ def create_app(config=None):
 
 web.create_app = create_app
 """
-SERVE_WERKZEUG = TIMING + """
+SERVE_WERKZEUG = (
+    TIMING
+    + """
 from werkzeug.serving import make_server
 app = create_app({{"RATELIMIT_ENABLED": False}})
 make_server("127.0.0.1", {port}, app, threaded=True).serve_forever()
 """
-SERVE_GUNICORN = TIMING + """
+)
+SERVE_GUNICORN = (
+    TIMING
+    + """
 from kvmvps.cli.serve_cmds import run_gunicorn
 sys.argv = ["kvmvps-web"]
 run_gunicorn("127.0.0.1", {port}, {workers}, {threads})
 """
+)
 
 
-def start_server(kind: str, env: dict[str, str], port: int, workers: int,
-                 threads: int, log: Path, timing: Path) -> subprocess.Popen:
+def start_server(
+    kind: str, env: dict[str, str], port: int, workers: int, threads: int, log: Path, timing: Path
+) -> subprocess.Popen:
     code = (SERVE_GUNICORN if kind == "gunicorn" else SERVE_WERKZEUG).format(
-        root=str(ROOT), port=port, workers=workers, threads=threads, timing=str(timing))
-    return subprocess.Popen([sys.executable, "-c", code], env={**os.environ, **env},
-                            stdout=log.open("wb"), stderr=subprocess.STDOUT)
+        root=str(ROOT), port=port, workers=workers, threads=threads, timing=str(timing)
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", code],
+        env={**os.environ, **env},
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
 
 
 def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 30) -> None:
@@ -153,8 +171,7 @@ class Customer:
         self.csrf = ""
         self.conn: http.client.HTTPConnection | None = None
 
-    def call(self, method: str, path: str, form: dict[str, str] | None = None
-             ) -> tuple[int, bytes]:
+    def call(self, method: str, path: str, form: dict[str, str] | None = None) -> tuple[int, bytes]:
         headers = {"Cookie": self.cookie} if self.cookie else {}
         body = None
         if form is not None:
@@ -176,8 +193,7 @@ class Customer:
             cookie = response.getheader("Set-Cookie")
             if cookie:
                 self.cookie = cookie.split(";", 1)[0]
-            if response.getheader("Connection", "").lower() == "close" or \
-                    response.version == 10:
+            if response.getheader("Connection", "").lower() == "close" or response.version == 10:
                 self.conn.close()
                 self.conn = None
             return response.status, data
@@ -186,15 +202,24 @@ class Customer:
     def login(self) -> None:
         _, page = self.call("GET", "/login")
         self.csrf = CSRF.search(page.decode()).group(1)
-        status, _ = self.call("POST", "/login", {"email": self.email, "password": PASSWORD,
-                                                "csrf_token": self.csrf})
+        status, _ = self.call(
+            "POST", "/login", {"email": self.email, "password": PASSWORD, "csrf_token": self.csrf}
+        )
         assert status == 302, f"login of {self.email} answered {status}"
         _, page = self.call("GET", "/order")
         self.csrf = CSRF.search(page.decode()).group(1)
 
 
-def run_customer(port: int, index: int, start: float, until: float, budget: int, orders: int,
-                 think: float, out: list[tuple[str, float, int]]) -> None:
+def run_customer(
+    port: int,
+    index: int,
+    start: float,
+    until: float,
+    budget: int,
+    orders: int,
+    think: float,
+    out: list[tuple[str, float, int]],
+) -> None:
     """Log in, wait for the others, then browse and poll; orders fall at random moments."""
     me = Customer(port, f"c{index}@example.com")
     me.login()
@@ -207,8 +232,13 @@ def run_customer(port: int, index: int, start: float, until: float, budget: int,
         n += 1
         if ordered < orders and time.monotonic() >= order_at[ordered]:
             ordered += 1
-            form = {"plan": "bench", "image": "bench", "hostname": f"c{index}n{ordered}",
-                    "ssh_keys": "", "csrf_token": me.csrf}
+            form = {
+                "plan": "bench",
+                "image": "bench",
+                "hostname": f"c{index}n{ordered}",
+                "ssh_keys": "",
+                "csrf_token": me.csrf,
+            }
             name, method, path = "order", "POST", "/order"
         elif n % 2:
             name, method, path, form = "dashboard", "GET", "/servers", None
@@ -221,12 +251,23 @@ def run_customer(port: int, index: int, start: float, until: float, budget: int,
             time.sleep(think)
 
 
-def customer_process(port: int, indexes: list[int], start: float, until: float, budget: int,
-                     orders: int, think: float, queue: multiprocessing.Queue) -> None:
+def customer_process(
+    port: int,
+    indexes: list[int],
+    start: float,
+    until: float,
+    budget: int,
+    orders: int,
+    think: float,
+    queue: multiprocessing.Queue,
+) -> None:
     samples: list[tuple[str, float, int]] = []
-    threads = [threading.Thread(target=run_customer,
-                                args=(port, i, start, until, budget, orders, think, samples))
-               for i in indexes]
+    threads = [
+        threading.Thread(
+            target=run_customer, args=(port, i, start, until, budget, orders, think, samples)
+        )
+        for i in indexes
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -241,8 +282,11 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def summarise(samples: list[tuple[str, float, int]], wall: float) -> dict[str, object]:
-    out: dict[str, object] = {"requests": len(samples), "wall_s": round(wall, 2),
-                              "rps": round(len(samples) / wall, 1)}
+    out: dict[str, object] = {
+        "requests": len(samples),
+        "wall_s": round(wall, 2),
+        "rps": round(len(samples) / wall, 1),
+    }
     expected = {"order": 302, "dashboard": 200, "state.json": 200}
     for name in ("all", "order", "dashboard", "state.json"):
         picked = [s for s in samples if name == "all" or s[0] == name]
@@ -250,9 +294,13 @@ def summarise(samples: list[tuple[str, float, int]], wall: float) -> dict[str, o
             continue
         ms = [s[1] * 1000 for s in picked]
         bad = sum(1 for s in picked if s[2] != expected[s[0]])
-        out[name] = {"n": len(picked), "p50_ms": round(statistics.median(ms), 1),
-                     "p99_ms": round(percentile(ms, 0.99), 1),
-                     "max_ms": round(max(ms), 1), "errors": bad}
+        out[name] = {
+            "n": len(picked),
+            "p50_ms": round(statistics.median(ms), 1),
+            "p99_ms": round(percentile(ms, 0.99), 1),
+            "max_ms": round(max(ms), 1),
+            "errors": bad,
+        }
     return out
 
 
@@ -261,8 +309,9 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     env = installation(state, args.database_url, args.clients)
     port = free_port()
     timing = state / "timing.log"
-    server = start_server(args.server, env, port, args.workers, args.threads,
-                          state / "server.log", timing)
+    server = start_server(
+        args.server, env, port, args.workers, args.threads, state / "server.log", timing
+    )
     try:
         wait_ready(port, server)
         start = time.monotonic() + LOGIN_TIME  # everyone logs in first (scrypt: slow)
@@ -270,9 +319,15 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         until = start + min(args.duration, MAX_DURATION)
         budget = max(1, min(args.requests, MAX_REQUESTS) // args.clients)
         queue: multiprocessing.Queue = multiprocessing.Queue()
-        groups = [list(range(args.clients))[i::args.processes] for i in range(args.processes)]
-        procs = [multiprocessing.Process(target=customer_process, args=(
-            port, g, start, until, budget, args.orders, args.think, queue)) for g in groups if g]
+        groups = [list(range(args.clients))[i :: args.processes] for i in range(args.processes)]
+        procs = [
+            multiprocessing.Process(
+                target=customer_process,
+                args=(port, g, start, until, budget, args.orders, args.think, queue),
+            )
+            for g in groups
+            if g
+        ]
         for p in procs:
             p.start()
         samples = [s for _ in procs for s in queue.get(timeout=MAX_DURATION + 120)]
@@ -284,12 +339,20 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         server.wait(timeout=30)
         inside = server_side(timing, wall_start)
         shutil.rmtree(state, ignore_errors=True)
-    return {"server": args.server, "clients": args.clients, "think_s": args.think,
-            **summarise(samples, wall), "inside_server": summarise(inside, wall)}
+    return {
+        "server": args.server,
+        "clients": args.clients,
+        "think_s": args.think,
+        **summarise(samples, wall),
+        "inside_server": summarise(inside, wall),
+    }
 
 
-ENDPOINTS = {("POST", "/order"): "order", ("GET", "/servers"): "dashboard",
-             ("GET", "/servers/state.json"): "state.json"}
+ENDPOINTS = {
+    ("POST", "/order"): "order",
+    ("GET", "/servers"): "dashboard",
+    ("GET", "/servers/state.json"): "state.json",
+}
 
 
 def server_side(timing: Path, since: float) -> list[tuple[str, float, int]]:

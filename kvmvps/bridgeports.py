@@ -45,8 +45,13 @@ def reattach(dev: str, bridge: str) -> bool:
     """Make ``dev`` a port of ``bridge`` again; False when it was one already."""
     if master_of(dev) == bridge or not (SYS_NET / dev).exists():
         return False
-    done = subprocess.run(["ip", "link", "set", "dev", dev, "master", bridge, "up"],
-                          capture_output=True, text=True, timeout=30, check=False)
+    done = subprocess.run(
+        ["ip", "link", "set", "dev", dev, "master", bridge, "up"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     if done.returncode != 0:
         raise FirewallError(f"cannot attach {dev} to bridge {bridge}: {done.stderr.strip()}")
     return True

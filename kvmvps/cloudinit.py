@@ -54,20 +54,26 @@ def generate_host_key() -> HostKey:
         serialization.PrivateFormat.OpenSSH,
         serialization.NoEncryption(),
     ).decode("ascii")
-    public = key.public_key().public_bytes(
-        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-    ).decode("ascii")
+    public = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        .decode("ascii")
+    )
     return HostKey(key_type="ed25519", private_openssh=private, public_openssh=public)
 
 
-def render_user_data(*, hostname: str, login_user: str, provisioning_pubkey: str,
-                     host_keys: list[HostKey]) -> str:
+def render_user_data(
+    *, hostname: str, login_user: str, provisioning_pubkey: str, host_keys: list[HostKey]
+) -> str:
     """The ``#cloud-config`` user-data: hostname, pinned host keys, root key, login user.
 
     No passwords: kvmvps pushes the customer's password and keys over SSH later.
     """
-    for what, value in (("hostname", hostname), ("login user", login_user),
-                        ("provisioning key", provisioning_pubkey)):
+    for what, value in (
+        ("hostname", hostname),
+        ("login user", login_user),
+        ("provisioning key", provisioning_pubkey),
+    ):
         _one_line(what, value)
     if login_user == "root":
         raise InvalidInput("the login user cannot be root")
@@ -85,14 +91,16 @@ def render_user_data(*, hostname: str, login_user: str, provisioning_pubkey: str
         "disable_root": False,
         "ssh_authorized_keys": [provisioning_pubkey],
         "ssh_pwauth": True,
-        "users": [{
-            "name": login_user,
-            "gecos": login_user,
-            "groups": list(LOGIN_USER_GROUPS),
-            "sudo": LOGIN_USER_SUDO,
-            "shell": "/bin/bash",
-            "lock_passwd": True,
-        }],
+        "users": [
+            {
+                "name": login_user,
+                "gecos": login_user,
+                "groups": list(LOGIN_USER_GROUPS),
+                "sudo": LOGIN_USER_SUDO,
+                "shell": "/bin/bash",
+                "lock_passwd": True,
+            }
+        ],
     }
     return "#cloud-config\n" + _dump(config)
 
@@ -112,13 +120,15 @@ def build_seed_iso(*, user_data: str, meta_data: str, network_config: str | None
     if network_config is not None:
         files["network-config"] = network_config
     iso = pycdlib.PyCdlib()
-    iso.new(interchange_level=1, joliet=3, rock_ridge="1.09", vol_ident=SEED_LABEL,
-            sys_ident="LINUX")
+    iso.new(
+        interchange_level=1, joliet=3, rock_ridge="1.09", vol_ident=SEED_LABEL, sys_ident="LINUX"
+    )
     try:
         for name, text in files.items():
             data = text.encode("utf-8")
-            iso.add_fp(io.BytesIO(data), len(data), _SEED_FILES[name], rr_name=name,
-                       joliet_path="/" + name)
+            iso.add_fp(
+                io.BytesIO(data), len(data), _SEED_FILES[name], rr_name=name, joliet_path="/" + name
+            )
         out = io.BytesIO()
         iso.write_fp(out)
     finally:
@@ -168,5 +178,11 @@ _Dumper.add_representer(str, _represent_str)
 
 def _dump(data: dict) -> str:
     """Safe YAML, ASCII only (anything else escaped), never line-folded."""
-    return yaml.dump(data, Dumper=_Dumper, default_flow_style=False, sort_keys=False,
-                     allow_unicode=False, width=2**31 - 1)
+    return yaml.dump(
+        data,
+        Dumper=_Dumper,
+        default_flow_style=False,
+        sort_keys=False,
+        allow_unicode=False,
+        width=2**31 - 1,
+    )

@@ -157,21 +157,27 @@ def _check_forwarding(s: Settings) -> None:
     match = _PORTS.match(s.forward_ports.strip())
     first, last = (int(match[1]), int(match[2] or match[1])) if match else (0, 0)
     if not match or not 1 <= first <= last <= 65535:
-        raise InvalidInput(f"KVMVPS_FORWARD_PORTS {s.forward_ports!r} is not a port range "
-                           "such as 20000-29999")
+        raise InvalidInput(
+            f"KVMVPS_FORWARD_PORTS {s.forward_ports!r} is not a port range such as 20000-29999"
+        )
     if s.public_address:
         try:
             ipaddress.IPv4Address(s.public_address)
         except ValueError:
-            raise InvalidInput(f"KVMVPS_PUBLIC_ADDRESS {s.public_address!r} is not an IPv4 "
-                               "address") from None
+            raise InvalidInput(
+                f"KVMVPS_PUBLIC_ADDRESS {s.public_address!r} is not an IPv4 address"
+            ) from None
     for name, port in (("HTTP", s.proxy_http_port), ("HTTPS", s.proxy_https_port)):
         if not 1 <= port <= 65535 or first <= port <= last:
-            raise InvalidInput(f"KVMVPS_PROXY_{name}_PORT {port} must be a port outside "
-                               f"KVMVPS_FORWARD_PORTS ({s.forward_ports})")
+            raise InvalidInput(
+                f"KVMVPS_PROXY_{name}_PORT {port} must be a port outside "
+                f"KVMVPS_FORWARD_PORTS ({s.forward_ports})"
+            )
     if not _CHAIN_PREFIX.match(s.chain_prefix):
-        raise InvalidInput(f"KVMVPS_CHAIN_PREFIX {s.chain_prefix!r} must be a letter and up to "
-                           "19 letters, digits or '_'")
+        raise InvalidInput(
+            f"KVMVPS_CHAIN_PREFIX {s.chain_prefix!r} must be a letter and up to "
+            "19 letters, digits or '_'"
+        )
     if s.base_domain:
         validation.dns_name(s.base_domain, "KVMVPS_BASE_DOMAIN")
 

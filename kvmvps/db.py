@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from kvmvps.config import Settings
 
 
-def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001 - DB-API types
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
     dbapi_conn.isolation_level = None  # we issue BEGIN ourselves, see _sqlite_begin
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA foreign_keys=ON")
@@ -23,12 +23,12 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001 - DB-API types
     cur.close()
 
 
-def _sqlite_begin(conn) -> None:  # noqa: ANN001
+def _sqlite_begin(conn) -> None:
     """Take the write lock up front, so concurrent writers queue instead of deadlocking."""
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def _sqlite_read_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001
+def _sqlite_read_pragmas(dbapi_conn, _record) -> None:
     dbapi_conn.isolation_level = None
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA query_only=ON")

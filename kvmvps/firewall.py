@@ -78,11 +78,11 @@ def forward_rules(prefix: str, fw: PortForward) -> dict[str, str]:
     guest = f"-d {fw.guest_ip}/32 -o {fw.bridge}"
     return {
         "DNAT": f"-A {c['DNAT']} -d {fw.public_address}/32 {match} {fw.public_port} {note} "
-                f"-j DNAT --to-destination {fw.guest_ip}:{fw.guest_port}",
+        f"-j DNAT --to-destination {fw.guest_ip}:{fw.guest_port}",
         "POST": f"-A {c['POST']} -s {fw.subnet} {guest} {match} {fw.guest_port} "
-                f"-m conntrack --ctstate DNAT {note} -j MASQUERADE",
+        f"-m conntrack --ctstate DNAT {note} -j MASQUERADE",
         "FWD": f"-A {c['FWD']} {guest} {match} {fw.guest_port} "
-               f"-m conntrack --ctstate DNAT {note} -j ACCEPT",
+        f"-m conntrack --ctstate DNAT {note} -j ACCEPT",
     }
 
 
@@ -134,8 +134,9 @@ def restore_text(prefix: str, current: State, target: State) -> str:
 def _same_table(table: str, a: State, b: State) -> bool:
     chains = {key for key in (*a.chains, *b.chains) if key[0] == table}
     jumps = {key for key in (*a.jumps, *b.jumps) if key[0] == table}
-    return (all(a.chains.get(k) == b.chains.get(k) for k in chains)
-            and all(a.jumps.get(k) == b.jumps.get(k) for k in jumps))
+    return all(a.chains.get(k) == b.chains.get(k) for k in chains) and all(
+        a.jumps.get(k) == b.jumps.get(k) for k in jumps
+    )
 
 
 # -- iptables itself ----------------------------------------------------------
@@ -147,11 +148,18 @@ class Iptables:
     iptables: str = "iptables"
     restore: str = "iptables-restore"
 
-    def run(self, args: Sequence[str], stdin: str | None = None
-            ) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, args: Sequence[str], stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         try:
-            return subprocess.run([*self.prefix, *args], input=stdin, capture_output=True,
-                                  text=True, timeout=TIMEOUT, check=False)
+            return subprocess.run(
+                [*self.prefix, *args],
+                input=stdin,
+                capture_output=True,
+                text=True,
+                timeout=TIMEOUT,
+                check=False,
+            )
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise FirewallError(f"cannot run {args[0]}: {exc}") from None
 
@@ -186,8 +194,7 @@ def read_state(ipt: Iptables, prefix: str) -> State:
         for t, suffix in CHAINS:
             chain = names[suffix]
             if t == table and f"-N {chain}" in lines:
-                chains[(table, chain)] = tuple(ln for ln in lines
-                                               if ln.startswith(f"-A {chain} "))
+                chains[(table, chain)] = tuple(ln for ln in lines if ln.startswith(f"-A {chain} "))
         for t, parent, suffix in JUMPS:
             if t != table:
                 continue

@@ -43,8 +43,8 @@ SET_HOSTNAME = (
 )
 INSTALL_KEYS = (
     'set -e; u="$1"; '
-    'home=$(awk -F: -v u="$u" \'$1 == u {print $6}\' /etc/passwd); '
-    'gid=$(awk -F: -v u="$u" \'$1 == u {print $4}\' /etc/passwd); '
+    "home=$(awk -F: -v u=\"$u\" '$1 == u {print $6}' /etc/passwd); "
+    "gid=$(awk -F: -v u=\"$u\" '$1 == u {print $4}' /etc/passwd); "
     '[ -n "$home" ] || { echo "no such user: $u" >&2; exit 1; }; '
     'mkdir -p "$home/.ssh"; chmod 700 "$home/.ssh"; '
     'cat > "$home/.ssh/authorized_keys.new"; chmod 600 "$home/.ssh/authorized_keys.new"; '
@@ -152,13 +152,21 @@ def _pinned_client(target: Target) -> paramiko.SSHClient:
     return client
 
 
-def _connect(target: Target, username: str, *, pkey: paramiko.PKey | None = None,
-             password: str | None = None) -> paramiko.SSHClient:
+def _connect(
+    target: Target, username: str, *, pkey: paramiko.PKey | None = None, password: str | None = None
+) -> paramiko.SSHClient:
     client = _pinned_client(target)
     try:
         client.connect(
-            target.host, target.port, username=username, pkey=pkey, password=password,
-            allow_agent=False, look_for_keys=False, timeout=5, banner_timeout=10,
+            target.host,
+            target.port,
+            username=username,
+            pkey=pkey,
+            password=password,
+            allow_agent=False,
+            look_for_keys=False,
+            timeout=5,
+            banner_timeout=10,
             auth_timeout=10,
         )
     except paramiko.BadHostKeyException as exc:
@@ -215,8 +223,9 @@ def run(client: paramiko.SSHClient, script: str, args: list[str], stdin: bytes =
     return out
 
 
-def push_credentials(client: paramiko.SSHClient, *, hostname: str, user: str,
-                     password: str, ssh_keys: list[str]) -> bool:
+def push_credentials(
+    client: paramiko.SSHClient, *, hostname: str, user: str, password: str, ssh_keys: list[str]
+) -> bool:
     """Set hostname, password and keys; force a password change where possible.
 
     Returns True when the image supports (and got) a forced password change.

@@ -7,6 +7,7 @@ own exceptions, and nothing libvirt-typed leaves this module.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -118,10 +119,8 @@ class Hypervisor:
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            try:
+            with contextlib.suppress(libvirt.libvirtError):
                 conn.close()
-            except libvirt.libvirtError:
-                pass
 
     def close(self) -> None:
         with self._lock:
@@ -298,8 +297,10 @@ class Hypervisor:
                 xml = net.XMLDesc(flags)
             except libvirt.libvirtError as exc:
                 # drivers without separate live/config XML reject the flag
-                if exc.get_error_code() not in (libvirt.VIR_ERR_INVALID_ARG,
-                                                libvirt.VIR_ERR_NO_SUPPORT):
+                if exc.get_error_code() not in (
+                    libvirt.VIR_ERR_INVALID_ARG,
+                    libvirt.VIR_ERR_NO_SUPPORT,
+                ):
                     raise
                 xml = net.XMLDesc(0)
             root = etree.fromstring(xml.encode())
@@ -477,8 +478,11 @@ class LifecycleWatch:
             self._conn = libvirt.open(uri)
             self._conn.setKeepAlive(5, 3)
             self._id = self._conn.domainEventRegisterAny(
-                None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
-                lambda _c, dom, _event, _detail, _opaque: callback(dom.name()), None)
+                None,
+                libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+                lambda _c, dom, _event, _detail, _opaque: callback(dom.name()),
+                None,
+            )
         except libvirt.libvirtError as exc:
             raise translate(exc, f"watch domain events on {uri}") from None
 

@@ -70,8 +70,9 @@ def random_mac(session: Session) -> str:
     raise CapacityError("could not find a free MAC address")
 
 
-def allocate(session: Session, vps: Vps, network: Network, exclude: set[str] = frozenset()
-             ) -> IpLease:
+def allocate(
+    session: Session, vps: Vps, network: Network, exclude: set[str] = frozenset()
+) -> IpLease:
     """Lease an address and a fresh MAC to ``vps`` (flushed, not committed).
 
     ``exclude`` names addresses that must not be handed out now, such as ones

@@ -133,9 +133,7 @@ class Vps(Base):
     __table_args__ = (UniqueConstraint("owner_id", "hostname"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    uuid: Mapped[str] = mapped_column(
-        String(36), unique=True, default=lambda: str(uuidlib.uuid4())
-    )
+    uuid: Mapped[str] = mapped_column(String(36), unique=True, default=lambda: str(uuidlib.uuid4()))
     hostname: Mapped[str] = mapped_column(String(63))
     domain_name: Mapped[str] = mapped_column(String(64), unique=True)
     owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
@@ -285,9 +283,7 @@ class Job(Base):
     __tablename__ = "jobs"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    uuid: Mapped[str] = mapped_column(
-        String(36), unique=True, default=lambda: str(uuidlib.uuid4())
-    )
+    uuid: Mapped[str] = mapped_column(String(36), unique=True, default=lambda: str(uuidlib.uuid4()))
     kind: Mapped[str] = mapped_column(String(32))
     vps_uuid: Mapped[str | None] = mapped_column(String(36), index=True)
     host_id: Mapped[int | None] = mapped_column(ForeignKey("hosts.id"))

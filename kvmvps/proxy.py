@@ -46,25 +46,43 @@ def render(listen: Listen, routes: list[Route]) -> str:
     routes = sorted(routes, key=lambda r: r.backend)
     lines = [
         "# written by kvmvps from its database; changes here are overwritten",
-        "global", "    maxconn 4096",
-        "defaults", "    timeout connect 5s", "    timeout client 60s",
-        "    timeout server 60s", "    timeout tunnel 1h",
-        "frontend kvmvps_http", f"    bind {listen.address}:{listen.http_port}",
-        "    mode http", "    option forwardfor",
+        "global",
+        "    maxconn 4096",
+        "defaults",
+        "    timeout connect 5s",
+        "    timeout client 60s",
+        "    timeout server 60s",
+        "    timeout tunnel 1h",
+        "frontend kvmvps_http",
+        f"    bind {listen.address}:{listen.http_port}",
+        "    mode http",
+        "    option forwardfor",
     ]
-    lines += [f"    use_backend {r.backend}_http if {{ req.hdr(host),field(1,:),lower -m str "
-              f"{' '.join(r.names)} }}" for r in routes]
     lines += [
-        "frontend kvmvps_https", f"    bind {listen.address}:{listen.https_port}",
-        "    mode tcp", "    tcp-request inspect-delay 5s",
+        f"    use_backend {r.backend}_http if {{ req.hdr(host),field(1,:),lower -m str "
+        f"{' '.join(r.names)} }}"
+        for r in routes
+    ]
+    lines += [
+        "frontend kvmvps_https",
+        f"    bind {listen.address}:{listen.https_port}",
+        "    mode tcp",
+        "    tcp-request inspect-delay 5s",
         "    tcp-request content accept if { req.ssl_hello_type 1 }",
     ]
-    lines += [f"    use_backend {r.backend}_https if {{ req.ssl_sni -i {' '.join(r.names)} }}"
-              for r in routes]
+    lines += [
+        f"    use_backend {r.backend}_https if {{ req.ssl_sni -i {' '.join(r.names)} }}"
+        for r in routes
+    ]
     for r in routes:
-        lines += [f"backend {r.backend}_http", "    mode http", f"    server guest {r.guest_ip}:80",
-                  f"backend {r.backend}_https", "    mode tcp",
-                  f"    server guest {r.guest_ip}:443"]
+        lines += [
+            f"backend {r.backend}_http",
+            "    mode http",
+            f"    server guest {r.guest_ip}:80",
+            f"backend {r.backend}_https",
+            "    mode tcp",
+            f"    server guest {r.guest_ip}:443",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -146,8 +164,14 @@ class Proxy:
 
     def _run(self, argv: list[str]) -> subprocess.CompletedProcess[str]:
         try:
-            return subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT,
-                                  check=False, stdin=subprocess.DEVNULL)
+            return subprocess.run(
+                argv,
+                capture_output=True,
+                text=True,
+                timeout=TIMEOUT,
+                check=False,
+                stdin=subprocess.DEVNULL,
+            )
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise FirewallError(f"cannot run {argv[0]}: {exc}") from None
 

@@ -46,8 +46,10 @@ def dns_name(value: str, what: str = "name") -> str:
     """A fully qualified DNS name of two labels or more, lower-cased, at most 253 characters."""
     name = (value or "").strip().lower().removesuffix(".")
     if len(name) > 253 or not _DNS_NAME.match(name) or name.rsplit(".", 1)[-1].isdigit():
-        raise InvalidInput(f"{what} {value!r} is not a valid DNS name (labels of letters, "
-                           "digits and inner hyphens, joined by dots)")
+        raise InvalidInput(
+            f"{what} {value!r} is not a valid DNS name (labels of letters, "
+            "digits and inner hyphens, joined by dots)"
+        )
     return name
 
 
@@ -141,7 +143,9 @@ _BRIDGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
 def bridge_name(value: str) -> str:
     """A Linux interface name: at most 15 characters, no slashes or spaces."""
     if not _BRIDGE.match(value or ""):
-        raise InvalidInput(f"bridge name {value!r} is not a valid interface name (at most 15 characters)")
+        raise InvalidInput(
+            f"bridge name {value!r} is not a valid interface name (at most 15 characters)"
+        )
     return value
 
 

@@ -9,6 +9,7 @@ are used up, rolls it back.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -75,8 +76,12 @@ class Worker:
                 ran += self.tick()
                 backoff = 1.0
             except (OperationalError, DBAPIError) as exc:
-                log.warning("worker %s: database unavailable (%s); retrying in %.0f s",
-                            self.name, str(exc).splitlines()[0], backoff)
+                log.warning(
+                    "worker %s: database unavailable (%s); retrying in %.0f s",
+                    self.name,
+                    str(exc).splitlines()[0],
+                    backoff,
+                )
                 self.stopping.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
         self._goodbye()
@@ -132,8 +137,6 @@ class Worker:
     def _goodbye(self) -> None:
         for watch in self._watches:
             watch.close()
-        try:
+        with contextlib.suppress(OperationalError, DBAPIError):
             jobs.worker_gone(self.ctx, self.name)
-        except (OperationalError, DBAPIError):
-            pass
         log.info("worker %s stopped", self.name)

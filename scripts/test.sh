@@ -10,7 +10,8 @@ export KVMVPS_TEST_POSTGRES_URL
 export KVMVPS_REQUIRE_LIBVIRT=1 KVMVPS_REQUIRE_POSTGRES=1
 echo "==> vagrant validate" >&2
 (cd vagrant && VAGRANT_CHECKPOINT_DISABLE=1 vagrant validate)
-echo "==> ruff (lint, including S507: no AutoAddPolicy)" >&2
+echo "==> ruff (lint, including S507: no AutoAddPolicy; format)" >&2
 .venv/bin/ruff check kvmvps web tests bench
+.venv/bin/ruff format --check kvmvps web tests bench
 echo "==> pytest" >&2
 exec .venv/bin/python -m pytest -v --timeout=1800 -p no:cacheprovider "$@"

@@ -19,7 +19,7 @@ from kvmvps.services import Context, inventory
 from tests.snapshots import snapshot
 
 
-def run_cli(ctx: Context, *args: str, extra_env: dict[str, str] | None = None):  # noqa: ANN201
+def run_cli(ctx: Context, *args: str, extra_env: dict[str, str] | None = None):
     """Run kvmvps-admin in-process against ``ctx``'s installation; click's Result."""
     env = {**_env_of(ctx), **(extra_env or {})}
     return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
@@ -43,7 +43,7 @@ def _env_of(ctx: Context) -> dict[str, str]:
     }
 
 
-def assert_one_line_error(result, code: int, *fragments: str) -> None:  # noqa: ANN001
+def assert_one_line_error(result, code: int, *fragments: str) -> None:
     err = result.stderr
     assert result.exit_code == code, (result.exit_code, result.stdout, err)
     assert "Traceback" not in err and "Traceback" not in result.stdout
@@ -52,10 +52,22 @@ def assert_one_line_error(result, code: int, *fragments: str) -> None:  # noqa: 
         assert fragment in err, err
 
 
-def create_args(plan: str = "small", image: str = "base", hostname: str = "web1",
-                *extra: str) -> list[str]:
-    return ["vps", "create", "--plan", plan, "--image", image, "--hostname", hostname,
-            "--wait", "--json", *extra]
+def create_args(
+    plan: str = "small", image: str = "base", hostname: str = "web1", *extra: str
+) -> list[str]:
+    return [
+        "vps",
+        "create",
+        "--plan",
+        plan,
+        "--image",
+        image,
+        "--hostname",
+        hostname,
+        "--wait",
+        "--json",
+        *extra,
+    ]
 
 
 # Each case: (name, setup(ctx, tmp) -> cli args, exit code, message fragment)
@@ -65,8 +77,15 @@ Case = tuple[str, Callable[[Context, Path], list[str]], int, str]
 def _pool_full(ctx: Context, tmp: Path) -> list[str]:
     base = ctx.settings.network_subnet.rsplit(".", 2)[0]  # e.g. "10.231"
     name = f"tiny{os.getpid()}"  # libvirt network names are machine-wide
-    inventory.add_network(ctx, name, "nat", f"{base}.250.0/29", bridge=f"{name}0"[:15],
-                          pool_start=f"{base}.250.2", pool_end=f"{base}.250.2")
+    inventory.add_network(
+        ctx,
+        name,
+        "nat",
+        f"{base}.250.0/29",
+        bridge=f"{name}0"[:15],
+        pool_start=f"{base}.250.2",
+        pool_end=f"{base}.250.2",
+    )
     first = run_cli(ctx, *create_args("small", "base", "fill", "--network", name))
     assert first.exit_code == 0, first.stderr
     return create_args("small", "base", "web1", "--network", name)
@@ -90,8 +109,10 @@ def _missing_base(ctx: Context, tmp: Path) -> list[str]:
 
 def _raw_base(ctx: Context, tmp: Path) -> list[str]:
     image = _image_path(ctx)
-    subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(image),
-                    str(image) + ".raw"], check=True)
+    subprocess.run(
+        ["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(image), str(image) + ".raw"],
+        check=True,
+    )
     os.replace(str(image) + ".raw", image)
     return create_args()
 
@@ -110,8 +131,12 @@ def _image_path(ctx: Context) -> Path:
 CASES: list[Case] = [
     ("unknown plan", lambda c, t: create_args(plan="nope"), 2, "no plan named 'nope'"),
     ("unknown image", lambda c, t: create_args(image="nope"), 2, "no image named 'nope'"),
-    ("unknown network", lambda c, t: create_args("small", "base", "web1", "--network", "nope"),
-     2, "no network named 'nope'"),
+    (
+        "unknown network",
+        lambda c, t: create_args("small", "base", "web1", "--network", "nope"),
+        2,
+        "no network named 'nope'",
+    ),
     ("bad hostname", lambda c, t: create_args(hostname="web_1;reboot"), 2, "not a valid DNS label"),
     ("long hostname", lambda c, t: create_args(hostname="a" * 64), 2, "not a valid DNS label"),
     ("address pool full", _pool_full, 1, "no free addresses"),

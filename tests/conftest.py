@@ -36,8 +36,13 @@ FRESH_NAME, FRESH_SUBNET = f"kvf{os.getpid()}", f"10.{190 + _SLOT}.1.0/24"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 
-def test_env(state_dir: Path, uri: str = REAL_URI, name: str = TEST_NET,
-             subnet: str = TEST_SUBNET, **extra: str) -> dict[str, str]:
+def test_env(
+    state_dir: Path,
+    uri: str = REAL_URI,
+    name: str = TEST_NET,
+    subnet: str = TEST_SUBNET,
+    **extra: str,
+) -> dict[str, str]:
     """The KVMVPS_* environment of a test installation named ``name``."""
     env = {
         "KVMVPS_STATE_DIR": str(state_dir),
@@ -56,9 +61,9 @@ def test_env(state_dir: Path, uri: str = REAL_URI, name: str = TEST_NET,
 
 def make_state_dir(prefix: str) -> Path:
     TEST_ROOT.mkdir(parents=True, exist_ok=True)
-    os.chmod(TEST_ROOT, 0o755)
+    os.chmod(TEST_ROOT, 0o755)  # noqa: S103 - world-readable on purpose: QEMU (libvirt-qemu) reads it
     path = Path(tempfile.mkdtemp(prefix=prefix, dir=TEST_ROOT))
-    os.chmod(path, 0o755)
+    os.chmod(path, 0o755)  # noqa: S103 - world-readable on purpose: QEMU (libvirt-qemu) reads it
     return path
 
 
@@ -130,7 +135,7 @@ def postgres_url() -> Iterator[str]:
     admin.dispose()
 
 
-def _drop_database(admin, name: str) -> None:  # noqa: ANN001 - an Engine
+def _drop_database(admin, name: str) -> None:
     """Drop a test database; autovacuum may hold it a moment, so retry, then leave it."""
     import time
 
@@ -183,9 +188,16 @@ def fresh_ctx(tiny_image: str, real_ctx: Context) -> Iterator[Context]:
         from kvmvps.models import Image
 
         tiny = inventory.get_by_name(s, Image, tiny_image, "image")
-    inventory.add_image(ctx, "base", tiny.base_path, kernel=tiny.kernel_path,
-                        initrd=tiny.initrd_path, cmdline=tiny.cmdline,
-                        login_user=tiny.login_user, os_family=tiny.os_family)
+    inventory.add_image(
+        ctx,
+        "base",
+        tiny.base_path,
+        kernel=tiny.kernel_path,
+        initrd=tiny.initrd_path,
+        cmdline=tiny.cmdline,
+        login_user=tiny.login_user,
+        os_family=tiny.os_family,
+    )
     inventory.add_plan(ctx, "small", 1, 256, 1)
     yield ctx
     cleanup_installation(ctx)

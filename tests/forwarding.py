@@ -34,7 +34,7 @@ def forwarding_env(ctx: Context) -> dict[str, str]:
     }
 
 
-def cli(ctx: Context, *args: str, **env: str):  # noqa: ANN201
+def cli(ctx: Context, *args: str, **env: str):
     """kvmvps-admin with ``ctx``'s forwarding settings too; click's Result."""
     return run_cli(ctx, *args, extra_env={**forwarding_env(ctx), **env})
 
@@ -71,5 +71,6 @@ def netns_iptables(name: str) -> firewall.Iptables:
 def iptables_save(ipt: firewall.Iptables) -> str:
     """iptables-save without its comments and counters: only the rules."""
     out = ipt.run(["iptables-save"]).stdout
-    return "\n".join(ln for ln in out.splitlines()
-                     if not ln.startswith("#") and not ln.startswith(":"))
+    return "\n".join(
+        ln for ln in out.splitlines() if not ln.startswith("#") and not ln.startswith(":")
+    )

@@ -39,8 +39,9 @@ def account() -> ResponseReturnValue:
     elif request.method == "POST":
         status = 400
     listed = [t for t in tokens.list_tokens(services(), current_user.email) if not t["revoked"]]
-    return render_template("dash/account.html", form=form, tokens=listed, created=created,
-                           revoke=ActionForm()), status
+    return render_template(
+        "dash/account.html", form=form, tokens=listed, created=created, revoke=ActionForm()
+    ), status
 
 
 @bp.post("/account/tokens/<int:token_id>/revoke")

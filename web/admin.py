@@ -37,7 +37,7 @@ def servers() -> ResponseReturnValue:
 
 
 @bp.post("/servers/<id>/<any(suspend, resume):action>")
-def server_action(id: str, action: str) -> ResponseReturnValue:  # noqa: A002 - the URL's name
+def server_action(id: str, action: str) -> ResponseReturnValue:
     ActionForm()  # the CSRF token was checked before the view
     ctx = services()
     vps = web_support.show_vps(ctx, id, None)
@@ -67,8 +67,9 @@ def jobs_page() -> ResponseReturnValue:
 
 @bp.get("/users")
 def users() -> ResponseReturnValue:
-    return render_template("admin/users.html", users=web_support.user_rows(services()),
-                           form=ActionForm())
+    return render_template(
+        "admin/users.html", users=web_support.user_rows(services()), form=ActionForm()
+    )
 
 
 @bp.post("/users/<int:user_id>/<any(disable, enable):change>")

@@ -82,8 +82,14 @@ def _body(allowed: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _json_type(value: object) -> str:
-    return {list: "array", str: "string", bool: "boolean", int: "number", float: "number",
-            type(None): "null"}.get(type(value), "value")
+    return {
+        list: "array",
+        str: "string",
+        bool: "boolean",
+        int: "number",
+        float: "number",
+        type(None): "null",
+    }.get(type(value), "value")
 
 
 def _string(data: dict[str, Any], key: str, errors: dict[str, str]) -> str:
@@ -128,11 +134,15 @@ def create_server() -> ResponseReturnValue:
     found = web_support.check_order(services(), _user().id, plan, image, hostname, keys)
     errors.update({k: str(v) for k, v in found.items() if k not in errors})
     if errors:
-        clash = found and all(isinstance(e, Conflict) for e in found.values()) \
+        clash = (
+            found
+            and all(isinstance(e, Conflict) for e in found.values())
             and set(errors) == set(found)
+        )
         raise FieldErrors(errors, 409 if clash else 400)
-    req = provisioning.OrderRequest(plan=plan, image=image, hostname=hostname,
-                                    owner_email=_user().email, ssh_keys=tuple(keys))
+    req = provisioning.OrderRequest(
+        plan=plan, image=image, hostname=hostname, owner_email=_user().email, ssh_keys=tuple(keys)
+    )
     with audited(_user().actor, "vps.create", hostname.strip().lower()):
         order = web_support.place_order(services(), req, _user().actor)
     shown = web_support.show_vps(services(), order.uuid, None)
@@ -148,20 +158,22 @@ def _accepted(body: dict[str, Any], location: str) -> Response:
 
 
 @bp.get("/servers/<id>")
-def get_server(id: str) -> ResponseReturnValue:  # noqa: A002 - the URL's name
+def get_server(id: str) -> ResponseReturnValue:
     return jsonify(web_support.show_vps(services(), id, _scope()))
 
 
 @bp.delete("/servers/<id>")
-def delete_server(id: str) -> ResponseReturnValue:  # noqa: A002
+def delete_server(id: str) -> ResponseReturnValue:
     vps = web_support.show_vps(services(), id, _scope())
     asked = _ask(vps, "delete", {})
-    return _accepted({"id": vps["id"], "job": asked.job, "action": "delete"},
-                     url_for("api.get_job", job=asked.job))
+    return _accepted(
+        {"id": vps["id"], "job": asked.job, "action": "delete"},
+        url_for("api.get_job", job=asked.job),
+    )
 
 
 @bp.post("/servers/<id>/actions")
-def server_action(id: str) -> ResponseReturnValue:  # noqa: A002
+def server_action(id: str) -> ResponseReturnValue:
     data = _body(ACTION_FIELDS)
     action = data.get("action")
     allowed = CUSTOMER_ACTIONS + (OPERATOR_ACTIONS if _user().is_admin else ())
@@ -186,9 +198,16 @@ def _ask(vps: dict[str, Any], action: str, data: dict[str, Any]) -> actions.Requ
     if errors:
         raise FieldErrors(errors)
     with audited(_user().actor, f"vps.{action}", vps["hostname"]):
-        return actions.request(services(), vps["id"], action, actor=_user().actor,
-                               owner_id=_scope(), image=image, timeout=float(timeout),
-                               force=force)
+        return actions.request(
+            services(),
+            vps["id"],
+            action,
+            actor=_user().actor,
+            owner_id=_scope(),
+            image=image,
+            timeout=float(timeout),
+            force=force,
+        )
 
 
 # -- catalogue and jobs ------------------------------------------------------------
@@ -210,4 +229,3 @@ def get_job(job: str) -> ResponseReturnValue:
 @bp.get("/openapi.json")
 def openapi() -> ResponseReturnValue:
     return jsonify(spec())
-

@@ -60,8 +60,12 @@ def signup() -> ResponseReturnValue:
 
 
 @bp.route("/login", methods=["GET", "POST"])
-@limiter.limit(lambda: current_app.config["LOGIN_LIMIT"], key_func=_login_key, methods=["POST"],
-               deduct_when=lambda response: response.status_code != 302)
+@limiter.limit(
+    lambda: current_app.config["LOGIN_LIMIT"],
+    key_func=_login_key,
+    methods=["POST"],
+    deduct_when=lambda response: response.status_code != 302,
+)
 def login() -> ResponseReturnValue:
     if current_user.is_authenticated:
         return redirect(url_for("dashboard.servers"))
@@ -72,9 +76,14 @@ def login() -> ResponseReturnValue:
         if user is not None:
             _start_session(WebUser.of(user))
             return redirect(safe_next(request.args.get("next")) or url_for("dashboard.servers"))
-        audit.record(services(), "web:" + get_remote_address(), "user.login",
-                     form.email.data.strip().lower()[:254], audit.FAILED,
-                     "wrong e-mail or password, or the account is disabled")
+        audit.record(
+            services(),
+            "web:" + get_remote_address(),
+            "user.login",
+            form.email.data.strip().lower()[:254],
+            audit.FAILED,
+            "wrong e-mail or password, or the account is disabled",
+        )
         form.password.errors.append("wrong e-mail or password")
         status = 401
     elif request.method == "POST":

@@ -42,8 +42,9 @@ class WebUser(UserMixin):
 
     @classmethod
     def of(cls, user: User) -> WebUser:
-        return cls(id=user.id, email=user.email, is_admin=bool(user.is_admin),
-                   active=bool(user.is_active))
+        return cls(
+            id=user.id, email=user.email, is_admin=bool(user.is_admin), active=bool(user.is_active)
+        )
 
     @property
     def is_active(self) -> bool:  # type: ignore[override]

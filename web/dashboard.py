@@ -34,8 +34,12 @@ bp = Blueprint("dashboard", __name__)
 CUSTOMER_ACTIONS = ("start", "shutdown", "reboot", "reinstall", "password_reset", "delete")
 CONFIRM = ("reinstall", "password_reset", "delete")
 ACTION_LABELS = {
-    "start": "Start", "shutdown": "Shut down", "reboot": "Reboot",
-    "reinstall": "Reinstall", "password_reset": "Reset password", "delete": "Delete",
+    "start": "Start",
+    "shutdown": "Shut down",
+    "reboot": "Reboot",
+    "reinstall": "Reinstall",
+    "password_reset": "Reset password",
+    "delete": "Delete",
 }
 STEP_LABELS = {
     "clone": "Creating the disk",
@@ -49,8 +53,10 @@ STEP_LABELS = {
     "host-key": "Reading the SSH host key",
     "credentials": "Setting up your login",
 }
-STEPS = [(step.name, STEP_LABELS.get(step.name, step.name.replace("-", " ").capitalize()))
-         for step in provisioning.STEPS]
+STEPS = [
+    (step.name, STEP_LABELS.get(step.name, step.name.replace("-", " ").capitalize()))
+    for step in provisioning.STEPS
+]
 SHUTDOWN_GRACE = 60.0
 
 
@@ -88,9 +94,21 @@ def servers_state() -> ResponseReturnValue:
     ctx = services()
     rows = web_support.list_vps_of(ctx, current_user.id)
     busy = web_support.active_jobs(ctx, [r["id"] for r in rows])
-    return jsonify({"servers": [
-        {"id": r["id"], "hostname": r["hostname"], "state": r["state"], "ip": r["ip"],
-         "error": r["error"], "job": _job_brief(busy.get(r["id"]))} for r in rows]})
+    return jsonify(
+        {
+            "servers": [
+                {
+                    "id": r["id"],
+                    "hostname": r["hostname"],
+                    "state": r["state"],
+                    "ip": r["ip"],
+                    "error": r["error"],
+                    "job": _job_brief(busy.get(r["id"])),
+                }
+                for r in rows
+            ]
+        }
+    )
 
 
 def _job_brief(job: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -109,23 +127,33 @@ def order() -> ResponseReturnValue:
         return render_template("dash/order.html", form=form, plans=plans, images=images)
     status, problem = 400, None
     if form.validate_on_submit():
-        errors = web_support.check_order(services(), current_user.id, form.plan.data or "",
-                                         form.image.data or "", form.hostname.data or "",
-                                         form.ssh_keys.data or "")
+        errors = web_support.check_order(
+            services(),
+            current_user.id,
+            form.plan.data or "",
+            form.image.data or "",
+            form.hostname.data or "",
+            form.ssh_keys.data or "",
+        )
         attach(form, errors)
         if not errors:
             try:
                 return _record(form)
             except KvmvpsError as exc:
                 status, problem = status_for(exc), str(exc)
-    return render_template("dash/order.html", form=form, plans=plans, images=images,
-                           problem=problem), status
+    return render_template(
+        "dash/order.html", form=form, plans=plans, images=images, problem=problem
+    ), status
 
 
 def _record(form: OrderForm) -> ResponseReturnValue:
     req = provisioning.OrderRequest(
-        plan=form.plan.data, image=form.image.data, hostname=form.hostname.data,
-        owner_email=current_user.email, ssh_keys=tuple((form.ssh_keys.data or "").splitlines()))
+        plan=form.plan.data,
+        image=form.image.data,
+        hostname=form.hostname.data,
+        owner_email=current_user.email,
+        ssh_keys=tuple((form.ssh_keys.data or "").splitlines()),
+    )
     with audited(current_user.actor, "vps.create", form.hostname.data.strip().lower()):
         placed = web_support.place_order(services(), req, current_user.actor)
     keep_password(placed.uuid, placed.password)
@@ -134,15 +162,22 @@ def _record(form: OrderForm) -> ResponseReturnValue:
 
 # -- one server ------------------------------------------------------------------
 @bp.get("/servers/<id>")
-def server(id: str) -> ResponseReturnValue:  # noqa: A002 - the URL's name
+def server(id: str) -> ResponseReturnValue:
     vps = _own(id)
     job = web_support.active_jobs(services(), [vps["id"]]).get(vps["id"])
-    return render_template("dash/server.html", vps=vps, job=job, form=ActionForm(),
-                           labels=ACTION_LABELS, actions=CUSTOMER_ACTIONS, confirm=CONFIRM)
+    return render_template(
+        "dash/server.html",
+        vps=vps,
+        job=job,
+        form=ActionForm(),
+        labels=ACTION_LABELS,
+        actions=CUSTOMER_ACTIONS,
+        confirm=CONFIRM,
+    )
 
 
 @bp.get("/servers/<id>/credentials")
-def credentials(id: str) -> ResponseReturnValue:  # noqa: A002
+def credentials(id: str) -> ResponseReturnValue:
     """Address, SSH details and host key; a new password exactly once."""
     ctx = services()
     vps = _own(id)
@@ -157,12 +192,18 @@ def credentials(id: str) -> ResponseReturnValue:  # noqa: A002
     elif vps["state"] == VpsState.ERROR or failed is not None:
         drop_password(vps["id"])  # never show a password that was not set
     image = next((i for i in web_support.catalogue_images(ctx) if i["name"] == vps["image"]), {})
-    return render_template("dash/credentials.html", vps=vps, password=password, job=job,
-                           failed=failed, takes_password=image.get("credentials", True))
+    return render_template(
+        "dash/credentials.html",
+        vps=vps,
+        password=password,
+        job=job,
+        failed=failed,
+        takes_password=image.get("credentials", True),
+    )
 
 
 @bp.route("/servers/<id>/actions/<action>", methods=["GET", "POST"])
-def action(id: str, action: str) -> ResponseReturnValue:  # noqa: A002
+def action(id: str, action: str) -> ResponseReturnValue:
     if action not in CUSTOMER_ACTIONS:
         abort(404)
     vps = _own(id)
@@ -185,16 +226,29 @@ def _confirm(vps: dict[str, Any], action: str) -> ResponseReturnValue:
             return _request(vps, action, form.image.data if action == "reinstall" else None)
         form.hostname.errors.append(f"type {vps['hostname']} to confirm")
     status = 400 if request.method == "POST" else 200
-    return render_template("dash/confirm.html", vps=vps, action=action, form=form,
-                           images=images, label=ACTION_LABELS[action]), status
+    return render_template(
+        "dash/confirm.html",
+        vps=vps,
+        action=action,
+        form=form,
+        images=images,
+        label=ACTION_LABELS[action],
+    ), status
 
 
 def _request(vps: dict[str, Any], action: str, image: str | None) -> ResponseReturnValue:
     try:
         with audited(current_user.actor, f"vps.{action}", vps["hostname"]):
-            asked = actions.request(services(), vps["id"], action, actor=current_user.actor,
-                                    owner_id=current_user.id, image=image or None,
-                                    timeout=SHUTDOWN_GRACE, force=True)
+            asked = actions.request(
+                services(),
+                vps["id"],
+                action,
+                actor=current_user.actor,
+                owner_id=current_user.id,
+                image=image or None,
+                timeout=SHUTDOWN_GRACE,
+                force=True,
+            )
     except KvmvpsError as exc:
         flash(str(exc), "error")
         return redirect(url_for("dashboard.server", id=vps["id"]))
@@ -223,8 +277,14 @@ def job(job: str) -> ResponseReturnValue:
         vps = None  # deleted since
     steps = STEPS if view["kind"] in BUILD_KINDS else []
     reveals = view["kind"] in (*BUILD_KINDS, "password_reset")
-    return render_template("dash/progress.html", job=view, vps=vps, steps=steps,
-                           reveals=reveals, label=ACTION_LABELS.get(view["kind"], "Build"))
+    return render_template(
+        "dash/progress.html",
+        job=view,
+        vps=vps,
+        steps=steps,
+        reveals=reveals,
+        label=ACTION_LABELS.get(view["kind"], "Build"),
+    )
 
 
 @bp.get("/jobs/<job>/status.json")

@@ -7,10 +7,16 @@ from flask import Flask, current_app
 from kvmvps.services.actions import ALLOWED
 
 STATE_CLASS = {
-    "running": "ok", "succeeded": "ok",
-    "queued": "wait", "building": "wait", "deleting": "wait", "running_job": "wait",
-    "stopped": "off", "suspended": "warn",
-    "error": "bad", "failed": "bad",
+    "running": "ok",
+    "succeeded": "ok",
+    "queued": "wait",
+    "building": "wait",
+    "deleting": "wait",
+    "running_job": "wait",
+    "stopped": "off",
+    "suspended": "warn",
+    "error": "bad",
+    "failed": "bad",
 }
 
 

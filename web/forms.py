@@ -20,12 +20,24 @@ MAX_EMAIL = 254
 
 class SignupForm(FlaskForm):
     email = StringField("E-mail", validators=[DataRequired(), Length(max=MAX_EMAIL)])
-    password = PasswordField("Password", validators=[
-        DataRequired(), Length(min=MIN_PASSWORD, max=MAX_PASSWORD, message=(
-            f"the password must be at least {MIN_PASSWORD} and at most {MAX_PASSWORD} "
-            "characters long"))])
-    confirm = PasswordField("Repeat the password", validators=[
-        DataRequired(), EqualTo("password", message="the passwords do not match")])
+    password = PasswordField(
+        "Password",
+        validators=[
+            DataRequired(),
+            Length(
+                min=MIN_PASSWORD,
+                max=MAX_PASSWORD,
+                message=(
+                    f"the password must be at least {MIN_PASSWORD} and at most {MAX_PASSWORD} "
+                    "characters long"
+                ),
+            ),
+        ],
+    )
+    confirm = PasswordField(
+        "Repeat the password",
+        validators=[DataRequired(), EqualTo("password", message="the passwords do not match")],
+    )
 
 
 class LoginForm(FlaskForm):
@@ -38,15 +50,18 @@ class OrderForm(FlaskForm):
     plan = RadioField("Plan", validate_choice=False)
     image = RadioField("Operating system", validate_choice=False)
     hostname = StringField("Hostname", validators=[DataRequired(), Length(max=MAX_NAME)])
-    ssh_keys = TextAreaField("SSH public keys (optional, one per line)",
-                             validators=[Optional(), Length(max=MAX_SSH_KEYS_TEXT)])
+    ssh_keys = TextAreaField(
+        "SSH public keys (optional, one per line)",
+        validators=[Optional(), Length(max=MAX_SSH_KEYS_TEXT)],
+    )
 
 
 class ConfirmForm(FlaskForm):
     """Confirms a destructive action by typing the VPS's hostname."""
 
-    hostname = StringField("Type the hostname to confirm",
-                           validators=[DataRequired(), Length(max=MAX_NAME)])
+    hostname = StringField(
+        "Type the hostname to confirm", validators=[DataRequired(), Length(max=MAX_NAME)]
+    )
     image = RadioField("Operating system", validate_choice=False, validators=[Optional()])
 
 

@@ -10,8 +10,12 @@ from typing import Any
 
 from kvmvps.services.jobs import KINDS
 
-STR, INT, BOOL, NUM = ({"type": "string"}, {"type": "integer"}, {"type": "boolean"},
-                      {"type": "number"})
+STR, INT, BOOL, NUM = (
+    {"type": "string"},
+    {"type": "integer"},
+    {"type": "boolean"},
+    {"type": "number"},
+)
 
 
 def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
@@ -29,71 +33,187 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 SERVER = {
     "type": "object",
     "properties": {
-        "id": {**STR, "format": "uuid"}, "hostname": STR,
-        "state": {**STR, "enum": ["queued", "building", "running", "stopped", "suspended",
-                                "error", "deleting"]},
-        "ip": _nullable(STR), "mac": _nullable(STR), "domain": STR, "host": STR, "plan": STR,
-        "image": STR, "network": STR, "owner": {**STR, "format": "email"}, "vcpus": INT,
-        "memory_mib": INT, "disk_gib": INT, "pinned_cpus": {"type": "array", "items": INT},
-        "ssh_host": _nullable(STR), "ssh_port": _nullable(INT), "username": _nullable(STR),
-        "host_key_fingerprint": _nullable(STR), "error": _nullable(STR),
+        "id": {**STR, "format": "uuid"},
+        "hostname": STR,
+        "state": {
+            **STR,
+            "enum": ["queued", "building", "running", "stopped", "suspended", "error", "deleting"],
+        },
+        "ip": _nullable(STR),
+        "mac": _nullable(STR),
+        "domain": STR,
+        "host": STR,
+        "plan": STR,
+        "image": STR,
+        "network": STR,
+        "owner": {**STR, "format": "email"},
+        "vcpus": INT,
+        "memory_mib": INT,
+        "disk_gib": INT,
+        "pinned_cpus": {"type": "array", "items": INT},
+        "ssh_host": _nullable(STR),
+        "ssh_port": _nullable(INT),
+        "username": _nullable(STR),
+        "host_key_fingerprint": _nullable(STR),
+        "error": _nullable(STR),
         "expires_at": _nullable({**STR, "format": "date-time"}),
-        "created_at": {**STR, "format": "date-time"}, "updated_at": {**STR, "format": "date-time"},
+        "created_at": {**STR, "format": "date-time"},
+        "updated_at": {**STR, "format": "date-time"},
     },
 }
 SERVER["required"] = list(SERVER["properties"])
 
 SCHEMAS: dict[str, Any] = {
-    "Error": {"type": "object", "required": ["error"], "properties": {
-        "error": STR,
-        "fields": {"type": "object", "additionalProperties": STR,
-                   "description": "Per-field messages, when fields of the body are wrong."}}},
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": STR,
+            "fields": {
+                "type": "object",
+                "additionalProperties": STR,
+                "description": "Per-field messages, when fields of the body are wrong.",
+            },
+        },
+    },
     "Server": SERVER,
-    "ServerList": {"type": "object", "properties": {
-        "servers": {"type": "array", "items": _ref("Server")}}},
-    "OrderRequest": {"type": "object", "required": ["plan", "image", "hostname"],
-                     "additionalProperties": False, "properties": {
-        "plan": STR, "image": STR,
-        "hostname": {**STR, "maxLength": 63, "description": "A DNS label, unique per customer."},
-        "ssh_keys": {"type": "array", "maxItems": 20, "items": STR,
-                     "description": "OpenSSH public key lines."}}},
-    "ServerCreated": {"allOf": [_ref("Server"), {"type": "object",
-                                                 "required": ["job", "password"], "properties": {
-        "job": {**STR, "format": "uuid"},
-        "password": _nullable({**STR, "description": "Shown this once; null for images that "
-                                                   "take no password."})}}]},
-    "ActionRequest": {"type": "object", "required": ["action"], "additionalProperties": False,
-                      "properties": {
-        "action": {**STR, "enum": ["start", "shutdown", "reboot", "destroy", "reinstall",
-                                 "password_reset", "suspend", "resume"],
-                   "description": "suspend and resume are for operators."},
-        "image": {**STR, "description": "reinstall: another image (default: the same)."},
-        "timeout": {**NUM, "default": 60, "description": "shutdown: seconds to wait."},
-        "force": {**BOOL, "default": False,
-                  "description": "shutdown: power off after the timeout."}}},
-    "ActionAccepted": {"type": "object", "required": ["id", "job", "action"], "properties": {
-        "id": {**STR, "format": "uuid"}, "job": {**STR, "format": "uuid"}, "action": STR,
-        "password": _nullable({**STR, "description": "reinstall and password_reset: the new "
-                                                   "password, shown this once."})}},
-    "Plan": {"type": "object", "properties": {
-        "name": STR, "vcpus": INT, "memory_mib": INT, "disk_gib": INT, "price_cents": INT,
-        "network": _nullable(STR)}},
-    "Image": {"type": "object", "properties": {
-        "name": STR, "os_family": STR, "login_user": STR, "virtual_size_gib": NUM,
-        "credentials": {**BOOL, "description": "Whether kvmvps sets a password for the login."}}},
-    "Job": {"type": "object", "properties": {
-        "id": {**STR, "format": "uuid"}, "kind": {**STR, "enum": list(KINDS)},
-        "vps": _nullable(STR),
-        "state": {**STR, "enum": ["queued", "running", "succeeded", "failed"]},
-        "step": _nullable(STR), "progress": {**INT, "minimum": 0, "maximum": 100}, "attempts": INT,
-        "error": _nullable(STR), "actor": STR, "worker": _nullable(STR),
-        "created_at": _nullable(STR), "started_at": _nullable(STR), "finished_at": _nullable(STR)}},
+    "ServerList": {
+        "type": "object",
+        "properties": {"servers": {"type": "array", "items": _ref("Server")}},
+    },
+    "OrderRequest": {
+        "type": "object",
+        "required": ["plan", "image", "hostname"],
+        "additionalProperties": False,
+        "properties": {
+            "plan": STR,
+            "image": STR,
+            "hostname": {
+                **STR,
+                "maxLength": 63,
+                "description": "A DNS label, unique per customer.",
+            },
+            "ssh_keys": {
+                "type": "array",
+                "maxItems": 20,
+                "items": STR,
+                "description": "OpenSSH public key lines.",
+            },
+        },
+    },
+    "ServerCreated": {
+        "allOf": [
+            _ref("Server"),
+            {
+                "type": "object",
+                "required": ["job", "password"],
+                "properties": {
+                    "job": {**STR, "format": "uuid"},
+                    "password": _nullable(
+                        {
+                            **STR,
+                            "description": "Shown this once; null for images that "
+                            "take no password.",
+                        }
+                    ),
+                },
+            },
+        ]
+    },
+    "ActionRequest": {
+        "type": "object",
+        "required": ["action"],
+        "additionalProperties": False,
+        "properties": {
+            "action": {
+                **STR,
+                "enum": [
+                    "start",
+                    "shutdown",
+                    "reboot",
+                    "destroy",
+                    "reinstall",
+                    "password_reset",
+                    "suspend",
+                    "resume",
+                ],
+                "description": "suspend and resume are for operators.",
+            },
+            "image": {**STR, "description": "reinstall: another image (default: the same)."},
+            "timeout": {**NUM, "default": 60, "description": "shutdown: seconds to wait."},
+            "force": {
+                **BOOL,
+                "default": False,
+                "description": "shutdown: power off after the timeout.",
+            },
+        },
+    },
+    "ActionAccepted": {
+        "type": "object",
+        "required": ["id", "job", "action"],
+        "properties": {
+            "id": {**STR, "format": "uuid"},
+            "job": {**STR, "format": "uuid"},
+            "action": STR,
+            "password": _nullable(
+                {
+                    **STR,
+                    "description": "reinstall and password_reset: the new "
+                    "password, shown this once.",
+                }
+            ),
+        },
+    },
+    "Plan": {
+        "type": "object",
+        "properties": {
+            "name": STR,
+            "vcpus": INT,
+            "memory_mib": INT,
+            "disk_gib": INT,
+            "price_cents": INT,
+            "network": _nullable(STR),
+        },
+    },
+    "Image": {
+        "type": "object",
+        "properties": {
+            "name": STR,
+            "os_family": STR,
+            "login_user": STR,
+            "virtual_size_gib": NUM,
+            "credentials": {**BOOL, "description": "Whether kvmvps sets a password for the login."},
+        },
+    },
+    "Job": {
+        "type": "object",
+        "properties": {
+            "id": {**STR, "format": "uuid"},
+            "kind": {**STR, "enum": list(KINDS)},
+            "vps": _nullable(STR),
+            "state": {**STR, "enum": ["queued", "running", "succeeded", "failed"]},
+            "step": _nullable(STR),
+            "progress": {**INT, "minimum": 0, "maximum": 100},
+            "attempts": INT,
+            "error": _nullable(STR),
+            "actor": STR,
+            "worker": _nullable(STR),
+            "created_at": _nullable(STR),
+            "started_at": _nullable(STR),
+            "finished_at": _nullable(STR),
+        },
+    },
 }
 
 ERR = _ref("Error")
 COMMON = {"401": _json(ERR, "No, or a bad, bearer token.")}
-SERVER_ID = {"name": "id", "in": "path", "required": True, "schema": STR,
-             "description": "A server id, a unique id prefix, or a hostname."}
+SERVER_ID = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "schema": STR,
+    "description": "A server id, a unique id prefix, or a hostname.",
+}
 
 
 def _op(summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -105,47 +225,102 @@ def _paths() -> dict[str, Any]:
     body = {"400": _json(ERR, "The body is not a JSON object, or has bad fields.")}
     return {
         "/servers": {
-            "get": _op("Your servers (every server with all=1, operators only)", {
-                "200": _json(_ref("ServerList"), "The servers."),
-                "403": _json(ERR, "all=1 asked by a customer.")},
-                parameters=[{"name": "all", "in": "query", "schema": {**STR, "enum": ["1"]}}]),
-            "post": _op("Order a server; it is built in the background", {
-                "202": _json(_ref("ServerCreated"), "Recorded; poll the job."), **body,
-                "409": _json(ERR, "You already have a server with that hostname."),
-                "503": _json(ERR, "No capacity left.")},
-                requestBody={"required": True, "content": {
-                    "application/json": {"schema": _ref("OrderRequest")}}}),
+            "get": _op(
+                "Your servers (every server with all=1, operators only)",
+                {
+                    "200": _json(_ref("ServerList"), "The servers."),
+                    "403": _json(ERR, "all=1 asked by a customer."),
+                },
+                parameters=[{"name": "all", "in": "query", "schema": {**STR, "enum": ["1"]}}],
+            ),
+            "post": _op(
+                "Order a server; it is built in the background",
+                {
+                    "202": _json(_ref("ServerCreated"), "Recorded; poll the job."),
+                    **body,
+                    "409": _json(ERR, "You already have a server with that hostname."),
+                    "503": _json(ERR, "No capacity left."),
+                },
+                requestBody={
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("OrderRequest")}},
+                },
+            ),
         },
         "/servers/{id}": {
             "parameters": [SERVER_ID],
-            "get": _op("One server (never its password)", {
-                "200": _json(_ref("Server"), "The server."), **not_found}),
-            "delete": _op("Delete a server", {
-                "202": _json(_ref("ActionAccepted"), "Deletion queued."), **not_found,
-                "409": _json(ERR, "Not possible in its state.")}),
+            "get": _op(
+                "One server (never its password)",
+                {"200": _json(_ref("Server"), "The server."), **not_found},
+            ),
+            "delete": _op(
+                "Delete a server",
+                {
+                    "202": _json(_ref("ActionAccepted"), "Deletion queued."),
+                    **not_found,
+                    "409": _json(ERR, "Not possible in its state."),
+                },
+            ),
         },
         "/servers/{id}/actions": {
             "parameters": [SERVER_ID],
-            "post": _op("Queue a power or maintenance action", {
-                "202": _json(_ref("ActionAccepted"), "Queued; poll the job."), **body,
-                "403": _json(ERR, "suspend/resume asked by a customer."), **not_found,
-                "409": _json(ERR, "Not possible in its state.")},
-                requestBody={"required": True, "content": {
-                    "application/json": {"schema": _ref("ActionRequest")}}}),
+            "post": _op(
+                "Queue a power or maintenance action",
+                {
+                    "202": _json(_ref("ActionAccepted"), "Queued; poll the job."),
+                    **body,
+                    "403": _json(ERR, "suspend/resume asked by a customer."),
+                    **not_found,
+                    "409": _json(ERR, "Not possible in its state."),
+                },
+                requestBody={
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("ActionRequest")}},
+                },
+            ),
         },
-        "/plans": {"get": _op("The plans on sale", {"200": _json(
-            {"type": "object", "properties": {"plans": {"type": "array",
-                                                         "items": _ref("Plan")}}}, "Plans.")})},
-        "/images": {"get": _op("The operating system images", {"200": _json(
-            {"type": "object", "properties": {"images": {"type": "array",
-                                                          "items": _ref("Image")}}}, "Images.")})},
-        "/jobs/{job}": {"parameters": [{**SERVER_ID, "name": "job",
-                                        "description": "A job id or id prefix."}],
-                       "get": _op("A job of yours: state, step, progress, error", {
-                           "200": _json(_ref("Job"), "The job."),
-                           "404": _json(ERR, "No such job of yours.")})},
-        "/openapi.json": {"get": {"summary": "This document", "security": [],
-                                  "responses": {"200": {"description": "OpenAPI 3 JSON."}}}},
+        "/plans": {
+            "get": _op(
+                "The plans on sale",
+                {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {"plans": {"type": "array", "items": _ref("Plan")}},
+                        },
+                        "Plans.",
+                    )
+                },
+            )
+        },
+        "/images": {
+            "get": _op(
+                "The operating system images",
+                {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {"images": {"type": "array", "items": _ref("Image")}},
+                        },
+                        "Images.",
+                    )
+                },
+            )
+        },
+        "/jobs/{job}": {
+            "parameters": [{**SERVER_ID, "name": "job", "description": "A job id or id prefix."}],
+            "get": _op(
+                "A job of yours: state, step, progress, error",
+                {"200": _json(_ref("Job"), "The job."), "404": _json(ERR, "No such job of yours.")},
+            ),
+        },
+        "/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "security": [],
+                "responses": {"200": {"description": "OpenAPI 3 JSON."}},
+            }
+        },
     }
 
 
@@ -153,15 +328,20 @@ def spec() -> dict[str, Any]:
     """The whole document."""
     return {
         "openapi": "3.0.3",
-        "info": {"title": "kvmvps API", "version": "1.0.0",
-                 "description": "Order and manage virtual private servers. Every call but "
-                                "this document needs 'Authorization: Bearer <token>' (make "
-                                "tokens on the website's Account page). Errors are "
-                                "{\"error\": message}. Orders and actions answer 202 with "
-                                "a job to poll at /jobs/{job}."},
+        "info": {
+            "title": "kvmvps API",
+            "version": "1.0.0",
+            "description": "Order and manage virtual private servers. Every call but "
+            "this document needs 'Authorization: Bearer <token>' (make "
+            "tokens on the website's Account page). Errors are "
+            '{"error": message}. Orders and actions answer 202 with '
+            "a job to poll at /jobs/{job}.",
+        },
         "servers": [{"url": "/api/v1"}],
         "security": [{"bearer": []}],
-        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-                       "schemas": SCHEMAS},
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": SCHEMAS,
+        },
         "paths": _paths(),
     }

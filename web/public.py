@@ -16,8 +16,9 @@ bp = Blueprint("public", __name__)
 def index() -> ResponseReturnValue:
     """Front page: what can be ordered."""
     ctx = services()
-    return render_template("public/index.html", plans=views.plan_views(ctx),
-                           images=web_support.catalogue_images(ctx))
+    return render_template(
+        "public/index.html", plans=views.plan_views(ctx), images=web_support.catalogue_images(ctx)
+    )
 
 
 @bp.get("/healthz")

@@ -49,8 +49,9 @@ def _ask_password() -> str:
 @click.option("--no-password", is_flag=True, help="No password: API tokens only.")
 @json_option
 @pass_obj
-def user_add(obj: Obj, email: str, admin: bool, password: str | None, no_password: bool,
-             as_json: bool) -> None:
+def user_add(
+    obj: Obj, email: str, admin: bool, password: str | None, no_password: bool, as_json: bool
+) -> None:
     """Add a user; the password must be at least 10 characters."""
     if password is not None and no_password:
         raise click.UsageError("give --password or --no-password, not both")
@@ -78,9 +79,14 @@ def user_disable(obj: Obj, email: str) -> None:
     click.echo(f"user {email} disabled; {revoked} API token(s) revoked")
 
 
-simple_command(user_group, "enable", users.enable_user, "user {} enabled",
-               "Let a disabled user log in again (revoked tokens stay revoked).",
-               argument="email")
+simple_command(
+    user_group,
+    "enable",
+    users.enable_user,
+    "user {} enabled",
+    "Let a disabled user log in again (revoked tokens stay revoked).",
+    argument="email",
+)
 
 
 @user_group.command("password")
@@ -148,8 +154,9 @@ def token_revoke(obj: Obj, token_id: int) -> None:
 @click.option("--target", help="Only entries about this object.")
 @json_option
 @pass_obj
-def audit_cmd(obj: Obj, limit: int, actor: str | None, action: str | None,
-              target: str | None, as_json: bool) -> None:
+def audit_cmd(
+    obj: Obj, limit: int, actor: str | None, action: str | None, target: str | None, as_json: bool
+) -> None:
     """Show the audit log, newest first.
 
     \b
@@ -213,8 +220,9 @@ def host_show(obj: Obj, name: str, as_json: bool) -> None:
 @click.option("--clear", is_flag=True, help="Use KVMVPS_PUBLIC_ADDRESS again.")
 @json_option
 @pass_obj
-def host_public_address(obj: Obj, name: str, address: str | None, clear: bool,
-                        as_json: bool) -> None:
+def host_public_address(
+    obj: Obj, name: str, address: str | None, clear: bool, as_json: bool
+) -> None:
     """Set the host's public IPv4 for port forwards (overrides KVMVPS_PUBLIC_ADDRESS)."""
     if clear == (address is not None):
         raise click.UsageError("give an ADDRESS or --clear")
@@ -222,12 +230,23 @@ def host_public_address(obj: Obj, name: str, address: str | None, clear: bool,
     emit_json(view) if as_json else record(view, hosts.SHOW_KEYS)
 
 
-simple_command(host_group, "remove", hosts.remove_host, "host {} removed",
-               "Forget a host that carries no VPS (nothing on the host is deleted).")
-simple_command(host_group, "disable", hosts.disable_host, "host {} disabled",
-               "Place no new VPSes on a host; those it carries keep running.")
-simple_command(host_group, "enable", hosts.enable_host, "host {} enabled",
-               "Put a host back in service.")
+simple_command(
+    host_group,
+    "remove",
+    hosts.remove_host,
+    "host {} removed",
+    "Forget a host that carries no VPS (nothing on the host is deleted).",
+)
+simple_command(
+    host_group,
+    "disable",
+    hosts.disable_host,
+    "host {} disabled",
+    "Place no new VPSes on a host; those it carries keep running.",
+)
+simple_command(
+    host_group, "enable", hosts.enable_host, "host {} enabled", "Put a host back in service."
+)
 
 
 def register(cli: click.Group) -> None:

@@ -46,9 +46,14 @@ pass_obj = click.make_pass_decorator(Obj)
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for programs.")
 
 
-
-def simple_command(group: click.Group, name: str, action: Callable[[Context, str], object],
-                   done: str, help_text: str, argument: str = "name") -> click.Command:
+def simple_command(
+    group: click.Group,
+    name: str,
+    action: Callable[[Context, str], object],
+    done: str,
+    help_text: str,
+    argument: str = "name",
+) -> click.Command:
     """A command that takes one name, calls ``action(ctx, name)`` and says ``done``."""
 
     @group.command(name, help=help_text)

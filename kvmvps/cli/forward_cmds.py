@@ -31,8 +31,7 @@ def forward_group() -> None:
 @forward_group.command("add")
 @click.argument("ref")
 @click.option("--guest-port", type=int, required=True, help="The port inside the VPS (1-65535).")
-@click.option("--protocol", type=click.Choice(forwards.PROTOCOLS), default="tcp",
-              show_default=True)
+@click.option("--protocol", type=click.Choice(forwards.PROTOCOLS), default="tcp", show_default=True)
 @json_option
 @pass_obj
 def forward_add(obj: Obj, ref: str, guest_port: int, protocol: str, as_json: bool) -> None:
@@ -54,8 +53,11 @@ def forward_list(obj: Obj, ref: str, as_json: bool) -> None:
 @forward_group.command("remove")
 @click.argument("ref")
 @click.argument("public_port", type=int)
-@click.option("--protocol", type=click.Choice(forwards.PROTOCOLS),
-              help="Needed only when the port is forwarded for both tcp and udp.")
+@click.option(
+    "--protocol",
+    type=click.Choice(forwards.PROTOCOLS),
+    help="Needed only when the port is forwarded for both tcp and udp.",
+)
 @pass_obj
 def forward_remove(obj: Obj, ref: str, public_port: int, protocol: str | None) -> None:
     """Remove an extra forward; its public port is released."""

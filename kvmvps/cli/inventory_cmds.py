@@ -12,8 +12,15 @@ from kvmvps.cli.output import emit_json, record, table
 from kvmvps.services import images as image_service
 from kvmvps.services import inventory, setup, views
 
-PLAN_COLUMNS = ("name", "vcpus", "memory_mib", "disk_gib", "network", "price_cents",
-                "extra_forwards")
+PLAN_COLUMNS = (
+    "name",
+    "vcpus",
+    "memory_mib",
+    "disk_gib",
+    "network",
+    "price_cents",
+    "extra_forwards",
+)
 IMAGE_COLUMNS = ("name", "login_user", "cloud_init", "os_family", "virtual_size_gib", "kernel_boot")
 NETWORK_COLUMNS = ("name", "kind", "subnet", "gateway", "bridge", "pool_start", "pool_end")
 
@@ -68,21 +75,40 @@ def image_build_debian(obj: Obj, name: str, as_json: bool) -> None:
 @image_group.command("add")
 @click.argument("name")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--kernel", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Kernel for direct kernel boot.")
-@click.option("--initrd", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Initrd for direct kernel boot.")
+@click.option(
+    "--kernel",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Kernel for direct kernel boot.",
+)
+@click.option(
+    "--initrd",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Initrd for direct kernel boot.",
+)
 @click.option("--cmdline", help="Kernel command line for direct kernel boot.")
-@click.option("--login-user", default="root", show_default=True,
-              help="The user customers log in as.")
+@click.option(
+    "--login-user", default="root", show_default=True, help="The user customers log in as."
+)
 @click.option("--cloud-init", is_flag=True, help="The image reads a NoCloud seed.")
-@click.option("--no-credentials", is_flag=True,
-              help="Only boot VPSes of this image; push no password or keys.")
+@click.option(
+    "--no-credentials",
+    is_flag=True,
+    help="Only boot VPSes of this image; push no password or keys.",
+)
 @json_option
 @pass_obj
-def image_add(obj: Obj, name: str, path: Path, kernel: Path | None, initrd: Path | None,
-              cmdline: str | None, login_user: str, cloud_init: bool, no_credentials: bool,
-              as_json: bool) -> None:
+def image_add(
+    obj: Obj,
+    name: str,
+    path: Path,
+    kernel: Path | None,
+    initrd: Path | None,
+    cmdline: str | None,
+    login_user: str,
+    cloud_init: bool,
+    no_credentials: bool,
+    as_json: bool,
+) -> None:
     """Register a qcow2 base image (copied into the image store).
 
     The image must be qcow2 with no backing file. For kvmvps to push
@@ -91,9 +117,17 @@ def image_add(obj: Obj, name: str, path: Path, kernel: Path | None, initrd: Path
     the guest must either use cloud-init (--cloud-init) or print its SSH host
     keys to the serial console at boot as cloud-init does.
     """
-    image = inventory.add_image(obj.ctx, name, path, kernel=kernel, initrd=initrd,
-                                cmdline=cmdline, login_user=login_user, cloud_init=cloud_init,
-                                credentials=not no_credentials)
+    image = inventory.add_image(
+        obj.ctx,
+        name,
+        path,
+        kernel=kernel,
+        initrd=initrd,
+        cmdline=cmdline,
+        login_user=login_user,
+        cloud_init=cloud_init,
+        credentials=not no_credentials,
+    )
     _print_images([views.image_view(image)], as_json, single=True)
 
 
@@ -105,8 +139,13 @@ def image_list(obj: Obj, as_json: bool) -> None:
     _print_images([views.image_view(i) for i in inventory.list_images(obj.ctx)], as_json)
 
 
-simple_command(image_group, "remove", inventory.remove_image, "image {} removed",
-               "Remove an image that no VPS uses.")
+simple_command(
+    image_group,
+    "remove",
+    inventory.remove_image,
+    "image {} removed",
+    "Remove an image that no VPS uses.",
+)
 
 
 def _print_images(views: list[dict], as_json: bool, single: bool = False) -> None:
@@ -137,15 +176,30 @@ def plan_group() -> None:
 @click.option("--disk-gib", type=int, required=True, help="Disk size in GiB.")
 @click.option("--network", help="Network for VPSes of this plan (default: the NAT network).")
 @click.option("--price-cents", type=int, default=0, show_default=True, help="Monthly price.")
-@click.option("--extra-forwards", type=int, default=0, show_default=True,
-              help="Port forwards a VPS may add beyond its SSH forward.")
+@click.option(
+    "--extra-forwards",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Port forwards a VPS may add beyond its SSH forward.",
+)
 @json_option
 @pass_obj
-def plan_add(obj: Obj, name: str, vcpus: int, memory_mib: int, disk_gib: int,
-             network: str | None, price_cents: int, extra_forwards: int, as_json: bool) -> None:
+def plan_add(
+    obj: Obj,
+    name: str,
+    vcpus: int,
+    memory_mib: int,
+    disk_gib: int,
+    network: str | None,
+    price_cents: int,
+    extra_forwards: int,
+    as_json: bool,
+) -> None:
     """Add a plan."""
-    plan = inventory.add_plan(obj.ctx, name, vcpus, memory_mib, disk_gib, network, price_cents,
-                              extra_forwards)
+    plan = inventory.add_plan(
+        obj.ctx, name, vcpus, memory_mib, disk_gib, network, price_cents, extra_forwards
+    )
     view = views.plan_admin_view(plan, network)
     emit_json(view) if as_json else record(view)
 
@@ -159,8 +213,13 @@ def plan_list(obj: Obj, as_json: bool) -> None:
     emit_json(rows) if as_json else table(rows, PLAN_COLUMNS)
 
 
-simple_command(plan_group, "remove", inventory.remove_plan, "plan {} removed",
-               "Remove a plan that no VPS uses.")
+simple_command(
+    plan_group,
+    "remove",
+    inventory.remove_plan,
+    "plan {} removed",
+    "Remove a plan that no VPS uses.",
+)
 
 
 # -- networks -----------------------------------------------------------------
@@ -187,12 +246,28 @@ def network_group() -> None:
 @click.option("--pool-end", help="Last address handed to guests.")
 @json_option
 @pass_obj
-def network_add(obj: Obj, name: str, kind: str, subnet: str, bridge: str | None,
-                gateway: str | None, pool_start: str | None, pool_end: str | None,
-                as_json: bool) -> None:
+def network_add(
+    obj: Obj,
+    name: str,
+    kind: str,
+    subnet: str,
+    bridge: str | None,
+    gateway: str | None,
+    pool_start: str | None,
+    pool_end: str | None,
+    as_json: bool,
+) -> None:
     """Add a network and create it on every host."""
-    net = inventory.add_network(obj.ctx, name, kind, subnet, bridge=bridge, gateway=gateway,
-                                pool_start=pool_start, pool_end=pool_end)
+    net = inventory.add_network(
+        obj.ctx,
+        name,
+        kind,
+        subnet,
+        bridge=bridge,
+        gateway=gateway,
+        pool_start=pool_start,
+        pool_end=pool_end,
+    )
     view = views.network_view(net)
     emit_json(view) if as_json else record(view)
 
@@ -206,8 +281,13 @@ def network_list(obj: Obj, as_json: bool) -> None:
     emit_json(rows) if as_json else table(rows, NETWORK_COLUMNS)
 
 
-simple_command(network_group, "remove", inventory.remove_network, "network {} removed",
-               "Remove a network that no VPS or plan uses.")
+simple_command(
+    network_group,
+    "remove",
+    inventory.remove_network,
+    "network {} removed",
+    "Remove a network that no VPS or plan uses.",
+)
 
 
 def register(cli: click.Group) -> None:

@@ -27,20 +27,28 @@ log = logging.getLogger(__name__)
 
 # -- auditing -----------------------------------------------------------------
 # Every command is audited except these read-only ones (dotted command paths).
-READ_ONLY = frozenset({
-    "audit",
-    "host.list", "host.show",
-    "image.list",
-    "jobs.list", "jobs.show",
-    "network.list",
-    "plan.list",
-    "token.list",
-    "user.list",
-    "vps.console", "vps.list", "vps.show", "vps.xml",
-    "vps.forward.list", "vps.http.list",
-    "worker",  # a long-running process, not a change; its jobs carry their own actors
-    "serve",  # likewise: the website audits its own actions
-})
+READ_ONLY = frozenset(
+    {
+        "audit",
+        "host.list",
+        "host.show",
+        "image.list",
+        "jobs.list",
+        "jobs.show",
+        "network.list",
+        "plan.list",
+        "token.list",
+        "user.list",
+        "vps.console",
+        "vps.list",
+        "vps.show",
+        "vps.xml",
+        "vps.forward.list",
+        "vps.http.list",
+        "worker",  # a long-running process, not a change; its jobs carry their own actors
+        "serve",  # likewise: the website audits its own actions
+    }
+)
 # ...and these, unless the named flag is given.
 READ_ONLY_UNLESS = {"reconcile": "fix"}
 # Parameters never recorded, whatever they hold.
@@ -78,8 +86,7 @@ def describe(root: click.Group, ctx: click.Context, args: list[str]) -> Invocati
     return Invocation(action=action, target=_target(cmd, params))
 
 
-def _parse_quietly(cmd: click.Command, name: str, args: list[str],
-                   parent: click.Context) -> dict:
+def _parse_quietly(cmd: click.Command, name: str, args: list[str], parent: click.Context) -> dict:
     """The command's parameters, parsed without prompts, callbacks or errors."""
     try:
         with cmd.make_context(name, list(args), parent=parent, resilient_parsing=True) as sub:
@@ -100,8 +107,9 @@ def _target(cmd: click.Command, params: dict) -> str:
     return ""
 
 
-def record_invocation(root: click.Group, ctx: click.Context, result: str,
-                      detail: str | None = None) -> None:
+def record_invocation(
+    root: click.Group, ctx: click.Context, result: str, detail: str | None = None
+) -> None:
     """Audit the command that just ran; skipped silently before 'init' made the database."""
     args = ctx.meta.pop(_ARGS_KEY, None)
     obj = ctx.find_object(Obj)
@@ -114,8 +122,9 @@ def record_invocation(root: click.Group, ctx: click.Context, result: str,
         services = obj.raw_ctx
         if not schema_is_current(services.db):
             return
-        audit.record(services, audit.os_actor(), invocation.action, invocation.target,
-                     result, detail)
+        audit.record(
+            services, audit.os_actor(), invocation.action, invocation.target, result, detail
+        )
     except KvmvpsError:
         return  # e.g. unreadable settings: the command has reported that already
     except Exception as exc:  # noqa: BLE001 - auditing must not turn success into failure
@@ -128,11 +137,11 @@ class AdminGroup(click.Group):
     It also writes the audit entry of every command that may change state.
     """
 
-    def resolve_command(self, ctx: click.Context, args: list[str]):  # noqa: ANN201
+    def resolve_command(self, ctx: click.Context, args: list[str]):
         ctx.meta[_ARGS_KEY] = list(args)
         return super().resolve_command(ctx, args)
 
-    def invoke(self, ctx: click.Context):  # noqa: ANN201
+    def invoke(self, ctx: click.Context):
         try:
             value = super().invoke(ctx)
         except KvmvpsError as exc:
@@ -140,8 +149,12 @@ class AdminGroup(click.Group):
             self._fail(ctx, str(exc), exc.exit_code)
         except click.exceptions.Exit as exc:
             ok = exc.exit_code == 0
-            record_invocation(self, ctx, audit.OK if ok else audit.FAILED,
-                              None if ok else f"exit status {exc.exit_code}")
+            record_invocation(
+                self,
+                ctx,
+                audit.OK if ok else audit.FAILED,
+                None if ok else f"exit status {exc.exit_code}",
+            )
             raise
         except click.Abort:
             record_invocation(self, ctx, audit.FAILED, "aborted")
@@ -157,7 +170,7 @@ class AdminGroup(click.Group):
             record_invocation(self, ctx, audit.OK)
             return value
 
-    def main(self, *args, standalone_mode: bool = True, **kwargs):  # noqa: ANN002, ANN003, ANN201
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
         """Like click's, but usage errors are one line too: ``error: ...``."""
         if not standalone_mode:
             return super().main(*args, standalone_mode=False, **kwargs)

@@ -34,8 +34,7 @@ def jobs_list(obj: Obj, state: str | None, limit: int, as_json: bool) -> None:
     if as_json:
         emit_json(rows)
     else:
-        table([{**r, "id": r["id"][:8], "vps": (r["vps"] or "-")[:8]} for r in rows],
-              JOB_COLUMNS)
+        table([{**r, "id": r["id"][:8], "vps": (r["vps"] or "-")[:8]} for r in rows], JOB_COLUMNS)
 
 
 @jobs_group.command("show")

@@ -30,9 +30,15 @@ def run_gunicorn(host: str, port: int, workers: int, threads: int) -> None:
     from gunicorn.app.base import BaseApplication
 
     options: dict[str, Any] = {
-        "bind": bind_address(host, port), "workers": workers, "threads": threads,
-        "worker_class": "gthread", "accesslog": "-", "errorlog": "-", "timeout": 60,
-        "graceful_timeout": 30, "proc_name": "kvmvps-web",
+        "bind": bind_address(host, port),
+        "workers": workers,
+        "threads": threads,
+        "worker_class": "gthread",
+        "accesslog": "-",
+        "errorlog": "-",
+        "timeout": 60,
+        "graceful_timeout": 30,
+        "proc_name": "kvmvps-web",
     }
 
     class App(BaseApplication):  # type: ignore[misc]
@@ -51,15 +57,27 @@ def run_gunicorn(host: str, port: int, workers: int, threads: int) -> None:
 @click.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(1, 65535), default=DEFAULT_PORT, show_default=True)
-@click.option("--production", is_flag=True,
-              help="Serve with gunicorn (several processes) instead of Flask's dev server.")
-@click.option("--workers", type=click.IntRange(1, 64), help="gunicorn processes "
-              "(default: 2 x CPUs + 1, at most 9).")
-@click.option("--threads", type=click.IntRange(1, 64), default=8, show_default=True,
-              help="Threads per gunicorn process.")
+@click.option(
+    "--production",
+    is_flag=True,
+    help="Serve with gunicorn (several processes) instead of Flask's dev server.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    help="gunicorn processes (default: 2 x CPUs + 1, at most 9).",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(1, 64),
+    default=8,
+    show_default=True,
+    help="Threads per gunicorn process.",
+)
 @pass_obj
-def serve_cmd(obj: Obj, host: str, port: int, production: bool, workers: int | None,
-              threads: int) -> None:
+def serve_cmd(
+    obj: Obj, host: str, port: int, production: bool, workers: int | None, threads: int
+) -> None:
     """Serve the customer website and the REST API (/api/v1).
 
     Orders and actions become jobs: run 'kvmvps-admin worker' too. Behind a
@@ -78,8 +96,11 @@ def serve_cmd(obj: Obj, host: str, port: int, production: bool, workers: int | N
     from web import create_app
 
     app = create_app({"KVMVPS_CONTEXT": ctx})
-    click.echo(f"serving on http://{bind_address(host, port)}/ (development server; "
-               "use --production for real traffic)", err=True)
+    click.echo(
+        f"serving on http://{bind_address(host, port)}/ (development server; "
+        "use --production for real traffic)",
+        err=True,
+    )
     app.run(host=host, port=port, debug=False, use_reloader=False, threaded=True)
 
 

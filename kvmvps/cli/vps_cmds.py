@@ -35,7 +35,7 @@ def vps_group() -> None:
     """
 
 
-def _progress(quiet: bool):  # noqa: ANN202
+def _progress(quiet: bool):
     if quiet or not sys.stderr.isatty():
         return None
 
@@ -51,27 +51,48 @@ def _progress(quiet: bool):  # noqa: ANN202
 @click.option("--hostname", required=True, help="A DNS label, e.g. web1.")
 @click.option("--owner", help="Owner's e-mail (default: the local operator).")
 @click.option("--network", help="Network name (default: the plan's, or the NAT network).")
-@click.option("--ssh-key", "ssh_key_files", multiple=True,
-              type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="A file of SSH public keys to install for the login user (repeatable).")
+@click.option(
+    "--ssh-key",
+    "ssh_key_files",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A file of SSH public keys to install for the login user (repeatable).",
+)
 @click.option("--ttl", help="Delete the VPS automatically after this long (30m, 2h, 7d).")
-@click.option("--wait", is_flag=True,
-              help="Wait until the VPS runs (building it here if no worker is alive).")
+@click.option(
+    "--wait", is_flag=True, help="Wait until the VPS runs (building it here if no worker is alive)."
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 @json_option
 @pass_obj
-def vps_create(obj: Obj, plan: str, image: str, hostname: str, owner: str | None,
-               network: str | None, ssh_key_files: tuple[Path, ...], ttl: str | None,
-               wait: bool, quiet: bool, as_json: bool) -> None:
+def vps_create(
+    obj: Obj,
+    plan: str,
+    image: str,
+    hostname: str,
+    owner: str | None,
+    network: str | None,
+    ssh_key_files: tuple[Path, ...],
+    ttl: str | None,
+    wait: bool,
+    quiet: bool,
+    as_json: bool,
+) -> None:
     """Order a VPS; its password is shown this once.
 
     Without --wait the order is queued for a worker and this returns at once
     (state "queued"); with --wait it returns when the VPS runs.
     """
     keys = [line for f in ssh_key_files for line in _read_key_file(f)]
-    req = provisioning.OrderRequest(plan=plan, image=image, hostname=hostname,
-                                    owner_email=owner, network=network, ssh_keys=tuple(keys),
-                                    ttl_seconds=validation.duration(ttl) if ttl else None)
+    req = provisioning.OrderRequest(
+        plan=plan,
+        image=image,
+        hostname=hostname,
+        owner_email=owner,
+        network=network,
+        ssh_keys=tuple(keys),
+        ttl_seconds=validation.duration(ttl) if ttl else None,
+    )
     order = provisioning.record_order(obj.ctx, req, actor=os_actor())
     if wait:
         run_or_follow(obj.ctx, order.job, _progress(quiet or as_json))
@@ -116,8 +137,9 @@ def vps_password_reset(obj: Obj, ref: str, as_json: bool) -> None:
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 @json_option
 @pass_obj
-def vps_reinstall(obj: Obj, ref: str, image: str | None, yes: bool, quiet: bool,
-                  as_json: bool) -> None:
+def vps_reinstall(
+    obj: Obj, ref: str, image: str | None, yes: bool, quiet: bool, as_json: bool
+) -> None:
     """Wipe the disk and install the image afresh; new credentials are shown once."""
     shown = vps_service.show(obj.ctx, ref)
     if not yes:
@@ -133,8 +155,9 @@ def vps_reinstall(obj: Obj, ref: str, image: str | None, yes: bool, quiet: bool,
 @click.option("--host", help="Only VPSes on this host.")
 @json_option
 @pass_obj
-def vps_list(obj: Obj, owner: str | None, state: str | None, host: str | None,
-             as_json: bool) -> None:
+def vps_list(
+    obj: Obj, owner: str | None, state: str | None, host: str | None, as_json: bool
+) -> None:
     """List VPSes."""
     rows = vps_service.list_vps(obj.ctx, owner=owner, state=state, host=host)
     if as_json:
@@ -204,15 +227,19 @@ _power_command("resume", "resume", "Resume a suspended VPS.")
 
 @vps_group.command("shutdown")
 @click.argument("ref")
-@click.option("--timeout", type=float, default=60.0, show_default=True,
-              help="Seconds to wait for the guest to power off.")
+@click.option(
+    "--timeout",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait for the guest to power off.",
+)
 @click.option("--force", is_flag=True, help="Destroy the VPS if it has not stopped in time.")
 @json_option
 @pass_obj
 def vps_shutdown(obj: Obj, ref: str, timeout: float, force: bool, as_json: bool) -> None:
     """Shut a VPS down gracefully (ACPI power button)."""
-    req = actions.request(obj.ctx, ref, "shutdown", actor=os_actor(), timeout=timeout,
-                          force=force)
+    req = actions.request(obj.ctx, ref, "shutdown", actor=os_actor(), timeout=timeout, force=force)
     run_or_follow(obj.ctx, req.job)
     _print_one(vps_service.show(obj.ctx, req.vps), as_json)
 

@@ -17,8 +17,9 @@ from kvmvps.services.vps import VIEW_KEYS
 
 @click.command("console")
 @click.argument("ref")
-@click.option("--log", "show_log", is_flag=True,
-              help="Print the serial console log instead of attaching.")
+@click.option(
+    "--log", "show_log", is_flag=True, help="Print the serial console log instead of attaching."
+)
 @pass_obj
 def vps_console(obj: Obj, ref: str, show_log: bool) -> None:
     """Attach to a VPS's serial console (leave with Ctrl+]), or print its log.
@@ -35,7 +36,7 @@ def vps_console(obj: Obj, ref: str, show_log: bool) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     try:
-        os.execvp(argv[0], argv)
+        os.execvp(argv[0], argv)  # noqa: S606 - exec of virsh with an argument list
     except OSError as exc:
         raise KvmvpsError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
 

@@ -38,14 +38,19 @@ class BuiltImage:
 OUTPUTS = ("disk.qcow2", "vmlinuz", "initrd.img")
 
 
-def publish(work: Path, dest: Path, *, cmdline: str, login_user: str, cloud_init: bool,
-            os_family: str) -> BuiltImage:
+def publish(
+    work: Path, dest: Path, *, cmdline: str, login_user: str, cloud_init: bool, os_family: str
+) -> BuiltImage:
     """Move a finished build's files from ``work`` into ``dest`` (world-readable)."""
     for name in OUTPUTS:
         os.chmod(work / name, 0o644)
         os.replace(work / name, dest / name)
     return BuiltImage(
-        base_path=dest / "disk.qcow2", kernel_path=dest / "vmlinuz",
-        initrd_path=dest / "initrd.img", cmdline=cmdline, login_user=login_user,
-        cloud_init=cloud_init, os_family=os_family,
+        base_path=dest / "disk.qcow2",
+        kernel_path=dest / "vmlinuz",
+        initrd_path=dest / "initrd.img",
+        cmdline=cmdline,
+        login_user=login_user,
+        cloud_init=cloud_init,
+        os_family=os_family,
     )

@@ -37,8 +37,18 @@ from kvmvps.errors import ImageBuildError, InvalidInput
 from kvmvps.images import BuiltImage, publish
 
 PACKAGES = (
-    "systemd-sysv", "dbus", "openssh-server", "linux-image-cloud-amd64", "initramfs-tools",
-    "iproute2", "ifupdown", "isc-dhcp-client", "passwd", "login", "cloud-init", "sudo",
+    "systemd-sysv",
+    "dbus",
+    "openssh-server",
+    "linux-image-cloud-amd64",
+    "initramfs-tools",
+    "iproute2",
+    "ifupdown",
+    "isc-dhcp-client",
+    "passwd",
+    "login",
+    "cloud-init",
+    "sudo",
     # debootstrap's resolver does not follow virtual packages: python3-cryptography
     # needs python3-cffi-backend-api-*, which python3-cffi-backend provides.
     "python3-cffi-backend",
@@ -57,8 +67,12 @@ DEFAULT_CACHE_DIR = Path("/var/cache/kvmvps/debootstrap")
 TARBALL_MAX_AGE = 7 * 24 * 3600  # then fetch the packages again (security updates)
 DEBOOTSTRAP_TIMEOUT = 1800
 HOST_TOOLS = {
-    "debootstrap": "debootstrap", "chroot": "coreutils", "mkfs.ext4": "e2fsprogs",
-    "e2fsck": "e2fsprogs", "qemu-img": "qemu-utils", "umount": "mount",
+    "debootstrap": "debootstrap",
+    "chroot": "coreutils",
+    "mkfs.ext4": "e2fsprogs",
+    "e2fsck": "e2fsprogs",
+    "qemu-img": "qemu-utils",
+    "umount": "mount",
 }
 SOURCES_DIR = Path("/etc/apt/sources.list.d")
 SOURCES_LIST = Path("/etc/apt/sources.list")
@@ -73,17 +87,28 @@ GUEST_FILES = {
 }
 # Trimmed from the image: apt's lists and caches, docs (copyright files stay), logs.
 STRIP_CONTENTS = (
-    "var/lib/apt/lists", "var/cache/apt", "usr/share/man", "usr/share/info",
-    "var/log", "tmp", "var/tmp",
+    "var/lib/apt/lists",
+    "var/cache/apt",
+    "usr/share/man",
+    "usr/share/info",
+    "var/log",
+    "tmp",
+    "var/tmp",
 )
 
 Progress = Callable[[str], None]
 
 
-def build_debian_image(dest_dir: Path, provisioning_pubkey: str, *, login_user: str = "debian",
-                       suite: str = "bookworm", mirror: str | None = None,
-                       cache_dir: Path | None = None,
-                       progress: Progress | None = None) -> BuiltImage:
+def build_debian_image(
+    dest_dir: Path,
+    provisioning_pubkey: str,
+    *,
+    login_user: str = "debian",
+    suite: str = "bookworm",
+    mirror: str | None = None,
+    cache_dir: Path | None = None,
+    progress: Progress | None = None,
+) -> BuiltImage:
     """Build the Debian image into dest_dir: disk.qcow2, vmlinuz and initrd.img."""
     say = progress or (lambda _msg: None)
     pubkey, user = _check_arguments(provisioning_pubkey, login_user, suite)
@@ -96,8 +121,9 @@ def build_debian_image(dest_dir: Path, provisioning_pubkey: str, *, login_user: 
         root = work / "rootfs"
         tarball = _package_tarball(cache, suite, mirror_url, work, say)
         say(f"installing Debian {suite} with debootstrap")
-        _debootstrap(["--unpack-tarball", str(tarball)], suite, root, mirror_url,
-                     invalid_cache=tarball)
+        _debootstrap(
+            ["--unpack-tarball", str(tarball)], suite, root, mirror_url, invalid_cache=tarball
+        )
         say("configuring the guest")
         _configure(root, pubkey, user, suite, mirror_url)
         _strip(root)
@@ -106,14 +132,16 @@ def build_debian_image(dest_dir: Path, provisioning_pubkey: str, *, login_user: 
         shutil.copyfile(initrd, work / "initrd.img")
         say("making the disk image")
         _make_disk(root, work)
-        built = publish(work, dest, cmdline=CMDLINE, login_user=user,
-                        cloud_init=True, os_family="debian")
+        built = publish(
+            work, dest, cmdline=CMDLINE, login_user=user, cloud_init=True, os_family="debian"
+        )
     say("Debian image ready")
     return built
 
 
-def host_mirror(suite: str = "bookworm", sources_dir: Path = SOURCES_DIR,
-                sources_list: Path = SOURCES_LIST) -> str:
+def host_mirror(
+    suite: str = "bookworm", sources_dir: Path = SOURCES_DIR, sources_list: Path = SOURCES_LIST
+) -> str:
     """The Debian mirror the host's apt uses for ``suite``, else deb.debian.org."""
     entries: list[tuple[str, list[str]]] = []
     for path in sorted(sources_dir.glob("*.sources")) if sources_dir.is_dir() else []:
@@ -201,8 +229,15 @@ def _run(argv: list[str], what: str, timeout: float | None = None) -> str:
     """Run a command and return its stdout; raise ImageBuildError on failure."""
     env = {**os.environ, "LC_ALL": "C", "DEBIAN_FRONTEND": "noninteractive"}
     try:
-        proc = subprocess.run(argv, env=env, capture_output=True, text=True, check=False,
-                              timeout=timeout, stdin=subprocess.DEVNULL)
+        proc = subprocess.run(
+            argv,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
     except OSError as exc:
         raise ImageBuildError(f"{what}: cannot run {argv[0]}: {exc.strerror}") from exc
     except subprocess.TimeoutExpired:
@@ -240,8 +275,7 @@ def _mounts_below(path: Path) -> list[str]:
     found = []
     with open("/proc/self/mountinfo", encoding="utf-8") as fh:
         for line in fh:
-            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)),
-                           line.split()[4])
+            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), line.split()[4])
             if point == prefix or point.startswith(prefix + "/"):
                 found.append(point)
     return sorted(found, key=len, reverse=True)
@@ -275,11 +309,20 @@ def _package_tarball(cache: Path, suite: str, mirror: str, work: Path, say: Prog
     return tarball
 
 
-def _debootstrap(mode: list[str], suite: str, target: Path, mirror: str,
-                 invalid_cache: Path | None = None) -> None:
+def _debootstrap(
+    mode: list[str], suite: str, target: Path, mirror: str, invalid_cache: Path | None = None
+) -> None:
     """Run debootstrap --variant=minbase with our packages in the given mode."""
-    argv = ["debootstrap", "--variant=minbase", f"--arch={ARCH}",
-            f"--include={','.join(PACKAGES)}", *mode, suite, str(target), mirror]
+    argv = [
+        "debootstrap",
+        "--variant=minbase",
+        f"--arch={ARCH}",
+        f"--include={','.join(PACKAGES)}",
+        *mode,
+        suite,
+        str(target),
+        mirror,
+    ]
     try:
         _run(argv, "debootstrap", timeout=DEBOOTSTRAP_TIMEOUT)
     except ImageBuildError:
@@ -291,16 +334,21 @@ def _debootstrap(mode: list[str], suite: str, target: Path, mirror: str,
 def _configure(root: Path, pubkey: str, login_user: str, suite: str, mirror: str) -> None:
     """Turn the debootstrapped tree into a cloud guest (see the module docstring)."""
     for name, (rel, mode) in GUEST_FILES.items():
-        _write(root / rel, resources.files("kvmvps.images").joinpath("guest", name)
-               .read_text(encoding="utf-8"), mode)
+        _write(
+            root / rel,
+            resources.files("kvmvps.images").joinpath("guest", name).read_text(encoding="utf-8"),
+            mode,
+        )
     _write(root / "etc/cloud/cloud.cfg.d/91_kvmvps_user.cfg", _default_user_config(login_user))
     _write(root / "etc/hostname", f"{DEFAULT_HOSTNAME}\n")
     _write(root / "etc/hosts", ETC_HOSTS)
     _write(root / "etc/fstab", "/dev/vda\t/\text4\terrors=remount-ro\t0\t1\n")
     _write(root / "etc/default/locale", "LANG=C.UTF-8\n")
-    _write(root / "etc/apt/sources.list",
-           f"deb {mirror} {suite} main\ndeb {mirror} {suite}-updates main\n"
-           f"deb {SECURITY_MIRROR} {suite}-security main\n")
+    _write(
+        root / "etc/apt/sources.list",
+        f"deb {mirror} {suite} main\ndeb {mirror} {suite}-updates main\n"
+        f"deb {SECURITY_MIRROR} {suite}-security main\n",
+    )
     (root / "etc/resolv.conf").unlink(missing_ok=True)  # the host's; dhclient writes one
     ssh_dir = root / "root/.ssh"
     ssh_dir.mkdir(mode=0o700, exist_ok=True)
@@ -313,24 +361,31 @@ def _configure(root: Path, pubkey: str, login_user: str, suite: str, mirror: str
 def _default_user_config(login_user: str) -> str:
     """cloud.cfg.d snippet: the login user cloud-init creates when there is no seed."""
     user = {
-        "name": login_user, "lock_passwd": True, "gecos": login_user,
-        "groups": ["adm", "sudo"], "sudo": ["ALL=(ALL) NOPASSWD:ALL"], "shell": "/bin/bash",
+        "name": login_user,
+        "lock_passwd": True,
+        "gecos": login_user,
+        "groups": ["adm", "sudo"],
+        "sudo": ["ALL=(ALL) NOPASSWD:ALL"],
+        "shell": "/bin/bash",
     }
     # JSON is YAML; login_user is validated, but never formatted into YAML by hand.
-    return "# kvmvps: the default (login) user\n" + json.dumps(
-        {"system_info": {"default_user": user}}, indent=2) + "\n"
+    return (
+        "# kvmvps: the default (login) user\n"
+        + json.dumps({"system_info": {"default_user": user}}, indent=2)
+        + "\n"
+    )
 
 
 def _configure_sshd(root: Path) -> None:
     """No host keys in the image; password logins on, in the drop-in cloud-init's
     ``ssh_pwauth`` edits, so it finds nothing to change and does not restart sshd."""
-    _write(root / "etc/ssh/sshd_config.d/50-cloud-init.conf", "PasswordAuthentication yes\n",
-           0o600)
+    _write(root / "etc/ssh/sshd_config.d/50-cloud-init.conf", "PasswordAuthentication yes\n", 0o600)
     for key in (root / "etc/ssh").glob("ssh_host_*"):
         key.unlink()
     # e2scrub_reap only cleans up LVM snapshots; there is no LVM here.
     (root / "etc/systemd/system/multi-user.target.wants/e2scrub_reap.service").unlink(
-        missing_ok=True)
+        missing_ok=True
+    )
 
 
 def _reset_identity(root: Path) -> None:
@@ -387,11 +442,22 @@ def _make_disk(root: Path, work: Path) -> None:
     size = _disk_size(root)
     with open(raw, "wb") as fh:
         fh.truncate(size)
-    _run(["mkfs.ext4", "-q", "-F", "-L", "rootfs", "-d", str(root), str(raw)],
-         "mkfs.ext4")
+    _run(["mkfs.ext4", "-q", "-F", "-L", "rootfs", "-d", str(root), str(raw)], "mkfs.ext4")
     _run(["e2fsck", "-f", "-n", str(raw)], "e2fsck")
-    _run(["qemu-img", "convert", "-c", "-f", "raw", "-O", "qcow2", str(raw),
-          str(work / "disk.qcow2")], "qemu-img convert")
+    _run(
+        [
+            "qemu-img",
+            "convert",
+            "-c",
+            "-f",
+            "raw",
+            "-O",
+            "qcow2",
+            str(raw),
+            str(work / "disk.qcow2"),
+        ],
+        "qemu-img convert",
+    )
     raw.unlink()
 
 

@@ -33,22 +33,39 @@ from kvmvps.images import BuiltImage, publish
 
 KERNEL_METAPACKAGE = "linux-image-cloud-amd64"
 ROOTFS_PACKAGES = (
-    "busybox-static", "dropbear-bin", "libtomcrypt1", "libtommath1",
-    "libgmp10", "zlib1g", "libcrypt1", "libc6",
+    "busybox-static",
+    "dropbear-bin",
+    "libtomcrypt1",
+    "libtommath1",
+    "libgmp10",
+    "zlib1g",
+    "libcrypt1",
+    "libc6",
 )
 # Load order matters: each module needs the ones before it.
 INITRD_MODULES = (
-    "virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev",
-    "virtio_pci", "virtio_blk", "failover", "net_failover", "virtio_net",
-    "button", "evdev",
+    "virtio_ring",
+    "virtio",
+    "virtio_pci_modern_dev",
+    "virtio_pci_legacy_dev",
+    "virtio_pci",
+    "virtio_blk",
+    "failover",
+    "net_failover",
+    "virtio_net",
+    "button",
+    "evdev",
 )
 CMDLINE = "console=ttyS0 root=/dev/vda rw quiet"
 DISK_SIZE = 256 * 1024 * 1024
 DEFAULT_CACHE_DIR = Path("/var/cache/kvmvps/debs")
 LIB_DIRS = ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu")
 HOST_TOOLS = {
-    "apt-get": "apt", "apt-cache": "apt", "dpkg": "dpkg",
-    "mkfs.ext4": "e2fsprogs", "qemu-img": "qemu-utils",
+    "apt-get": "apt",
+    "apt-cache": "apt",
+    "dpkg": "dpkg",
+    "mkfs.ext4": "e2fsprogs",
+    "qemu-img": "qemu-utils",
 }
 # guest/ file -> (path in the root filesystem, mode)
 GUEST_FILES = {
@@ -61,8 +78,22 @@ GUEST_FILES = {
     "tiny-profile": ("etc/profile", 0o644),
 }
 ROOTFS_DIRS = (
-    "bin", "sbin", "usr/bin", "usr/sbin", "lib64", "etc/init.d", "etc/dropbear",
-    "dev", "proc", "sys", "run", "tmp", "mnt", "var/log", "home", "root",
+    "bin",
+    "sbin",
+    "usr/bin",
+    "usr/sbin",
+    "lib64",
+    "etc/init.d",
+    "etc/dropbear",
+    "dev",
+    "proc",
+    "sys",
+    "run",
+    "tmp",
+    "mnt",
+    "var/log",
+    "home",
+    "root",
 )
 USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 KEY_RE = re.compile(r"^(ssh-|ecdsa-|sk-)[A-Za-z0-9@.-]+ [A-Za-z0-9+/]+={0,3}( [^\r\n]*)?$")
@@ -70,9 +101,14 @@ KEY_RE = re.compile(r"^(ssh-|ecdsa-|sk-)[A-Za-z0-9@.-]+ [A-Za-z0-9+/]+={0,3}( [^
 Progress = Callable[[str], None]
 
 
-def build_tiny_image(dest_dir: Path, provisioning_pubkey: str, *, login_user: str = "vps",
-                     cache_dir: Path | None = None,
-                     progress: Progress | None = None) -> BuiltImage:
+def build_tiny_image(
+    dest_dir: Path,
+    provisioning_pubkey: str,
+    *,
+    login_user: str = "vps",
+    cache_dir: Path | None = None,
+    progress: Progress | None = None,
+) -> BuiltImage:
     """Build the tiny image into dest_dir: disk.qcow2, vmlinuz and initrd.img."""
     say = progress or (lambda _msg: None)
     pubkey = _check_arguments(provisioning_pubkey, login_user)
@@ -83,7 +119,9 @@ def build_tiny_image(dest_dir: Path, provisioning_pubkey: str, *, login_user: st
         return _build(dest, cache, pubkey, login_user, say)
     except OSError as exc:
         where = f" ({exc.filename})" if exc.filename else ""
-        raise ImageBuildError(f"building the tiny image failed: {exc.strerror or exc}{where}") from exc
+        raise ImageBuildError(
+            f"building the tiny image failed: {exc.strerror or exc}{where}"
+        ) from exc
 
 
 def _build(dest: Path, cache: Path, pubkey: str, login_user: str, say: Progress) -> BuiltImage:
@@ -108,8 +146,9 @@ def _build(dest: Path, cache: Path, pubkey: str, login_user: str, say: Progress)
         _make_rootfs(root, ptree, applets, login_user, pubkey)
         say("making the disk image")
         _make_disk(root, work, work / "disk.qcow2")
-        built = publish(work, dest, cmdline=CMDLINE, login_user=login_user,
-                        cloud_init=False, os_family="tiny")
+        built = publish(
+            work, dest, cmdline=CMDLINE, login_user=login_user, cloud_init=False, os_family="tiny"
+        )
     say("tiny image ready")
     return built
 
@@ -140,8 +179,7 @@ def _run(argv: list[str], what: str, cwd: Path | None = None) -> str:
     """Run a command and return its stdout; raise ImageBuildError on failure."""
     env = {**os.environ, "LC_ALL": "C"}
     try:
-        proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True,
-                              check=False)
+        proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, check=False)
     except OSError as exc:
         raise ImageBuildError(f"{what}: cannot run {argv[0]}: {exc.strerror}") from exc
     if proc.returncode != 0:
@@ -153,8 +191,10 @@ def _run(argv: list[str], what: str, cwd: Path | None = None) -> str:
 
 def _kernel_package() -> str:
     """Name the kernel package linux-image-cloud-amd64 currently depends on."""
-    out = _run(["apt-cache", "depends", KERNEL_METAPACKAGE],
-               f"apt-cache depends {KERNEL_METAPACKAGE} (run apt-get update?)")
+    out = _run(
+        ["apt-cache", "depends", KERNEL_METAPACKAGE],
+        f"apt-cache depends {KERNEL_METAPACKAGE} (run apt-get update?)",
+    )
     for line in out.splitlines():
         match = re.match(r"^\s*Depends:\s*(linux-image-\S+-cloud-amd64)\s*$", line)
         if match:
@@ -165,8 +205,9 @@ def _kernel_package() -> str:
 def _deb_names(packages: Iterable[str]) -> dict[str, str]:
     """Map each package to the file name apt-get download gives its candidate."""
     wanted = list(packages)
-    out = _run(["apt-cache", "show", "--no-all-versions", *wanted],
-               "apt-cache show (run apt-get update?)")
+    out = _run(
+        ["apt-cache", "show", "--no-all-versions", *wanted], "apt-cache show (run apt-get update?)"
+    )
     names: dict[str, str] = {}
     for stanza in out.split("\n\n"):
         fields = dict(re.findall(r"^(Package|Version|Architecture): (\S+)$", stanza, re.M))
@@ -175,7 +216,9 @@ def _deb_names(packages: Iterable[str]) -> dict[str, str]:
             names[fields["Package"]] = f"{fields['Package']}_{version}_{fields['Architecture']}.deb"
     missing = [p for p in wanted if p not in names]
     if missing:
-        raise ImageBuildError(f"no installable version of {', '.join(missing)} (run apt-get update?)")
+        raise ImageBuildError(
+            f"no installable version of {', '.join(missing)} (run apt-get update?)"
+        )
     return names
 
 
@@ -190,8 +233,11 @@ def _fetch_debs(packages: Iterable[str], cache: Path, say: Progress) -> dict[str
     if missing:
         say(f"downloading {len(missing)} package(s): {' '.join(missing)}")
         with tempfile.TemporaryDirectory(prefix=".download-", dir=cache) as tmp:
-            _run(["apt-get", "-q", "-o", "APT::Sandbox::User=root", "download", *missing],
-                 "apt-get download", cwd=Path(tmp))
+            _run(
+                ["apt-get", "-q", "-o", "APT::Sandbox::User=root", "download", *missing],
+                "apt-get download",
+                cwd=Path(tmp),
+            )
             for pkg in missing:
                 got = Path(tmp) / names[pkg]
                 if not got.is_file():
@@ -237,7 +283,7 @@ def _write_initrd(ktree: Path, ptree: Path, applets: list[str], out: Path) -> No
     dirs = {"bin", "dev", "proc", "sys", "newroot", "etc", "lib", "lib/modules"}
     for applet in applets:
         parts = applet.split("/")[:-1]
-        dirs.update("/".join(parts[:i + 1]) for i in range(len(parts)))
+        dirs.update("/".join(parts[: i + 1]) for i in range(len(parts)))
     for d in sorted(dirs):
         cpio.directory(d)
     cpio.device("dev/console", stat.S_IFCHR | 0o600, 5, 1)
@@ -259,14 +305,25 @@ class _Cpio:
         self._parts: list[bytes] = []
         self._ino = 1
 
-    def _entry(self, name: str, mode: int, data: bytes = b"", nlink: int = 1,
-               rdev: tuple[int, int] = (0, 0)) -> None:
+    def _entry(
+        self,
+        name: str,
+        mode: int,
+        data: bytes = b"",
+        nlink: int = 1,
+        rdev: tuple[int, int] = (0, 0),
+    ) -> None:
         raw = name.encode() + b"\0"
         fields = (self._ino, mode, 0, 0, nlink, 0, len(data), 0, 0, *rdev, len(raw), 0)
         header = b"070701" + b"".join(b"%08X" % f for f in fields)
         self._ino += 1
-        self._parts += [header, raw, b"\0" * (-(len(header) + len(raw)) % 4),
-                        data, b"\0" * (-len(data) % 4)]
+        self._parts += [
+            header,
+            raw,
+            b"\0" * (-(len(header) + len(raw)) % 4),
+            data,
+            b"\0" * (-len(data) % 4),
+        ]
 
     def directory(self, name: str) -> None:
         self._entry(name, stat.S_IFDIR | 0o755, nlink=2)
@@ -299,7 +356,9 @@ def _elf_needed(path: Path) -> list[str]:
     phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
     loads, dynamic = [], None
     for i in range(phnum):
-        ptype, _, offset, vaddr, _, filesz = struct.unpack_from("<IIQQQQ", data, phoff + i * phentsize)
+        ptype, _, offset, vaddr, _, filesz = struct.unpack_from(
+            "<IIQQQQ", data, phoff + i * phentsize
+        )
         if ptype == 1:
             loads.append((vaddr, offset, filesz))
         elif ptype == 2:
@@ -315,11 +374,17 @@ def _elf_needed(path: Path) -> list[str]:
             needed.append(value)
         elif tag == 5:
             strtab = value
-    base = next((off + strtab - va for va, off, size in loads
-                 if strtab is not None and va <= strtab < va + size), None)
+    base = next(
+        (
+            off + strtab - va
+            for va, off, size in loads
+            if strtab is not None and va <= strtab < va + size
+        ),
+        None,
+    )
     if base is None:
         raise ImageBuildError(f"{path.name}: cannot find the dynamic string table")
-    return [data[base + n:data.index(b"\0", base + n)].decode() for n in needed]
+    return [data[base + n : data.index(b"\0", base + n)].decode() for n in needed]
 
 
 def _copy_with_libraries(ptree: Path, root: Path, binaries: Iterable[str]) -> None:
@@ -334,12 +399,14 @@ def _copy_with_libraries(ptree: Path, root: Path, binaries: Iterable[str]) -> No
         target = root / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(_resolve_in(ptree, rel), target)
-        os.chmod(target, 0o755)
+        os.chmod(target, 0o755)  # noqa: S103 - world-readable on purpose: QEMU (libvirt-qemu) reads it
         for soname in _elf_needed(target):
             libs = [f"{d}/{soname}" for d in LIB_DIRS if (ptree / d / soname).exists()]
             if not libs:
-                raise ImageBuildError(f"library {soname} (needed by {Path(rel).name}) is "
-                                      "in none of the downloaded packages")
+                raise ImageBuildError(
+                    f"library {soname} (needed by {Path(rel).name}) is "
+                    "in none of the downloaded packages"
+                )
             todo.append(libs[0])
 
 
@@ -350,23 +417,25 @@ def _resolve_in(tree: Path, rel: str) -> Path:
         if not path.is_symlink():
             return path
         target = os.readlink(path)
-        rel = os.path.normpath(target.lstrip("/") if target.startswith("/")
-                               else os.path.join(os.path.dirname(rel), target))
+        rel = os.path.normpath(
+            target.lstrip("/")
+            if target.startswith("/")
+            else os.path.join(os.path.dirname(rel), target)
+        )
         if rel.startswith(".."):
             break
     raise ImageBuildError(f"cannot resolve {rel} inside the unpacked packages")
 
 
-def _make_rootfs(root: Path, ptree: Path, applets: list[str], login_user: str,
-                 pubkey: str) -> None:
+def _make_rootfs(root: Path, ptree: Path, applets: list[str], login_user: str, pubkey: str) -> None:
     """Assemble the guest root filesystem tree under root."""
     for d in ROOTFS_DIRS:
         (root / d).mkdir(parents=True, exist_ok=True)
-        os.chmod(root / d, 0o755)
-    os.chmod(root / "tmp", 0o1777)
+        os.chmod(root / d, 0o755)  # noqa: S103 - world-readable on purpose: QEMU (libvirt-qemu) reads it
+    os.chmod(root / "tmp", 0o1777)  # noqa: S103 - world-readable on purpose: QEMU (libvirt-qemu) reads it
     (root / "var/run").symlink_to("../run")
     shutil.copyfile(ptree / "bin/busybox", root / "bin/busybox")
-    os.chmod(root / "bin/busybox", 0o755)
+    os.chmod(root / "bin/busybox", 0o755)  # noqa: S103 - world-readable on purpose: QEMU (libvirt-qemu) reads it
     for applet in applets:
         link = root / applet
         if applet != "bin/busybox" and not applet.endswith("/chpasswd"):
@@ -395,11 +464,17 @@ def _write_config(root: Path) -> None:
     _write(root / "etc/hostname", "localhost\n", 0o644)
     _write(root / "etc/hosts", "127.0.0.1\tlocalhost\n127.0.1.1\tlocalhost\n", 0o644)
     _write(root / "etc/shells", "/bin/sh\n/bin/ash\n", 0o644)
-    _write(root / "etc/nsswitch.conf",
-           "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n", 0o644)
+    _write(
+        root / "etc/nsswitch.conf",
+        "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n",
+        0o644,
+    )
     _write(root / "etc/resolv.conf", "", 0o644)
-    _write(root / "etc/os-release",
-           'NAME="kvmvps tiny"\nID=kvmvps-tiny\nPRETTY_NAME="kvmvps tiny (busybox)"\n', 0o644)
+    _write(
+        root / "etc/os-release",
+        'NAME="kvmvps tiny"\nID=kvmvps-tiny\nPRETTY_NAME="kvmvps tiny (busybox)"\n',
+        0o644,
+    )
     _write(root / "etc/fstab", "/dev/vda\t/\text4\trw\t0 1\n", 0o644)
 
 
@@ -407,16 +482,23 @@ def _write_accounts(root: Path, login_user: str, pubkey: str) -> None:
     """Write passwd, group and shadow; install the provisioning key for root."""
     home = f"/home/{login_user}"
     days = int(time.time()) // 86400
-    _write(root / "etc/passwd",
-           "root:x:0:0:root:/root:/bin/sh\n"
-           f"{login_user}:x:1000:1000:{login_user}:{home}:/bin/sh\n"
-           "nobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin\n", 0o644)
-    _write(root / "etc/group",
-           f"root:x:0:\ntty:x:5:\n{login_user}:x:1000:\nnogroup:x:65534:\n", 0o644)
+    _write(
+        root / "etc/passwd",
+        "root:x:0:0:root:/root:/bin/sh\n"
+        f"{login_user}:x:1000:1000:{login_user}:{home}:/bin/sh\n"
+        "nobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin\n",
+        0o644,
+    )
+    _write(
+        root / "etc/group", f"root:x:0:\ntty:x:5:\n{login_user}:x:1000:\nnogroup:x:65534:\n", 0o644
+    )
     # "*": root has no password at all; "!": the login user is locked until chpasswd.
-    _write(root / "etc/shadow",
-           f"root:*:{days}:0:99999:7:::\n{login_user}:!:{days}:0:99999:7:::\n"
-           f"nobody:*:{days}:0:99999:7:::\n", 0o600)
+    _write(
+        root / "etc/shadow",
+        f"root:*:{days}:0:99999:7:::\n{login_user}:!:{days}:0:99999:7:::\n"
+        f"nobody:*:{days}:0:99999:7:::\n",
+        0o600,
+    )
     os.chmod(root / "root", 0o700)
     (root / "root/.ssh").mkdir(mode=0o700)
     _write(root / "root/.ssh/authorized_keys", pubkey + "\n", 0o600)
@@ -430,8 +512,27 @@ def _make_disk(root: Path, work: Path, out: Path) -> None:
     raw = work / "disk.raw"
     with open(raw, "wb") as f:
         f.truncate(DISK_SIZE)
-    _run(["mkfs.ext4", "-q", "-F", "-T", "default", "-m", "1", "-L", "kvmvps-root",
-          "-E", "root_owner=0:0", "-d", str(root), str(raw)], "mkfs.ext4 -d")
-    _run(["qemu-img", "convert", "-c", "-f", "raw", "-O", "qcow2", str(raw), str(out)],
-         "qemu-img convert")
+    _run(
+        [
+            "mkfs.ext4",
+            "-q",
+            "-F",
+            "-T",
+            "default",
+            "-m",
+            "1",
+            "-L",
+            "kvmvps-root",
+            "-E",
+            "root_owner=0:0",
+            "-d",
+            str(root),
+            str(raw),
+        ],
+        "mkfs.ext4 -d",
+    )
+    _run(
+        ["qemu-img", "convert", "-c", "-f", "raw", "-O", "qcow2", str(raw), str(out)],
+        "qemu-img convert",
+    )
     raw.unlink()

@@ -41,9 +41,17 @@ class Requested:
     password: str | None = None
 
 
-def request(ctx: Context, ref: str, action: str, *, actor: str = "",
-            owner_id: int | None = None, image: str | None = None,
-            timeout: float = 60.0, force: bool = False) -> Requested:
+def request(
+    ctx: Context,
+    ref: str,
+    action: str,
+    *,
+    actor: str = "",
+    owner_id: int | None = None,
+    image: str | None = None,
+    timeout: float = 60.0,
+    force: bool = False,
+) -> Requested:
     """Queue ``action`` for the VPS named ``ref``."""
     if action not in ALLOWED:
         raise InvalidInput(f"unknown action {action!r}; one of {', '.join(ACTIONS)}")

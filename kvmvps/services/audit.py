@@ -63,14 +63,18 @@ def os_actor() -> str:
     return f"os:{name}"
 
 
-def record(ctx: Context, actor: str, action: str, target: str, result: str,
-           detail: str | None = None) -> None:
+def record(
+    ctx: Context, actor: str, action: str, target: str, result: str, detail: str | None = None
+) -> None:
     """Write one entry (in its own transaction)."""
     if result not in RESULTS:
         raise InvalidInput(f"audit result must be one of {', '.join(RESULTS)}, not {result!r}")
     entry = AuditEntry(
-        actor=one_line(actor, 300), action=one_line(action, 64), target=one_line(target, 300),
-        result=result, detail=one_line(detail) if detail else None,
+        actor=one_line(actor, 300),
+        action=one_line(action, 64),
+        target=one_line(target, 300),
+        result=result,
+        detail=one_line(detail) if detail else None,
     )
     with ctx.db.session() as s:
         s.add(entry)
@@ -88,21 +92,30 @@ def entry_view(entry: AuditEntry) -> dict[str, Any]:
     }
 
 
-def list_entries(ctx: Context, limit: int = 100, actor: str | None = None,
-                 action: str | None = None, target: str | None = None) -> list[dict[str, Any]]:
+def list_entries(
+    ctx: Context,
+    limit: int = 100,
+    actor: str | None = None,
+    action: str | None = None,
+    target: str | None = None,
+) -> list[dict[str, Any]]:
     """The newest ``limit`` entries matching every filter given, newest first."""
     validation.positive_int(limit, "limit", MAX_LIMIT)
     query = select(AuditEntry).order_by(AuditEntry.at.desc(), AuditEntry.id.desc()).limit(limit)
-    for column, value in ((AuditEntry.actor, actor), (AuditEntry.action, action),
-                          (AuditEntry.target, target)):
+    for column, value in (
+        (AuditEntry.actor, actor),
+        (AuditEntry.action, action),
+        (AuditEntry.target, target),
+    ):
         if value is not None:
             query = query.where(column == value)
     with ctx.db.session() as s:
         return [entry_view(e) for e in s.scalars(query)]
 
 
-def _record_quietly(ctx: Context, actor: str, action: str, target: str, result: str,
-                    detail: str | None = None) -> None:
+def _record_quietly(
+    ctx: Context, actor: str, action: str, target: str, result: str, detail: str | None = None
+) -> None:
     try:
         record(ctx, actor, action, target, result, detail)
     except Exception as exc:  # noqa: BLE001 - never hide the outcome being recorded

@@ -50,8 +50,10 @@ def make_seed(b: Build) -> None:
         return  # resumed build: the guest may already have read this seed
     host_key = cloudinit.generate_host_key()
     user_data = cloudinit.render_user_data(
-        hostname=f.hostname, login_user=f.login_user,
-        provisioning_pubkey=keys.provisioning_public_key(b.ctx.settings), host_keys=[host_key],
+        hostname=f.hostname,
+        login_user=f.login_user,
+        provisioning_pubkey=keys.provisioning_public_key(b.ctx.settings),
+        host_keys=[host_key],
     )
     meta_data = cloudinit.render_meta_data(instance_id=f.uuid, hostname=f.hostname)
     iso = cloudinit.build_seed_iso(user_data=user_data, meta_data=meta_data)
@@ -98,8 +100,9 @@ def push(b: Build) -> None:
     key_path = keys.provisioning_key_path(b.ctx.settings)
     guest.wait_for_ssh_banner(target.host, target.port, b.deadline)
     with guest.root_session(target, key_path, b.deadline) as client:
-        guest.push_credentials(client, hostname=f.hostname, user=f.login_user,
-                               password=password, ssh_keys=ssh_keys)
+        guest.push_credentials(
+            client, hostname=f.hostname, user=f.login_user, password=password, ssh_keys=ssh_keys
+        )
     guest.verify_password_login(target, f.login_user, password)
     erase_pending_password(b.ctx, f.vps_id)
 

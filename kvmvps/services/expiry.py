@@ -19,11 +19,17 @@ ACTOR = "system:ttl"
 def expired(ctx: Context) -> list[str]:
     """Uuids of VPSes past their expiry that no delete is under way for."""
     with ctx.db.session() as s:
-        pending = select(Job.vps_uuid).where(Job.kind == "delete",
-                                             Job.state.in_(JobState.UNFINISHED))
-        rows = s.scalars(select(Vps.uuid).where(
-            Vps.expires_at.is_not(None), Vps.expires_at < now(),
-            Vps.state != VpsState.DELETING, Vps.uuid.not_in(pending)))
+        pending = select(Job.vps_uuid).where(
+            Job.kind == "delete", Job.state.in_(JobState.UNFINISHED)
+        )
+        rows = s.scalars(
+            select(Vps.uuid).where(
+                Vps.expires_at.is_not(None),
+                Vps.expires_at < now(),
+                Vps.state != VpsState.DELETING,
+                Vps.uuid.not_in(pending),
+            )
+        )
         return list(rows)
 
 

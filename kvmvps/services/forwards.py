@@ -72,8 +72,9 @@ def iptables_for(host: Host) -> firewall.Iptables | None:
 
 
 # -- allocation ---------------------------------------------------------------
-def allocate_ssh(ctx: Context, session: Session, vps: Vps, host: Host,
-                 network: Network) -> Forward | None:
+def allocate_ssh(
+    ctx: Context, session: Session, vps: Vps, host: Host, network: Network
+) -> Forward | None:
     """The SSH forward of a new NAT VPS (flushed, not committed); None without forwarding."""
     address = public_address(ctx, host)
     if network.kind != "nat" or not address or not serves_forwards(host.uri):
@@ -81,15 +82,28 @@ def allocate_ssh(ctx: Context, session: Session, vps: Vps, host: Host,
     return _allocate(ctx, session, vps, host, address, "tcp", 22, SSH)
 
 
-def _allocate(ctx: Context, session: Session, vps: Vps, host: Host, address: str,
-              protocol: str, guest_port: int, kind: str) -> Forward:
+def _allocate(
+    ctx: Context,
+    session: Session,
+    vps: Vps,
+    host: Host,
+    address: str,
+    protocol: str,
+    guest_port: int,
+    kind: str,
+) -> Forward:
     """Claim a free public port for ``vps`` (flushed, not committed).
 
     A port that a concurrent transaction took meanwhile (a unique-constraint
     error, or a released row no longer free) is skipped for the next one.
     """
-    values = {"vps_id": vps.id, "guest_port": guest_port, "kind": kind,
-              "public_address": address, "released_at": None}
+    values = {
+        "vps_id": vps.id,
+        "guest_port": guest_port,
+        "kind": kind,
+        "public_address": address,
+        "released_at": None,
+    }
     for _attempt in range(ALLOCATION_ATTEMPTS):
         port, row_id = _next_free_port(ctx, session, host, protocol)
         if row_id is None:
@@ -101,28 +115,43 @@ def _allocate(ctx: Context, session: Session, vps: Vps, host: Host, address: str
             except IntegrityError:
                 continue
         claimed = session.execute(
-            update(Forward).where(Forward.id == row_id, Forward.vps_id.is_(None))
-            .values(**values).execution_options(synchronize_session=False))
+            update(Forward)
+            .where(Forward.id == row_id, Forward.vps_id.is_(None))
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
         if claimed.rowcount == 1:
             return session.get(Forward, row_id, populate_existing=True)
-    raise Conflict(f"public {protocol} ports of host {host.name!r} are being taken by other "
-                   "orders right now; try again")
+    raise Conflict(
+        f"public {protocol} ports of host {host.name!r} are being taken by other "
+        "orders right now; try again"
+    )
 
 
-def _next_free_port(ctx: Context, session: Session, host: Host,
-                    protocol: str) -> tuple[int, int | None]:
+def _next_free_port(
+    ctx: Context, session: Session, host: Host, protocol: str
+) -> tuple[int, int | None]:
     """A never-used port (lowest first), else the one released longest ago (and its row id)."""
     first, last = ctx.settings.forward_port_range
-    rows = {r.public_port: r for r in session.scalars(
-        select(Forward).where(Forward.host_id == host.id, Forward.protocol == protocol,
-                              Forward.public_port.between(first, last)))}
+    rows = {
+        r.public_port: r
+        for r in session.scalars(
+            select(Forward).where(
+                Forward.host_id == host.id,
+                Forward.protocol == protocol,
+                Forward.public_port.between(first, last),
+            )
+        )
+    }
     for port in range(first, last + 1):
         if port not in rows:
             return port, None
     released = [r for r in rows.values() if r.vps_id is None]
     if not released:
-        raise CapacityError(f"host {host.name!r} has no free public {protocol} ports left "
-                            f"(KVMVPS_FORWARD_PORTS is {first}-{last})")
+        raise CapacityError(
+            f"host {host.name!r} has no free public {protocol} ports left "
+            f"(KVMVPS_FORWARD_PORTS is {first}-{last})"
+        )
     row = min(released, key=lambda r: (r.released_at or r.created_at, r.id))
     return row.public_port, row.id
 
@@ -165,8 +194,9 @@ def protocol(value: str) -> str:
     return proto
 
 
-def add(ctx: Context, ref: str, port: int, proto: str = "tcp",
-        owner_id: int | None = None) -> dict[str, Any]:
+def add(
+    ctx: Context, ref: str, port: int, proto: str = "tcp", owner_id: int | None = None
+) -> dict[str, Any]:
     """Forward a new public port to ``port`` of the VPS; the rules are in place on return.
 
     If writing the rules fails, nothing is recorded and no rule changed.
@@ -177,12 +207,16 @@ def add(ctx: Context, ref: str, port: int, proto: str = "tcp",
         address = _forwardable(ctx, vps)
         same = [f for f in vps.forwards if (f.protocol, f.guest_port) == (proto, port)]
         if same:
-            raise Conflict(f"{vps.hostname} already forwards {proto} port {port} "
-                           f"(public port {same[0].public_port})")
+            raise Conflict(
+                f"{vps.hostname} already forwards {proto} port {port} "
+                f"(public port {same[0].public_port})"
+            )
         extras = [f for f in vps.forwards if f.kind == EXTRA]
         if len(extras) >= vps.plan.extra_forwards:
-            raise Conflict(f"{vps.hostname} has {len(extras)} extra forward(s); its plan "
-                           f"{vps.plan.name!r} allows {vps.plan.extra_forwards}")
+            raise Conflict(
+                f"{vps.hostname} has {len(extras)} extra forward(s); its plan "
+                f"{vps.plan.name!r} allows {vps.plan.extra_forwards}"
+            )
         row = _allocate(ctx, s, vps, vps.host, address, proto, port, EXTRA)
         _apply_in(ctx, s, vps.host)
         return forward_view(row, vps)
@@ -191,17 +225,23 @@ def add(ctx: Context, ref: str, port: int, proto: str = "tcp",
 def _forwardable(ctx: Context, vps: Vps) -> str:
     """The public address forwards of ``vps`` use; or why it can have none."""
     if vps.network.kind != "nat":
-        raise Conflict(f"{vps.hostname} is on bridge network {vps.network.name!r}: it has a "
-                       "public address of its own and needs no forwards")
+        raise Conflict(
+            f"{vps.hostname} is on bridge network {vps.network.name!r}: it has a "
+            "public address of its own and needs no forwards"
+        )
     if vps.state in (VpsState.DELETING, VpsState.ERROR) or not vps.ip:
         raise Conflict(f"cannot forward ports to {vps.hostname}: it is {vps.state}")
     address = public_address(ctx, vps.host)
     if not address:
-        raise Conflict(f"port forwarding is not configured on host {vps.host.name!r} "
-                       "(set KVMVPS_PUBLIC_ADDRESS or the host's public address)")
+        raise Conflict(
+            f"port forwarding is not configured on host {vps.host.name!r} "
+            "(set KVMVPS_PUBLIC_ADDRESS or the host's public address)"
+        )
     if not serves_forwards(vps.host.uri):
-        raise Conflict(f"{vps.hostname} is on remote host {vps.host.name!r}; port forwards "
-                       "work on the local libvirt host only")
+        raise Conflict(
+            f"{vps.hostname} is on remote host {vps.host.name!r}; port forwards "
+            "work on the local libvirt host only"
+        )
     return address
 
 
@@ -211,22 +251,30 @@ def list_forwards(ctx: Context, ref: str, owner_id: int | None = None) -> list[d
         return [forward_view(f, vps) for f in vps.forwards]
 
 
-def remove(ctx: Context, ref: str, public_port: int, proto: str | None = None,
-           owner_id: int | None = None) -> dict[str, Any]:
+def remove(
+    ctx: Context, ref: str, public_port: int, proto: str | None = None, owner_id: int | None = None
+) -> dict[str, Any]:
     """Release one extra forward of the VPS and remove its rules."""
     with ctx.db.session() as s:
         vps = resolve(s, ref, owner_id)
-        rows = [f for f in vps.forwards if f.public_port == public_port
-                and (proto is None or f.protocol == protocol(proto))]
+        rows = [
+            f
+            for f in vps.forwards
+            if f.public_port == public_port and (proto is None or f.protocol == protocol(proto))
+        ]
         if not rows:
             raise NotFound(f"{vps.hostname} has no forward on public port {public_port!r}")
         if len(rows) > 1:
-            raise InvalidInput(f"{vps.hostname} forwards tcp and udp on public port "
-                               f"{public_port}; give the protocol")
+            raise InvalidInput(
+                f"{vps.hostname} forwards tcp and udp on public port "
+                f"{public_port}; give the protocol"
+            )
         row = rows[0]
         if row.kind == SSH:
-            raise Conflict(f"public port {public_port} is the SSH forward of {vps.hostname}; "
-                           "it goes when the VPS goes")
+            raise Conflict(
+                f"public port {public_port} is the SSH forward of {vps.hostname}; "
+                "it goes when the VPS goes"
+            )
         shown = forward_view(row, vps)
         row.vps_id, row.guest_port, row.kind = None, None, None
         row.released_at = datetime.now(UTC)
@@ -239,13 +287,25 @@ def remove(ctx: Context, ref: str, public_port: int, proto: str | None = None,
 # -- the rules ----------------------------------------------------------------
 def _port_forwards(session: Session, host: Host) -> list[firewall.PortForward]:
     rows = session.execute(
-        select(Forward, Vps, Network).join(Vps, Vps.id == Forward.vps_id)
+        select(Forward, Vps, Network)
+        .join(Vps, Vps.id == Forward.vps_id)
         .join(Network, Network.id == Vps.network_id)
-        .where(Forward.host_id == host.id, Vps.ip.is_not(None), Network.kind == "nat"))
-    return [firewall.PortForward(
-        protocol=f.protocol, public_address=f.public_address or "", public_port=f.public_port,
-        guest_ip=v.ip, guest_port=f.guest_port, bridge=n.bridge_name, subnet=n.subnet,
-        tag=f"kvmvps:{v.uuid}") for f, v, n in rows if f.public_address]
+        .where(Forward.host_id == host.id, Vps.ip.is_not(None), Network.kind == "nat")
+    )
+    return [
+        firewall.PortForward(
+            protocol=f.protocol,
+            public_address=f.public_address or "",
+            public_port=f.public_port,
+            guest_ip=v.ip,
+            guest_port=f.guest_port,
+            bridge=n.bridge_name,
+            subnet=n.subnet,
+            tag=f"kvmvps:{v.uuid}",
+        )
+        for f, v, n in rows
+        if f.public_address
+    ]
 
 
 def _rehome(ctx: Context, session: Session, host: Host) -> None:
@@ -253,9 +313,13 @@ def _rehome(ctx: Context, session: Session, host: Host) -> None:
     address = public_address(ctx, host)
     if not address:
         return
-    for row in session.scalars(select(Forward).where(
-            Forward.host_id == host.id, Forward.vps_id.is_not(None),
-            Forward.public_address != address)):
+    for row in session.scalars(
+        select(Forward).where(
+            Forward.host_id == host.id,
+            Forward.vps_id.is_not(None),
+            Forward.public_address != address,
+        )
+    ):
         log.info("forward %s/%d moves to %s", row.protocol, row.public_port, address)
         row.public_address = address
 
@@ -312,12 +376,25 @@ def sync(ctx: Context, host: Host) -> list[dict[str, str]]:
 
     if not is_local(host.uri):
         with ctx.db.session() as s:
-            held = s.scalar(select(Forward.id).where(Forward.host_id == host.id,
-                                                     Forward.vps_id.is_not(None)).limit(1))
-        return [{"host": host.name, "action": "skipped: forwarding rules are written on "
-                 "the local host only"}] if held else []
-    done = [{"host": host.name, "action": f"{dev} put back on bridge {bridge}"}
-            for dev, bridge in _reattach(ctx, host)]
+            held = s.scalar(
+                select(Forward.id)
+                .where(Forward.host_id == host.id, Forward.vps_id.is_not(None))
+                .limit(1)
+            )
+        return (
+            [
+                {
+                    "host": host.name,
+                    "action": "skipped: forwarding rules are written on the local host only",
+                }
+            ]
+            if held
+            else []
+        )
+    done = [
+        {"host": host.name, "action": f"{dev} put back on bridge {bridge}"}
+        for dev, bridge in _reattach(ctx, host)
+    ]
     if apply(ctx, host.id):
         done.append({"host": host.name, "action": "forwarding rules rewritten"})
     if http_names.apply_proxy(ctx):
@@ -328,8 +405,11 @@ def sync(ctx: Context, host: Host) -> list[dict[str, str]]:
 def _reattach(ctx: Context, host: Host) -> list[tuple[str, str]]:
     """Put running guests' taps back on their bridges (cut off by a network restart)."""
     with ctx.db.session() as s:
-        domains = list(s.scalars(select(Vps.domain_name).where(
-            Vps.host_id == host.id, Vps.state == VpsState.RUNNING)))
+        domains = list(
+            s.scalars(
+                select(Vps.domain_name).where(Vps.host_id == host.id, Vps.state == VpsState.RUNNING)
+            )
+        )
     hv = ctx.hypervisor(host.uri)
     fixed = []
     for domain in domains:

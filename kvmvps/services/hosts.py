@@ -19,8 +19,18 @@ from kvmvps.services.inventory import get_by_name
 _URI = re.compile(r"^[a-z][a-z0-9+.-]*:/[^\s]*$")
 
 SHOW_KEYS = (
-    "name", "uri", "enabled", "public_address", "cpus", "vcpus_pinned", "vcpu_limit", "memory_mib",
-    "memory_committed_mib", "memory_limit_mib", "vps_count", "created_at",
+    "name",
+    "uri",
+    "enabled",
+    "public_address",
+    "cpus",
+    "vcpus_pinned",
+    "vcpu_limit",
+    "memory_mib",
+    "memory_committed_mib",
+    "memory_limit_mib",
+    "vps_count",
+    "created_at",
 )
 
 
@@ -95,7 +105,8 @@ def remove_host(ctx: Context, name: str) -> None:
         if count:
             raise Conflict(f"host {name!r} carries {count} VPS(es); delete them first")
         unfinished = s.scalar(
-            select(func.count()).select_from(Job)
+            select(func.count())
+            .select_from(Job)
             .where(Job.host_id == host.id, Job.state.in_(JobState.UNFINISHED))
         )
         if unfinished:

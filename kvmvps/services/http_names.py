@@ -37,16 +37,24 @@ def full_name(ctx: Context, name: str) -> str:
     raw = (name or "").strip().lower().removesuffix(".")
     if raw and "." not in raw:
         if not ctx.settings.base_domain:
-            raise InvalidInput(f"{name!r} is a single label and KVMVPS_BASE_DOMAIN is not set; "
-                               "give a full domain name")
+            raise InvalidInput(
+                f"{name!r} is a single label and KVMVPS_BASE_DOMAIN is not set; "
+                "give a full domain name"
+            )
         validation.hostname(raw)
         raw = f"{raw}.{ctx.settings.base_domain.lower()}"
     return validation.dns_name(raw, "HTTP name")
 
 
 def name_view(row: HttpName, vps: Vps) -> dict[str, Any]:
-    return {"name": row.name, "vps": vps.uuid, "hostname": vps.hostname, "guest_ip": vps.ip,
-            "http": f"http://{row.name}/", "https": f"https://{row.name}/"}
+    return {
+        "name": row.name,
+        "vps": vps.uuid,
+        "hostname": vps.hostname,
+        "guest_ip": vps.ip,
+        "http": f"http://{row.name}/",
+        "https": f"https://{row.name}/",
+    }
 
 
 def add(ctx: Context, ref: str, name: str, owner_id: int | None = None) -> dict[str, Any]:
@@ -75,11 +83,13 @@ def add(ctx: Context, ref: str, name: str, owner_id: int | None = None) -> dict[
 
 def _routable(ctx: Context, vps: Vps) -> None:
     if vps.network.kind != "nat" or not vps.ip:
-        raise Conflict(f"{vps.hostname} is not a NAT VPS with an address; names are "
-                       "routed to NAT VPSes only")
+        raise Conflict(
+            f"{vps.hostname} is not a NAT VPS with an address; names are routed to NAT VPSes only"
+        )
     if not forwards.is_local(vps.host.uri):
-        raise Conflict(f"{vps.hostname} is on host {vps.host.name!r}; the proxy runs on "
-                       "the local host only")
+        raise Conflict(
+            f"{vps.hostname} is on host {vps.host.name!r}; the proxy runs on the local host only"
+        )
     if not forwards.public_address(ctx, vps.host):
         raise Conflict("HTTP names need a public address (set KVMVPS_PUBLIC_ADDRESS)")
 
@@ -87,8 +97,7 @@ def _routable(ctx: Context, vps: Vps) -> None:
 def list_names(ctx: Context, ref: str, owner_id: int | None = None) -> list[dict[str, Any]]:
     with ctx.db.session() as s:
         vps = resolve(s, ref, owner_id)
-        rows = s.scalars(select(HttpName).where(HttpName.vps_id == vps.id)
-                         .order_by(HttpName.name))
+        rows = s.scalars(select(HttpName).where(HttpName.vps_id == vps.id).order_by(HttpName.name))
         return [name_view(r, vps) for r in rows]
 
 
@@ -100,8 +109,9 @@ def remove(ctx: Context, ref: str, name: str, owner_id: int | None = None) -> di
         candidates = {fqdn}
         if "." not in fqdn and ctx.settings.base_domain:
             candidates.add(f"{fqdn}.{ctx.settings.base_domain.lower()}")
-        row = s.scalar(select(HttpName).where(HttpName.vps_id == vps.id,
-                                              HttpName.name.in_(candidates)))
+        row = s.scalar(
+            select(HttpName).where(HttpName.vps_id == vps.id, HttpName.name.in_(candidates))
+        )
         if row is None:
             raise NotFound(f"{vps.hostname} has no name {name!r}")
         shown = name_view(row, vps)
@@ -115,9 +125,13 @@ def remove(ctx: Context, ref: str, name: str, owner_id: int | None = None) -> di
 def desired(ctx: Context, session: Session) -> str | None:
     """The proxy configuration for the local host's names; None when there are none."""
     rows = session.execute(
-        select(HttpName.name, Vps, Host).join(Vps, Vps.id == HttpName.vps_id)
-        .join(Host, Host.id == Vps.host_id).join(Network, Network.id == Vps.network_id)
-        .where(Vps.ip.is_not(None), Network.kind == "nat").order_by(HttpName.name))
+        select(HttpName.name, Vps, Host)
+        .join(Vps, Vps.id == HttpName.vps_id)
+        .join(Host, Host.id == Vps.host_id)
+        .join(Network, Network.id == Vps.network_id)
+        .where(Vps.ip.is_not(None), Network.kind == "nat")
+        .order_by(HttpName.name)
+    )
     names: dict[str, list[str]] = {}
     guests: dict[str, tuple[str, str]] = {}
     for name, vps, host in rows:
@@ -157,11 +171,22 @@ def run_acme_hook(ctx: Context, name: str, shown: dict[str, Any]) -> str:
     hook = ctx.settings.acme_hook
     if not hook:
         return "no hook"
-    env = {**os.environ, "KVMVPS_HTTP_NAME": name, "KVMVPS_VPS": shown["vps"],
-           "KVMVPS_GUEST_IP": shown["guest_ip"] or ""}
+    env = {
+        **os.environ,
+        "KVMVPS_HTTP_NAME": name,
+        "KVMVPS_VPS": shown["vps"],
+        "KVMVPS_GUEST_IP": shown["guest_ip"] or "",
+    }
     try:
-        done = subprocess.run([hook, name], env=env, capture_output=True, text=True,
-                              timeout=HOOK_TIMEOUT, stdin=subprocess.DEVNULL, check=False)
+        done = subprocess.run(
+            [hook, name],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=HOOK_TIMEOUT,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         log.warning("the ACME hook %s failed for %s: %s", hook, name, exc)
         return f"failed: {exc}"

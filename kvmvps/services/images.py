@@ -18,12 +18,20 @@ def _prepare(ctx: Context, name: str) -> str:
     return name
 
 
-def _build(ctx: Context, name: str, builder: Callable[..., BuiltImage],
-           progress: Callable[[str], None] | None) -> Image:
+def _build(
+    ctx: Context,
+    name: str,
+    builder: Callable[..., BuiltImage],
+    progress: Callable[[str], None] | None,
+) -> Image:
     name = _prepare(ctx, name)
     pubkey = keys.ensure_provisioning_key(ctx.settings)
-    built = builder(ctx.settings.images_dir / name, pubkey,
-                    cache_dir=ctx.settings.download_cache, progress=progress)
+    built = builder(
+        ctx.settings.images_dir / name,
+        pubkey,
+        cache_dir=ctx.settings.download_cache,
+        progress=progress,
+    )
     return inventory.register_built_image(ctx, name, built)
 
 

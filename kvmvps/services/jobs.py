@@ -27,7 +27,14 @@ from kvmvps.services import Context
 
 BUILD_KINDS = ("create", "reinstall")
 KINDS = BUILD_KINDS + (
-    "start", "shutdown", "destroy", "reboot", "suspend", "resume", "delete", "password_reset",
+    "start",
+    "shutdown",
+    "destroy",
+    "reboot",
+    "suspend",
+    "resume",
+    "delete",
+    "password_reset",
 )
 MAX_ATTEMPTS = 3
 
@@ -56,29 +63,47 @@ class Claimed:
     started_at: datetime
 
 
-def enqueue(session: Session, kind: str, vps_uuid: str | None, host_id: int | None,
-            actor: str = "", **params: Any) -> Job:
+def enqueue(
+    session: Session,
+    kind: str,
+    vps_uuid: str | None,
+    host_id: int | None,
+    actor: str = "",
+    **params: Any,
+) -> Job:
     """Add a job inside the caller's transaction."""
     if kind not in KINDS:
         raise ValueError(f"unknown job kind {kind!r}")
-    job = Job(kind=kind, vps_uuid=vps_uuid, host_id=host_id, actor=actor,
-              params=json.dumps(params, sort_keys=True))
+    job = Job(
+        kind=kind,
+        vps_uuid=vps_uuid,
+        host_id=host_id,
+        actor=actor,
+        params=json.dumps(params, sort_keys=True),
+    )
     session.add(job)
     session.flush()
     return job
 
 
-def _claimable(session: Session, build_limit: int, lease: timedelta, worker: str,
-               only_id: int | None) -> Job | None:
+def _claimable(
+    session: Session, build_limit: int, lease: timedelta, worker: str, only_id: int | None
+) -> Job | None:
     other = aliased(Job)
     busy_vps = exists().where(
         other.vps_uuid == Job.vps_uuid,
         other.id != Job.id,
-        or_(other.state == JobState.RUNNING,
-            and_(other.state == JobState.QUEUED, other.id < Job.id)),
+        or_(
+            other.state == JobState.RUNNING, and_(other.state == JobState.QUEUED, other.id < Job.id)
+        ),
     )
-    query = (select(Job).where(Job.state == JobState.QUEUED, ~busy_vps)
-             .order_by(Job.id).limit(20).with_for_update(skip_locked=True, of=Job))
+    query = (
+        select(Job)
+        .where(Job.state == JobState.QUEUED, ~busy_vps)
+        .order_by(Job.id)
+        .limit(20)
+        .with_for_update(skip_locked=True, of=Job)
+    )
     if only_id is not None:
         query = query.where(Job.id == only_id)
     for job in session.scalars(query):
@@ -98,9 +123,10 @@ def _build_slot_free(session: Session, job: Job, build_limit: int) -> bool:
         return True
     session.scalar(select(Host.id).where(Host.id == job.host_id).with_for_update())
     running = session.scalar(
-        select(func.count()).select_from(Job).where(
-            Job.host_id == job.host_id, Job.state == JobState.RUNNING,
-            Job.kind.in_(BUILD_KINDS)))
+        select(func.count())
+        .select_from(Job)
+        .where(Job.host_id == job.host_id, Job.state == JobState.RUNNING, Job.kind.in_(BUILD_KINDS))
+    )
     return running < build_limit
 
 
@@ -108,22 +134,35 @@ def claim(ctx: Context, worker: str, only_id: int | None = None) -> Claimed | No
     """Atomically take the oldest runnable job (or job ``only_id``)."""
     st = ctx.settings
     with ctx.db.session() as s:
-        job = _claimable(s, st.build_limit, timedelta(seconds=st.job_lease_seconds), worker,
-                         only_id)
+        job = _claimable(
+            s, st.build_limit, timedelta(seconds=st.job_lease_seconds), worker, only_id
+        )
         if job is None:
             return None
-        return Claimed(id=job.id, uuid=job.uuid, kind=job.kind, vps_uuid=job.vps_uuid,
-                       params=json.loads(job.params or "{}"), attempts=job.attempts,
-                       started_at=_aware(job.started_at))
+        return Claimed(
+            id=job.id,
+            uuid=job.uuid,
+            kind=job.kind,
+            vps_uuid=job.vps_uuid,
+            params=json.loads(job.params or "{}"),
+            attempts=job.attempts,
+            started_at=_aware(job.started_at),
+        )
 
 
 def renew_lease(ctx: Context, job_id: int, worker: str) -> bool:
     """Extend the lease; False when the job is no longer ours."""
     expires = now() + timedelta(seconds=ctx.settings.job_lease_seconds)
     with ctx.db.session() as s:
-        result = s.execute(update(Job).where(
-            Job.id == job_id, Job.worker == worker, Job.state == JobState.RUNNING,
-        ).values(lease_expires_at=expires))
+        result = s.execute(
+            update(Job)
+            .where(
+                Job.id == job_id,
+                Job.worker == worker,
+                Job.state == JobState.RUNNING,
+            )
+            .values(lease_expires_at=expires)
+        )
         return result.rowcount == 1
 
 
@@ -135,38 +174,66 @@ def set_step(ctx: Context, job_id: int, step: str, progress: int) -> None:
 def finish(ctx: Context, job_id: int, worker: str, error: str | None = None) -> None:
     """Mark a job we hold as succeeded (or failed with ``error``)."""
     with ctx.db.session() as s:
-        s.execute(update(Job).where(Job.id == job_id, Job.worker == worker).values(
-            state=JobState.FAILED if error else JobState.SUCCEEDED,
-            error=error, finished_at=now(), lease_expires_at=None,
-            progress=100 if error is None else Job.progress,
-        ))
+        s.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.worker == worker)
+            .values(
+                state=JobState.FAILED if error else JobState.SUCCEEDED,
+                error=error,
+                finished_at=now(),
+                lease_expires_at=None,
+                progress=100 if error is None else Job.progress,
+            )
+        )
 
 
 def release(ctx: Context, job_id: int, worker: str) -> None:
     """Hand a job back to the queue (a worker stopping between steps)."""
     with ctx.db.session() as s:
-        s.execute(update(Job).where(Job.id == job_id, Job.worker == worker).values(
-            state=JobState.QUEUED, worker=None, lease_expires_at=None,
-            attempts=Job.attempts - 1,
-        ))
+        s.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.worker == worker)
+            .values(
+                state=JobState.QUEUED,
+                worker=None,
+                lease_expires_at=None,
+                attempts=Job.attempts - 1,
+            )
+        )
 
 
 def expired(ctx: Context) -> list[Claimed]:
     """Running jobs whose worker stopped renewing the lease."""
     with ctx.db.session() as s:
-        rows = s.scalars(select(Job).where(
-            Job.state == JobState.RUNNING, Job.lease_expires_at < now()))
-        return [Claimed(id=j.id, uuid=j.uuid, kind=j.kind, vps_uuid=j.vps_uuid,
-                        params=json.loads(j.params or "{}"), attempts=j.attempts,
-                        started_at=_aware(j.started_at)) for j in rows]
+        rows = s.scalars(
+            select(Job).where(Job.state == JobState.RUNNING, Job.lease_expires_at < now())
+        )
+        return [
+            Claimed(
+                id=j.id,
+                uuid=j.uuid,
+                kind=j.kind,
+                vps_uuid=j.vps_uuid,
+                params=json.loads(j.params or "{}"),
+                attempts=j.attempts,
+                started_at=_aware(j.started_at),
+            )
+            for j in rows
+        ]
 
 
 def requeue_expired(ctx: Context, job_id: int) -> bool:
     """Queue an expired job again; False if someone else already did."""
     with ctx.db.session() as s:
-        result = s.execute(update(Job).where(
-            Job.id == job_id, Job.state == JobState.RUNNING, Job.lease_expires_at < now(),
-        ).values(state=JobState.QUEUED, worker=None, lease_expires_at=None))
+        result = s.execute(
+            update(Job)
+            .where(
+                Job.id == job_id,
+                Job.state == JobState.RUNNING,
+                Job.lease_expires_at < now(),
+            )
+            .values(state=JobState.QUEUED, worker=None, lease_expires_at=None)
+        )
         return result.rowcount == 1
 
 
@@ -174,9 +241,15 @@ def take_over_expired(ctx: Context, job_id: int, worker: str) -> bool:
     """Become the holder of an expired job (to roll it back); False if we lost the race."""
     lease = now() + timedelta(seconds=ctx.settings.job_lease_seconds)
     with ctx.db.session() as s:
-        result = s.execute(update(Job).where(
-            Job.id == job_id, Job.state == JobState.RUNNING, Job.lease_expires_at < now(),
-        ).values(worker=worker, lease_expires_at=lease))
+        result = s.execute(
+            update(Job)
+            .where(
+                Job.id == job_id,
+                Job.state == JobState.RUNNING,
+                Job.lease_expires_at < now(),
+            )
+            .values(worker=worker, lease_expires_at=lease)
+        )
         return result.rowcount == 1
 
 
@@ -207,15 +280,19 @@ def get_job(ctx: Context, ref: str) -> dict[str, Any]:
     """A job by uuid or unique uuid prefix."""
     ref = (ref or "").strip().lower()
     with ctx.db.session() as s:
-        rows = list(s.scalars(select(Job).where(Job.uuid.startswith(ref, autoescape=True))
-                              .limit(2))) if ref else []
+        rows = (
+            list(s.scalars(select(Job).where(Job.uuid.startswith(ref, autoescape=True)).limit(2)))
+            if ref
+            else []
+        )
         if len(rows) != 1:
             raise NotFound(f"no job matches {ref!r}" if not rows else f"{ref!r} is ambiguous")
         return job_view(rows[0])
 
 
-def list_jobs(ctx: Context, state: str | None = None, vps_uuid: str | None = None,
-              limit: int = 50) -> list[dict[str, Any]]:
+def list_jobs(
+    ctx: Context, state: str | None = None, vps_uuid: str | None = None, limit: int = 50
+) -> list[dict[str, Any]]:
     query = select(Job).order_by(Job.id.desc()).limit(limit)
     if state:
         query = query.where(Job.state == state)

@@ -61,9 +61,12 @@ def choose_host(session: Session, plan: Plan, overcommit: float, reserve_mib: in
     fitting = []
     for host in hosts:
         cap = capacity(session, host, overcommit, reserve_mib)
-        if plan.vcpus <= host.cpus and cap.free_vcpus >= plan.vcpus:
-            if cap.free_memory_mib >= plan.memory_mib:
-                fitting.append((cap.free_memory_mib, cap.free_vcpus, -host.id, host))
+        if (
+            plan.vcpus <= host.cpus
+            and cap.free_vcpus >= plan.vcpus
+            and cap.free_memory_mib >= plan.memory_mib
+        ):
+            fitting.append((cap.free_memory_mib, cap.free_vcpus, -host.id, host))
     if not fitting:
         raise CapacityError(
             f"no host has {plan.vcpus} vCPU(s) and {plan.memory_mib} MiB of memory free "

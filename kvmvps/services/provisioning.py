@@ -109,13 +109,26 @@ def record_order(ctx: Context, req: OrderRequest, actor: str = "") -> Order:
         overlay_capacity(plan.disk_gib, check_base_image(Path(image.base_path)), image.name)
         if s.scalar(select(Vps.id).where(Vps.owner_id == owner.id, Vps.hostname == hostname)):
             raise Conflict(f"{owner.email} already has a VPS named {hostname!r}")
-        host = choose_host(s, plan, ctx.settings.cpu_overcommit, ctx.settings.host_memory_reserve_mib)
+        host = choose_host(
+            s, plan, ctx.settings.cpu_overcommit, ctx.settings.host_memory_reserve_mib
+        )
         setup.prepare_host(ctx, s, host)
-        leased = ctx.hypervisor(host).dhcp_leases(network.libvirt_name) if network.kind == "nat" else {}
-        vps = Vps(hostname=hostname, owner_id=owner.id, plan_id=plan.id, image_id=image.id,
-                  host_id=host.id, network_id=network.id, state=VpsState.QUEUED,
-                  username=image.login_user, domain_name="", ssh_keys="\n".join(ssh_keys),
-                  pending_password=credentials.seal(ctx, password) if password else None)
+        leased = (
+            ctx.hypervisor(host).dhcp_leases(network.libvirt_name) if network.kind == "nat" else {}
+        )
+        vps = Vps(
+            hostname=hostname,
+            owner_id=owner.id,
+            plan_id=plan.id,
+            image_id=image.id,
+            host_id=host.id,
+            network_id=network.id,
+            state=VpsState.QUEUED,
+            username=image.login_user,
+            domain_name="",
+            ssh_keys="\n".join(ssh_keys),
+            pending_password=credentials.seal(ctx, password) if password else None,
+        )
         if req.ttl_seconds:
             vps.expires_at = jobs.now() + timedelta(seconds=req.ttl_seconds)
         s.add(vps)
@@ -257,16 +270,21 @@ STEPS: tuple[Step, ...] = (
 
 
 # -- running the steps -------------------------------------------------------
-class Interrupted(Exception):  # noqa: N818 - not an error: the worker is stopping
+class Interrupted(Exception):
     """Raised by a checkpoint between steps: stop here, undo nothing."""
 
 
 UNAVAILABLE_RETRIES = (1.0, 2.0, 4.0)
 
 
-def build(ctx: Context, uuid: str, progress: Progress | None = None, *,
-          checkpoint: Callable[[], None] | None = None,
-          deadline: float | None = None) -> dict[str, float]:
+def build(
+    ctx: Context,
+    uuid: str,
+    progress: Progress | None = None,
+    *,
+    checkpoint: Callable[[], None] | None = None,
+    deadline: float | None = None,
+) -> dict[str, float]:
     """Run every step for the VPS; roll back and raise :class:`StepFailed` on failure.
 
     ``checkpoint`` runs before each step and may raise :class:`Interrupted`;
@@ -313,8 +331,9 @@ def _do_with_retries(step: Step, b: Build) -> None:
         except HypervisorUnavailable as exc:
             if pause is None:
                 raise
-            log.warning("step %s of %s: %s; retrying in %.0f s", step.name, b.facts.domain,
-                        exc, pause)
+            log.warning(
+                "step %s of %s: %s; retrying in %.0f s", step.name, b.facts.domain, exc, pause
+            )
             time.sleep(pause)
 
 
@@ -366,8 +385,9 @@ def _set_state(ctx: Context, vps_id: int, state: str, error: str | None = None) 
 
 
 # -- creating and deleting ---------------------------------------------------
-def create(ctx: Context, req: OrderRequest, progress: Progress | None = None,
-           actor: str = "") -> Order:
+def create(
+    ctx: Context, req: OrderRequest, progress: Progress | None = None, actor: str = ""
+) -> Order:
     """Record the order and wait until it is built (here, if no worker is alive)."""
     from kvmvps.services.runner import JobFailed, run_or_follow
 
@@ -400,10 +420,15 @@ def delete(ctx: Context, uuid: str) -> None:
     forwards.apply_quietly(ctx, host_id)
 
 
-def reinstall(ctx: Context, uuid: str, image: str | None = None,
-              progress: Progress | None = None, *,
-              checkpoint: Callable[[], None] | None = None,
-              deadline: float | None = None) -> dict[str, float]:
+def reinstall(
+    ctx: Context,
+    uuid: str,
+    image: str | None = None,
+    progress: Progress | None = None,
+    *,
+    checkpoint: Callable[[], None] | None = None,
+    deadline: float | None = None,
+) -> dict[str, float]:
     """A fresh overlay from the image (or another one), new host key, new credentials.
 
     The address, MAC, pinned CPUs and DHCP entry stay; the old disk is gone.

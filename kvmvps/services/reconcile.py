@@ -52,8 +52,13 @@ class Report:
 
     @property
     def clean(self) -> bool:
-        return not (self.orphan_domains or self.orphan_volumes or self.orphan_dhcp
-                    or self.vanished or self.errors)
+        return not (
+            self.orphan_domains
+            or self.orphan_volumes
+            or self.orphan_dhcp
+            or self.vanished
+            or self.errors
+        )
 
 
 # -- the lock ----------------------------------------------------------------
@@ -129,18 +134,21 @@ def _host_pass(ctx: Context, host: Host, fix: bool, report: Report) -> None:
 def _check_power(vps: Vps, actual: str | None, report: Report) -> None:
     if actual is None:
         vps.state, vps.error = VpsState.ERROR, "the domain has vanished from libvirt"
-        report.vanished.append({"vps": vps.uuid, "hostname": vps.hostname,
-                                "domain": vps.domain_name})
+        report.vanished.append(
+            {"vps": vps.uuid, "hostname": vps.hostname, "domain": vps.domain_name}
+        )
         return
     state = FROM_LIBVIRT[actual]
     if state != vps.state:
-        report.drift.append({"vps": vps.uuid, "hostname": vps.hostname,
-                             "from": vps.state, "to": state})
+        report.drift.append(
+            {"vps": vps.uuid, "hostname": vps.hostname, "from": vps.state, "to": state}
+        )
         vps.state = state
 
 
-def _orphan_domains(hv: Hypervisor, host: Host, names: set[str], fix: bool,
-                    report: Report, installation: str) -> None:
+def _orphan_domains(
+    hv: Hypervisor, host: Host, names: set[str], fix: bool, report: Report, installation: str
+) -> None:
     """Unknown kvmvps-* domains, except those another installation made (its own pool)."""
     for name in sorted(names):
         meta = hv.domain_metadata(name, KVMVPS_XMLNS)
@@ -151,8 +159,9 @@ def _orphan_domains(hv: Hypervisor, host: Host, names: set[str], fix: bool,
             hv.undefine(name)
 
 
-def _orphan_volumes(ctx: Context, hv: Hypervisor, host: Host, known: set[str], fix: bool,
-                    report: Report) -> None:
+def _orphan_volumes(
+    ctx: Context, hv: Hypervisor, host: Host, known: set[str], fix: bool, report: Report
+) -> None:
     pool = ctx.settings.storage_pool
     for volume in hv.list_volumes(pool):
         if not volume.startswith(DOMAIN_PREFIX):
@@ -167,17 +176,23 @@ def _orphan_volumes(ctx: Context, hv: Hypervisor, host: Host, known: set[str], f
 def _orphan_dhcp(ctx: Context, hv: Hypervisor, host: Host, fix: bool, report: Report) -> None:
     with ctx.db.session() as s:
         networks = list(s.scalars(select(Network).where(Network.kind == "nat")))
-        held = {(n.libvirt_name, mac) for n, mac in s.execute(
-            select(Network, IpLease.mac).join(IpLease, IpLease.network_id == Network.id)
-            .where(IpLease.vps_id.is_not(None)))}
+        held = {
+            (n.libvirt_name, mac)
+            for n, mac in s.execute(
+                select(Network, IpLease.mac)
+                .join(IpLease, IpLease.network_id == Network.id)
+                .where(IpLease.vps_id.is_not(None))
+            )
+        }
     for net in networks:
         if not hv.network_exists(net.libvirt_name):
             continue
         for entry in hv.dhcp_hosts(net.libvirt_name, live=False):
             if entry.mac == SENTINEL_MAC or (net.libvirt_name, entry.mac) in held:
                 continue
-            report.orphan_dhcp.append({"host": host.name, "network": net.libvirt_name,
-                                       "mac": entry.mac, "ip": entry.ip})
+            report.orphan_dhcp.append(
+                {"host": host.name, "network": net.libvirt_name, "mac": entry.mac, "ip": entry.ip}
+            )
             if fix:
                 xml = xmlrender.dhcp_host_xml(DhcpHost(entry.mac, entry.ip, entry.name))
                 hv.remove_dhcp_host(net.libvirt_name, entry, xml)

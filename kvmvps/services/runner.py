@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -28,8 +29,14 @@ Progress = Callable[[str, int, int], None]
 class JobControl:
     """What a running job may ask of its worker: stop?, report progress, time left."""
 
-    def __init__(self, ctx: Context, claimed: Claimed, worker: str,
-                 should_stop: Callable[[], bool], on_progress: Progress | None = None) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        claimed: Claimed,
+        worker: str,
+        should_stop: Callable[[], bool],
+        on_progress: Progress | None = None,
+    ) -> None:
         self.ctx, self.claimed, self.worker = ctx, claimed, worker
         self._should_stop, self._on_progress = should_stop, on_progress
         self.lost = threading.Event()
@@ -48,25 +55,32 @@ class JobControl:
 
 
 def _create(ctx: Context, c: Claimed, jc: JobControl) -> None:
-    provisioning.build(ctx, c.vps_uuid, jc.progress, checkpoint=jc.checkpoint,
-                       deadline=jc.deadline)
+    provisioning.build(ctx, c.vps_uuid, jc.progress, checkpoint=jc.checkpoint, deadline=jc.deadline)
 
 
 def _reinstall(ctx: Context, c: Claimed, jc: JobControl) -> None:
-    provisioning.reinstall(ctx, c.vps_uuid, c.params.get("image"), jc.progress,
-                           checkpoint=jc.checkpoint, deadline=jc.deadline)
+    provisioning.reinstall(
+        ctx,
+        c.vps_uuid,
+        c.params.get("image"),
+        jc.progress,
+        checkpoint=jc.checkpoint,
+        deadline=jc.deadline,
+    )
 
 
 def _shutdown(ctx: Context, c: Claimed, jc: JobControl) -> None:
-    vps_service.shutdown(ctx, c.vps_uuid, timeout=float(c.params.get("timeout", 60)),
-                         force=bool(c.params.get("force", False)))
+    vps_service.shutdown(
+        ctx,
+        c.vps_uuid,
+        timeout=float(c.params.get("timeout", 60)),
+        force=bool(c.params.get("force", False)),
+    )
 
 
 def _delete(ctx: Context, c: Claimed, jc: JobControl) -> None:
-    try:
+    with contextlib.suppress(NotFound):  # deleted already (a resumed job)
         provisioning.delete(ctx, c.vps_uuid)
-    except NotFound:
-        pass  # deleted already (a resumed job)
 
 
 def _simple(action: Callable[[Context, str], object]) -> Handler:
@@ -98,9 +112,13 @@ def _keep_lease(ctx: Context, jc: JobControl, done: threading.Event) -> None:
             log.warning("renewing the lease of job %s failed: %s", jc.claimed.uuid, exc)
 
 
-def run_claimed(ctx: Context, claimed: Claimed, worker: str,
-                should_stop: Callable[[], bool] = lambda: False,
-                on_progress: Progress | None = None) -> None:
+def run_claimed(
+    ctx: Context,
+    claimed: Claimed,
+    worker: str,
+    should_stop: Callable[[], bool] = lambda: False,
+    on_progress: Progress | None = None,
+) -> None:
     """Run a job this worker claimed; finish, fail or hand it back."""
     jc = JobControl(ctx, claimed, worker, should_stop, on_progress)
     done = threading.Event()
@@ -114,7 +132,7 @@ def run_claimed(ctx: Context, claimed: Claimed, worker: str,
         log.info("job %s handed back to the queue", claimed.uuid)
     except KvmvpsError as exc:
         jobs.finish(ctx, claimed.id, worker, error=str(exc))
-    except Exception as exc:  # noqa: BLE001 - a bug must not kill the worker
+    except Exception as exc:
         log.exception("job %s crashed", claimed.uuid)
         jobs.finish(ctx, claimed.id, worker, error=f"internal error: {type(exc).__name__}: {exc}")
     else:
@@ -143,8 +161,9 @@ class JobFailed(KvmvpsError):
     """A job ended in failure; the message is the job's error."""
 
 
-def run_or_follow(ctx: Context, job_uuid: str, progress: Progress | None = None,
-                  timeout: float | None = None) -> dict:
+def run_or_follow(
+    ctx: Context, job_uuid: str, progress: Progress | None = None, timeout: float | None = None
+) -> dict:
     """Wait for a job: follow a live worker, or run it here when none is alive.
 
     Returns the finished job's view; raises :class:`JobFailed` if it failed.

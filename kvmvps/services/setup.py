@@ -32,7 +32,7 @@ class InitReport:
 def make_state_dirs(ctx: Context) -> None:
     s = ctx.settings
     s.state_dir.mkdir(parents=True, exist_ok=True)
-    os.chmod(s.state_dir, 0o755)
+    os.chmod(s.state_dir, 0o755)  # noqa: S103 - world-readable on purpose: QEMU (libvirt-qemu) reads it
     for path, mode in (
         (s.images_dir, 0o755),
         (s.pool_dir, 0o711),
@@ -58,8 +58,9 @@ def init(ctx: Context) -> InitReport:
         host = s.scalar(select(Host).where(Host.uri == ctx.settings.libvirt_uri))
         if host is None:
             name = validation.object_name(_host_name(info.hostname), "host name")
-            host = Host(name=name, uri=ctx.settings.libvirt_uri, cpus=info.cpus,
-                        memory_mib=info.memory_mib)
+            host = Host(
+                name=name, uri=ctx.settings.libvirt_uri, cpus=info.cpus, memory_mib=info.memory_mib
+            )
             s.add(host)
         _ensure_default_network(ctx, s)
         _ensure_operator(s)
@@ -86,9 +87,14 @@ def _ensure_default_network(ctx: Context, session: Session) -> Network:
     net = session.scalar(select(Network).where(Network.name == st.network))
     if net is None:
         subnet = validation.ipv4_network(st.network_subnet)
-        net = Network(name=validation.object_name(st.network, "network name"), kind="nat",
-                      libvirt_name=st.network, bridge_name=validation.bridge_name(st.network_bridge),
-                      subnet=str(subnet), gateway=str(next(subnet.hosts())))
+        net = Network(
+            name=validation.object_name(st.network, "network name"),
+            kind="nat",
+            libvirt_name=st.network,
+            bridge_name=validation.bridge_name(st.network_bridge),
+            subnet=str(subnet),
+            gateway=str(next(subnet.hosts())),
+        )
         session.add(net)
         session.flush()
     return net
@@ -105,8 +111,10 @@ def _ensure_operator(session: Session) -> User:
 def prepare_host(ctx: Context, session: Session, host: Host) -> None:
     """Make sure the host has kvmvps's storage pool and every network, running."""
     hv = ctx.hypervisor(host)
-    hv.ensure_pool(ctx.settings.storage_pool, xmlrender.pool_xml(
-        ctx.settings.storage_pool, str(ctx.settings.pool_dir)))
+    hv.ensure_pool(
+        ctx.settings.storage_pool,
+        xmlrender.pool_xml(ctx.settings.storage_pool, str(ctx.settings.pool_dir)),
+    )
     for net in session.scalars(select(Network)):
         hv.ensure_network(net.libvirt_name, inventory.network_xml(session, net))
 

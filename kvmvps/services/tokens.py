@@ -15,7 +15,7 @@ from kvmvps.services import Context
 from kvmvps.services.audit import iso
 from kvmvps.services.inventory import user_by_email
 
-TOKEN_PREFIX = "kvp_"
+TOKEN_PREFIX = "kvp_"  # noqa: S105 - a name, not a secret
 MAX_NAME = 64
 MAX_TOKEN = 256
 
@@ -67,8 +67,11 @@ def verify_token(ctx: Context, token: str) -> User | None:
     query = (
         select(ApiToken)
         .join(User, User.id == ApiToken.user_id)
-        .where(ApiToken.token_hash == digest(token), ApiToken.revoked.is_(False),
-               User.is_active.is_(True))
+        .where(
+            ApiToken.token_hash == digest(token),
+            ApiToken.revoked.is_(False),
+            User.is_active.is_(True),
+        )
     )
     with ctx.db.session() as s:
         row = s.scalar(query)

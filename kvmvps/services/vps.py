@@ -27,16 +27,40 @@ _FROM_LIBVIRT = {
 }
 
 VIEW_KEYS = (
-    "id", "hostname", "state", "ip", "mac", "domain", "host", "plan", "image", "network",
-    "owner", "vcpus", "memory_mib", "disk_gib", "pinned_cpus", "ssh_host", "ssh_port",
-    "username", "host_key_fingerprint", "error", "expires_at", "created_at", "updated_at",
+    "id",
+    "hostname",
+    "state",
+    "ip",
+    "mac",
+    "domain",
+    "host",
+    "plan",
+    "image",
+    "network",
+    "owner",
+    "vcpus",
+    "memory_mib",
+    "disk_gib",
+    "pinned_cpus",
+    "ssh_host",
+    "ssh_port",
+    "username",
+    "host_key_fingerprint",
+    "error",
+    "expires_at",
+    "created_at",
+    "updated_at",
 )
 
 
 def _query() -> Select[tuple[Vps]]:
     return select(Vps).options(
-        selectinload(Vps.plan), selectinload(Vps.image), selectinload(Vps.host),
-        selectinload(Vps.network), selectinload(Vps.owner), selectinload(Vps.pins),
+        selectinload(Vps.plan),
+        selectinload(Vps.image),
+        selectinload(Vps.host),
+        selectinload(Vps.network),
+        selectinload(Vps.owner),
+        selectinload(Vps.pins),
         selectinload(Vps.forwards),
     )
 
@@ -151,21 +175,25 @@ def sync_domain(ctx: Context, host_uri: str, domain: str) -> str | None:
     from kvmvps.models import Job, JobState
 
     with ctx.db.session() as s:
-        vps = s.scalar(select(Vps).join(Host, Host.id == Vps.host_id).where(
-            Vps.domain_name == domain, Host.uri == host_uri))
-        if vps is None or vps.state not in (VpsState.RUNNING, VpsState.STOPPED,
-                                            VpsState.SUSPENDED):
+        vps = s.scalar(
+            select(Vps)
+            .join(Host, Host.id == Vps.host_id)
+            .where(Vps.domain_name == domain, Host.uri == host_uri)
+        )
+        if vps is None or vps.state not in (VpsState.RUNNING, VpsState.STOPPED, VpsState.SUSPENDED):
             return None
-        busy = s.scalar(select(Job.id).where(Job.vps_uuid == vps.uuid,
-                                             Job.state.in_(JobState.UNFINISHED)))
+        busy = s.scalar(
+            select(Job.id).where(Job.vps_uuid == vps.uuid, Job.state.in_(JobState.UNFINISHED))
+        )
         uuid = vps.uuid
     if busy is not None:
         return None
     return sync_state(ctx, uuid)["state"]
 
 
-def _power(ctx: Context, ref: str, allowed: tuple[str, ...], action: str,
-           call: Callable[[Any, str], None]) -> dict[str, Any]:
+def _power(
+    ctx: Context, ref: str, allowed: tuple[str, ...], action: str, call: Callable[[Any, str], None]
+) -> dict[str, Any]:
     with ctx.db.session() as s:
         vps = resolve(s, ref)
         if vps.state not in allowed:
@@ -206,7 +234,9 @@ def shutdown(ctx: Context, ref: str, timeout: float = 60.0, force: bool = False)
         shown = sync_state(ctx, shown["id"])
     if shown["state"] != VpsState.STOPPED:
         if not force:
-            raise Conflict(f"{shown['hostname']} did not power off within {timeout:g} s "
-                           "(use --force to destroy it)")
+            raise Conflict(
+                f"{shown['hostname']} did not power off within {timeout:g} s "
+                "(use --force to destroy it)"
+            )
         shown = destroy(ctx, shown["id"])
     return shown

@@ -75,8 +75,9 @@ def _check_stopped(session: Session, vps: Vps, hv: Hypervisor) -> None:
         state = "running according to libvirt"
     if state != VpsState.STOPPED:
         raise Conflict(f"cannot resize {vps.hostname}: it is {state}; stop it first")
-    busy = session.scalar(select(Job.id).where(Job.vps_uuid == vps.uuid,
-                                               Job.state.in_(JobState.UNFINISHED)))
+    busy = session.scalar(
+        select(Job.id).where(Job.vps_uuid == vps.uuid, Job.state.in_(JobState.UNFINISHED))
+    )
     if busy is not None:
         raise Conflict(f"cannot resize {vps.hostname}: a job is still working on it")
 
@@ -95,8 +96,7 @@ def _repin(ctx: Context, session: Session, vps: Vps, old: Plan, new: Plan) -> No
         )
     if new.vcpus > old.vcpus and cap.vcpus_pinned + new.vcpus > cap.vcpu_limit:
         raise CapacityError(
-            f"host {vps.host.name} has {cap.free_vcpus} vCPU(s) free, too few for "
-            f"{new.vcpus} vCPUs"
+            f"host {vps.host.name} has {cap.free_vcpus} vCPU(s) free, too few for {new.vcpus} vCPUs"
         )
     cpupin.allocate(session, vps, vps.host, new.vcpus, st.cpu_overcommit)
 
@@ -143,8 +143,9 @@ def resize(ctx: Context, ref: str, plan: str) -> dict[str, Any]:
             _check_stopped(s, vps, hv)
             _repin(ctx, s, vps, old, new)
             facts = facts_of(vps, ctx.settings)
-            size = overlay_capacity(new.disk_gib, check_base_image(Path(facts.base_path)),
-                                    facts.image_name)
+            size = overlay_capacity(
+                new.disk_gib, check_base_image(Path(facts.base_path)), facts.image_name
+            )
             old_xml = _redefine(ctx, hv, facts, size if new.disk_gib > old.disk_gib else None)
             s.flush()
             return view(vps)

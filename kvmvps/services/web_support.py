@@ -65,8 +65,12 @@ def write_turn(ctx: Context) -> Iterator[None]:
 def _query() -> Select[tuple[Vps]]:
     """VPSes with what ``view`` shows: one joined query, and one more for the pins."""
     return select(Vps).options(
-        joinedload(Vps.plan), joinedload(Vps.image), joinedload(Vps.host),
-        joinedload(Vps.network), joinedload(Vps.owner), selectinload(Vps.pins),
+        joinedload(Vps.plan),
+        joinedload(Vps.image),
+        joinedload(Vps.host),
+        joinedload(Vps.network),
+        joinedload(Vps.owner),
+        selectinload(Vps.pins),
     )
 
 
@@ -95,8 +99,11 @@ def active_jobs(ctx: Context, vps_uuids: Iterable[str]) -> dict[str, dict[str, A
     uuids = list(vps_uuids)
     if not uuids:
         return {}
-    query = (select(Job).where(Job.vps_uuid.in_(uuids), Job.state.in_(JobState.UNFINISHED))
-             .order_by(Job.id))
+    query = (
+        select(Job)
+        .where(Job.vps_uuid.in_(uuids), Job.state.in_(JobState.UNFINISHED))
+        .order_by(Job.id)
+    )
     with reading(ctx) as s:
         return {job.vps_uuid: job_view(job) for job in s.scalars(query)}
 
@@ -145,8 +152,9 @@ def _named(session: Any, model: type[Plan] | type[Image], name: str, what: str) 
     get_by_name(session, model, name, what)
 
 
-def check_order(ctx: Context, owner_id: int, plan: str, image: str, hostname: str,
-                ssh_keys: str | list[str]) -> dict[str, KvmvpsError]:
+def check_order(
+    ctx: Context, owner_id: int, plan: str, image: str, hostname: str, ssh_keys: str | list[str]
+) -> dict[str, KvmvpsError]:
     """Every field error of an order at once, by field name (empty when it looks fine).
 
     Recording the order checks all of this again; this only lets a form show
@@ -171,7 +179,8 @@ def check_order(ctx: Context, owner_id: int, plan: str, image: str, hostname: st
             except KvmvpsError as exc:
                 errors[field] = exc
         if "hostname" not in errors and s.scalar(
-                select(Vps.id).where(Vps.owner_id == owner_id, Vps.hostname == hostname)):
+            select(Vps.id).where(Vps.owner_id == owner_id, Vps.hostname == hostname)
+        ):
             errors["hostname"] = Conflict(f"you already have a VPS named {hostname!r}")
     return errors
 
@@ -209,12 +218,20 @@ def host_capacities(ctx: Context) -> list[dict[str, Any]]:
         for host in s.scalars(select(Host).order_by(Host.name)):
             cap = placement.capacity(s, host, st.cpu_overcommit, st.host_memory_reserve_mib)
             count = _count(s, Vps.host_id, host.id)
-            out.append({
-                "name": host.name, "uri": host.uri, "enabled": host.enabled,
-                "cpus": cap.cpus, "vcpus_pinned": cap.vcpus_pinned, "vcpu_limit": cap.vcpu_limit,
-                "memory_mib": cap.memory_mib, "memory_committed_mib": cap.memory_committed_mib,
-                "memory_limit_mib": cap.memory_limit_mib, "vps_count": count,
-            })
+            out.append(
+                {
+                    "name": host.name,
+                    "uri": host.uri,
+                    "enabled": host.enabled,
+                    "cpus": cap.cpus,
+                    "vcpus_pinned": cap.vcpus_pinned,
+                    "vcpu_limit": cap.vcpu_limit,
+                    "memory_mib": cap.memory_mib,
+                    "memory_committed_mib": cap.memory_committed_mib,
+                    "memory_limit_mib": cap.memory_limit_mib,
+                    "vps_count": count,
+                }
+            )
         return out
 
 
@@ -248,6 +265,7 @@ def user_rows(ctx: Context) -> list[dict[str, Any]]:
         rows = []
         for user in s.scalars(select(User).order_by(User.email)):
             count = _count(s, Vps.owner_id, user.id)
-            rows.append({**users.user_view(user), "vps_count": count,
-                         "created_at": iso(user.created_at)})
+            rows.append(
+                {**users.user_view(user), "vps_count": count, "created_at": iso(user.created_at)}
+            )
         return rows

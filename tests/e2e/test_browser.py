@@ -8,6 +8,7 @@ test-artifacts/browser/ for people to look at.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -53,18 +54,27 @@ class PinnedFingerprint(paramiko.MissingHostKeyPolicy):
     def __init__(self, expected: str) -> None:
         self.expected = expected
 
-    def missing_host_key(self, client: paramiko.SSHClient, hostname: str,
-                         key: paramiko.PKey) -> None:
+    def missing_host_key(
+        self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
+    ) -> None:
         if fingerprint_of(key) != self.expected:
             raise paramiko.SSHException(
-                f"host key {fingerprint_of(key)} is not the pinned {self.expected}")
+                f"host key {fingerprint_of(key)} is not the pinned {self.expected}"
+            )
 
 
 def ssh(ip: str, port: int, user: str, password: str, fingerprint: str) -> paramiko.SSHClient:
     client = paramiko.SSHClient()
     client.set_missing_host_key_policy(PinnedFingerprint(fingerprint))
-    client.connect(ip, port, username=user, password=password, allow_agent=False,
-                   look_for_keys=False, timeout=15)
+    client.connect(
+        ip,
+        port,
+        username=user,
+        password=password,
+        allow_agent=False,
+        look_for_keys=False,
+        timeout=15,
+    )
     return client
 
 
@@ -78,13 +88,18 @@ def browser_plan(real_ctx: Context, tiny_image: str) -> str:
 @pytest.fixture
 def site(real_ctx: Context, browser_plan: str) -> Iterator[str]:
     """The website on 127.0.0.1, and a real worker, both in threads."""
-    app = create_app({"KVMVPS_CONTEXT": real_ctx, "SECRET_KEY": uuid.uuid4().hex,
-                      "RATELIMIT_ENABLED": False, "SITE_NAME": "kvmvps"})
+    app = create_app(
+        {
+            "KVMVPS_CONTEXT": real_ctx,
+            "SECRET_KEY": uuid.uuid4().hex,
+            "RATELIMIT_ENABLED": False,
+            "SITE_NAME": "kvmvps",
+        }
+    )
     server = make_server("127.0.0.1", 0, app, threaded=True)
     serving = threading.Thread(target=server.serve_forever, daemon=True)
     serving.start()
-    settings = dataclasses.replace(real_ctx.settings, reconcile_interval=0,
-                                   worker_poll_seconds=0.2)
+    settings = dataclasses.replace(real_ctx.settings, reconcile_interval=0, worker_poll_seconds=0.2)
     worker_ctx = Context(settings)
     worker = Worker(worker_ctx, name="browser-e2e")
     working = threading.Thread(target=worker.run, daemon=True)
@@ -100,10 +115,18 @@ def site(real_ctx: Context, browser_plan: str) -> Iterator[str]:
 def new_browser(profile: Path) -> webdriver.Chrome:
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--disable-dev-shm-usage", f"--user-data-dir={profile}",
-                "--window-size=1280,900"):
+    for arg in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={profile}",
+        "--window-size=1280,900",
+    ):
         options.add_argument(arg)
     service = webdriver.ChromeService(executable_path=CHROMEDRIVER)
     driver = webdriver.Chrome(options=options, service=service)
@@ -166,7 +189,8 @@ def submit(driver: webdriver.Chrome) -> None:
 
 def wait_url(driver: webdriver.Chrome, fragment: str, timeout: float = 30) -> None:
     WebDriverWait(driver, timeout, poll_frequency=0.2).until(
-        lambda d: fragment in d.current_url, f"never reached {fragment}: {driver.current_url}")
+        lambda d: fragment in d.current_url, f"never reached {fragment}: {driver.current_url}"
+    )
 
 
 def value(driver: webdriver.Chrome, css: str) -> str:
@@ -178,15 +202,23 @@ def watch_build(driver: webdriver.Chrome, name: str) -> None:
     """Screenshot the progress page mid-build, then wait for the credentials page."""
     wait_url(driver, "/jobs/")
     WebDriverWait(driver, BUILD_TIMEOUT, poll_frequency=0.2).until(
-        lambda d: "/credentials" in d.current_url or d.find_elements(
-            By.CSS_SELECTOR, "[data-steps] li.current, [data-steps] li.done"),
-        "the build never started")
+        lambda d: (
+            "/credentials" in d.current_url
+            or d.find_elements(By.CSS_SELECTOR, "[data-steps] li.current, [data-steps] li.done")
+        ),
+        "the build never started",
+    )
     if "/jobs/" in driver.current_url:
         shot(driver, name)
     WebDriverWait(driver, BUILD_TIMEOUT, poll_frequency=0.5).until(
-        lambda d: "/credentials" in d.current_url or not d.find_element(
-            By.CSS_SELECTOR, "[data-error]").get_attribute("class").count("hidden"),
-        "the build never finished")
+        lambda d: (
+            "/credentials" in d.current_url
+            or not d.find_element(By.CSS_SELECTOR, "[data-error]")
+            .get_attribute("class")
+            .count("hidden")
+        ),
+        "the build never finished",
+    )
     error = driver.find_elements(By.CSS_SELECTOR, ".progress-card [data-error]:not(.hidden)")
     assert not error, error[0].text
 
@@ -202,9 +234,13 @@ class Login:
 
 def read_credentials(driver: webdriver.Chrome) -> Login:
     assert "This password will not be shown again." in driver.page_source
-    return Login(ip=value(driver, "[data-ip]"), port=int(value(driver, "[data-ssh-port]")),
-                 user=value(driver, "[data-user]"), password=value(driver, "[data-password]"),
-                 fingerprint=value(driver, "[data-fingerprint]"))
+    return Login(
+        ip=value(driver, "[data-ip]"),
+        port=int(value(driver, "[data-ssh-port]")),
+        user=value(driver, "[data-user]"),
+        password=value(driver, "[data-password]"),
+        fingerprint=value(driver, "[data-fingerprint]"),
+    )
 
 
 def check_guest(login: Login, hostname: str) -> None:
@@ -217,7 +253,8 @@ def check_guest(login: Login, hostname: str) -> None:
 
 
 def test_customer_orders_in_a_browser_and_logs_into_the_guest(
-        real_ctx: Context, site: str, open_browser: Callable[[], webdriver.Chrome]) -> None:
+    real_ctx: Context, site: str, open_browser: Callable[[], webdriver.Chrome]
+) -> None:
     email, hostname = f"e2e-{uuid.uuid4().hex[:8]}@example.com", "browser1"
     driver = open_browser()
     try:
@@ -286,9 +323,13 @@ def _operator_pages(driver: webdriver.Chrome, site: str, ctx: Context) -> None:
     fill(driver, email=email, password=PASSWORD)
     submit(driver)
     wait_url(driver, "/servers")
-    for path, name in (("/admin/servers", "11-admin-servers"), ("/admin/hosts", "12-admin-hosts"),
-                       ("/admin/jobs", "13-admin-jobs"), ("/admin/users", "14-admin-users"),
-                       ("/admin/audit", "15-admin-audit")):
+    for path, name in (
+        ("/admin/servers", "11-admin-servers"),
+        ("/admin/hosts", "12-admin-hosts"),
+        ("/admin/jobs", "13-admin-jobs"),
+        ("/admin/users", "14-admin-users"),
+        ("/admin/audit", "15-admin-audit"),
+    ):
         driver.get(site + path)
         assert "Operators" in driver.page_source
         shot(driver, name)
@@ -328,7 +369,5 @@ def _cleanup(ctx: Context, email: str) -> None:
     from kvmvps.services import vps as vps_service
 
     for vps in vps_service.list_vps(ctx, owner=email):
-        try:
+        with contextlib.suppress(Exception):  # best effort after a failure
             provisioning.delete(ctx, vps["id"])
-        except Exception:  # noqa: BLE001, S110 - best effort after a failure
-            pass

@@ -39,8 +39,7 @@ def debian(real_ctx: Context) -> str:
 def test_debian_vps_end_to_end(real_ctx: Context, debian: str, tmp_path: Path) -> None:
     before = libvirt_snapshot(real_ctx)
     key_path, pubkey = customer_keypair(tmp_path)
-    result = run_cli(real_ctx, *create_args("deb", debian, "deb1", "--ssh-key",
-                                            f"{key_path}.pub"))
+    result = run_cli(real_ctx, *create_args("deb", debian, "deb1", "--ssh-key", f"{key_path}.pub"))
     assert result.exit_code == 0, result.stderr
     vps = json.loads(result.stdout)
     ip, user, password = vps["ip"], vps["username"], vps["password"]
@@ -52,10 +51,12 @@ def test_debian_vps_end_to_end(real_ctx: Context, debian: str, tmp_path: Path) -
     assert keygen_fingerprint(served, tmp_path) == vps["host_key_fingerprint"]
 
     # root (provisioning key) sees the hostname, the customer's key and the forced change
-    root = paramiko_client(ip, 22, served, "root",
-                           key_filename=str(keys.provisioning_key_path(real_ctx.settings)))
-    _, out, _ = root.exec_command(f"hostname; cat /home/{user}/.ssh/authorized_keys; "
-                                  f"chage -l {user} | head -1")
+    root = paramiko_client(
+        ip, 22, served, "root", key_filename=str(keys.provisioning_key_path(real_ctx.settings))
+    )
+    _, out, _ = root.exec_command(
+        f"hostname; cat /home/{user}/.ssh/authorized_keys; chage -l {user} | head -1"
+    )
     hostname, authorized, last_change = out.read().decode().splitlines()[:3]
     root.close()
     assert hostname == "deb1" and authorized == pubkey
@@ -66,8 +67,10 @@ def test_debian_vps_end_to_end(real_ctx: Context, debian: str, tmp_path: Path) -
     with pytest.raises(paramiko.AuthenticationException):
         paramiko_client(ip, 22, served, user, password="not-" + password)
     first = openssh(tmp_path, ip, 22, served, user, "true", password=password)
-    assert "change your password" in first.stderr + first.stdout or \
-        "Password change required" in first.stderr, first.stderr
+    assert (
+        "change your password" in first.stderr + first.stdout
+        or "Password change required" in first.stderr
+    ), first.stderr
     wrong = openssh(tmp_path, ip, 22, served, user, "true", password="wrong-password")
     assert wrong.returncode != 0 and "Permission denied" in wrong.stderr
     by_key = openssh(tmp_path, ip, 22, served, user, "true", identity=key_path)

@@ -44,8 +44,13 @@ class World:
 
     def ns_python(self, script: str, *args: str, timeout: float = 20) -> str:
         """Run a Python snippet inside the namespace; its stdout ('' when it failed)."""
-        done = subprocess.run(["ip", "netns", "exec", NS, sys.executable, "-c", script, *args],
-                              capture_output=True, text=True, timeout=timeout, check=False)
+        done = subprocess.run(
+            ["ip", "netns", "exec", NS, sys.executable, "-c", script, *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
         return done.stdout if done.returncode == 0 else ""
 
 
@@ -71,8 +76,13 @@ print("sent")
 
 def http_get(host: str, port: int, path: str, name: str) -> str:
     """The same request from the host itself (no namespace)."""
-    return subprocess.run([sys.executable, "-c", HTTP_GET, host, str(port), path, name],
-                          capture_output=True, text=True, timeout=20, check=False).stdout
+    return subprocess.run(
+        [sys.executable, "-c", HTTP_GET, host, str(port), path, name],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    ).stdout
 
 
 def eventually(check: Callable[[], bool], timeout: float = 30) -> bool:
@@ -95,8 +105,9 @@ def root_run(ctx: Context, hostname: str, command: str) -> bytes:
     with ctx.db.session() as s:
         vps = s.scalar(select(Vps).where(Vps.hostname == hostname))
         ip, host_key = vps.ip, vps.host_key
-    client = paramiko_client(ip, 22, host_key, "root",
-                             key_filename=str(keys.provisioning_key_path(ctx.settings)))
+    client = paramiko_client(
+        ip, 22, host_key, "root", key_filename=str(keys.provisioning_key_path(ctx.settings))
+    )
     try:
         _, out, _ = client.exec_command(command, timeout=30)
         return out.read()
@@ -105,8 +116,12 @@ def root_run(ctx: Context, hostname: str, command: str) -> bytes:
 
 
 def serve_http(ctx: Context, hostname: str, port: int, token: str) -> None:
-    root_run(ctx, hostname, f"mkdir -p /tmp/www{port} && echo {token} > /tmp/www{port}/index.html"
-                            f" && busybox httpd -p {port} -h /tmp/www{port}")
+    root_run(
+        ctx,
+        hostname,
+        f"mkdir -p /tmp/www{port} && echo {token} > /tmp/www{port}/index.html"
+        f" && busybox httpd -p {port} -h /tmp/www{port}",
+    )
 
 
 def iptables_save() -> str:
@@ -119,16 +134,32 @@ def world(real_ctx: Context, tiny_image: str) -> Iterator[World]:
     state = conftest.make_state_dir("forward-")
     shutil.copytree(real_ctx.settings.keys_dir, state / "keys")  # the key the image carries
     name, subnet = f"kvw{PID}", f"10.{190 + PID % 40}.2.0/24"
-    ctx = Context(load_settings(conftest.test_env(
-        state, name=name, subnet=subnet, KVMVPS_PUBLIC_ADDRESS=HOST_SIDE,
-        KVMVPS_CHAIN_PREFIX=PREFIX, KVMVPS_BASE_DOMAIN="e2e.test")))
+    ctx = Context(
+        load_settings(
+            conftest.test_env(
+                state,
+                name=name,
+                subnet=subnet,
+                KVMVPS_PUBLIC_ADDRESS=HOST_SIDE,
+                KVMVPS_CHAIN_PREFIX=PREFIX,
+                KVMVPS_BASE_DOMAIN="e2e.test",
+            )
+        )
+    )
     try:
         setup.init(ctx)
         with real_ctx.db.session() as s:
             tiny = inventory.get_by_name(s, Image, tiny_image, "image")
-        inventory.add_image(ctx, "base", tiny.base_path, kernel=tiny.kernel_path,
-                            initrd=tiny.initrd_path, cmdline=tiny.cmdline,
-                            login_user=tiny.login_user, os_family=tiny.os_family)
+        inventory.add_image(
+            ctx,
+            "base",
+            tiny.base_path,
+            kernel=tiny.kernel_path,
+            initrd=tiny.initrd_path,
+            cmdline=tiny.cmdline,
+            login_user=tiny.login_user,
+            os_family=tiny.os_family,
+        )
         inventory.add_plan(ctx, "fw", 1, 256, 1, extra_forwards=2)
         _make_namespace()
         yield World(ctx=ctx, network=name)
@@ -165,15 +196,27 @@ def _tear_down(ctx: Context, state: Path) -> None:
 
 def _order(world: World, hostname: str) -> tuple[dict, str]:
     """Order a VPS the way an operator does (no --json); its view and password."""
-    result = cli(world.ctx, "vps", "create", "--plan", "fw", "--image", "base",
-                 "--hostname", hostname, "--wait", "--quiet")
+    result = cli(
+        world.ctx,
+        "vps",
+        "create",
+        "--plan",
+        "fw",
+        "--image",
+        "base",
+        "--hostname",
+        hostname,
+        "--wait",
+        "--quiet",
+    )
     assert result.exit_code == 0, result.stderr
     shown = ok(world.ctx, "vps", "show", hostname, "--json")
     assert shown["ssh_host"] == HOST_SIDE and 20000 <= shown["ssh_port"] <= 29999
     login = f"log in: ssh -p {shown['ssh_port']} vps@{HOST_SIDE}"
     assert login in result.stdout, result.stdout
-    password = next(ln.split()[1] for ln in result.stdout.splitlines()
-                    if ln.startswith("password "))
+    password = next(
+        ln.split()[1] for ln in result.stdout.splitlines() if ln.startswith("password ")
+    )
     return shown, password
 
 
@@ -181,13 +224,38 @@ def _ssh_from_outside(world: World, vps: dict, password: str, tmp: Path) -> str:
     with world.ctx.db.session() as s:
         host_key = s.scalar(select(Vps.host_key).where(Vps.uuid == vps["id"]))
     kh = known_hosts(tmp, HOST_SIDE, vps["ssh_port"], host_key)
-    argv = ["ip", "netns", "exec", NS, "sshpass", "-e", "ssh", "-o", f"UserKnownHostsFile={kh}",
-            "-o", "StrictHostKeyChecking=yes", "-o", "GlobalKnownHostsFile=/dev/null",
-            "-o", "ConnectTimeout=10", "-o", "PubkeyAuthentication=no",
-            "-p", str(vps["ssh_port"]), f"vps@{HOST_SIDE}", "hostname"]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False,
-                          env={"SSHPASS": password, "PATH": "/usr/bin:/bin:/usr/sbin:/sbin"},
-                          stdin=subprocess.DEVNULL)
+    argv = [
+        "ip",
+        "netns",
+        "exec",
+        NS,
+        "sshpass",
+        "-e",
+        "ssh",
+        "-o",
+        f"UserKnownHostsFile={kh}",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "GlobalKnownHostsFile=/dev/null",
+        "-o",
+        "ConnectTimeout=10",
+        "-o",
+        "PubkeyAuthentication=no",
+        "-p",
+        str(vps["ssh_port"]),
+        f"vps@{HOST_SIDE}",
+        "hostname",
+    ]
+    done = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={"SSHPASS": password, "PATH": "/usr/bin:/bin:/usr/sbin:/sbin"},
+        stdin=subprocess.DEVNULL,
+    )
     return done.stdout.strip() if done.returncode == 0 else f"failed: {done.stderr.strip()}"
 
 
@@ -199,11 +267,15 @@ def _hairpin(world: World, port: int, ssh_port: int) -> None:
     is proven in tests/unit/test_firewall_netns.py, on a bridge without it.
     """
     assert f"extra-{PID}" in http_get(HOST_SIDE, port, "", "x")
-    fetched = root_run(world.ctx, "fwb", "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | "
-                                         f"busybox timeout 10 busybox nc {HOST_SIDE} {port}")
+    fetched = root_run(
+        world.ctx,
+        "fwb",
+        f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | busybox timeout 10 busybox nc {HOST_SIDE} {port}",
+    )
     assert f"extra-{PID}".encode() in fetched
-    banner = root_run(world.ctx, "fwb", f"echo | busybox timeout 10 busybox nc {HOST_SIDE} "
-                                        f"{ssh_port}")
+    banner = root_run(
+        world.ctx, "fwb", f"echo | busybox timeout 10 busybox nc {HOST_SIDE} {ssh_port}"
+    )
     assert banner.startswith(b"SSH-2.0-")
 
 
@@ -224,7 +296,9 @@ def test_forwards_reach_a_guest_from_outside(world: World, tmp_path: Path) -> No
     _hairpin(world, port, vps["ssh_port"])
 
     def reachable() -> bool:
-        return f"extra-{PID}" in world.ns_python(HTTP_GET, HOST_SIDE, str(port), "", "x", timeout=10)
+        return f"extra-{PID}" in world.ns_python(
+            HTTP_GET, HOST_SIDE, str(port), "", "x", timeout=10
+        )
 
     # our chain flushed: one reconcile pass brings it back
     sh("iptables", "-t", "nat", "-F", f"{PREFIX}-DNAT")

@@ -40,9 +40,13 @@ def tiny_plan(real_ctx: Context, tiny_image: str) -> str:
     return "small"
 
 
-def test_tiny_vps_end_to_end(real_ctx: Context, tiny_plan: str, tmp_path: Path,
-                             caplog: pytest.LogCaptureFixture,
-                             capfd: pytest.CaptureFixture) -> None:
+def test_tiny_vps_end_to_end(
+    real_ctx: Context,
+    tiny_plan: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture,
+) -> None:
     caplog.set_level(logging.DEBUG)
     before = libvirt_snapshot(real_ctx)
     key_path, pubkey = customer_keypair(tmp_path)
@@ -72,8 +76,9 @@ def test_tiny_vps_end_to_end(real_ctx: Context, tiny_plan: str, tmp_path: Path,
     assert ok.returncode == 0 and ok.stdout.strip() == "web1", ok.stderr
     bad = openssh(tmp_path, ip, 22, served, vps["username"], "true", password="wrong-password")
     assert bad.returncode != 0
-    by_key = openssh(tmp_path, ip, 22, served, vps["username"], "cat ~/.ssh/authorized_keys",
-                     identity=key_path)
+    by_key = openssh(
+        tmp_path, ip, 22, served, vps["username"], "cat ~/.ssh/authorized_keys", identity=key_path
+    )
     assert by_key.returncode == 0 and by_key.stdout.strip() == pubkey
 
     # show never shows the password again
@@ -99,18 +104,23 @@ def assert_no_trace(root: Path, secret: str) -> None:
             assert needle not in path.read_bytes(), f"the password is in {path}"
 
 
-def test_password_reset_and_host_key_mismatch(real_ctx: Context, tiny_plan: str,
-                                              tmp_path: Path) -> None:
+def test_password_reset_and_host_key_mismatch(
+    real_ctx: Context, tiny_plan: str, tmp_path: Path
+) -> None:
     vps = create(real_ctx, "resetme")
     reset = run_cli(real_ctx, "vps", "password-reset", "resetme", "--json")
     assert reset.exit_code == 0, reset.stderr
     new_password = json.loads(reset.stdout)["password"]
     assert new_password != vps["password"]
     served = scanned_host_key(vps["ip"])
-    assert openssh(tmp_path, vps["ip"], 22, served, "vps", "true",
-                   password=new_password).returncode == 0
-    assert openssh(tmp_path, vps["ip"], 22, served, "vps", "true",
-                   password=vps["password"]).returncode != 0
+    assert (
+        openssh(tmp_path, vps["ip"], 22, served, "vps", "true", password=new_password).returncode
+        == 0
+    )
+    assert (
+        openssh(tmp_path, vps["ip"], 22, served, "vps", "true", password=vps["password"]).returncode
+        != 0
+    )
 
     # pin a different key: kvmvps must refuse to connect and record why
     from sqlalchemy import update

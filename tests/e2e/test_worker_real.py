@@ -24,10 +24,16 @@ from tests.snapshots import libvirt_snapshot
 pytestmark = [pytest.mark.libvirt, pytest.mark.e2e]
 
 
-def spawn_worker(ctx: Context, log: Path, pause_after: str | None = None,
-                 marker: Path | None = None) -> subprocess.Popen:
-    env = {**os.environ, **_env_of(ctx), "KVMVPS_JOB_LEASE_SECONDS": "4",
-           "KVMVPS_WORKER_HEARTBEAT_SECONDS": "1", "KVMVPS_RECONCILE_INTERVAL": "0"}
+def spawn_worker(
+    ctx: Context, log: Path, pause_after: str | None = None, marker: Path | None = None
+) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        **_env_of(ctx),
+        "KVMVPS_JOB_LEASE_SECONDS": "4",
+        "KVMVPS_WORKER_HEARTBEAT_SECONDS": "1",
+        "KVMVPS_RECONCILE_INTERVAL": "0",
+    }
     argv = [sys.executable, "-m", "kvmvps", "worker"]
     if pause_after:
         env.update(PAUSE_AFTER=pause_after, PAUSE_MARKER=str(marker))
@@ -35,7 +41,7 @@ def spawn_worker(ctx: Context, log: Path, pause_after: str | None = None,
     return subprocess.Popen(argv, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
 
 
-def wait_job(ctx: Context, job: str, states: tuple[str, ...], timeout: float, step=None):  # noqa: ANN001, ANN201
+def wait_job(ctx: Context, job: str, states: tuple[str, ...], timeout: float, step=None):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         view = jobs.get_job(ctx, job)
@@ -46,15 +52,17 @@ def wait_job(ctx: Context, job: str, states: tuple[str, ...], timeout: float, st
 
 
 @pytest.mark.parametrize("step", [s.name for s in provisioning.STEPS])
-def test_sigkill_at_each_step_then_a_fresh_worker(fresh_ctx: Context, tmp_path: Path,
-                                                  step: str) -> None:
+def test_sigkill_at_each_step_then_a_fresh_worker(
+    fresh_ctx: Context, tmp_path: Path, step: str
+) -> None:
     """The worker dies right after ``step`` did its work; another one takes over."""
     before = libvirt_snapshot(fresh_ctx)
     marker = tmp_path / "paused"
     first = spawn_worker(fresh_ctx, tmp_path / "w1.log", pause_after=step, marker=marker)
     try:
         order = provisioning.record_order(
-            fresh_ctx, provisioning.OrderRequest("small", "base", "victim"))
+            fresh_ctx, provisioning.OrderRequest("small", "base", "victim")
+        )
         deadline = time.monotonic() + 90
         while not marker.exists():
             assert time.monotonic() < deadline, (tmp_path / "w1.log").read_text()[-2000:]
@@ -82,8 +90,9 @@ def test_sigkill_at_each_step_then_a_fresh_worker(fresh_ctx: Context, tmp_path: 
     assert libvirt_snapshot(fresh_ctx) == before
 
 
-def test_sigterm_finishes_the_step_and_hands_the_job_back(fresh_ctx: Context,
-                                                          tmp_path: Path) -> None:
+def test_sigterm_finishes_the_step_and_hands_the_job_back(
+    fresh_ctx: Context, tmp_path: Path
+) -> None:
     worker = spawn_worker(fresh_ctx, tmp_path / "w.log")
     order = provisioning.record_order(fresh_ctx, provisioning.OrderRequest("small", "base", "t"))
     wait_job(fresh_ctx, order.job, ("running",), 60, step="host-key")
@@ -114,14 +123,17 @@ def test_drift_is_seen_through_lifecycle_events(fresh_ctx: Context) -> None:
         thread.join(timeout=30)
 
 
-def test_virsh_destroy_corrected_and_orphan_domain_reported(fresh_ctx: Context,
-                                                            tmp_path: Path) -> None:
+def test_virsh_destroy_corrected_and_orphan_domain_reported(
+    fresh_ctx: Context, tmp_path: Path
+) -> None:
     vps = json.loads(run_cli(fresh_ctx, *create_args()).stdout)
     virsh("destroy", vps["domain"])
     orphan = tmp_path / "orphan.xml"
-    orphan.write_text("<domain type='qemu'><name>kvmvps-behindback01</name>"
-                      "<memory unit='MiB'>64</memory><os><type arch='x86_64'>hvm</type></os>"
-                      "</domain>")
+    orphan.write_text(
+        "<domain type='qemu'><name>kvmvps-behindback01</name>"
+        "<memory unit='MiB'>64</memory><os><type arch='x86_64'>hvm</type></os>"
+        "</domain>"
+    )
     virsh("define", str(orphan))
     try:
         report = reconcile.run(fresh_ctx)

@@ -39,37 +39,52 @@ def _pubkey() -> str:
 
 # --- quick: mirror discovery and argument checks ------------------------------------------
 
+
 def test_host_mirror_reads_deb822_sources(tmp_path: Path) -> None:
     (tmp_path / "debian.sources").write_text(
         "Types: deb-src\nURIs: http://src.example/debian\nSuites: bookworm\n\n"
         "Types: deb\nURIs: http://mirror.example/debian/\nSuites: bookworm bookworm-updates\n"
         "Components: main\n\n"
-        "Types: deb\nURIs: http://security.example/debian-security\nSuites: bookworm-security\n")
-    assert host_mirror("bookworm", tmp_path, tmp_path / "none.list") == \
-        "http://mirror.example/debian"
-    assert host_mirror("bookworm-security", tmp_path, tmp_path / "none.list") == \
-        "http://security.example/debian-security"
+        "Types: deb\nURIs: http://security.example/debian-security\nSuites: bookworm-security\n"
+    )
+    assert (
+        host_mirror("bookworm", tmp_path, tmp_path / "none.list") == "http://mirror.example/debian"
+    )
+    assert (
+        host_mirror("bookworm-security", tmp_path, tmp_path / "none.list")
+        == "http://security.example/debian-security"
+    )
 
 
 def test_host_mirror_skips_disabled_stanzas_and_reads_one_line_lists(tmp_path: Path) -> None:
     (tmp_path / "a.sources").write_text(
-        "Enabled: no\nTypes: deb\nURIs: http://off.example/debian\nSuites: bookworm\n")
+        "Enabled: no\nTypes: deb\nURIs: http://off.example/debian\nSuites: bookworm\n"
+    )
     listing = tmp_path / "sources.list"
-    listing.write_text("# deb http://commented.example/debian bookworm main\n"
-                       "deb [arch=amd64 signed-by=/k.gpg] http://one.example/debian bookworm main\n")
+    listing.write_text(
+        "# deb http://commented.example/debian bookworm main\n"
+        "deb [arch=amd64 signed-by=/k.gpg] http://one.example/debian bookworm main\n"
+    )
     assert host_mirror("bookworm", tmp_path, listing) == "http://one.example/debian"
 
 
 def test_host_mirror_falls_back_to_deb_debian_org(tmp_path: Path) -> None:
     (tmp_path / "x.sources").write_text("Types: deb\nURIs: cdrom:/media\nSuites: bookworm\n")
-    assert host_mirror("bookworm", tmp_path, tmp_path / "none.list") == \
-        "http://deb.debian.org/debian"
+    assert (
+        host_mirror("bookworm", tmp_path, tmp_path / "none.list") == "http://deb.debian.org/debian"
+    )
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"login_user": "root"}, {"login_user": "Bad User"}, {"suite": "bookworm; rm -rf /"},
-    {"mirror": "http://x/ --include=evil"}, {"mirror": "ftp.example"},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"login_user": "root"},
+        {"login_user": "Bad User"},
+        {"suite": "bookworm; rm -rf /"},
+        {"mirror": "http://x/ --include=evil"},
+        {"mirror": "ftp.example"},
+    ],
+)
 def test_bad_arguments_are_refused_before_any_work(tmp_path: Path, kwargs: dict) -> None:
     with pytest.raises(InvalidInput):
         build_debian_image(tmp_path / "out", _pubkey(), **kwargs)
@@ -78,17 +93,19 @@ def test_bad_arguments_are_refused_before_any_work(tmp_path: Path, kwargs: dict)
 
 def test_bad_provisioning_key_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput):
-        build_debian_image(tmp_path / "out", "ssh-ed25519 AAAA\ncommand=\"sh\" ssh-ed25519 B")
+        build_debian_image(tmp_path / "out", 'ssh-ed25519 AAAA\ncommand="sh" ssh-ed25519 B')
 
 
-def test_building_without_root_is_an_image_build_error(tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_building_without_root_is_an_image_build_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(debian.os, "geteuid", lambda: 1000)
     with pytest.raises(ImageBuildError, match="needs root"):
         build_debian_image(tmp_path / "out", _pubkey())
 
 
 # --- slow: the real build -------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[BuiltImage, str, Path]:
@@ -144,9 +161,14 @@ def test_output_files_and_boot_facts(built: tuple[BuiltImage, str, Path]) -> Non
 def test_disk_is_a_standalone_compressed_qcow2(built: tuple[BuiltImage, str, Path]) -> None:
     image, _key, _raw = built
     assert image.base_path.read_bytes()[:4] == b"QFI\xfb"
-    info = json.loads(subprocess.run(
-        ["qemu-img", "info", "--output=json", str(image.base_path)],
-        capture_output=True, text=True, check=True).stdout)
+    info = json.loads(
+        subprocess.run(
+            ["qemu-img", "info", "--output=json", str(image.base_path)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
     assert info["format"] == "qcow2"
     assert "backing-filename" not in info and "full-backing-filename" not in info
     assert info["actual-size"] < info["virtual-size"] / 3  # compressed, and small
@@ -164,8 +186,9 @@ def test_whole_disk_ext4_that_checks_clean(built: tuple[BuiltImage, str, Path]) 
 
 
 @pytest.mark.slow
-def test_kernel_and_initrd_are_the_images_own(built: tuple[BuiltImage, str, Path],
-                                              tmp_path: Path) -> None:
+def test_kernel_and_initrd_are_the_images_own(
+    built: tuple[BuiltImage, str, Path], tmp_path: Path
+) -> None:
     image, _key, raw = built
     kernels = [n for n in _ls(raw, "/boot") if n.startswith("vmlinuz-")]
     assert len(kernels) == 1
@@ -202,8 +225,7 @@ def test_root_key_and_ssh_setup(built: tuple[BuiltImage, str, Path]) -> None:
     assert _mode(raw, "/root/.ssh/authorized_keys") & 0o777 == 0o600
     assert _mode(raw, "/root/.ssh") & 0o777 == 0o700
     assert not [n for n in _ls(raw, "/etc/ssh") if n.startswith("ssh_host_")]
-    assert _cat(raw, "/etc/ssh/sshd_config.d/50-cloud-init.conf") == \
-        "PasswordAuthentication yes\n"
+    assert _cat(raw, "/etc/ssh/sshd_config.d/50-cloud-init.conf") == "PasswordAuthentication yes\n"
     dropin = _cat(raw, "/etc/systemd/system/ssh.service.d/kvmvps-hostkeys.conf")
     assert "ssh-keygen -A" in dropin and "ExecStartPre=/usr/sbin/sshd -t" in dropin
     assert "alice" not in _cat(raw, "/etc/passwd")  # cloud-init creates the login user
@@ -212,11 +234,19 @@ def test_root_key_and_ssh_setup(built: tuple[BuiltImage, str, Path]) -> None:
 @pytest.mark.slow
 def test_system_configuration(built: tuple[BuiltImage, str, Path]) -> None:
     _image, _key, raw = built
-    assert _cat(raw, "/etc/fstab").split() == ["/dev/vda", "/", "ext4", "errors=remount-ro",
-                                                "0", "1"]
+    assert _cat(raw, "/etc/fstab").split() == [
+        "/dev/vda",
+        "/",
+        "ext4",
+        "errors=remount-ro",
+        "0",
+        "1",
+    ]
     eth0 = _cat(raw, "/etc/network/interfaces.d/eth0.cfg")
-    assert [ln for ln in eth0.splitlines() if not ln.startswith("#")] == \
-        ["auto eth0", "iface eth0 inet dhcp"]  # the content cloud-init removes
+    assert [ln for ln in eth0.splitlines() if not ln.startswith("#")] == [
+        "auto eth0",
+        "iface eth0 inet dhcp",
+    ]  # the content cloud-init removes
     assert "source /etc/network/interfaces.d/*" in _cat(raw, "/etc/network/interfaces")
     assert "machine-id" in _ls(raw, "/etc") and _cat(raw, "/etc/machine-id") == ""
     assert _cat(raw, "/etc/hostname") == "debian\n"

@@ -35,23 +35,29 @@ def remote_uri(tmp_path: Path) -> Iterator[str]:
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
     d = tmp_path
     for name in ("hostkey", "client"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)],
-                       check=True)
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)], check=True
+        )
     (d / "authorized_keys").write_text((d / "client.pub").read_text())
     port = _free_port()
     (d / "sshd_config").write_text(
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/hostkey\n"
         f"AuthorizedKeysFile {d}/authorized_keys\nPermitRootLogin prohibit-password\n"
         f"PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
-        f"PidFile {d}/sshd.pid\nStrictModes no\n")  # the key lives under /tmp
+        f"PidFile {d}/sshd.pid\nStrictModes no\n"
+    )  # the key lives under /tmp
     host_pub = (d / "hostkey.pub").read_text().split()[:2]
     (d / "known_hosts").write_text(f"[127.0.0.1]:{port} {' '.join(host_pub)}\n")
     wrapper = d / "ssh"  # pins the test sshd's host key; no trust on first use
-    wrapper.write_text("#!/bin/sh\nexec ssh -o UserKnownHostsFile=" + str(d / "known_hosts") +
-                       " -o StrictHostKeyChecking=yes \"$@\"\n")
+    wrapper.write_text(
+        "#!/bin/sh\nexec ssh -o UserKnownHostsFile="
+        + str(d / "known_hosts")
+        + ' -o StrictHostKeyChecking=yes "$@"\n'
+    )
     wrapper.chmod(0o755)
-    proc = subprocess.Popen([str(sshd), "-D", "-e", "-f", str(d / "sshd_config")],
-                            stderr=(d / "sshd.log").open("wb"))
+    proc = subprocess.Popen(
+        [str(sshd), "-D", "-e", "-f", str(d / "sshd_config")], stderr=(d / "sshd.log").open("wb")
+    )
     deadline = time.monotonic() + 10
     while True:
         try:
@@ -60,8 +66,7 @@ def remote_uri(tmp_path: Path) -> Iterator[str]:
         except OSError:
             assert time.monotonic() < deadline, (d / "sshd.log").read_text()
             time.sleep(0.1)
-    yield (f"qemu+ssh://root@127.0.0.1:{port}/system?keyfile={d}/client"
-           f"&command={wrapper}&no_tty=1")
+    yield (f"qemu+ssh://root@127.0.0.1:{port}/system?keyfile={d}/client&command={wrapper}&no_tty=1")
     proc.terminate()
     proc.wait(timeout=10)
 

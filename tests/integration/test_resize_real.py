@@ -26,8 +26,9 @@ def ok(ctx: Context, *args: str) -> dict:
 
 
 def virsh(*args: str) -> str:
-    return subprocess.run(["virsh", "-c", REAL_URI, *args], capture_output=True, text=True,
-                          check=True).stdout
+    return subprocess.run(
+        ["virsh", "-c", REAL_URI, *args], capture_output=True, text=True, check=True
+    ).stdout
 
 
 def field(text: str, name: str) -> str:
@@ -70,8 +71,9 @@ def test_resize_stopped_vps_then_start(fresh_ctx: Context) -> None:
     assert field(virsh("dominfo", domain), "State") == "running"
 
 
-def test_failed_grow_restores_the_definition(fresh_ctx: Context,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_grow_restores_the_definition(
+    fresh_ctx: Context, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """libvirt's own XML of the old definition goes back when growing the disk fails."""
     vps = stopped_vps(fresh_ctx)
     inventory.add_plan(fresh_ctx, "bigger", 2, 512, 2)
@@ -85,5 +87,8 @@ def test_failed_grow_restores_the_definition(fresh_ctx: Context,
     assert_one_line_error(result, 1, "injected failure")
     assert (snapshot(fresh_ctx), virsh("dumpxml", "--inactive", vps["domain"])) == before
     assert volume_bytes(fresh_ctx, f"{vps['domain']}.qcow2") == 1 * GIB
-    assert_one_line_error(run_cli(fresh_ctx, "vps", "resize", "web1", "--plan", "small"), 2,
-                          "already has plan 'small'")
+    assert_one_line_error(
+        run_cli(fresh_ctx, "vps", "resize", "web1", "--plan", "small"),
+        2,
+        "already has plan 'small'",
+    )

@@ -20,8 +20,9 @@ pytestmark = [pytest.mark.libvirt, pytest.mark.e2e]
 
 def held(ctx: Context) -> tuple[int, int]:
     with ctx.db.session() as s:
-        leases = s.scalar(select(func.count()).select_from(IpLease)
-                          .where(IpLease.vps_id.is_not(None)))
+        leases = s.scalar(
+            select(func.count()).select_from(IpLease).where(IpLease.vps_id.is_not(None))
+        )
         return leases, s.scalar(select(func.count()).select_from(CpuPin))
 
 
@@ -36,8 +37,9 @@ def assert_rolled_back(ctx: Context, before: dict, fragment: str) -> None:
 
 
 @pytest.mark.parametrize("failing", [s.name for s in provisioning.STEPS])
-def test_failure_after_each_step(fresh_ctx: Context, monkeypatch: pytest.MonkeyPatch,
-                                 failing: str) -> None:
+def test_failure_after_each_step(
+    fresh_ctx: Context, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
     """The step does its work, then fails: that work and all before it are undone."""
 
     def inject(step: provisioning.Step) -> provisioning.Step:
@@ -57,14 +59,15 @@ def test_failure_after_each_step(fresh_ctx: Context, monkeypatch: pytest.MonkeyP
     assert_rolled_back(fresh_ctx, before, f"injected after {failing}")
 
 
-def test_push_failing_half_way_rolls_back(fresh_ctx: Context, monkeypatch: pytest.MonkeyPatch
-                                          ) -> None:
+def test_push_failing_half_way_rolls_back(
+    fresh_ctx: Context, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The hostname is set, then the password push fails on the guest."""
     from kvmvps import guest
 
     real_run = guest.run
 
-    def failing_run(client, script, args, stdin=b""):  # noqa: ANN001, ANN202
+    def failing_run(client, script, args, stdin=b""):
         if script == "chpasswd -e":
             return real_run(client, "chpasswd -e", [], stdin=b"nosuchuser:$6$x$y\n")
         return real_run(client, script, args, stdin)

@@ -31,8 +31,10 @@ pytestmark = pytest.mark.slow
 
 CACHE = Path(os.environ.get("KVMVPS_TEST_CACHE", "/var/cache/kvmvps-tests")) / "tiny-debs"
 TOOLS = ("apt-get", "dpkg", "mkfs.ext4", "debugfs", "e2fsck", "qemu-img")
-SHA512_HASH = ("$6$saltsaltsalt$PMWE8DTlam1JU37Piyk43bHcMxTJq6sgu5DKB0/tGPja"
-               "nN35jcY68QkpDfPFUGPWX5uCxIQkSPzMmqEiVNgts.")  # openssl passwd -6 -salt saltsaltsalt secret
+SHA512_HASH = (
+    "$6$saltsaltsalt$PMWE8DTlam1JU37Piyk43bHcMxTJq6sgu5DKB0/tGPja"
+    "nN35jcY68QkpDfPFUGPWX5uCxIQkSPzMmqEiVNgts."
+)  # openssl passwd -6 -salt saltsaltsalt secret
 
 
 def _skip_unless_buildable() -> None:
@@ -92,9 +94,14 @@ def test_disk_is_a_standalone_small_qcow2(built: tuple[BuiltImage, str, Path]) -
     assert header[:4] == b"QFI\xfb"
     backing_offset = struct.unpack(">Q", header[8:16])[0]
     assert backing_offset == 0, "the base image must not have a backing file"
-    info = json.loads(subprocess.run(
-        ["qemu-img", "info", "--output=json", str(image.base_path)],
-        capture_output=True, text=True, check=True).stdout)
+    info = json.loads(
+        subprocess.run(
+            ["qemu-img", "info", "--output=json", str(image.base_path)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
     assert info["format"] == "qcow2"
     assert info["virtual-size"] == DISK_SIZE
     assert "backing-filename" not in info
@@ -114,14 +121,14 @@ def _read_newc(archive: bytes) -> dict[str, tuple[int, bytes]]:
     entries: dict[str, tuple[int, bytes]] = {}
     pos = 0
     while True:
-        assert archive[pos:pos + 6] == b"070701", f"bad cpio header at {pos}"
-        fields = [int(archive[pos + 6 + 8 * i:pos + 14 + 8 * i], 16) for i in range(13)]
+        assert archive[pos : pos + 6] == b"070701", f"bad cpio header at {pos}"
+        fields = [int(archive[pos + 6 + 8 * i : pos + 14 + 8 * i], 16) for i in range(13)]
         mode, size, namesize = fields[1], fields[6], fields[11]
-        name = archive[pos + 110:pos + 110 + namesize - 1].decode()
+        name = archive[pos + 110 : pos + 110 + namesize - 1].decode()
         pos = (pos + 110 + namesize + 3) & ~3
         if name == "TRAILER!!!":
             return entries
-        entries[name] = (mode, archive[pos:pos + size])
+        entries[name] = (mode, archive[pos : pos + size])
         pos = (pos + size + 3) & ~3
 
 
@@ -139,7 +146,9 @@ def test_kernel_and_initrd(built: tuple[BuiltImage, str, Path]) -> None:
     for name in INITRD_MODULES:
         assert entries[f"lib/modules/{name}.ko"][1][:4] == b"\x7fELF", name
     order = entries["etc/modules"][1].decode().split()
-    assert order[:2] == ["virtio_ring", "virtio"] and order.index("virtio_blk") > order.index("virtio_pci")
+    assert order[:2] == ["virtio_ring", "virtio"] and order.index("virtio_blk") > order.index(
+        "virtio_pci"
+    )
     assert "button" in order and "evdev" in order and order == list(INITRD_MODULES)
 
 
@@ -157,7 +166,9 @@ def test_accounts(built: tuple[BuiltImage, str, Path]) -> None:
     assert "alice:x:1000:1000:alice:/home/alice:/bin/sh" in passwd
     assert "alice:x:1000:" in _debugfs(raw, "cat /etc/group").splitlines()
     assert "/bin/sh" in _debugfs(raw, "cat /etc/shells").splitlines()
-    shadow = {ln.split(":")[0]: ln.split(":") for ln in _debugfs(raw, "cat /etc/shadow").splitlines()}
+    shadow = {
+        ln.split(":")[0]: ln.split(":") for ln in _debugfs(raw, "cat /etc/shadow").splitlines()
+    }
     assert shadow["alice"][1] in ("!", "*"), "the login user must start locked"
     assert shadow["root"][1] in ("!", "*")
     assert _stat(raw, "/etc/shadow")[1:] == (0o600, 0, 0)
@@ -166,9 +177,16 @@ def test_accounts(built: tuple[BuiltImage, str, Path]) -> None:
 
 def test_guest_programs_are_installed(built: tuple[BuiltImage, str, Path]) -> None:
     _, _, raw = built
-    for path in ("/usr/sbin/chpasswd", "/etc/init.d/rcS", "/etc/init.d/rcK",
-                 "/usr/share/udhcpc/default.script", "/etc/acpi/PWRF/00000080",
-                 "/bin/busybox", "/usr/sbin/dropbear", "/usr/bin/dropbearkey"):
+    for path in (
+        "/usr/sbin/chpasswd",
+        "/etc/init.d/rcS",
+        "/etc/init.d/rcK",
+        "/usr/share/udhcpc/default.script",
+        "/etc/acpi/PWRF/00000080",
+        "/bin/busybox",
+        "/usr/sbin/dropbear",
+        "/usr/bin/dropbearkey",
+    ):
         kind, mode, uid, _ = _stat(raw, path)
         assert (kind, uid) == ("regular", 0), path
         assert mode & 0o111 == 0o111, f"{path} is not executable"
@@ -189,8 +207,14 @@ def rootfs(built: tuple[BuiltImage, str, Path], tmp_path_factory: pytest.TempPat
 
 
 def _chroot(root: Path, *argv: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["chroot", str(root), *argv], input=stdin, capture_output=True,
-                          text=True, check=False, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+    return subprocess.run(
+        ["chroot", str(root), *argv],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+    )
 
 
 def test_chpasswd_shim_sets_a_sha512_hash(rootfs: Path) -> None:
@@ -205,8 +229,9 @@ def test_chpasswd_shim_sets_a_sha512_hash(rootfs: Path) -> None:
 
 def test_chpasswd_shim_rejects_unknown_user_and_changes_nothing(rootfs: Path) -> None:
     before = (rootfs / "etc/shadow").read_text()
-    result = _chroot(rootfs, "/usr/sbin/chpasswd", "-e",
-                     stdin=f"alice:{SHA512_HASH}\nmallory:{SHA512_HASH}\n")
+    result = _chroot(
+        rootfs, "/usr/sbin/chpasswd", "-e", stdin=f"alice:{SHA512_HASH}\nmallory:{SHA512_HASH}\n"
+    )
     assert result.returncode != 0
     assert "mallory" in result.stderr and "does not exist" in result.stderr
     assert (rootfs / "etc/shadow").read_text() == before

@@ -34,16 +34,45 @@ print(sorted(p.name for p in r.files("kvmvps.images").joinpath("guest").iterdir(
 
 def test_wheel_renders_templates_in_a_fresh_venv(tmp_path: Path) -> None:
     dist = tmp_path / "dist"
-    subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation",
-                    "--outdir", str(dist), str(ROOT)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "build",
+            "--wheel",
+            "--no-isolation",
+            "--outdir",
+            str(dist),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+    )
     wheel = next(dist.glob("kvmvps-*.whl"))
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
     py = env_dir / "bin" / "python"
-    subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", str(wheel),
-                    "jinja2", "markupsafe", "lxml", "cryptography", "cffi", "pycparser"],
-                   check=True, capture_output=True)
-    out = subprocess.run([str(py), "-c", PROBE], check=True, capture_output=True, text=True,
-                         cwd=tmp_path).stdout.split()
+    subprocess.run(
+        [
+            str(py),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            str(wheel),
+            "jinja2",
+            "markupsafe",
+            "lxml",
+            "cryptography",
+            "cffi",
+            "pycparser",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    out = subprocess.run(
+        [str(py), "-c", PROBE], check=True, capture_output=True, text=True, cwd=tmp_path
+    ).stdout.split()
     assert int(out[0]) > 800 and int(out[1]) > 150 and int(out[2]) > 60  # whole documents
     assert out[3].startswith("debian-") or out[3].startswith("tiny-")

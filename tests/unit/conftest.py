@@ -36,8 +36,12 @@ def database_url(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def td_ctx(tmp_path: Path, database_url: str) -> Iterator[Context]:
     """An initialised installation on test:///default with a plan and an image."""
-    env = test_env(tmp_path / "state", uri=TEST_URI, KVMVPS_DOMAIN_TYPE="qemu",
-                   KVMVPS_DATABASE_URL=database_url)
+    env = test_env(
+        tmp_path / "state",
+        uri=TEST_URI,
+        KVMVPS_DOMAIN_TYPE="qemu",
+        KVMVPS_DATABASE_URL=database_url,
+    )
     ctx = Context(load_settings(env))
     setup.init(ctx)
     base = tmp_path / "base.qcow2"

@@ -27,7 +27,7 @@ def ok(ctx: Context, *args: str) -> str:
     return result.stdout
 
 
-def js(ctx: Context, *args: str):  # noqa: ANN201
+def js(ctx: Context, *args: str):
     return json.loads(ok(ctx, *args, "--json"))
 
 
@@ -62,7 +62,9 @@ def test_user_add_list_disable_enable(td_ctx: Context) -> None:
     assert [u["email"] for u in listed] == ["alice@example.com", "operator@localhost"]
     assert not any("hash" in key for u in listed for key in u)
     assert listed[0] == view and view["created_at"].endswith("+00:00")
-    assert "EMAIL" in ok(td_ctx, "user", "list") and "alice@example.com" in ok(td_ctx, "user", "list")
+    assert "EMAIL" in ok(td_ctx, "user", "list") and "alice@example.com" in ok(
+        td_ctx, "user", "list"
+    )
 
     assert users.authenticate(td_ctx, "alice@example.com", PASSWORD).email == "alice@example.com"
     assert users.authenticate(td_ctx, "ALICE@example.com ", PASSWORD) is not None
@@ -101,18 +103,25 @@ def test_user_bad_input(td_ctx: Context) -> None:
 
 def test_user_add_prompts_hidden_with_confirmation(td_ctx: Context) -> None:
     env = _env_of(td_ctx)
-    result = CliRunner().invoke(cli, ["user", "add", "dave@example.com", "--json"],
-                                input=f"{PASSWORD}\n{PASSWORD}\n", env=env)
+    result = CliRunner().invoke(
+        cli,
+        ["user", "add", "dave@example.com", "--json"],
+        input=f"{PASSWORD}\n{PASSWORD}\n",
+        env=env,
+    )
     assert result.exit_code == 0, result.stderr
     assert PASSWORD not in result.output  # hidden input is not echoed
     assert "Repeat for confirmation" in result.output
     assert users.authenticate(td_ctx, "dave@example.com", PASSWORD) is not None
     # a mismatch asks again; running out of input aborts and creates nothing
-    result = CliRunner().invoke(cli, ["user", "add", "erin@example.com"],
-                                input=f"{PASSWORD}\nsomething else\n", env=env)
+    result = CliRunner().invoke(
+        cli, ["user", "add", "erin@example.com"], input=f"{PASSWORD}\nsomething else\n", env=env
+    )
     assert result.exit_code == 1 and result.stderr == "error: aborted\n"
     assert [u["email"] for u in js(td_ctx, "user", "list")] == [
-        "dave@example.com", "operator@localhost"]
+        "dave@example.com",
+        "operator@localhost",
+    ]
 
 
 def test_token_only_user_and_password_change(td_ctx: Context) -> None:
@@ -158,7 +167,8 @@ def test_token_create_verify_list_revoke(td_ctx: Context) -> None:
     out = ok(td_ctx, "token", "create", "gina@example.com")
     assert "will not be shown again" in out and "kvp_" in out
     assert f"token {made['id']} of gina@example.com revoked" in ok(
-        td_ctx, "token", "revoke", str(made["id"]))
+        td_ctx, "token", "revoke", str(made["id"])
+    )
     assert tokens.verify_token(td_ctx, plaintext) is None
     assert js(td_ctx, "token", "list")[0]["revoked"] is True
 
@@ -168,7 +178,9 @@ def test_disabling_a_user_revokes_their_tokens(td_ctx: Context) -> None:
     first = js(td_ctx, "token", "create", "hank@example.com")["token"]
     second = js(td_ctx, "token", "create", "hank@example.com")["token"]
     assert "2 API token(s) revoked" in ok(td_ctx, "user", "disable", "hank@example.com")
-    assert tokens.verify_token(td_ctx, first) is None and tokens.verify_token(td_ctx, second) is None
+    assert (
+        tokens.verify_token(td_ctx, first) is None and tokens.verify_token(td_ctx, second) is None
+    )
     ok(td_ctx, "user", "enable", "hank@example.com")
     assert tokens.verify_token(td_ctx, first) is None  # revoked stays revoked
     assert all(t["revoked"] for t in js(td_ctx, "token", "list"))
@@ -191,8 +203,10 @@ def test_token_bad_input(td_ctx: Context) -> None:
 
 
 def test_token_plaintext_is_never_stored(td_ctx: Context) -> None:
-    made = [js(td_ctx, "token", "create", "operator@localhost", "--name", f"t{i}")["token"]
-            for i in range(3)]
+    made = [
+        js(td_ctx, "token", "create", "operator@localhost", "--name", f"t{i}")["token"]
+        for i in range(3)
+    ]
     assert tokens.verify_token(td_ctx, made[0]) is not None
     data = stored(td_ctx)
     with td_ctx.db.session() as s:
@@ -227,11 +241,25 @@ def test_state_changing_commands_are_audited(td_ctx: Context) -> None:
 def test_read_only_commands_are_not_audited(td_ctx: Context) -> None:
     ok(td_ctx, *create_args(hostname="web1"))
     count = len(entries(td_ctx))
-    for args in (["plan", "list"], ["image", "list"], ["network", "list"], ["host", "list"],
-                 ["host", "show", local_host(td_ctx)], ["user", "list"], ["token", "list"],
-                 ["vps", "list"], ["vps", "show", "web1"], ["vps", "xml", "web1"], ["audit"],
-                 ["jobs", "list"], ["reconcile"], ["plan", "add", "--help"],
-                 ["vps", "create", "-h"], ["vps", "--help"], ["--help"]):
+    for args in (
+        ["plan", "list"],
+        ["image", "list"],
+        ["network", "list"],
+        ["host", "list"],
+        ["host", "show", local_host(td_ctx)],
+        ["user", "list"],
+        ["token", "list"],
+        ["vps", "list"],
+        ["vps", "show", "web1"],
+        ["vps", "xml", "web1"],
+        ["audit"],
+        ["jobs", "list"],
+        ["reconcile"],
+        ["plan", "add", "--help"],
+        ["vps", "create", "-h"],
+        ["vps", "--help"],
+        ["--help"],
+    ):
         result = run_cli(td_ctx, *args)
         assert result.exit_code == 0, (args, result.stderr)
     run_cli(td_ctx, "plan", "frobnicate")  # not a command
@@ -248,8 +276,10 @@ def test_failures_usage_errors_and_aborts_are_audited(td_ctx: Context) -> None:
     run_cli(td_ctx, "token", "revoke", "77")
     got = entries(td_ctx, "--limit", "3")
     assert [(e["action"], e["target"], e["result"]) for e in got] == [
-        ("token.revoke", "77", "failed"), ("vps.delete", "web1", "failed"),
-        ("plan.add", "half", "failed")]
+        ("token.revoke", "77", "failed"),
+        ("vps.delete", "web1", "failed"),
+        ("plan.add", "half", "failed"),
+    ]
     assert got[0]["detail"] == "no API token with id 77"
     assert got[1]["detail"] == "aborted"
     assert "Missing option '--memory-mib'" in got[2]["detail"]
@@ -274,10 +304,14 @@ def test_audit_filters_and_output(td_ctx: Context) -> None:
 
 
 def test_init_is_audited_once_the_database_exists(td_ctx: Context, tmp_path: Path) -> None:
-    env = {**_env_of(td_ctx), "KVMVPS_STATE_DIR": str(tmp_path / "other"),
-           "KVMVPS_DATABASE_URL": ""}
-    failed = CliRunner().invoke(cli, ["plan", "add", "x", "--vcpus", "1", "--memory-mib", "1",
-                                      "--disk-gib", "1"], env=env)
+    env = {
+        **_env_of(td_ctx),
+        "KVMVPS_STATE_DIR": str(tmp_path / "other"),
+        "KVMVPS_DATABASE_URL": "",
+    }
+    failed = CliRunner().invoke(
+        cli, ["plan", "add", "x", "--vcpus", "1", "--memory-mib", "1", "--disk-gib", "1"], env=env
+    )
     assert_one_line_error(failed, 1, "run 'kvmvps-admin init'")
     assert not (tmp_path / "other" / "kvmvps.sqlite3").exists()  # no database made to audit
     assert CliRunner().invoke(cli, ["init"], env=env).exit_code == 0
@@ -312,8 +346,12 @@ def test_host_add_show_list(td_ctx: Context, tmp_path: Path) -> None:
     assert js(td_ctx, "host", "show", "kvm2") == view
     shown = ok(td_ctx, "host", "show", "kvm2")
     assert "vcpus_pinned" in shown and "memory_committed_mib" in shown
-    assert entries(td_ctx)[0] == {**entries(td_ctx)[0], "action": "host.add", "target": "kvm2",
-                                  "result": "ok"}
+    assert entries(td_ctx)[0] == {
+        **entries(td_ctx)[0],
+        "action": "host.add",
+        "target": "kvm2",
+        "result": "ok",
+    }
 
 
 def test_host_bad_input(td_ctx: Context, tmp_path: Path) -> None:
@@ -323,8 +361,11 @@ def test_host_bad_input(td_ctx: Context, tmp_path: Path) -> None:
     for args, code, fragment in [
         (["add", "kvm2", "--uri", "test:///default?x"], 1, "already has the name 'kvm2'"),
         (["add", "kvm3", "--uri", uri], 1, "host 'kvm2' already has the URI"),
-        (["add", "kvm3", "--uri", "qemu:///system?socket=/nonexistent"], 1,
-         "cannot connect to libvirt"),
+        (
+            ["add", "kvm3", "--uri", "qemu:///system?socket=/nonexistent"],
+            1,
+            "cannot connect to libvirt",
+        ),
         (["add", "Bad Name", "--uri", "qemu:///system"], 2, "host name"),
         (["add", "kvm3", "--uri", "not a uri"], 2, "not a libvirt URI"),
         (["add", "kvm3"], 2, "Missing option '--uri'"),
@@ -338,8 +379,14 @@ def test_host_bad_input(td_ctx: Context, tmp_path: Path) -> None:
     assert len(js(td_ctx, "host", "list")) == 2
     added = entries(td_ctx, "--action", "host.add")
     assert [(e["target"], e["result"]) for e in added] == [
-        ("kvm3", "failed"), ("kvm3", "failed"), ("Bad Name", "failed"), ("kvm3", "failed"),
-        ("kvm3", "failed"), ("kvm2", "failed"), ("kvm2", "ok")]
+        ("kvm3", "failed"),
+        ("kvm3", "failed"),
+        ("Bad Name", "failed"),
+        ("kvm3", "failed"),
+        ("kvm3", "failed"),
+        ("kvm2", "failed"),
+        ("kvm2", "ok"),
+    ]
     assert "cannot connect to libvirt" in added[3]["detail"]
 
 
@@ -363,8 +410,12 @@ def test_host_in_use_disable_enable_remove(td_ctx: Context, tmp_path: Path) -> N
     assert "host kvm2 removed" in ok(td_ctx, "host", "remove", "kvm2")
     assert [h["name"] for h in js(td_ctx, "host", "list")] == [local]
     assert [(e["action"], e["result"]) for e in entries(td_ctx, "--target", "kvm2")] == [
-        ("host.remove", "ok"), ("host.enable", "ok"), ("host.disable", "ok"),
-        ("host.remove", "failed"), ("host.add", "ok")]
+        ("host.remove", "ok"),
+        ("host.enable", "ok"),
+        ("host.disable", "ok"),
+        ("host.remove", "failed"),
+        ("host.add", "ok"),
+    ]
 
 
 def test_help_has_examples() -> None:
@@ -404,8 +455,10 @@ def test_audited_records_the_outcome_and_reraises(td_ctx: Context) -> None:
         raise NotFound("no VPS matches 'web2'")
     with pytest.raises(RuntimeError), audit.audited(td_ctx, "api:x", "vps.reboot", "web3"):
         raise RuntimeError("boom\nsecond line")
-    got = [(e["actor"], e["action"], e["target"], e["result"], e["detail"])
-           for e in audit.list_entries(td_ctx)]
+    got = [
+        (e["actor"], e["action"], e["target"], e["result"], e["detail"])
+        for e in audit.list_entries(td_ctx)
+    ]
     assert got == [
         ("api:x", "vps.reboot", "web3", "failed", "RuntimeError: boom"),
         ("api:x", "vps.stop", "web2", "failed", "no VPS matches 'web2'"),
@@ -413,18 +466,27 @@ def test_audited_records_the_outcome_and_reraises(td_ctx: Context) -> None:
     ]
 
 
-def test_authenticate_checks_a_hash_whoever_asks(td_ctx: Context,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_authenticate_checks_a_hash_whoever_asks(
+    td_ctx: Context, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Unknown, password-less and disabled users cost one hash check, like real ones."""
     users.add_user(td_ctx, "jo@example.com", PASSWORD)
     users.add_user(td_ctx, "off@example.com", PASSWORD)
     users.disable_user(td_ctx, "off@example.com")
     checked = []
     real = users.check_password_hash
-    monkeypatch.setattr(users, "check_password_hash",
-                        lambda stored_hash, pw: checked.append(stored_hash) or real(stored_hash, pw))
-    for email in ("jo@example.com", "nobody@example.com", "operator@localhost",
-                  "off@example.com", "not an address"):
+    monkeypatch.setattr(
+        users,
+        "check_password_hash",
+        lambda stored_hash, pw: checked.append(stored_hash) or real(stored_hash, pw),
+    )
+    for email in (
+        "jo@example.com",
+        "nobody@example.com",
+        "operator@localhost",
+        "off@example.com",
+        "not an address",
+    ):
         users.authenticate(td_ctx, email, PASSWORD)
     assert len(checked) == 5 and all(h.startswith("scrypt:") for h in checked)
     assert len(set(checked)) == 3  # jo's, off's, and one dummy for the rest

@@ -90,14 +90,42 @@ def test_empty_reference_is_refused(td_ctx: Context) -> None:
 
 
 def test_plan_lifecycle_and_in_use(td_ctx: Context) -> None:
-    out = json.loads(ok(td_ctx, "plan", "add", "big", "--vcpus", "2", "--memory-mib", "512",
-                        "--disk-gib", "5", "--json"))
-    assert out == {"name": "big", "vcpus": 2, "memory_mib": 512, "disk_gib": 5,
-                   "price_cents": 0, "network": None, "extra_forwards": 0}
-    assert_one_line_error(run_cli(td_ctx, "plan", "add", "big", "--vcpus", "1", "--memory-mib",
-                                  "1", "--disk-gib", "1"), 1, "already exists")
-    assert_one_line_error(run_cli(td_ctx, "plan", "add", "x", "--vcpus", "0", "--memory-mib",
-                                  "1", "--disk-gib", "1"), 2, "vcpus must be")
+    out = json.loads(
+        ok(
+            td_ctx,
+            "plan",
+            "add",
+            "big",
+            "--vcpus",
+            "2",
+            "--memory-mib",
+            "512",
+            "--disk-gib",
+            "5",
+            "--json",
+        )
+    )
+    assert out == {
+        "name": "big",
+        "vcpus": 2,
+        "memory_mib": 512,
+        "disk_gib": 5,
+        "price_cents": 0,
+        "network": None,
+        "extra_forwards": 0,
+    }
+    assert_one_line_error(
+        run_cli(
+            td_ctx, "plan", "add", "big", "--vcpus", "1", "--memory-mib", "1", "--disk-gib", "1"
+        ),
+        1,
+        "already exists",
+    )
+    assert_one_line_error(
+        run_cli(td_ctx, "plan", "add", "x", "--vcpus", "0", "--memory-mib", "1", "--disk-gib", "1"),
+        2,
+        "vcpus must be",
+    )
     ok(td_ctx, *create_args())
     assert_one_line_error(run_cli(td_ctx, "plan", "remove", "small"), 1, "used by 1 VPS")
     assert "plan big removed" in ok(td_ctx, "plan", "remove", "big")
@@ -111,8 +139,12 @@ def test_image_lifecycle(td_ctx: Context, tmp_path: Path) -> None:
     raw = tmp_path / "raw.img"
     raw.write_bytes(b"\0" * 65536)
     assert_one_line_error(run_cli(td_ctx, "image", "add", "raw", str(raw)), 1, "not a qcow2")
-    assert_one_line_error(run_cli(td_ctx, "image", "add", "x", str(tmp_path / "none.qcow2")),
-                          2, "does not exist", "(see --help)")
+    assert_one_line_error(
+        run_cli(td_ctx, "image", "add", "x", str(tmp_path / "none.qcow2")),
+        2,
+        "does not exist",
+        "(see --help)",
+    )
     ok(td_ctx, *create_args())
     assert_one_line_error(run_cli(td_ctx, "image", "remove", "base"), 1, "used by 1 VPS")
 

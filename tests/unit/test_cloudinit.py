@@ -23,17 +23,45 @@ PROV_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHbq2l3ILx6n5ZC8t1bYq1h4Ks5Uq5ik
 
 # YAML syntax, tags, anchors, implicit types, document markers, non-ASCII: all must stay text.
 HOSTILE = [
-    "a: b", "- item", "#not-a-comment", "{x: 1}", "[1, 2]", "&anchor", "*alias",
-    "!!python/object/apply:os.system ['id']", "'single", '"double', "null", "~", "yes",
-    "off", "0x1F", "1e3", "012", "---", "...", "%TAG ! tag:x,2000:", "@at", "`tick`",
-    "| block", "> folded", "a #b", ": ", " leading", "trailing ",
-    "caf\u00e9 \u2603 \U0001F600", "ALL=(ALL) NOPASSWD:ALL", "",
+    "a: b",
+    "- item",
+    "#not-a-comment",
+    "{x: 1}",
+    "[1, 2]",
+    "&anchor",
+    "*alias",
+    "!!python/object/apply:os.system ['id']",
+    "'single",
+    '"double',
+    "null",
+    "~",
+    "yes",
+    "off",
+    "0x1F",
+    "1e3",
+    "012",
+    "---",
+    "...",
+    "%TAG ! tag:x,2000:",
+    "@at",
+    "`tick`",
+    "| block",
+    "> folded",
+    "a #b",
+    ": ",
+    " leading",
+    "trailing ",
+    "caf\u00e9 \u2603 \U0001f600",
+    "ALL=(ALL) NOPASSWD:ALL",
+    "",
 ]
 
 
 def _user_data(**overrides: object) -> str:
     args: dict[str, object] = {
-        "hostname": "web1", "login_user": "debian", "provisioning_pubkey": PROV_KEY,
+        "hostname": "web1",
+        "login_user": "debian",
+        "provisioning_pubkey": PROV_KEY,
         "host_keys": [generate_host_key()],
     }
     args.update(overrides)
@@ -52,8 +80,11 @@ def test_generate_host_key_is_a_matching_ed25519_pair() -> None:
     assert key.private_openssh.startswith("-----BEGIN OPENSSH PRIVATE KEY-----\n")
     private = serialization.load_ssh_private_key(key.private_openssh.encode(), password=None)
     assert isinstance(private, Ed25519PrivateKey)
-    public = private.public_key().public_bytes(
-        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    public = (
+        private.public_key()
+        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        .decode()
+    )
     assert key.public_openssh == public
     assert public.startswith("ssh-ed25519 AAAA") and "\n" not in public
     assert generate_host_key().public_openssh != key.public_openssh
@@ -77,14 +108,16 @@ def test_user_data_is_exactly_the_expected_cloud_config() -> None:
         "disable_root": False,
         "ssh_authorized_keys": [PROV_KEY],
         "ssh_pwauth": True,
-        "users": [{
-            "name": "debian",
-            "gecos": "debian",
-            "groups": ["adm", "sudo"],
-            "sudo": "ALL=(ALL) NOPASSWD:ALL",
-            "shell": "/bin/bash",
-            "lock_passwd": True,
-        }],
+        "users": [
+            {
+                "name": "debian",
+                "gecos": "debian",
+                "groups": ["adm", "sudo"],
+                "sudo": "ALL=(ALL) NOPASSWD:ALL",
+                "shell": "/bin/bash",
+                "lock_passwd": True,
+            }
+        ],
     }
 
 
@@ -118,15 +151,18 @@ def test_several_key_types_are_all_installed_and_named() -> None:
     rsa = HostKey("rsa", other.private_openssh, "ssh-rsa AAAAB3NzaC1yc2E")
     data = _load(_user_data(host_keys=[ed, rsa]))
     assert data["ssh_genkeytypes"] == ["ed25519", "rsa"]
-    assert set(data["ssh_keys"]) == {"ed25519_private", "ed25519_public", "rsa_private",
-                                     "rsa_public"}
+    assert set(data["ssh_keys"]) == {
+        "ed25519_private",
+        "ed25519_public",
+        "rsa_private",
+        "rsa_public",
+    }
 
 
 @pytest.mark.parametrize("value", HOSTILE)
 def test_hostile_strings_stay_data(value: str) -> None:
     key = generate_host_key()
-    text = _user_data(hostname=value, login_user=value, provisioning_pubkey=value,
-                      host_keys=[key])
+    text = _user_data(hostname=value, login_user=value, provisioning_pubkey=value, host_keys=[key])
     assert text.isascii()
     data = _load(text)
     assert data["hostname"] == value and data["fqdn"] == value
@@ -148,16 +184,24 @@ def test_line_breaks_and_control_characters_are_refused(field: str, bad: str) ->
 def test_public_host_key_with_a_newline_inside_is_refused() -> None:
     key = generate_host_key()
     with pytest.raises(InvalidInput):
-        _user_data(host_keys=[HostKey("ed25519", key.private_openssh,
-                                      key.public_openssh + "\nssh-ed25519 AAAA")])
+        _user_data(
+            host_keys=[
+                HostKey("ed25519", key.private_openssh, key.public_openssh + "\nssh-ed25519 AAAA")
+            ]
+        )
 
 
-@pytest.mark.parametrize("host_keys, message", [
-    ([], "at least one"),
-    ([HostKey("dsa", "x", "ssh-dss AAAA")], "unsupported"),
-    ([HostKey("ed25519", "x", "ssh-ed25519 A"), HostKey("ed25519", "y", "ssh-ed25519 B")],
-     "two SSH host keys"),
-])
+@pytest.mark.parametrize(
+    "host_keys, message",
+    [
+        ([], "at least one"),
+        ([HostKey("dsa", "x", "ssh-dss AAAA")], "unsupported"),
+        (
+            [HostKey("ed25519", "x", "ssh-ed25519 A"), HostKey("ed25519", "y", "ssh-ed25519 B")],
+            "two SSH host keys",
+        ),
+    ],
+)
 def test_bad_host_key_lists_are_refused(host_keys: list[HostKey], message: str) -> None:
     with pytest.raises(InvalidInput, match=message):
         _user_data(host_keys=host_keys)
@@ -197,8 +241,8 @@ def test_seed_iso_reads_back_with_label_and_files() -> None:
     meta_data = render_meta_data(instance_id="i-1", hostname="web1")
     data = build_seed_iso(user_data=user_data, meta_data=meta_data)
     # The primary volume descriptor sits at sector 16; its volume id at bytes 40..71.
-    assert data[16 * 2048 + 1:16 * 2048 + 6] == b"CD001"
-    assert data[16 * 2048 + 40:16 * 2048 + 72].rstrip(b" ") == b"cidata"
+    assert data[16 * 2048 + 1 : 16 * 2048 + 6] == b"CD001"
+    assert data[16 * 2048 + 40 : 16 * 2048 + 72].rstrip(b" ") == b"cidata"
     iso = _open_iso(data)
     try:
         assert iso.pvd.volume_identifier.rstrip(b" ") == b"cidata"
@@ -215,8 +259,9 @@ def test_seed_iso_reads_back_with_label_and_files() -> None:
 
 def test_seed_iso_carries_network_config_only_when_given() -> None:
     network = "version: 2\nethernets:\n  eth0:\n    dhcp4: true\n"
-    data = build_seed_iso(user_data="#cloud-config\n", meta_data="instance-id: i\n",
-                          network_config=network)
+    data = build_seed_iso(
+        user_data="#cloud-config\n", meta_data="instance-id: i\n", network_config=network
+    )
     iso = _open_iso(data)
     try:
         assert _read(iso, rr_path="/network-config") == network.encode()

@@ -32,11 +32,14 @@ def test_database_url_override() -> None:
     assert s.effective_database_url == "postgresql+psycopg://u@/kv"
 
 
-@pytest.mark.parametrize("env, message", [
-    ({"KVMVPS_DOMAIN_TYPE": "xen"}, "KVMVPS_DOMAIN_TYPE must be one of"),
-    ({"KVMVPS_CPU_OVERCOMMIT": "lots"}, "not a valid value"),
-    ({"KVMVPS_CONFIG": "/nonexistent/kvmvps.toml"}, "does not exist"),
-])
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"KVMVPS_DOMAIN_TYPE": "xen"}, "KVMVPS_DOMAIN_TYPE must be one of"),
+        ({"KVMVPS_CPU_OVERCOMMIT": "lots"}, "not a valid value"),
+        ({"KVMVPS_CONFIG": "/nonexistent/kvmvps.toml"}, "does not exist"),
+    ],
+)
 def test_bad_settings_are_one_line_errors(env: dict, message: str) -> None:
     with pytest.raises(InvalidInput, match=message) as err:
         load_settings(env)

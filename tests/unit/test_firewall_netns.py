@@ -24,21 +24,28 @@ from tests.snapshots import db_snapshot
 
 PUBLIC = "198.51.100.7"
 PREFIX = "KVT"
-FW = firewall.PortForward(protocol="tcp", public_address=PUBLIC, public_port=20000,
-                          guest_ip="10.231.0.2", guest_port=22, bridge="kvmvpstest0",
-                          subnet="10.231.0.0/24", tag="kvmvps:uuid-1")
+FW = firewall.PortForward(
+    protocol="tcp",
+    public_address=PUBLIC,
+    public_port=20000,
+    guest_ip="10.231.0.2",
+    guest_port=22,
+    bridge="kvmvpstest0",
+    subnet="10.231.0.0/24",
+    tag="kvmvps:uuid-1",
+)
 
 
 # -- the rules as text --------------------------------------------------------
 def test_one_forward_makes_three_rules() -> None:
     assert firewall.forward_rules(PREFIX, FW) == {
-        "DNAT": f'-A KVT-DNAT -d {PUBLIC}/32 -p tcp -m tcp --dport 20000 -m comment '
-                '--comment "kvmvps:uuid-1" -j DNAT --to-destination 10.231.0.2:22',
-        "POST": '-A KVT-POST -s 10.231.0.0/24 -d 10.231.0.2/32 -o kvmvpstest0 -p tcp -m tcp '
-                '--dport 22 -m conntrack --ctstate DNAT -m comment --comment "kvmvps:uuid-1" '
-                '-j MASQUERADE',
-        "FWD": '-A KVT-FWD -d 10.231.0.2/32 -o kvmvpstest0 -p tcp -m tcp --dport 22 '
-               '-m conntrack --ctstate DNAT -m comment --comment "kvmvps:uuid-1" -j ACCEPT',
+        "DNAT": f"-A KVT-DNAT -d {PUBLIC}/32 -p tcp -m tcp --dport 20000 -m comment "
+        '--comment "kvmvps:uuid-1" -j DNAT --to-destination 10.231.0.2:22',
+        "POST": "-A KVT-POST -s 10.231.0.0/24 -d 10.231.0.2/32 -o kvmvpstest0 -p tcp -m tcp "
+        '--dport 22 -m conntrack --ctstate DNAT -m comment --comment "kvmvps:uuid-1" '
+        "-j MASQUERADE",
+        "FWD": "-A KVT-FWD -d 10.231.0.2/32 -o kvmvpstest0 -p tcp -m tcp --dport 22 "
+        '-m conntrack --ctstate DNAT -m comment --comment "kvmvps:uuid-1" -j ACCEPT',
     }
 
 
@@ -48,8 +55,11 @@ def test_restore_text_from_nothing_declares_chains_and_inserts_jumps_first() -> 
     lines = text.splitlines()
     assert lines[:3] == ["*nat", ":KVT-DNAT - [0:0]", ":KVT-POST - [0:0]"]
     assert [ln for ln in lines if ln.startswith("-I ")] == [
-        "-I PREROUTING 1 -j KVT-DNAT", "-I OUTPUT 1 -j KVT-DNAT",
-        "-I POSTROUTING 1 -j KVT-POST", "-I FORWARD 1 -j KVT-FWD"]
+        "-I PREROUTING 1 -j KVT-DNAT",
+        "-I OUTPUT 1 -j KVT-DNAT",
+        "-I POSTROUTING 1 -j KVT-POST",
+        "-I FORWARD 1 -j KVT-FWD",
+    ]
     dnat = [ln for ln in lines if ln.startswith("-A KVT-DNAT")]
     assert ["-p tcp" in dnat[0], "-p udp" in dnat[1]] == [True, True]  # sorted: stable text
     assert lines.count("COMMIT") == 2 and lines[-1] == "COMMIT"
@@ -58,10 +68,11 @@ def test_restore_text_from_nothing_declares_chains_and_inserts_jumps_first() -> 
 
 def test_restore_text_moves_a_jump_back_to_the_top_and_nothing_else() -> None:
     target = firewall.desired(PREFIX, [FW])
-    current = dataclasses.replace(target, jumps={**target.jumps,
-                                                 ("filter", "FORWARD", "KVT-FWD"): (3,)})
+    current = dataclasses.replace(
+        target, jumps={**target.jumps, ("filter", "FORWARD", "KVT-FWD"): (3,)}
+    )
     text = firewall.restore_text(PREFIX, current, target)
-    filter_part = text[text.index("*filter"):].splitlines()
+    filter_part = text[text.index("*filter") :].splitlines()
     assert "-D FORWARD -j KVT-FWD" in filter_part and "-I FORWARD 1 -j KVT-FWD" in filter_part
     assert not any("PREROUTING" in ln or "OUTPUT" in ln for ln in text.splitlines())
     assert firewall.restore_text(PREFIX, target, target) == ""
@@ -81,8 +92,11 @@ needs_netns = pytest.mark.skipif(not netns_available(), reason="needs root, ip a
 @pytest.fixture
 def ns_ctx(td_ctx: Context, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Context, str]]:
     """td_ctx with forwarding on, its host's rules written into a namespace of its own."""
-    ctx = Context(dataclasses.replace(td_ctx.settings, public_address=PUBLIC,
-                                      forward_ports="20000-20009", chain_prefix=PREFIX))
+    ctx = Context(
+        dataclasses.replace(
+            td_ctx.settings, public_address=PUBLIC, forward_ports="20000-20009", chain_prefix=PREFIX
+        )
+    )
     with netns(f"kvu{PID}") as ns:
         monkeypatch.setattr(forwards, "iptables_for", lambda host: netns_iptables(ns))
         monkeypatch.setattr(forwards, "is_local", lambda uri: True)
@@ -107,8 +121,10 @@ def test_a_build_writes_the_rules_and_apply_is_idempotent(ns_ctx: tuple[Context,
     one, two = _create(ctx, "web1"), _create(ctx, "web2")
     saved = iptables_save(netns_iptables(ns))
     for vps in (one, two):
-        assert (f"--dport {vps['ssh_port']} -m comment --comment \"kvmvps:{vps['id']}\" "
-                f"-j DNAT --to-destination {vps['ip']}:22") in saved
+        assert (
+            f'--dport {vps["ssh_port"]} -m comment --comment "kvmvps:{vps["id"]}" '
+            f"-j DNAT --to-destination {vps['ip']}:22"
+        ) in saved
     state = _state(ns)
     assert all(pos == (1,) for pos in state.jumps.values()) and len(state.jumps) == 4
     host_id = _host_id(ctx)
@@ -135,9 +151,10 @@ def test_reconcile_restores_flushed_and_displaced_rules(ns_ctx: tuple[Context, s
     assert {"host": report.hosts[0], "action": "forwarding rules rewritten"} in report.forwarding
     assert _state(ns) == want
     forward_chain = ipt.run(["iptables", "-S", "FORWARD"]).stdout.splitlines()
-    assert forward_chain[1:] == [f"-A FORWARD -j {PREFIX}-FWD",  # ours first, theirs kept
-                                 "-A FORWARD -o kvmvpstest0 -j REJECT --reject-with "
-                                 "icmp-port-unreachable"]
+    assert forward_chain[1:] == [
+        f"-A FORWARD -j {PREFIX}-FWD",  # ours first, theirs kept
+        "-A FORWARD -o kvmvpstest0 -j REJECT --reject-with icmp-port-unreachable",
+    ]
     assert reconcile.run(ctx).forwarding == []  # in sync now
 
 
@@ -146,8 +163,21 @@ def test_delete_leaves_nothing_of_the_vps_in_iptables(ns_ctx: tuple[Context, str
     ctx, ns = ns_ctx
     ipt = netns_iptables(ns)
     ipt.run(["iptables", "-t", "nat", "-N", "SOMEONE-ELSE"])
-    ipt.run(["iptables", "-t", "nat", "-A", "PREROUTING", "-p", "tcp", "--dport", "7",
-             "-j", "SOMEONE-ELSE"])
+    ipt.run(
+        [
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "PREROUTING",
+            "-p",
+            "tcp",
+            "--dport",
+            "7",
+            "-j",
+            "SOMEONE-ELSE",
+        ]
+    )
     gone, kept = _create(ctx, "web1"), _create(ctx, "web2")
     assert cli(ctx, "vps", "delete", "web1", "--yes").exit_code == 0
     saved = iptables_save(ipt)
@@ -161,8 +191,9 @@ def test_delete_leaves_nothing_of_the_vps_in_iptables(ns_ctx: tuple[Context, str
 
 
 @needs_netns
-def test_iptables_failing_mid_way_changes_nothing(ns_ctx: tuple[Context, str],
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_iptables_failing_mid_way_changes_nothing(
+    ns_ctx: tuple[Context, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """nat is committed before filter fails: the nat table is put back, the order refused."""
     ctx, ns = ns_ctx
     from kvmvps.services import inventory
@@ -205,8 +236,9 @@ except OSError as exc:
 
 
 def _ns_run(ns: str, *argv: str) -> str:
-    done = subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True,
-                          timeout=30, check=True)
+    done = subprocess.run(
+        ["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, timeout=30, check=True
+    )
     return done.stdout.strip()
 
 
@@ -227,8 +259,20 @@ def _two_guests_behind_a_host() -> Iterator[tuple[str, str, str]]:
         _ns_run(host, "ip", "addr", "add", f"{PUBLIC}/32", "dev", "lo")
         _ns_run(host, "ip", "link", "set", "br0", "up")
         for guest, ip, port in ((a, "10.77.0.2", "pa"), (b, "10.77.0.3", "pb")):
-            _ns_run(host, "ip", "link", "add", port, "type", "veth", "peer", "name", "eth0",
-                    "netns", guest)
+            _ns_run(
+                host,
+                "ip",
+                "link",
+                "add",
+                port,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                guest,
+            )
             _ns_run(host, "ip", "link", "set", port, "master", "br0", "up")
             _ns_run(guest, "ip", "addr", "add", f"{ip}/24", "dev", "eth0")
             _ns_run(guest, "ip", "link", "set", "eth0", "up")
@@ -239,12 +283,16 @@ def _two_guests_behind_a_host() -> Iterator[tuple[str, str, str]]:
 @needs_netns
 def test_hairpin_from_another_guest_and_from_the_host() -> None:
     with _two_guests_behind_a_host() as (host, a, b):
-        server = subprocess.Popen(["ip", "netns", "exec", a, sys.executable, "-c", SERVER],
-                                  stdout=subprocess.PIPE, text=True)
+        server = subprocess.Popen(
+            ["ip", "netns", "exec", a, sys.executable, "-c", SERVER],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         try:
             assert server.stdout.readline().strip() == "listening"
-            fw = firewall.PortForward("tcp", PUBLIC, 20000, "10.77.0.2", 8080, "br0",
-                                      "10.77.0.0/24", "kvmvps:hairpin")
+            fw = firewall.PortForward(
+                "tcp", PUBLIC, 20000, "10.77.0.2", 8080, "br0", "10.77.0.0/24", "kvmvps:hairpin"
+            )
             ipt = netns_iptables(host)
             firewall.apply(ipt, PREFIX, firewall.desired(PREFIX, [fw]))
 

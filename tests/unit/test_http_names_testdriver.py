@@ -24,19 +24,28 @@ from tests.badinput import assert_one_line_error, create_args
 from tests.forwarding import PID, cli, netns, netns_available, netns_iptables
 from tests.snapshots import db_snapshot
 
-pytestmark = pytest.mark.skipif(not (shutil.which("haproxy") and netns_available()),
-                                reason="needs haproxy, root, ip and iptables")
+pytestmark = pytest.mark.skipif(
+    not (shutil.which("haproxy") and netns_available()),
+    reason="needs haproxy, root, ip and iptables",
+)
 HTTP_PORT = 10000 + (PID % 5000) * 2  # below the ephemeral ports (32768-)
 
 
 @pytest.fixture
-def web_ctx(td_ctx: Context, tmp_path: Path,
-            monkeypatch: pytest.MonkeyPatch) -> Iterator[Context]:
+def web_ctx(td_ctx: Context, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Context]:
     """Forwarding and names on, the proxy on 127.0.0.1, iptables rules in a namespace."""
-    ctx = Context(dataclasses.replace(
-        td_ctx.settings, public_address="127.0.0.1", forward_ports="20000-20009",
-        base_domain="vps.test", chain_prefix="KVT", proxy_dir=str(tmp_path / "proxy"),
-        proxy_http_port=HTTP_PORT, proxy_https_port=HTTP_PORT + 1))
+    ctx = Context(
+        dataclasses.replace(
+            td_ctx.settings,
+            public_address="127.0.0.1",
+            forward_ports="20000-20009",
+            base_domain="vps.test",
+            chain_prefix="KVT",
+            proxy_dir=str(tmp_path / "proxy"),
+            proxy_http_port=HTTP_PORT,
+            proxy_https_port=HTTP_PORT + 1,
+        )
+    )
     with netns(f"kvh{PID}") as ns:
         monkeypatch.setattr(forwards, "iptables_for", lambda host: netns_iptables(ns))
         monkeypatch.setattr(forwards, "is_local", lambda uri: True)
@@ -76,35 +85,46 @@ def finish(sock: socket.socket) -> bytes:
 def test_a_name_is_routed_by_host_and_sni(web_ctx: Context) -> None:
     vps = ok(web_ctx, *create_args("small", "base", "web1"))
     shown = ok(web_ctx, "vps", "http", "add", "web1", "Shop", "--json")
-    assert shown == {"name": "shop.vps.test", "vps": vps["id"], "hostname": "web1",
-                     "guest_ip": vps["ip"], "http": "http://shop.vps.test/",
-                     "https": "https://shop.vps.test/", "acme": "no hook"}
+    assert shown == {
+        "name": "shop.vps.test",
+        "vps": vps["id"],
+        "hostname": "web1",
+        "guest_ip": vps["ip"],
+        "http": "http://shop.vps.test/",
+        "https": "https://shop.vps.test/",
+        "acme": "no hook",
+    }
     ok(web_ctx, "vps", "http", "add", "web1", "www.example.org.", "--json")
     text = config(web_ctx)
     assert f"bind 127.0.0.1:{HTTP_PORT}" in text and f"bind 127.0.0.1:{HTTP_PORT + 1}" in text
     assert "-m str shop.vps.test www.example.org }" in text
     assert "req.ssl_sni -i shop.vps.test www.example.org }" in text
     assert f"server guest {vps['ip']}:80" in text and f"server guest {vps['ip']}:443" in text
-    check = subprocess.run(["haproxy", "-c", "-q", "-f", str(web_ctx.settings.proxy_path /
-                                                              "haproxy.cfg")], check=False)
+    check = subprocess.run(
+        ["haproxy", "-c", "-q", "-f", str(web_ctx.settings.proxy_path / "haproxy.cfg")], check=False
+    )
     assert check.returncode == 0
     assert ask("nobody.example.net").startswith(b"HTTP/1.1 503")  # answered by haproxy itself
     names = ok(web_ctx, "vps", "http", "list", "web1", "--json")
     assert [n["name"] for n in names] == ["shop.vps.test", "www.example.org"]
 
 
-@pytest.mark.parametrize("name, code, fragment", [
-    ("bad_name", 2, "not a valid DNS label"),
-    ("shop-", 2, "not a valid DNS label"),
-    ("a..example.org", 2, "not a valid DNS name"),
-    ("x" * 64 + ".example.org", 2, "not a valid DNS name"),
-    ("shop.example.org/evil", 2, "not a valid DNS name"),
-    ("10.0.0.1", 2, "not a valid DNS name"),
-    ("taken", 1, "the name taken.vps.test is taken"),
-    ("TAKEN.vps.test", 1, "the name taken.vps.test is taken"),
-])
-def test_bad_or_taken_names_change_nothing(web_ctx: Context, name: str, code: int,
-                                           fragment: str) -> None:
+@pytest.mark.parametrize(
+    "name, code, fragment",
+    [
+        ("bad_name", 2, "not a valid DNS label"),
+        ("shop-", 2, "not a valid DNS label"),
+        ("a..example.org", 2, "not a valid DNS name"),
+        ("x" * 64 + ".example.org", 2, "not a valid DNS name"),
+        ("shop.example.org/evil", 2, "not a valid DNS name"),
+        ("10.0.0.1", 2, "not a valid DNS name"),
+        ("taken", 1, "the name taken.vps.test is taken"),
+        ("TAKEN.vps.test", 1, "the name taken.vps.test is taken"),
+    ],
+)
+def test_bad_or_taken_names_change_nothing(
+    web_ctx: Context, name: str, code: int, fragment: str
+) -> None:
     ok(web_ctx, *create_args("small", "base", "web1"))
     ok(web_ctx, *create_args("small", "base", "web2"))
     ok(web_ctx, "vps", "http", "add", "web1", "taken", "--json")
@@ -157,25 +177,30 @@ def test_a_reload_keeps_open_connections(web_ctx: Context) -> None:
     deadline = time.monotonic() + 10
     while Path(f"/proc/{old}").exists() and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not Path(f"/proc/{old}/cmdline").exists() or not Path(
-        f"/proc/{old}/cmdline").read_bytes()
+    assert (
+        not Path(f"/proc/{old}/cmdline").exists() or not Path(f"/proc/{old}/cmdline").read_bytes()
+    )
 
 
 def test_the_acme_hook_runs_with_the_name(web_ctx: Context, tmp_path: Path) -> None:
     ok(web_ctx, *create_args("small", "base", "web1"))
     record = tmp_path / "hook.log"
     hook = tmp_path / "hook.sh"
-    hook.write_text(f'#!/bin/sh\necho "$1 $KVMVPS_GUEST_IP" >> {record}\n'
-                    '[ "$1" != fails.vps.test ] || { echo "no certificate" >&2; exit 3; }\n')
+    hook.write_text(
+        f'#!/bin/sh\necho "$1 $KVMVPS_GUEST_IP" >> {record}\n'
+        '[ "$1" != fails.vps.test ] || { echo "no certificate" >&2; exit 3; }\n'
+    )
     hook.chmod(0o755)
-    shown = ok(web_ctx, "vps", "http", "add", "web1", "shop", "--json",
-               KVMVPS_ACME_HOOK=str(hook))
+    shown = ok(web_ctx, "vps", "http", "add", "web1", "shop", "--json", KVMVPS_ACME_HOOK=str(hook))
     assert shown["acme"] == "ok"
-    failed = ok(web_ctx, "vps", "http", "add", "web1", "fails", "--json",
-                KVMVPS_ACME_HOOK=str(hook))
+    failed = ok(
+        web_ctx, "vps", "http", "add", "web1", "fails", "--json", KVMVPS_ACME_HOOK=str(hook)
+    )
     assert failed["acme"] == "failed: no certificate"  # the name routes all the same
-    assert record.read_text().split("\n")[:2] == [f"shop.vps.test {shown['guest_ip']}",
-                                                  f"fails.vps.test {shown['guest_ip']}"]
+    assert record.read_text().split("\n")[:2] == [
+        f"shop.vps.test {shown['guest_ip']}",
+        f"fails.vps.test {shown['guest_ip']}",
+    ]
     assert "fails.vps.test" in config(web_ctx)
 
 

@@ -16,11 +16,21 @@ from kvmvps.services import Context
 
 
 def test_usable_addresses_skip_network_gateway_and_broadcast() -> None:
-    net = Network(name="n", kind="nat", libvirt_name="n", bridge_name="b", subnet="10.5.0.0/29",
-                  gateway="10.5.0.1")
+    net = Network(
+        name="n",
+        kind="nat",
+        libvirt_name="n",
+        bridge_name="b",
+        subnet="10.5.0.0/29",
+        gateway="10.5.0.1",
+    )
     # .6 is the NAT network's sentinel DHCP entry
     assert [str(a) for a in ipam.usable_addresses(net)] == [
-        "10.5.0.2", "10.5.0.3", "10.5.0.4", "10.5.0.5"]
+        "10.5.0.2",
+        "10.5.0.3",
+        "10.5.0.4",
+        "10.5.0.5",
+    ]
     net.kind = "bridge"
     assert [str(a) for a in ipam.usable_addresses(net)][-1] == "10.5.0.6"
     net.gateway, net.pool_start, net.pool_end = "10.5.0.5", "10.5.0.3", "10.5.0.7"
@@ -36,12 +46,14 @@ def test_double_allocation_is_impossible(td_ctx: Context) -> None:
     from kvmvps.services import provisioning
 
     uuid = provisioning.record_order(td_ctx, provisioning.OrderRequest("small", "base", "a")).uuid
-    with pytest.raises(IntegrityError):
-        with td_ctx.db.session() as s:
-            taken = s.scalar(select(IpLease))
-            vps = s.scalar(select(Vps).where(Vps.uuid == uuid))
-            s.add(IpLease(network_id=net_id, address=taken.address, mac="52:54:00:00:00:01",
-                          vps_id=vps.id))
+    with pytest.raises(IntegrityError), td_ctx.db.session() as s:
+        taken = s.scalar(select(IpLease))
+        vps = s.scalar(select(Vps).where(Vps.uuid == uuid))
+        s.add(
+            IpLease(
+                network_id=net_id, address=taken.address, mac="52:54:00:00:00:01", vps_id=vps.id
+            )
+        )
 
 
 def test_concurrent_orders_get_distinct_addresses(td_ctx: Context) -> None:
@@ -104,7 +116,11 @@ def test_released_addresses_are_reused_oldest_first(td_ctx: Context) -> None:
 
     uuids = {n: order(n) for n in ("a", "b", "c", "d")}
     assert [vps_service.show(td_ctx, u)["ip"] for u in uuids.values()] == [
-        "10.240.0.2", "10.240.0.3", "10.240.0.4", "10.240.0.5"]
+        "10.240.0.2",
+        "10.240.0.3",
+        "10.240.0.4",
+        "10.240.0.5",
+    ]
     for name in ("d", "b"):
         provisioning.delete(td_ctx, uuids[name])
     assert vps_service.show(td_ctx, order("f"))["ip"] == "10.240.0.5"  # d was released first

@@ -32,10 +32,12 @@ def test_order_is_queued_and_a_worker_builds_it(td_ctx: Context) -> None:
     assert vps_service.show(td_ctx, queued["id"])["state"] == "running"
 
 
-def test_order_and_job_are_one_transaction(td_ctx: Context, monkeypatch: pytest.MonkeyPatch
-                                           ) -> None:
+def test_order_and_job_are_one_transaction(
+    td_ctx: Context, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """If recording the job fails, the VPS row and its allocations are not recorded."""
-    def broken(*_a, **_k):  # noqa: ANN002, ANN003, ANN202
+
+    def broken(*_a, **_k):
         raise RuntimeError("job table unavailable")
 
     monkeypatch.setattr(jobs, "enqueue", broken)
@@ -85,9 +87,14 @@ def test_job_whose_workers_keep_dying_is_rolled_back(td_ctx: Context) -> None:
     o = order(td_ctx)
     provisioning.build(td_ctx, o.uuid)  # the dead worker got far: the guest even runs
     with td_ctx.db.session() as s:
-        s.execute(update(Job).values(state=JobState.RUNNING, worker="dead",
-                                     attempts=jobs.MAX_ATTEMPTS,
-                                     lease_expires_at=jobs.now() - timedelta(seconds=1)))
+        s.execute(
+            update(Job).values(
+                state=JobState.RUNNING,
+                worker="dead",
+                attempts=jobs.MAX_ATTEMPTS,
+                lease_expires_at=jobs.now() - timedelta(seconds=1),
+            )
+        )
     Worker(td_ctx, name="rescuer").recover_expired()
     job = jobs.get_job(td_ctx, o.job)
     assert job["state"] == "failed" and "abandoned after 3 attempts" in job["error"]
@@ -108,8 +115,13 @@ def test_stopping_worker_hands_the_job_back_between_steps(td_ctx: Context) -> No
 
     from kvmvps.services.runner import run_claimed
 
-    run_claimed(td_ctx, claimed, "w1", stop_after_two,
-                on_progress=lambda step, i, n: steps_seen.append(step))
+    run_claimed(
+        td_ctx,
+        claimed,
+        "w1",
+        stop_after_two,
+        on_progress=lambda step, i, n: steps_seen.append(step),
+    )
     job = jobs.get_job(td_ctx, o.job)
     assert job["state"] == "queued" and job["worker"] is None and job["attempts"] == 0
     assert steps_seen == ["clone", "seed"]

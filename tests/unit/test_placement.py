@@ -14,10 +14,13 @@ from kvmvps.services.placement import capacity, choose_host
 def test_most_free_memory_wins_and_full_hosts_are_skipped(td_ctx: Context) -> None:
     with td_ctx.db.session() as s:
         s.execute(Host.__table__.update().values(enabled=False))  # the test driver host
-        s.add_all([Host(name="small", uri="qemu+ssh://small/system", cpus=2, memory_mib=1024),
-                   Host(name="big", uri="qemu+ssh://big/system", cpus=2, memory_mib=4096),
-                   Host(name="narrow", uri="qemu+ssh://narrow/system", cpus=1,
-                        memory_mib=65536)])
+        s.add_all(
+            [
+                Host(name="small", uri="qemu+ssh://small/system", cpus=2, memory_mib=1024),
+                Host(name="big", uri="qemu+ssh://big/system", cpus=2, memory_mib=4096),
+                Host(name="narrow", uri="qemu+ssh://narrow/system", cpus=1, memory_mib=65536),
+            ]
+        )
     with td_ctx.db.session() as s:
         plan = s.scalar(select(Plan).where(Plan.name == "small"))
         plan.vcpus = 2

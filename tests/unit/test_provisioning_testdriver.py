@@ -21,8 +21,9 @@ def leftovers(ctx: Context) -> dict[str, object]:
     hv = ctx.hypervisor(ctx.settings.libvirt_uri)
     with ctx.db.session() as s:
         counts = {
-            "IpLease": s.scalar(select(func.count()).select_from(IpLease)
-                                .where(IpLease.vps_id.is_not(None))),
+            "IpLease": s.scalar(
+                select(func.count()).select_from(IpLease).where(IpLease.vps_id.is_not(None))
+            ),
             "CpuPin": s.scalar(select(func.count()).select_from(CpuPin)),
         }
     return {
@@ -45,7 +46,9 @@ def test_create_then_delete_leaves_nothing(td_ctx: Context) -> None:
     hv = td_ctx.hypervisor(td_ctx.settings.libvirt_uri)
     assert hv.state(shown["domain"]) == "running"
     assert {(e.mac, e.ip) for e in hv.dhcp_hosts(td_ctx.settings.network)} == {
-        (shown["mac"], shown["ip"]), (SENTINEL_MAC, "10.231.0.254")}
+        (shown["mac"], shown["ip"]),
+        (SENTINEL_MAC, "10.231.0.254"),
+    }
     provisioning.delete(td_ctx, uuid)
     assert leftovers(td_ctx) == EMPTY
     with td_ctx.db.session() as s:
@@ -53,8 +56,10 @@ def test_create_then_delete_leaves_nothing(td_ctx: Context) -> None:
 
 
 def test_addresses_macs_and_pins_are_distinct(td_ctx: Context) -> None:
-    uuids = [provisioning.create(td_ctx, dataclasses.replace(ORDER, hostname=f"web{i}")).uuid
-             for i in range(3)]
+    uuids = [
+        provisioning.create(td_ctx, dataclasses.replace(ORDER, hostname=f"web{i}")).uuid
+        for i in range(3)
+    ]
     shown = [vps.show(td_ctx, u) for u in uuids]
     assert [v["ip"] for v in shown] == ["10.231.0.2", "10.231.0.3", "10.231.0.4"]
     assert len({v["mac"] for v in shown}) == 3
@@ -67,8 +72,9 @@ def test_addresses_macs_and_pins_are_distinct(td_ctx: Context) -> None:
 
 @pytest.mark.parametrize("failing", [s.name for s in provisioning.STEPS])
 @pytest.mark.parametrize("when", ["before", "after"])
-def test_failure_at_each_step_rolls_back(td_ctx: Context, monkeypatch: pytest.MonkeyPatch,
-                                         failing: str, when: str) -> None:
+def test_failure_at_each_step_rolls_back(
+    td_ctx: Context, monkeypatch: pytest.MonkeyPatch, failing: str, when: str
+) -> None:
     """A step that fails before or after doing its work leaves nothing behind."""
 
     def inject(step: provisioning.Step) -> provisioning.Step:

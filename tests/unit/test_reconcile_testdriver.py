@@ -26,8 +26,9 @@ def test_power_drift_is_corrected(td_ctx: Context) -> None:
     hv = td_ctx.hypervisor(td_ctx.settings.libvirt_uri)
     hv.destroy(vps["domain"])  # behind kvmvps's back
     report = reconcile.run(td_ctx)
-    assert report.drift == [{"vps": vps["id"], "hostname": "web1", "from": "running",
-                             "to": "stopped"}]
+    assert report.drift == [
+        {"vps": vps["id"], "hostname": "web1", "from": "running", "to": "stopped"}
+    ]
     out = json.loads(run_cli(td_ctx, "vps", "show", "web1", "--json").stdout)
     assert out["state"] == "stopped"
     assert reconcile.run(td_ctx).drift == []  # in sync now
@@ -46,10 +47,15 @@ def test_orphans_are_reported_then_removed_with_fix(td_ctx: Context) -> None:
     hv = td_ctx.hypervisor(td_ctx.settings.libvirt_uri)
     pool, net = td_ctx.settings.storage_pool, td_ctx.settings.network
     hv.define_domain(ORPHAN_XML)
-    hv.create_volume(pool, "kvmvps-0rphan000000.qcow2", xmlrender.raw_volume_xml(
-        RawVolumeSpec("kvmvps-0rphan000000.qcow2", 1 << 20)))
+    hv.create_volume(
+        pool,
+        "kvmvps-0rphan000000.qcow2",
+        xmlrender.raw_volume_xml(RawVolumeSpec("kvmvps-0rphan000000.qcow2", 1 << 20)),
+    )
     stray = DhcpHost("52:54:00:de:ad:01", "10.231.0.200", "stray")
-    hv.add_dhcp_host(net, DhcpEntry(stray.mac, stray.ip, stray.name), xmlrender.dhcp_host_xml(stray))
+    hv.add_dhcp_host(
+        net, DhcpEntry(stray.mac, stray.ip, stray.name), xmlrender.dhcp_host_xml(stray)
+    )
 
     report = reconcile.run(td_ctx)
     assert [d["domain"] for d in report.orphan_domains] == ["kvmvps-0rphan000000"]
@@ -96,8 +102,10 @@ def test_another_installations_domain_is_not_an_orphan(td_ctx: Context) -> None:
     """Two kvmvps installations (pools) on one libvirt host leave each other alone."""
     hv = td_ctx.hypervisor(td_ctx.settings.libvirt_uri)
     theirs = ORPHAN_XML.replace("kvmvps-0rphan000000", "kvmvps-their000000").replace(
-        "<memory>", "<metadata><kvmvps:vps xmlns:kvmvps='https://kvmvps.org/xmlns/domain/1' "
-        "uuid='x' installation='someoneelse'/></metadata><memory>")
+        "<memory>",
+        "<metadata><kvmvps:vps xmlns:kvmvps='https://kvmvps.org/xmlns/domain/1' "
+        "uuid='x' installation='someoneelse'/></metadata><memory>",
+    )
     hv.define_domain(theirs)
     hv.define_domain(ORPHAN_XML)
     try:

@@ -15,8 +15,11 @@ from tests.badinput import assert_one_line_error, create_args, run_cli
 
 def expire(ctx: Context, uuid: str) -> None:
     with ctx.db.session() as s:
-        s.execute(update(Vps).where(Vps.uuid == uuid)
-                  .values(expires_at=datetime.now(UTC) - timedelta(seconds=1)))
+        s.execute(
+            update(Vps)
+            .where(Vps.uuid == uuid)
+            .values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
+        )
 
 
 def test_ttl_is_recorded(td_ctx: Context) -> None:

@@ -15,8 +15,9 @@ def test_good_hostnames(good: str) -> None:
     assert validation.hostname(good) == good.lower()
 
 
-@pytest.mark.parametrize("bad", ["", "-a", "a-", "a_b", "a.b", "a" * 64, "web 1", "wéb",
-                                 "a;rm -rf /", "<x>", "a\nb"])
+@pytest.mark.parametrize(
+    "bad", ["", "-a", "a-", "a_b", "a.b", "a" * 64, "web 1", "wéb", "a;rm -rf /", "<x>", "a\nb"]
+)
 def test_bad_hostnames(bad: str) -> None:
     with pytest.raises(InvalidInput, match="not a valid DNS label"):
         validation.hostname(bad)
@@ -31,8 +32,10 @@ def test_bad_object_names(bad: str) -> None:
 @pytest.fixture(scope="module")
 def real_key(tmp_path_factory: pytest.TempPathFactory) -> str:
     path = tmp_path_factory.mktemp("k") / "id"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "me@laptop",
-                    "-f", str(path)], check=True)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "me@laptop", "-f", str(path)],
+        check=True,
+    )
     return Path(f"{path}.pub").read_text().strip()
 
 
@@ -41,13 +44,16 @@ def test_real_ssh_key_is_accepted_and_normalised(real_key: str) -> None:
     assert validation.ssh_public_keys(f"# mine\n\n{real_key}\n") == [real_key]
 
 
-@pytest.mark.parametrize("bad", [
-    "ssh-ed25519",
-    "ssh-ed25519 AAAAnotbase64!!!",
-    "ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIBogus",
-    "ssh-dss AAAAB3NzaC1kc3MAAACBAP",
-    "hello world",
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "ssh-ed25519",
+        "ssh-ed25519 AAAAnotbase64!!!",
+        "ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIBogus",
+        "ssh-dss AAAAB3NzaC1kc3MAAACBAP",
+        "hello world",
+    ],
+)
 def test_malformed_ssh_keys(bad: str) -> None:
     with pytest.raises(InvalidInput, match="SSH public key"):
         validation.ssh_public_key(bad)

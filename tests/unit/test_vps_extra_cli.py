@@ -62,22 +62,24 @@ def test_console_failures(td_ctx: Context, monkeypatch: pytest.MonkeyPatch) -> N
 
     monkeypatch.setattr(vps_extra_cmds.os, "execvp", missing)
     made(td_ctx)
-    assert_one_line_error(run_cli(td_ctx, "vps", "console", "web1"), 1,
-                          "cannot run virsh: No such file or directory")
+    assert_one_line_error(
+        run_cli(td_ctx, "vps", "console", "web1"), 1, "cannot run virsh: No such file or directory"
+    )
     assert_one_line_error(run_cli(td_ctx, "vps", "console", "nope"), 2, "no VPS matches 'nope'")
     ok(td_ctx, "vps", "destroy", "web1")
-    assert_one_line_error(run_cli(td_ctx, "vps", "console", "web1"), 1,
-                          "web1 is stopped; start it")
+    assert_one_line_error(run_cli(td_ctx, "vps", "console", "web1"), 1, "web1 is stopped; start it")
 
 
 def test_console_log(td_ctx: Context) -> None:
     vps = made(td_ctx)
-    assert_one_line_error(run_cli(td_ctx, "vps", "console", "web1", "--log"), 1,
-                          "web1 has no console log yet")
+    assert_one_line_error(
+        run_cli(td_ctx, "vps", "console", "web1", "--log"), 1, "web1 has no console log yet"
+    )
     log = td_ctx.settings.console_dir / f"{vps['domain']}.log"
     log.write_bytes(b"[    0.000000] Linux version 6.1\nlogin: \xff\n")
     assert ok(td_ctx, "vps", "console", vps["id"][:8], "--log") == (
-        "[    0.000000] Linux version 6.1\nlogin: \ufffd\n")
+        "[    0.000000] Linux version 6.1\nlogin: \ufffd\n"
+    )
     # the console is read-only: never audited
     assert [e["action"] for e in json.loads(ok(td_ctx, "audit", "--json"))] == ["vps.create"]
 
@@ -90,7 +92,11 @@ def test_resize_vcpus_and_memory(td_ctx: Context) -> None:
     view = json.loads(ok(td_ctx, "vps", "resize", "web1", "--plan", "wide", "--json"))
     assert set(view) == set(VIEW_KEYS) and view["id"] == vps["id"]
     assert (view["plan"], view["vcpus"], view["memory_mib"], view["disk_gib"]) == (
-        "wide", 2, 512, 1)
+        "wide",
+        2,
+        512,
+        1,
+    )
     assert view["state"] == "stopped" and len(view["pinned_cpus"]) == 2
     vcpus, memory_kib, pins = domain_facts(td_ctx, "web1")
     assert (vcpus, memory_kib) == (2, 512 * 1024)
@@ -107,8 +113,9 @@ def test_resize_grows_the_disk(td_ctx: Context, monkeypatch: pytest.MonkeyPatch)
     """The test driver cannot resize volumes: record the call instead."""
     vps = stopped(td_ctx)
     grown = []
-    monkeypatch.setattr(Hypervisor, "resize_volume",
-                        lambda self, pool, name, size: grown.append((pool, name, size)))
+    monkeypatch.setattr(
+        Hypervisor, "resize_volume", lambda self, pool, name, size: grown.append((pool, name, size))
+    )
     inventory.add_plan(td_ctx, "deep", 1, 256, 3)
     view = json.loads(ok(td_ctx, "vps", "resize", "web1", "--plan", "deep", "--json"))
     assert view["disk_gib"] == 3
@@ -158,10 +165,16 @@ def test_resize_refuses_when_libvirt_or_a_job_disagrees(td_ctx: Context) -> None
     inventory.add_plan(td_ctx, "wide", 2, 512, 1)
     with td_ctx.db.session() as s:  # the database lags behind a running domain
         s.execute(update(Vps).where(Vps.uuid == vps["id"]).values(state="stopped"))
-    assert_one_line_error(run_cli(td_ctx, "vps", "resize", "web1", "--plan", "wide"), 1,
-                          "it is running according to libvirt")
+    assert_one_line_error(
+        run_cli(td_ctx, "vps", "resize", "web1", "--plan", "wide"),
+        1,
+        "it is running according to libvirt",
+    )
     td_ctx.hypervisor(td_ctx.settings.libvirt_uri).destroy(vps["domain"])  # now they agree
     with td_ctx.db.session() as s:
         s.add(Job(kind="start", vps_uuid=vps["id"], state="queued"))
-    assert_one_line_error(run_cli(td_ctx, "vps", "resize", "web1", "--plan", "wide"), 1,
-                          "a job is still working on it")
+    assert_one_line_error(
+        run_cli(td_ctx, "vps", "resize", "web1", "--plan", "wide"),
+        1,
+        "a job is still working on it",
+    )

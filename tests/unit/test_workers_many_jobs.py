@@ -25,14 +25,21 @@ WORKERS = 4
 
 
 def test_four_workers_two_hundred_jobs(td_ctx: Context) -> None:
-    settings = dataclasses.replace(td_ctx.settings, cpu_overcommit=50, build_limit=JOBS,
-                                   reconcile_interval=0, worker_poll_seconds=0.05)
+    settings = dataclasses.replace(
+        td_ctx.settings,
+        cpu_overcommit=50,
+        build_limit=JOBS,
+        reconcile_interval=0,
+        worker_poll_seconds=0.05,
+    )
     td_ctx.settings = settings
     from kvmvps.services import inventory
 
     inventory.add_plan(td_ctx, "nano", 1, 1, 1)
-    orders = [provisioning.record_order(td_ctx, OrderRequest("nano", "base", f"n{i}"))
-              for i in range(VPSES)]
+    orders = [
+        provisioning.record_order(td_ctx, OrderRequest("nano", "base", f"n{i}"))
+        for i in range(VPSES)
+    ]
     contexts = [Context(settings) for _ in range(WORKERS)]
     workers = [Worker(c, name=f"w{i}") for i, c in enumerate(contexts)]
     _run_all(workers)
@@ -42,7 +49,6 @@ def test_four_workers_two_hundred_jobs(td_ctx: Context) -> None:
     _run_all(workers)
     for c in contexts:
         c.close()
-
 
     with td_ctx.db.session() as s:
         rows = list(s.scalars(select(Job)))
@@ -84,4 +90,5 @@ def _run_all(workers: list[Worker]) -> None:
 
 def _queued(ctx: Context) -> bool:
     return bool(jobs.list_jobs(ctx, state="queued", limit=1)) or bool(
-        jobs.list_jobs(ctx, state="running", limit=1))
+        jobs.list_jobs(ctx, state="running", limit=1)
+    )

@@ -22,20 +22,33 @@ from tests.xmlcompare import assert_matches_golden, canonical
 
 UUID = "6f1c1b2e-6a55-4a8e-9a59-0c3b1b7a2d10"
 OVERLAY = VolumeDiskSpec(pool="kvmvps", volume="kvmvps-6f1c1b2e6a55.qcow2", target="vda")
-SEED = VolumeDiskSpec(pool="kvmvps", volume="kvmvps-6f1c1b2e6a55-seed.iso", target="vdb",
-                      fmt="raw", readonly=True)
+SEED = VolumeDiskSpec(
+    pool="kvmvps", volume="kvmvps-6f1c1b2e6a55-seed.iso", target="vdb", fmt="raw", readonly=True
+)
 NAT_NIC = InterfaceSpec(kind="network", source="kvmvps", mac="52:54:00:aa:bb:cc")
 BRIDGE_NIC = InterfaceSpec(kind="bridge", source="br0", mac="52:54:00:aa:bb:cd")
-KERNEL = KernelBoot("/var/lib/kvmvps/images/tiny/vmlinuz", "/var/lib/kvmvps/images/tiny/initrd.img",
-                    "console=ttyS0 root=/dev/vda rw")
+KERNEL = KernelBoot(
+    "/var/lib/kvmvps/images/tiny/vmlinuz",
+    "/var/lib/kvmvps/images/tiny/initrd.img",
+    "console=ttyS0 root=/dev/vda rw",
+)
 
 
 def domain(**changes) -> DomainSpec:
     base = dict(
-        name="kvmvps-6f1c1b2e6a55", uuid=UUID, domain_type="qemu", memory_kib=262144, vcpus=2,
-        vcpupins=vcpupins_for([1, 0]), disks=(OVERLAY,), interfaces=(NAT_NIC,),
-        console_log="/var/lib/kvmvps/console/kvmvps-6f1c1b2e6a55.log", title="web1",
-        vps_uuid=UUID, installation="kvmvps", kernel_boot=KERNEL,
+        name="kvmvps-6f1c1b2e6a55",
+        uuid=UUID,
+        domain_type="qemu",
+        memory_kib=262144,
+        vcpus=2,
+        vcpupins=vcpupins_for([1, 0]),
+        disks=(OVERLAY,),
+        interfaces=(NAT_NIC,),
+        console_log="/var/lib/kvmvps/console/kvmvps-6f1c1b2e6a55.log",
+        title="web1",
+        vps_uuid=UUID,
+        installation="kvmvps",
+        kernel_boot=KERNEL,
     )
     base.update(changes)
     return DomainSpec(**base)
@@ -46,8 +59,9 @@ DOMAIN_VARIANTS = {
     "domain_nat_disk_boot.xml": domain(kernel_boot=None),
     "domain_kvm_passthrough.xml": domain(domain_type="kvm", cpu_mode="host-passthrough"),
     "domain_bridge_seed.xml": domain(interfaces=(BRIDGE_NIC,), disks=(OVERLAY, SEED)),
-    "domain_kernel_no_initrd.xml": domain(kernel_boot=KernelBoot("/k/vmlinuz", None, None),
-                                          vcpus=1, vcpupins=vcpupins_for([3])),
+    "domain_kernel_no_initrd.xml": domain(
+        kernel_boot=KernelBoot("/k/vmlinuz", None, None), vcpus=1, vcpupins=vcpupins_for([3])
+    ),
 }
 
 
@@ -75,14 +89,26 @@ def test_domain_places_every_value() -> None:
 
 NETWORK_VARIANTS = {
     "network_nat_empty.xml": lambda: xmlrender.nat_network_xml(
-        nat_network_spec("kvmvps", "kvmvps0", "10.213.0.0/24", "10.213.0.1")),
-    "network_nat_hosts.xml": lambda: xmlrender.nat_network_xml(nat_network_spec(
-        "kvmvps", "kvmvps0", "10.213.0.0/24", "10.213.0.1",
-        (DhcpHost("52:54:00:00:00:0b", "10.213.0.11", "kvmvps-bbbbbbbbbbbb"),
-         DhcpHost("52:54:00:00:00:02", "10.213.0.2", "kvmvps-aaaaaaaaaaaa")))),
+        nat_network_spec("kvmvps", "kvmvps0", "10.213.0.0/24", "10.213.0.1")
+    ),
+    "network_nat_hosts.xml": lambda: xmlrender.nat_network_xml(
+        nat_network_spec(
+            "kvmvps",
+            "kvmvps0",
+            "10.213.0.0/24",
+            "10.213.0.1",
+            (
+                DhcpHost("52:54:00:00:00:0b", "10.213.0.11", "kvmvps-bbbbbbbbbbbb"),
+                DhcpHost("52:54:00:00:00:02", "10.213.0.2", "kvmvps-aaaaaaaaaaaa"),
+            ),
+        )
+    ),
     "network_bridge.xml": lambda: xmlrender.bridge_network_xml(BridgeNetworkSpec("public", "br0")),
-    "volume_overlay.xml": lambda: xmlrender.overlay_volume_xml(OverlayVolumeSpec(
-        "kvmvps-6f1c1b2e6a55.qcow2", 10 << 30, "/var/lib/kvmvps/images/tiny/disk.qcow2")),
+    "volume_overlay.xml": lambda: xmlrender.overlay_volume_xml(
+        OverlayVolumeSpec(
+            "kvmvps-6f1c1b2e6a55.qcow2", 10 << 30, "/var/lib/kvmvps/images/tiny/disk.qcow2"
+        )
+    ),
     "pool_dir.xml": lambda: xmlrender.pool_xml("kvmvps", "/var/lib/kvmvps/pool"),
 }
 

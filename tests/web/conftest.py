@@ -29,8 +29,14 @@ CSRF_INPUT = re.compile(r'name="csrf_token"[^>]*value="([^"]+)"')
 
 
 def make_app(ctx: Context, csrf: bool = False, **extra: Any) -> Flask:
-    config = {"KVMVPS_CONTEXT": ctx, "SECRET_KEY": "test-secret", "TESTING": True,
-              "WTF_CSRF_ENABLED": csrf, "RATELIMIT_ENABLED": False, **extra}
+    config = {
+        "KVMVPS_CONTEXT": ctx,
+        "SECRET_KEY": "test-secret",
+        "TESTING": True,
+        "WTF_CSRF_ENABLED": csrf,
+        "RATELIMIT_ENABLED": False,
+        **extra,
+    }
     return create_app(config)
 
 
@@ -69,8 +75,9 @@ def client(app: Flask) -> FlaskClient:
     return app.test_client()
 
 
-def login(client: FlaskClient, email: str, password: str = PASSWORD,
-          token: str | None = None) -> Any:
+def login(
+    client: FlaskClient, email: str, password: str = PASSWORD, token: str | None = None
+) -> Any:
     data = {"email": email, "password": password}
     if token is not None:
         data["csrf_token"] = token
@@ -97,13 +104,16 @@ class World:
     def csrf(self) -> bool:
         return bool(self.app.config["WTF_CSRF_ENABLED"])
 
-    def order(self, email: str, image: str = "base", plan: str = "nano",
-              running: bool = True) -> provisioning.Order:
+    def order(
+        self, email: str, image: str = "base", plan: str = "nano", running: bool = True
+    ) -> provisioning.Order:
         """A VPS recorded for ``email``; marked running with its build done unless told."""
         name = f"vm{next(self.names)}"
         placed = provisioning.record_order(
-            self.ctx, provisioning.OrderRequest(plan, image, name, owner_email=email),
-            actor=f"user:{email}")
+            self.ctx,
+            provisioning.OrderRequest(plan, image, name, owner_email=email),
+            actor=f"user:{email}",
+        )
         if running:
             finish_build(self.ctx, placed)
         return placed
@@ -118,17 +128,25 @@ class World:
 def finish_build(ctx: Context, placed: provisioning.Order) -> None:
     """What a worker's successful build leaves in the database (no guest is run)."""
     with ctx.db.session() as s:
-        s.execute(update(Vps).where(Vps.uuid == placed.uuid).values(
-            state=VpsState.RUNNING, pending_password=None,
-            host_key_fingerprint="SHA256:testfingerprintAAAAAAAAAAAAAAAAAAAAAAAAAAA"))
-        s.execute(update(Job).where(Job.uuid == placed.job).values(
-            state=JobState.SUCCEEDED, progress=100, step="credentials"))
+        s.execute(
+            update(Vps)
+            .where(Vps.uuid == placed.uuid)
+            .values(
+                state=VpsState.RUNNING,
+                pending_password=None,
+                host_key_fingerprint="SHA256:testfingerprintAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            )
+        )
+        s.execute(
+            update(Job)
+            .where(Job.uuid == placed.job)
+            .values(state=JobState.SUCCEEDED, progress=100, step="credentials")
+        )
 
 
 def finish_job(ctx: Context, job: str) -> None:
     with ctx.db.session() as s:
-        s.execute(update(Job).where(Job.uuid == job).values(state=JobState.SUCCEEDED,
-                                                            progress=100))
+        s.execute(update(Job).where(Job.uuid == job).values(state=JobState.SUCCEEDED, progress=100))
 
 
 @pytest.fixture

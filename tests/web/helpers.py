@@ -13,9 +13,23 @@ from kvmvps.services import Context, audit
 from tests.snapshots import db_snapshot
 
 # Hypervisor calls that do work on a host: a request must never make them.
-WORK = ("create_volume", "upload_volume", "delete_volume", "resize_volume", "define_domain",
-        "undefine", "start", "shutdown", "destroy", "reboot", "suspend", "resume",
-        "add_dhcp_host", "remove_dhcp_host", "remove_network")
+WORK = (
+    "create_volume",
+    "upload_volume",
+    "delete_volume",
+    "resize_volume",
+    "define_domain",
+    "undefine",
+    "start",
+    "shutdown",
+    "destroy",
+    "reboot",
+    "suspend",
+    "resume",
+    "add_dhcp_host",
+    "remove_dhcp_host",
+    "remove_network",
+)
 PASSWORD_INPUT = re.compile(r'value="([^"]*)" aria-label="Password" data-password')
 
 
@@ -23,6 +37,7 @@ def forbid_libvirt_work(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Make every working hypervisor call fail the test; returns the calls tried."""
     tried: list[str] = []
     for name in WORK:
+
         def refuse(*_args: object, _name: str = name, **_kwargs: object) -> None:
             tried.append(_name)
             raise AssertionError(f"a web request called Hypervisor.{_name}")
@@ -33,6 +48,7 @@ def forbid_libvirt_work(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 def forbid_libvirt(monkeypatch: pytest.MonkeyPatch) -> None:
     """No libvirt at all: for pages that must read the database only."""
+
     def refuse(*_args: object, **_kwargs: object) -> None:
         raise AssertionError("a read-only page reached for libvirt")
 
@@ -49,7 +65,7 @@ def field_errors(response: object, name: str) -> list[str]:
     page = response.get_data(as_text=True)  # type: ignore[attr-defined]
     start = page.find(f'name="{name}"')
     assert start >= 0, f"no field {name} on the page"
-    tag = page[page.rfind("<", 0, start):page.find(">", start)]
+    tag = page[page.rfind("<", 0, start) : page.find(">", start)]
     end = page.find("</fieldset>" if 'type="radio"' in tag else "</div>", start)
     block = page[start:end]
     return [html.unescape(m) for m in re.findall(r'<p class="error" role="alert">(.*?)</p>', block)]

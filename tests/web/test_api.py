@@ -14,36 +14,44 @@ from tests.web.conftest import A, B, World, finish_job
 from tests.web.helpers import assert_not_stored, forbid_libvirt_work
 
 ORDER = {"plan": "nano", "image": "linux", "hostname": "api1"}
-KEY = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl "
-       "me@laptop")
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl me@laptop"
 
 
 @pytest.fixture
-def api(world: World):  # noqa: ANN201
+def api(world: World):
     """A client that sends A's bearer token with every call."""
     client = world.app.test_client()
     headers = world.bearer(A)
 
-    def call(method: str, path: str, **kwargs):  # noqa: ANN003, ANN202
-        return client.open(f"/api/v1{path}", method=method,
-                           headers={**headers, **kwargs.pop("headers", {})}, **kwargs)
+    def call(method: str, path: str, **kwargs):
+        return client.open(
+            f"/api/v1{path}",
+            method=method,
+            headers={**headers, **kwargs.pop("headers", {})},
+            **kwargs,
+        )
 
     return call
 
 
-def test_plans_and_images_show_no_host_paths(api) -> None:  # noqa: ANN001
+def test_plans_and_images_show_no_host_paths(api) -> None:
     plans = api("GET", "/plans").get_json()["plans"]
     assert {p["name"] for p in plans} == {"nano", "small"}
     nano = next(p for p in plans if p["name"] == "nano")
-    assert nano == {"name": "nano", "vcpus": 1, "memory_mib": 16, "disk_gib": 1,
-                    "price_cents": 299, "network": None}
+    assert nano == {
+        "name": "nano",
+        "vcpus": 1,
+        "memory_mib": 16,
+        "disk_gib": 1,
+        "price_cents": 299,
+        "network": None,
+    }
     images = api("GET", "/images").get_json()["images"]
     assert [i["name"] for i in images] == ["base", "linux"]
     assert all("base_path" not in i and "kernel" not in i for i in images)
 
 
-def test_create_answers_202_with_the_password_once(world: World, api, monkeypatch,  # noqa: ANN001
-                                                   caplog) -> None:  # noqa: ANN001
+def test_create_answers_202_with_the_password_once(world: World, api, monkeypatch, caplog) -> None:
     caplog.set_level(logging.DEBUG)
     tried = forbid_libvirt_work(monkeypatch)
     r = api("POST", "/servers", json={**ORDER, "ssh_keys": [KEY]})
@@ -66,29 +74,38 @@ def test_create_answers_202_with_the_password_once(world: World, api, monkeypatc
     assert audit.list_entries(world.ctx, action="vps.create")[0]["target"] == "api1"
 
 
-def test_images_without_credentials_give_no_password(api) -> None:  # noqa: ANN001
+def test_images_without_credentials_give_no_password(api) -> None:
     r = api("POST", "/servers", json={**ORDER, "image": "base"})
     assert r.status_code == 202 and r.get_json()["password"] is None
 
 
-@pytest.mark.parametrize(("body", "field", "message", "status"), [
-    ({"hostname": "web_1;reboot"}, "hostname", "not a valid DNS label", 400),
-    ({"hostname": "a" * 64}, "hostname", "too long", 400),
-    ({"hostname": 7}, "hostname", "must be a string", 400),
-    ({"plan": "nope"}, "plan", "no plan named 'nope'", 400),
-    ({"plan": None}, "plan", "choose a plan", 400),
-    ({"image": "nope"}, "image", "no image named 'nope'", 400),
-    ({"image": "i" * 100}, "image", "too long", 400),
-    ({"ssh_keys": ["hello"]}, "ssh_keys", "not an SSH public key", 400),
-    ({"ssh_keys": ["ssh-ed25519 AAAAnotbase64!!"]}, "ssh_keys", "malformed SSH public key", 400),
-    ({"ssh_keys": KEY}, "ssh_keys", "must be a list of strings", 400),
-    ({"ssh_keys": [KEY] * 21}, "ssh_keys", "at most 20", 400),
-    ({"ssh_keys": [1]}, "ssh_keys", "must be a list of strings", 400),
-    ({"colour": "blue"}, "colour", "unknown field", 400),
-    ({"hostname": "taken"}, "hostname", "you already have a VPS named 'taken'", 409),
-])
-def test_create_bad_input_gives_field_errors(world: World, api, body: dict,  # noqa: ANN001
-                                             field: str, message: str, status: int) -> None:
+@pytest.mark.parametrize(
+    ("body", "field", "message", "status"),
+    [
+        ({"hostname": "web_1;reboot"}, "hostname", "not a valid DNS label", 400),
+        ({"hostname": "a" * 64}, "hostname", "too long", 400),
+        ({"hostname": 7}, "hostname", "must be a string", 400),
+        ({"plan": "nope"}, "plan", "no plan named 'nope'", 400),
+        ({"plan": None}, "plan", "choose a plan", 400),
+        ({"image": "nope"}, "image", "no image named 'nope'", 400),
+        ({"image": "i" * 100}, "image", "too long", 400),
+        ({"ssh_keys": ["hello"]}, "ssh_keys", "not an SSH public key", 400),
+        (
+            {"ssh_keys": ["ssh-ed25519 AAAAnotbase64!!"]},
+            "ssh_keys",
+            "malformed SSH public key",
+            400,
+        ),
+        ({"ssh_keys": KEY}, "ssh_keys", "must be a list of strings", 400),
+        ({"ssh_keys": [KEY] * 21}, "ssh_keys", "at most 20", 400),
+        ({"ssh_keys": [1]}, "ssh_keys", "must be a list of strings", 400),
+        ({"colour": "blue"}, "colour", "unknown field", 400),
+        ({"hostname": "taken"}, "hostname", "you already have a VPS named 'taken'", 409),
+    ],
+)
+def test_create_bad_input_gives_field_errors(
+    world: World, api, body: dict, field: str, message: str, status: int
+) -> None:
     assert api("POST", "/servers", json={**ORDER, "hostname": "taken"}).status_code == 202
     before = len(vps_service.list_vps(world.ctx))
     r = api("POST", "/servers", json={**ORDER, **body})
@@ -98,40 +115,49 @@ def test_create_bad_input_gives_field_errors(world: World, api, body: dict,  # n
     assert len(vps_service.list_vps(world.ctx)) == before
 
 
-def test_several_field_errors_at_once(api) -> None:  # noqa: ANN001
+def test_several_field_errors_at_once(api) -> None:
     r = api("POST", "/servers", json={"plan": "x", "image": "y", "hostname": "-"})
     assert r.status_code == 400 and set(r.get_json()["fields"]) == {"plan", "image", "hostname"}
 
 
-@pytest.mark.parametrize(("raw", "message"), [
-    (b"", "must be a JSON object"),
-    (b"   ", "must be a JSON object"),
-    (b"not json", "not valid JSON"),
-    (b'{"plan": "nano",', "not valid JSON"),
-    (b"\xff\xfe\x00garbage", "not valid JSON"),
-    (b"[1, 2]", "not a JSON array"),
-    (b'"nano"', "not a JSON string"),
-    (b"null", "not a JSON null"),
-    (b"42", "not a JSON number"),
-    (b"[" * 30_000 + b"]" * 30_000, "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"", "must be a JSON object"),
+        (b"   ", "must be a JSON object"),
+        (b"not json", "not valid JSON"),
+        (b'{"plan": "nano",', "not valid JSON"),
+        (b"\xff\xfe\x00garbage", "not valid JSON"),
+        (b"[1, 2]", "not a JSON array"),
+        (b'"nano"', "not a JSON string"),
+        (b"null", "not a JSON null"),
+        (b"42", "not a JSON number"),
+        (b"[" * 30_000 + b"]" * 30_000, "not valid JSON"),
+    ],
+)
 @pytest.mark.parametrize("path", ["/servers", "/servers/{id}/actions"])
-def test_bodies_that_are_not_json_objects_are_400(world: World, api, raw: bytes,  # noqa: ANN001
-                                                  message: str, path: str) -> None:
+def test_bodies_that_are_not_json_objects_are_400(
+    world: World, api, raw: bytes, message: str, path: str
+) -> None:
     placed = world.order(A)
-    r = api("POST", path.format(id=placed.uuid), data=raw,
-            headers={"Content-Type": "application/json"})
+    r = api(
+        "POST", path.format(id=placed.uuid), data=raw, headers={"Content-Type": "application/json"}
+    )
     assert r.status_code == 400, r.get_data(as_text=True)[:200]
     assert message in r.get_json()["error"]
 
 
-def test_too_large_a_body_is_413_json(api) -> None:  # noqa: ANN001
-    r = api("POST", "/servers", data=b'{"x": "' + b"a" * 70_000 + b'"}',
-            headers={"Content-Type": "application/json"})
+def test_too_large_a_body_is_413_json(api) -> None:
+    r = api(
+        "POST",
+        "/servers",
+        data=b'{"x": "' + b"a" * 70_000 + b'"}',
+        headers={"Content-Type": "application/json"},
+    )
     assert r.status_code == 413 and "error" in r.get_json()
 
 
-def test_actions(world: World, api, monkeypatch) -> None:  # noqa: ANN001
+def test_actions(world: World, api, monkeypatch) -> None:
     tried = forbid_libvirt_work(monkeypatch)
     placed = world.order(A, image="linux")
     url = f"/servers/{placed.uuid}/actions"
@@ -157,7 +183,7 @@ def test_actions(world: World, api, monkeypatch) -> None:  # noqa: ANN001
     assert_not_stored(world.ctx, reset["password"])
 
 
-def test_delete(world: World, api) -> None:  # noqa: ANN001
+def test_delete(world: World, api) -> None:
     placed = world.order(A)
     r = api("DELETE", f"/servers/{placed.uuid}")
     assert r.status_code == 202 and r.get_json()["id"] == placed.uuid
@@ -166,10 +192,14 @@ def test_delete(world: World, api) -> None:  # noqa: ANN001
     assert r.status_code == 409 and "it is deleting" in r.get_json()["error"]
 
 
-def test_someone_elses_server_and_job_are_404(world: World, api) -> None:  # noqa: ANN001
+def test_someone_elses_server_and_job_are_404(world: World, api) -> None:
     theirs = world.order(B)
-    for method, path in (("GET", f"/servers/{theirs.uuid}"), ("DELETE", f"/servers/{theirs.uuid}"),
-                         ("GET", f"/jobs/{theirs.job}"), ("GET", f"/jobs/{theirs.job[:8]}")):
+    for method, path in (
+        ("GET", f"/servers/{theirs.uuid}"),
+        ("DELETE", f"/servers/{theirs.uuid}"),
+        ("GET", f"/jobs/{theirs.job}"),
+        ("GET", f"/jobs/{theirs.job[:8]}"),
+    ):
         r = api(method, path)
         assert r.status_code == 404 and "no " in r.get_json()["error"], (method, path)
     r = api("POST", f"/servers/{theirs.uuid}/actions", json={"action": "reboot"})
@@ -177,7 +207,7 @@ def test_someone_elses_server_and_job_are_404(world: World, api) -> None:  # noq
     assert vps_service.show(world.ctx, theirs.uuid)["state"] == "running"
 
 
-def test_jobs_of_my_server(world: World, api) -> None:  # noqa: ANN001
+def test_jobs_of_my_server(world: World, api) -> None:
     mine = world.order(A)
     job = api("GET", f"/jobs/{mine.job}").get_json()
     assert job["id"] == mine.job and job["state"] == "succeeded" and job["vps"] == mine.uuid
@@ -185,7 +215,7 @@ def test_jobs_of_my_server(world: World, api) -> None:  # noqa: ANN001
     assert api("GET", "/jobs/" + "f" * 200).status_code == 400
 
 
-def test_routing_errors_are_json(api) -> None:  # noqa: ANN001
+def test_routing_errors_are_json(api) -> None:
     r = api("GET", "/nothing-here")
     assert r.status_code == 404 and "error" in r.get_json()
     r = api("PUT", "/servers")
@@ -200,11 +230,18 @@ def _flask_path(rule: str) -> str:
 def test_openapi_document_matches_the_routes(world: World) -> None:
     doc = world.app.test_client().get("/api/v1/openapi.json").get_json()
     assert doc["openapi"].startswith("3.")
-    routes = {(_flask_path(r.rule.removeprefix("/api/v1")), m.lower())
-              for r in world.app.url_map.iter_rules() if r.endpoint.startswith("api.")
-              for m in r.methods - {"HEAD", "OPTIONS"}}
-    documented = {(path, method) for path, item in doc["paths"].items()
-                  for method in item if method != "parameters"}
+    routes = {
+        (_flask_path(r.rule.removeprefix("/api/v1")), m.lower())
+        for r in world.app.url_map.iter_rules()
+        if r.endpoint.startswith("api.")
+        for m in r.methods - {"HEAD", "OPTIONS"}
+    }
+    documented = {
+        (path, method)
+        for path, item in doc["paths"].items()
+        for method in item
+        if method != "parameters"
+    }
     assert documented == routes
     server = doc["components"]["schemas"]["Server"]
     assert set(server["properties"]) == set(VIEW_KEYS) == set(server["required"])
@@ -220,7 +257,7 @@ def test_openapi_document_matches_the_routes(world: World) -> None:
             assert any(p["name"] == name and p["in"] == "path" for p in params), path
 
 
-def test_documented_shapes_match_the_answers(world: World, api) -> None:  # noqa: ANN001
+def test_documented_shapes_match_the_answers(world: World, api) -> None:
     doc = world.app.test_client().get("/api/v1/openapi.json").get_json()
     schemas = doc["components"]["schemas"]
     placed = world.order(A)
@@ -233,7 +270,7 @@ def test_documented_shapes_match_the_answers(world: World, api) -> None:  # noqa
     assert set(action) == set(schemas["ActionAccepted"]["properties"])
 
 
-def test_a_lost_race_for_the_hostname_is_409(world: World, api, monkeypatch) -> None:  # noqa: ANN001
+def test_a_lost_race_for_the_hostname_is_409(world: World, api, monkeypatch) -> None:
     from sqlalchemy.exc import IntegrityError
 
     from kvmvps.services import provisioning, web_support
@@ -243,7 +280,7 @@ def test_a_lost_race_for_the_hostname_is_409(world: World, api, monkeypatch) -> 
     r = api("POST", "/servers", json=ORDER)  # record_order's own check
     assert r.status_code == 409 and "already has a VPS named 'api1'" in r.get_json()["error"]
 
-    def racing(*_a, **_k):  # noqa: ANN002, ANN003, ANN202
+    def racing(*_a, **_k):
         raise IntegrityError("INSERT", {}, Exception("UNIQUE constraint failed"))
 
     monkeypatch.setattr(provisioning, "record_order", racing)

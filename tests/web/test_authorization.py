@@ -98,19 +98,21 @@ TABLE: dict[tuple[str, str], Case] = {
     ("dashboard.order", "POST"): Case(site(302, 302, 302), form=new_order),
     ("dashboard.server", "GET"): Case(site(200, 404, 404), a_vps),
     ("dashboard.credentials", "GET"): Case(site(200, 404, 404), a_vps),
-    ("dashboard.action", "GET"): Case(site(200, 404, 404),
-                                      lambda w, s: {"id": s.vps, "action": "delete"}),
-    ("dashboard.action", "POST"): Case(site(302, 404, 404), fresh_a_vps(action="reboot"),
-                                       form=lambda w: {}),
+    ("dashboard.action", "GET"): Case(
+        site(200, 404, 404), lambda w, s: {"id": s.vps, "action": "delete"}
+    ),
+    ("dashboard.action", "POST"): Case(
+        site(302, 404, 404), fresh_a_vps(action="reboot"), form=lambda w: {}
+    ),
     ("dashboard.job", "GET"): Case(site(200, 404, 404), a_job),
     ("dashboard.job_json", "GET"): Case(site(200, 404, 404), a_job),
     ("account.account", "GET"): Case(site(200, 200, 200)),
     ("account.account", "POST"): Case(site(200, 200, 200), form=lambda w: {"name": "ci"}),
-    ("account.revoke_token", "POST"): Case(site(302, 404, 404), fresh_a_token,
-                                           form=lambda w: {}),
+    ("account.revoke_token", "POST"): Case(site(302, 404, 404), fresh_a_token, form=lambda w: {}),
     ("admin.servers", "GET"): Case(OPERATOR_PAGE),
-    ("admin.server_action", "POST"): Case(site(403, 403, 302), fresh_a_vps(action="suspend"),
-                                          form=lambda w: {}),
+    ("admin.server_action", "POST"): Case(
+        site(403, 403, 302), fresh_a_vps(action="suspend"), form=lambda w: {}
+    ),
     ("admin.hosts", "GET"): Case(OPERATOR_PAGE),
     ("admin.jobs_page", "GET"): Case(OPERATOR_PAGE),
     ("admin.users", "GET"): Case(OPERATOR_PAGE),
@@ -123,15 +125,19 @@ TABLE: dict[tuple[str, str], Case] = {
     ("api.create_server", "POST"): Case(api(202, 202, 202), json=new_order),
     ("api.get_server", "GET"): Case(api(200, 404, 200), a_vps),
     ("api.delete_server", "DELETE"): Case(api(202, 404, 202), fresh_a_vps()),
-    ("api.server_action", "POST"): Case(api(202, 404, 202), fresh_a_vps(),
-                                        json=lambda w: {"action": "reboot"}),
+    ("api.server_action", "POST"): Case(
+        api(202, 404, 202), fresh_a_vps(), json=lambda w: {"action": "reboot"}
+    ),
     ("api.get_job", "GET"): Case(api(200, 404, 200), a_job),
 }
 
 
 def routes(app: Flask) -> set[tuple[str, str]]:
-    return {(rule.endpoint, method) for rule in app.url_map.iter_rules()
-            for method in rule.methods - {"HEAD", "OPTIONS"}}
+    return {
+        (rule.endpoint, method)
+        for rule in app.url_map.iter_rules()
+        for method in rule.methods - {"HEAD", "OPTIONS"}
+    }
 
 
 def test_table_lists_every_route(csrf_app: Flask) -> None:
@@ -154,8 +160,7 @@ def _session(w: World, role: str) -> Session:
     page = client.get("/" if email else "/login").get_data(as_text=True)
     token = csrf_token(page)
     cookie = client.get_cookie(COOKIE)
-    return Session(cookie.value if cookie else None, token,
-                   w.bearer(email) if email else {})
+    return Session(cookie.value if cookie else None, token, w.bearer(email) if email else {})
 
 
 def _client(app: Flask, session: Session) -> FlaskClient:
@@ -165,8 +170,9 @@ def _client(app: Flask, session: Session) -> FlaskClient:
     return client
 
 
-def _call(w: World, shared: Shared, session: Session, endpoint: str, method: str,
-          case: Case) -> Any:
+def _call(
+    w: World, shared: Shared, session: Session, endpoint: str, method: str, case: Case
+) -> Any:
     url = w.app.url_map.bind("localhost").build(endpoint, case.args(w, shared), method=method)
     client = _client(w.app, session)
     if endpoint.startswith("api."):
@@ -189,8 +195,7 @@ def test_every_route_for_every_role(csrf_world: World) -> None:
             response = _call(w, shared, sessions[role], endpoint, method, case)
             want = case.expect[role]
             got: int | str = response.status_code
-            if want == LOGIN and got == 302 and \
-                    response.headers["Location"].startswith("/login"):
+            if want == LOGIN and got == 302 and response.headers["Location"].startswith("/login"):
                 got = LOGIN
             if got != want:
                 failures.append(f"{method} {endpoint} as {role}: {got}, expected {want}")
@@ -206,8 +211,11 @@ def test_customers_cannot_list_every_server_or_suspend(world: World) -> None:
     own = client.get("/api/v1/servers", headers=world.bearer(OP)).get_json()
     assert own["servers"] == []
     for email, status in ((A, 403), (B, 404), (OP, 202)):
-        r = client.post(f"/api/v1/servers/{placed.uuid}/actions", headers=world.bearer(email),
-                        json={"action": "suspend"})
+        r = client.post(
+            f"/api/v1/servers/{placed.uuid}/actions",
+            headers=world.bearer(email),
+            json={"action": "suspend"},
+        )
         assert r.status_code == status, (email, r.get_json())
 
 
@@ -219,8 +227,9 @@ def test_a_session_cookie_does_not_open_the_api(world: World) -> None:
     assert r.headers["WWW-Authenticate"].startswith("Bearer")
 
 
-@pytest.mark.parametrize("header", ["", "Bearer", "Bearer kvp_nonsense", "Basic abc",
-                                    "Bearer " + "x" * 5000])
+@pytest.mark.parametrize(
+    "header", ["", "Bearer", "Bearer kvp_nonsense", "Basic abc", "Bearer " + "x" * 5000]
+)
 def test_bad_bearer_tokens_get_401(world: World, header: str) -> None:
     headers = {"Authorization": header} if header else {}
     r = world.app.test_client().get("/api/v1/plans", headers=headers)

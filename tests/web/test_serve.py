@@ -21,9 +21,11 @@ from tests.badinput import _env_of
 
 ROOT = Path(__file__).resolve().parents[2]
 # serve_cmds.register(cli) is wired into kvmvps.cli.main by its owner; this runs it standalone.
-LAUNCH = ("import sys; from kvmvps.cli.main import cli; from kvmvps.cli import serve_cmds; "
-          "'serve' in cli.commands or serve_cmds.register(cli); sys.argv[0] = 'kvmvps-admin'; "
-          "cli()")
+LAUNCH = (
+    "import sys; from kvmvps.cli.main import cli; from kvmvps.cli import serve_cmds; "
+    "'serve' in cli.commands or serve_cmds.register(cli); sys.argv[0] = 'kvmvps-admin'; "
+    "cli()"
+)
 
 
 def free_port() -> int:
@@ -61,8 +63,9 @@ def test_serve_answers_and_stops_on_sigterm(td_ctx: Context, production: bool) -
     if production:
         argv += ["--production", "--workers", "2", "--threads", "2"]
     env = {**os.environ, **_env_of(td_ctx), "KVMVPS_WEB_SITE_NAME": "Acme Cloud"}
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            cwd=ROOT)
+    proc = subprocess.Popen(
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT
+    )
     try:
         page = wait_for(f"http://127.0.0.1:{port}/", proc)
         assert b"Acme Cloud" in page and b"small" in page
@@ -95,7 +98,8 @@ def test_systemd_units(unit: str) -> None:
     assert settings["WantedBy"] == ["multi-user.target"]
     if not shutil.which("systemd-analyze"):
         return
-    verify = subprocess.run(["systemd-analyze", "verify", str(path)], capture_output=True,
-                            text=True, check=False)
+    verify = subprocess.run(
+        ["systemd-analyze", "verify", str(path)], capture_output=True, text=True, check=False
+    )
     problems = [ln for ln in verify.stderr.splitlines() if "is not executable" not in ln]
     assert problems == [], problems

@@ -27,36 +27,50 @@ def vps_count(ctx: Context) -> int:
         return s.scalar(select(func.count()).select_from(Vps))
 
 
-def test_catalogue_needs_no_login_and_no_libvirt(client, monkeypatch) -> None:  # noqa: ANN001
+def test_catalogue_needs_no_login_and_no_libvirt(client, monkeypatch) -> None:
     forbid_libvirt(monkeypatch)
     page = text(client.get("/"))
-    for fragment in ("nano", "small", "$2.99", "16 MiB", "256 MiB", "<strong>1 GiB</strong> disk", "linux",
-                     "base", "Log in", "Sign up"):
+    for fragment in (
+        "nano",
+        "small",
+        "$2.99",
+        "16 MiB",
+        "256 MiB",
+        "<strong>1 GiB</strong> disk",
+        "linux",
+        "base",
+        "Log in",
+        "Sign up",
+    ):
         assert fragment in page
 
 
-def test_sign_up_log_out_log_in(client) -> None:  # noqa: ANN001
-    r = client.post("/signup", data={"email": "Carol@Example.com", "password": PASSWORD,
-                                     "confirm": PASSWORD})
+def test_sign_up_log_out_log_in(client) -> None:
+    r = client.post(
+        "/signup", data={"email": "Carol@Example.com", "password": PASSWORD, "confirm": PASSWORD}
+    )
     assert r.status_code == 302 and r.headers["Location"] == "/order"
     assert "carol@example.com" in text(client.get("/account"))
     assert client.post("/logout").status_code == 302
     assert client.get("/servers").status_code == 302
-    r = client.post("/login?next=/account", data={"email": "carol@example.com",
-                                                  "password": PASSWORD})
+    r = client.post(
+        "/login?next=/account", data={"email": "carol@example.com", "password": PASSWORD}
+    )
     assert r.status_code == 302 and r.headers["Location"] == "/account"
 
 
-@pytest.mark.parametrize(("form", "field", "message"), [
-    ({"email": "not-an-email"}, "email", "is not a valid e-mail address"),
-    ({"email": A}, "email", "already exists"),
-    ({"email": "x" * 250 + "@example.com"}, "email", "longer than 254"),
-    ({"password": "short", "confirm": "short"}, "password", "at least 10"),
-    ({"password": "p" * 1025, "confirm": "p" * 1025}, "password", "1024"),
-    ({"confirm": "something else entirely"}, "confirm", "the passwords do not match"),
-])
-def test_sign_up_bad_input(client, web_ctx: Context, form: dict, field: str,  # noqa: ANN001
-                           message: str) -> None:
+@pytest.mark.parametrize(
+    ("form", "field", "message"),
+    [
+        ({"email": "not-an-email"}, "email", "is not a valid e-mail address"),
+        ({"email": A}, "email", "already exists"),
+        ({"email": "x" * 250 + "@example.com"}, "email", "longer than 254"),
+        ({"password": "short", "confirm": "short"}, "password", "at least 10"),
+        ({"password": "p" * 1025, "confirm": "p" * 1025}, "password", "1024"),
+        ({"confirm": "something else entirely"}, "confirm", "the passwords do not match"),
+    ],
+)
+def test_sign_up_bad_input(client, web_ctx: Context, form: dict, field: str, message: str) -> None:
     data = {"email": "new@example.com", "password": PASSWORD, "confirm": PASSWORD, **form}
     r = client.post("/signup", data=data)
     assert r.status_code == 400
@@ -64,7 +78,7 @@ def test_sign_up_bad_input(client, web_ctx: Context, form: dict, field: str,  # 
     assert client.get("/servers").status_code == 302  # not logged in
 
 
-def test_login_refuses_wrong_password_and_unsafe_next(client) -> None:  # noqa: ANN001
+def test_login_refuses_wrong_password_and_unsafe_next(client) -> None:
     r = client.post("/login", data={"email": A, "password": "wrong password!"})
     assert r.status_code == 401 and "wrong e-mail or password" in text(r)
     r = client.post("/login?next=//evil.example/x", data={"email": A, "password": PASSWORD})
@@ -72,27 +86,32 @@ def test_login_refuses_wrong_password_and_unsafe_next(client) -> None:  # noqa: 
 
 
 ORDER = {"plan": "nano", "image": "base", "hostname": "web1", "ssh_keys": ""}
-GOOD_KEY = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl "
-            "me@laptop")
+GOOD_KEY = (
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl me@laptop"
+)
 
 
-@pytest.mark.parametrize(("change", "field", "message"), [
-    ({"hostname": "web_1;reboot"}, "hostname", "not a valid DNS label"),
-    ({"hostname": "-web"}, "hostname", "not a valid DNS label"),
-    ({"hostname": "a" * 64}, "hostname", "longer than 63 characters"),
-    ({"hostname": ""}, "hostname", "This field is required"),
-    ({"plan": "nope"}, "plan", "no plan named 'nope'"),
-    ({"plan": ""}, "plan", "choose a plan"),
-    ({"plan": "p" * 500}, "plan", "too long"),
-    ({"image": "nope"}, "image", "no image named 'nope'"),
-    ({"ssh_keys": "hello world"}, "ssh_keys", "not an SSH public key"),
-    ({"ssh_keys": "ssh-ed25519 AAAAnotbase64!!"}, "ssh_keys", "malformed SSH public key"),
-    ({"ssh_keys": "\n".join([GOOD_KEY] * 21)}, "ssh_keys", "at most 20 SSH keys"),
-    ({"ssh_keys": "x" * 20_001}, "ssh_keys", "longer than 20000"),
-    ({"hostname": "taken"}, "hostname", "you already have a VPS named 'taken'"),
-])
-def test_order_bad_input_is_shown_next_to_the_field(world: World, change: dict, field: str,
-                                                    message: str) -> None:
+@pytest.mark.parametrize(
+    ("change", "field", "message"),
+    [
+        ({"hostname": "web_1;reboot"}, "hostname", "not a valid DNS label"),
+        ({"hostname": "-web"}, "hostname", "not a valid DNS label"),
+        ({"hostname": "a" * 64}, "hostname", "longer than 63 characters"),
+        ({"hostname": ""}, "hostname", "This field is required"),
+        ({"plan": "nope"}, "plan", "no plan named 'nope'"),
+        ({"plan": ""}, "plan", "choose a plan"),
+        ({"plan": "p" * 500}, "plan", "too long"),
+        ({"image": "nope"}, "image", "no image named 'nope'"),
+        ({"ssh_keys": "hello world"}, "ssh_keys", "not an SSH public key"),
+        ({"ssh_keys": "ssh-ed25519 AAAAnotbase64!!"}, "ssh_keys", "malformed SSH public key"),
+        ({"ssh_keys": "\n".join([GOOD_KEY] * 21)}, "ssh_keys", "at most 20 SSH keys"),
+        ({"ssh_keys": "x" * 20_001}, "ssh_keys", "longer than 20000"),
+        ({"hostname": "taken"}, "hostname", "you already have a VPS named 'taken'"),
+    ],
+)
+def test_order_bad_input_is_shown_next_to_the_field(
+    world: World, change: dict, field: str, message: str
+) -> None:
     client = world.client(A)
     assert client.post("/order", data={**ORDER, "hostname": "taken"}).status_code == 302
     before = vps_count(world.ctx)
@@ -109,7 +128,7 @@ def test_same_hostname_for_another_customer_is_fine(world: World) -> None:
     assert world.client(B).post("/order", data=ORDER).status_code == 302
 
 
-def test_order_records_a_job_and_answers_at_once(world: World, monkeypatch) -> None:  # noqa: ANN001
+def test_order_records_a_job_and_answers_at_once(world: World, monkeypatch) -> None:
     tried = forbid_libvirt_work(monkeypatch)
     client = world.client(A)
     r = client.post("/order", data={**ORDER, "ssh_keys": GOOD_KEY + "\n\n# a comment\n"})
@@ -127,21 +146,35 @@ def test_order_records_a_job_and_answers_at_once(world: World, monkeypatch) -> N
     assert entries[0]["actor"] == f"user:{A}" and entries[0]["target"] == "web1"
 
 
-def test_read_only_pages_read_the_database_only(world: World, monkeypatch) -> None:  # noqa: ANN001
+def test_read_only_pages_read_the_database_only(world: World, monkeypatch) -> None:
     placed = world.order(A)
     customer, operator = world.client(A), world.client(OP)
     forbid_libvirt(monkeypatch)
-    for path in ("/", "/servers", "/servers/state.json", f"/servers/{placed.uuid}",
-                 f"/servers/{placed.uuid}/credentials", f"/jobs/{placed.job}",
-                 f"/jobs/{placed.job}/status.json", "/account", "/order",
-                 f"/servers/{placed.uuid}/actions/delete"):
+    for path in (
+        "/",
+        "/servers",
+        "/servers/state.json",
+        f"/servers/{placed.uuid}",
+        f"/servers/{placed.uuid}/credentials",
+        f"/jobs/{placed.job}",
+        f"/jobs/{placed.job}/status.json",
+        "/account",
+        "/order",
+        f"/servers/{placed.uuid}/actions/delete",
+    ):
         assert customer.get(path).status_code == 200, path
-    for path in ("/admin/servers", "/admin/hosts", "/admin/jobs", "/admin/users",
-                 "/admin/audit", "/admin/jobs?state=failed"):
+    for path in (
+        "/admin/servers",
+        "/admin/hosts",
+        "/admin/jobs",
+        "/admin/users",
+        "/admin/audit",
+        "/admin/jobs?state=failed",
+    ):
         assert operator.get(path).status_code == 200, path
 
 
-def test_password_is_shown_once_after_the_build(world: World, caplog) -> None:  # noqa: ANN001
+def test_password_is_shown_once_after_the_build(world: World, caplog) -> None:
     caplog.set_level(logging.DEBUG)
     client = world.client(A)
     r = client.post("/order", data={**ORDER, "image": "linux"})
@@ -172,7 +205,8 @@ def test_password_reset_asks_for_confirmation_and_shows_the_new_one(world: World
     assert "A new password is set" in text(client.get(url))
     wrong = client.post(url, data={"hostname": "other"})
     assert wrong.status_code == 400 and f"type {hostname} to confirm" in field_errors(
-        wrong, "hostname")
+        wrong, "hostname"
+    )
     assert jobs.list_jobs(world.ctx, state="queued") == []
     r = client.post(url, data={"hostname": hostname})
     assert r.status_code == 302 and r.headers["Location"].startswith("/jobs/")
@@ -205,7 +239,7 @@ def test_delete_and_reinstall_need_the_hostname(world: World) -> None:
     assert job["kind"] == "reinstall"
 
 
-def test_simple_actions_and_their_conflicts(world: World, monkeypatch) -> None:  # noqa: ANN001
+def test_simple_actions_and_their_conflicts(world: World, monkeypatch) -> None:
     tried = forbid_libvirt_work(monkeypatch)
     placed = world.order(A)
     client = world.client(A)
@@ -256,8 +290,7 @@ def test_security_headers_and_cookie_flags(web_ctx: Context) -> None:
     cookie = r.headers["Set-Cookie"]
     assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Secure" not in cookie
     secure = make_app(web_ctx, HTTPS=True).test_client()
-    r = secure.post("/login", data={"email": A, "password": PASSWORD},
-                    base_url="https://localhost")
+    r = secure.post("/login", data={"email": A, "password": PASSWORD}, base_url="https://localhost")
     assert "Secure" in r.headers["Set-Cookie"]
     assert r.headers["Strict-Transport-Security"].startswith("max-age=")
 
@@ -284,13 +317,11 @@ def test_api_token_made_on_the_account_page_is_shown_once(world: World) -> None:
     token = text(r).split('id="token" type="text" readonly value="')[1].split('"')[0]
     assert token.startswith("kvp_") and "will not be shown again" in text(r)
     api = world.app.test_client()
-    assert api.get("/api/v1/plans", headers={"Authorization": f"Bearer {token}"}).status_code \
-        == 200
+    assert api.get("/api/v1/plans", headers={"Authorization": f"Bearer {token}"}).status_code == 200
     assert token not in text(client.get("/account"))
     token_id = tokens.list_tokens(world.ctx, A)[0]["id"]
     assert client.post(f"/account/tokens/{token_id}/revoke").status_code == 302
-    assert api.get("/api/v1/plans", headers={"Authorization": f"Bearer {token}"}).status_code \
-        == 401
+    assert api.get("/api/v1/plans", headers={"Authorization": f"Bearer {token}"}).status_code == 401
 
 
 def test_operator_suspends_and_sees_everything(world: World) -> None:
@@ -319,8 +350,11 @@ def test_a_failed_reset_never_shows_its_password(world: World) -> None:
     r = client.post(f"/servers/{placed.uuid}/actions/password_reset", data={"hostname": hostname})
     job_id = r.headers["Location"].removeprefix("/jobs/")
     with world.ctx.db.session() as s:
-        s.execute(sql_update(Job).where(Job.uuid == job_id).values(
-            state=JobState.FAILED, error="the guest served the wrong host key"))
+        s.execute(
+            sql_update(Job)
+            .where(Job.uuid == job_id)
+            .values(state=JobState.FAILED, error="the guest served the wrong host key")
+        )
     page = client.get(f"/servers/{placed.uuid}/credentials")
     assert shown_password(page) is None
     assert "did not work: the guest served the wrong host key" in text(page)
@@ -339,8 +373,11 @@ def test_no_capacity_is_a_clear_503(world: World) -> None:
     before = vps_count(world.ctx)
     r = world.client(A).post("/order", data={**ORDER, "plan": "huge"})
     assert r.status_code == 503 and "no host has" in text(r)
-    api = world.app.test_client().post("/api/v1/servers", headers=world.bearer(A),
-                                       json={"plan": "huge", "image": "base", "hostname": "h"})
+    api = world.app.test_client().post(
+        "/api/v1/servers",
+        headers=world.bearer(A),
+        json={"plan": "huge", "image": "base", "hostname": "h"},
+    )
     assert api.status_code == 503 and "no host has" in api.get_json()["error"]
     assert vps_count(world.ctx) == before
 
