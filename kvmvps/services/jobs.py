@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, func, or_, select, update
+from sqlalchemy import Select, and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from kvmvps.errors import NotFound
@@ -86,9 +86,41 @@ def enqueue(
     return job
 
 
+CLAIM_BATCH = 20
+
+
 def _claimable(
     session: Session, build_limit: int, lease: timedelta, worker: str, only_id: int | None
 ) -> Job | None:
+    """The oldest runnable job, locked and marked ours; None if there is none.
+
+    Builds for a host whose build slots are all taken are left out by the
+    query itself, so no number of them hides the jobs queued behind them.
+    The slot is checked again under the host's row lock (a concurrent claim
+    may have taken the last one); candidates are read in batches until one
+    fits or none are left.
+    """
+    after = 0
+    while True:
+        query = _candidates(build_limit, after)
+        if only_id is not None:
+            query = query.where(Job.id == only_id)
+        batch = list(session.scalars(query))
+        for job in batch:
+            if job.kind in BUILD_KINDS and not _build_slot_free(session, job, build_limit):
+                continue
+            job.state, job.worker = JobState.RUNNING, worker
+            job.attempts += 1
+            job.started_at = job.started_at or now()
+            job.lease_expires_at = now() + lease
+            return job
+        if len(batch) < CLAIM_BATCH:
+            return None
+        after = batch[-1].id
+
+
+def _candidates(build_limit: int, after: int) -> Select[tuple[Job]]:
+    """Queued jobs after id ``after`` whose VPS is free and whose host can take a build."""
     other = aliased(Job)
     busy_vps = exists().where(
         other.vps_uuid == Job.vps_uuid,
@@ -97,24 +129,27 @@ def _claimable(
             other.state == JobState.RUNNING, and_(other.state == JobState.QUEUED, other.id < Job.id)
         ),
     )
-    query = (
+    building = aliased(Job)
+    running_builds = (
+        select(func.count())
+        .select_from(building)
+        .where(
+            building.host_id == Job.host_id,
+            building.state == JobState.RUNNING,
+            building.kind.in_(BUILD_KINDS),
+        )
+        .scalar_subquery()
+    )
+    host_full = and_(
+        Job.kind.in_(BUILD_KINDS), Job.host_id.is_not(None), running_builds >= build_limit
+    )
+    return (
         select(Job)
-        .where(Job.state == JobState.QUEUED, ~busy_vps)
+        .where(Job.state == JobState.QUEUED, Job.id > after, ~busy_vps, ~host_full)
         .order_by(Job.id)
-        .limit(20)
+        .limit(CLAIM_BATCH)
         .with_for_update(skip_locked=True, of=Job)
     )
-    if only_id is not None:
-        query = query.where(Job.id == only_id)
-    for job in session.scalars(query):
-        if job.kind in BUILD_KINDS and not _build_slot_free(session, job, build_limit):
-            continue
-        job.state, job.worker = JobState.RUNNING, worker
-        job.attempts += 1
-        job.started_at = job.started_at or now()
-        job.lease_expires_at = now() + lease
-        return job
-    return None
 
 
 def _build_slot_free(session: Session, job: Job, build_limit: int) -> bool:

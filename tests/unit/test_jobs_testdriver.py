@@ -71,6 +71,29 @@ def test_build_limit_per_host(td_ctx: Context) -> None:
     assert jobs.claim(td_ctx, "w3") is None
 
 
+def test_blocked_builds_never_starve_other_jobs(td_ctx: Context) -> None:
+    """Build limit 1, one build running and 25 queued for that full host: a reboot goes first."""
+    import dataclasses
+
+    running = order(td_ctx, "web0")
+    Worker(td_ctx).run(max_jobs=1)
+    td_ctx.settings = dataclasses.replace(td_ctx.settings, build_limit=1)
+    with td_ctx.db.session() as s:
+        host = s.scalar(select(Vps.host_id).where(Vps.uuid == running.uuid))
+        for i in range(26):
+            jobs.enqueue(s, "create", f"blocked-{i}", host, actor="test")
+    first = jobs.claim(td_ctx, "w1")
+    assert first is not None and first.kind == "create"  # takes the host's only build slot
+    reboot = actions.request(td_ctx, running.uuid, "reboot")
+    started = time.monotonic()
+    claimed = jobs.claim(td_ctx, "w2")
+    assert claimed is not None and claimed.uuid == reboot.job
+    assert time.monotonic() - started < 2
+    assert jobs.claim(td_ctx, "w3") is None  # the 25 builds still wait for the slot
+    jobs.finish(td_ctx, first.id, "w1")
+    assert jobs.claim(td_ctx, "w3").kind == "create"
+
+
 def test_expired_lease_is_queued_again_then_resumed(td_ctx: Context) -> None:
     o = order(td_ctx)
     claimed = jobs.claim(td_ctx, "dead-worker")
