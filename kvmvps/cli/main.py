@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import traceback
 from dataclasses import dataclass
+from typing import NoReturn
 
 import click
 
@@ -56,6 +58,7 @@ SECRET_PARAMS = frozenset({"password", "token", "secret"})
 TARGET_OPTIONS = ("hostname", "name")
 HELP_OPTIONS = ("-h", "--help")
 _ARGS_KEY = "kvmvps.argv"
+EXIT_BROKEN_PIPE = 141  # what a shell reports for a command killed by SIGPIPE
 
 
 @dataclass(frozen=True)
@@ -147,6 +150,9 @@ class AdminGroup(click.Group):
         except KvmvpsError as exc:
             record_invocation(self, ctx, audit.FAILED, str(exc))
             self._fail(ctx, str(exc), exc.exit_code)
+        except BrokenPipeError:
+            record_invocation(self, ctx, audit.OK)  # the work is done; only its output was cut
+            raise
         except click.exceptions.Exit as exc:
             ok = exc.exit_code == 0
             record_invocation(
@@ -176,6 +182,9 @@ class AdminGroup(click.Group):
             return super().main(*args, standalone_mode=False, **kwargs)
         try:
             code = super().main(*args, standalone_mode=False, **kwargs)
+            sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        except BrokenPipeError:
+            _quiet_broken_pipe()
         except click.ClickException as exc:
             hint = " (see --help)" if isinstance(exc, click.UsageError) else ""
             click.echo(f"error: {exc.format_message()}{hint}", err=True)
@@ -192,6 +201,17 @@ class AdminGroup(click.Group):
             traceback.print_exc()
         click.echo(f"error: {message}", err=True)
         ctx.exit(code)
+
+
+def _quiet_broken_pipe() -> NoReturn:
+    """The reader of our output went away (``| head``): end quietly, like other tools.
+
+    stdout is pointed at /dev/null so Python's final flush has nowhere to fail.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    sys.exit(EXIT_BROKEN_PIPE)
 
 
 @click.group(cls=AdminGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -188,3 +188,28 @@ def test_unknown_command_is_usage_error() -> None:
 
     result = CliRunner().invoke(cli, ["vps", "frobnicate"])
     assert result.exit_code == 2
+
+
+@pytest.mark.parametrize("pipeline", ["head -3", "head -n 0"])
+def test_a_closed_output_pipe_ends_the_command_quietly(td_ctx: Context, pipeline: str) -> None:
+    """``kvmvps-admin vps list | head -3``: no 'internal error: BrokenPipeError', no traceback."""
+    import os
+    import subprocess
+    import sys
+
+    from kvmvps.services import provisioning
+    from tests.badinput import _env_of
+
+    for i in range(6):
+        provisioning.record_order(td_ctx, provisioning.OrderRequest("small", "base", f"p{i}"))
+    env = {**os.environ, **_env_of(td_ctx)}
+    for command in ("vps list", "jobs list"):
+        shell = f"{sys.executable} -m kvmvps {command} | {pipeline}; echo status=${{PIPESTATUS[0]}}"
+        done = subprocess.run(
+            ["bash", "-c", shell], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert done.stderr == "", (command, done.stderr)
+        status = int(done.stdout.rsplit("status=", 1)[1])
+        assert status in (0, 1, 141), (command, done.stdout)  # 1: click ends on EPIPE
+        if pipeline == "head -3":
+            assert len(done.stdout.splitlines()) == 4  # three lines and the status
