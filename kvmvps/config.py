@@ -46,6 +46,8 @@ class Settings:
     job_lease_seconds: float = 30.0
     worker_heartbeat_seconds: float = 5.0
     worker_poll_seconds: float = 0.5
+    worker_concurrency: int = 4
+    customer_shutdown_timeout_max: float = 120.0
     reconcile_interval: float = 60.0
     public_address: str = ""
     forward_ports: str = "20000-29999"

@@ -23,6 +23,7 @@ from pathlib import Path
 import paramiko
 from passlib.hash import sha512_crypt
 
+from kvmvps import interrupt
 from kvmvps.errors import GuestError, HostKeyMismatch
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,7 @@ def wait_for_console_host_key(log_path: Path, deadline: float) -> str:
             return preferred_key(keys)
         if time.monotonic() >= deadline:
             raise GuestError("the guest never printed its SSH host key on the serial console")
-        time.sleep(delay)
+        interrupt.sleep(delay)
         delay = min(delay * 1.5, 0.5)
 
 
@@ -126,7 +127,7 @@ def wait_for_ssh_banner(host: str, port: int, deadline: float) -> str:
             pass
         if time.monotonic() >= deadline:
             raise GuestError(f"the guest did not answer SSH on {host}:{port} in time")
-        time.sleep(delay)
+        interrupt.sleep(delay)
         delay = min(delay * 1.5, 0.5)
 
 
@@ -200,7 +201,7 @@ def root_session(target: Target, key_path: Path, deadline: float) -> Iterator[pa
             if time.monotonic() >= deadline:
                 raise GuestError(f"cannot log in to {target.host} as root: {exc}") from None
             log.debug("SSH to %s not ready yet: %s", target.host, exc)
-            time.sleep(delay)
+            interrupt.sleep(delay)
             delay = min(delay * 1.5, 3.0)
     try:
         yield client

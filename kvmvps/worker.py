@@ -1,7 +1,13 @@
 """The worker process: claims jobs and runs them until told to stop.
 
-SIGTERM (or SIGINT) lets the current step finish, hands the job back to the
-queue, and exits. A worker that dies without that (SIGKILL, a crash, a lost
+It runs up to ``KVMVPS_WORKER_CONCURRENCY`` jobs at once, each in a thread of
+its own (:mod:`kvmvps.workpool`); the claim query keeps two jobs of one VPS
+apart and holds the per-host build limit. The main thread keeps the
+heartbeat, lease recovery and reconcile going meanwhile.
+
+SIGTERM (or SIGINT) stops every running job at its next safe point (between
+steps, or inside a long wait such as a guest shutdown or an SSH wait), hands
+each back to the queue, and exits. A worker that dies without that (SIGKILL, a crash, a lost
 machine) stops renewing its lease; any other worker then takes the job over:
 it resumes it (every provisioning step is idempotent) or, once its attempts
 are used up, rolls it back.
@@ -28,6 +34,7 @@ from kvmvps.services import Context, expiry, inventory, jobs, provisioning, reco
 from kvmvps.services import vps as vps_service
 from kvmvps.services.jobs import MAX_ATTEMPTS, Claimed
 from kvmvps.services.runner import run_claimed
+from kvmvps.workpool import JobPool
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +49,11 @@ class Worker:
         self._last_beat = 0.0
         self._last_reconcile = 0.0
         self._watches: list[LifecycleWatch] = []
+        self.pool = JobPool(max(1, ctx.settings.worker_concurrency))
 
     def install_signal_handlers(self) -> None:
         def stop(signum: int, _frame: FrameType | None) -> None:
-            log.info("worker %s: signal %d, stopping after the current step", self.name, signum)
+            log.info("worker %s: signal %d, handing its jobs back", self.name, signum)
             self.stopping.set()
 
         signal.signal(signal.SIGTERM, stop)
@@ -73,7 +81,7 @@ class Worker:
         log.info("worker %s started", self.name)
         while not self.stopping.is_set() and (max_jobs is None or ran < max_jobs):
             try:
-                ran += self.tick()
+                ran += self.round(None if max_jobs is None else max_jobs - ran)
                 backoff = 1.0
             except (OperationalError, DBAPIError) as exc:
                 log.warning(
@@ -84,21 +92,51 @@ class Worker:
                 )
                 self.stopping.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
+        self._finish_running()
         self._goodbye()
         return ran
 
     def tick(self) -> int:
-        """One round: heartbeat, recover dead workers' jobs, run one job. Jobs run: 0 or 1."""
+        """One round, and wait for the jobs it started to end; return how many ran."""
+        started = self.round()
+        self.pool.join()
+        return started
+
+    def round(self, limit: int | None = None) -> int:
+        """Heartbeat, recover dead workers' jobs, start jobs in the free slots.
+
+        Returns how many jobs it started (at most ``limit``) without waiting
+        for them; waits a little when it started none.
+        """
         self._heartbeat()
         self.recover_expired()
         self._maybe_reconcile()
-        claimed = jobs.claim(self.ctx, self.name)
-        if claimed is None:
-            self.stopping.wait(self.ctx.settings.worker_poll_seconds)
-            return 0
-        log.info("worker %s runs job %s (%s)", self.name, claimed.uuid[:8], claimed.kind)
+        started = 0
+        while self.pool.free() > 0 and (limit is None or started < limit):
+            if self.stopping.is_set():
+                break
+            claimed = jobs.claim(self.ctx, self.name)
+            if claimed is None:
+                break
+            log.info("worker %s runs job %s (%s)", self.name, claimed.uuid[:8], claimed.kind)
+            self.pool.start(claimed.uuid, partial(self._run_job, claimed))
+            started += 1
+        if started == 0:
+            poll = self.ctx.settings.worker_poll_seconds
+            if self.pool.free() == 0:
+                self.pool.wait_for_slot(poll)
+            else:
+                self.stopping.wait(poll)
+        return started
+
+    def _run_job(self, claimed: Claimed) -> None:
         run_claimed(self.ctx, claimed, self.name, self.stopping.is_set)
-        return 1
+
+    def _finish_running(self) -> None:
+        """Wait for the running jobs: they end, or (stopping) hand themselves back."""
+        while not self.pool.join(timeout=self.ctx.settings.worker_heartbeat_seconds):
+            with contextlib.suppress(OperationalError, DBAPIError):
+                jobs.worker_heartbeat(self.ctx, self.name)  # still alive while they wind down
 
     def _heartbeat(self) -> None:
         """Show a sign of life; also queue deletes of VPSes whose time ran out."""

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from kvmvps import cloudinit, guest, keys, xmlrender
 from kvmvps.errors import Conflict, GuestError, HostKeyMismatch
+from kvmvps.interrupt import Interrupted
 from kvmvps.models import Vps, VpsState
 from kvmvps.services import Context
 from kvmvps.services.vps import resolve
@@ -132,11 +133,16 @@ def apply_password_reset(ctx: Context, uuid: str) -> None:
             line = f"{user}:{guest.hash_password(password)}\n".encode()
             guest.run(c, "chpasswd -e", [], stdin=line)
         guest.verify_password_login(target, user, password)
+    except Interrupted:
+        raise  # the worker is stopping: the next one pushes the same password
     except HostKeyMismatch as exc:
         _record_error(ctx, vps_id, str(exc))
-        raise
-    finally:
         erase_pending_password(ctx, vps_id)
+        raise
+    except BaseException:
+        erase_pending_password(ctx, vps_id)
+        raise
+    erase_pending_password(ctx, vps_id)
 
 
 def _record_error(ctx: Context, vps_id: int, message: str) -> None:

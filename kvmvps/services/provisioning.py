@@ -20,7 +20,7 @@ from typing import NoReturn
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from kvmvps import cpupin, guest, ipam, validation, xmlrender
+from kvmvps import cpupin, guest, interrupt, ipam, validation, xmlrender
 from kvmvps.errors import (
     Conflict,
     HypervisorError,
@@ -30,6 +30,7 @@ from kvmvps.errors import (
     StepFailed,
 )
 from kvmvps.hypervisor import DhcpEntry, Hypervisor
+from kvmvps.interrupt import Interrupted
 from kvmvps.models import Image, Network, Plan, Vps, VpsState
 from kvmvps.services import Context, credentials, forwards, inventory, jobs, setup
 from kvmvps.services.facts import VpsFacts, domain_name_for, domain_spec, load_facts, overlay_spec
@@ -270,10 +271,6 @@ STEPS: tuple[Step, ...] = (
 
 
 # -- running the steps -------------------------------------------------------
-class Interrupted(Exception):
-    """Raised by a checkpoint between steps: stop here, undo nothing."""
-
-
 UNAVAILABLE_RETRIES = (1.0, 2.0, 4.0)
 
 
@@ -304,6 +301,8 @@ def build(
             if deadline is not None and time.monotonic() > deadline:
                 raise StepFailed("the build passed its time limit")
             _do_with_retries(step, b)
+        except Interrupted:
+            raise  # the worker is stopping: the next one resumes at this step
         except Exception as exc:  # noqa: BLE001 - every failure rolls back
             _fail(b, done + [step], step.name, exc)
         b.timings[step.name] = time.perf_counter() - started
@@ -334,7 +333,7 @@ def _do_with_retries(step: Step, b: Build) -> None:
             log.warning(
                 "step %s of %s: %s; retrying in %.0f s", step.name, b.facts.domain, exc, pause
             )
-            time.sleep(pause)
+            interrupt.sleep(pause)
 
 
 def _fail(b: Build, steps: list[Step], step_name: str, exc: Exception) -> NoReturn:

@@ -13,12 +13,13 @@ from datetime import UTC, datetime
 
 from sqlalchemy import select
 
+from kvmvps import interrupt
 from kvmvps.errors import KvmvpsError, NotFound
-from kvmvps.models import Job
+from kvmvps.interrupt import Interrupted
+from kvmvps.models import Job, VpsState
 from kvmvps.services import Context, credentials, jobs, provisioning
 from kvmvps.services import vps as vps_service
 from kvmvps.services.jobs import Claimed
-from kvmvps.services.provisioning import Interrupted
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +44,13 @@ class JobControl:
         spent = (datetime.now(UTC) - claimed.started_at).total_seconds()
         self.deadline = time.monotonic() + ctx.settings.build_timeout - max(0.0, spent)
 
+    def should_stop(self) -> bool:
+        """The worker is stopping, or another worker took the job over."""
+        return self._should_stop() or self.lost.is_set()
+
     def checkpoint(self) -> None:
         """Between steps: stop if the worker is stopping or lost the job."""
-        if self._should_stop() or self.lost.is_set():
+        if self.should_stop():
             raise Interrupted("the worker is stopping")
 
     def progress(self, step: str, index: int, total: int) -> None:
@@ -70,6 +75,8 @@ def _reinstall(ctx: Context, c: Claimed, jc: JobControl) -> None:
 
 
 def _shutdown(ctx: Context, c: Claimed, jc: JobControl) -> None:
+    if vps_service.sync_state(ctx, c.vps_uuid)["state"] == VpsState.STOPPED:
+        return  # a resumed job: the guest powered off after the last worker handed it back
     vps_service.shutdown(
         ctx,
         c.vps_uuid,
@@ -125,7 +132,8 @@ def run_claimed(
     keeper = threading.Thread(target=_keep_lease, args=(ctx, jc, done), daemon=True)
     keeper.start()
     try:
-        HANDLERS[claimed.kind](ctx, claimed, jc)
+        with interrupt.stoppable(jc.should_stop):
+            HANDLERS[claimed.kind](ctx, claimed, jc)
     except Interrupted:
         if not jc.lost.is_set():
             jobs.release(ctx, claimed.id, worker)

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import Select, or_, select
 from sqlalchemy.orm import Session, selectinload
 
+from kvmvps import interrupt
 from kvmvps.errors import Conflict, HypervisorNotFound, InvalidInput, NotFound
 from kvmvps.models import Host, User, Vps, VpsState
 from kvmvps.services import Context
@@ -230,7 +231,7 @@ def shutdown(ctx: Context, ref: str, timeout: float = 60.0, force: bool = False)
     shown = _power(ctx, ref, (VpsState.RUNNING,), "shut down", lambda hv, d: hv.shutdown(d))
     deadline = time.monotonic() + timeout
     while shown["state"] != VpsState.STOPPED and time.monotonic() < deadline:
-        time.sleep(0.5)
+        interrupt.sleep(0.5)  # a stopping worker hands the job back here
         shown = sync_state(ctx, shown["id"])
     if shown["state"] != VpsState.STOPPED:
         if not force:
