@@ -13,7 +13,7 @@ from flask import Blueprint, abort, flash, jsonify, redirect, render_template, r
 from flask.typing import ResponseReturnValue
 from flask_login import current_user
 
-from kvmvps.errors import KvmvpsError
+from kvmvps.errors import Conflict, KvmvpsError
 from kvmvps.models import JobState, VpsState
 from kvmvps.services import actions, provisioning, views, web_support
 from kvmvps.services.jobs import BUILD_KINDS
@@ -249,6 +249,9 @@ def _request(vps: dict[str, Any], action: str, image: str | None) -> ResponseRet
                 timeout=SHUTDOWN_GRACE,
                 force=True,
             )
+    except Conflict as exc:  # e.g. an action already pending: the page again, with why
+        flash(str(exc), "error")
+        return server(vps["id"]), 409
     except KvmvpsError as exc:
         flash(str(exc), "error")
         return redirect(url_for("dashboard.server", id=vps["id"]))

@@ -140,7 +140,11 @@ SCHEMAS: dict[str, Any] = {
                 "description": "suspend and resume are for operators.",
             },
             "image": {**STR, "description": "reinstall: another image (default: the same)."},
-            "timeout": {**NUM, "default": 60, "description": "shutdown: seconds to wait."},
+            "timeout": {
+                **NUM,
+                "default": 60,
+                "description": "shutdown: seconds to wait (customers: at most 120 by default).",
+            },
             "force": {
                 **BOOL,
                 "default": False,
@@ -258,7 +262,9 @@ def _paths() -> dict[str, Any]:
                 {
                     "202": _json(_ref("ActionAccepted"), "Deletion queued."),
                     **not_found,
-                    "409": _json(ERR, "Not possible in its state."),
+                    "409": _json(
+                        ERR, "Not possible in its state, or an action is already pending."
+                    ),
                 },
             ),
         },
@@ -271,7 +277,9 @@ def _paths() -> dict[str, Any]:
                     **body,
                     "403": _json(ERR, "suspend/resume asked by a customer."),
                     **not_found,
-                    "409": _json(ERR, "Not possible in its state."),
+                    "409": _json(
+                        ERR, "Not possible in its state, or an action is already pending."
+                    ),
                 },
                 requestBody={
                     "required": True,

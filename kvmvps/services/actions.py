@@ -4,15 +4,26 @@ The request checks what it can check at once (the VPS exists and belongs to
 the caller, the action fits its state) and records a job; a worker does the
 work. Actions that set a new password generate it here, seal it, and return
 it this once.
+
+Customers (a request scoped by ``owner_id``) may have one pending action per
+VPS: a second one while a job of that VPS is queued or running is refused,
+and so is a shutdown wait longer than ``KVMVPS_CUSTOMER_SHUTDOWN_TIMEOUT_MAX``.
+The operator may queue actions behind each other, except a second password
+change: a reinstall or password reset while another (or the build) is
+pending is refused for everyone, so the last password shown is the one that
+works.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
 from kvmvps import guest
 from kvmvps.errors import Conflict, InvalidInput
-from kvmvps.models import Image, VpsState
+from kvmvps.models import Image, Job, JobState, Vps, VpsState
 from kvmvps.services import Context, credentials, inventory, jobs
 from kvmvps.services.vps import resolve
 
@@ -30,6 +41,10 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "delete": (S.RUNNING, S.STOPPED, S.SUSPENDED, S.ERROR, S.QUEUED),
 }
 ACTIONS = tuple(ALLOWED)
+# actions that set a new password, and the jobs that still hold one to push
+SETS_PASSWORD = ("reinstall", "password_reset")
+HOLDS_PASSWORD = ("create", "reinstall", "password_reset")
+OPERATOR_TIMEOUT_MAX = 3600.0
 
 
 @dataclass(frozen=True)
@@ -52,15 +67,22 @@ def request(
     timeout: float = 60.0,
     force: bool = False,
 ) -> Requested:
-    """Queue ``action`` for the VPS named ``ref``."""
+    """Queue ``action`` for the VPS named ``ref``.
+
+    ``owner_id`` scopes the request to one customer's VPSes and applies the
+    customer's limits (one pending action per VPS, the shutdown cap).
+    """
+    customer = owner_id is not None
     if action not in ALLOWED:
         raise InvalidInput(f"unknown action {action!r}; one of {', '.join(ACTIONS)}")
-    if not 0 < timeout <= 3600:
-        raise InvalidInput("timeout must be between 0 and 3600 seconds")
+    limit = ctx.settings.customer_shutdown_timeout_max if customer else OPERATOR_TIMEOUT_MAX
+    if not 0 < timeout <= limit:
+        raise InvalidInput(f"timeout must be between 0 and {limit:g} seconds")
     with ctx.db.session() as s:
-        vps = resolve(s, ref, owner_id)
+        vps = _locked(s, resolve(s, ref, owner_id))
         if vps.state not in ALLOWED[action]:
             raise Conflict(f"cannot {action.replace('_', ' ')} {vps.hostname}: it is {vps.state}")
+        _refuse_if_pending(s, vps, action, customer)
         params: dict[str, object] = {}
         password = None
         if action == "reinstall" and image:
@@ -74,3 +96,45 @@ def request(
             vps.state = VpsState.DELETING
         job = jobs.enqueue(s, action, vps.uuid, vps.host_id, actor=actor, **params)
         return Requested(job=job.uuid, vps=vps.uuid, password=password)
+
+
+def _locked(session: Session, vps: Vps) -> Vps:
+    """The VPS row locked for this transaction, read afresh (two requests queue here).
+
+    On SQLite the write transaction (``BEGIN IMMEDIATE``) already serialises them.
+    """
+    query = select(Vps).where(Vps.id == vps.id).with_for_update()
+    return session.scalars(query.execution_options(populate_existing=True)).one()
+
+
+def _refuse_if_pending(session: Session, vps: Vps, action: str, customer: bool) -> None:
+    """:class:`Conflict` when this request would be a second pending action it may not be."""
+    pending = session.scalar(
+        select(Job)
+        .where(Job.vps_uuid == vps.uuid, Job.state.in_(JobState.UNFINISHED))
+        .order_by(Job.id)
+        .limit(1)
+    )
+    if pending is None:
+        return
+    what = f"{pending.kind.replace('_', ' ')} (job {pending.uuid[:8]}, {pending.state})"
+    if customer:
+        raise Conflict(
+            f"{vps.hostname} already has an action pending: {what}; try again when it has finished"
+        )
+    if action in SETS_PASSWORD:
+        holder = session.scalar(
+            select(Job)
+            .where(
+                Job.vps_uuid == vps.uuid,
+                Job.state.in_(JobState.UNFINISHED),
+                Job.kind.in_(HOLDS_PASSWORD),
+            )
+            .limit(1)
+        )
+        if holder is not None:
+            raise Conflict(
+                f"{vps.hostname} has a new password pending: "
+                f"{holder.kind.replace('_', ' ')} (job {holder.uuid[:8]}, {holder.state}); "
+                "try again when it has finished"
+            )
