@@ -30,10 +30,10 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from kvmvps.errors import KvmvpsError
 from kvmvps.hypervisor import LifecycleWatch
-from kvmvps.services import Context, expiry, inventory, jobs, provisioning, reconcile
+from kvmvps.services import Context, expiry, inventory, jobs, reconcile
 from kvmvps.services import vps as vps_service
-from kvmvps.services.jobs import MAX_ATTEMPTS, Claimed
-from kvmvps.services.runner import run_claimed
+from kvmvps.services.jobs import Claimed
+from kvmvps.services.runner import recover_expired, run_claimed
 from kvmvps.workpool import JobPool
 
 log = logging.getLogger(__name__)
@@ -158,19 +158,7 @@ class Worker:
 
     def recover_expired(self) -> None:
         """Queue again, or roll back, the jobs of workers that stopped renewing leases."""
-        for job in jobs.expired(self.ctx):
-            if job.attempts < MAX_ATTEMPTS:
-                if jobs.requeue_expired(self.ctx, job.id):
-                    log.warning("job %s lost its worker; queued again", job.uuid[:8])
-            elif jobs.take_over_expired(self.ctx, job.id, self.name):
-                self._give_up(job)
-
-    def _give_up(self, job: Claimed) -> None:
-        log.error("job %s lost its worker %d times; rolling it back", job.uuid[:8], job.attempts)
-        error = f"abandoned after {job.attempts} attempts whose workers died"
-        if job.kind in jobs.BUILD_KINDS and job.vps_uuid:
-            provisioning.abandon(self.ctx, job.vps_uuid, error)
-        jobs.finish(self.ctx, job.id, self.name, error=error)
+        recover_expired(self.ctx, self.name)
 
     def _goodbye(self) -> None:
         for watch in self._watches:

@@ -10,10 +10,10 @@ import click
 from kvmvps import validation
 from kvmvps.cli.context import Obj, json_option, pass_obj
 from kvmvps.cli.output import emit_json, record, table
-from kvmvps.services import actions, expiry, jobs, provisioning
+from kvmvps.services import Context, actions, expiry, jobs, provisioning
 from kvmvps.services import vps as vps_service
 from kvmvps.services.audit import os_actor
-from kvmvps.services.runner import run_or_follow
+from kvmvps.services.runner import Progress, run_or_follow
 
 LIST_COLUMNS = ("id", "hostname", "state", "ip", "plan", "image", "host", "owner")
 SHOW_KEYS = vps_service.VIEW_KEYS
@@ -33,6 +33,11 @@ def vps_group() -> None:
       kvmvps-admin vps shutdown web1 --timeout 30 --force
       kvmvps-admin vps delete 3f2a --yes
     """
+
+
+def _follow(ctx: Context, job: str, progress: Progress | None = None) -> None:
+    """Wait for the job (running it, and any queued before it, here if no worker is alive)."""
+    run_or_follow(ctx, job, progress, notice=lambda line: click.echo(f"note: {line}", err=True))
 
 
 def _progress(quiet: bool):
@@ -95,7 +100,7 @@ def vps_create(
     )
     order = provisioning.record_order(obj.ctx, req, actor=os_actor())
     if wait:
-        run_or_follow(obj.ctx, order.job, _progress(quiet or as_json))
+        _follow(obj.ctx, order.job, _progress(quiet or as_json))
     view = {**vps_service.show(obj.ctx, order.uuid), "job": order.job}
     _print_with_password(view, order.password, as_json)
 
@@ -126,7 +131,7 @@ def _print_with_password(view: dict, password: str | None, as_json: bool) -> Non
 def vps_password_reset(obj: Obj, ref: str, as_json: bool) -> None:
     """Set a new random password on a running VPS and show it once."""
     req = actions.request(obj.ctx, ref, "password_reset", actor=os_actor())
-    run_or_follow(obj.ctx, req.job)
+    _follow(obj.ctx, req.job)
     _print_with_password(vps_service.show(obj.ctx, req.vps), req.password, as_json)
 
 
@@ -145,7 +150,7 @@ def vps_reinstall(
     if not yes:
         click.confirm(f"Erase the disk of {shown['hostname']} ({shown['id'][:8]})?", abort=True)
     req = actions.request(obj.ctx, shown["id"], "reinstall", actor=os_actor(), image=image)
-    run_or_follow(obj.ctx, req.job, _progress(quiet or as_json))
+    _follow(obj.ctx, req.job, _progress(quiet or as_json))
     _print_with_password(vps_service.show(obj.ctx, req.vps), req.password, as_json)
 
 
@@ -194,14 +199,14 @@ def vps_delete(obj: Obj, ref: str | None, yes: bool, all_expired: bool) -> None:
         raise click.UsageError("name one VPS, or give --all-expired")
     if all_expired:
         for job in expiry.delete_expired(obj.ctx, actor=os_actor()):
-            run_or_follow(obj.ctx, job)
+            _follow(obj.ctx, job)
             click.echo(f"deleted expired VPS ({jobs.get_job(obj.ctx, job)['vps']})")
         return
     shown = vps_service.show(obj.ctx, ref)
     if not yes:
         click.confirm(f"Delete {shown['hostname']} ({shown['id'][:8]})?", abort=True)
     req = actions.request(obj.ctx, shown["id"], "delete", actor=os_actor())
-    run_or_follow(obj.ctx, req.job)
+    _follow(obj.ctx, req.job)
     click.echo(f"deleted {shown['hostname']} ({shown['id']})")
 
 
@@ -212,7 +217,7 @@ def _power_command(name: str, action: str, help_text: str) -> click.Command:
     @pass_obj
     def command(obj: Obj, ref: str, as_json: bool) -> None:
         req = actions.request(obj.ctx, ref, action, actor=os_actor())
-        run_or_follow(obj.ctx, req.job)
+        _follow(obj.ctx, req.job)
         _print_one(vps_service.show(obj.ctx, req.vps), as_json)
 
     return command
@@ -240,7 +245,7 @@ _power_command("resume", "resume", "Resume a suspended VPS.")
 def vps_shutdown(obj: Obj, ref: str, timeout: float, force: bool, as_json: bool) -> None:
     """Shut a VPS down gracefully (ACPI power button)."""
     req = actions.request(obj.ctx, ref, "shutdown", actor=os_actor(), timeout=timeout, force=force)
-    run_or_follow(obj.ctx, req.job)
+    _follow(obj.ctx, req.job)
     _print_one(vps_service.show(obj.ctx, req.vps), as_json)
 
 

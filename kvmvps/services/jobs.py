@@ -43,7 +43,7 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-def _aware(moment: datetime | None) -> datetime | None:
+def aware(moment: datetime | None) -> datetime | None:
     """SQLite hands back naive datetimes; they were stored as UTC."""
     if moment is not None and moment.tzinfo is None:
         return moment.replace(tzinfo=UTC)
@@ -181,7 +181,7 @@ def claim(ctx: Context, worker: str, only_id: int | None = None) -> Claimed | No
             vps_uuid=job.vps_uuid,
             params=json.loads(job.params or "{}"),
             attempts=job.attempts,
-            started_at=_aware(job.started_at),
+            started_at=aware(job.started_at),
         )
 
 
@@ -251,7 +251,7 @@ def expired(ctx: Context) -> list[Claimed]:
                 vps_uuid=j.vps_uuid,
                 params=json.loads(j.params or "{}"),
                 attempts=j.attempts,
-                started_at=_aware(j.started_at),
+                started_at=aware(j.started_at),
             )
             for j in rows
         ]
@@ -308,7 +308,7 @@ def job_view(job: Job) -> dict[str, Any]:
 
 
 def _iso(moment: datetime | None) -> str | None:
-    return _aware(moment).isoformat() if moment else None
+    return aware(moment).isoformat() if moment else None
 
 
 def get_job(ctx: Context, ref: str) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import select
@@ -16,7 +17,7 @@ from sqlalchemy import select
 from kvmvps import interrupt
 from kvmvps.errors import KvmvpsError, NotFound
 from kvmvps.interrupt import Interrupted
-from kvmvps.models import Job, VpsState
+from kvmvps.models import Job, JobState, VpsState
 from kvmvps.services import Context, credentials, jobs, provisioning
 from kvmvps.services import vps as vps_service
 from kvmvps.services.jobs import Claimed
@@ -151,11 +152,15 @@ def run_claimed(
 
 
 def inline_worker_name() -> str:
-    return f"inline:{socket.gethostname()}:{os.getpid()}"
+    return f"{INLINE_PREFIX}{socket.gethostname()}:{os.getpid()}"
+
+
+INLINE_PREFIX = "inline:"
+STALL_SECONDS = 3.0  # a command waiting on nothing says so within this long
 
 
 def run_inline(ctx: Context, job_uuid: str, progress: Progress | None = None) -> bool:
-    """Run one queued job in this process; False if another worker already has it."""
+    """Run one queued job in this process; False if it cannot be claimed now."""
     with ctx.db.session() as s:
         job_id = s.scalar(select(Job.id).where(Job.uuid == job_uuid))
     claimed = jobs.claim(ctx, inline_worker_name(), only_id=job_id)
@@ -165,19 +170,160 @@ def run_inline(ctx: Context, job_uuid: str, progress: Progress | None = None) ->
     return True
 
 
+# -- jobs whose worker died --------------------------------------------------
+def recover_expired(ctx: Context, holder: str) -> None:
+    """Queue again, or roll back, the jobs of workers that stopped renewing leases."""
+    for job in jobs.expired(ctx):
+        if job.attempts < jobs.MAX_ATTEMPTS:
+            if jobs.requeue_expired(ctx, job.id):
+                log.warning("job %s lost its worker; queued again", job.uuid[:8])
+        elif jobs.take_over_expired(ctx, job.id, holder):
+            _give_up(ctx, job, holder)
+
+
+def _give_up(ctx: Context, job: Claimed, holder: str) -> None:
+    log.error("job %s lost its worker %d times; rolling it back", job.uuid[:8], job.attempts)
+    error = f"abandoned after {job.attempts} attempts whose workers died"
+    if job.kind in jobs.BUILD_KINDS and job.vps_uuid:
+        provisioning.abandon(ctx, job.vps_uuid, error)
+    jobs.finish(ctx, job.id, holder, error=error)
+
+
+# -- waiting for a job -------------------------------------------------------
 class JobFailed(KvmvpsError):
     """A job ended in failure; the message is the job's error."""
 
 
-def run_or_follow(
-    ctx: Context, job_uuid: str, progress: Progress | None = None, timeout: float | None = None
-) -> dict:
-    """Wait for a job: follow a live worker, or run it here when none is alive.
+class NoWorker(KvmvpsError):
+    """Nothing moves the job: no worker runs, and this command cannot run it either."""
 
+
+@dataclass(frozen=True)
+class _Head:
+    """The oldest unfinished job of a VPS: the one that must run next."""
+
+    id: int
+    uuid: str
+    kind: str
+    state: str
+    worker: str | None
+    lease_expires_at: datetime | None
+
+    @property
+    def label(self) -> str:
+        return f"job {self.uuid[:8]} ({self.kind.replace('_', ' ')})"
+
+
+def _head_of(ctx: Context, job_uuid: str) -> _Head | None:
+    """The first unfinished job of ``job_uuid``'s VPS (itself when none is ahead)."""
+    with ctx.db.reading() as s:
+        job = s.scalar(select(Job).where(Job.uuid == job_uuid))
+        if job is None or job.state not in JobState.UNFINISHED:
+            return None
+        head = job
+        if job.vps_uuid is not None:
+            head = s.scalars(
+                select(Job)
+                .where(Job.vps_uuid == job.vps_uuid, Job.state.in_(JobState.UNFINISHED))
+                .order_by(Job.id)
+                .limit(1)
+            ).one()
+        lease = jobs.aware(head.lease_expires_at)
+        return _Head(head.id, head.uuid, head.kind, head.state, head.worker, lease)
+
+
+def _holder_alive(ctx: Context, holder: str | None) -> bool:
+    """Whether the worker (or waiting command) holding a job still runs."""
+    if holder is None:
+        return False
+    if holder.startswith(INLINE_PREFIX):
+        host, _, pid = holder.removeprefix(INLINE_PREFIX).rpartition(":")
+        if host != socket.gethostname() or not pid.isdigit():
+            return True  # another machine's command: trust its lease
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return holder in jobs.live_workers(ctx)
+
+
+class _Driver:
+    """With no worker alive: run the jobs of the VPS in order here, or say what blocks them."""
+
+    def __init__(self, ctx: Context, job_uuid: str, say: Callable[[str], None]) -> None:
+        self.ctx, self.job_uuid, self.say = ctx, job_uuid, say
+        self.name = inline_worker_name()
+        self._said: set[str] = set()
+        self._stuck_since: float | None = None
+
+    def step(self, progress: Progress | None) -> bool:
+        """Run the next job of the chain here; True if one ran (or nothing is left)."""
+        recover_expired(self.ctx, self.name)
+        head = _head_of(self.ctx, self.job_uuid)
+        if head is None:
+            return True
+        if head.state == JobState.QUEUED:
+            claimed = jobs.claim(self.ctx, self.name, only_id=head.id)
+            if claimed is not None:
+                mine = head.uuid == self.job_uuid
+                if not mine:
+                    self._once(f"no worker is running: running {head.label}, queued first, here")
+                run_claimed(self.ctx, claimed, self.name, on_progress=progress if mine else None)
+                self._stuck_since = None
+                return True
+        self._blocked(head)
+        return False
+
+    def _blocked(self, head: _Head) -> None:
+        if head.state == JobState.RUNNING and _holder_alive(self.ctx, head.worker):
+            self._stuck_since = None  # another command runs it and renews its lease
+            return
+        now = time.monotonic()
+        self._stuck_since = self._stuck_since or now
+        if head.state == JobState.RUNNING and head.lease_expires_at is not None:
+            left = max(0.0, (head.lease_expires_at - jobs.now()).total_seconds())
+            self._once(
+                f"no worker is running and {head.worker}, which held {head.label}, has stopped: "
+                f"taking it over here when its lease runs out in {left:.0f} s "
+                "(or start a worker: kvmvps-admin worker)"
+            )
+            limit = self.ctx.settings.job_lease_seconds + STALL_SECONDS
+        else:
+            limit = STALL_SECONDS
+        if now - self._stuck_since > limit:
+            raise NoWorker(
+                f"{head.label} cannot run here now (its host's build slots are taken) and no "
+                "worker is running: start one with 'kvmvps-admin worker' "
+                "(or 'systemctl start kvmvps-worker')"
+            )
+
+    def _once(self, message: str) -> None:
+        key = message.split(":", 1)[0] + message[-60:]
+        if key not in self._said:
+            self._said.add(key)
+            self.say(message)
+
+
+def run_or_follow(
+    ctx: Context,
+    job_uuid: str,
+    progress: Progress | None = None,
+    timeout: float | None = None,
+    notice: Callable[[str], None] | None = None,
+) -> dict:
+    """Wait for a job: follow a live worker, or, with none alive, run it here.
+
+    Jobs of the same VPS queued before it run first, here, in order; a job
+    whose worker died is taken over once its lease runs out. ``notice`` gets
+    one line whenever the wait is not simply this job running (default: the
+    log). When nothing can move the job, :class:`NoWorker` says what to start.
     Returns the finished job's view; raises :class:`JobFailed` if it failed.
     """
-    if not jobs.live_workers(ctx):
-        run_inline(ctx, job_uuid, progress)
+    say = notice or (lambda message: log.warning("%s", message))
+    driver = _Driver(ctx, job_uuid, say)
     deadline = None if timeout is None else time.monotonic() + timeout
     seen = None
     while True:
@@ -185,13 +331,13 @@ def run_or_follow(
         if progress is not None and view["step"] and view["step"] != seen:
             seen = view["step"]
             progress(seen, view["progress"], 100)
-        if view["state"] in ("succeeded", "failed"):
+        if view["state"] in (JobState.SUCCEEDED, JobState.FAILED):
             break
         if deadline is not None and time.monotonic() > deadline:
             raise JobFailed(f"job {job_uuid[:8]} is still {view['state']} after {timeout:g} s")
-        if view["state"] == "queued" and not jobs.live_workers(ctx):
-            run_inline(ctx, job_uuid, progress)  # the worker went away meanwhile
+        if not jobs.live_workers(ctx) and driver.step(progress):
+            continue
         time.sleep(0.2)
-    if view["state"] == "failed":
+    if view["state"] == JobState.FAILED:
         raise JobFailed(view["error"] or "the job failed")
     return view

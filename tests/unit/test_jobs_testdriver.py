@@ -185,3 +185,69 @@ def test_time_limit_rolls_back(td_ctx: Context) -> None:
     with pytest.raises(Exception, match="time limit"):
         provisioning.build(td_ctx, o.uuid, deadline=time.monotonic() - 1)
     assert vps_service.show(td_ctx, o.uuid)["state"] == "error"
+
+
+def _cli_in_thread(ctx: Context, *args: str, extra_env: dict[str, str] | None = None):
+    """run_cli, but a hang fails the test instead of blocking it forever."""
+    import threading
+
+    box: list = []
+    thread = threading.Thread(
+        target=lambda: box.append(run_cli(ctx, *args, extra_env=extra_env)), daemon=True
+    )
+    started = time.monotonic()
+    thread.start()
+    thread.join(timeout=90)
+    assert box, f"kvmvps-admin {' '.join(args)} still waits after 90 s"
+    return box[0], time.monotonic() - started
+
+
+def test_delete_of_a_queued_vps_with_no_worker_runs_the_build_first(td_ctx: Context) -> None:
+    o = order(td_ctx)
+    assert jobs.live_workers(td_ctx) == []
+    result, _elapsed = _cli_in_thread(td_ctx, "vps", "delete", o.uuid, "--yes")
+    assert result.exit_code == 0, result.stderr
+    assert f"deleted web1 ({o.uuid})" in result.stdout
+    assert "no worker is running: running job" in result.stderr
+    assert result.stderr.count("\n") == 1  # one note line
+    assert jobs.get_job(td_ctx, o.job)["state"] == "succeeded"
+    assert vps_service.list_vps(td_ctx) == []
+
+
+def test_delete_behind_a_dead_workers_job_takes_it_over(td_ctx: Context) -> None:
+    o = order(td_ctx)
+    claimed = jobs.claim(td_ctx, "dead-worker")
+    assert claimed is not None and claimed.uuid == o.job
+    with td_ctx.db.session() as s:  # it died 28 s into a 30 s lease
+        s.execute(update(Job).values(lease_expires_at=jobs.now() + timedelta(seconds=2)))
+    result, elapsed = _cli_in_thread(td_ctx, "vps", "delete", o.uuid, "--yes")
+    assert result.exit_code == 0, result.stderr
+    assert "dead-worker, which held job" in result.stderr and "has stopped" in result.stderr
+    assert "kvmvps-admin worker" in result.stderr
+    build = jobs.get_job(td_ctx, o.job)
+    assert build["state"] == "succeeded" and build["attempts"] == 2
+    assert vps_service.list_vps(td_ctx) == []
+    assert elapsed >= 1.5  # it waited for the lease, never took a live one
+
+
+def test_waiting_on_nothing_says_what_to_start_within_seconds(td_ctx: Context) -> None:
+    """Build limit 1, held by another command that is alive: no worker, no way forward here."""
+    import os
+    import socket
+
+    first, second = order(td_ctx, "a1"), order(td_ctx, "a2")
+    alive = f"inline:{socket.gethostname()}:{os.getpid()}"
+    assert jobs.claim(td_ctx, alive, only_id=_job_id(td_ctx, first.job)) is not None
+    result, elapsed = _cli_in_thread(
+        td_ctx, "vps", "delete", second.uuid, "--yes", extra_env={"KVMVPS_BUILD_LIMIT": "1"}
+    )
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+    assert "no worker is running: start one with 'kvmvps-admin worker'" in result.stderr
+    assert elapsed < 15
+    assert jobs.get_job(td_ctx, second.job)["state"] == "queued"  # left for a worker
+
+
+def _job_id(ctx: Context, uuid: str) -> int:
+    with ctx.db.session() as s:
+        return s.scalar(select(Job.id).where(Job.uuid == uuid))
