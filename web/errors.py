@@ -57,7 +57,7 @@ def _unexpected(exc: Exception) -> tuple[Response | str, int]:
     message = "internal error; the operators have been told"
     if wants_json():
         return json_error(message, 500)
-    return page_error(message, 500, InternalServerError.name)
+    return page_error(message, 500, InternalServerError().name)
 
 
 def register(app: Flask) -> None:

@@ -400,9 +400,15 @@ def create(
 
 
 def delete(ctx: Context, uuid: str) -> None:
-    """The full reverse of create: domain, DHCP entry, volumes, leases, row."""
+    """The full reverse of create: domain, DHCP entry, volumes, leases, row.
+
+    Raises :class:`NotFound` when the row is gone already (a resumed delete
+    whose first run got that far); the delete job then simply succeeds.
+    """
     with ctx.db.session() as s:
         vps = s.scalar(select(Vps).where(Vps.uuid == uuid))
+        if vps is None:
+            raise NotFound(f"VPS {uuid} no longer exists")
         facts = load_facts(s, vps.id, ctx.settings)
         vps.state = VpsState.DELETING
     b = Build(ctx=ctx, facts=facts)
@@ -412,6 +418,8 @@ def delete(ctx: Context, uuid: str) -> None:
         raise HypervisorError(f"deleting {facts.hostname} left work undone: {leftovers[0]}")
     with ctx.db.session() as s:
         vps = s.get(Vps, facts.vps_id)
+        if vps is None:
+            return  # another run of this delete removed the row meanwhile
         ipam.release(s, vps)
         cpupin.release(s, vps)
         forwards.release(s, vps)

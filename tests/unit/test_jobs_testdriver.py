@@ -9,6 +9,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, update
 
+from kvmvps.errors import NotFound
 from kvmvps.models import Job, JobState, Vps
 from kvmvps.services import Context, actions, jobs, provisioning
 from kvmvps.services import vps as vps_service
@@ -162,3 +163,23 @@ def test_time_limit_rolls_back(td_ctx: Context) -> None:
     with pytest.raises(Exception, match="time limit"):
         provisioning.build(td_ctx, o.uuid, deadline=time.monotonic() - 1)
     assert vps_service.show(td_ctx, o.uuid)["state"] == "error"
+
+
+def test_resumed_delete_whose_row_is_gone_succeeds(td_ctx: Context) -> None:
+    """A delete whose worker died after removing the row finishes on the next run."""
+    o = order(td_ctx)
+    Worker(td_ctx).run(max_jobs=1)
+    requested = actions.request(td_ctx, o.uuid, "delete", actor="test")
+    claimed = jobs.claim(td_ctx, "dead-worker")
+    assert claimed is not None and claimed.uuid == requested.job
+    provisioning.delete(td_ctx, o.uuid)  # the dead worker got this far, then died
+    with td_ctx.db.session() as s:
+        s.execute(update(Job).values(lease_expires_at=jobs.now() - timedelta(seconds=1)))
+    assert Worker(td_ctx, name="rescuer").run(max_jobs=1) == 1
+    job = jobs.get_job(td_ctx, requested.job)
+    assert job["state"] == "succeeded", job["error"]
+    assert job["error"] is None and job["attempts"] == 2 and job["worker"] == "rescuer"
+    with pytest.raises(NotFound):
+        provisioning.delete(td_ctx, o.uuid)
+    with td_ctx.db.session() as s:
+        assert s.scalars(select(Vps)).all() == []
