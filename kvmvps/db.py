@@ -8,6 +8,8 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -104,9 +106,6 @@ def alembic_config(url: str) -> Config:
 
 def schema_is_current(db: Database) -> bool:
     """True when the database exists and carries the newest migration."""
-    from alembic.runtime.migration import MigrationContext
-    from alembic.script import ScriptDirectory
-
     if db.url.startswith("sqlite:///") and not Path(db.url.removeprefix("sqlite:///")).exists():
         return False
     script = ScriptDirectory.from_config(alembic_config(db.url))

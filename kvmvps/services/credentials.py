@@ -10,17 +10,14 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from kvmvps import cloudinit, guest, keys, xmlrender
 from kvmvps.errors import Conflict, GuestError, HostKeyMismatch
 from kvmvps.models import Vps, VpsState
 from kvmvps.services import Context
+from kvmvps.services.steps import Build
 from kvmvps.services.vps import resolve
 from kvmvps.xmlspec import RawVolumeSpec
-
-if TYPE_CHECKING:
-    from kvmvps.services.provisioning import Build
 
 log = logging.getLogger(__name__)
 

@@ -9,10 +9,9 @@ one) in reverse before the allocation is released.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import NoReturn
@@ -29,17 +28,16 @@ from kvmvps.errors import (
     NotFound,
     StepFailed,
 )
-from kvmvps.hypervisor import DhcpEntry, Hypervisor
+from kvmvps.hypervisor import DhcpEntry
 from kvmvps.models import Image, Network, Plan, Vps, VpsState
 from kvmvps.services import Context, credentials, forwards, inventory, jobs, setup
 from kvmvps.services.facts import VpsFacts, domain_name_for, domain_spec, load_facts, overlay_spec
 from kvmvps.services.placement import choose_host
+from kvmvps.services.steps import Background, Build, Progress, Step
 from kvmvps.storage import check_base_image, overlay_capacity
 from kvmvps.xmlspec import DhcpHost
 
 log = logging.getLogger(__name__)
-
-Progress = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)
@@ -65,31 +63,6 @@ class Order:
     uuid: str
     password: str | None
     job: str
-
-
-@dataclass
-class Build:
-    """The state of one build while its steps run."""
-
-    ctx: Context
-    facts: VpsFacts
-    xml: str = ""
-    host_key: str | None = None
-    deadline: float = 0.0
-    job_deadline: float | None = None
-    dhcp: _Background | None = None
-    timings: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def hv(self) -> Hypervisor:
-        return self.ctx.hypervisor(self.facts.host_uri)
-
-
-@dataclass(frozen=True)
-class Step:
-    name: str
-    do: Callable[[Build], None]
-    undo: Callable[[Build], None]
 
 
 # -- recording an order ------------------------------------------------------
@@ -178,7 +151,7 @@ def _add_dhcp(b: Build) -> None:
     host = b.facts.dhcp_host
     if host is not None:
         xml = xmlrender.dhcp_host_xml(host)
-        b.dhcp = _Background(b.hv.add_dhcp_host, b.facts.network_libvirt, _entry(host), xml)
+        b.dhcp = Background(b.hv.add_dhcp_host, b.facts.network_libvirt, _entry(host), xml)
 
 
 def _dhcp_ready(b: Build) -> None:
@@ -192,29 +165,6 @@ def _remove_dhcp(b: Build) -> None:
     host = b.facts.dhcp_host
     if host is not None:
         b.hv.remove_dhcp_host(b.facts.network_libvirt, _entry(host), xmlrender.dhcp_host_xml(host))
-
-
-class _Background:
-    """A call running in its own thread; ``result()`` re-raises its exception."""
-
-    def __init__(self, fn: Callable[..., object], *args: object) -> None:
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(fn, *args), daemon=True)
-        self._thread.start()
-
-    def _run(self, fn: Callable[..., object], *args: object) -> None:
-        try:
-            fn(*args)
-        except BaseException as exc:  # noqa: BLE001 - handed to result()
-            self._error = exc
-
-    def wait(self) -> None:
-        self._thread.join()
-
-    def result(self) -> None:
-        self.wait()
-        if self._error is not None:
-            raise self._error
 
 
 def _entry(host: DhcpHost) -> DhcpEntry:
@@ -270,10 +220,6 @@ STEPS: tuple[Step, ...] = (
 
 
 # -- running the steps -------------------------------------------------------
-class Interrupted(Exception):
-    """Raised by a checkpoint between steps: stop here, undo nothing."""
-
-
 UNAVAILABLE_RETRIES = (1.0, 2.0, 4.0)
 
 
@@ -287,7 +233,7 @@ def build(
 ) -> dict[str, float]:
     """Run every step for the VPS; roll back and raise :class:`StepFailed` on failure.
 
-    ``checkpoint`` runs before each step and may raise :class:`Interrupted`;
+    ``checkpoint`` runs before each step and may raise :class:`~kvmvps.services.steps.Interrupted`;
     ``deadline`` (``time.monotonic()``) is the job's time limit. Every step is
     idempotent, so a build interrupted anywhere can simply be run again.
     """
@@ -384,21 +330,7 @@ def _set_state(ctx: Context, vps_id: int, state: str, error: str | None = None) 
             vps.state, vps.error = state, error
 
 
-# -- creating and deleting ---------------------------------------------------
-def create(
-    ctx: Context, req: OrderRequest, progress: Progress | None = None, actor: str = ""
-) -> Order:
-    """Record the order and wait until it is built (here, if no worker is alive)."""
-    from kvmvps.services.runner import JobFailed, run_or_follow
-
-    order = record_order(ctx, req, actor)
-    try:
-        run_or_follow(ctx, order.job, progress)
-    except JobFailed as exc:
-        raise StepFailed(str(exc)) from None
-    return order
-
-
+# -- deleting and reinstalling ----------------------------------------------
 def delete(ctx: Context, uuid: str) -> None:
     """The full reverse of create: domain, DHCP entry, volumes, leases, row.
 

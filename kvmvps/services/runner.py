@@ -18,7 +18,7 @@ from kvmvps.models import Job
 from kvmvps.services import Context, credentials, jobs, provisioning
 from kvmvps.services import vps as vps_service
 from kvmvps.services.jobs import Claimed
-from kvmvps.services.provisioning import Interrupted
+from kvmvps.services.steps import Interrupted
 
 log = logging.getLogger(__name__)
 

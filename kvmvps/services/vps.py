@@ -11,7 +11,7 @@ from sqlalchemy import Select, or_, select
 from sqlalchemy.orm import Session, selectinload
 
 from kvmvps.errors import Conflict, HypervisorNotFound, InvalidInput, NotFound
-from kvmvps.models import Host, User, Vps, VpsState
+from kvmvps.models import Host, Job, JobState, User, Vps, VpsState
 from kvmvps.services import Context
 
 # libvirt's words for a domain's state -> our VPS state
@@ -172,8 +172,6 @@ def sync_state(ctx: Context, ref: str) -> dict[str, Any]:
 
 def sync_domain(ctx: Context, host_uri: str, domain: str) -> str | None:
     """After a libvirt event: refresh that domain's VPS unless a job is moving it."""
-    from kvmvps.models import Job, JobState
-
     with ctx.db.session() as s:
         vps = s.scalar(
             select(Vps)
