@@ -24,6 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from kvmvps import bridgeports, firewall
+from kvmvps.db import rowcount
 from kvmvps.errors import (
     CapacityError,
     Conflict,
@@ -97,8 +98,10 @@ def _allocate(
             .values(**values)
             .execution_options(synchronize_session=False)
         )
-        if claimed.rowcount == 1:
-            return session.get(Forward, row_id, populate_existing=True)
+        if rowcount(claimed) == 1:
+            taken = session.get(Forward, row_id, populate_existing=True)
+            if taken is not None:
+                return taken
     raise Conflict(
         f"public {protocol} ports of host {host.name!r} are being taken by other "
         "orders right now; try again"
@@ -281,7 +284,7 @@ def _port_forwards(session: Session, host: Host) -> list[firewall.PortForward]:
             tag=f"kvmvps:{v.uuid}",
         )
         for f, v, n in rows
-        if f.public_address
+        if f.public_address and v.ip is not None and f.guest_port is not None
     ]
 
 

@@ -16,11 +16,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, overload
 
 from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
+from kvmvps.db import rowcount
 from kvmvps.errors import NotFound
 from kvmvps.models import Host, Job, JobState, Worker
 from kvmvps.services import Context
@@ -43,6 +44,10 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+@overload
+def _aware(moment: datetime) -> datetime: ...
+@overload
+def _aware(moment: datetime | None) -> datetime | None: ...
 def _aware(moment: datetime | None) -> datetime | None:
     """SQLite hands back naive datetimes; they were stored as UTC."""
     if moment is not None and moment.tzinfo is None:
@@ -127,7 +132,7 @@ def _build_slot_free(session: Session, job: Job, build_limit: int) -> bool:
         .select_from(Job)
         .where(Job.host_id == job.host_id, Job.state == JobState.RUNNING, Job.kind.in_(BUILD_KINDS))
     )
-    return running < build_limit
+    return (running or 0) < build_limit
 
 
 def claim(ctx: Context, worker: str, only_id: int | None = None) -> Claimed | None:
@@ -146,7 +151,7 @@ def claim(ctx: Context, worker: str, only_id: int | None = None) -> Claimed | No
             vps_uuid=job.vps_uuid,
             params=json.loads(job.params or "{}"),
             attempts=job.attempts,
-            started_at=_aware(job.started_at),
+            started_at=_aware(job.started_at or now()),
         )
 
 
@@ -163,7 +168,7 @@ def renew_lease(ctx: Context, job_id: int, worker: str) -> bool:
             )
             .values(lease_expires_at=expires)
         )
-        return result.rowcount == 1
+        return rowcount(result) == 1
 
 
 def set_step(ctx: Context, job_id: int, step: str, progress: int) -> None:
@@ -216,7 +221,7 @@ def expired(ctx: Context) -> list[Claimed]:
                 vps_uuid=j.vps_uuid,
                 params=json.loads(j.params or "{}"),
                 attempts=j.attempts,
-                started_at=_aware(j.started_at),
+                started_at=_aware(j.started_at or now()),
             )
             for j in rows
         ]
@@ -234,7 +239,7 @@ def requeue_expired(ctx: Context, job_id: int) -> bool:
             )
             .values(state=JobState.QUEUED, worker=None, lease_expires_at=None)
         )
-        return result.rowcount == 1
+        return rowcount(result) == 1
 
 
 def take_over_expired(ctx: Context, job_id: int, worker: str) -> bool:
@@ -250,7 +255,7 @@ def take_over_expired(ctx: Context, job_id: int, worker: str) -> bool:
             )
             .values(worker=worker, lease_expires_at=lease)
         )
-        return result.rowcount == 1
+        return rowcount(result) == 1
 
 
 # -- reading -----------------------------------------------------------------

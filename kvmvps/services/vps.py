@@ -53,7 +53,7 @@ VIEW_KEYS = (
 )
 
 
-def _query() -> Select[tuple[Vps]]:
+def _query() -> Select[Vps]:
     return select(Vps).options(
         selectinload(Vps.plan),
         selectinload(Vps.image),
