@@ -36,7 +36,7 @@ def schema_dir() -> Path:
 
 @cache
 def _environment() -> jinja2.Environment:
-    paths = [str(Path(m.__file__).parent) for m in (domain_templates, network_xml)]
+    paths = [m.__path__[0] for m in (domain_templates, network_xml)]
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(paths),
         autoescape=True,

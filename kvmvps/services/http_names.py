@@ -136,7 +136,7 @@ def desired(ctx: Context, session: Session) -> str | None:
     guests: dict[str, tuple[str, str]] = {}
     for name, vps, host in rows:
         address = host_edge.public_address(ctx, host)
-        if host_edge.is_local(host.uri) and address:
+        if host_edge.is_local(host.uri) and address and vps.ip:
             backend = "vps_" + vps.uuid.replace("-", "")[:16]
             names.setdefault(backend, []).append(name)
             guests[backend] = (vps.ip, address)
