@@ -13,7 +13,7 @@ import statistics
 import time
 from pathlib import Path
 
-from kvmvps.services import Context, provisioning
+from kvmvps.services import Context, orders, provisioning
 from kvmvps.services import vps as vps_service
 
 PID_DIR = Path("/run/libvirt/qemu")
@@ -74,9 +74,7 @@ def idle_guests(
     uuids: list[str] = []
     try:
         for i in range(count):
-            order = provisioning.create(
-                ctx, provisioning.OrderRequest(plan, image, f"idle-{image}-{i}")
-            )
+            order = orders.create(ctx, provisioning.OrderRequest(plan, image, f"idle-{image}-{i}"))
             uuids.append(order.uuid)
         time.sleep(settle)
         domains = [vps_service.show(ctx, u)["domain"] for u in uuids]

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, CursorResult, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import ConnectionPoolEntry
 
 from kvmvps.config import Settings
 
 
-def _sqlite_pragmas(dbapi_conn, _record) -> None:
+def _sqlite_pragmas(dbapi_conn: sqlite3.Connection, _record: ConnectionPoolEntry) -> None:
     dbapi_conn.isolation_level = None  # we issue BEGIN ourselves, see _sqlite_begin
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA foreign_keys=ON")
@@ -23,12 +27,12 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.close()
 
 
-def _sqlite_begin(conn) -> None:
+def _sqlite_begin(conn: Connection) -> None:
     """Take the write lock up front, so concurrent writers queue instead of deadlocking."""
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def _sqlite_read_pragmas(dbapi_conn, _record) -> None:
+def _sqlite_read_pragmas(dbapi_conn: sqlite3.Connection, _record: ConnectionPoolEntry) -> None:
     dbapi_conn.isolation_level = None
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA query_only=ON")
@@ -94,6 +98,17 @@ class Database:
         self._read_engine.dispose()
 
 
+def rowcount(result: object) -> int:
+    """How many rows an UPDATE or DELETE run with ``Session.execute`` touched.
+
+    ``Session.execute`` is typed to return a plain ``Result``; for DML it is a
+    ``CursorResult``, which alone knows its row count.
+    """
+    if not isinstance(result, CursorResult):
+        raise TypeError(f"a {type(result).__name__} has no row count")
+    return result.rowcount
+
+
 def alembic_config(url: str) -> Config:
     """An Alembic config pointing at the packaged migrations."""
     cfg = Config()
@@ -104,9 +119,6 @@ def alembic_config(url: str) -> Config:
 
 def schema_is_current(db: Database) -> bool:
     """True when the database exists and carries the newest migration."""
-    from alembic.runtime.migration import MigrationContext
-    from alembic.script import ScriptDirectory
-
     if db.url.startswith("sqlite:///") and not Path(db.url.removeprefix("sqlite:///")).exists():
         return False
     script = ScriptDirectory.from_config(alembic_config(db.url))

@@ -409,7 +409,7 @@ class Hypervisor:
         root = etree.fromstring(self.domain_xml(name).encode())
         for element in root.iterfind("metadata/*"):
             if etree.QName(element).namespace == xmlns:
-                return dict(element.attrib)
+                return {str(k): str(v) for k, v in element.attrib.items()}
         return None
 
     def domain_xml(self, name: str) -> str:

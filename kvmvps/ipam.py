@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import secrets
 from collections.abc import Iterator
+from collections.abc import Set as AbstractSet
 from datetime import UTC, datetime
 
 from sqlalchemy import select
@@ -71,7 +72,7 @@ def random_mac(session: Session) -> str:
 
 
 def allocate(
-    session: Session, vps: Vps, network: Network, exclude: set[str] = frozenset()
+    session: Session, vps: Vps, network: Network, exclude: AbstractSet[str] = frozenset()
 ) -> IpLease:
     """Lease an address and a fresh MAC to ``vps`` (flushed, not committed).
 

@@ -153,7 +153,7 @@ def address_range(
     net: ipaddress.IPv4Network, start: str | None, end: str | None
 ) -> tuple[str | None, str | None]:
     """An optional pool range inside ``net``, start not after end."""
-    parsed = []
+    parsed: list[ipaddress.IPv4Address | None] = []
     for label, value in (("pool start", start), ("pool end", end)):
         if value is None:
             parsed.append(None)

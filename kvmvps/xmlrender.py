@@ -15,6 +15,8 @@ from typing import Any
 import jinja2
 from lxml import etree
 
+import domain_templates
+import network_xml
 from kvmvps.errors import XmlValidationError
 from kvmvps.xmlspec import (
     BridgeNetworkSpec,
@@ -34,10 +36,7 @@ def schema_dir() -> Path:
 
 @cache
 def _environment() -> jinja2.Environment:
-    import domain_templates
-    import network_xml
-
-    paths = [str(Path(m.__file__).parent) for m in (domain_templates, network_xml)]
+    paths = [m.__path__[0] for m in (domain_templates, network_xml)]
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(paths),
         autoescape=True,

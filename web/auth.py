@@ -20,7 +20,7 @@ from kvmvps.errors import Conflict, InvalidInput
 from kvmvps.services import audit, users
 from web.common import WebUser, actor_of, safe_next, services
 from web.extensions import limiter
-from web.forms import ActionForm, LoginForm, SignupForm
+from web.forms import ActionForm, LoginForm, SignupForm, add_error
 
 bp = Blueprint("auth", __name__)
 
@@ -44,12 +44,12 @@ def signup() -> ResponseReturnValue:
     form = SignupForm()
     if form.validate_on_submit():
         try:
-            user = users.add_user(services(), form.email.data, form.password.data)
+            user = users.add_user(services(), form.email.data or "", form.password.data or "")
         except Conflict:
-            form.email.errors.append("an account with this e-mail already exists; log in instead")
+            add_error(form.email, "an account with this e-mail already exists; log in instead")
         except InvalidInput as exc:
             target = form.email if "e-mail" in str(exc) else form.password
-            target.errors.append(str(exc))
+            add_error(target, str(exc))
         else:
             audit.record(services(), actor_of(user.email), "user.signup", user.email, audit.OK)
             _start_session(WebUser.of(user))
@@ -72,7 +72,7 @@ def login() -> ResponseReturnValue:
     form = LoginForm()
     status = 200
     if form.validate_on_submit():
-        user = users.authenticate(services(), form.email.data, form.password.data)
+        user = users.authenticate(services(), form.email.data or "", form.password.data or "")
         if user is not None:
             _start_session(WebUser.of(user))
             return redirect(safe_next(request.args.get("next")) or url_for("dashboard.servers"))
@@ -80,11 +80,11 @@ def login() -> ResponseReturnValue:
             services(),
             "web:" + get_remote_address(),
             "user.login",
-            form.email.data.strip().lower()[:254],
+            (form.email.data or "").strip().lower()[:254],
             audit.FAILED,
             "wrong e-mail or password, or the account is disabled",
         )
-        form.password.errors.append("wrong e-mail or password")
+        add_error(form.password, "wrong e-mail or password")
         status = 401
     elif request.method == "POST":
         status = 400

@@ -47,7 +47,7 @@ class WebUser(UserMixin):
         )
 
     @property
-    def is_active(self) -> bool:  # type: ignore[override]
+    def is_active(self) -> bool:
         return self.active
 
     @property
@@ -110,7 +110,9 @@ def keep_password(vps_uuid: str, password: str | None) -> None:
 
 def password_waiting(vps_uuid: str) -> bool:
     entry = (session.get(REVEAL_KEY) or {}).get(vps_uuid)
-    return bool(entry) and time.time() - entry["at"] < REVEAL_TTL
+    if not entry:
+        return False
+    return time.time() - entry["at"] < REVEAL_TTL
 
 
 def take_password(vps_uuid: str) -> str | None:

@@ -9,7 +9,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, abort, flash, jsonify, redirect, render_template, request, url_for
+from flask import (
+    Blueprint,
+    abort,
+    flash,
+    jsonify,
+    make_response,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 from flask.typing import ResponseReturnValue
 from flask_login import current_user
 
@@ -27,7 +37,7 @@ from web.common import (
     take_password,
 )
 from web.extensions import login_manager
-from web.forms import ActionForm, ConfirmForm, OrderForm, attach
+from web.forms import ActionForm, ConfirmForm, OrderForm, add_error, attach
 
 bp = Blueprint("dashboard", __name__)
 
@@ -150,11 +160,11 @@ def _record(form: OrderForm) -> ResponseReturnValue:
     req = provisioning.OrderRequest(
         plan=form.plan.data,
         image=form.image.data,
-        hostname=form.hostname.data,
+        hostname=form.hostname.data or "",
         owner_email=current_user.email,
         ssh_keys=tuple((form.ssh_keys.data or "").splitlines()),
     )
-    with audited(current_user.actor, "vps.create", form.hostname.data.strip().lower()):
+    with audited(current_user.actor, "vps.create", (form.hostname.data or "").strip().lower()):
         placed = web_support.place_order(services(), req, current_user.actor)
     keep_password(placed.uuid, placed.password)
     return redirect(url_for("dashboard.job", job=placed.job))
@@ -222,9 +232,9 @@ def _confirm(vps: dict[str, Any], action: str) -> ResponseReturnValue:
     if request.method == "GET":
         form.image.data = vps["image"]
     elif form.validate_on_submit():
-        if form.hostname.data.strip().lower() == vps["hostname"]:
+        if (form.hostname.data or "").strip().lower() == vps["hostname"]:
             return _request(vps, action, form.image.data if action == "reinstall" else None)
-        form.hostname.errors.append(f"type {vps['hostname']} to confirm")
+        add_error(form.hostname, f"type {vps['hostname']} to confirm")
     status = 400 if request.method == "POST" else 200
     return render_template(
         "dash/confirm.html",
@@ -251,7 +261,7 @@ def _request(vps: dict[str, Any], action: str, image: str | None) -> ResponseRet
             )
     except Conflict as exc:  # e.g. an action already pending: the page again, with why
         flash(str(exc), "error")
-        return server(vps["id"]), 409
+        return make_response(server(vps["id"]), 409)
     except KvmvpsError as exc:
         flash(str(exc), "error")
         return redirect(url_for("dashboard.server", id=vps["id"]))

@@ -28,7 +28,7 @@ def page_error(message: str, status: int, title: str) -> tuple[str, int]:
     return render_template("error.html", message=message, status=status, title=title), status
 
 
-def _http(exc: HTTPException) -> tuple[Response | str, int] | Response:
+def _http(exc: HTTPException) -> tuple[Response | str, int]:
     status = exc.code or 500
     message = exc.description or exc.name
     if wants_json():
@@ -57,7 +57,7 @@ def _unexpected(exc: Exception) -> tuple[Response | str, int]:
     message = "internal error; the operators have been told"
     if wants_json():
         return json_error(message, 500)
-    return page_error(message, 500, InternalServerError.name)
+    return page_error(message, 500, InternalServerError().name)
 
 
 def register(app: Flask) -> None:

@@ -8,7 +8,7 @@ attached to the fields by the views.
 from __future__ import annotations
 
 from flask_wtf import FlaskForm
-from wtforms import PasswordField, RadioField, StringField, TextAreaField
+from wtforms import Field, PasswordField, RadioField, StringField, TextAreaField
 from wtforms.validators import DataRequired, EqualTo, Length, Optional
 
 from kvmvps.errors import KvmvpsError
@@ -71,6 +71,11 @@ class ActionForm(FlaskForm):
 
 class TokenForm(FlaskForm):
     name = StringField("Token name", validators=[Optional(), Length(max=64)])
+
+
+def add_error(field: Field, message: str) -> None:
+    """Show ``message`` under ``field``, after the errors it has."""
+    field.errors = [*field.errors, message]
 
 
 def attach(form: FlaskForm, errors: dict[str, KvmvpsError]) -> None:

@@ -41,7 +41,7 @@ def run_gunicorn(host: str, port: int, workers: int, threads: int) -> None:
         "proc_name": "kvmvps-web",
     }
 
-    class App(BaseApplication):  # type: ignore[misc]
+    class App(BaseApplication):
         def load_config(self) -> None:
             for key, value in options.items():
                 self.cfg.set(key, value)

@@ -13,7 +13,8 @@ from kvmvps.cli.output import emit_json, record, table
 from kvmvps.services import Context, actions, expiry, jobs, provisioning
 from kvmvps.services import vps as vps_service
 from kvmvps.services.audit import os_actor
-from kvmvps.services.runner import Progress, run_or_follow
+from kvmvps.services.runner import run_or_follow
+from kvmvps.services.steps import Progress
 
 LIST_COLUMNS = ("id", "hostname", "state", "ip", "plan", "image", "host", "owner")
 SHOW_KEYS = vps_service.VIEW_KEYS
@@ -40,7 +41,7 @@ def _follow(ctx: Context, job: str, progress: Progress | None = None) -> None:
     run_or_follow(ctx, job, progress, notice=lambda line: click.echo(f"note: {line}", err=True))
 
 
-def _progress(quiet: bool):
+def _progress(quiet: bool) -> Progress | None:
     if quiet or not sys.stderr.isatty():
         return None
 
@@ -197,7 +198,7 @@ def vps_delete(obj: Obj, ref: str | None, yes: bool, all_expired: bool) -> None:
     """Delete a VPS: its domain, disk, address and DHCP entry."""
     if all_expired == bool(ref):
         raise click.UsageError("name one VPS, or give --all-expired")
-    if all_expired:
+    if not ref:
         for job in expiry.delete_expired(obj.ctx, actor=os_actor()):
             _follow(obj.ctx, job)
             click.echo(f"deleted expired VPS ({jobs.get_job(obj.ctx, job)['vps']})")

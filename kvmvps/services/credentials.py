@@ -10,18 +10,15 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from kvmvps import cloudinit, guest, keys, xmlrender
-from kvmvps.errors import Conflict, GuestError, HostKeyMismatch
+from kvmvps.errors import Conflict, GuestError, HostKeyMismatch, NotFound
 from kvmvps.interrupt import Interrupted
 from kvmvps.models import Vps, VpsState
 from kvmvps.services import Context
+from kvmvps.services.steps import Build
 from kvmvps.services.vps import resolve
 from kvmvps.xmlspec import RawVolumeSpec
-
-if TYPE_CHECKING:
-    from kvmvps.services.provisioning import Build
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +34,8 @@ def unseal(ctx: Context, token: str) -> str:
 def _pin(ctx: Context, vps_id: int, host_key: str | None) -> None:
     with ctx.db.session() as s:
         vps = s.get(Vps, vps_id)
+        if vps is None:
+            return  # deleted meanwhile: nothing to pin the key to
         vps.host_key = host_key
         vps.host_key_fingerprint = guest.fingerprint(host_key) if host_key else None
 
@@ -91,6 +90,8 @@ def push(b: Build) -> None:
         return
     with b.ctx.db.session() as s:
         vps = s.get(Vps, f.vps_id)
+        if vps is None:
+            raise NotFound(f"VPS {f.uuid} no longer exists")
         token, ssh_keys = vps.pending_password, vps.ssh_keys.splitlines()
     if token is None:
         if b.host_key:
@@ -148,4 +149,5 @@ def apply_password_reset(ctx: Context, uuid: str) -> None:
 def _record_error(ctx: Context, vps_id: int, message: str) -> None:
     with ctx.db.session() as s:
         vps = s.get(Vps, vps_id)
-        vps.state, vps.error = VpsState.ERROR, message
+        if vps is not None:
+            vps.state, vps.error = VpsState.ERROR, message

@@ -9,7 +9,8 @@ protocol (a unique constraint), is never handed out while held, and when it
 is released, the one released longest ago is reused first.
 
 The iptables rules are written from the database by :func:`apply`, on the
-local libvirt host only (iptables lives there).
+local libvirt host only (iptables lives there); where that is, and the
+host's public address, :mod:`~kvmvps.services.host_edge` says.
 """
 
 from __future__ import annotations
@@ -17,13 +18,13 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from kvmvps import bridgeports, firewall
+from kvmvps.db import rowcount
 from kvmvps.errors import (
     CapacityError,
     Conflict,
@@ -32,43 +33,20 @@ from kvmvps.errors import (
     NotFound,
 )
 from kvmvps.models import Forward, Host, HttpName, Network, Vps, VpsState
-from kvmvps.services import Context
+from kvmvps.services import Context, host_edge, http_names
 from kvmvps.services.vps import resolve
 
 log = logging.getLogger(__name__)
 
 PROTOCOLS = ("tcp", "udp")
 SSH, EXTRA = "ssh", "extra"
-LOCAL_SCHEMES = ("qemu", "qemu+unix")
 ALLOCATION_ATTEMPTS = 5
 
 
 # -- where forwards apply -----------------------------------------------------
-def public_address(ctx: Context, host: Host) -> str:
-    """The host's public IPv4: its own, else KVMVPS_PUBLIC_ADDRESS; "" for none."""
-    return host.public_address or ctx.settings.public_address
-
-
-def is_local(uri: str) -> bool:
-    """True for a libvirt URI of this machine (qemu:///system), where iptables runs."""
-    parts = urlsplit(uri)
-    return parts.scheme in LOCAL_SCHEMES and not parts.netloc
-
-
-def serves_forwards(uri: str) -> bool:
-    """True for hosts whose forwards kvmvps can serve: the local libvirt host.
-
-    libvirt's test driver counts too (its "host" is this process; there are no
-    rules to write). Remote hosts (qemu+ssh://) get no forwards yet: their
-    iptables is on another machine.
-    """
-    parts = urlsplit(uri)
-    return is_local(uri) or (parts.scheme == "test" and not parts.netloc)
-
-
 def iptables_for(host: Host) -> firewall.Iptables | None:
     """How to run iptables for ``host``; None where kvmvps cannot (a remote host)."""
-    return firewall.Iptables() if is_local(host.uri) else None
+    return firewall.Iptables() if host_edge.is_local(host.uri) else None
 
 
 # -- allocation ---------------------------------------------------------------
@@ -76,8 +54,8 @@ def allocate_ssh(
     ctx: Context, session: Session, vps: Vps, host: Host, network: Network
 ) -> Forward | None:
     """The SSH forward of a new NAT VPS (flushed, not committed); None without forwarding."""
-    address = public_address(ctx, host)
-    if network.kind != "nat" or not address or not serves_forwards(host.uri):
+    address = host_edge.public_address(ctx, host)
+    if network.kind != "nat" or not address or not host_edge.serves_forwards(host.uri):
         return None
     return _allocate(ctx, session, vps, host, address, "tcp", 22, SSH)
 
@@ -120,8 +98,10 @@ def _allocate(
             .values(**values)
             .execution_options(synchronize_session=False)
         )
-        if claimed.rowcount == 1:
-            return session.get(Forward, row_id, populate_existing=True)
+        if rowcount(claimed) == 1:
+            taken = session.get(Forward, row_id, populate_existing=True)
+            if taken is not None:
+                return taken
     raise Conflict(
         f"public {protocol} ports of host {host.name!r} are being taken by other "
         "orders right now; try again"
@@ -231,13 +211,13 @@ def _forwardable(ctx: Context, vps: Vps) -> str:
         )
     if vps.state in (VpsState.DELETING, VpsState.ERROR) or not vps.ip:
         raise Conflict(f"cannot forward ports to {vps.hostname}: it is {vps.state}")
-    address = public_address(ctx, vps.host)
+    address = host_edge.public_address(ctx, vps.host)
     if not address:
         raise Conflict(
             f"port forwarding is not configured on host {vps.host.name!r} "
             "(set KVMVPS_PUBLIC_ADDRESS or the host's public address)"
         )
-    if not serves_forwards(vps.host.uri):
+    if not host_edge.serves_forwards(vps.host.uri):
         raise Conflict(
             f"{vps.hostname} is on remote host {vps.host.name!r}; port forwards "
             "work on the local libvirt host only"
@@ -304,13 +284,13 @@ def _port_forwards(session: Session, host: Host) -> list[firewall.PortForward]:
             tag=f"kvmvps:{v.uuid}",
         )
         for f, v, n in rows
-        if f.public_address
+        if f.public_address and v.ip is not None and f.guest_port is not None
     ]
 
 
 def _rehome(ctx: Context, session: Session, host: Host) -> None:
     """Move held forwards to the host's current public address, if it has changed."""
-    address = public_address(ctx, host)
+    address = host_edge.public_address(ctx, host)
     if not address:
         return
     for row in session.scalars(
@@ -332,7 +312,7 @@ def _apply_in(ctx: Context, session: Session, host: Host) -> bool:
     if ipt is None:
         return False
     forwards = _port_forwards(session, host)
-    if not forwards and not public_address(ctx, host):
+    if not forwards and not host_edge.public_address(ctx, host):
         return False  # forwarding is not used here: leave iptables alone
     prefix = ctx.settings.chain_prefix
     return firewall.apply(ipt, prefix, firewall.desired(prefix, forwards))
@@ -358,8 +338,6 @@ def apply_for_vps(ctx: Context, vps_id: int) -> bool:
 
 def apply_quietly(ctx: Context, host_id: int) -> None:
     """:func:`apply` and the proxy after a release; failures are logged, reconcile retries."""
-    from kvmvps.services import http_names
-
     try:
         apply(ctx, host_id)
         http_names.apply_proxy(ctx)
@@ -372,9 +350,7 @@ def sync(ctx: Context, host: Host) -> list[dict[str, str]]:
 
     Returns what it had to put right (nothing when all was in order).
     """
-    from kvmvps.services import http_names
-
-    if not is_local(host.uri):
+    if not host_edge.is_local(host.uri):
         with ctx.db.session() as s:
             held = s.scalar(
                 select(Forward.id)

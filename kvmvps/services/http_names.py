@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from kvmvps import proxy, validation
 from kvmvps.errors import Conflict, InvalidInput, NotFound
 from kvmvps.models import Host, HttpName, Network, Vps
-from kvmvps.services import Context, forwards
+from kvmvps.services import Context, host_edge
 from kvmvps.services.vps import resolve
 
 log = logging.getLogger(__name__)
@@ -86,11 +86,11 @@ def _routable(ctx: Context, vps: Vps) -> None:
         raise Conflict(
             f"{vps.hostname} is not a NAT VPS with an address; names are routed to NAT VPSes only"
         )
-    if not forwards.is_local(vps.host.uri):
+    if not host_edge.is_local(vps.host.uri):
         raise Conflict(
             f"{vps.hostname} is on host {vps.host.name!r}; the proxy runs on the local host only"
         )
-    if not forwards.public_address(ctx, vps.host):
+    if not host_edge.public_address(ctx, vps.host):
         raise Conflict("HTTP names need a public address (set KVMVPS_PUBLIC_ADDRESS)")
 
 
@@ -135,8 +135,8 @@ def desired(ctx: Context, session: Session) -> str | None:
     names: dict[str, list[str]] = {}
     guests: dict[str, tuple[str, str]] = {}
     for name, vps, host in rows:
-        address = forwards.public_address(ctx, host)
-        if forwards.is_local(host.uri) and address:
+        address = host_edge.public_address(ctx, host)
+        if host_edge.is_local(host.uri) and address and vps.ip:
             backend = "vps_" + vps.uuid.replace("-", "")[:16]
             names.setdefault(backend, []).append(name)
             guests[backend] = (vps.ip, address)

@@ -7,6 +7,8 @@ from collections.abc import Callable
 from kvmvps import keys, validation
 from kvmvps.errors import Conflict
 from kvmvps.images import BuiltImage
+from kvmvps.images.debian import build_debian_image
+from kvmvps.images.tiny import build_tiny_image
 from kvmvps.models import Image
 from kvmvps.services import Context, inventory
 
@@ -37,13 +39,9 @@ def _build(
 
 def build_tiny(ctx: Context, name: str, progress: Callable[[str], None] | None = None) -> Image:
     """Build the tiny busybox+dropbear image and register it as ``name``."""
-    from kvmvps.images.tiny import build_tiny_image
-
     return _build(ctx, name, build_tiny_image, progress)
 
 
 def build_debian(ctx: Context, name: str, progress: Callable[[str], None] | None = None) -> Image:
     """Build the Debian 12 cloud-init image and register it as ``name``."""
-    from kvmvps.images.debian import build_debian_image
-
     return _build(ctx, name, build_debian_image, progress)

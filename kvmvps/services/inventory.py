@@ -7,17 +7,18 @@ from pathlib import Path
 from typing import TypeVar
 
 from sqlalchemy import delete, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from kvmvps import ipam, validation, xmlrender
 from kvmvps.errors import Conflict, InvalidInput, NotFound
 from kvmvps.images import BuiltImage
-from kvmvps.models import Base, Host, Image, IpLease, Network, Plan, User, Vps
+from kvmvps.models import Host, Image, IpLease, Network, Plan, User, Vps
 from kvmvps.services import Context
 from kvmvps.storage import check_base_image
 from kvmvps.xmlspec import BridgeNetworkSpec, DhcpHost, nat_network_spec
 
-M = TypeVar("M", bound=Base)
+# The models that have a unique ``name``.
+M = TypeVar("M", bound=Plan | Image | Network | Host)
 
 MAX_VCPUS = 64
 MAX_MEMORY_MIB = 1 << 20
@@ -27,18 +28,20 @@ MAX_EXTRA_FORWARDS = 100
 
 def get_by_name(session: Session, model: type[M], name: str, what: str) -> M:
     """The row of ``model`` named ``name``, or :class:`NotFound`."""
-    row = session.scalar(select(model).where(model.name == name))  # type: ignore[attr-defined]
+    row = session.scalar(select(model).where(model.name == name))
     if row is None:
         raise NotFound(f"no {what} named {name!r}")
     return row
 
 
-def _refuse_duplicate(session: Session, model: type[Base], name: str, what: str) -> None:
-    if session.scalar(select(model).where(model.name == name)) is not None:  # type: ignore[attr-defined]
+def _refuse_duplicate(session: Session, model: type[M], name: str, what: str) -> None:
+    if session.scalar(select(model).where(model.name == name)) is not None:
         raise Conflict(f"a {what} named {name!r} already exists")
 
 
-def _refuse_in_use(session: Session, column: object, row_id: int, what: str) -> None:
+def _refuse_in_use(
+    session: Session, column: InstrumentedAttribute[int], row_id: int, what: str
+) -> None:
     count = session.scalar(select(func.count()).select_from(Vps).where(column == row_id))
     if count:
         raise Conflict(f"{what} is used by {count} VPS(es); delete or move them first")
@@ -193,7 +196,7 @@ def network_xml(session: Session, network: Network) -> str:
         .join(Vps, Vps.id == IpLease.vps_id)
         .where(IpLease.network_id == network.id)
     )
-    hosts = tuple(DhcpHost(mac=m, ip=ip, name=n) for m, ip, n in rows)
+    hosts = tuple(DhcpHost(mac=m, ip=ip, name=n) for m, ip, n in rows if m is not None)
     spec = nat_network_spec(
         network.libvirt_name, network.bridge_name, network.subnet, network.gateway, hosts
     )

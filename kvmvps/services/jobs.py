@@ -16,11 +16,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, overload
 
 from sqlalchemy import Select, and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
+from kvmvps.db import rowcount
 from kvmvps.errors import NotFound
 from kvmvps.models import Host, Job, JobState, Worker
 from kvmvps.services import Context
@@ -43,6 +44,10 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+@overload
+def aware(moment: datetime) -> datetime: ...
+@overload
+def aware(moment: datetime | None) -> datetime | None: ...
 def aware(moment: datetime | None) -> datetime | None:
     """SQLite hands back naive datetimes; they were stored as UTC."""
     if moment is not None and moment.tzinfo is None:
@@ -119,7 +124,7 @@ def _claimable(
         after = batch[-1].id
 
 
-def _candidates(build_limit: int, after: int) -> Select[tuple[Job]]:
+def _candidates(build_limit: int, after: int) -> Select[Job]:
     """Queued jobs after id ``after`` whose VPS is free and whose host can take a build."""
     other = aliased(Job)
     busy_vps = exists().where(
@@ -162,7 +167,7 @@ def _build_slot_free(session: Session, job: Job, build_limit: int) -> bool:
         .select_from(Job)
         .where(Job.host_id == job.host_id, Job.state == JobState.RUNNING, Job.kind.in_(BUILD_KINDS))
     )
-    return running < build_limit
+    return (running or 0) < build_limit
 
 
 def claim(ctx: Context, worker: str, only_id: int | None = None) -> Claimed | None:
@@ -181,7 +186,7 @@ def claim(ctx: Context, worker: str, only_id: int | None = None) -> Claimed | No
             vps_uuid=job.vps_uuid,
             params=json.loads(job.params or "{}"),
             attempts=job.attempts,
-            started_at=aware(job.started_at),
+            started_at=aware(job.started_at or now()),
         )
 
 
@@ -198,7 +203,7 @@ def renew_lease(ctx: Context, job_id: int, worker: str) -> bool:
             )
             .values(lease_expires_at=expires)
         )
-        return result.rowcount == 1
+        return rowcount(result) == 1
 
 
 def set_step(ctx: Context, job_id: int, step: str, progress: int) -> None:
@@ -251,7 +256,7 @@ def expired(ctx: Context) -> list[Claimed]:
                 vps_uuid=j.vps_uuid,
                 params=json.loads(j.params or "{}"),
                 attempts=j.attempts,
-                started_at=aware(j.started_at),
+                started_at=aware(j.started_at or now()),
             )
             for j in rows
         ]
@@ -269,7 +274,7 @@ def requeue_expired(ctx: Context, job_id: int) -> bool:
             )
             .values(state=JobState.QUEUED, worker=None, lease_expires_at=None)
         )
-        return result.rowcount == 1
+        return rowcount(result) == 1
 
 
 def take_over_expired(ctx: Context, job_id: int, worker: str) -> bool:
@@ -285,7 +290,7 @@ def take_over_expired(ctx: Context, job_id: int, worker: str) -> bool:
             )
             .values(worker=worker, lease_expires_at=lease)
         )
-        return result.rowcount == 1
+        return rowcount(result) == 1
 
 
 # -- reading -----------------------------------------------------------------

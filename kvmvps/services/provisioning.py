@@ -9,10 +9,9 @@ one) in reverse before the allocation is released.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import NoReturn
@@ -29,18 +28,17 @@ from kvmvps.errors import (
     NotFound,
     StepFailed,
 )
-from kvmvps.hypervisor import DhcpEntry, Hypervisor
+from kvmvps.hypervisor import DhcpEntry
 from kvmvps.interrupt import Interrupted
 from kvmvps.models import Image, Network, Plan, Vps, VpsState
 from kvmvps.services import Context, credentials, forwards, inventory, jobs, setup
 from kvmvps.services.facts import VpsFacts, domain_name_for, domain_spec, load_facts, overlay_spec
 from kvmvps.services.placement import choose_host
+from kvmvps.services.steps import Background, Build, Progress, Step
 from kvmvps.storage import check_base_image, overlay_capacity
 from kvmvps.xmlspec import DhcpHost
 
 log = logging.getLogger(__name__)
-
-Progress = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)
@@ -66,31 +64,6 @@ class Order:
     uuid: str
     password: str | None
     job: str
-
-
-@dataclass
-class Build:
-    """The state of one build while its steps run."""
-
-    ctx: Context
-    facts: VpsFacts
-    xml: str = ""
-    host_key: str | None = None
-    deadline: float = 0.0
-    job_deadline: float | None = None
-    dhcp: _Background | None = None
-    timings: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def hv(self) -> Hypervisor:
-        return self.ctx.hypervisor(self.facts.host_uri)
-
-
-@dataclass(frozen=True)
-class Step:
-    name: str
-    do: Callable[[Build], None]
-    undo: Callable[[Build], None]
 
 
 # -- recording an order ------------------------------------------------------
@@ -179,7 +152,7 @@ def _add_dhcp(b: Build) -> None:
     host = b.facts.dhcp_host
     if host is not None:
         xml = xmlrender.dhcp_host_xml(host)
-        b.dhcp = _Background(b.hv.add_dhcp_host, b.facts.network_libvirt, _entry(host), xml)
+        b.dhcp = Background(b.hv.add_dhcp_host, b.facts.network_libvirt, _entry(host), xml)
 
 
 def _dhcp_ready(b: Build) -> None:
@@ -193,29 +166,6 @@ def _remove_dhcp(b: Build) -> None:
     host = b.facts.dhcp_host
     if host is not None:
         b.hv.remove_dhcp_host(b.facts.network_libvirt, _entry(host), xmlrender.dhcp_host_xml(host))
-
-
-class _Background:
-    """A call running in its own thread; ``result()`` re-raises its exception."""
-
-    def __init__(self, fn: Callable[..., object], *args: object) -> None:
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(fn, *args), daemon=True)
-        self._thread.start()
-
-    def _run(self, fn: Callable[..., object], *args: object) -> None:
-        try:
-            fn(*args)
-        except BaseException as exc:  # noqa: BLE001 - handed to result()
-            self._error = exc
-
-    def wait(self) -> None:
-        self._thread.join()
-
-    def result(self) -> None:
-        self.wait()
-        if self._error is not None:
-            raise self._error
 
 
 def _entry(host: DhcpHost) -> DhcpEntry:
@@ -284,7 +234,7 @@ def build(
 ) -> dict[str, float]:
     """Run every step for the VPS; roll back and raise :class:`StepFailed` on failure.
 
-    ``checkpoint`` runs before each step and may raise :class:`Interrupted`;
+    ``checkpoint`` runs before each step and may raise :class:`~kvmvps.services.steps.Interrupted`;
     ``deadline`` (``time.monotonic()``) is the job's time limit. Every step is
     idempotent, so a build interrupted anywhere can simply be run again.
     """
@@ -383,25 +333,17 @@ def _set_state(ctx: Context, vps_id: int, state: str, error: str | None = None) 
             vps.state, vps.error = state, error
 
 
-# -- creating and deleting ---------------------------------------------------
-def create(
-    ctx: Context, req: OrderRequest, progress: Progress | None = None, actor: str = ""
-) -> Order:
-    """Record the order and wait until it is built (here, if no worker is alive)."""
-    from kvmvps.services.runner import JobFailed, run_or_follow
-
-    order = record_order(ctx, req, actor)
-    try:
-        run_or_follow(ctx, order.job, progress)
-    except JobFailed as exc:
-        raise StepFailed(str(exc)) from None
-    return order
-
-
+# -- deleting and reinstalling ----------------------------------------------
 def delete(ctx: Context, uuid: str) -> None:
-    """The full reverse of create: domain, DHCP entry, volumes, leases, row."""
+    """The full reverse of create: domain, DHCP entry, volumes, leases, row.
+
+    Raises :class:`NotFound` when the row is gone already (a resumed delete
+    whose first run got that far); the delete job then simply succeeds.
+    """
     with ctx.db.session() as s:
         vps = s.scalar(select(Vps).where(Vps.uuid == uuid))
+        if vps is None:
+            raise NotFound(f"VPS {uuid} no longer exists")
         facts = load_facts(s, vps.id, ctx.settings)
         vps.state = VpsState.DELETING
     b = Build(ctx=ctx, facts=facts)
@@ -411,6 +353,8 @@ def delete(ctx: Context, uuid: str) -> None:
         raise HypervisorError(f"deleting {facts.hostname} left work undone: {leftovers[0]}")
     with ctx.db.session() as s:
         vps = s.get(Vps, facts.vps_id)
+        if vps is None:
+            return  # another run of this delete removed the row meanwhile
         ipam.release(s, vps)
         cpupin.release(s, vps)
         forwards.release(s, vps)

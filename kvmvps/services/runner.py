@@ -24,7 +24,7 @@ from kvmvps.services.jobs import Claimed
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[Context, Claimed, "JobControl"], None]
+Handler = Callable[[Context, Claimed, "JobControl"], object]
 Progress = Callable[[str, int, int], None]
 
 
@@ -60,14 +60,21 @@ class JobControl:
             self._on_progress(step, index, total)
 
 
+def _vps(c: Claimed) -> str:
+    """The uuid of the job's VPS: every kind of job has one."""
+    if c.vps_uuid is None:
+        raise NotFound(f"job {c.uuid[:8]} names no VPS")
+    return c.vps_uuid
+
+
 def _create(ctx: Context, c: Claimed, jc: JobControl) -> None:
-    provisioning.build(ctx, c.vps_uuid, jc.progress, checkpoint=jc.checkpoint, deadline=jc.deadline)
+    provisioning.build(ctx, _vps(c), jc.progress, checkpoint=jc.checkpoint, deadline=jc.deadline)
 
 
 def _reinstall(ctx: Context, c: Claimed, jc: JobControl) -> None:
     provisioning.reinstall(
         ctx,
-        c.vps_uuid,
+        _vps(c),
         c.params.get("image"),
         jc.progress,
         checkpoint=jc.checkpoint,
@@ -76,11 +83,11 @@ def _reinstall(ctx: Context, c: Claimed, jc: JobControl) -> None:
 
 
 def _shutdown(ctx: Context, c: Claimed, jc: JobControl) -> None:
-    if vps_service.sync_state(ctx, c.vps_uuid)["state"] == VpsState.STOPPED:
+    if vps_service.sync_state(ctx, _vps(c))["state"] == VpsState.STOPPED:
         return  # a resumed job: the guest powered off after the last worker handed it back
     vps_service.shutdown(
         ctx,
-        c.vps_uuid,
+        _vps(c),
         timeout=float(c.params.get("timeout", 60)),
         force=bool(c.params.get("force", False)),
     )
@@ -88,11 +95,11 @@ def _shutdown(ctx: Context, c: Claimed, jc: JobControl) -> None:
 
 def _delete(ctx: Context, c: Claimed, jc: JobControl) -> None:
     with contextlib.suppress(NotFound):  # deleted already (a resumed job)
-        provisioning.delete(ctx, c.vps_uuid)
+        provisioning.delete(ctx, _vps(c))
 
 
 def _simple(action: Callable[[Context, str], object]) -> Handler:
-    return lambda ctx, c, jc: action(ctx, c.vps_uuid)
+    return lambda ctx, c, jc: action(ctx, _vps(c))
 
 
 HANDLERS: dict[str, Handler] = {

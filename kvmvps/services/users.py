@@ -14,6 +14,7 @@ from sqlalchemy import select, update
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from kvmvps import validation
+from kvmvps.db import rowcount
 from kvmvps.errors import Conflict, InvalidInput
 from kvmvps.models import ApiToken, User
 from kvmvps.services import Context
@@ -100,7 +101,7 @@ def disable_user(ctx: Context, email: str) -> int:
             .where(ApiToken.user_id == user.id, ApiToken.revoked.is_(False))
             .values(revoked=True)
         )
-        return result.rowcount or 0
+        return rowcount(result)
 
 
 def enable_user(ctx: Context, email: str) -> User:

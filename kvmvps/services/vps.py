@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from kvmvps import interrupt
 from kvmvps.errors import Conflict, HypervisorNotFound, InvalidInput, NotFound
-from kvmvps.models import Host, User, Vps, VpsState
+from kvmvps.models import Host, Job, JobState, User, Vps, VpsState
 from kvmvps.services import Context
 
 # libvirt's words for a domain's state -> our VPS state
@@ -54,7 +54,7 @@ VIEW_KEYS = (
 )
 
 
-def _query() -> Select[tuple[Vps]]:
+def _query() -> Select[Vps]:
     return select(Vps).options(
         selectinload(Vps.plan),
         selectinload(Vps.image),
@@ -173,8 +173,6 @@ def sync_state(ctx: Context, ref: str) -> dict[str, Any]:
 
 def sync_domain(ctx: Context, host_uri: str, domain: str) -> str | None:
     """After a libvirt event: refresh that domain's VPS unless a job is moving it."""
-    from kvmvps.models import Job, JobState
-
     with ctx.db.session() as s:
         vps = s.scalar(
             select(Vps)

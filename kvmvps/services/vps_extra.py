@@ -16,6 +16,7 @@ from kvmvps.models import Job, JobState, Plan, Vps, VpsState
 from kvmvps.services import Context, placement, provisioning
 from kvmvps.services.facts import VpsFacts, facts_of
 from kvmvps.services.inventory import get_by_name
+from kvmvps.services.steps import Build
 from kvmvps.services.vps import resolve, view
 from kvmvps.storage import check_base_image, overlay_capacity
 
@@ -106,7 +107,7 @@ def _redefine(ctx: Context, hv: Hypervisor, facts: VpsFacts, grow_to: int | None
 
     If growing fails the old definition is restored before the error is raised.
     """
-    build = provisioning.Build(ctx=ctx, facts=facts)
+    build = Build(ctx=ctx, facts=facts)
     provisioning.render_domain(build)
     old_xml = hv.domain_xml(facts.domain)
     hv.define_domain(build.xml)

@@ -62,7 +62,7 @@ def write_turn(ctx: Context) -> Iterator[None]:
 
 
 # -- VPSes -------------------------------------------------------------------
-def _query() -> Select[tuple[Vps]]:
+def _query() -> Select[Vps]:
     """VPSes with what ``view`` shows: one joined query, and one more for the pins."""
     return select(Vps).options(
         joinedload(Vps.plan),
@@ -105,7 +105,7 @@ def active_jobs(ctx: Context, vps_uuids: Iterable[str]) -> dict[str, dict[str, A
         .order_by(Job.id)
     )
     with reading(ctx) as s:
-        return {job.vps_uuid: job_view(job) for job in s.scalars(query)}
+        return {job.vps_uuid: job_view(job) for job in s.scalars(query) if job.vps_uuid}
 
 
 def latest_job(ctx: Context, vps_uuid: str) -> dict[str, Any] | None:

@@ -12,15 +12,15 @@ import sys
 import time
 from pathlib import Path
 
-from kvmvps.services import provisioning
+from kvmvps.services import provisioning, steps
 
 
 def stall_after(name: str, marker: Path) -> None:
-    def wrap(step: provisioning.Step) -> provisioning.Step:
+    def wrap(step: steps.Step) -> steps.Step:
         if step.name != name:
             return step
 
-        def do(b: provisioning.Build) -> None:
+        def do(b: steps.Build) -> None:
             step.do(b)
             marker.write_text(name)
             time.sleep(3600)

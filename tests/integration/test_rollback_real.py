@@ -11,7 +11,7 @@ from sqlalchemy import func, select, update
 
 from kvmvps.errors import StepFailed
 from kvmvps.models import CpuPin, Image, IpLease, Vps
-from kvmvps.services import Context, provisioning
+from kvmvps.services import Context, orders, provisioning, steps
 from tests.badinput import assert_one_line_error, create_args, run_cli
 from tests.snapshots import libvirt_snapshot
 
@@ -42,11 +42,11 @@ def test_failure_after_each_step(
 ) -> None:
     """The step does its work, then fails: that work and all before it are undone."""
 
-    def inject(step: provisioning.Step) -> provisioning.Step:
+    def inject(step: steps.Step) -> steps.Step:
         if step.name != failing:
             return step
 
-        def broken(b: provisioning.Build) -> None:
+        def broken(b: steps.Build) -> None:
             step.do(b)
             raise RuntimeError(f"injected after {failing}")
 
@@ -55,7 +55,7 @@ def test_failure_after_each_step(
     before = libvirt_snapshot(fresh_ctx)
     monkeypatch.setattr(provisioning, "STEPS", tuple(inject(s) for s in provisioning.STEPS))
     with pytest.raises(StepFailed, match=f"at step '{failing}'"):
-        provisioning.create(fresh_ctx, provisioning.OrderRequest("small", "base", "web1"))
+        orders.create(fresh_ctx, provisioning.OrderRequest("small", "base", "web1"))
     assert_rolled_back(fresh_ctx, before, f"injected after {failing}")
 
 

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import pytest
 
 from kvmvps import firewall
-from kvmvps.services import Context, forwards, reconcile
+from kvmvps.services import Context, forwards, host_edge, reconcile
 from tests.badinput import assert_one_line_error, create_args
 from tests.forwarding import PID, cli, iptables_save, netns, netns_available, netns_iptables
 from tests.snapshots import db_snapshot
@@ -99,7 +99,7 @@ def ns_ctx(td_ctx: Context, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[C
     )
     with netns(f"kvu{PID}") as ns:
         monkeypatch.setattr(forwards, "iptables_for", lambda host: netns_iptables(ns))
-        monkeypatch.setattr(forwards, "is_local", lambda uri: True)
+        monkeypatch.setattr(host_edge, "is_local", lambda uri: True)
         monkeypatch.setattr(forwards, "_reattach", lambda ctx, host: [])
         yield ctx, ns
     ctx.close()

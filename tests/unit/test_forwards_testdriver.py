@@ -16,7 +16,17 @@ from sqlalchemy import func, select
 from kvmvps.config import load_settings
 from kvmvps.errors import InvalidInput, NotFound, StepFailed
 from kvmvps.models import Forward, Image
-from kvmvps.services import Context, forwards, inventory, provisioning, users, vps
+from kvmvps.services import (
+    Context,
+    forwards,
+    host_edge,
+    inventory,
+    orders,
+    provisioning,
+    steps,
+    users,
+    vps,
+)
 from kvmvps.services.provisioning import OrderRequest
 from tests.badinput import assert_one_line_error, create_args
 from tests.forwarding import PID, cli
@@ -138,15 +148,15 @@ def test_ports_are_released_on_delete_and_reused_oldest_first(fw_ctx: Context) -
 
 
 def test_a_failed_build_releases_its_port(fw_ctx: Context, monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(_b: provisioning.Build) -> None:
+    def broken(_b: steps.Build) -> None:
         raise RuntimeError("injected failure")
 
-    steps = tuple(
+    failing = tuple(
         dataclasses.replace(s, do=broken) if s.name == "start" else s for s in provisioning.STEPS
     )
-    monkeypatch.setattr(provisioning, "STEPS", steps)
+    monkeypatch.setattr(provisioning, "STEPS", failing)
     with pytest.raises(StepFailed, match="injected failure"):
-        provisioning.create(fw_ctx, OrderRequest(plan="small", image="base", hostname="bad"))
+        orders.create(fw_ctx, OrderRequest(plan="small", image="base", hostname="bad"))
     assert held(fw_ctx) == []
     shown = vps.show(fw_ctx, "bad")
     assert shown["state"] == "error" and (shown["ssh_host"], shown["ssh_port"]) == (None, None)
@@ -320,14 +330,14 @@ def test_bad_forwarding_settings_are_one_line_errors(env: dict[str, str], fragme
 
 
 def test_local_uris() -> None:
-    assert forwards.is_local("qemu:///system") and forwards.is_local("qemu+unix:///system")
-    assert forwards.is_local("qemu:///system?socket=/run/x")
-    assert not forwards.is_local("qemu+ssh://root@kvm2/system")
-    assert not forwards.is_local("test:///default")
-    assert forwards.serves_forwards("test:///default")  # no rules to write, but ports
-    assert forwards.serves_forwards("qemu:///system")
-    assert not forwards.serves_forwards("qemu+ssh://root@kvm2/system")
-    assert not forwards.serves_forwards("test://kvm2/default")
+    assert host_edge.is_local("qemu:///system") and host_edge.is_local("qemu+unix:///system")
+    assert host_edge.is_local("qemu:///system?socket=/run/x")
+    assert not host_edge.is_local("qemu+ssh://root@kvm2/system")
+    assert not host_edge.is_local("test:///default")
+    assert host_edge.serves_forwards("test:///default")  # no rules to write, but ports
+    assert host_edge.serves_forwards("qemu:///system")
+    assert not host_edge.serves_forwards("qemu+ssh://root@kvm2/system")
+    assert not host_edge.serves_forwards("test://kvm2/default")
 
 
 def test_the_database_refuses_a_port_held_twice(fw_ctx: Context) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from kvmvps import proxy
-from kvmvps.services import Context, forwards, http_names
+from kvmvps.services import Context, forwards, host_edge, http_names
 from tests.badinput import assert_one_line_error, create_args
 from tests.forwarding import PID, cli, netns, netns_available, netns_iptables
 from tests.snapshots import db_snapshot
@@ -48,7 +48,7 @@ def web_ctx(td_ctx: Context, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     )
     with netns(f"kvh{PID}") as ns:
         monkeypatch.setattr(forwards, "iptables_for", lambda host: netns_iptables(ns))
-        monkeypatch.setattr(forwards, "is_local", lambda uri: True)
+        monkeypatch.setattr(host_edge, "is_local", lambda uri: True)
         monkeypatch.setattr(forwards, "_reattach", lambda ctx, host: [])
         try:
             yield ctx

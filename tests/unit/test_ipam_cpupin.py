@@ -104,13 +104,13 @@ def test_pins_spread_over_host_cpus(td_ctx: Context) -> None:
 
 def test_released_addresses_are_reused_oldest_first(td_ctx: Context) -> None:
     """A /29 with four addresses: once all were used, the longest-free comes back first."""
-    from kvmvps.services import inventory, provisioning
+    from kvmvps.services import inventory, orders, provisioning
 
     inventory.add_network(td_ctx, "small29", "nat", "10.240.0.0/29", bridge="kvsmall29")
 
     def order(name: str) -> str:
         req = provisioning.OrderRequest("small", "base", name, network="small29")
-        return provisioning.create(td_ctx, req).uuid
+        return orders.create(td_ctx, req).uuid
 
     from kvmvps.services import vps as vps_service
 

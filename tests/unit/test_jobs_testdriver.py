@@ -9,6 +9,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, update
 
+from kvmvps.errors import NotFound
 from kvmvps.models import Job, JobState, Vps
 from kvmvps.services import Context, actions, jobs, provisioning
 from kvmvps.services import vps as vps_service
@@ -251,3 +252,23 @@ def test_waiting_on_nothing_says_what_to_start_within_seconds(td_ctx: Context) -
 def _job_id(ctx: Context, uuid: str) -> int:
     with ctx.db.session() as s:
         return s.scalar(select(Job.id).where(Job.uuid == uuid))
+
+
+def test_resumed_delete_whose_row_is_gone_succeeds(td_ctx: Context) -> None:
+    """A delete whose worker died after removing the row finishes on the next run."""
+    o = order(td_ctx)
+    Worker(td_ctx).run(max_jobs=1)
+    requested = actions.request(td_ctx, o.uuid, "delete", actor="test")
+    claimed = jobs.claim(td_ctx, "dead-worker")
+    assert claimed is not None and claimed.uuid == requested.job
+    provisioning.delete(td_ctx, o.uuid)  # the dead worker got this far, then died
+    with td_ctx.db.session() as s:
+        s.execute(update(Job).values(lease_expires_at=jobs.now() - timedelta(seconds=1)))
+    assert Worker(td_ctx, name="rescuer").run(max_jobs=1) == 1
+    job = jobs.get_job(td_ctx, requested.job)
+    assert job["state"] == "succeeded", job["error"]
+    assert job["error"] is None and job["attempts"] == 2 and job["worker"] == "rescuer"
+    with pytest.raises(NotFound):
+        provisioning.delete(td_ctx, o.uuid)
+    with td_ctx.db.session() as s:
+        assert s.scalars(select(Vps)).all() == []

@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 
 from kvmvps.errors import StepFailed
 from kvmvps.models import CpuPin, IpLease, Vps, VpsState
-from kvmvps.services import Context, provisioning, vps
+from kvmvps.services import Context, orders, provisioning, steps, vps
 from kvmvps.services.provisioning import OrderRequest
 from kvmvps.xmlspec import SENTINEL_MAC
 
@@ -38,7 +38,7 @@ EMPTY = {"domains": [], "volumes": [], "dhcp": [], "IpLease": 0, "CpuPin": 0}
 
 
 def test_create_then_delete_leaves_nothing(td_ctx: Context) -> None:
-    uuid = provisioning.create(td_ctx, ORDER).uuid
+    uuid = orders.create(td_ctx, ORDER).uuid
     shown = vps.show(td_ctx, uuid)
     assert shown["state"] == "running"
     assert shown["ip"] == "10.231.0.2"  # .1 is the gateway
@@ -57,8 +57,7 @@ def test_create_then_delete_leaves_nothing(td_ctx: Context) -> None:
 
 def test_addresses_macs_and_pins_are_distinct(td_ctx: Context) -> None:
     uuids = [
-        provisioning.create(td_ctx, dataclasses.replace(ORDER, hostname=f"web{i}")).uuid
-        for i in range(3)
+        orders.create(td_ctx, dataclasses.replace(ORDER, hostname=f"web{i}")).uuid for i in range(3)
     ]
     shown = [vps.show(td_ctx, u) for u in uuids]
     assert [v["ip"] for v in shown] == ["10.231.0.2", "10.231.0.3", "10.231.0.4"]
@@ -66,7 +65,7 @@ def test_addresses_macs_and_pins_are_distinct(td_ctx: Context) -> None:
     # two host CPUs on the test driver... or whatever it reports: least-pinned first
     assert shown[0]["pinned_cpus"] != shown[1]["pinned_cpus"]
     provisioning.delete(td_ctx, uuids[1])
-    again = provisioning.create(td_ctx, dataclasses.replace(ORDER, hostname="web9")).uuid
+    again = orders.create(td_ctx, dataclasses.replace(ORDER, hostname="web9")).uuid
     assert vps.show(td_ctx, again)["ip"] == "10.231.0.5"  # never-used addresses come first
 
 
@@ -77,11 +76,11 @@ def test_failure_at_each_step_rolls_back(
 ) -> None:
     """A step that fails before or after doing its work leaves nothing behind."""
 
-    def inject(step: provisioning.Step) -> provisioning.Step:
+    def inject(step: steps.Step) -> steps.Step:
         if step.name != failing:
             return step
 
-        def broken(b: provisioning.Build) -> None:
+        def broken(b: steps.Build) -> None:
             if when == "after":
                 step.do(b)
             raise RuntimeError(f"injected failure in {failing}")
@@ -90,7 +89,7 @@ def test_failure_at_each_step_rolls_back(
 
     monkeypatch.setattr(provisioning, "STEPS", tuple(inject(s) for s in provisioning.STEPS))
     with pytest.raises(StepFailed, match=f"failed at step '{failing}'.*injected failure"):
-        provisioning.create(td_ctx, ORDER)
+        orders.create(td_ctx, ORDER)
     assert leftovers(td_ctx) == EMPTY
     with td_ctx.db.session() as s:
         row = s.scalar(select(Vps))
@@ -99,7 +98,7 @@ def test_failure_at_each_step_rolls_back(
 
 
 def test_power_actions_follow_libvirt(td_ctx: Context) -> None:
-    uuid = provisioning.create(td_ctx, ORDER).uuid
+    uuid = orders.create(td_ctx, ORDER).uuid
     assert vps.suspend(td_ctx, "web1")["state"] == "suspended"
     assert vps.resume(td_ctx, "web1")["state"] == "running"
     assert vps.destroy(td_ctx, "web1")["state"] == "stopped"
@@ -108,7 +107,7 @@ def test_power_actions_follow_libvirt(td_ctx: Context) -> None:
 
 
 def test_vanished_domain_is_marked(td_ctx: Context) -> None:
-    uuid = provisioning.create(td_ctx, ORDER).uuid
+    uuid = orders.create(td_ctx, ORDER).uuid
     hv = td_ctx.hypervisor(td_ctx.settings.libvirt_uri)
     hv.undefine(vps.show(td_ctx, uuid)["domain"])
     shown = vps.sync_state(td_ctx, uuid)

@@ -82,7 +82,7 @@ def worker(slow_ctx: Context) -> Iterator[tuple[Worker, threading.Thread]]:
         thread.join(timeout=30)
 
 
-def _wait_until(predicate, timeout: float = 30.0) -> None:
+def _wait_until(predicate, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "timed out"

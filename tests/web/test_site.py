@@ -387,3 +387,26 @@ def test_unknown_pages_are_friendly_404s(world: World) -> None:
     for path in ("/servers/0000", "/jobs/nope", "/no-such-page"):
         r = client.get(path)
         assert r.status_code == 404 and "Traceback" not in text(r) and "Error 404" in text(r)
+
+
+def test_unexpected_errors_are_a_titled_500_page(web_ctx: Context, caplog) -> None:
+    """The title is the status's name, never a Python object's repr."""
+    app = make_app(web_ctx)
+
+    def boom() -> str:
+        raise RuntimeError("disk on fire")
+
+    app.add_url_rule("/boom", "boom", boom)
+    app.add_url_rule("/api/v1/boom", "api_boom", boom)
+    with caplog.at_level(logging.ERROR, logger="web.errors"):
+        page = app.test_client().get("/boom")
+        api = app.test_client().get("/api/v1/boom")
+    body = text(page)
+    assert page.status_code == 500 and "Error 500" in body
+    assert "<title>Internal Server Error" in body and "<h1>Internal Server Error</h1>" in body
+    assert "property object" not in body and "disk on fire" not in body
+    assert "Traceback" not in body and "internal error; the operators have been told" in body
+    assert api.status_code == 500 and api.get_json() == {
+        "error": "internal error; the operators have been told"
+    }
+    assert "unhandled error in GET /boom" in caplog.text
