@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from kvmvps import guest
 from kvmvps.errors import Conflict, InvalidInput
 from kvmvps.models import Image, VpsState
-from kvmvps.services import Context, credentials, inventory, jobs
+from kvmvps.services import Context, credentials, guard, inventory, jobs
 from kvmvps.services.vps import resolve
 
 S = VpsState
@@ -52,13 +52,18 @@ def request(
     timeout: float = 60.0,
     force: bool = False,
 ) -> Requested:
-    """Queue ``action`` for the VPS named ``ref``."""
+    """Queue ``action`` for the VPS named ``ref``.
+
+    ``owner_id`` scopes the request to one customer's VPSes (None: an
+    operator's request). A suspended VPS refuses it (see :mod:`guard`).
+    """
     if action not in ALLOWED:
         raise InvalidInput(f"unknown action {action!r}; one of {', '.join(ACTIONS)}")
     if not 0 < timeout <= 3600:
         raise InvalidInput("timeout must be between 0 and 3600 seconds")
     with ctx.db.session() as s:
         vps = resolve(s, ref, owner_id)
+        guard.check_action(vps, action, operator=owner_id is None)
         if vps.state not in ALLOWED[action]:
             raise Conflict(f"cannot {action.replace('_', ' ')} {vps.hostname}: it is {vps.state}")
         params: dict[str, object] = {}
