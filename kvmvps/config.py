@@ -23,6 +23,8 @@ from kvmvps.errors import InvalidInput
 log = logging.getLogger(__name__)
 
 DOMAIN_TYPES = ("auto", "kvm", "qemu")
+SIGNUP_MODES = ("open", "closed", "invite")
+MAX_QUOTA = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,13 @@ class Settings:
     proxy_http_port: int = 80
     proxy_https_port: int = 443
     acme_hook: str = ""
+    # customers' limits unless their account has its own (kvmvps-admin user quota)
+    quota_vps: int = 10
+    quota_vcpus: int = 16
+    quota_memory_mib: int = 32768
+    quota_disk_gib: int = 500
+    signup: str = "open"
+    invite_days: int = 7
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -147,7 +156,22 @@ def load_settings(env: dict[str, str] | None = None, **overrides: Any) -> Settin
             f"KVMVPS_DOMAIN_TYPE must be one of {', '.join(DOMAIN_TYPES)}, not {settings.domain_type!r}"
         )
     _check_forwarding(settings)
+    _check_tenants(settings)
     return settings
+
+
+def _check_tenants(s: Settings) -> None:
+    """One-line errors for bad quota and sign-up settings."""
+    if s.signup not in SIGNUP_MODES:
+        raise InvalidInput(
+            f"KVMVPS_SIGNUP must be one of {', '.join(SIGNUP_MODES)}, not {s.signup!r}"
+        )
+    for name in ("quota_vps", "quota_vcpus", "quota_memory_mib", "quota_disk_gib"):
+        value = getattr(s, name)
+        if not 0 <= value <= MAX_QUOTA:
+            raise InvalidInput(f"KVMVPS_{name.upper()} must be from 0 to {MAX_QUOTA}, not {value}")
+    if not 1 <= s.invite_days <= 366:
+        raise InvalidInput(f"KVMVPS_INVITE_DAYS must be from 1 to 366, not {s.invite_days}")
 
 
 _PORTS = re.compile(r"^([0-9]{1,5})(?:-([0-9]{1,5}))?$")

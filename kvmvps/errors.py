@@ -74,3 +74,15 @@ class StepFailed(KvmvpsError):
 
 class FirewallError(HypervisorError):
     """iptables, or the HTTP proxy, on a libvirt host refused or failed a change."""
+
+
+class Forbidden(KvmvpsError):
+    """The caller may not do this: a suspended VPS, a quota reached, sign-up closed."""
+
+
+class Suspended(Forbidden):
+    """The VPS is suspended by an operator; only an operator can lift that."""
+
+
+class QuotaExceeded(Forbidden):
+    """The order would take the customer past their limits."""

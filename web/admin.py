@@ -6,12 +6,12 @@ from flask import Blueprint, abort, flash, redirect, render_template, request, u
 from flask.typing import ResponseReturnValue
 from flask_login import current_user
 
-from kvmvps.errors import KvmvpsError
+from kvmvps.errors import InvalidInput, KvmvpsError
 from kvmvps.models import JobState
-from kvmvps.services import actions, audit, jobs, web_support
+from kvmvps.services import audit, jobs, quotas, suspension, web_support
 from web.common import audited, services
 from web.extensions import login_manager
-from web.forms import ActionForm
+from web.forms import ActionForm, QuotaForm, SuspendForm
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
@@ -33,21 +33,27 @@ def servers() -> ResponseReturnValue:
     ctx = services()
     rows = web_support.list_vps_of(ctx, None)
     busy = web_support.active_jobs(ctx, [r["id"] for r in rows])
-    return render_template("admin/servers.html", servers=rows, jobs=busy, form=ActionForm())
+    return render_template(
+        "admin/servers.html", servers=rows, jobs=busy, form=ActionForm(), suspend=SuspendForm()
+    )
 
 
-@bp.post("/servers/<id>/<any(suspend, resume):action>")
+@bp.post("/servers/<id>/<any(suspend, unsuspend):action>")
 def server_action(id: str, action: str) -> ResponseReturnValue:
-    ActionForm()  # the CSRF token was checked before the view
+    """An operator's suspension (with the reason the customer reads), or lifting it."""
+    form = SuspendForm()  # the CSRF token was checked before the view
     ctx = services()
     vps = web_support.show_vps(ctx, id, None)
     try:
-        with audited(current_user.actor, f"vps.{action}", vps["hostname"]):
-            actions.request(ctx, vps["id"], action, actor=current_user.actor)
+        with web_support.write_turn(ctx):
+            if action == "suspend":
+                suspension.suspend(ctx, vps["id"], form.reason.data or "", current_user.actor)
+            else:
+                suspension.unsuspend(ctx, vps["id"], current_user.actor)
     except KvmvpsError as exc:
         flash(str(exc), "error")
     else:
-        flash(f"{action.capitalize()} of {vps['hostname']} ({vps['owner']}) requested.", "ok")
+        flash(f"{vps['hostname']} ({vps['owner']}) is {action}ed.", "ok")
     return redirect(url_for("admin.servers"))
 
 
@@ -67,9 +73,41 @@ def jobs_page() -> ResponseReturnValue:
 
 @bp.get("/users")
 def users() -> ResponseReturnValue:
+    ctx = services()
+    rows = web_support.user_rows(ctx)
+    limits = {u["id"]: quotas.quota_view(ctx, u["email"]) for u in rows}
     return render_template(
-        "admin/users.html", users=web_support.user_rows(services()), form=ActionForm()
+        "admin/users.html", users=rows, form=ActionForm(), quota=QuotaForm(), limits=limits
     )
+
+
+@bp.post("/users/<int:user_id>/quota")
+def user_quota(user_id: int) -> ResponseReturnValue:
+    """Give a customer limits of their own; an empty field means the default."""
+    form = QuotaForm()  # the CSRF token was checked before the view
+    ctx = services()
+    user = web_support.user_by_id(ctx, user_id)
+    if user is None:
+        abort(404)
+    try:
+        changes = {key: _limit(getattr(form, key).data) for key in quotas.RESOURCES}
+        with web_support.write_turn(ctx):
+            quotas.set_quota(ctx, user.email, changes, current_user.actor)
+    except KvmvpsError as exc:
+        flash(str(exc), "error")
+    else:
+        flash(f"The limits of {user.email} are saved.", "ok")
+    return redirect(url_for("admin.users"))
+
+
+def _limit(text: str | None) -> int | None:
+    """A limit typed in a form: empty for the default, else a whole number."""
+    value = (text or "").strip()
+    if not value:
+        return None
+    if len(value) > 12 or not (value.isascii() and value.isdigit()):
+        raise InvalidInput(f"a limit must be a whole number, not {value[:20]!r}")
+    return int(value)
 
 
 @bp.post("/users/<int:user_id>/<any(disable, enable):change>")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import (
     Blueprint,
     current_app,
@@ -16,8 +18,9 @@ from flask.typing import ResponseReturnValue
 from flask_limiter.util import get_remote_address
 from flask_login import current_user, login_required, login_user, logout_user
 
-from kvmvps.errors import Conflict, InvalidInput
+from kvmvps.errors import Conflict, Forbidden, InvalidInput
 from kvmvps.services import audit, users
+from kvmvps.services import signup as signups
 from web.common import WebUser, actor_of, safe_next, services
 from web.extensions import limiter
 from web.forms import ActionForm, LoginForm, SignupForm, add_error
@@ -42,21 +45,43 @@ def signup() -> ResponseReturnValue:
     if current_user.is_authenticated:
         return redirect(url_for("dashboard.servers"))
     form = SignupForm()
+    mode = signups.mode(services())
+    status = 400 if request.method == "POST" else 200
+    if mode == signups.CLOSED:
+        if request.method == "POST":  # refused (and audited) by the service: a 403 page
+            signups.sign_up(services(), form.email.data or "", "", actor=_anonymous())
+        return render_template("auth/signup.html", form=form, mode=mode), 200
     if form.validate_on_submit():
         try:
-            user = users.add_user(services(), form.email.data or "", form.password.data or "")
+            user = signups.sign_up(
+                services(),
+                form.email.data or "",
+                form.password.data or "",
+                form.invite.data or "",
+                actor=actor_of((form.email.data or "").strip().lower()[:254]),
+            )
         except Conflict:
             add_error(form.email, "an account with this e-mail already exists; log in instead")
+        except Forbidden as exc:
+            add_error(form.invite, str(exc))
+            status = 403
         except InvalidInput as exc:
-            target = form.email if "e-mail" in str(exc) else form.password
-            add_error(target, str(exc))
+            add_error(_field_of(form, str(exc)), str(exc))
         else:
-            audit.record(services(), actor_of(user.email), "user.signup", user.email, audit.OK)
             _start_session(WebUser.of(user))
             flash("Welcome! Your account is ready.", "ok")
             return redirect(url_for("dashboard.order"))
-    status = 400 if request.method == "POST" else 200
-    return render_template("auth/signup.html", form=form), status
+    return render_template("auth/signup.html", form=form, mode=mode), status
+
+
+def _anonymous() -> str:
+    return "web:" + get_remote_address()
+
+
+def _field_of(form: SignupForm, message: str) -> Any:
+    if "e-mail" in message:
+        return form.email
+    return form.invite if "invitation" in message else form.password
 
 
 @bp.route("/login", methods=["GET", "POST"])

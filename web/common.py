@@ -15,6 +15,7 @@ from flask_login import UserMixin
 from kvmvps.errors import (
     CapacityError,
     Conflict,
+    Forbidden,
     HypervisorUnavailable,
     InvalidInput,
     KvmvpsError,
@@ -66,6 +67,8 @@ def status_for(exc: KvmvpsError) -> int:
         return 400
     if isinstance(exc, NotFound):
         return 404
+    if isinstance(exc, Forbidden):
+        return 403
     if isinstance(exc, Conflict):
         return 409
     if isinstance(exc, (CapacityError, HypervisorUnavailable)):

@@ -25,7 +25,7 @@ from flask_login import current_user
 
 from kvmvps.errors import Conflict, KvmvpsError
 from kvmvps.models import JobState, VpsState
-from kvmvps.services import actions, provisioning, views, web_support
+from kvmvps.services import actions, provisioning, quotas, views, web_support
 from kvmvps.services.jobs import BUILD_KINDS
 from web.common import (
     audited,
@@ -95,7 +95,10 @@ def servers() -> ResponseReturnValue:
     ctx = services()
     rows = web_support.list_vps_of(ctx, current_user.id)
     busy = web_support.active_jobs(ctx, [r["id"] for r in rows])
-    return render_template("dash/servers.html", servers=rows, jobs=busy, form=ActionForm())
+    quota = quotas.quota_view_by_id(ctx, current_user.id)
+    return render_template(
+        "dash/servers.html", servers=rows, jobs=busy, form=ActionForm(), quota=quota
+    )
 
 
 @bp.get("/servers/state.json")
@@ -113,6 +116,7 @@ def servers_state() -> ResponseReturnValue:
                     "state": r["state"],
                     "ip": r["ip"],
                     "error": r["error"],
+                    "suspended_reason": r["suspended_reason"],
                     "job": _job_brief(busy.get(r["id"])),
                 }
                 for r in rows
@@ -132,9 +136,12 @@ def _job_brief(job: dict[str, Any] | None) -> dict[str, Any] | None:
 def order() -> ResponseReturnValue:
     form = OrderForm()
     plans, images = _order_choices(form)
+    quota = quotas.quota_view_by_id(services(), current_user.id)
     if request.method == "GET":
         form.plan.data = form.plan.data or request.args.get("plan") or None
-        return render_template("dash/order.html", form=form, plans=plans, images=images)
+        return render_template(
+            "dash/order.html", form=form, plans=plans, images=images, quota=quota
+        )
     status, problem = 400, None
     if form.validate_on_submit():
         errors = web_support.check_order(
@@ -152,7 +159,7 @@ def order() -> ResponseReturnValue:
             except KvmvpsError as exc:
                 status, problem = status_for(exc), str(exc)
     return render_template(
-        "dash/order.html", form=form, plans=plans, images=images, problem=problem
+        "dash/order.html", form=form, plans=plans, images=images, problem=problem, quota=quota
     ), status
 
 

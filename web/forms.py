@@ -12,10 +12,12 @@ from wtforms import Field, PasswordField, RadioField, StringField, TextAreaField
 from wtforms.validators import DataRequired, EqualTo, Length, Optional
 
 from kvmvps.errors import KvmvpsError
+from kvmvps.services.suspension import MAX_REASON
 from kvmvps.services.users import MAX_PASSWORD, MIN_PASSWORD
 from kvmvps.services.web_support import MAX_NAME, MAX_SSH_KEYS_TEXT
 
 MAX_EMAIL = 254
+MAX_INVITE = 100
 
 
 class SignupForm(FlaskForm):
@@ -38,6 +40,7 @@ class SignupForm(FlaskForm):
         "Repeat the password",
         validators=[DataRequired(), EqualTo("password", message="the passwords do not match")],
     )
+    invite = StringField("Invitation code", validators=[Optional(), Length(max=MAX_INVITE)])
 
 
 class LoginForm(FlaskForm):
@@ -67,6 +70,21 @@ class ConfirmForm(FlaskForm):
 
 class ActionForm(FlaskForm):
     """A button: only the CSRF token."""
+
+
+class SuspendForm(FlaskForm):
+    """An operator's suspension: the reason the customer will read."""
+
+    reason = StringField("Reason", validators=[DataRequired(), Length(max=MAX_REASON)])
+
+
+class QuotaForm(FlaskForm):
+    """A customer's own limits; an empty field means the default."""
+
+    vps = StringField("VPSes", validators=[Optional(), Length(max=12)])
+    vcpus = StringField("vCPUs", validators=[Optional(), Length(max=12)])
+    memory_mib = StringField("Memory (MiB)", validators=[Optional(), Length(max=12)])
+    disk_gib = StringField("Disk (GiB)", validators=[Optional(), Length(max=12)])
 
 
 class TokenForm(FlaskForm):

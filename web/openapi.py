@@ -56,6 +56,14 @@ SERVER = {
         "username": _nullable(STR),
         "host_key_fingerprint": _nullable(STR),
         "error": _nullable(STR),
+        "suspended_reason": _nullable(
+            {
+                **STR,
+                "description": "Set while an operator has suspended the server: why. "
+                "Every action on it is then refused with 403.",
+            }
+        ),
+        "suspended_at": _nullable({**STR, "format": "date-time"}),
         "expires_at": _nullable({**STR, "format": "date-time"}),
         "created_at": {**STR, "format": "date-time"},
         "updated_at": {**STR, "format": "date-time"},
@@ -137,7 +145,9 @@ SCHEMAS: dict[str, Any] = {
                     "suspend",
                     "resume",
                 ],
-                "description": "suspend and resume are for operators.",
+                "description": "suspend and resume pause and resume the guest, for "
+                "operators; an operator's suspension with a reason is made with "
+                "kvmvps-admin vps suspend or in the admin area.",
             },
             "image": {**STR, "description": "reinstall: another image (default: the same)."},
             "timeout": {
@@ -177,6 +187,10 @@ SCHEMAS: dict[str, Any] = {
             "disk_gib": INT,
             "price_cents": INT,
             "network": _nullable(STR),
+            "available": {
+                **BOOL,
+                "description": "false when no host has room for this plan right now.",
+            },
         },
     },
     "Image": {
@@ -242,6 +256,7 @@ def _paths() -> dict[str, Any]:
                 {
                     "202": _json(_ref("ServerCreated"), "Recorded; poll the job."),
                     **body,
+                    "403": _json(ERR, "The order would go over your quota."),
                     "409": _json(ERR, "You already have a server with that hostname."),
                     "503": _json(ERR, "No capacity left."),
                 },
@@ -261,6 +276,7 @@ def _paths() -> dict[str, Any]:
                 "Delete a server",
                 {
                     "202": _json(_ref("ActionAccepted"), "Deletion queued."),
+                    "403": _json(ERR, "The server is suspended (the reason is given)."),
                     **not_found,
                     "409": _json(
                         ERR, "Not possible in its state, or an action is already pending."
@@ -275,7 +291,9 @@ def _paths() -> dict[str, Any]:
                 {
                     "202": _json(_ref("ActionAccepted"), "Queued; poll the job."),
                     **body,
-                    "403": _json(ERR, "suspend/resume asked by a customer."),
+                    "403": _json(
+                        ERR, "suspend/resume asked by a customer, or the server is suspended."
+                    ),
                     **not_found,
                     "409": _json(
                         ERR, "Not possible in its state, or an action is already pending."

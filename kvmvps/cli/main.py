@@ -18,6 +18,7 @@ from kvmvps.cli import (
     inventory_cmds,
     ops_cmds,
     serve_cmds,
+    tenant_cmds,
     vps_cmds,
     vps_extra_cmds,
 )
@@ -256,6 +257,7 @@ vps_extra_cmds.register(cli)
 forward_cmds.register(cli)
 ops_cmds.register(cli)
 serve_cmds.register(cli)
+tenant_cmds.register(cli)
 
 
 def main() -> None:

@@ -78,6 +78,8 @@ def reconcile_cmd(obj: Obj, fix: bool, as_json: bool) -> None:
         return
     for item in report.drift:
         click.echo(f"drift     {item['hostname']}: {item['from']} -> {item['to']} (corrected)")
+    for item in report.held:
+        click.echo(f"held      {item['hostname']}: suspended, was running; paused again")
     for item in report.vanished:
         click.echo(f"vanished  {item['hostname']}: domain {item['domain']} is gone")
     verb = "removed" if fix else "orphan"
@@ -91,7 +93,7 @@ def reconcile_cmd(obj: Obj, fix: bool, as_json: bool) -> None:
         click.echo(f"network   {item['host']}: {item['action']}")
     for error in report.errors:
         click.echo(f"error     {error}")
-    if report.clean and not report.drift and not report.forwarding:
+    if report.clean and not report.drift and not report.held and not report.forwarding:
         click.echo(f"in sync: {', '.join(report.hosts)}")
 
 

@@ -227,8 +227,10 @@ def _power_command(name: str, action: str, help_text: str) -> click.Command:
 _power_command("start", "start", "Power a stopped VPS on.")
 _power_command("destroy", "destroy", "Power a VPS off at once, like pulling the plug.")
 _power_command("reboot", "reboot", "Reboot a VPS (ACPI).")
-_power_command("suspend", "suspend", "Pause a running VPS in memory.")
-_power_command("resume", "resume", "Resume a suspended VPS.")
+_power_command(
+    "pause", "suspend", "Pause a running VPS in memory ('vps suspend' is an operator's suspension)."
+)
+_power_command("resume", "resume", "Resume a paused VPS.")
 
 
 @vps_group.command("shutdown")

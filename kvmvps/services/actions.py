@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from kvmvps import guest
 from kvmvps.errors import Conflict, InvalidInput
 from kvmvps.models import Image, Job, JobState, Vps, VpsState
-from kvmvps.services import Context, credentials, inventory, jobs
+from kvmvps.services import Context, credentials, guard, inventory, jobs
 from kvmvps.services.vps import resolve
 
 S = VpsState
@@ -70,7 +70,8 @@ def request(
     """Queue ``action`` for the VPS named ``ref``.
 
     ``owner_id`` scopes the request to one customer's VPSes and applies the
-    customer's limits (one pending action per VPS, the shutdown cap).
+    customer's limits (one pending action per VPS, the shutdown cap); None is
+    an operator's request. A suspended VPS refuses it (see :mod:`guard`).
     """
     customer = owner_id is not None
     if action not in ALLOWED:
@@ -80,6 +81,7 @@ def request(
         raise InvalidInput(f"timeout must be between 0 and {limit:g} seconds")
     with ctx.db.session() as s:
         vps = _locked(s, resolve(s, ref, owner_id))
+        guard.check_action(vps, action, operator=owner_id is None)
         if vps.state not in ALLOWED[action]:
             raise Conflict(f"cannot {action.replace('_', ' ')} {vps.hostname}: it is {vps.state}")
         _refuse_if_pending(s, vps, action, customer)

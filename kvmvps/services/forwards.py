@@ -33,7 +33,7 @@ from kvmvps.errors import (
     NotFound,
 )
 from kvmvps.models import Forward, Host, HttpName, Network, Vps, VpsState
-from kvmvps.services import Context, host_edge, http_names
+from kvmvps.services import Context, guard, host_edge, http_names
 from kvmvps.services.vps import resolve
 
 log = logging.getLogger(__name__)
@@ -184,6 +184,7 @@ def add(
     port, proto = guest_port(port), protocol(proto)
     with ctx.db.session() as s:
         vps = resolve(s, ref, owner_id)
+        guard.check_action(vps, "forward_add", operator=owner_id is None)
         address = _forwardable(ctx, vps)
         same = [f for f in vps.forwards if (f.protocol, f.guest_port) == (proto, port)]
         if same:
@@ -237,6 +238,7 @@ def remove(
     """Release one extra forward of the VPS and remove its rules."""
     with ctx.db.session() as s:
         vps = resolve(s, ref, owner_id)
+        guard.check_action(vps, "forward_remove", operator=owner_id is None)
         rows = [
             f
             for f in vps.forwards

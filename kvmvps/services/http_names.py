@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from kvmvps import proxy, validation
 from kvmvps.errors import Conflict, InvalidInput, NotFound
 from kvmvps.models import Host, HttpName, Network, Vps
-from kvmvps.services import Context, host_edge
+from kvmvps.services import Context, guard, host_edge
 from kvmvps.services.vps import resolve
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,7 @@ def add(ctx: Context, ref: str, name: str, owner_id: int | None = None) -> dict[
     fqdn = full_name(ctx, name)
     with ctx.db.session() as s:
         vps = resolve(s, ref, owner_id)
+        guard.check_action(vps, "http_name_add", operator=owner_id is None)
         _routable(ctx, vps)
         if s.scalar(select(HttpName.id).where(HttpName.name == fqdn)) is not None:
             raise Conflict(f"the name {fqdn} is taken")
@@ -105,6 +106,7 @@ def remove(ctx: Context, ref: str, name: str, owner_id: int | None = None) -> di
     """Stop routing ``name`` to the VPS."""
     with ctx.db.session() as s:
         vps = resolve(s, ref, owner_id)
+        guard.check_action(vps, "http_name_remove", operator=owner_id is None)
         fqdn = (name or "").strip().lower().removesuffix(".")
         candidates = {fqdn}
         if "." not in fqdn and ctx.settings.base_domain:

@@ -53,19 +53,36 @@ def capacity(session: Session, host: Host, overcommit: float, reserve_mib: int) 
     )
 
 
+def fits(cap: Capacity, plan: Plan) -> bool:
+    """Whether a host with capacity ``cap`` has room for one more VPS of ``plan``."""
+    return (
+        plan.vcpus <= cap.cpus
+        and cap.free_vcpus >= plan.vcpus
+        and cap.free_memory_mib >= plan.memory_mib
+    )
+
+
+def _enabled_hosts(session: Session) -> list[Host]:
+    return list(session.scalars(select(Host).where(Host.enabled).order_by(Host.id)))
+
+
+def available_plans(
+    session: Session, plans: list[Plan], overcommit: float, reserve_mib: int
+) -> set[int]:
+    """The ids of the plans some enabled host has room for now (database only)."""
+    caps = [capacity(session, h, overcommit, reserve_mib) for h in _enabled_hosts(session)]
+    return {plan.id for plan in plans if any(fits(cap, plan) for cap in caps)}
+
+
 def choose_host(session: Session, plan: Plan, overcommit: float, reserve_mib: int) -> Host:
     """The enabled host with the most free memory that fits the plan."""
-    hosts = list(session.scalars(select(Host).where(Host.enabled).order_by(Host.id)))
+    hosts = _enabled_hosts(session)
     if not hosts:
         raise CapacityError("no hosts are registered; run 'kvmvps-admin init' first")
     fitting = []
     for host in hosts:
         cap = capacity(session, host, overcommit, reserve_mib)
-        if (
-            plan.vcpus <= host.cpus
-            and cap.free_vcpus >= plan.vcpus
-            and cap.free_memory_mib >= plan.memory_mib
-        ):
+        if fits(cap, plan):
             fitting.append((cap.free_memory_mib, cap.free_vcpus, -host.id, host))
     if not fitting:
         raise CapacityError(

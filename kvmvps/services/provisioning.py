@@ -31,7 +31,7 @@ from kvmvps.errors import (
 from kvmvps.hypervisor import DhcpEntry
 from kvmvps.interrupt import Interrupted
 from kvmvps.models import Image, Network, Plan, Vps, VpsState
-from kvmvps.services import Context, credentials, forwards, inventory, jobs, setup
+from kvmvps.services import Context, credentials, forwards, inventory, jobs, quotas, setup
 from kvmvps.services.facts import VpsFacts, domain_name_for, domain_spec, load_facts, overlay_spec
 from kvmvps.services.placement import choose_host
 from kvmvps.services.steps import Background, Build, Progress, Step
@@ -71,6 +71,7 @@ def record_order(ctx: Context, req: OrderRequest, actor: str = "") -> Order:
     """Record the VPS, its allocations and its build job in one transaction.
 
     Either all of it is recorded or none; the password is kept only sealed.
+    The owner's quota is checked in the same transaction, under a lock.
     """
     hostname = validation.hostname(req.hostname)
     ssh_keys = validation.ssh_public_keys(list(req.ssh_keys))
@@ -83,6 +84,7 @@ def record_order(ctx: Context, req: OrderRequest, actor: str = "") -> Order:
         overlay_capacity(plan.disk_gib, check_base_image(Path(image.base_path)), image.name)
         if s.scalar(select(Vps.id).where(Vps.owner_id == owner.id, Vps.hostname == hostname)):
             raise Conflict(f"{owner.email} already has a VPS named {hostname!r}")
+        quotas.check_order(s, ctx.settings, owner, plan)
         host = choose_host(
             s, plan, ctx.settings.cpu_overcommit, ctx.settings.host_memory_reserve_mib
         )

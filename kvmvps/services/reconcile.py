@@ -1,7 +1,7 @@
 """Reconciliation: the database against what libvirt really has, on every host.
 
 Each pass corrects power-state drift (a guest shut down from inside, or with
-virsh), marks VPSes whose domain vanished, and reports domains, volumes and
+virsh), pauses again a suspended VPS that someone started, marks VPSes whose domain vanished, and reports domains, volumes and
 DHCP entries that carry kvmvps's prefix but belong to no VPS; with ``fix`` it
 removes those. VPSes with an unfinished job are left alone: a build or a
 delete is moving them. One pass at a time, across all processes (a lock row).
@@ -25,7 +25,7 @@ from kvmvps import xmlrender
 from kvmvps.errors import Conflict, HypervisorError
 from kvmvps.hypervisor import Hypervisor
 from kvmvps.models import Host, IpLease, Job, JobState, Lock, Network, Vps, VpsState
-from kvmvps.services import Context, forwards
+from kvmvps.services import Context, forwards, guard
 from kvmvps.services.facts import DOMAIN_PREFIX
 from kvmvps.services.jobs import now
 from kvmvps.services.vps import _FROM_LIBVIRT as FROM_LIBVIRT
@@ -43,6 +43,7 @@ class Report:
     fixed: bool
     hosts: list[str] = field(default_factory=list)
     drift: list[dict[str, str]] = field(default_factory=list)
+    held: list[dict[str, str]] = field(default_factory=list)
     vanished: list[dict[str, str]] = field(default_factory=list)
     orphan_domains: list[dict[str, str]] = field(default_factory=list)
     orphan_volumes: list[dict[str, str]] = field(default_factory=list)
@@ -124,11 +125,28 @@ def _host_pass(ctx: Context, host: Host, fix: bool, report: Report) -> None:
         known = {v.domain_name for v in rows}
         for vps in rows:
             if vps.uuid not in busy and vps.state in SETTLED:
-                _check_power(vps, domains.get(vps.domain_name), report)
+                actual = _hold(hv, vps, domains.get(vps.domain_name), report)
+                _check_power(vps, actual, report)
     _orphan_domains(hv, host, set(domains) - known, fix, report, ctx.settings.storage_pool)
     _orphan_volumes(ctx, hv, host, known, fix, report)
     _orphan_dhcp(ctx, hv, host, fix, report)
     report.forwarding += forwards.sync(ctx, host)
+
+
+def _hold(hv: Hypervisor, vps: Vps, actual: str | None, report: Report) -> str | None:
+    """Pause a suspended VPS that runs anyway (``virsh start``, autostart after a reboot)."""
+    if not guard.holds_running(vps, actual):
+        return actual
+    try:
+        hv.suspend(vps.domain_name)
+        actual = hv.state(vps.domain_name)
+    except HypervisorError as exc:
+        report.errors.append(f"{vps.hostname}: could not pause it (suspended): {exc}")
+        return actual
+    report.held.append(
+        {"vps": vps.uuid, "hostname": vps.hostname, "reason": vps.suspended_reason or ""}
+    )
+    return actual
 
 
 def _check_power(vps: Vps, actual: str | None, report: Report) -> None:

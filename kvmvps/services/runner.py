@@ -98,6 +98,22 @@ def _delete(ctx: Context, c: Claimed, jc: JobControl) -> None:
         provisioning.delete(ctx, _vps(c))
 
 
+def _suspend(ctx: Context, c: Claimed, jc: JobControl) -> None:
+    """Pause the guest; for an operator's suspension (``hold``), only if it runs."""
+    if c.params.get("hold"):
+        vps_service.settle(ctx, _vps(c))
+    else:
+        vps_service.suspend(ctx, _vps(c))
+
+
+def _resume(ctx: Context, c: Claimed, jc: JobControl) -> None:
+    """Resume the guest; after a suspension is lifted (``hold``), only if it is paused."""
+    if c.params.get("hold"):
+        vps_service.unsettle(ctx, _vps(c))
+    else:
+        vps_service.resume(ctx, _vps(c))
+
+
 def _simple(action: Callable[[Context, str], object]) -> Handler:
     return lambda ctx, c, jc: action(ctx, _vps(c))
 
@@ -110,8 +126,8 @@ HANDLERS: dict[str, Handler] = {
     "start": _simple(vps_service.start),
     "destroy": _simple(vps_service.destroy),
     "reboot": _simple(vps_service.reboot),
-    "suspend": _simple(vps_service.suspend),
-    "resume": _simple(vps_service.resume),
+    "suspend": _suspend,
+    "resume": _resume,
     "password_reset": _simple(credentials.apply_password_reset),
 }
 

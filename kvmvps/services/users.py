@@ -53,6 +53,11 @@ def _hash(password: str) -> str:
     return generate_password_hash(check_password(password), method=HASH_METHOD)
 
 
+def password_hash(password: str) -> str:
+    """The stored form of a new password (checked for length first)."""
+    return _hash(password)
+
+
 @lru_cache(maxsize=1)
 def _dummy_hash() -> str:
     """A hash no password matches, checked for unknown users to keep timing even."""

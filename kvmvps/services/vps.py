@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, selectinload
 from kvmvps import interrupt
 from kvmvps.errors import Conflict, HypervisorNotFound, InvalidInput, NotFound
 from kvmvps.models import Host, Job, JobState, User, Vps, VpsState
-from kvmvps.services import Context
+from kvmvps.services import Context, guard
 
 # libvirt's words for a domain's state -> our VPS state
 _FROM_LIBVIRT = {
@@ -48,6 +48,8 @@ VIEW_KEYS = (
     "username",
     "host_key_fingerprint",
     "error",
+    "suspended_reason",
+    "suspended_at",
     "expires_at",
     "created_at",
     "updated_at",
@@ -108,6 +110,8 @@ def view(vps: Vps) -> dict[str, Any]:
         "username": vps.username,
         "host_key_fingerprint": vps.host_key_fingerprint,
         "error": vps.error,
+        "suspended_reason": vps.suspended_reason,
+        "suspended_at": _iso(vps.suspended_at),
         "expires_at": _iso(vps.expires_at),
         "created_at": vps.created_at.isoformat(),
         "updated_at": vps.updated_at.isoformat(),
@@ -157,18 +161,47 @@ def domain_xml(ctx: Context, ref: str) -> str:
 
 # -- power ------------------------------------------------------------------
 def sync_state(ctx: Context, ref: str) -> dict[str, Any]:
-    """Read the domain's state from libvirt into the database."""
+    """Read the domain's state from libvirt into the database.
+
+    A suspended VPS found running (started behind kvmvps's back) is paused
+    again first: the operator's suspension holds.
+    """
     with ctx.db.session() as s:
         vps = resolve(s, ref)
         if vps.state in (VpsState.BUILDING, VpsState.QUEUED, VpsState.DELETING):
             return view(vps)
+        hv = ctx.hypervisor(vps.host)
         try:
-            actual = ctx.hypervisor(vps.host).state(vps.domain_name)
+            actual = hv.state(vps.domain_name)
+            if guard.holds_running(vps, actual):
+                hv.suspend(vps.domain_name)
+                actual = hv.state(vps.domain_name)
         except HypervisorNotFound:
             vps.state, vps.error = VpsState.ERROR, "the domain has vanished from libvirt"
             return view(vps)
         vps.state = _FROM_LIBVIRT[actual]
         return view(vps)
+
+
+def settle(ctx: Context, ref: str) -> dict[str, Any]:
+    """A suspension's job: pause the guest if it runs and the VPS is still suspended.
+
+    A VPS that is not settled (a failed build, a delete) is left as it is.
+    """
+    with ctx.db.session() as s:
+        vps = resolve(s, ref)
+        if vps.state not in (VpsState.RUNNING, VpsState.STOPPED, VpsState.SUSPENDED):
+            return view(vps)
+        uuid = vps.uuid
+    return sync_state(ctx, uuid)
+
+
+def unsettle(ctx: Context, ref: str) -> dict[str, Any]:
+    """Lifting a suspension's job: resume the guest if it is paused."""
+    shown = settle(ctx, ref)
+    if shown["state"] == VpsState.SUSPENDED:
+        shown = resume(ctx, shown["id"])
+    return shown
 
 
 def sync_domain(ctx: Context, host_uri: str, domain: str) -> str | None:
@@ -195,6 +228,7 @@ def _power(
 ) -> dict[str, Any]:
     with ctx.db.session() as s:
         vps = resolve(s, ref)
+        guard.check_action(vps, action.replace(" ", "_"), operator=True)
         if vps.state not in allowed:
             raise Conflict(f"cannot {action} {vps.hostname}: it is {vps.state}")
         host_uri, domain = vps.host.uri, vps.domain_name

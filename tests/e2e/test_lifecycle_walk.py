@@ -36,7 +36,7 @@ def test_walk(fresh_ctx: Context) -> None:
     walk = [
         (("vps", "shutdown", "walker", "--timeout", "60", "--json"), "stopped"),
         (("vps", "start", "walker", "--json"), "running"),
-        (("vps", "suspend", "walker", "--json"), "suspended"),
+        (("vps", "pause", "walker", "--json"), "suspended"),
         (("vps", "resume", "walker", "--json"), "running"),
         (("vps", "reboot", "walker", "--json"), "running"),
         (("vps", "destroy", "walker", "--json"), "stopped"),

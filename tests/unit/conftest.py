@@ -13,6 +13,13 @@ from kvmvps.services import Context, inventory, setup
 from tests.conftest import test_env
 
 TEST_URI = "test:///default"
+# tests order many VPSes for one customer; quota tests set their own limits
+ROOMY_QUOTAS = {
+    "KVMVPS_QUOTA_VPS": "100000",
+    "KVMVPS_QUOTA_VCPUS": "100000",
+    "KVMVPS_QUOTA_MEMORY_MIB": "1000000",
+    "KVMVPS_QUOTA_DISK_GIB": "1000000",
+}
 
 
 def _wipe(ctx: Context) -> None:
@@ -41,6 +48,7 @@ def td_ctx(tmp_path: Path, database_url: str) -> Iterator[Context]:
         uri=TEST_URI,
         KVMVPS_DOMAIN_TYPE="qemu",
         KVMVPS_DATABASE_URL=database_url,
+        **ROOMY_QUOTAS,
     )
     ctx = Context(load_settings(env))
     setup.init(ctx)

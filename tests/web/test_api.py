@@ -45,6 +45,7 @@ def test_plans_and_images_show_no_host_paths(api) -> None:
         "disk_gib": 1,
         "price_cents": 299,
         "network": None,
+        "available": True,
     }
     images = api("GET", "/images").get_json()["images"]
     assert [i["name"] for i in images] == ["base", "linux"]

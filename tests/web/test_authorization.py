@@ -117,6 +117,11 @@ TABLE: dict[tuple[str, str], Case] = {
     ("admin.jobs_page", "GET"): Case(OPERATOR_PAGE),
     ("admin.users", "GET"): Case(OPERATOR_PAGE),
     ("admin.user_active", "POST"): Case(site(403, 403, 302), fresh_victim, form=lambda w: {}),
+    ("admin.user_quota", "POST"): Case(
+        site(403, 403, 302),
+        lambda w, s: {"user_id": fresh_victim(w, s)["user_id"]},
+        form=lambda w: {"vps": "3"},
+    ),
     ("admin.audit_log", "GET"): Case(OPERATOR_PAGE),
     ("api.openapi", "GET"): Case(every(200)),
     ("api.plans", "GET"): Case(api(200, 200, 200)),

@@ -329,8 +329,12 @@ def test_operator_suspends_and_sees_everything(world: World) -> None:
     op = world.client(OP)
     page = text(op.get("/admin/servers"))
     assert A in page and "vm" in page
-    r = op.post(f"/admin/servers/{placed.uuid}/suspend", follow_redirects=True)
-    assert "Suspend of" in text(r)
+    r = op.post(
+        f"/admin/servers/{placed.uuid}/suspend",
+        data={"reason": "unpaid invoice"},
+        follow_redirects=True,
+    )
+    assert "is suspended." in text(r) and "Suspended: unpaid invoice" in text(r)
     assert jobs.list_jobs(world.ctx, vps_uuid=placed.uuid)[0]["kind"] == "suspend"
     hosts = text(op.get("/admin/hosts"))
     assert "Pinned vCPUs" in hosts and "Committed memory" in hosts
