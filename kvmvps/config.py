@@ -23,6 +23,8 @@ from kvmvps.errors import InvalidInput
 log = logging.getLogger(__name__)
 
 DOMAIN_TYPES = ("auto", "kvm", "qemu")
+LOG_FORMATS = ("text", "json")
+SERVICE_MANAGERS = ("auto", "systemd", "process")
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,10 @@ class Settings:
     proxy_http_port: int = 80
     proxy_https_port: int = 443
     acme_hook: str = ""
+    log_format: str = "text"
+    web_host: str = "127.0.0.1"
+    web_port: int = 8000
+    service_manager: str = "auto"
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -145,7 +151,19 @@ def load_settings(env: dict[str, str] | None = None, **overrides: Any) -> Settin
             f"KVMVPS_DOMAIN_TYPE must be one of {', '.join(DOMAIN_TYPES)}, not {settings.domain_type!r}"
         )
     _check_forwarding(settings)
+    _check_choices(settings)
     return settings
+
+
+def _check_choices(s: Settings) -> None:
+    for name, value, allowed in (
+        ("KVMVPS_LOG_FORMAT", s.log_format, LOG_FORMATS),
+        ("KVMVPS_SERVICE_MANAGER", s.service_manager, SERVICE_MANAGERS),
+    ):
+        if value not in allowed:
+            raise InvalidInput(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
+    if not 1 <= s.web_port <= 65535:
+        raise InvalidInput(f"KVMVPS_WEB_PORT {s.web_port} is not a port (1-65535)")
 
 
 _PORTS = re.compile(r"^([0-9]{1,5})(?:-([0-9]{1,5}))?$")

@@ -96,7 +96,6 @@ class Worker:
         if claimed is None:
             self.stopping.wait(self.ctx.settings.worker_poll_seconds)
             return 0
-        log.info("worker %s runs job %s (%s)", self.name, claimed.uuid[:8], claimed.kind)
         run_claimed(self.ctx, claimed, self.name, self.stopping.is_set)
         return 1
 
