@@ -21,7 +21,8 @@ from typing import Any, TextIO
 
 FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-FIELDS_ATTR = "kvmvps"  # the LogRecord attribute that carries an event's fields
+FIELDS_ATTR = "kvmvps"
+QUIET_LOGGERS = ("paramiko",)  # the LogRecord attribute that carries an event's fields
 
 
 @dataclass(frozen=True)
@@ -97,3 +98,5 @@ def setup(level: int = logging.INFO, fmt: str = "text", stream: TextIO | None = 
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    for chatty in QUIET_LOGGERS:  # a line per SSH connection drowns the job lines
+        logging.getLogger(chatty).setLevel(max(level, logging.WARNING))
