@@ -16,10 +16,7 @@ K="$KVMVPS_VENV/bin/kvmvps-admin"
 # The demo site is tried from this machine over plain HTTP; real use puts a
 # TLS proxy in front and keeps the secure default (KVMVPS_WEB_HTTPS=1).
 export KVMVPS_WEB_HTTPS=0 KVMVPS_WEB_HOST=${KVMVPS_WEB_HOST:-127.0.0.1}
-echo "==> kvmvps-admin init" >&2
-"$K" init >/dev/null
-echo "==> starting the worker and the website" >&2
-"$K" service start
+# init, the services, the tiny image, a plan, an operator and the VPS, in one go:
 "$K" demo
 echo
 echo "kvmvps-admin is $(cd "$(dirname "$K")" && pwd)/kvmvps-admin; try: $K vps list"

@@ -6,7 +6,7 @@ import click
 
 from kvmvps.cli.context import Obj, json_option, pass_obj
 from kvmvps.cli.output import emit_json, job_progress, table
-from kvmvps.services import daemons, demo
+from kvmvps.services import daemons, demo, setup
 from kvmvps.services import vps as vps_service
 from kvmvps.services.audit import os_actor
 
@@ -91,14 +91,20 @@ def service_supervise(obj: Obj, name: str) -> None:
 @click.option("--operator", default=demo.OPERATOR, show_default=True, help="Operator's e-mail.")
 @pass_obj
 def demo_cmd(obj: Obj, operator: str) -> None:
-    """Set up the demo (as scripts/demo.sh does): plan, operator, one VPS.
+    """Set up the demo (scripts/demo.sh runs this): services, operator, one VPS.
 
-    Run again, it reuses what exists: the same VPS and the same operator,
-    whose passwords were shown the first time. Start the services first
-    ('kvmvps-admin service start') so the worker builds the VPS.
+    It runs 'init', starts the worker and the website ('service start'),
+    makes the tiny image, a plan and an operator, and has the worker build
+    one VPS. Run again, it reuses what exists: the same VPS and the same
+    operator, whose passwords were shown the first time.
     """
+    setup.init(obj.raw_ctx)
     ctx = obj.ctx
+    click.echo("==> the tiny image and the demo plan", err=True)
     demo.ensure_catalogue(ctx)
+    click.echo("==> starting the worker and the website", err=True)
+    for name in daemons.NAMES:
+        daemons.start(ctx, name)
     op_password = demo.ensure_operator(ctx, operator)
     made = demo.ensure_vps(ctx, os_actor())
     click.echo(f"==> {'reusing' if made.reused else 'building'} VPS {demo.HOSTNAME}", err=True)
@@ -106,6 +112,7 @@ def demo_cmd(obj: Obj, operator: str) -> None:
         demo.wait(ctx, made, progress)
     view = vps_service.show(ctx, made.uuid)
     web = daemons.status(ctx, "web")
+    statuses = [daemons.status(ctx, name) for name in daemons.NAMES]
     lines = [
         "",
         f"website:             {web.url or daemons.url(ctx.settings)}"
@@ -122,10 +129,9 @@ def demo_cmd(obj: Obj, operator: str) -> None:
     ]
     if op_password or made.password:
         lines.append("(passwords are shown only this once; they are stored hashed or not at all)")
-    lines += [
-        "services:            kvmvps-admin service status   (stop: kvmvps-admin service stop)",
-    ]
     click.echo("\n".join(lines))
+    click.echo("\nservices (see: kvmvps-admin service status; stop: kvmvps-admin service stop):")
+    table(_status_rows(statuses), STATUS_COLUMNS)
 
 
 def register(cli: click.Group) -> None:
