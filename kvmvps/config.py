@@ -166,6 +166,15 @@ def _check_choices(s: Settings) -> None:
         raise InvalidInput(f"KVMVPS_WEB_PORT {s.web_port} is not a port (1-65535)")
 
 
+def as_env(settings: Settings) -> dict[str, str]:
+    """The ``KVMVPS_*`` variables that give a child process exactly these settings."""
+    return {
+        "KVMVPS_" + f.name.upper(): str(getattr(settings, f.name))
+        for f in fields(Settings)
+        if f.name != "extra"
+    }
+
+
 _PORTS = re.compile(r"^([0-9]{1,5})(?:-([0-9]{1,5}))?$")
 _CHAIN_PREFIX = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,19}$")
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from kvmvps.config import Settings
+from kvmvps.config import Settings, as_env
 from kvmvps.errors import InvalidInput, KvmvpsError
 from kvmvps.services import Context, jobs
 
@@ -156,6 +156,7 @@ def _process_start(ctx: Context, name: str) -> Status:
             stdin=devnull,
             stdout=log,
             stderr=subprocess.STDOUT,
+            env={**os.environ, **as_env(settings)},  # this installation's, whatever the caller's
             start_new_session=True,
             close_fds=True,
         )
