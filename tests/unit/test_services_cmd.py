@@ -92,3 +92,19 @@ def test_settings_of_the_services_are_checked() -> None:
     assert daemons.manager(load_settings({"KVMVPS_STATE_DIR": "/tmp/elsewhere"})) == "process"
     settings = load_settings({"KVMVPS_STATE_DIR": "/srv/x", "KVMVPS_WEB_PORT": "9000"})
     assert load_settings(as_env(settings)) == settings  # what a service's process is given
+
+
+def test_readme_documents_these_settings_with_their_defaults() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    defaults = load_settings({})
+    rows = {
+        "`KVMVPS_LOG_FORMAT` | `text`": defaults.log_format == "text",
+        "`KVMVPS_SERVICE_MANAGER` | `auto`": defaults.service_manager == "auto",
+        "`KVMVPS_WEB_HOST` / `KVMVPS_WEB_PORT` | `127.0.0.1` / `8000`": (
+            defaults.web_host,
+            defaults.web_port,
+        )
+        == ("127.0.0.1", 8000),
+    }
+    for row, matches_code in rows.items():
+        assert f"| {row} |" in readme and matches_code, row
