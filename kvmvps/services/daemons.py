@@ -257,6 +257,11 @@ def _systemctl(*args: str) -> str:
 def install_units(settings: Settings) -> None:
     """The units from deploy/systemd, run by this installation's kvmvps-admin."""
     admin = str(Path(sys.executable).parent / "kvmvps-admin")
+    if not UNITS_DIR.is_dir():
+        raise KvmvpsError(
+            f"no unit files in {UNITS_DIR}; install deploy/systemd by hand "
+            "(README: Running under systemd) or set KVMVPS_SERVICE_MANAGER=process"
+        )
     for name in NAMES:
         text = (UNITS_DIR / unit(name)).read_text()
         text = text.replace("/opt/kvmvps/venv/bin/kvmvps-admin", admin)
