@@ -6,6 +6,10 @@ import dataclasses
 import io
 import json
 import logging
+import os
+import select
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -15,7 +19,7 @@ from kvmvps.cli.output import StepProgress, job_progress
 from kvmvps.services import Context, actions, provisioning
 from kvmvps.services.provisioning import STEPS, OrderRequest
 from kvmvps.worker import Worker
-from tests.badinput import assert_one_line_error, create_args, run_cli
+from tests.badinput import _env_of, assert_one_line_error, create_args, run_cli
 
 STEP_NAMES = [s.name for s in STEPS]
 
@@ -163,3 +167,36 @@ def test_create_wait_shows_steps_on_stderr_and_nothing_under_json(td_ctx: Contex
     quiet = run_cli(td_ctx, *create_args(hostname="web6"))
     assert quiet.exit_code == 0 and "step" not in quiet.stderr
     assert json.loads(quiet.stdout)["state"] == "running"
+
+
+def test_create_wait_draws_a_bar_when_stderr_is_a_terminal(td_ctx: Context) -> None:
+    """A real kvmvps-admin process whose stderr is a pseudo-terminal draws the bar."""
+    if td_ctx.settings.database_url:
+        pytest.skip("one database is enough")
+    leader, follower = os.openpty()
+    args = [a for a in create_args(hostname="tty1") if a != "--json"]
+    done = subprocess.run(
+        [sys.executable, "-m", "kvmvps", *args],
+        env={**os.environ, **_env_of(td_ctx)},
+        stdout=subprocess.PIPE,
+        stderr=follower,
+        timeout=300,
+        check=False,
+    )
+    os.close(follower)
+    drawn = b""
+    while select.select([leader], [], [], 0.5)[0]:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    os.close(leader)
+    assert done.returncode == 0, drawn.decode(errors="replace")
+    text = drawn.decode()
+    assert "\r\x1b[K  [" in text and "100%  done" in text
+    assert all(f"%  {name}" in text for name in STEP_NAMES)
+    assert "  step " not in text  # no plain lines on a terminal
+    assert b"tty1" in done.stdout and b"running" in done.stdout
