@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 DOMAIN_TYPES = ("auto", "kvm", "qemu")
 SIGNUP_MODES = ("open", "closed", "invite")
 MAX_QUOTA = 1_000_000
+LOG_FORMATS = ("text", "json")
+SERVICE_MANAGERS = ("auto", "systemd", "process")
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,10 @@ class Settings:
     quota_disk_gib: int = 500
     signup: str = "open"
     invite_days: int = 7
+    log_format: str = "text"
+    web_host: str = "127.0.0.1"
+    web_port: int = 8000
+    service_manager: str = "auto"
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -157,6 +163,7 @@ def load_settings(env: dict[str, str] | None = None, **overrides: Any) -> Settin
         )
     _check_forwarding(settings)
     _check_tenants(settings)
+    _check_choices(settings)
     return settings
 
 
@@ -172,6 +179,26 @@ def _check_tenants(s: Settings) -> None:
             raise InvalidInput(f"KVMVPS_{name.upper()} must be from 0 to {MAX_QUOTA}, not {value}")
     if not 1 <= s.invite_days <= 366:
         raise InvalidInput(f"KVMVPS_INVITE_DAYS must be from 1 to 366, not {s.invite_days}")
+
+
+def _check_choices(s: Settings) -> None:
+    for name, value, allowed in (
+        ("KVMVPS_LOG_FORMAT", s.log_format, LOG_FORMATS),
+        ("KVMVPS_SERVICE_MANAGER", s.service_manager, SERVICE_MANAGERS),
+    ):
+        if value not in allowed:
+            raise InvalidInput(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
+    if not 1 <= s.web_port <= 65535:
+        raise InvalidInput(f"KVMVPS_WEB_PORT {s.web_port} is not a port (1-65535)")
+
+
+def as_env(settings: Settings) -> dict[str, str]:
+    """The ``KVMVPS_*`` variables that give a child process exactly these settings."""
+    return {
+        "KVMVPS_" + f.name.upper(): str(getattr(settings, f.name))
+        for f in fields(Settings)
+        if f.name != "extra"
+    }
 
 
 _PORTS = re.compile(r"^([0-9]{1,5})(?:-([0-9]{1,5}))?$")

@@ -118,7 +118,6 @@ class Worker:
             claimed = jobs.claim(self.ctx, self.name)
             if claimed is None:
                 break
-            log.info("worker %s runs job %s (%s)", self.name, claimed.uuid[:8], claimed.kind)
             self.pool.start(claimed.uuid, partial(self._run_job, claimed))
             started += 1
         if started == 0:

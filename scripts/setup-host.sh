@@ -44,13 +44,24 @@ start_libvirt() {
 }
 
 python_env() {
+  local venv=${KVMVPS_VENV:-.venv}
+  if [ "$venv" != .venv ]; then  # an environment of the caller's: use it as it is
+    "$venv/bin/python" -c 'import kvmvps' || { log "$venv has no kvmvps"; return 1; }
+    return 0
+  fi
   if [ ! -x .venv/bin/python ]; then
     log "creating .venv"
     python3 -m venv .venv
   fi
+  # pip runs again only when pyproject.toml changed since it last ran.
+  local stamp=.venv/.kvmvps-pyproject.sha256
+  if [ -x .venv/bin/kvmvps-admin ] && sha256sum -c --status "$stamp" 2>/dev/null; then
+    return 0
+  fi
   log "installing kvmvps and its Python dependencies"
   .venv/bin/pip install -q --upgrade pip >/dev/null
   .venv/bin/pip install -q -e '.[test,postgres]'
+  sha256sum pyproject.toml >"$stamp"
 }
 
 install_packages

@@ -27,13 +27,16 @@ SECRET_KEY_FILE = "web-secret-key"  # noqa: S105 - a name, not a secret
 MAX_BODY = 64 * 1024
 
 
+HTTPS_DEFAULT = "1"  # secure by default; KVMVPS_WEB_HTTPS=0 to try the site over plain HTTP
+
+
 def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _env_config() -> dict[str, Any]:
     """Settings from KVMVPS_WEB_* variables (see the README)."""
-    https = _truthy(os.environ.get("KVMVPS_WEB_HTTPS"))
+    https = _truthy(os.environ.get("KVMVPS_WEB_HTTPS", HTTPS_DEFAULT))
     return {
         "HTTPS": https,
         "SECRET_KEY": os.environ.get("KVMVPS_WEB_SECRET_KEY") or None,

@@ -201,7 +201,7 @@ def credentials(id: str) -> ResponseReturnValue:
     job = web_support.active_jobs(ctx, [vps["id"]]).get(vps["id"])
     if job is not None and password_waiting(vps["id"]):
         return redirect(url_for("dashboard.job", job=job["id"]))
-    latest = web_support.latest_job(ctx, vps["id"])
+    latest = web_support.latest_job(ctx, vps["id"], current_user.id)
     failed = latest if latest and latest["state"] == JobState.FAILED else None
     password = None
     if vps["state"] == VpsState.RUNNING and failed is None:

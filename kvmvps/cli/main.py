@@ -18,6 +18,7 @@ from kvmvps.cli import (
     inventory_cmds,
     ops_cmds,
     serve_cmds,
+    service_cmds,
     tenant_cmds,
     vps_cmds,
     vps_extra_cmds,
@@ -51,6 +52,8 @@ READ_ONLY = frozenset(
         "vps.http.list",
         "worker",  # a long-running process, not a change; its jobs carry their own actors
         "serve",  # likewise: the website audits its own actions
+        "service.status",
+        "service.supervise",  # the process a service runs, not a change
     }
 )
 # ...and these, unless the named flag is given.
@@ -258,6 +261,7 @@ forward_cmds.register(cli)
 ops_cmds.register(cli)
 serve_cmds.register(cli)
 tenant_cmds.register(cli)
+service_cmds.register(cli)
 
 
 def main() -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+
 import click
 
+from kvmvps import logs
 from kvmvps.cli.context import Obj, json_option, pass_obj
 from kvmvps.cli.output import emit_json, record, table
 from kvmvps.services import jobs, reconcile
@@ -16,7 +19,7 @@ JOB_COLUMNS = ("id", "kind", "vps", "state", "step", "progress", "attempts", "er
 def jobs_group() -> None:
     """Queued and finished work: orders and actions.
 
-    \\b
+    \b
     Examples:
       kvmvps-admin jobs list --state failed
       kvmvps-admin jobs show 3f2a
@@ -49,14 +52,23 @@ def jobs_show(obj: Obj, ref: str, as_json: bool) -> None:
 
 @click.command("worker")
 @click.option("--max-jobs", type=click.IntRange(1), help="Exit after this many jobs.")
+@click.option(
+    "--log-format",
+    type=click.Choice(logs.FORMATS),
+    help="Log lines as text or JSON (default: KVMVPS_LOG_FORMAT, else text).",
+)
 @pass_obj
-def worker_cmd(obj: Obj, max_jobs: int | None) -> None:
+def worker_cmd(obj: Obj, max_jobs: int | None, log_format: str | None) -> None:
     """Run jobs until stopped (SIGTERM finishes the current step, then exits).
 
     Run one or more per machine; with PostgreSQL, on as many machines as you
-    like. Each also reconciles the database with libvirt periodically.
+    like. Each also reconciles the database with libvirt periodically. It
+    logs every job to stderr at INFO, one line per event: claimed, each step
+    with its duration, finished or failed with the reason.
     """
-    worker = Worker(obj.ctx)
+    ctx = obj.ctx
+    logs.setup(logging.DEBUG if obj.debug else logging.INFO, log_format or ctx.settings.log_format)
+    worker = Worker(ctx)
     worker.install_signal_handlers()
     worker.watch_events()
     worker.run(max_jobs=max_jobs)

@@ -1,12 +1,16 @@
-"""Printing for people (aligned tables) and for programs (JSON)."""
+"""Printing for people (aligned tables, progress bars) and for programs (JSON)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
-from typing import Any
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, TextIO
 
 import click
+
+Progress = Callable[[str, int, int], None]
 
 
 def emit_json(data: Any) -> None:
@@ -44,3 +48,63 @@ def _cell(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return ",".join(str(v) for v in value) or "-"
     return str(value)
+
+
+# -- following a job ---------------------------------------------------------
+BAR_WIDTH = 24
+
+
+class StepProgress:
+    """Shows a job's steps on stderr: a bar on a terminal, else one plain line per step.
+
+    Called as the services' progress callback ``(step, index, total)``: a job
+    run here reports step ``index`` of ``total``; a job followed from another
+    worker reports its percentage with ``total`` 100.
+    """
+
+    def __init__(self, stream: TextIO | None = None, bar: bool | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.bar = self.stream.isatty() if bar is None else bar
+        self.steps: list[str] = []
+        self._drawn = False
+
+    def __call__(self, step: str, index: int, total: int) -> None:
+        if self.steps and self.steps[-1] == step:
+            return
+        self.steps.append(step)
+        percent = int(100 * index / max(total, 1))
+        if not self.bar:
+            self.stream.write(f"  step {step} ({percent}%)\n")
+        else:
+            self._draw(percent, step)
+        self.stream.flush()
+
+    def _draw(self, percent: int, label: str) -> None:
+        filled = BAR_WIDTH * percent // 100
+        bar = "#" * filled + "-" * (BAR_WIDTH - filled)
+        self.stream.write(f"\r\x1b[K  [{bar}] {percent:3d}%  {label}")
+        self._drawn = True
+
+    def close(self, ok: bool) -> None:
+        """End the bar: full and 'done' on success, left where it stopped otherwise."""
+        if not self._drawn:
+            return
+        if ok:
+            self._draw(100, "done")
+        self.stream.write("\n")
+        self.stream.flush()
+
+
+@contextmanager
+def job_progress(quiet: bool = False) -> Iterator[Progress | None]:
+    """The progress callback for a command that follows a job (None when quiet, e.g. --json)."""
+    if quiet:
+        yield None
+        return
+    shown = StepProgress()
+    ok = False
+    try:
+        yield shown
+        ok = True
+    finally:
+        shown.close(ok)

@@ -80,8 +80,10 @@ def serve_cmd(
 ) -> None:
     """Serve the customer website and the REST API (/api/v1).
 
-    Orders and actions become jobs: run 'kvmvps-admin worker' too. Behind a
-    TLS proxy set KVMVPS_WEB_HTTPS=1 (Secure cookies) and KVMVPS_WEB_PROXIES=1.
+    Orders and actions become jobs: run 'kvmvps-admin worker' too. The site
+    expects a TLS proxy in front (KVMVPS_WEB_HTTPS=1, the default: Secure
+    cookies; set KVMVPS_WEB_PROXIES=1 too); KVMVPS_WEB_HTTPS=0 serves it over
+    plain HTTP, e.g. to try it on this machine.
 
     \b
     Examples:
@@ -101,6 +103,12 @@ def serve_cmd(
         "use --production for real traffic)",
         err=True,
     )
+    if app.config.get("HTTPS"):
+        click.echo(
+            "KVMVPS_WEB_HTTPS=1: cookies are Secure, so logging in needs HTTPS in front "
+            "(KVMVPS_WEB_HTTPS=0 to try it over plain HTTP)",
+            err=True,
+        )
     app.run(host=host, port=port, debug=False, use_reloader=False, threaded=True)
 
 

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
 from kvmvps import validation
 from kvmvps.cli.context import Obj, json_option, pass_obj
-from kvmvps.cli.output import emit_json, record, table
+from kvmvps.cli.output import emit_json, job_progress, record, table
 from kvmvps.services import Context, actions, expiry, jobs, provisioning
 from kvmvps.services import vps as vps_service
 from kvmvps.services.audit import os_actor
 from kvmvps.services.runner import run_or_follow
-from kvmvps.services.steps import Progress
 
 LIST_COLUMNS = ("id", "hostname", "state", "ip", "plan", "image", "host", "owner")
 SHOW_KEYS = vps_service.VIEW_KEYS
@@ -36,19 +34,13 @@ def vps_group() -> None:
     """
 
 
-def _follow(ctx: Context, job: str, progress: Progress | None = None) -> None:
-    """Wait for the job (running it, and any queued before it, here if no worker is alive)."""
-    run_or_follow(ctx, job, progress, notice=lambda line: click.echo(f"note: {line}", err=True))
+def follow(ctx: Context, job: str, quiet: bool = False) -> None:
+    """Wait for a job with its steps on stderr (a bar on a terminal); nothing when quiet.
 
-
-def _progress(quiet: bool) -> Progress | None:
-    if quiet or not sys.stderr.isatty():
-        return None
-
-    def show(step: str, index: int, total: int) -> None:
-        click.echo(f"  [{index + 1}/{total}] {step}", err=True)
-
-    return show
+    With no worker alive, the job (and any queued before it) runs here; a note says so.
+    """
+    with job_progress(quiet) as progress:
+        run_or_follow(ctx, job, progress, notice=lambda line: click.echo(f"note: {line}", err=True))
 
 
 @vps_group.command("create")
@@ -68,7 +60,7 @@ def _progress(quiet: bool) -> Progress | None:
 @click.option(
     "--wait", is_flag=True, help="Wait until the VPS runs (building it here if no worker is alive)."
 )
-@click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or lines on stderr.")
 @json_option
 @pass_obj
 def vps_create(
@@ -101,7 +93,7 @@ def vps_create(
     )
     order = provisioning.record_order(obj.ctx, req, actor=os_actor())
     if wait:
-        _follow(obj.ctx, order.job, _progress(quiet or as_json))
+        follow(obj.ctx, order.job, quiet or as_json)
     view = {**vps_service.show(obj.ctx, order.uuid), "job": order.job}
     _print_with_password(view, order.password, as_json)
 
@@ -132,7 +124,7 @@ def _print_with_password(view: dict, password: str | None, as_json: bool) -> Non
 def vps_password_reset(obj: Obj, ref: str, as_json: bool) -> None:
     """Set a new random password on a running VPS and show it once."""
     req = actions.request(obj.ctx, ref, "password_reset", actor=os_actor())
-    _follow(obj.ctx, req.job)
+    follow(obj.ctx, req.job, as_json)
     _print_with_password(vps_service.show(obj.ctx, req.vps), req.password, as_json)
 
 
@@ -140,7 +132,7 @@ def vps_password_reset(obj: Obj, ref: str, as_json: bool) -> None:
 @click.argument("ref")
 @click.option("--image", help="Reinstall from another image (default: the same one).")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or lines on stderr.")
 @json_option
 @pass_obj
 def vps_reinstall(
@@ -151,7 +143,7 @@ def vps_reinstall(
     if not yes:
         click.confirm(f"Erase the disk of {shown['hostname']} ({shown['id'][:8]})?", abort=True)
     req = actions.request(obj.ctx, shown["id"], "reinstall", actor=os_actor(), image=image)
-    _follow(obj.ctx, req.job, _progress(quiet or as_json))
+    follow(obj.ctx, req.job, quiet or as_json)
     _print_with_password(vps_service.show(obj.ctx, req.vps), req.password, as_json)
 
 
@@ -200,14 +192,14 @@ def vps_delete(obj: Obj, ref: str | None, yes: bool, all_expired: bool) -> None:
         raise click.UsageError("name one VPS, or give --all-expired")
     if not ref:
         for job in expiry.delete_expired(obj.ctx, actor=os_actor()):
-            _follow(obj.ctx, job)
+            follow(obj.ctx, job)
             click.echo(f"deleted expired VPS ({jobs.get_job(obj.ctx, job)['vps']})")
         return
     shown = vps_service.show(obj.ctx, ref)
     if not yes:
         click.confirm(f"Delete {shown['hostname']} ({shown['id'][:8]})?", abort=True)
     req = actions.request(obj.ctx, shown["id"], "delete", actor=os_actor())
-    _follow(obj.ctx, req.job)
+    follow(obj.ctx, req.job)
     click.echo(f"deleted {shown['hostname']} ({shown['id']})")
 
 
@@ -218,7 +210,7 @@ def _power_command(name: str, action: str, help_text: str) -> click.Command:
     @pass_obj
     def command(obj: Obj, ref: str, as_json: bool) -> None:
         req = actions.request(obj.ctx, ref, action, actor=os_actor())
-        _follow(obj.ctx, req.job)
+        follow(obj.ctx, req.job, as_json)
         _print_one(vps_service.show(obj.ctx, req.vps), as_json)
 
     return command
@@ -248,7 +240,7 @@ _power_command("resume", "resume", "Resume a paused VPS.")
 def vps_shutdown(obj: Obj, ref: str, timeout: float, force: bool, as_json: bool) -> None:
     """Shut a VPS down gracefully (ACPI power button)."""
     req = actions.request(obj.ctx, ref, "shutdown", actor=os_actor(), timeout=timeout, force=force)
-    _follow(obj.ctx, req.job)
+    follow(obj.ctx, req.job, as_json)
     _print_one(vps_service.show(obj.ctx, req.vps), as_json)
 
 

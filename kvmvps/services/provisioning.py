@@ -19,7 +19,7 @@ from typing import NoReturn
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from kvmvps import cpupin, guest, interrupt, ipam, validation, xmlrender
+from kvmvps import cpupin, guest, interrupt, ipam, logs, validation, xmlrender
 from kvmvps.errors import (
     Conflict,
     HypervisorError,
@@ -256,11 +256,31 @@ def build(
         except Interrupted:
             raise  # the worker is stopping: the next one resumes at this step
         except Exception as exc:  # noqa: BLE001 - every failure rolls back
+            _log_step(step.name, time.perf_counter() - started, exc)
             _fail(b, done + [step], step.name, exc)
         b.timings[step.name] = time.perf_counter() - started
+        _log_step(step.name, b.timings[step.name])
         done.append(step)
     _set_state(ctx, b.facts.vps_id, VpsState.RUNNING)
     return b.timings
+
+
+def _log_step(name: str, seconds: float, exc: Exception | None = None) -> None:
+    """One line per step: its name and duration (and why it failed)."""
+    rounded = round(seconds, 3)
+    if exc is None:
+        logs.event(log, "step", f"step {name} done in {seconds:.2f} s", step=name, seconds=rounded)
+        return
+    reason = str(exc) if isinstance(exc, KvmvpsError) else f"{type(exc).__name__}: {exc}"
+    logs.event(
+        log,
+        "step-failed",
+        f"step {name} failed after {seconds:.2f} s: {reason}; rolling back",
+        logging.WARNING,
+        step=name,
+        seconds=rounded,
+        error=reason,
+    )
 
 
 def _load(ctx: Context, uuid: str, deadline: float | None) -> Build:

@@ -14,10 +14,10 @@ from datetime import UTC, datetime
 
 from sqlalchemy import select
 
-from kvmvps import interrupt
+from kvmvps import interrupt, logs
 from kvmvps.errors import KvmvpsError, NotFound
 from kvmvps.interrupt import Interrupted
-from kvmvps.models import Job, JobState, VpsState
+from kvmvps.models import Job, JobState, Vps, VpsState
 from kvmvps.services import Context, credentials, jobs, provisioning
 from kvmvps.services import vps as vps_service
 from kvmvps.services.jobs import Claimed
@@ -150,28 +150,66 @@ def run_claimed(
     should_stop: Callable[[], bool] = lambda: False,
     on_progress: Progress | None = None,
 ) -> None:
-    """Run a job this worker claimed; finish, fail or hand it back."""
+    """Run a job this worker claimed; finish, fail or hand it back (one log line each)."""
+    with logs.job_context(job_tag(ctx, claimed)):
+        logs.event(log, "claimed", f"claimed by {worker}", worker=worker, attempt=claimed.attempts)
+        started = time.monotonic()
+        error = _run_handler(ctx, claimed, worker, should_stop, on_progress)
+        seconds = round(time.monotonic() - started, 3)
+        if error is None:
+            logs.event(log, "finished", f"finished in {seconds:.1f} s", seconds=seconds)
+        elif error:
+            logs.event(
+                log,
+                "failed",
+                f"failed after {seconds:.1f} s: {error}",
+                logging.ERROR,
+                seconds=seconds,
+                error=error,
+            )
+
+
+def job_tag(ctx: Context, claimed: Claimed) -> logs.JobTag:
+    """The job's id, kind and its VPS's hostname, for the log."""
+    hostname = None
+    if claimed.vps_uuid:
+        with ctx.db.session() as s:
+            hostname = s.scalar(select(Vps.hostname).where(Vps.uuid == claimed.vps_uuid))
+    return logs.JobTag(job=claimed.uuid, kind=claimed.kind, hostname=hostname)
+
+
+def _run_handler(
+    ctx: Context,
+    claimed: Claimed,
+    worker: str,
+    should_stop: Callable[[], bool],
+    on_progress: Progress | None,
+) -> str | None:
+    """Run the job's handler and record its end: None (done), its error, or "" (handed back)."""
     jc = JobControl(ctx, claimed, worker, should_stop, on_progress)
     done = threading.Event()
     keeper = threading.Thread(target=_keep_lease, args=(ctx, jc, done), daemon=True)
     keeper.start()
+    error: str | None = None
     try:
         with interrupt.stoppable(jc.should_stop):
             HANDLERS[claimed.kind](ctx, claimed, jc)
     except Interrupted:
         if not jc.lost.is_set():
             jobs.release(ctx, claimed.id, worker)
-        log.info("job %s handed back to the queue", claimed.uuid)
+        logs.event(log, "released", "handed back to the queue (the worker is stopping)")
+        error = ""
     except KvmvpsError as exc:
-        jobs.finish(ctx, claimed.id, worker, error=str(exc))
+        error = str(exc)
     except Exception as exc:
         log.exception("job %s crashed", claimed.uuid)
-        jobs.finish(ctx, claimed.id, worker, error=f"internal error: {type(exc).__name__}: {exc}")
-    else:
-        jobs.finish(ctx, claimed.id, worker)
+        error = f"internal error: {type(exc).__name__}: {exc}"
     finally:
         done.set()
         keeper.join()
+    if error != "":
+        jobs.finish(ctx, claimed.id, worker, error=error)
+    return error
 
 
 def inline_worker_name() -> str:

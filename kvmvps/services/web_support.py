@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, joinedload, selectinload
 from kvmvps import validation
 from kvmvps.errors import Conflict, InvalidInput, KvmvpsError, NotFound
 from kvmvps.models import ApiToken, Host, Image, Job, JobState, Plan, User, Vps
-from kvmvps.services import Context, placement, provisioning, users
+from kvmvps.services import Context, failures, placement, provisioning, users
 from kvmvps.services.audit import iso
 from kvmvps.services.inventory import get_by_name
 from kvmvps.services.jobs import job_view
@@ -84,14 +84,21 @@ def list_vps_of(ctx: Context, owner_id: int | None) -> list[dict[str, Any]]:
     if owner_id is not None:
         query = query.where(Vps.owner_id == owner_id)
     with reading(ctx) as s:
-        return [view(v) for v in s.scalars(query)]
+        return [_for(view(v), owner_id) for v in s.scalars(query)]
 
 
 def show_vps(ctx: Context, ref: str, owner_id: int | None) -> dict[str, Any]:
     """One VPS of ``owner_id`` (any owner for None); NotFound for anyone else's."""
     _refuse_long(ref, "VPS id", 64)
     with reading(ctx) as s:
-        return view(resolve(s, ref, owner_id))
+        return _for(view(resolve(s, ref, owner_id)), owner_id)
+
+
+def _for(shown: dict[str, Any], owner_id: int | None, kind: str | None = None) -> dict[str, Any]:
+    """A view as its owner sees it: failures in plain words (operators see the reason)."""
+    if owner_id is not None and shown.get("error"):
+        shown["error"] = failures.plain(shown["error"], kind)
+    return shown
 
 
 def active_jobs(ctx: Context, vps_uuids: Iterable[str]) -> dict[str, dict[str, Any]]:
@@ -108,12 +115,12 @@ def active_jobs(ctx: Context, vps_uuids: Iterable[str]) -> dict[str, dict[str, A
         return {job.vps_uuid: job_view(job) for job in s.scalars(query) if job.vps_uuid}
 
 
-def latest_job(ctx: Context, vps_uuid: str) -> dict[str, Any] | None:
-    """The newest job of a VPS, finished or not."""
+def latest_job(ctx: Context, vps_uuid: str, owner_id: int | None = None) -> dict[str, Any] | None:
+    """The newest job of a VPS, finished or not (its error in plain words for an owner)."""
     query = select(Job).where(Job.vps_uuid == vps_uuid).order_by(Job.id.desc()).limit(1)
     with reading(ctx) as s:
         job = s.scalar(query)
-        return job_view(job) if job is not None else None
+        return _for(job_view(job), owner_id, job.kind) if job is not None else None
 
 
 def get_job_for(ctx: Context, ref: str, owner_id: int | None, actor: str = "") -> dict[str, Any]:
@@ -136,7 +143,7 @@ def get_job_for(ctx: Context, ref: str, owner_id: int | None, actor: str = "") -
         shown = job_view(rows[0])
     if owner_id is not None:
         shown["worker"] = None  # which machine ran it is the operators' business
-    return shown
+    return _for(shown, owner_id, shown["kind"])
 
 
 # -- orders --------------------------------------------------------------------

@@ -93,6 +93,7 @@ def site(real_ctx: Context, browser_plan: str) -> Iterator[str]:
             "KVMVPS_CONTEXT": real_ctx,
             "SECRET_KEY": uuid.uuid4().hex,
             "RATELIMIT_ENABLED": False,
+            "HTTPS": False,
             "SITE_NAME": "kvmvps",
         }
     )

@@ -35,6 +35,7 @@ def make_app(ctx: Context, csrf: bool = False, **extra: Any) -> Flask:
         "TESTING": True,
         "WTF_CSRF_ENABLED": csrf,
         "RATELIMIT_ENABLED": False,
+        "HTTPS": False,  # the test client talks plain HTTP, as the demo does
         **extra,
     }
     return create_app(config)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -96,6 +97,9 @@ def test_systemd_units(unit: str) -> None:
     command = "serve --host 127.0.0.1 --port 8000 --production" if "web" in unit else "worker"
     assert settings["ExecStart"][0].endswith(f"kvmvps-admin {command}")
     assert settings["WantedBy"] == ["multi-user.target"]
+    for section in re.findall(r'see "([^"]+)" in the README', path.read_text()):
+        assert f"### {section}\n" in (ROOT / "README.md").read_text(), section
+    assert re.search(r'see "[^"]+" in the README', path.read_text())
     if not shutil.which("systemd-analyze"):
         return
     verify = subprocess.run(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import re
+from pathlib import Path
 
 import pytest
 from flask import Flask
@@ -20,6 +22,8 @@ from tests.web.helpers import (
     shown_password,
     text,
 )
+from web import create_app
+from web.app import HTTPS_DEFAULT
 
 
 def vps_count(ctx: Context) -> int:
@@ -361,7 +365,49 @@ def test_a_failed_reset_never_shows_its_password(world: World) -> None:
         )
     page = client.get(f"/servers/{placed.uuid}/credentials")
     assert shown_password(page) is None
-    assert "did not work: the guest served the wrong host key" in text(page)
+    assert "did not work: The new password could not be set." in text(page)
+    assert "wrong host key" not in text(page)  # the reason is for operators
+
+
+def test_customers_read_failures_in_plain_words_operators_read_the_reason(world: World) -> None:
+    from sqlalchemy import update as sql_update
+
+    from kvmvps.models import Job, JobState
+
+    placed = world.order(A, image="linux")
+    reason = (
+        "building web9 failed at step 'host-key': no host key on the console after 120 s; "
+        "rolled back"
+    )
+    with world.ctx.db.session() as s:
+        s.execute(
+            sql_update(Vps)
+            .where(Vps.uuid == placed.uuid)
+            .values(state=VpsState.ERROR, error=reason)
+        )
+        s.execute(
+            sql_update(Job)
+            .where(Job.uuid == placed.job)
+            .values(state=JobState.FAILED, error=reason)
+        )
+    plain = "The server did not answer SSH in time. Nothing was left half-made"
+    customer = world.client(A)
+    for path in ("/servers", f"/servers/{placed.uuid}/credentials", f"/jobs/{placed.job}"):
+        page = text(customer.get(path))
+        assert plain in page and "at step" not in page and "console after" not in page, path
+    polled = customer.get(f"/jobs/{placed.job}/status.json").get_json()
+    assert polled["error"].startswith(plain) and "host-key" not in polled["error"]
+    state = customer.get("/servers/state.json").get_json()["servers"][0]
+    assert state["error"].startswith(plain)
+    token, _ = tokens.create_token(world.ctx, A, "t")
+    api = world.app.test_client()
+    bearer = {"Authorization": f"Bearer {token}"}
+    shown = api.get(f"/api/v1/servers/{placed.uuid}", headers=bearer).get_json()
+    assert shown["error"].startswith(plain)
+    assert (
+        api.get(f"/api/v1/jobs/{placed.job}", headers=bearer).get_json()["error"].startswith(plain)
+    )
+    assert "no host key on the console after 120 s" in text(world.client(OP).get("/admin/jobs"))
 
 
 def test_images_without_credentials_say_so(world: World) -> None:
@@ -414,3 +460,21 @@ def test_unexpected_errors_are_a_titled_500_page(web_ctx: Context, caplog) -> No
         "error": "internal error; the operators have been told"
     }
     assert "unhandled error in GET /boom" in caplog.text
+
+
+def test_https_is_on_unless_turned_off(web_ctx: Context, monkeypatch: pytest.MonkeyPatch) -> None:
+    """KVMVPS_WEB_HTTPS: secure by default (as the README's settings table says); 0 turns it off."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    row = re.search(r"^\| `KVMVPS_WEB_HTTPS` \| `([^`]*)` \|", readme, re.MULTILINE)
+    assert row is not None and row[1] == HTTPS_DEFAULT == "1"
+    base = {"KVMVPS_CONTEXT": web_ctx, "SECRET_KEY": "k", "TESTING": True}
+    monkeypatch.delenv("KVMVPS_WEB_HTTPS", raising=False)
+    app = create_app(base)
+    assert app.config["HTTPS"] and app.config["SESSION_COOKIE_SECURE"]
+    assert app.config["PREFERRED_URL_SCHEME"] == "https"
+    for off in ("0", "no", "false"):
+        monkeypatch.setenv("KVMVPS_WEB_HTTPS", off)
+        app = create_app(base)
+        assert not app.config["HTTPS"] and not app.config["SESSION_COOKIE_SECURE"]
+    monkeypatch.setenv("KVMVPS_WEB_HTTPS", "1")
+    assert create_app(base).config["REMEMBER_COOKIE_SECURE"]
