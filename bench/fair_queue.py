@@ -84,7 +84,7 @@ def build_guests(ctx: Context) -> tuple[list[str], str]:
 def kill_acpid(ctx: Context, uuid: str) -> None:
     """What a careless customer's root does: the guest no longer hears the power button."""
     with ctx.db.session() as s:
-        vps = s.scalar(select(Vps).where(Vps.uuid == uuid))
+        vps = s.scalars(select(Vps).where(Vps.uuid == uuid)).one()
         target = guest.Target(host=vps.ip or "", port=22, host_key=vps.host_key or "")
     key = keys.provisioning_key_path(ctx.settings)
     with guest.root_session(target, key, time.monotonic() + 60) as client:

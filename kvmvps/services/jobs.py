@@ -119,7 +119,7 @@ def _claimable(
         after = batch[-1].id
 
 
-def _candidates(build_limit: int, after: int) -> Select[tuple[Job]]:
+def _candidates(build_limit: int, after: int) -> Select[Job]:
     """Queued jobs after id ``after`` whose VPS is free and whose host can take a build."""
     other = aliased(Job)
     busy_vps = exists().where(

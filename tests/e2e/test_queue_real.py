@@ -58,8 +58,8 @@ def shared(real_ctx: Context, tiny_image: str) -> Iterator[dict]:
 def login_works(ctx: Context, uuid: str, password: str, tmp: Path) -> bool:
     """OpenSSH with the host key kvmvps pinned (never a scanned one), password by sshpass."""
     with ctx.db.session() as s:
-        vps = s.scalar(select(Vps).where(Vps.uuid == uuid))
-        ip, user, host_key = vps.ip, vps.username, vps.host_key
+        vps = s.scalars(select(Vps).where(Vps.uuid == uuid)).one()
+        ip, user, host_key = vps.ip or "", vps.username or "root", vps.host_key or ""
     done = openssh(tmp, ip, 22, host_key, user, "echo in", password=password)
     return done.returncode == 0 and done.stdout.strip() == "in"
 
@@ -90,7 +90,7 @@ def test_sigterm_interrupts_a_shutdown_the_guest_ignores(
 ) -> None:
     uuid = shared["uuid"]
     with real_ctx.db.session() as s:
-        vps = s.scalar(select(Vps).where(Vps.uuid == uuid))
+        vps = s.scalars(select(Vps).where(Vps.uuid == uuid)).one()
         target = guest.Target(host=vps.ip or "", port=22, host_key=vps.host_key or "")
         domain = vps.domain_name
     key = keys.provisioning_key_path(real_ctx.settings)
