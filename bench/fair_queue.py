@@ -15,6 +15,7 @@ at a time, as kvmvps used to run). Real libvirtd and tiny guests.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -149,6 +150,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     ctx = installation()
+    # four guests boot at once here; give a loaded machine time (the figure is the reboot's)
+    ctx.settings = dataclasses.replace(ctx.settings, ssh_timeout=600.0)
     try:
         images.build_tiny(ctx, "tiny")
         stuck, victim = build_guests(ctx)
