@@ -164,6 +164,7 @@ def load_settings(env: dict[str, str] | None = None, **overrides: Any) -> Settin
     _check_forwarding(settings)
     _check_tenants(settings)
     _check_choices(settings)
+    _check_queue(settings)
     return settings
 
 
@@ -199,6 +200,23 @@ def as_env(settings: Settings) -> dict[str, str]:
         for f in fields(Settings)
         if f.name != "extra"
     }
+
+
+MAX_WORKER_CONCURRENCY = 64
+
+
+def _check_queue(s: Settings) -> None:
+    """One-line errors for worker and queue settings out of range."""
+    if not 1 <= s.worker_concurrency <= MAX_WORKER_CONCURRENCY:
+        raise InvalidInput(
+            f"KVMVPS_WORKER_CONCURRENCY must be between 1 and {MAX_WORKER_CONCURRENCY}, "
+            f"not {s.worker_concurrency}"
+        )
+    if not 0 < s.customer_shutdown_timeout_max <= 3600:
+        raise InvalidInput(
+            "KVMVPS_CUSTOMER_SHUTDOWN_TIMEOUT_MAX must be more than 0 and at most 3600 seconds, "
+            f"not {s.customer_shutdown_timeout_max:g}"
+        )
 
 
 _PORTS = re.compile(r"^([0-9]{1,5})(?:-([0-9]{1,5}))?$")

@@ -48,29 +48,33 @@ def make_read_engine(url: str) -> Engine:
     return engine
 
 
-def make_engine(url: str) -> Engine:
+POOL_SIZE = 5  # SQLAlchemy's default; a worker adds two connections per job thread
+
+
+def make_engine(url: str, pool_size: int = POOL_SIZE) -> Engine:
     """An engine for ``url``; SQLite gets foreign keys, WAL and a busy timeout."""
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30})
+        engine = create_engine(url, connect_args={"timeout": 30}, pool_size=pool_size)
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(url, pool_pre_ping=True, pool_size=pool_size)
 
 
 class Database:
     """One engine and its session factory."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, pool_size: int = POOL_SIZE) -> None:
         self.url = url
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, pool_size)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._read_engine = make_read_engine(url) if url.startswith("sqlite") else self.engine
         self._readers = sessionmaker(self._read_engine, expire_on_commit=False)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:
-        return cls(settings.effective_database_url)
+        """Enough pooled connections for a worker's job threads and their lease keepers."""
+        return cls(settings.effective_database_url, POOL_SIZE + 2 * settings.worker_concurrency)
 
     @contextmanager
     def session(self) -> Iterator[Session]:

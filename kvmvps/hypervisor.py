@@ -127,15 +127,29 @@ class Hypervisor:
             self._drop()
 
     def _call(self, what: str, fn: Callable[[libvirt.virConnect], T]) -> T:
-        """Run ``fn`` on the connection, translating errors; drop a dead connection."""
+        """Run ``fn`` on the connection, translating errors; drop a dead connection.
+
+        One connection serves every thread of the process (libvirt allows
+        concurrent calls on it); a worker's job threads share it.
+        """
         conn = self._connection()
         try:
             return fn(conn)
         except libvirt.libvirtError as exc:
             err = translate(exc, what)
             if isinstance(err, HypervisorUnavailable):
-                self.close()
+                self._forget(conn)
             raise err from None
+
+    def _forget(self, conn: libvirt.virConnect) -> None:
+        """Stop handing out ``conn``; other threads still in a call on it keep it.
+
+        It is not closed here: the last reference going away closes it, so a
+        call in another thread is not cut off by this one's failure.
+        """
+        with self._lock:
+            if self._conn is conn:
+                self._conn = None
 
     def ping(self) -> None:
         """Raise :class:`HypervisorUnavailable` unless libvirtd answers."""

@@ -7,10 +7,10 @@ heartbeat, lease recovery and reconcile going meanwhile.
 
 SIGTERM (or SIGINT) stops every running job at its next safe point (between
 steps, or inside a long wait such as a guest shutdown or an SSH wait), hands
-each back to the queue, and exits. A worker that dies without that (SIGKILL, a crash, a lost
-machine) stops renewing its lease; any other worker then takes the job over:
-it resumes it (every provisioning step is idempotent) or, once its attempts
-are used up, rolls it back.
+each back to the queue, and exits. A worker that dies without that (SIGKILL,
+a crash, a lost machine) stops renewing its leases; any other worker then
+takes its jobs over: it resumes each (every provisioning step is idempotent)
+or, once its attempts are used up, rolls it back.
 """
 
 from __future__ import annotations

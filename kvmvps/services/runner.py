@@ -331,7 +331,10 @@ class _Driver:
             if claimed is not None:
                 mine = head.uuid == self.job_uuid
                 if not mine:
-                    self._once(f"no worker is running: running {head.label}, queued first, here")
+                    self._once(
+                        f"run {head.uuid}",
+                        f"no worker is running: running {head.label}, queued first, here",
+                    )
                 run_claimed(self.ctx, claimed, self.name, on_progress=progress if mine else None)
                 self._stuck_since = None
                 return True
@@ -347,22 +350,24 @@ class _Driver:
         if head.state == JobState.RUNNING and head.lease_expires_at is not None:
             left = max(0.0, (head.lease_expires_at - jobs.now()).total_seconds())
             self._once(
+                f"take over {head.uuid}",
                 f"no worker is running and {head.worker}, which held {head.label}, has stopped: "
                 f"taking it over here when its lease runs out in {left:.0f} s "
-                "(or start a worker: kvmvps-admin worker)"
+                "(or start a worker: kvmvps-admin worker)",
             )
             limit = self.ctx.settings.job_lease_seconds + STALL_SECONDS
+            why = f"is still held by {head.worker}"
         else:
             limit = STALL_SECONDS
+            why = "cannot run here now (its host's build slots are taken)"
         if now - self._stuck_since > limit:
             raise NoWorker(
-                f"{head.label} cannot run here now (its host's build slots are taken) and no "
-                "worker is running: start one with 'kvmvps-admin worker' "
-                "(or 'systemctl start kvmvps-worker')"
+                f"{head.label} {why} and no worker is running: start one with "
+                "'kvmvps-admin worker' (or 'systemctl start kvmvps-worker')"
             )
 
-    def _once(self, message: str) -> None:
-        key = message.split(":", 1)[0] + message[-60:]
+    def _once(self, key: str, message: str) -> None:
+        """Say ``message`` unless something under ``key`` was said already."""
         if key not in self._said:
             self._said.add(key)
             self.say(message)

@@ -38,6 +38,11 @@ def test_database_url_override() -> None:
         ({"KVMVPS_DOMAIN_TYPE": "xen"}, "KVMVPS_DOMAIN_TYPE must be one of"),
         ({"KVMVPS_CPU_OVERCOMMIT": "lots"}, "not a valid value"),
         ({"KVMVPS_CONFIG": "/nonexistent/kvmvps.toml"}, "does not exist"),
+        ({"KVMVPS_WORKER_CONCURRENCY": "0"}, "KVMVPS_WORKER_CONCURRENCY must be between 1 and 64"),
+        ({"KVMVPS_WORKER_CONCURRENCY": "10000"}, "must be between 1 and 64"),
+        ({"KVMVPS_WORKER_CONCURRENCY": "four"}, "not a valid value"),
+        ({"KVMVPS_CUSTOMER_SHUTDOWN_TIMEOUT_MAX": "-1"}, "at most 3600 seconds"),
+        ({"KVMVPS_CUSTOMER_SHUTDOWN_TIMEOUT_MAX": "1e9"}, "at most 3600 seconds"),
     ],
 )
 def test_bad_settings_are_one_line_errors(env: dict, message: str) -> None:

@@ -8,9 +8,12 @@ nothing: no new job, the sealed pending password untouched.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
+from werkzeug.test import TestResponse
 
 from kvmvps.errors import Conflict
 from kvmvps.models import Job, Vps
@@ -22,7 +25,7 @@ from tests.web.helpers import text
 
 def job_count(ctx: Context) -> int:
     with ctx.db.session() as s:
-        return s.scalar(select(func.count()).select_from(Job))
+        return s.scalar(select(func.count()).select_from(Job)) or 0
 
 
 def sealed(ctx: Context, uuid: str) -> str | None:
@@ -30,19 +33,22 @@ def sealed(ctx: Context, uuid: str) -> str | None:
         return s.scalar(select(Vps.pending_password).where(Vps.uuid == uuid))
 
 
+Api = Callable[..., TestResponse]
+
+
 @pytest.fixture
-def api(world: World):
+def api(world: World) -> Api:
     client = world.app.test_client()
     headers = world.bearer(A)
 
-    def call(method: str, path: str, **kwargs):
+    def call(method: str, path: str, **kwargs: Any) -> TestResponse:
         return client.open(f"/api/v1{path}", method=method, headers=headers, **kwargs)
 
     return call
 
 
 @pytest.mark.parametrize("second", ["reboot", "shutdown", "password_reset", "reinstall", "delete"])
-def test_api_second_action_while_one_is_pending_is_409(world: World, api, second: str) -> None:
+def test_api_second_action_while_one_is_pending_is_409(world: World, api: Api, second: str) -> None:
     placed = world.order(A, image="linux")
     url = f"/servers/{placed.uuid}/actions"
     first = api("POST", url, json={"action": "reboot"})
@@ -104,7 +110,7 @@ def api_state(world: World, uuid: str) -> str:
     ("first", "second"), [("password_reset", "reinstall"), ("reinstall", "password_reset")]
 )
 def test_api_second_password_change_keeps_the_first_password(
-    world: World, api, first: str, second: str
+    world: World, api: Api, first: str, second: str
 ) -> None:
     placed = world.order(A, image="linux")
     url = f"/servers/{placed.uuid}/actions"
@@ -147,7 +153,9 @@ def test_double_submit_in_parallel_queues_one_action(world: World) -> None:
 @pytest.mark.parametrize(
     ("timeout", "status"), [(120, 202), (120.5, 400), (121, 400), (10**30, 400), (0, 400)]
 )
-def test_customer_shutdown_timeout_is_capped(world: World, api, timeout, status: int) -> None:
+def test_customer_shutdown_timeout_is_capped(
+    world: World, api: Api, timeout: float, status: int
+) -> None:
     placed = world.order(A)
     before = job_count(world.ctx)
     r = api(
