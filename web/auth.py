@@ -52,13 +52,14 @@ def signup() -> ResponseReturnValue:
             signups.sign_up(services(), form.email.data or "", "", actor=_anonymous())
         return render_template("auth/signup.html", form=form, mode=mode), 200
     if form.validate_on_submit():
+        email = form.email.data or ""
         try:
             user = signups.sign_up(
                 services(),
-                form.email.data,
-                form.password.data,
+                email,
+                form.password.data or "",
                 form.invite.data,
-                actor=actor_of(form.email.data.strip().lower()[:254]),
+                actor=actor_of(email.strip().lower()[:254]),
             )
         except Conflict:
             form.email.errors.append("an account with this e-mail already exists; log in instead")
