@@ -6,7 +6,7 @@ from flask import Blueprint, abort, flash, redirect, render_template, request, u
 from flask.typing import ResponseReturnValue
 from flask_login import current_user
 
-from kvmvps.errors import InvalidInput, KvmvpsError
+from kvmvps.errors import KvmvpsError, NotFound
 from kvmvps.models import JobState
 from kvmvps.services import audit, jobs, quotas, suspension, web_support
 from web.common import audited, services
@@ -43,13 +43,14 @@ def server_action(id: str, action: str) -> ResponseReturnValue:
     """An operator's suspension (with the reason the customer reads), or lifting it."""
     form = SuspendForm()  # the CSRF token was checked before the view
     ctx = services()
-    vps = web_support.show_vps(ctx, id, None)
     try:
         with web_support.write_turn(ctx):
             if action == "suspend":
-                suspension.suspend(ctx, vps["id"], form.reason.data or "", current_user.actor)
+                vps = suspension.suspend(ctx, id, form.reason.data or "", current_user.actor)
             else:
-                suspension.unsuspend(ctx, vps["id"], current_user.actor)
+                vps = suspension.unsuspend(ctx, id, current_user.actor)
+    except NotFound:
+        raise
     except KvmvpsError as exc:
         flash(str(exc), "error")
     else:
@@ -90,7 +91,9 @@ def user_quota(user_id: int) -> ResponseReturnValue:
     if user is None:
         abort(404)
     try:
-        changes = {key: _limit(getattr(form, key).data) for key in quotas.RESOURCES}
+        changes: dict[str, int | str | None] = {
+            key: getattr(form, key).data or "" for key in quotas.RESOURCES
+        }
         with web_support.write_turn(ctx):
             quotas.set_quota(ctx, user.email, changes, current_user.actor)
     except KvmvpsError as exc:
@@ -98,16 +101,6 @@ def user_quota(user_id: int) -> ResponseReturnValue:
     else:
         flash(f"The limits of {user.email} are saved.", "ok")
     return redirect(url_for("admin.users"))
-
-
-def _limit(text: str | None) -> int | None:
-    """A limit typed in a form: empty for the default, else a whole number."""
-    value = (text or "").strip()
-    if not value:
-        return None
-    if len(value) > 12 or not (value.isascii() and value.isdigit()):
-        raise InvalidInput(f"a limit must be a whole number, not {value[:20]!r}")
-    return int(value)
 
 
 @bp.post("/users/<int:user_id>/<any(disable, enable):change>")

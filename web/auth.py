@@ -52,13 +52,14 @@ def signup() -> ResponseReturnValue:
             signups.sign_up(services(), form.email.data or "", "", actor=_anonymous())
         return render_template("auth/signup.html", form=form, mode=mode), 200
     if form.validate_on_submit():
+        email = form.email.data or ""
         try:
             user = signups.sign_up(
                 services(),
-                form.email.data or "",
+                email,
                 form.password.data or "",
-                form.invite.data or "",
-                actor=actor_of((form.email.data or "").strip().lower()[:254]),
+                form.invite.data,
+                actor=actor_of(email.strip().lower()[:254]),
             )
         except Conflict:
             add_error(form.email, "an account with this e-mail already exists; log in instead")

@@ -54,8 +54,9 @@ def limits(settings: Settings, user: User) -> Amounts:
 
 
 def _own(user: User, column: str) -> int | None:
-    value: int | None = getattr(user, column)
-    return value
+    """The user's own limit in ``column``; None when they follow the default."""
+    value = getattr(user, column)
+    return None if value is None else int(value)
 
 
 def usage(session: Session, user_id: int) -> Amounts:
@@ -95,7 +96,7 @@ def check_order(session: Session, settings: Settings, owner: User, plan: Plan) -
 
 def quota_view(ctx: Context, email: str) -> dict[str, Any]:
     """Limits and usage of one user: ``{resource: {limit, used, own}}``."""
-    with ctx.db.session() as s:
+    with ctx.db.reading() as s:
         return _view(ctx.settings, s, user_by_email(s, email))
 
 
@@ -117,24 +118,38 @@ def _view(settings: Settings, session: Session, user: User) -> dict[str, Any]:
     return {"email": user.email, "unlimited": bool(user.is_admin), **shown}
 
 
-def amount(value: Any, what: str) -> int:
-    """A limit: a whole number from 0 to MAX_QUOTA (0 allows none)."""
+def amount(value: Any, what: str) -> int | None:
+    """A limit: a whole number from 0 to MAX_QUOTA (0 allows none); None for the default.
+
+    Text (a form field, a command-line option) is read too: digits, or
+    ``default`` (or nothing) for the default.
+    """
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("", "default"):
+            return None
+        if len(text) > 12 or not (text.isascii() and text.isdigit()):
+            raise InvalidInput(
+                f"{what} must be a whole number from 0 to {MAX_QUOTA} or 'default', "
+                f"not {value[:20]!r}"
+            )
+        value = int(text)
+    if value is None:
+        return None
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_QUOTA:
         raise InvalidInput(f"{what} must be a whole number from 0 to {MAX_QUOTA}, not {value!r}")
     return value
 
 
 def set_quota(
-    ctx: Context, email: str, changes: dict[str, int | None], actor: str
+    ctx: Context, email: str, changes: dict[str, int | str | None], actor: str
 ) -> dict[str, Any]:
-    """Give the user limits of their own; a None value goes back to the default."""
+    """Give the user limits of their own; None (or "default") goes back to the default."""
     with audit.audited(ctx, actor, "user.quota", email[:300]):
         unknown = sorted(set(changes) - set(RESOURCES))
         if unknown:
             raise InvalidInput(f"unknown quota {unknown[0]!r}; one of {', '.join(RESOURCES)}")
-        checked = {
-            k: None if v is None else amount(v, k.replace("_", " ")) for k, v in changes.items()
-        }
+        checked = {k: amount(v, k.replace("_", " ")) for k, v in changes.items()}
         with ctx.db.session() as s:
             user = user_by_email(s, email)
             for key, value in checked.items():

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import secrets
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import or_, select, update
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from kvmvps import validation
 from kvmvps.errors import Conflict, Forbidden, InvalidInput
@@ -93,7 +95,7 @@ def sign_up(
             return user
 
 
-def _spend(session: Any, code: str | None, addr: str, user_id: int) -> None:
+def _spend(session: Session, code: str | None, addr: str, user_id: int) -> None:
     """Mark the invitation used by ``user_id``; Forbidden if it is not good for ``addr``."""
     text = (code or "").strip()
     if not text:
@@ -101,15 +103,18 @@ def _spend(session: Any, code: str | None, addr: str, user_id: int) -> None:
     if len(text) > MAX_CODE or not text.isascii() or not text.isprintable():
         raise InvalidInput("that is not an invitation code")
     now = jobs.now()
-    spent = session.execute(
-        update(Invitation)
-        .where(
-            Invitation.code_hash == digest(text),
-            Invitation.used_at.is_(None),
-            Invitation.expires_at > now,
-            or_(Invitation.email.is_(None), Invitation.email == addr),
-        )
-        .values(used_at=now, used_by_id=user_id)
+    spent = cast(
+        CursorResult[Any],
+        session.execute(
+            update(Invitation)
+            .where(
+                Invitation.code_hash == digest(text),
+                Invitation.used_at.is_(None),
+                Invitation.expires_at > now,
+                or_(Invitation.email.is_(None), Invitation.email == addr),
+            )
+            .values(used_at=now, used_by_id=user_id)
+        ),
     )
     if spent.rowcount != 1:
         raise Forbidden("the invitation code is unknown, used, expired or for another e-mail")

@@ -15,9 +15,10 @@ actions): a paused VPS without a suspension reason may be resumed.
 from __future__ import annotations
 
 import unicodedata
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import select, update
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
 from kvmvps.db import rowcount
@@ -65,18 +66,21 @@ def suspend(ctx: Context, ref: str, reason: str, actor: str) -> dict[str, Any]:
 
 def _cancel_queued(session: Session, vps: Vps) -> None:
     """Fail the VPS's queued customer actions; a password they would set is never set."""
-    cancelled = session.execute(
-        update(Job)
-        .where(
-            Job.vps_uuid == vps.uuid,
-            Job.state == JobState.QUEUED,
-            Job.kind.in_(CANCELLED_KINDS),
-        )
-        .values(
-            state=JobState.FAILED,
-            error=f"cancelled: {vps.hostname} was suspended",
-            finished_at=jobs.now(),
-        )
+    cancelled = cast(
+        CursorResult[Any],
+        session.execute(
+            update(Job)
+            .where(
+                Job.vps_uuid == vps.uuid,
+                Job.state == JobState.QUEUED,
+                Job.kind.in_(CANCELLED_KINDS),
+            )
+            .values(
+                state=JobState.FAILED,
+                error=f"cancelled: {vps.hostname} was suspended",
+                finished_at=jobs.now(),
+            )
+        ),
     )
     if rowcount(cancelled):
         vps.pending_password = None

@@ -12,8 +12,7 @@ from kvmvps.services import Context, placement
 from kvmvps.storage import GIB
 
 
-def plan_view(plan: Plan, network: str | None = None, available: bool = True) -> dict[str, Any]:
-    """A plan as the shop shows it; ``available`` is False when no host has room for it."""
+def plan_view(plan: Plan, network: str | None = None) -> dict[str, Any]:
     return {
         "name": plan.name,
         "vcpus": plan.vcpus,
@@ -21,26 +20,26 @@ def plan_view(plan: Plan, network: str | None = None, available: bool = True) ->
         "disk_gib": plan.disk_gib,
         "price_cents": plan.price_cents,
         "network": network,
-        "available": available,
     }
 
 
-def plan_admin_view(
-    plan: Plan, network: str | None = None, available: bool = True
-) -> dict[str, Any]:
+def plan_admin_view(plan: Plan, network: str | None = None) -> dict[str, Any]:
     """:func:`plan_view` with what only operators see (the CLI's shape)."""
-    return {**plan_view(plan, network, available), "extra_forwards": plan.extra_forwards}
+    return {**plan_view(plan, network), "extra_forwards": plan.extra_forwards}
 
 
 def plan_views(ctx: Context, admin: bool = False) -> list[dict[str, Any]]:
-    """Every plan, each marked available or not from the hosts' capacity in the database."""
+    """Every plan; ``available`` is False when no host has room for it (database only)."""
     shape = plan_admin_view if admin else plan_view
     query = select(Plan).options(selectinload(Plan.network))
     st = ctx.settings
     with ctx.db.reading() as s:
         plans = list(s.scalars(query.order_by(Plan.vcpus, Plan.memory_mib, Plan.name)))
         room = placement.available_plans(s, plans, st.cpu_overcommit, st.host_memory_reserve_mib)
-        return [shape(p, p.network.name if p.network else None, p.id in room) for p in plans]
+        return [
+            {**shape(p, p.network.name if p.network else None), "available": p.id in room}
+            for p in plans
+        ]
 
 
 def image_view(image: Image) -> dict[str, Any]:
