@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import click
@@ -15,6 +16,7 @@ from kvmvps.services import vps as vps_service
 from kvmvps.services.audit import os_actor
 from kvmvps.services.runner import run_or_follow
 from kvmvps.services.steps import Progress
+from kvmvps.services.vps import VpsView
 
 LIST_COLUMNS = ("id", "hostname", "state", "ip", "plan", "image", "host", "owner")
 SHOW_KEYS = vps_service.VIEW_KEYS
@@ -109,7 +111,7 @@ def _read_key_file(path: Path) -> list[str]:
     return [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
 
 
-def _print_with_password(view: dict, password: str | None, as_json: bool) -> None:
+def _print_with_password(view: Mapping[str, object], password: str | None, as_json: bool) -> None:
     if as_json:
         emit_json({**view, "password": password})
         return
@@ -245,7 +247,7 @@ def vps_shutdown(obj: Obj, ref: str, timeout: float, force: bool, as_json: bool)
     _print_one(vps_service.show(obj.ctx, req.vps), as_json)
 
 
-def _print_one(view: dict, as_json: bool) -> None:
+def _print_one(view: VpsView, as_json: bool) -> None:
     if as_json:
         emit_json(view)
     else:

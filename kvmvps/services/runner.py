@@ -14,10 +14,10 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 
 from kvmvps.errors import KvmvpsError, NotFound
-from kvmvps.models import Job
+from kvmvps.models import Job, JobState
 from kvmvps.services import Context, credentials, jobs, provisioning
 from kvmvps.services import vps as vps_service
-from kvmvps.services.jobs import Claimed
+from kvmvps.services.jobs import Claimed, JobView
 from kvmvps.services.steps import Interrupted
 
 log = logging.getLogger(__name__)
@@ -170,7 +170,7 @@ class JobFailed(KvmvpsError):
 
 def run_or_follow(
     ctx: Context, job_uuid: str, progress: Progress | None = None, timeout: float | None = None
-) -> dict:
+) -> JobView:
     """Wait for a job: follow a live worker, or run it here when none is alive.
 
     Returns the finished job's view; raises :class:`JobFailed` if it failed.
@@ -184,13 +184,13 @@ def run_or_follow(
         if progress is not None and view["step"] and view["step"] != seen:
             seen = view["step"]
             progress(seen, view["progress"], 100)
-        if view["state"] in ("succeeded", "failed"):
+        if view["state"] in (JobState.SUCCEEDED, JobState.FAILED):
             break
         if deadline is not None and time.monotonic() > deadline:
             raise JobFailed(f"job {job_uuid[:8]} is still {view['state']} after {timeout:g} s")
-        if view["state"] == "queued" and not jobs.live_workers(ctx):
+        if view["state"] == JobState.QUEUED and not jobs.live_workers(ctx):
             run_inline(ctx, job_uuid, progress)  # the worker went away meanwhile
         time.sleep(0.2)
-    if view["state"] == "failed":
+    if view["state"] == JobState.FAILED:
         raise JobFailed(view["error"] or "the job failed")
     return view
