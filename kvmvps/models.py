@@ -299,6 +299,7 @@ class JobState:
     FAILED = "failed"
 
     UNFINISHED = (QUEUED, RUNNING)
+    ALL = (QUEUED, RUNNING, SUCCEEDED, FAILED)
 
 
 class Job(Base):

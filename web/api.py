@@ -14,6 +14,7 @@ from flask.typing import ResponseReturnValue
 
 from kvmvps.errors import Conflict
 from kvmvps.services import actions, provisioning, tokens, views, web_support
+from kvmvps.services.vps import VpsView
 from web.common import WebUser, audited, services
 from web.openapi import spec
 
@@ -187,7 +188,7 @@ def server_action(id: str) -> ResponseReturnValue:
     return _accepted(body, url_for("api.get_job", job=asked.job))
 
 
-def _ask(vps: dict[str, Any], action: str, data: dict[str, Any]) -> actions.Requested:
+def _ask(vps: VpsView, action: str, data: dict[str, Any]) -> actions.Requested:
     errors: dict[str, str] = {}
     image = _string(data, "image", errors) or None
     timeout, force = data.get("timeout", 60), data.get("force", False)

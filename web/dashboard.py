@@ -7,6 +7,7 @@ does not exist.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from flask import (
@@ -26,7 +27,9 @@ from flask_login import current_user
 from kvmvps.errors import Conflict, KvmvpsError
 from kvmvps.models import JobState, VpsState
 from kvmvps.services import actions, provisioning, quotas, views, web_support
-from kvmvps.services.jobs import BUILD_KINDS
+from kvmvps.services.jobs import BUILD_KINDS, JobView
+from kvmvps.services.views import PlanView, PublicImageView
+from kvmvps.services.vps import VpsView
 from web.common import (
     audited,
     drop_password,
@@ -77,11 +80,11 @@ def _require_login() -> ResponseReturnValue | None:
     return None
 
 
-def _own(ref: str) -> dict[str, Any]:
+def _own(ref: str) -> VpsView:
     return web_support.show_vps(services(), ref, current_user.id)
 
 
-def _order_choices(form: OrderForm) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _order_choices(form: OrderForm) -> tuple[list[PlanView], list[PublicImageView]]:
     ctx = services()
     plans, images = views.plan_views(ctx), web_support.catalogue_images(ctx)
     form.plan.choices = [(p["name"], p["name"]) for p in plans]
@@ -125,7 +128,7 @@ def servers_state() -> ResponseReturnValue:
     )
 
 
-def _job_brief(job: dict[str, Any] | None) -> dict[str, Any] | None:
+def _job_brief(job: JobView | None) -> dict[str, Any] | None:
     if job is None:
         return None
     return {key: job[key] for key in ("id", "kind", "state", "step", "progress")}
@@ -208,7 +211,8 @@ def credentials(id: str) -> ResponseReturnValue:
         password = take_password(vps["id"])
     elif vps["state"] == VpsState.ERROR or failed is not None:
         drop_password(vps["id"])  # never show a password that was not set
-    image = next((i for i in web_support.catalogue_images(ctx) if i["name"] == vps["image"]), {})
+    images = web_support.catalogue_images(ctx)
+    image: Mapping[str, object] = next((i for i in images if i["name"] == vps["image"]), {})
     return render_template(
         "dash/credentials.html",
         vps=vps,
@@ -231,7 +235,7 @@ def action(id: str, action: str) -> ResponseReturnValue:
     return _request(vps, action, None)
 
 
-def _confirm(vps: dict[str, Any], action: str) -> ResponseReturnValue:
+def _confirm(vps: VpsView, action: str) -> ResponseReturnValue:
     """A destructive action: show what it does; go ahead once the hostname is typed."""
     form = ConfirmForm()
     images = web_support.catalogue_images(services()) if action == "reinstall" else []
@@ -253,7 +257,7 @@ def _confirm(vps: dict[str, Any], action: str) -> ResponseReturnValue:
     ), status
 
 
-def _request(vps: dict[str, Any], action: str, image: str | None) -> ResponseReturnValue:
+def _request(vps: VpsView, action: str, image: str | None) -> ResponseReturnValue:
     try:
         with audited(current_user.actor, f"vps.{action}", vps["hostname"]):
             asked = actions.request(
@@ -283,7 +287,7 @@ def _request(vps: dict[str, Any], action: str, image: str | None) -> ResponseRet
 
 
 # -- jobs --------------------------------------------------------------------------
-def _own_job(ref: str) -> dict[str, Any]:
+def _own_job(ref: str) -> JobView:
     return web_support.get_job_for(services(), ref, current_user.id, current_user.actor)
 
 

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 from flask import Flask, current_app
 
+from kvmvps.models import JobState, VpsState
 from kvmvps.services.actions import ALLOWED
 
+# A VPS's or a job's state -> its badge's class ("running" is both).
 STATE_CLASS = {
-    "running": "ok",
-    "succeeded": "ok",
-    "queued": "wait",
-    "building": "wait",
-    "deleting": "wait",
+    VpsState.RUNNING: "ok",
+    JobState.SUCCEEDED: "ok",
+    VpsState.QUEUED: "wait",
+    VpsState.BUILDING: "wait",
+    VpsState.DELETING: "wait",
     "running_job": "wait",
-    "stopped": "off",
-    "suspended": "warn",
-    "error": "bad",
-    "failed": "bad",
+    VpsState.STOPPED: "off",
+    VpsState.SUSPENDED: "warn",
+    VpsState.ERROR: "bad",
+    JobState.FAILED: "bad",
 }
 
 
@@ -56,6 +58,8 @@ def register(app: Flask) -> None:
     for fn in (price, memory, state_class, short, when):
         app.add_template_filter(fn)
     app.add_template_global(can)
+    app.add_template_global(JobState)
+    app.add_template_global(VpsState)
 
     @app.context_processor
     def site() -> dict[str, object]:

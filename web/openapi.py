@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from kvmvps.models import JobState, VpsState
 from kvmvps.services.jobs import KINDS
 
 STR, INT, BOOL, NUM = (
@@ -37,7 +38,7 @@ SERVER = {
         "hostname": STR,
         "state": {
             **STR,
-            "enum": ["queued", "building", "running", "stopped", "suspended", "error", "deleting"],
+            "enum": list(VpsState.ALL),
         },
         "ip": _nullable(STR),
         "mac": _nullable(STR),
@@ -209,7 +210,7 @@ SCHEMAS: dict[str, Any] = {
             "id": {**STR, "format": "uuid"},
             "kind": {**STR, "enum": list(KINDS)},
             "vps": _nullable(STR),
-            "state": {**STR, "enum": ["queued", "running", "succeeded", "failed"]},
+            "state": {**STR, "enum": list(JobState.ALL)},
             "step": _nullable(STR),
             "progress": {**INT, "minimum": 0, "maximum": 100},
             "attempts": INT,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import click
 
 from kvmvps.cli.context import Obj, json_option, pass_obj, simple_command
@@ -14,7 +17,9 @@ AUDIT_COLUMNS = ("at", "actor", "action", "target", "result", "detail")
 HOST_COLUMNS = ("name", "uri", "cpus", "memory_mib", "enabled", "public_address")
 
 
-def _emit(data: dict | list, as_json: bool, columns: tuple[str, ...] = ()) -> None:
+def _emit(
+    data: Mapping[str, Any] | list[Any], as_json: bool, columns: tuple[str, ...] = ()
+) -> None:
     """One object as ``key: value`` lines or a list as a table; or JSON."""
     if as_json:
         emit_json(data)

@@ -11,6 +11,7 @@ from kvmvps.cli.context import Obj, json_option, pass_obj, simple_command
 from kvmvps.cli.output import emit_json, record, table
 from kvmvps.services import images as image_service
 from kvmvps.services import inventory, setup, views
+from kvmvps.services.views import ImageView
 
 PLAN_COLUMNS = (
     "name",
@@ -148,7 +149,7 @@ simple_command(
 )
 
 
-def _print_images(views: list[dict], as_json: bool, single: bool = False) -> None:
+def _print_images(views: list[ImageView], as_json: bool, single: bool = False) -> None:
     if as_json:
         emit_json(views[0] if single else views)
     elif single:

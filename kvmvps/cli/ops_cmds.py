@@ -9,6 +9,7 @@ import click
 from kvmvps import logs
 from kvmvps.cli.context import Obj, json_option, pass_obj
 from kvmvps.cli.output import emit_json, record, table
+from kvmvps.models import JobState
 from kvmvps.services import jobs, reconcile
 from kvmvps.worker import Worker
 
@@ -27,7 +28,7 @@ def jobs_group() -> None:
 
 
 @jobs_group.command("list")
-@click.option("--state", type=click.Choice(["queued", "running", "succeeded", "failed"]))
+@click.option("--state", type=click.Choice(JobState.ALL))
 @click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
 @json_option
 @pass_obj

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, TextIO
 
@@ -17,7 +17,7 @@ def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
-def table(rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> None:
+def table(rows: Iterable[Mapping[str, Any]], columns: Sequence[str]) -> None:
     """Print ``rows`` as an aligned table with ``columns`` as headers."""
     rows = list(rows)
     if not rows:
@@ -32,7 +32,7 @@ def table(rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> None:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
 
 
-def record(data: dict[str, Any], keys: Sequence[str] | None = None) -> None:
+def record(data: Mapping[str, Any], keys: Sequence[str] | None = None) -> None:
     """Print one object as ``key: value`` lines."""
     keys = keys or list(data)
     width = max(len(k) for k in keys)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import click
 
 from kvmvps.cli.admin_cmds import user_group
@@ -45,7 +48,7 @@ def vps_unsuspend(obj: Obj, ref: str, as_json: bool) -> None:
     _print(vps_service.show(obj.ctx, shown["id"]), as_json)
 
 
-def _print(view: dict, as_json: bool) -> None:
+def _print(view: Mapping[str, Any], as_json: bool) -> None:
     emit_json(view) if as_json else record(view, SHOW_KEYS)
 
 

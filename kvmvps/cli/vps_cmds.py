@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import click
@@ -13,6 +14,7 @@ from kvmvps.services import Context, actions, expiry, jobs, provisioning
 from kvmvps.services import vps as vps_service
 from kvmvps.services.audit import os_actor
 from kvmvps.services.runner import run_or_follow
+from kvmvps.services.vps import VpsView
 
 LIST_COLUMNS = ("id", "hostname", "state", "ip", "plan", "image", "host", "owner")
 SHOW_KEYS = vps_service.VIEW_KEYS
@@ -106,7 +108,7 @@ def _read_key_file(path: Path) -> list[str]:
     return [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
 
 
-def _print_with_password(view: dict, password: str | None, as_json: bool) -> None:
+def _print_with_password(view: Mapping[str, object], password: str | None, as_json: bool) -> None:
     if as_json:
         emit_json({**view, "password": password})
         return
@@ -244,7 +246,7 @@ def vps_shutdown(obj: Obj, ref: str, timeout: float, force: bool, as_json: bool)
     _print_one(vps_service.show(obj.ctx, req.vps), as_json)
 
 
-def _print_one(view: dict, as_json: bool) -> None:
+def _print_one(view: VpsView, as_json: bool) -> None:
     if as_json:
         emit_json(view)
     else:

@@ -12,7 +12,7 @@ import pwd
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import TypedDict
 
 from sqlalchemy import select
 
@@ -80,7 +80,19 @@ def record(
         s.add(entry)
 
 
-def entry_view(entry: AuditEntry) -> dict[str, Any]:
+class EntryView(TypedDict):
+    """The stable JSON shape of an audit entry."""
+
+    id: int
+    at: str | None
+    actor: str
+    action: str
+    target: str
+    result: str
+    detail: str | None
+
+
+def entry_view(entry: AuditEntry) -> EntryView:
     return {
         "id": entry.id,
         "at": iso(entry.at),
@@ -98,7 +110,7 @@ def list_entries(
     actor: str | None = None,
     action: str | None = None,
     target: str | None = None,
-) -> list[dict[str, Any]]:
+) -> list[EntryView]:
     """The newest ``limit`` entries matching every filter given, newest first."""
     validation.positive_int(limit, "limit", MAX_LIMIT)
     query = select(AuditEntry).order_by(AuditEntry.at.desc(), AuditEntry.id.desc()).limit(limit)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypedDict
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -147,7 +147,20 @@ def release(session: Session, vps: Vps) -> None:
 
 
 # -- the customer's forwards --------------------------------------------------
-def forward_view(row: Forward, vps: Vps) -> dict[str, Any]:
+class ForwardView(TypedDict):
+    """The stable JSON shape of a forward."""
+
+    vps: str
+    hostname: str
+    protocol: str
+    public_address: str | None
+    public_port: int
+    guest_ip: str | None
+    guest_port: int | None
+    kind: str | None
+
+
+def forward_view(row: Forward, vps: Vps) -> ForwardView:
     """The stable JSON shape of a forward."""
     return {
         "vps": vps.uuid,
@@ -176,7 +189,7 @@ def protocol(value: str) -> str:
 
 def add(
     ctx: Context, ref: str, port: int, proto: str = "tcp", owner_id: int | None = None
-) -> dict[str, Any]:
+) -> ForwardView:
     """Forward a new public port to ``port`` of the VPS; the rules are in place on return.
 
     If writing the rules fails, nothing is recorded and no rule changed.
@@ -226,7 +239,7 @@ def _forwardable(ctx: Context, vps: Vps) -> str:
     return address
 
 
-def list_forwards(ctx: Context, ref: str, owner_id: int | None = None) -> list[dict[str, Any]]:
+def list_forwards(ctx: Context, ref: str, owner_id: int | None = None) -> list[ForwardView]:
     with ctx.db.session() as s:
         vps = resolve(s, ref, owner_id)
         return [forward_view(f, vps) for f in vps.forwards]
@@ -234,7 +247,7 @@ def list_forwards(ctx: Context, ref: str, owner_id: int | None = None) -> list[d
 
 def remove(
     ctx: Context, ref: str, public_port: int, proto: str | None = None, owner_id: int | None = None
-) -> dict[str, Any]:
+) -> ForwardView:
     """Release one extra forward of the VPS and remove its rules."""
     with ctx.db.session() as s:
         vps = resolve(s, ref, owner_id)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -70,7 +69,18 @@ def add_host(ctx: Context, name: str, uri: str) -> Host:
         return host
 
 
-def list_hosts(ctx: Context) -> list[dict[str, Any]]:
+class HostDetail(views.HostView):
+    """A host with what it carries against what it has."""
+
+    vcpus_pinned: int
+    vcpu_limit: int
+    memory_committed_mib: int
+    memory_limit_mib: int
+    vps_count: int
+    created_at: str | None
+
+
+def list_hosts(ctx: Context) -> list[views.HostView]:
     with ctx.db.session() as s:
         return [views.host_view(h) for h in s.scalars(select(Host).order_by(Host.name))]
 
@@ -80,7 +90,7 @@ def _vps_count(session: Session, host: Host) -> int:
     return count or 0
 
 
-def show_host(ctx: Context, name: str) -> dict[str, Any]:
+def show_host(ctx: Context, name: str) -> HostDetail:
     """A host with what it carries against what it has."""
     st = ctx.settings
     with ctx.db.session() as s:
@@ -115,7 +125,7 @@ def remove_host(ctx: Context, name: str) -> None:
         s.delete(host)
 
 
-def set_public_address(ctx: Context, name: str, address: str | None) -> dict[str, Any]:
+def set_public_address(ctx: Context, name: str, address: str | None) -> HostDetail:
     """Set (None: clear) the host's own public IPv4 for port forwards and HTTP names.
 
     Forwards already held move to the new address at the next rule update.
@@ -134,7 +144,7 @@ def set_public_address(ctx: Context, name: str, address: str | None) -> dict[str
     return show_host(ctx, name)
 
 
-def disable_host(ctx: Context, name: str) -> dict[str, Any]:
+def disable_host(ctx: Context, name: str) -> views.HostView:
     """Place no new VPSes on the host; those it carries keep running."""
     with ctx.db.session() as s:
         host = get_by_name(s, Host, name, "host")
@@ -142,7 +152,7 @@ def disable_host(ctx: Context, name: str) -> dict[str, Any]:
         return views.host_view(host)
 
 
-def enable_host(ctx: Context, name: str) -> dict[str, Any]:
+def enable_host(ctx: Context, name: str) -> views.HostView:
     """Put the host back in service, after making sure its pool and networks exist."""
     with ctx.db.session() as s:
         host = get_by_name(s, Host, name, "host")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
-from typing import Any
+from typing import NotRequired, TypedDict
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -46,7 +46,19 @@ def full_name(ctx: Context, name: str) -> str:
     return validation.dns_name(raw, "HTTP name")
 
 
-def name_view(row: HttpName, vps: Vps) -> dict[str, Any]:
+class NameView(TypedDict):
+    """The stable JSON shape of an HTTP name."""
+
+    name: str
+    vps: str
+    hostname: str
+    guest_ip: str | None
+    http: str
+    https: str
+    acme: NotRequired[str]  # when just added: what the ACME hook said
+
+
+def name_view(row: HttpName, vps: Vps) -> NameView:
     return {
         "name": row.name,
         "vps": vps.uuid,
@@ -57,7 +69,7 @@ def name_view(row: HttpName, vps: Vps) -> dict[str, Any]:
     }
 
 
-def add(ctx: Context, ref: str, name: str, owner_id: int | None = None) -> dict[str, Any]:
+def add(ctx: Context, ref: str, name: str, owner_id: int | None = None) -> NameView:
     """Route ``name`` to the VPS; the proxy serves it on return.
 
     A name that is taken, or a proxy that refuses the new configuration,
@@ -95,14 +107,14 @@ def _routable(ctx: Context, vps: Vps) -> None:
         raise Conflict("HTTP names need a public address (set KVMVPS_PUBLIC_ADDRESS)")
 
 
-def list_names(ctx: Context, ref: str, owner_id: int | None = None) -> list[dict[str, Any]]:
+def list_names(ctx: Context, ref: str, owner_id: int | None = None) -> list[NameView]:
     with ctx.db.session() as s:
         vps = resolve(s, ref, owner_id)
         rows = s.scalars(select(HttpName).where(HttpName.vps_id == vps.id).order_by(HttpName.name))
         return [name_view(r, vps) for r in rows]
 
 
-def remove(ctx: Context, ref: str, name: str, owner_id: int | None = None) -> dict[str, Any]:
+def remove(ctx: Context, ref: str, name: str, owner_id: int | None = None) -> NameView:
     """Stop routing ``name`` to the VPS."""
     with ctx.db.session() as s:
         vps = resolve(s, ref, owner_id)
@@ -168,7 +180,7 @@ def apply_proxy(ctx: Context) -> bool:
         return _apply_proxy_in(ctx, s)
 
 
-def run_acme_hook(ctx: Context, name: str, shown: dict[str, Any]) -> str:
+def run_acme_hook(ctx: Context, name: str, shown: NameView) -> str:
     """Run KVMVPS_ACME_HOOK with the new name; its outcome in a few words."""
     hook = ctx.settings.acme_hook
     if not hook:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, overload
+from typing import Any, TypedDict, overload
 
 from sqlalchemy import Select, and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session, aliased
@@ -294,7 +294,25 @@ def take_over_expired(ctx: Context, job_id: int, worker: str) -> bool:
 
 
 # -- reading -----------------------------------------------------------------
-def job_view(job: Job) -> dict[str, Any]:
+class JobView(TypedDict):
+    """The stable JSON shape of a job."""
+
+    id: str
+    kind: str
+    vps: str | None
+    state: str
+    step: str | None
+    progress: int
+    attempts: int
+    error: str | None
+    actor: str
+    worker: str | None
+    created_at: str | None
+    started_at: str | None
+    finished_at: str | None
+
+
+def job_view(job: Job) -> JobView:
     return {
         "id": job.uuid,
         "kind": job.kind,
@@ -316,7 +334,7 @@ def _iso(moment: datetime | None) -> str | None:
     return aware(moment).isoformat() if moment else None
 
 
-def get_job(ctx: Context, ref: str) -> dict[str, Any]:
+def get_job(ctx: Context, ref: str) -> JobView:
     """A job by uuid or unique uuid prefix."""
     ref = (ref or "").strip().lower()
     with ctx.db.session() as s:
@@ -332,7 +350,7 @@ def get_job(ctx: Context, ref: str) -> dict[str, Any]:
 
 def list_jobs(
     ctx: Context, state: str | None = None, vps_uuid: str | None = None, limit: int = 50
-) -> list[dict[str, Any]]:
+) -> list[JobView]:
     query = select(Job).order_by(Job.id.desc()).limit(limit)
     if state:
         query = query.where(Job.state == state)

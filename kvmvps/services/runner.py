@@ -20,7 +20,7 @@ from kvmvps.interrupt import Interrupted
 from kvmvps.models import Job, JobState, Vps, VpsState
 from kvmvps.services import Context, credentials, jobs, provisioning
 from kvmvps.services import vps as vps_service
-from kvmvps.services.jobs import Claimed
+from kvmvps.services.jobs import Claimed, JobView
 
 log = logging.getLogger(__name__)
 
@@ -379,7 +379,7 @@ def run_or_follow(
     progress: Progress | None = None,
     timeout: float | None = None,
     notice: Callable[[str], None] | None = None,
-) -> dict:
+) -> JobView:
     """Wait for a job: follow a live worker, or, with none alive, run it here.
 
     Jobs of the same VPS queued before it run first, here, in order; a job

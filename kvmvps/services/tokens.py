@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from typing import Any
+from typing import TypedDict
 
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
@@ -27,7 +27,18 @@ def digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def token_view(token: ApiToken) -> dict[str, Any]:
+class TokenView(TypedDict):
+    """The stable JSON shape of an API token (never the token or its hash)."""
+
+    id: int
+    user: str
+    name: str
+    revoked: bool
+    created_at: str | None
+    last_used_at: str | None
+
+
+def token_view(token: ApiToken) -> TokenView:
     """The stable JSON shape of a token; never the token or its hash."""
     return {
         "id": token.id,
@@ -46,7 +57,7 @@ def _token_name(name: str | None) -> str:
     return name
 
 
-def create_token(ctx: Context, email: str, name: str = "") -> tuple[str, dict[str, Any]]:
+def create_token(ctx: Context, email: str, name: str = "") -> tuple[str, TokenView]:
     """A new token for the user: (plaintext, view). The plaintext is not kept."""
     name = _token_name(name)
     plaintext = TOKEN_PREFIX + secrets.token_urlsafe(32)
@@ -81,7 +92,7 @@ def verify_token(ctx: Context, token: str) -> User | None:
         return row.user
 
 
-def revoke_token(ctx: Context, token_id: int) -> dict[str, Any]:
+def revoke_token(ctx: Context, token_id: int) -> TokenView:
     """Revoke a token by id (revoking it again changes nothing)."""
     with ctx.db.session() as s:
         token = s.get(ApiToken, token_id)
@@ -91,7 +102,7 @@ def revoke_token(ctx: Context, token_id: int) -> dict[str, Any]:
         return token_view(token)
 
 
-def list_tokens(ctx: Context, email: str | None = None) -> list[dict[str, Any]]:
+def list_tokens(ctx: Context, email: str | None = None) -> list[TokenView]:
     """Every token, or one user's, oldest first."""
     query = select(ApiToken).options(selectinload(ApiToken.user)).order_by(ApiToken.id)
     with ctx.db.session() as s:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 from functools import lru_cache
-from typing import Any
+from typing import TypedDict
 
 from sqlalchemy import select, update
 from werkzeug.security import check_password_hash, generate_password_hash
@@ -28,7 +28,18 @@ MAX_PASSWORD = 1024
 VIEW_KEYS = ("id", "email", "is_admin", "is_active", "has_password", "created_at")
 
 
-def user_view(user: User) -> dict[str, Any]:
+class UserView(TypedDict):
+    """The stable JSON shape of a user (never the password hash)."""
+
+    id: int
+    email: str
+    is_admin: bool
+    is_active: bool
+    has_password: bool
+    created_at: str | None
+
+
+def user_view(user: User) -> UserView:
     """The stable JSON shape of a user; never the password hash."""
     return {
         "id": user.id,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import NotRequired, TypedDict
 
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
@@ -12,7 +12,67 @@ from kvmvps.services import Context, placement
 from kvmvps.storage import GIB
 
 
-def plan_view(plan: Plan, network: str | None = None) -> dict[str, Any]:
+class PlanView(TypedDict):
+    name: str
+    vcpus: int
+    memory_mib: int
+    disk_gib: int
+    price_cents: int
+    network: str | None
+    available: NotRequired[bool]  # only in the shop's listing (plan_views)
+
+
+class PlanAdminView(PlanView):
+    """:class:`PlanView` with what only operators see."""
+
+    extra_forwards: int
+
+
+class ImageView(TypedDict):
+    name: str
+    base_path: str
+    virtual_size_gib: float
+    kernel_boot: bool
+    kernel: str | None
+    initrd: str | None
+    cmdline: str | None
+    login_user: str
+    cloud_init: bool
+    credentials: bool
+    os_family: str
+
+
+class PublicImageView(TypedDict):
+    """An image as customers see it (no paths on the host)."""
+
+    name: str
+    os_family: str
+    login_user: str
+    virtual_size_gib: float
+    credentials: bool
+
+
+class NetworkView(TypedDict):
+    name: str
+    kind: str
+    libvirt_name: str
+    bridge: str
+    subnet: str
+    gateway: str
+    pool_start: str | None
+    pool_end: str | None
+
+
+class HostView(TypedDict):
+    name: str
+    uri: str
+    cpus: int
+    memory_mib: int
+    enabled: bool
+    public_address: str | None
+
+
+def plan_view(plan: Plan, network: str | None = None) -> PlanView:
     return {
         "name": plan.name,
         "vcpus": plan.vcpus,
@@ -23,12 +83,12 @@ def plan_view(plan: Plan, network: str | None = None) -> dict[str, Any]:
     }
 
 
-def plan_admin_view(plan: Plan, network: str | None = None) -> dict[str, Any]:
+def plan_admin_view(plan: Plan, network: str | None = None) -> PlanAdminView:
     """:func:`plan_view` with what only operators see (the CLI's shape)."""
     return {**plan_view(plan, network), "extra_forwards": plan.extra_forwards}
 
 
-def plan_views(ctx: Context, admin: bool = False) -> list[dict[str, Any]]:
+def plan_views(ctx: Context, admin: bool = False) -> list[PlanView]:
     """Every plan; ``available`` is False when no host has room for it (database only)."""
     shape = plan_admin_view if admin else plan_view
     query = select(Plan).options(selectinload(Plan.network))
@@ -42,7 +102,7 @@ def plan_views(ctx: Context, admin: bool = False) -> list[dict[str, Any]]:
         ]
 
 
-def image_view(image: Image) -> dict[str, Any]:
+def image_view(image: Image) -> ImageView:
     return {
         "name": image.name,
         "base_path": image.base_path,
@@ -58,7 +118,7 @@ def image_view(image: Image) -> dict[str, Any]:
     }
 
 
-def network_view(net: Network) -> dict[str, Any]:
+def network_view(net: Network) -> NetworkView:
     return {
         "name": net.name,
         "kind": net.kind,
@@ -71,7 +131,7 @@ def network_view(net: Network) -> dict[str, Any]:
     }
 
 
-def host_view(host: Host) -> dict[str, Any]:
+def host_view(host: Host) -> HostView:
     return {
         "name": host.name,
         "uri": host.uri,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypedDict
 
 from sqlalchemy import Select, or_, select
 from sqlalchemy.orm import Session, selectinload
@@ -88,8 +88,39 @@ def resolve(session: Session, ref: str, owner_id: int | None = None) -> Vps:
     return matches[0]
 
 
-def view(vps: Vps) -> dict[str, Any]:
+class VpsView(TypedDict):
     """The stable JSON shape of a VPS, shared by the CLI and the API."""
+
+    id: str
+    hostname: str
+    state: str
+    ip: str | None
+    mac: str | None
+    domain: str
+    host: str
+    plan: str
+    image: str
+    network: str
+    owner: str
+    vcpus: int
+    memory_mib: int
+    disk_gib: int
+    pinned_cpus: list[int]
+    ssh_host: str | None
+    ssh_port: int | None
+    username: str | None
+    host_key_fingerprint: str | None
+    error: str | None
+    expires_at: str | None
+    created_at: str
+    updated_at: str
+    suspended_reason: str | None
+    suspended_at: str | None
+
+
+def view(vps: Vps) -> VpsView:
+    """The stable JSON shape of a VPS, shared by the CLI and the API."""
+    ssh_host, ssh_port = _ssh_endpoint(vps)
     return {
         "id": vps.uuid,
         "hostname": vps.hostname,
@@ -106,7 +137,8 @@ def view(vps: Vps) -> dict[str, Any]:
         "memory_mib": vps.plan.memory_mib,
         "disk_gib": vps.plan.disk_gib,
         "pinned_cpus": vps.pinned_cpus,
-        **_ssh_endpoint(vps),
+        "ssh_host": ssh_host,
+        "ssh_port": ssh_port,
         "username": vps.username,
         "host_key_fingerprint": vps.host_key_fingerprint,
         "error": vps.error,
@@ -118,12 +150,12 @@ def view(vps: Vps) -> dict[str, Any]:
     }
 
 
-def _ssh_endpoint(vps: Vps) -> dict[str, Any]:
+def _ssh_endpoint(vps: Vps) -> tuple[str | None, int | None]:
     """Where to log in: the public address and port of the SSH forward, else ip and 22."""
     ssh = next((f for f in vps.forwards if f.kind == "ssh" and f.public_address), None)
     if ssh is not None and vps.ip:
-        return {"ssh_host": ssh.public_address, "ssh_port": ssh.public_port}
-    return {"ssh_host": vps.ip, "ssh_port": 22 if vps.ip else None}
+        return ssh.public_address, ssh.public_port
+    return vps.ip, 22 if vps.ip else None
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -132,14 +164,14 @@ def _iso(moment: datetime | None) -> str | None:
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat()
 
 
-def show(ctx: Context, ref: str) -> dict[str, Any]:
+def show(ctx: Context, ref: str) -> VpsView:
     with ctx.db.session() as s:
         return view(resolve(s, ref))
 
 
 def list_vps(
     ctx: Context, owner: str | None = None, state: str | None = None, host: str | None = None
-) -> list[dict[str, Any]]:
+) -> list[VpsView]:
     if state is not None and state not in VpsState.ALL:
         raise InvalidInput(f"unknown state {state!r}; one of {', '.join(VpsState.ALL)}")
     query = _query().order_by(Vps.created_at, Vps.id)
@@ -160,7 +192,7 @@ def domain_xml(ctx: Context, ref: str) -> str:
 
 
 # -- power ------------------------------------------------------------------
-def sync_state(ctx: Context, ref: str) -> dict[str, Any]:
+def sync_state(ctx: Context, ref: str) -> VpsView:
     """Read the domain's state from libvirt into the database.
 
     A suspended VPS found running (started behind kvmvps's back) is paused
@@ -183,7 +215,7 @@ def sync_state(ctx: Context, ref: str) -> dict[str, Any]:
         return view(vps)
 
 
-def settle(ctx: Context, ref: str) -> dict[str, Any]:
+def settle(ctx: Context, ref: str) -> VpsView:
     """A suspension's job: pause the guest if it runs and the VPS is still suspended.
 
     A VPS that is not settled (a failed build, a delete) is left as it is.
@@ -196,7 +228,7 @@ def settle(ctx: Context, ref: str) -> dict[str, Any]:
     return sync_state(ctx, uuid)
 
 
-def unsettle(ctx: Context, ref: str) -> dict[str, Any]:
+def unsettle(ctx: Context, ref: str) -> VpsView:
     """Lifting a suspension's job: resume the guest if it is paused."""
     shown = settle(ctx, ref)
     if shown["state"] == VpsState.SUSPENDED:
@@ -225,7 +257,7 @@ def sync_domain(ctx: Context, host_uri: str, domain: str) -> str | None:
 
 def _power(
     ctx: Context, ref: str, allowed: tuple[str, ...], action: str, call: Callable[[Any, str], None]
-) -> dict[str, Any]:
+) -> VpsView:
     with ctx.db.session() as s:
         vps = resolve(s, ref)
         guard.check_action(vps, action.replace(" ", "_"), operator=True)
@@ -237,28 +269,28 @@ def _power(
     return sync_state(ctx, uuid)
 
 
-def start(ctx: Context, ref: str) -> dict[str, Any]:
+def start(ctx: Context, ref: str) -> VpsView:
     return _power(ctx, ref, (VpsState.STOPPED,), "start", lambda hv, d: hv.start(d))
 
 
-def destroy(ctx: Context, ref: str) -> dict[str, Any]:
+def destroy(ctx: Context, ref: str) -> VpsView:
     allowed = (VpsState.RUNNING, VpsState.SUSPENDED)
     return _power(ctx, ref, allowed, "destroy", lambda hv, d: hv.destroy(d))
 
 
-def reboot(ctx: Context, ref: str) -> dict[str, Any]:
+def reboot(ctx: Context, ref: str) -> VpsView:
     return _power(ctx, ref, (VpsState.RUNNING,), "reboot", lambda hv, d: hv.reboot(d))
 
 
-def suspend(ctx: Context, ref: str) -> dict[str, Any]:
+def suspend(ctx: Context, ref: str) -> VpsView:
     return _power(ctx, ref, (VpsState.RUNNING,), "suspend", lambda hv, d: hv.suspend(d))
 
 
-def resume(ctx: Context, ref: str) -> dict[str, Any]:
+def resume(ctx: Context, ref: str) -> VpsView:
     return _power(ctx, ref, (VpsState.SUSPENDED,), "resume", lambda hv, d: hv.resume(d))
 
 
-def shutdown(ctx: Context, ref: str, timeout: float = 60.0, force: bool = False) -> dict[str, Any]:
+def shutdown(ctx: Context, ref: str, timeout: float = 60.0, force: bool = False) -> VpsView:
     """Press the ACPI power button, wait up to ``timeout``, then destroy if ``force``."""
     shown = _power(ctx, ref, (VpsState.RUNNING,), "shut down", lambda hv, d: hv.shutdown(d))
     deadline = time.monotonic() + timeout

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -17,7 +16,7 @@ from kvmvps.services import Context, placement, provisioning
 from kvmvps.services.facts import VpsFacts, facts_of
 from kvmvps.services.inventory import get_by_name
 from kvmvps.services.steps import Build
-from kvmvps.services.vps import resolve, view
+from kvmvps.services.vps import VpsView, resolve, view
 from kvmvps.storage import check_base_image, overlay_capacity
 
 log = logging.getLogger(__name__)
@@ -127,7 +126,7 @@ def _restore(hv: Hypervisor, xml: str, domain: str) -> None:
         log.error("restoring the definition of %s failed: %s", domain, exc)
 
 
-def resize(ctx: Context, ref: str, plan: str) -> dict[str, Any]:
+def resize(ctx: Context, ref: str, plan: str) -> VpsView:
     """Move a stopped VPS to another plan: vCPUs and memory follow, the disk only grows.
 
     Database changes commit only after libvirt has the new definition and

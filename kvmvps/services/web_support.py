@@ -10,7 +10,7 @@ from __future__ import annotations
 import fcntl
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Select, func, or_, select
 from sqlalchemy.exc import IntegrityError
@@ -22,8 +22,9 @@ from kvmvps.models import ApiToken, Host, Image, Job, JobState, Plan, User, Vps
 from kvmvps.services import Context, failures, placement, provisioning, users
 from kvmvps.services.audit import iso
 from kvmvps.services.inventory import get_by_name
-from kvmvps.services.jobs import job_view
-from kvmvps.services.vps import resolve, view
+from kvmvps.services.jobs import JobView, job_view
+from kvmvps.services.views import PublicImageView
+from kvmvps.services.vps import VpsView, resolve, view
 
 MAX_NAME = 63
 MAX_SSH_KEYS_TEXT = 20_000
@@ -78,7 +79,7 @@ def _count(session: Any, column: Any, value: int) -> int:
     return session.scalar(select(func.count()).select_from(Vps).where(column == value)) or 0
 
 
-def list_vps_of(ctx: Context, owner_id: int | None) -> list[dict[str, Any]]:
+def list_vps_of(ctx: Context, owner_id: int | None) -> list[VpsView]:
     """The VPSes of one owner (every VPS for None), oldest first, as ``vps.view``."""
     query = _query().order_by(Vps.created_at, Vps.id)
     if owner_id is not None:
@@ -87,21 +88,25 @@ def list_vps_of(ctx: Context, owner_id: int | None) -> list[dict[str, Any]]:
         return [_for(view(v), owner_id) for v in s.scalars(query)]
 
 
-def show_vps(ctx: Context, ref: str, owner_id: int | None) -> dict[str, Any]:
+def show_vps(ctx: Context, ref: str, owner_id: int | None) -> VpsView:
     """One VPS of ``owner_id`` (any owner for None); NotFound for anyone else's."""
     _refuse_long(ref, "VPS id", 64)
     with reading(ctx) as s:
         return _for(view(resolve(s, ref, owner_id)), owner_id)
 
 
-def _for(shown: dict[str, Any], owner_id: int | None, kind: str | None = None) -> dict[str, Any]:
+_Shown = TypeVar("_Shown", VpsView, JobView)
+
+
+def _for(shown: _Shown, owner_id: int | None, kind: str | None = None) -> _Shown:
     """A view as its owner sees it: failures in plain words (operators see the reason)."""
-    if owner_id is not None and shown.get("error"):
-        shown["error"] = failures.plain(shown["error"], kind)
+    error = shown["error"]
+    if owner_id is not None and error:
+        shown["error"] = failures.plain(error, kind)
     return shown
 
 
-def active_jobs(ctx: Context, vps_uuids: Iterable[str]) -> dict[str, dict[str, Any]]:
+def active_jobs(ctx: Context, vps_uuids: Iterable[str]) -> dict[str, JobView]:
     """The newest unfinished job of each of these VPSes, by VPS id."""
     uuids = list(vps_uuids)
     if not uuids:
@@ -115,7 +120,7 @@ def active_jobs(ctx: Context, vps_uuids: Iterable[str]) -> dict[str, dict[str, A
         return {job.vps_uuid: job_view(job) for job in s.scalars(query) if job.vps_uuid}
 
 
-def latest_job(ctx: Context, vps_uuid: str, owner_id: int | None = None) -> dict[str, Any] | None:
+def latest_job(ctx: Context, vps_uuid: str, owner_id: int | None = None) -> JobView | None:
     """The newest job of a VPS, finished or not (its error in plain words for an owner)."""
     query = select(Job).where(Job.vps_uuid == vps_uuid).order_by(Job.id.desc()).limit(1)
     with reading(ctx) as s:
@@ -123,7 +128,7 @@ def latest_job(ctx: Context, vps_uuid: str, owner_id: int | None = None) -> dict
         return _for(job_view(job), owner_id, job.kind) if job is not None else None
 
 
-def get_job_for(ctx: Context, ref: str, owner_id: int | None, actor: str = "") -> dict[str, Any]:
+def get_job_for(ctx: Context, ref: str, owner_id: int | None, actor: str = "") -> JobView:
     """A job by id or unique id prefix, if it concerns the owner's VPS or they asked for it.
 
     Customers (``owner_id`` given) are not told which worker ran it.
@@ -200,13 +205,13 @@ def place_order(ctx: Context, req: provisioning.OrderRequest, actor: str) -> pro
         raise Conflict(f"you already have a VPS named {req.hostname.strip().lower()!r}") from None
 
 
-def catalogue_images(ctx: Context) -> list[dict[str, Any]]:
+def catalogue_images(ctx: Context) -> list[PublicImageView]:
     """The OS templates as customers see them (no paths on the host)."""
     with reading(ctx) as s:
         return [public_image_view(i) for i in s.scalars(select(Image).order_by(Image.name))]
 
 
-def public_image_view(image: Image) -> dict[str, Any]:
+def public_image_view(image: Image) -> PublicImageView:
     return {
         "name": image.name,
         "os_family": image.os_family,
