@@ -80,6 +80,19 @@ def domain_xml(spec: DomainSpec) -> str:
     return render("domain.xml.j2", "domain", spec=spec)
 
 
+def interface_xml(spec: DomainSpec, mac: str) -> str:
+    """The ``<interface>`` of ``mac`` in the domain of ``spec``, for a device update.
+
+    The whole domain is rendered and validated; the fragment is cut from it.
+    """
+    root = etree.fromstring(domain_xml(spec).encode())
+    for nic in root.iterfind("devices/interface"):
+        mac_el = nic.find("mac")
+        if mac_el is not None and mac_el.get("address") == mac:
+            return etree.tostring(nic, encoding="unicode").strip()
+    raise XmlValidationError(f"the domain {spec.name} has no interface with MAC {mac}")
+
+
 def nat_network_xml(spec: NatNetworkSpec) -> str:
     return render("nat.xml.j2", "network", spec=spec)
 

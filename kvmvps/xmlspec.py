@@ -14,6 +14,33 @@ KVMVPS_XMLNS = "https://kvmvps.org/xmlns/domain/1"
 
 
 @dataclass(frozen=True)
+class IoTune:
+    """A disk's ``<iotune>``: bytes and operations per second; None is unlimited."""
+
+    total_bytes_sec: int | None = None
+    read_bytes_sec: int | None = None
+    write_bytes_sec: int | None = None
+    total_iops_sec: int | None = None
+    read_iops_sec: int | None = None
+    write_iops_sec: int | None = None
+
+    @property
+    def limited(self) -> bool:
+        return any(v is not None for v in self.values().values())
+
+    def values(self) -> dict[str, int | None]:
+        """Element (and libvirt parameter) name -> value, in the schema's order."""
+        return {
+            "total_bytes_sec": self.total_bytes_sec,
+            "read_bytes_sec": self.read_bytes_sec,
+            "write_bytes_sec": self.write_bytes_sec,
+            "total_iops_sec": self.total_iops_sec,
+            "read_iops_sec": self.read_iops_sec,
+            "write_iops_sec": self.write_iops_sec,
+        }
+
+
+@dataclass(frozen=True)
 class VolumeDiskSpec:
     """A disk backed by a storage pool volume."""
 
@@ -24,16 +51,59 @@ class VolumeDiskSpec:
     device: str = "disk"
     fmt: str = "qcow2"
     readonly: bool = False
+    iotune: IoTune | None = None
+
+
+@dataclass(frozen=True)
+class TrafficFilter:
+    """An nwfilter reference: the filter and the only MAC and addresses it lets out."""
+
+    name: str
+    mac: str
+    ips: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class BandwidthLimit:
+    """One direction of ``<bandwidth>``: KiB/s, and the burst in KiB."""
+
+    average_kibps: int
+    peak_kibps: int | None = None
+    burst_kib: int | None = None
+
+
+@dataclass(frozen=True)
+class Bandwidth:
+    """``inbound`` is traffic to the guest, ``outbound`` traffic from it."""
+
+    inbound: BandwidthLimit | None = None
+    outbound: BandwidthLimit | None = None
 
 
 @dataclass(frozen=True)
 class InterfaceSpec:
-    """A NIC on a libvirt network (``network``) or a host bridge (``bridge``)."""
+    """A NIC on a libvirt network (``network``) or a host bridge (``bridge``).
+
+    ``isolated`` sets the bridge port's isolation: isolated ports cannot
+    exchange frames with each other, only with the host and the uplink.
+    """
 
     kind: str
     source: str
     mac: str
     model: str = "virtio"
+    traffic_filter: TrafficFilter | None = None
+    isolated: bool = False
+    bandwidth: Bandwidth | None = None
+
+
+@dataclass(frozen=True)
+class CpuTune:
+    """``<cputune>`` scheduling: relative shares, and a quota per vCPU per period (µs)."""
+
+    shares: int | None = None
+    period_us: int | None = None
+    quota_us: int | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +138,7 @@ class DomainSpec:
     kernel_boot: KernelBoot | None = None
     cpu_mode: str | None = None
     machine: str = "pc"
+    cputune: CpuTune = field(default_factory=CpuTune)
     xmlns: str = KVMVPS_XMLNS
 
 
