@@ -7,12 +7,16 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
+from kvmvps import limits
 from kvmvps.models import Host, Image, Network, Plan
 from kvmvps.services import Context
+from kvmvps.services.facts import plan_limits
 from kvmvps.storage import GIB
 
 
 def plan_view(plan: Plan, network: str | None = None) -> dict[str, Any]:
+    """A plan as customers see it; ``limits`` holds every limit (None: unlimited)."""
+    lim = plan_limits(plan)
     return {
         "name": plan.name,
         "vcpus": plan.vcpus,
@@ -20,6 +24,8 @@ def plan_view(plan: Plan, network: str | None = None) -> dict[str, Any]:
         "disk_gib": plan.disk_gib,
         "price_cents": plan.price_cents,
         "network": network,
+        "limits": lim.as_dict(),
+        "limits_summary": limits.summary(lim),
     }
 
 
@@ -62,6 +68,7 @@ def network_view(net: Network) -> dict[str, Any]:
         "gateway": net.gateway,
         "pool_start": net.pool_start,
         "pool_end": net.pool_end,
+        "allow_guest_traffic": net.allow_guest_traffic,
     }
 
 

@@ -1,0 +1,86 @@
+"""Tenant isolation on the wire: every guest NIC carries the anti-spoofing filter.
+
+The filter (libvirt's ``clean-traffic``) and the bridge port's isolation are
+part of the domain XML that provisioning renders. This module checks a
+defined or running domain against that rendering and puts a missing or
+altered filter back with a device update, live and in the definition.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from kvmvps import xmlrender
+from kvmvps.errors import HypervisorError, KvmvpsError
+from kvmvps.hypervisor import Hypervisor, NicState
+from kvmvps.services import Context
+from kvmvps.services.facts import TRAFFIC_FILTER, VpsFacts, domain_spec, interface_spec
+
+log = logging.getLogger(__name__)
+
+
+def require_filter(hv: Hypervisor) -> None:
+    """Refuse to run guests on a host whose libvirt lacks the anti-spoofing filter."""
+    if hv.nwfilter_exists(TRAFFIC_FILTER) is False:
+        raise HypervisorError(
+            f"libvirt at {hv.uri} has no nwfilter {TRAFFIC_FILTER!r}; guests would run "
+            "unfiltered (install libvirt-daemon-config-nwfilter)"
+        )
+
+
+def wanted(facts: VpsFacts) -> NicState:
+    """The interface state provisioning renders for the VPS."""
+    spec = interface_spec(facts)
+    flt = spec.traffic_filter
+    params = () if flt is None else (("MAC", flt.mac), *(("IP", ip) for ip in flt.ips))
+    return NicState(
+        mac=spec.mac,
+        filter=None if flt is None else flt.name,
+        parameters=tuple(sorted(params)),
+        isolated=spec.isolated,
+    )
+
+
+def problems(actual: NicState | None, want: NicState) -> list[str]:
+    """What differs between a domain's interface and the rendered one."""
+    if actual is None:
+        return [f"no interface with MAC {want.mac}"]
+    found = []
+    if actual.filter != want.filter:
+        found.append(f"filter is {actual.filter or 'missing'}, not {want.filter}")
+    elif actual.parameters != want.parameters:
+        found.append(
+            "filter parameters differ: " + ", ".join(f"{k}={v}" for k, v in actual.parameters)
+        )
+    if actual.isolated != want.isolated:
+        found.append("port isolation " + ("on" if actual.isolated else "off"))
+    return found
+
+
+def check(ctx: Context, hv: Hypervisor, facts: VpsFacts, fix: bool = True) -> list[dict[str, str]]:
+    """Compare the domain's interface (live, and defined) with the rendered one; fix it.
+
+    Returns one entry per difference found, saying whether it was fixed.
+    """
+    want = wanted(facts)
+    found: list[str] = []
+    views = [False, True] if hv.is_active(facts.domain) else [True]
+    for inactive in views:
+        nics = {n.mac: n for n in hv.interfaces(facts.domain, inactive=inactive)}
+        where = "definition" if inactive else "running guest"
+        found += [f"{where}: {p}" for p in problems(nics.get(want.mac), want)]
+    if not found:
+        return []
+    action = "reported"
+    if fix:
+        try:
+            spec = domain_spec(facts, ctx.domain_type, with_seed=facts.cloud_init)
+            hv.update_device(facts.domain, xmlrender.interface_xml(spec, want.mac))
+            action = "filter and isolation put back"
+        except KvmvpsError as exc:
+            log.error("putting the filter of %s back failed: %s", facts.domain, exc)
+            action = f"fix failed: {exc}"
+    return [
+        {"vps": facts.uuid, "hostname": facts.hostname, "problem": p, "action": action}
+        for p in found
+    ]
