@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from kvmvps.limits import LIMIT_FIELDS
 from kvmvps.services.jobs import KINDS
 
 STR, INT, BOOL, NUM = (
@@ -173,6 +174,12 @@ SCHEMAS: dict[str, Any] = {
             "disk_gib": INT,
             "price_cents": INT,
             "network": _nullable(STR),
+            "limits": {
+                "type": "object",
+                "description": "Resource limits; null means unlimited.",
+                "properties": {f.name: _nullable(INT) for f in LIMIT_FIELDS},
+            },
+            "limits_summary": {"type": "array", "items": STR},
         },
     },
     "Image": {
