@@ -454,16 +454,36 @@ class Hypervisor:
         except HypervisorNotFound:
             return False
 
+    def define_nwfilter(self, xml: str) -> bool:
+        """Define (or redefine, same UUID) an nwfilter; False for a driver without nwfilters."""
+
+        def define(conn: libvirt.virConnect) -> bool:
+            try:
+                conn.nwfilterDefineXML(xml)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_SUPPORT:
+                    return False
+                raise
+            return True
+
+        return self._call("define nwfilter", define)
+
+    def network_mac(self, name: str) -> str | None:
+        """The MAC of a libvirt network's bridge (the guests' gateway), if it has one."""
+        xml = self._call(f"network {name}", lambda c: c.networkLookupByName(name).XMLDesc(0))
+        mac = etree.fromstring(xml.encode()).find("mac")
+        return None if mac is None else mac.get("address")
+
     def interfaces(self, name: str, inactive: bool = False) -> list[NicState]:
         """The domain's interfaces (running or defined) with filter and isolation."""
         root = etree.fromstring(self.domain_xml(name, inactive).encode())
         nics = []
         for nic in root.iterfind("devices/interface"):
-            ref = nic.find("filterref")
+            ref, mac = nic.find("filterref"), nic.find("mac")
             params = () if ref is None else ref.iterfind("parameter")
             nics.append(
                 NicState(
-                    mac=nic.find("mac").get("address", "") if nic.find("mac") is not None else "",
+                    mac="" if mac is None else mac.get("address", ""),
                     filter=None if ref is None else ref.get("filter"),
                     parameters=tuple(
                         sorted((p.get("name", ""), p.get("value", "")) for p in params)

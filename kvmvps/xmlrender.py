@@ -21,6 +21,7 @@ from kvmvps.xmlspec import (
     DhcpHost,
     DomainSpec,
     NatNetworkSpec,
+    NwFilterSpec,
     OverlayVolumeSpec,
     RawVolumeSpec,
 )
@@ -99,6 +100,10 @@ def nat_network_xml(spec: NatNetworkSpec) -> str:
 
 def bridge_network_xml(spec: BridgeNetworkSpec) -> str:
     return render("bridge.xml.j2", "network", spec=spec)
+
+
+def nwfilter_xml(spec: NwFilterSpec) -> str:
+    return render("nwfilter.xml.j2", "nwfilter", spec=spec)
 
 
 def overlay_volume_xml(spec: OverlayVolumeSpec) -> str:

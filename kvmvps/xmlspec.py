@@ -8,6 +8,7 @@ of its spec.
 from __future__ import annotations
 
 import ipaddress
+import uuid
 from dataclasses import dataclass, field
 
 KVMVPS_XMLNS = "https://kvmvps.org/xmlns/domain/1"
@@ -56,11 +57,68 @@ class VolumeDiskSpec:
 
 @dataclass(frozen=True)
 class TrafficFilter:
-    """An nwfilter reference: the filter and the only MAC and addresses it lets out."""
+    """An nwfilter reference: the filter and the only MAC and addresses it lets out.
+
+    ``gateway_mac``, for kvmvps's own filter: the only unicast destination.
+    """
 
     name: str
     mac: str
     ips: tuple[str, ...]
+    gateway_mac: str | None = None
+
+
+@dataclass(frozen=True)
+class FilterRule:
+    action: str
+    direction: str
+    priority: int
+    dst_mac: str | None = None
+
+
+@dataclass(frozen=True)
+class NwFilterSpec:
+    """An nwfilter: references to other filters, then rules, in one chain."""
+
+    name: str
+    uuid: str
+    chain: str
+    priority: int | None = None
+    filterrefs: tuple[str, ...] = ()
+    rules: tuple[FilterRule, ...] = ()
+
+
+STOCK_FILTER = "clean-traffic"
+GATEWAY_FILTER = "kvmvps-gateway-only"
+ISOLATING_FILTER = "kvmvps-clean-traffic"
+BROADCAST_MAC = "ff:ff:ff:ff:ff:ff"
+
+
+def own_nwfilters() -> tuple[NwFilterSpec, ...]:
+    """kvmvps's filters: clean-traffic, plus unicast only to the gateway's MAC.
+
+    A guest on an isolated NAT network can then send unicast frames only to
+    the host's bridge, never straight to a neighbour; traffic to a
+    neighbour's public forwards goes through the host as before.
+    """
+    gateway_only = NwFilterSpec(
+        name=GATEWAY_FILTER,
+        uuid=str(uuid.uuid5(uuid.NAMESPACE_URL, KVMVPS_XMLNS + "#" + GATEWAY_FILTER)),
+        chain="mac-gw",
+        priority=-750,
+        rules=(
+            FilterRule("return", "out", 100, "$GATEWAY_MAC"),
+            FilterRule("return", "out", 110, BROADCAST_MAC),
+            FilterRule("drop", "out", 1000),
+        ),
+    )
+    isolating = NwFilterSpec(
+        name=ISOLATING_FILTER,
+        uuid=str(uuid.uuid5(uuid.NAMESPACE_URL, KVMVPS_XMLNS + "#" + ISOLATING_FILTER)),
+        chain="root",
+        filterrefs=(STOCK_FILTER, GATEWAY_FILTER),
+    )
+    return (gateway_only, isolating)
 
 
 @dataclass(frozen=True)

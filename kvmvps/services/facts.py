@@ -18,6 +18,8 @@ from kvmvps.errors import NotFound
 from kvmvps.limits import LIMIT_FIELDS, PlanLimits
 from kvmvps.models import Plan, Vps
 from kvmvps.xmlspec import (
+    ISOLATING_FILTER,
+    STOCK_FILTER,
     DhcpHost,
     DomainSpec,
     InterfaceSpec,
@@ -30,7 +32,7 @@ from kvmvps.xmlspec import (
 
 DOMAIN_PREFIX = "kvmvps-"
 # libvirt's stock anti-spoofing filter: only the guest's own MAC, IP and ARP go out
-TRAFFIC_FILTER = "clean-traffic"
+TRAFFIC_FILTER = STOCK_FILTER
 
 
 def plan_limits(plan: Plan) -> PlanLimits:
@@ -128,8 +130,13 @@ def overlay_spec(facts: VpsFacts, capacity_bytes: int) -> OverlayVolumeSpec:
     )
 
 
-def domain_spec(facts: VpsFacts, domain_type: str, with_seed: bool) -> DomainSpec:
-    """Everything the domain template places, computed from the facts."""
+def domain_spec(
+    facts: VpsFacts, domain_type: str, with_seed: bool, gateway_mac: str | None = None
+) -> DomainSpec:
+    """Everything the domain template places, computed from the facts.
+
+    ``gateway_mac`` is the NAT network's bridge MAC (see :func:`interface_spec`).
+    """
     disks = [
         VolumeDiskSpec(
             pool=facts.pool,
@@ -144,7 +151,7 @@ def domain_spec(facts: VpsFacts, domain_type: str, with_seed: bool) -> DomainSpe
                 pool=facts.pool, volume=facts.seed_volume, target="vdb", fmt="raw", readonly=True
             )
         )
-    nic = interface_spec(facts)
+    nic = interface_spec(facts, gateway_mac)
     kernel_boot = None
     if facts.kernel_path:
         kernel_boot = KernelBoot(facts.kernel_path, facts.initrd_path, facts.cmdline)
@@ -167,19 +174,31 @@ def domain_spec(facts: VpsFacts, domain_type: str, with_seed: bool) -> DomainSpe
     )
 
 
-def interface_spec(facts: VpsFacts) -> InterfaceSpec:
-    """The VPS's NIC: anti-spoofing filter, port isolation and bandwidth always placed."""
+def interface_spec(facts: VpsFacts, gateway_mac: str | None = None) -> InterfaceSpec:
+    """The VPS's NIC: anti-spoofing filter, isolation and bandwidth always placed.
+
+    Guests are kept apart (unless the network allows guest traffic) in one
+    of two ways. On a NAT network with a known bridge MAC, kvmvps's own
+    filter lets a guest send unicast only to that gateway MAC: a neighbour's
+    public forwards still work through the host, even where the host's
+    bridge hands frames to iptables (br_netfilter), which would re-bridge
+    them between two isolated ports. Elsewhere the bridge port is isolated.
+    """
     mac = facts.mac or ""
     kind, source = ("network", facts.network_libvirt)
     if facts.network_kind != "nat":
         kind, source = ("bridge", facts.bridge)
+    ips = (facts.ip,) if facts.ip else ()
+    gateway_only = not facts.allow_guest_traffic and facts.network_kind == "nat" and gateway_mac
+    if gateway_only:
+        flt = TrafficFilter(name=ISOLATING_FILTER, mac=mac, ips=ips, gateway_mac=gateway_mac)
+    else:
+        flt = TrafficFilter(name=TRAFFIC_FILTER, mac=mac, ips=ips)
     return InterfaceSpec(
         kind=kind,
         source=source,
         mac=mac,
-        traffic_filter=TrafficFilter(
-            name=TRAFFIC_FILTER, mac=mac, ips=(facts.ip,) if facts.ip else ()
-        ),
-        isolated=not facts.allow_guest_traffic,
+        traffic_filter=flt,
+        isolated=not facts.allow_guest_traffic and not gateway_only,
         bandwidth=facts.limits.bandwidth(),
     )

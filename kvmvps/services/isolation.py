@@ -15,24 +15,38 @@ from kvmvps.errors import HypervisorError, KvmvpsError
 from kvmvps.hypervisor import Hypervisor, NicState
 from kvmvps.services import Context
 from kvmvps.services.facts import TRAFFIC_FILTER, VpsFacts, domain_spec, interface_spec
+from kvmvps.xmlspec import own_nwfilters
 
 log = logging.getLogger(__name__)
 
 
-def require_filter(hv: Hypervisor) -> None:
-    """Refuse to run guests on a host whose libvirt lacks the anti-spoofing filter."""
+def ensure_filters(hv: Hypervisor) -> None:
+    """Refuse hosts without the stock anti-spoofing filter; define kvmvps's own filters."""
     if hv.nwfilter_exists(TRAFFIC_FILTER) is False:
         raise HypervisorError(
             f"libvirt at {hv.uri} has no nwfilter {TRAFFIC_FILTER!r}; guests would run "
             "unfiltered (install libvirt-daemon-config-nwfilter)"
         )
+    for spec in own_nwfilters():
+        hv.define_nwfilter(xmlrender.nwfilter_xml(spec))
 
 
-def wanted(facts: VpsFacts) -> NicState:
+def gateway_mac(hv: Hypervisor, facts: VpsFacts) -> str | None:
+    """The NAT network's bridge MAC, which kvmvps's own filter lets guests reach."""
+    if facts.network_kind != "nat" or facts.allow_guest_traffic:
+        return None
+    return hv.network_mac(facts.network_libvirt)
+
+
+def wanted(facts: VpsFacts, gateway: str | None) -> NicState:
     """The interface state provisioning renders for the VPS."""
-    spec = interface_spec(facts)
+    spec = interface_spec(facts, gateway)
     flt = spec.traffic_filter
-    params = () if flt is None else (("MAC", flt.mac), *(("IP", ip) for ip in flt.ips))
+    params: tuple[tuple[str, str], ...] = ()
+    if flt is not None:
+        params = (("MAC", flt.mac), *(("IP", ip) for ip in flt.ips))
+        if flt.gateway_mac:
+            params += (("GATEWAY_MAC", flt.gateway_mac),)
     return NicState(
         mac=spec.mac,
         filter=None if flt is None else flt.name,
@@ -62,7 +76,8 @@ def check(ctx: Context, hv: Hypervisor, facts: VpsFacts, fix: bool = True) -> li
 
     Returns one entry per difference found, saying whether it was fixed.
     """
-    want = wanted(facts)
+    gateway = gateway_mac(hv, facts)
+    want = wanted(facts, gateway)
     found: list[str] = []
     views = [False, True] if hv.is_active(facts.domain) else [True]
     for inactive in views:
@@ -74,7 +89,7 @@ def check(ctx: Context, hv: Hypervisor, facts: VpsFacts, fix: bool = True) -> li
     action = "reported"
     if fix:
         try:
-            spec = domain_spec(facts, ctx.domain_type, with_seed=facts.cloud_init)
+            spec = domain_spec(facts, ctx.domain_type, facts.cloud_init, gateway)
             hv.update_device(facts.domain, xmlrender.interface_xml(spec, want.mac))
             action = "filter and isolation put back"
         except KvmvpsError as exc:

@@ -111,7 +111,7 @@ def _ensure_operator(session: Session) -> User:
 def prepare_host(ctx: Context, session: Session, host: Host) -> None:
     """Make sure the host has kvmvps's storage pool and every network, running."""
     hv = ctx.hypervisor(host)
-    isolation.require_filter(hv)
+    isolation.ensure_filters(hv)
     hv.ensure_pool(
         ctx.settings.storage_pool,
         xmlrender.pool_xml(ctx.settings.storage_pool, str(ctx.settings.pool_dir)),

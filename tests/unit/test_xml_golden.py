@@ -16,10 +16,12 @@ from kvmvps.xmlspec import (
     DomainSpec,
     InterfaceSpec,
     KernelBoot,
+    NwFilterSpec,
     OverlayVolumeSpec,
     TrafficFilter,
     VolumeDiskSpec,
     nat_network_spec,
+    own_nwfilters,
     vcpupins_for,
 )
 from tests.xmlcompare import assert_matches_golden, canonical
@@ -29,12 +31,14 @@ OVERLAY = VolumeDiskSpec(pool="kvmvps", volume="kvmvps-6f1c1b2e6a55.qcow2", targ
 SEED = VolumeDiskSpec(
     pool="kvmvps", volume="kvmvps-6f1c1b2e6a55-seed.iso", target="vdb", fmt="raw", readonly=True
 )
+GATEWAY = "52:54:00:12:34:56"
 NAT_NIC = InterfaceSpec(
     kind="network",
     source="kvmvps",
     mac="52:54:00:aa:bb:cc",
-    traffic_filter=TrafficFilter("clean-traffic", "52:54:00:aa:bb:cc", ("10.213.0.2",)),
-    isolated=True,
+    traffic_filter=TrafficFilter(
+        "kvmvps-clean-traffic", "52:54:00:aa:bb:cc", ("10.213.0.2",), gateway_mac=GATEWAY
+    ),
 )
 BRIDGE_NIC = InterfaceSpec(
     kind="bridge",
@@ -127,11 +131,23 @@ def test_domain_places_every_value() -> None:
     assert root.find("devices/serial/log").get("file").endswith("kvmvps-6f1c1b2e6a55.log")
     assert root.findtext("os/cmdline") == "console=ttyS0 root=/dev/vda rw"
     nic = root.find("devices/interface")
-    assert nic.find("filterref").get("filter") == "clean-traffic"
+    assert nic.find("filterref").get("filter") == "kvmvps-clean-traffic"
     params = [(p.get("name"), p.get("value")) for p in nic.iterfind("filterref/parameter")]
-    assert params == [("MAC", "52:54:00:aa:bb:cc"), ("IP", "10.213.0.2")]
-    assert nic.find("port").get("isolated") == "yes"
+    assert params == [("MAC", "52:54:00:aa:bb:cc"), ("IP", "10.213.0.2"), ("GATEWAY_MAC", GATEWAY)]
+    assert nic.find("port") is None  # kept apart by the filter, not by port isolation
     assert root.find("cputune/shares") is None and nic.find("bandwidth") is None
+    bridged = etree.fromstring(
+        xmlrender.domain_xml(DOMAIN_VARIANTS["domain_bridge_seed.xml"]).encode()
+    ).find("devices/interface")
+    assert bridged.find("filterref").get("filter") == "clean-traffic"
+    assert bridged.find("port").get("isolated") == "yes"
+
+
+@pytest.mark.parametrize("spec", own_nwfilters(), ids=lambda f: f.name)
+def test_own_nwfilters_match_golden(spec: NwFilterSpec) -> None:
+    xml = xmlrender.nwfilter_xml(spec)
+    assert_matches_golden(xml, f"nwfilter_{spec.name}.xml")
+    assert own_nwfilters() == own_nwfilters()  # fixed UUIDs: redefining updates in place
 
 
 def test_limits_are_placed() -> None:
@@ -155,7 +171,7 @@ def test_limits_are_placed() -> None:
 def test_interface_fragment_is_cut_from_a_validated_domain() -> None:
     fragment = xmlrender.interface_xml(domain(), "52:54:00:aa:bb:cc")
     nic = etree.fromstring(fragment.encode())
-    assert nic.tag == "interface" and nic.find("filterref").get("filter") == "clean-traffic"
+    assert nic.tag == "interface" and nic.find("filterref").get("filter") == "kvmvps-clean-traffic"
     with pytest.raises(XmlValidationError, match="no interface"):
         xmlrender.interface_xml(domain(), "52:54:00:00:00:01")
     bad = InterfaceSpec("network", "n", "52:54:00:aa:bb:cc", bandwidth=Bandwidth(BandwidthLimit(0)))
