@@ -21,14 +21,16 @@ log = logging.getLogger(__name__)
 
 
 def ensure_filters(hv: Hypervisor) -> None:
-    """Refuse hosts without the stock anti-spoofing filter; define kvmvps's own filters."""
+    """Refuse hosts without the stock anti-spoofing filter; define kvmvps's own where missing."""
     if hv.nwfilter_exists(TRAFFIC_FILTER) is False:
         raise HypervisorError(
             f"libvirt at {hv.uri} has no nwfilter {TRAFFIC_FILTER!r}; guests would run "
             "unfiltered (install libvirt-daemon-config-nwfilter)"
         )
     for spec in own_nwfilters():
-        hv.define_nwfilter(xmlrender.nwfilter_xml(spec))
+        # defining re-instantiates the filter on every running guest: only when missing
+        if hv.nwfilter_exists(spec.name) is False:
+            hv.define_nwfilter(xmlrender.nwfilter_xml(spec))
 
 
 def gateway_mac(hv: Hypervisor, facts: VpsFacts) -> str | None:
