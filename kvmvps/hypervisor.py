@@ -37,6 +37,7 @@ _NOT_FOUND = {
     libvirt.VIR_ERR_NO_NETWORK,
     libvirt.VIR_ERR_NO_STORAGE_POOL,
     libvirt.VIR_ERR_NO_STORAGE_VOL,
+    libvirt.VIR_ERR_NO_NWFILTER,
 }
 _UNAVAILABLE_CODES = {libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_RPC, libvirt.VIR_ERR_AUTH_FAILED}
 _UNAVAILABLE_DOMAINS = {libvirt.VIR_FROM_RPC, libvirt.VIR_FROM_REMOTE}
@@ -88,6 +89,22 @@ class DhcpEntry:
     mac: str
     ip: str
     name: str
+
+
+@dataclass(frozen=True)
+class NicState:
+    """What libvirt's XML says about one guest interface's isolation."""
+
+    mac: str
+    filter: str | None
+    parameters: tuple[tuple[str, str], ...]
+    isolated: bool
+
+
+def _affect_flags(dom: Any) -> tuple[int, ...]:
+    """Live and config, one call each (libvirt refuses both in one call for some APIs)."""
+    config = (libvirt.VIR_DOMAIN_AFFECT_CONFIG,)
+    return ((libvirt.VIR_DOMAIN_AFFECT_LIVE,) if dom.isActive() else ()) + config
 
 
 class Hypervisor:
@@ -426,8 +443,106 @@ class Hypervisor:
                 return {str(k): str(v) for k, v in element.attrib.items()}
         return None
 
-    def domain_xml(self, name: str) -> str:
-        return self._domain(name, "XML of", lambda d: d.XMLDesc(0))
+    def domain_xml(self, name: str, inactive: bool = False) -> str:
+        flags = libvirt.VIR_DOMAIN_XML_INACTIVE if inactive else 0
+        return self._domain(name, "XML of", lambda d: d.XMLDesc(flags))
+
+    def is_active(self, name: str) -> bool:
+        return bool(self._domain(name, "look up", lambda d: d.isActive()))
+
+    # -- isolation and limits ---------------------------------------------
+    def nwfilter_exists(self, name: str) -> bool | None:
+        """Whether libvirt has the nwfilter; None for a driver without nwfilters (test:///)."""
+
+        def lookup(conn: libvirt.virConnect) -> bool | None:
+            try:
+                conn.nwfilterLookupByName(name)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_SUPPORT:
+                    return None
+                raise
+            return True
+
+        try:
+            return self._call(f"nwfilter {name}", lookup)
+        except HypervisorNotFound:
+            return False
+
+    def define_nwfilter(self, xml: str) -> bool:
+        """Define (or redefine, same UUID) an nwfilter; False for a driver without nwfilters."""
+
+        def define(conn: libvirt.virConnect) -> bool:
+            try:
+                conn.nwfilterDefineXML(xml)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_SUPPORT:
+                    return False
+                raise
+            return True
+
+        return self._call("define nwfilter", define)
+
+    def network_mac(self, name: str) -> str | None:
+        """The MAC of a libvirt network's bridge (the guests' gateway), if it has one."""
+        xml = self._call(f"network {name}", lambda c: c.networkLookupByName(name).XMLDesc(0))
+        mac = etree.fromstring(xml.encode()).find("mac")
+        return None if mac is None else mac.get("address")
+
+    def interfaces(self, name: str, inactive: bool = False) -> list[NicState]:
+        """The domain's interfaces (running or defined) with filter and isolation."""
+        root = etree.fromstring(self.domain_xml(name, inactive).encode())
+        nics = []
+        for nic in root.iterfind("devices/interface"):
+            ref, mac = nic.find("filterref"), nic.find("mac")
+            params = () if ref is None else ref.iterfind("parameter")
+            nics.append(
+                NicState(
+                    mac="" if mac is None else mac.get("address", ""),
+                    filter=None if ref is None else ref.get("filter"),
+                    parameters=tuple(
+                        sorted((p.get("name", ""), p.get("value", "")) for p in params)
+                    ),
+                    isolated=nic.find("port[@isolated='yes']") is not None,
+                )
+            )
+        return nics
+
+    def update_device(self, name: str, xml: str) -> None:
+        """Change a device (an ``<interface>``) in the definition and, if running, live."""
+
+        def update(dom: Any) -> None:
+            for flags in _affect_flags(dom):
+                dom.updateDeviceFlags(xml, flags)
+
+        self._domain(name, "update device of", update)
+
+    def set_cpu_tune(self, name: str, shares: int, period_us: int, quota_us: int) -> None:
+        """CPU shares and per-vCPU quota (-1: none), live where running and in the config."""
+        params = {"cpu_shares": shares, "vcpu_period": period_us, "vcpu_quota": quota_us}
+
+        def tune(dom: Any) -> None:
+            for flags in _affect_flags(dom):
+                dom.setSchedulerParametersFlags(params, flags)
+
+        self._domain(name, "set CPU limits of", tune)
+
+    def set_block_iotune(self, name: str, disk: str, values: dict[str, int]) -> None:
+        """``<iotune>`` of one disk (0: unlimited), live where running and in the config."""
+
+        def tune(dom: Any) -> None:
+            for flags in _affect_flags(dom):
+                dom.setBlockIoTune(disk, values, flags)
+
+        self._domain(name, f"set I/O limits of {disk} of", tune)
+
+    def set_interface_bandwidth(self, name: str, mac: str, values: dict[str, int]) -> None:
+        """``<bandwidth>`` of one NIC (average 0: unlimited), live and in the config."""
+
+        def tune(dom: Any) -> None:
+            for flags in _affect_flags(dom):
+                dom.setInterfaceParameters(mac, values, flags)
+
+        self._domain(name, "set bandwidth of", tune)
 
     def list_domains(self, prefix: str = "") -> dict[str, str]:
         """Every domain whose name starts with ``prefix``, with its state."""

@@ -96,6 +96,10 @@ class Network(Base):
     gateway: Mapped[str] = mapped_column(String(39))
     pool_start: Mapped[str | None] = mapped_column(String(39))
     pool_end: Mapped[str | None] = mapped_column(String(39))
+    # False: guests' bridge ports are isolated from each other (they still reach the host)
+    allow_guest_traffic: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default="false"
+    )
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -111,6 +115,21 @@ class Plan(Base):
     # port forwards a VPS of this plan may add beyond its SSH forward
     extra_forwards: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     network_id: Mapped[int | None] = mapped_column(ForeignKey("networks.id"))
+    # resource limits (kvmvps.limits.LIMIT_FIELDS); NULL means unlimited
+    cpu_shares: Mapped[int | None] = mapped_column(Integer)
+    cpu_quota_pct: Mapped[int | None] = mapped_column(Integer)
+    disk_bytes_sec: Mapped[int | None] = mapped_column(BigInteger)
+    disk_read_bytes_sec: Mapped[int | None] = mapped_column(BigInteger)
+    disk_write_bytes_sec: Mapped[int | None] = mapped_column(BigInteger)
+    disk_iops: Mapped[int | None] = mapped_column(Integer)
+    disk_read_iops: Mapped[int | None] = mapped_column(Integer)
+    disk_write_iops: Mapped[int | None] = mapped_column(Integer)
+    net_in_kibps: Mapped[int | None] = mapped_column(Integer)
+    net_in_peak_kibps: Mapped[int | None] = mapped_column(Integer)
+    net_in_burst_kib: Mapped[int | None] = mapped_column(Integer)
+    net_out_kibps: Mapped[int | None] = mapped_column(Integer)
+    net_out_peak_kibps: Mapped[int | None] = mapped_column(Integer)
+    net_out_burst_kib: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     network: Mapped[Network | None] = relationship()

@@ -23,6 +23,7 @@ from kvmvps.xmlspec import (
     DhcpHost,
     DomainSpec,
     NatNetworkSpec,
+    NwFilterSpec,
     OverlayVolumeSpec,
     RawVolumeSpec,
 )
@@ -79,12 +80,29 @@ def domain_xml(spec: DomainSpec) -> str:
     return render("domain.xml.j2", "domain", spec=spec)
 
 
+def interface_xml(spec: DomainSpec, mac: str) -> str:
+    """The ``<interface>`` of ``mac`` in the domain of ``spec``, for a device update.
+
+    The whole domain is rendered and validated; the fragment is cut from it.
+    """
+    root = etree.fromstring(domain_xml(spec).encode())
+    for nic in root.iterfind("devices/interface"):
+        mac_el = nic.find("mac")
+        if mac_el is not None and mac_el.get("address") == mac:
+            return etree.tostring(nic, encoding="unicode").strip()
+    raise XmlValidationError(f"the domain {spec.name} has no interface with MAC {mac}")
+
+
 def nat_network_xml(spec: NatNetworkSpec) -> str:
     return render("nat.xml.j2", "network", spec=spec)
 
 
 def bridge_network_xml(spec: BridgeNetworkSpec) -> str:
     return render("bridge.xml.j2", "network", spec=spec)
+
+
+def nwfilter_xml(spec: NwFilterSpec) -> str:
+    return render("nwfilter.xml.j2", "nwfilter", spec=spec)
 
 
 def overlay_volume_xml(spec: OverlayVolumeSpec) -> str:

@@ -8,9 +8,37 @@ of its spec.
 from __future__ import annotations
 
 import ipaddress
+import uuid
 from dataclasses import dataclass, field
 
 KVMVPS_XMLNS = "https://kvmvps.org/xmlns/domain/1"
+
+
+@dataclass(frozen=True)
+class IoTune:
+    """A disk's ``<iotune>``: bytes and operations per second; None is unlimited."""
+
+    total_bytes_sec: int | None = None
+    read_bytes_sec: int | None = None
+    write_bytes_sec: int | None = None
+    total_iops_sec: int | None = None
+    read_iops_sec: int | None = None
+    write_iops_sec: int | None = None
+
+    @property
+    def limited(self) -> bool:
+        return any(v is not None for v in self.values().values())
+
+    def values(self) -> dict[str, int | None]:
+        """Element (and libvirt parameter) name -> value, in the schema's order."""
+        return {
+            "total_bytes_sec": self.total_bytes_sec,
+            "read_bytes_sec": self.read_bytes_sec,
+            "write_bytes_sec": self.write_bytes_sec,
+            "total_iops_sec": self.total_iops_sec,
+            "read_iops_sec": self.read_iops_sec,
+            "write_iops_sec": self.write_iops_sec,
+        }
 
 
 @dataclass(frozen=True)
@@ -24,16 +52,116 @@ class VolumeDiskSpec:
     device: str = "disk"
     fmt: str = "qcow2"
     readonly: bool = False
+    iotune: IoTune | None = None
+
+
+@dataclass(frozen=True)
+class TrafficFilter:
+    """An nwfilter reference: the filter and the only MAC and addresses it lets out.
+
+    ``gateway_mac``, for kvmvps's own filter: the only unicast destination.
+    """
+
+    name: str
+    mac: str
+    ips: tuple[str, ...]
+    gateway_mac: str | None = None
+
+
+@dataclass(frozen=True)
+class FilterRule:
+    action: str
+    direction: str
+    priority: int
+    dst_mac: str | None = None
+
+
+@dataclass(frozen=True)
+class NwFilterSpec:
+    """An nwfilter: references to other filters, then rules, in one chain."""
+
+    name: str
+    uuid: str
+    chain: str
+    priority: int | None = None
+    filterrefs: tuple[str, ...] = ()
+    rules: tuple[FilterRule, ...] = ()
+
+
+STOCK_FILTER = "clean-traffic"
+GATEWAY_FILTER = "kvmvps-gateway-only"
+ISOLATING_FILTER = "kvmvps-clean-traffic"
+BROADCAST_MAC = "ff:ff:ff:ff:ff:ff"
+
+
+def own_nwfilters() -> tuple[NwFilterSpec, ...]:
+    """kvmvps's filters: clean-traffic, plus unicast only to the gateway's MAC.
+
+    A guest on an isolated NAT network can then send unicast frames only to
+    the host's bridge, never straight to a neighbour; traffic to a
+    neighbour's public forwards goes through the host as before.
+    """
+    gateway_only = NwFilterSpec(
+        name=GATEWAY_FILTER,
+        uuid=str(uuid.uuid5(uuid.NAMESPACE_URL, KVMVPS_XMLNS + "#" + GATEWAY_FILTER)),
+        chain="mac-gw",
+        priority=-750,
+        rules=(
+            FilterRule("return", "out", 100, "$GATEWAY_MAC"),
+            FilterRule("return", "out", 110, BROADCAST_MAC),
+            FilterRule("drop", "out", 1000),
+        ),
+    )
+    isolating = NwFilterSpec(
+        name=ISOLATING_FILTER,
+        uuid=str(uuid.uuid5(uuid.NAMESPACE_URL, KVMVPS_XMLNS + "#" + ISOLATING_FILTER)),
+        chain="root",
+        filterrefs=(STOCK_FILTER, GATEWAY_FILTER),
+    )
+    return (gateway_only, isolating)
+
+
+@dataclass(frozen=True)
+class BandwidthLimit:
+    """One direction of ``<bandwidth>``: KiB/s, and the burst in KiB."""
+
+    average_kibps: int
+    peak_kibps: int | None = None
+    burst_kib: int | None = None
+
+
+@dataclass(frozen=True)
+class Bandwidth:
+    """``inbound`` is traffic to the guest, ``outbound`` traffic from it."""
+
+    inbound: BandwidthLimit | None = None
+    outbound: BandwidthLimit | None = None
 
 
 @dataclass(frozen=True)
 class InterfaceSpec:
-    """A NIC on a libvirt network (``network``) or a host bridge (``bridge``)."""
+    """A NIC on a libvirt network (``network``) or a host bridge (``bridge``).
+
+    ``isolated`` sets the bridge port's isolation: isolated ports cannot
+    exchange frames with each other, only with the host and the uplink.
+    """
 
     kind: str
     source: str
     mac: str
     model: str = "virtio"
+    traffic_filter: TrafficFilter | None = None
+    isolated: bool = False
+    bandwidth: Bandwidth | None = None
+
+
+@dataclass(frozen=True)
+class CpuTune:
+    """``<cputune>`` scheduling: relative shares, and a quota per vCPU per period (µs)."""
+
+    shares: int | None = None
+    period_us: int | None = None
+    quota_us: int | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +196,7 @@ class DomainSpec:
     kernel_boot: KernelBoot | None = None
     cpu_mode: str | None = None
     machine: str = "pc"
+    cputune: CpuTune = field(default_factory=CpuTune)
     xmlns: str = KVMVPS_XMLNS
 
 

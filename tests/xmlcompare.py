@@ -23,11 +23,18 @@ def canonical(xml: str) -> bytes:
 
 
 def assert_matches_golden(xml: str, name: str) -> None:
-    """Compare with tests/golden/NAME; KVMVPS_REGENERATE_GOLDEN=1 rewrites it."""
+    """Compare with tests/golden/NAME.
+
+    Golden files are only ever written deliberately: run the golden tests
+    with KVMVPS_REGENERATE_GOLDEN=1, then review the diff. A missing file
+    fails the test rather than being written silently.
+    """
     path = GOLDEN / name
-    if os.environ.get("KVMVPS_REGENERATE_GOLDEN") == "1" or not path.exists():
-        if os.environ.get("CI") == "true" and not path.exists():
-            raise AssertionError(f"golden file {path} is missing")
+    if os.environ.get("KVMVPS_REGENERATE_GOLDEN") == "1":
         path.write_text(xml)
+    if not path.exists():
+        raise AssertionError(
+            f"golden file {path} is missing; write it with KVMVPS_REGENERATE_GOLDEN=1 and review it"
+        )
     expected = path.read_text()
     assert canonical(xml) == canonical(expected), f"{name} differs from its golden file"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from kvmvps.limits import LIMIT_FIELDS
 from kvmvps.models import JobState, VpsState
 from kvmvps.services.jobs import KINDS
 
@@ -192,6 +193,12 @@ SCHEMAS: dict[str, Any] = {
                 **BOOL,
                 "description": "false when no host has room for this plan right now.",
             },
+            "limits": {
+                "type": "object",
+                "description": "Resource limits; null means unlimited.",
+                "properties": {f.name: _nullable(INT) for f in LIMIT_FIELDS},
+            },
+            "limits_summary": {"type": "array", "items": STR},
         },
     },
     "Image": {

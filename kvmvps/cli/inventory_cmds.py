@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import click
 
+from kvmvps import limits
 from kvmvps.cli.context import Obj, json_option, pass_obj, simple_command
 from kvmvps.cli.output import emit_json, record, table
 from kvmvps.services import images as image_service
-from kvmvps.services import inventory, setup, views
+from kvmvps.services import inventory, setup, tuning, views
 from kvmvps.services.views import ImageView
 
 PLAN_COLUMNS = (
@@ -21,9 +24,19 @@ PLAN_COLUMNS = (
     "network",
     "price_cents",
     "extra_forwards",
+    "limits",
 )
 IMAGE_COLUMNS = ("name", "login_user", "cloud_init", "os_family", "virtual_size_gib", "kernel_boot")
-NETWORK_COLUMNS = ("name", "kind", "subnet", "gateway", "bridge", "pool_start", "pool_end")
+NETWORK_COLUMNS = (
+    "name",
+    "kind",
+    "subnet",
+    "gateway",
+    "bridge",
+    "pool_start",
+    "pool_end",
+    "allow_guest_traffic",
+)
 
 
 @click.command("init")
@@ -161,13 +174,43 @@ def _print_images(views: list[ImageView], as_json: bool, single: bool = False) -
 # -- plans --------------------------------------------------------------------
 @click.group("plan")
 def plan_group() -> None:
-    """Sizes customers can order: vCPUs, memory and disk.
+    """Sizes customers can order: vCPUs, memory, disk, and resource limits.
+
+    Limits are unlimited unless given; 'unlimited' lifts one again (plan edit).
 
     \b
     Examples:
       kvmvps-admin plan add small --vcpus 1 --memory-mib 512 --disk-gib 10
+      kvmvps-admin plan add capped --vcpus 1 --memory-mib 512 --disk-gib 10 \\
+          --cpu-quota-pct 50 --disk-bytes-sec 10485760 --net-out-kibps 2048
+      kvmvps-admin plan edit capped --net-out-kibps unlimited
       kvmvps-admin plan list
     """
+
+
+def limit_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """One option per resource limit (kvmvps.limits.LIMIT_FIELDS), as text."""
+    for field in reversed(limits.LIMIT_FIELDS):
+        fn = click.option(
+            field.option,
+            field.name,
+            metavar="N|unlimited",
+            help=f"{field.help} ({field.unit})",
+        )(fn)
+    return fn
+
+
+def _limits_given(options: dict[str, str | None]) -> dict[str, int | None]:
+    return {
+        name: limits.parse_value(text, name)
+        for name, text in options.items()
+        if name in limits.FIELDS_BY_NAME and text is not None
+    }
+
+
+def _plan_row(view: Mapping[str, Any]) -> dict[str, Any]:
+    flat = {k: v for k, v in view.items() if k not in ("limits", "limits_summary")}
+    return {**flat, "limits": "; ".join(view["limits_summary"]) or "none"}
 
 
 @plan_group.command("add")
@@ -184,6 +227,7 @@ def plan_group() -> None:
     show_default=True,
     help="Port forwards a VPS may add beyond its SSH forward.",
 )
+@limit_options
 @json_option
 @pass_obj
 def plan_add(
@@ -196,13 +240,33 @@ def plan_add(
     price_cents: int,
     extra_forwards: int,
     as_json: bool,
+    **limit_texts: str | None,
 ) -> None:
     """Add a plan."""
     plan = inventory.add_plan(
-        obj.ctx, name, vcpus, memory_mib, disk_gib, network, price_cents, extra_forwards
+        obj.ctx,
+        name,
+        vcpus,
+        memory_mib,
+        disk_gib,
+        network,
+        price_cents,
+        extra_forwards,
+        resource_limits=_limits_given(limit_texts),
     )
     view = views.plan_admin_view(plan, network)
-    emit_json(view) if as_json else record(view)
+    emit_json(view) if as_json else record(_plan_row(view))
+
+
+@plan_group.command("edit")
+@click.argument("name")
+@limit_options
+@json_option
+@pass_obj
+def plan_edit(obj: Obj, name: str, as_json: bool, **limit_texts: str | None) -> None:
+    """Change a plan's resource limits; its VPSes take them at once (live if running)."""
+    view = tuning.edit_plan(obj.ctx, name, _limits_given(limit_texts))
+    emit_json(view) if as_json else record(_plan_row(view))
 
 
 @plan_group.command("list")
@@ -211,7 +275,7 @@ def plan_add(
 def plan_list(obj: Obj, as_json: bool) -> None:
     """List plans."""
     rows = views.plan_views(obj.ctx, admin=True)
-    emit_json(rows) if as_json else table(rows, PLAN_COLUMNS)
+    emit_json(rows) if as_json else table([_plan_row(r) for r in rows], PLAN_COLUMNS)
 
 
 simple_command(
@@ -245,6 +309,11 @@ def network_group() -> None:
 @click.option("--gateway", help="Gateway address (default: first host address).")
 @click.option("--pool-start", help="First address handed to guests.")
 @click.option("--pool-end", help="Last address handed to guests.")
+@click.option(
+    "--allow-guest-traffic",
+    is_flag=True,
+    help="Let guests on this network reach each other directly (default: isolated).",
+)
 @json_option
 @pass_obj
 def network_add(
@@ -256,9 +325,16 @@ def network_add(
     gateway: str | None,
     pool_start: str | None,
     pool_end: str | None,
+    allow_guest_traffic: bool,
     as_json: bool,
 ) -> None:
-    """Add a network and create it on every host."""
+    """Add a network and create it on every host.
+
+    Every guest's NIC carries libvirt's clean-traffic filter (it can send
+    only with its own MAC and address). Guests' bridge ports are isolated
+    from each other unless --allow-guest-traffic is given; a guest still
+    reaches its neighbours' public port forwards through the host.
+    """
     net = inventory.add_network(
         obj.ctx,
         name,
@@ -268,6 +344,7 @@ def network_add(
         gateway=gateway,
         pool_start=pool_start,
         pool_end=pool_end,
+        allow_guest_traffic=allow_guest_traffic,
     )
     view = views.network_view(net)
     emit_json(view) if as_json else record(view)

@@ -15,18 +15,29 @@ from sqlalchemy.orm import Session
 
 from kvmvps.config import Settings
 from kvmvps.errors import NotFound
-from kvmvps.models import Vps
+from kvmvps.limits import LIMIT_FIELDS, PlanLimits
+from kvmvps.models import Plan, Vps
 from kvmvps.xmlspec import (
+    ISOLATING_FILTER,
+    STOCK_FILTER,
     DhcpHost,
     DomainSpec,
     InterfaceSpec,
     KernelBoot,
     OverlayVolumeSpec,
+    TrafficFilter,
     VolumeDiskSpec,
     vcpupins_for,
 )
 
 DOMAIN_PREFIX = "kvmvps-"
+# libvirt's stock anti-spoofing filter: only the guest's own MAC, IP and ARP go out
+TRAFFIC_FILTER = STOCK_FILTER
+
+
+def plan_limits(plan: Plan) -> PlanLimits:
+    """The resource limits of ``plan`` (its NULL columns: unlimited)."""
+    return PlanLimits(**{f.name: getattr(plan, f.name) for f in LIMIT_FIELDS})
 
 
 def domain_name_for(uuid: str) -> str:
@@ -62,6 +73,8 @@ class VpsFacts:
     cloud_init: bool
     credentials: bool
     login_user: str
+    allow_guest_traffic: bool = False
+    limits: PlanLimits = PlanLimits()
 
     @property
     def dhcp_host(self) -> DhcpHost | None:
@@ -106,6 +119,8 @@ def facts_of(vps: Vps, settings: Settings) -> VpsFacts:
         cloud_init=image.cloud_init,
         credentials=image.credentials,
         login_user=image.login_user,
+        allow_guest_traffic=net.allow_guest_traffic,
+        limits=plan_limits(plan),
     )
 
 
@@ -115,19 +130,28 @@ def overlay_spec(facts: VpsFacts, capacity_bytes: int) -> OverlayVolumeSpec:
     )
 
 
-def domain_spec(facts: VpsFacts, domain_type: str, with_seed: bool) -> DomainSpec:
-    """Everything the domain template places, computed from the facts."""
-    disks = [VolumeDiskSpec(pool=facts.pool, volume=facts.overlay_volume, target="vda")]
+def domain_spec(
+    facts: VpsFacts, domain_type: str, with_seed: bool, gateway_mac: str | None = None
+) -> DomainSpec:
+    """Everything the domain template places, computed from the facts.
+
+    ``gateway_mac`` is the NAT network's bridge MAC (see :func:`interface_spec`).
+    """
+    disks = [
+        VolumeDiskSpec(
+            pool=facts.pool,
+            volume=facts.overlay_volume,
+            target="vda",
+            iotune=facts.limits.iotune(),
+        )
+    ]
     if with_seed:
         disks.append(
             VolumeDiskSpec(
                 pool=facts.pool, volume=facts.seed_volume, target="vdb", fmt="raw", readonly=True
             )
         )
-    if facts.network_kind == "nat":
-        nic = InterfaceSpec(kind="network", source=facts.network_libvirt, mac=facts.mac or "")
-    else:
-        nic = InterfaceSpec(kind="bridge", source=facts.bridge, mac=facts.mac or "")
+    nic = interface_spec(facts, gateway_mac)
     kernel_boot = None
     if facts.kernel_path:
         kernel_boot = KernelBoot(facts.kernel_path, facts.initrd_path, facts.cmdline)
@@ -146,4 +170,35 @@ def domain_spec(facts: VpsFacts, domain_type: str, with_seed: bool) -> DomainSpe
         installation=facts.pool,
         kernel_boot=kernel_boot,
         cpu_mode="host-passthrough" if domain_type == "kvm" else None,
+        cputune=facts.limits.cputune(),
+    )
+
+
+def interface_spec(facts: VpsFacts, gateway_mac: str | None = None) -> InterfaceSpec:
+    """The VPS's NIC: anti-spoofing filter, isolation and bandwidth always placed.
+
+    Guests are kept apart (unless the network allows guest traffic) in one
+    of two ways. On a NAT network with a known bridge MAC, kvmvps's own
+    filter lets a guest send unicast only to that gateway MAC: a neighbour's
+    public forwards still work through the host, even where the host's
+    bridge hands frames to iptables (br_netfilter), which would re-bridge
+    them between two isolated ports. Elsewhere the bridge port is isolated.
+    """
+    mac = facts.mac or ""
+    kind, source = ("network", facts.network_libvirt)
+    if facts.network_kind != "nat":
+        kind, source = ("bridge", facts.bridge)
+    ips = (facts.ip,) if facts.ip else ()
+    gateway_only = not facts.allow_guest_traffic and facts.network_kind == "nat" and gateway_mac
+    if gateway_only:
+        flt = TrafficFilter(name=ISOLATING_FILTER, mac=mac, ips=ips, gateway_mac=gateway_mac)
+    else:
+        flt = TrafficFilter(name=TRAFFIC_FILTER, mac=mac, ips=ips)
+    return InterfaceSpec(
+        kind=kind,
+        source=source,
+        mac=mac,
+        traffic_filter=flt,
+        isolated=not facts.allow_guest_traffic and not gateway_only,
+        bandwidth=facts.limits.bandwidth(),
     )

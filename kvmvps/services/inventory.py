@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TypeVar
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from kvmvps import ipam, validation, xmlrender
+from kvmvps import ipam, limits, validation, xmlrender
 from kvmvps.errors import Conflict, InvalidInput, NotFound
 from kvmvps.images import BuiltImage
 from kvmvps.models import Host, Image, IpLease, Network, Plan, User, Vps
@@ -24,6 +25,7 @@ MAX_VCPUS = 64
 MAX_MEMORY_MIB = 1 << 20
 MAX_DISK_GIB = 1 << 14
 MAX_EXTRA_FORWARDS = 100
+MAX_PRICE_CENTS = 10**9
 
 
 def get_by_name(session: Session, model: type[M], name: str, what: str) -> M:
@@ -57,13 +59,16 @@ def add_plan(
     network: str | None = None,
     price_cents: int = 0,
     extra_forwards: int = 0,
+    resource_limits: Mapping[str, int | None] | None = None,
 ) -> Plan:
+    """Record a plan; ``resource_limits`` maps kvmvps.limits fields to numbers (None: unlimited)."""
     name = validation.object_name(name, "plan name")
+    checked = limits.check(resource_limits or {})
     validation.positive_int(vcpus, "vcpus", MAX_VCPUS)
     validation.positive_int(memory_mib, "memory (MiB)", MAX_MEMORY_MIB)
     validation.positive_int(disk_gib, "disk (GiB)", MAX_DISK_GIB)
-    if price_cents < 0:
-        raise InvalidInput("price must not be negative")
+    if not 0 <= price_cents <= MAX_PRICE_CENTS:
+        raise InvalidInput(f"price must be from 0 to {MAX_PRICE_CENTS} cents")
     if extra_forwards != 0:
         validation.positive_int(extra_forwards, "extra forwards", MAX_EXTRA_FORWARDS)
     with ctx.db.session() as s:
@@ -77,6 +82,7 @@ def add_plan(
             price_cents=price_cents,
             extra_forwards=extra_forwards,
             network_id=net.id if net else None,
+            **checked.as_dict(),
         )
         s.add(plan)
         return plan
@@ -213,8 +219,14 @@ def add_network(
     gateway: str | None = None,
     pool_start: str | None = None,
     pool_end: str | None = None,
+    allow_guest_traffic: bool = False,
 ) -> Network:
-    """Record a NAT or bridge network and create it on every enabled host."""
+    """Record a NAT or bridge network and create it on every enabled host.
+
+    Guests' bridge ports are isolated from each other unless
+    ``allow_guest_traffic``; they always reach the host (and so each
+    other's public forwards).
+    """
     name = validation.object_name(name, "network name")
     if kind not in ("nat", "bridge"):
         raise InvalidInput(f"network kind must be 'nat' or 'bridge', not {kind!r}")
@@ -232,6 +244,7 @@ def add_network(
         gateway=ipam.gateway_for(net, gateway),
         pool_start=start,
         pool_end=end,
+        allow_guest_traffic=bool(allow_guest_traffic),
     )
     with ctx.db.session() as s:
         _refuse_duplicate(s, Network, name, "network")

@@ -31,7 +31,16 @@ from kvmvps.errors import (
 from kvmvps.hypervisor import DhcpEntry
 from kvmvps.interrupt import Interrupted
 from kvmvps.models import Image, Network, Plan, Vps, VpsState
-from kvmvps.services import Context, credentials, forwards, inventory, jobs, quotas, setup
+from kvmvps.services import (
+    Context,
+    credentials,
+    forwards,
+    inventory,
+    isolation,
+    jobs,
+    quotas,
+    setup,
+)
 from kvmvps.services.facts import VpsFacts, domain_name_for, domain_spec, load_facts, overlay_spec
 from kvmvps.services.placement import choose_host
 from kvmvps.services.steps import Background, Build, Progress, Step
@@ -139,7 +148,8 @@ def _unclone(b: Build) -> None:
 
 def render_domain(b: Build) -> None:
     """Render and validate the domain XML of the build's facts into ``b.xml``."""
-    spec = domain_spec(b.facts, b.ctx.domain_type, with_seed=b.facts.cloud_init)
+    gateway = isolation.gateway_mac(b.hv, b.facts)
+    spec = domain_spec(b.facts, b.ctx.domain_type, b.facts.cloud_init, gateway)
     b.xml = xmlrender.domain_xml(spec)
 
 

@@ -5,7 +5,8 @@ virsh), pauses again a suspended VPS that someone started, marks VPSes whose dom
 DHCP entries that carry kvmvps's prefix but belong to no VPS; with ``fix`` it
 removes those. VPSes with an unfinished job are left alone: a build or a
 delete is moving them. One pass at a time, across all processes (a lock row).
-On the local host every pass also puts running guests' taps back on their
+Every pass puts a guest NIC's missing anti-spoofing filter and port
+isolation back. On the local host every pass also puts running guests' taps back on their
 bridges (after a network restart) and rewrites the port-forwarding rules and
 the proxy configuration from the database where they differ.
 """
@@ -25,8 +26,8 @@ from kvmvps import xmlrender
 from kvmvps.errors import Conflict, HypervisorError
 from kvmvps.hypervisor import Hypervisor
 from kvmvps.models import Host, IpLease, Job, JobState, Lock, Network, Vps, VpsState
-from kvmvps.services import Context, forwards, guard
-from kvmvps.services.facts import DOMAIN_PREFIX
+from kvmvps.services import Context, forwards, guard, isolation
+from kvmvps.services.facts import DOMAIN_PREFIX, VpsFacts, facts_of
 from kvmvps.services.jobs import now
 from kvmvps.services.vps import _FROM_LIBVIRT as FROM_LIBVIRT
 from kvmvps.xmlspec import KVMVPS_XMLNS, SENTINEL_MAC, DhcpHost
@@ -49,6 +50,7 @@ class Report:
     orphan_volumes: list[dict[str, str]] = field(default_factory=list)
     orphan_dhcp: list[dict[str, str]] = field(default_factory=list)
     forwarding: list[dict[str, str]] = field(default_factory=list)
+    isolation: list[dict[str, str]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -123,10 +125,15 @@ def _host_pass(ctx: Context, host: Host, fix: bool, report: Report) -> None:
     with ctx.db.session() as s:
         rows = list(s.scalars(select(Vps).where(Vps.host_id == host.id)))
         known = {v.domain_name for v in rows}
+        settled = []
         for vps in rows:
             if vps.uuid not in busy and vps.state in SETTLED:
                 actual = _hold(hv, vps, domains.get(vps.domain_name), report)
                 _check_power(vps, actual, report)
+                if vps.domain_name in domains:
+                    settled.append(facts_of(vps, ctx.settings))
+    for facts in settled:
+        _check_isolation(ctx, hv, facts, report)
     _orphan_domains(hv, host, set(domains) - known, fix, report, ctx.settings.storage_pool)
     _orphan_volumes(ctx, hv, host, known, fix, report)
     _orphan_dhcp(ctx, hv, host, fix, report)
@@ -147,6 +154,21 @@ def _hold(hv: Hypervisor, vps: Vps, actual: str | None, report: Report) -> str |
         {"vps": vps.uuid, "hostname": vps.hostname, "reason": vps.suspended_reason or ""}
     )
     return actual
+
+
+def _check_isolation(ctx: Context, hv: Hypervisor, facts: VpsFacts, report: Report) -> None:
+    """Every guest NIC's anti-spoofing filter and port isolation: put back where missing.
+
+    Like the forwarding rules, this is fixed on every pass, not only with ``fix``:
+    a guest running unfiltered can take over its neighbours' addresses.
+    """
+    try:
+        found = isolation.check(ctx, hv, facts)
+    except HypervisorError as exc:
+        report.errors.append(f"isolation of {facts.hostname}: {exc}")
+        return
+    report.isolation += found
+    report.errors += [f"{f['hostname']}: {f['action']}" for f in found if "failed" in f["action"]]
 
 
 def _check_power(vps: Vps, actual: str | None, report: Report) -> None:

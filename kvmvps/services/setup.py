@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from kvmvps import keys, validation, xmlrender
 from kvmvps.models import Host, Network, User
-from kvmvps.services import Context, inventory
+from kvmvps.services import Context, inventory, isolation
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,7 @@ def _ensure_operator(session: Session) -> User:
 def prepare_host(ctx: Context, session: Session, host: Host) -> None:
     """Make sure the host has kvmvps's storage pool and every network, running."""
     hv = ctx.hypervisor(host)
+    isolation.ensure_filters(hv)
     hv.ensure_pool(
         ctx.settings.storage_pool,
         xmlrender.pool_xml(ctx.settings.storage_pool, str(ctx.settings.pool_dir)),

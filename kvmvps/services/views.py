@@ -7,8 +7,10 @@ from typing import NotRequired, TypedDict
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
+from kvmvps import limits
 from kvmvps.models import Host, Image, Network, Plan
 from kvmvps.services import Context, placement
+from kvmvps.services.facts import plan_limits
 from kvmvps.storage import GIB
 
 
@@ -19,6 +21,8 @@ class PlanView(TypedDict):
     disk_gib: int
     price_cents: int
     network: str | None
+    limits: dict[str, int | None]
+    limits_summary: list[str]
     available: NotRequired[bool]  # only in the shop's listing (plan_views)
 
 
@@ -61,6 +65,7 @@ class NetworkView(TypedDict):
     gateway: str
     pool_start: str | None
     pool_end: str | None
+    allow_guest_traffic: bool
 
 
 class HostView(TypedDict):
@@ -73,6 +78,8 @@ class HostView(TypedDict):
 
 
 def plan_view(plan: Plan, network: str | None = None) -> PlanView:
+    """A plan as customers see it; ``limits`` holds every limit (None: unlimited)."""
+    lim = plan_limits(plan)
     return {
         "name": plan.name,
         "vcpus": plan.vcpus,
@@ -80,6 +87,8 @@ def plan_view(plan: Plan, network: str | None = None) -> PlanView:
         "disk_gib": plan.disk_gib,
         "price_cents": plan.price_cents,
         "network": network,
+        "limits": lim.as_dict(),
+        "limits_summary": limits.summary(lim),
     }
 
 
@@ -128,6 +137,7 @@ def network_view(net: Network) -> NetworkView:
         "gateway": net.gateway,
         "pool_start": net.pool_start,
         "pool_end": net.pool_end,
+        "allow_guest_traffic": net.allow_guest_traffic,
     }
 
 

@@ -12,8 +12,8 @@ from kvmvps import cpupin
 from kvmvps.errors import CapacityError, Conflict, InvalidInput, KvmvpsError
 from kvmvps.hypervisor import Hypervisor
 from kvmvps.models import Job, JobState, Plan, Vps, VpsState
-from kvmvps.services import Context, placement, provisioning
-from kvmvps.services.facts import VpsFacts, facts_of
+from kvmvps.services import Context, placement, provisioning, tuning
+from kvmvps.services.facts import VpsFacts, facts_of, plan_limits
 from kvmvps.services.inventory import get_by_name
 from kvmvps.services.steps import Build
 from kvmvps.services.vps import VpsView, resolve, view
@@ -74,11 +74,11 @@ def _check_stopped(session: Session, vps: Vps, hv: Hypervisor) -> None:
     if state == VpsState.STOPPED and hv.state(vps.domain_name) != "shut off":
         state = "running according to libvirt"
     if state != VpsState.STOPPED:
-        raise Conflict(f"cannot resize {vps.hostname}: it is {state}; stop it first")
-    busy = session.scalar(
-        select(Job.id).where(Job.vps_uuid == vps.uuid, Job.state.in_(JobState.UNFINISHED))
-    )
-    if busy is not None:
+        raise Conflict(
+            f"cannot resize {vps.hostname}: it is {state}; stop it first "
+            "(only a plan of the same size applies live)"
+        )
+    if _busy(session, vps):
         raise Conflict(f"cannot resize {vps.hostname}: a job is still working on it")
 
 
@@ -126,12 +126,44 @@ def _restore(hv: Hypervisor, xml: str, domain: str) -> None:
         log.error("restoring the definition of %s failed: %s", domain, exc)
 
 
-def resize(ctx: Context, ref: str, plan: str) -> VpsView:
-    """Move a stopped VPS to another plan: vCPUs and memory follow, the disk only grows.
+def _same_size(old: Plan, new: Plan) -> bool:
+    return (old.vcpus, old.memory_mib, old.disk_gib) == (new.vcpus, new.memory_mib, new.disk_gib)
 
-    Database changes commit only after libvirt has the new definition and
-    disk; any failure before that leaves both as they were.
+
+def _busy(session: Session, vps: Vps) -> bool:
+    query = select(Job.id).where(Job.vps_uuid == vps.uuid, Job.state.in_(JobState.UNFINISHED))
+    return session.scalar(query) is not None
+
+
+def _resize_live(ctx: Context, session: Session, vps: Vps, old: Plan, new: Plan) -> None:
+    """Same size, other limits: apply them to the running guest (and its definition)."""
+    if _busy(session, vps):
+        raise Conflict(f"cannot resize {vps.hostname}: a job is still working on it")
+    facts = facts_of(vps, ctx.settings)
+    tuning.apply_or_restore(ctx.hypervisor(vps.host), facts, plan_limits(new), plan_limits(old))
+    vps.plan = new
+
+
+def resize(ctx: Context, ref: str, plan: str) -> VpsView:
+    """Move a VPS to another plan: vCPUs and memory follow, the disk only grows.
+
+    A plan of the same size (only other limits) is applied live to a running
+    VPS; any other move needs the VPS stopped. Database changes commit only
+    after libvirt has the new definition and disk (or limits); any failure
+    before that leaves both as they were.
     """
+    with ctx.db.session() as s:
+        vps = resolve(s, ref)
+        new = get_by_name(s, Plan, plan, "plan")
+        if vps.state in (VpsState.RUNNING, VpsState.SUSPENDED) and _same_size(vps.plan, new):
+            _check_plans(vps, vps.plan, new)
+            _resize_live(ctx, s, vps, vps.plan, new)
+            s.flush()
+            return view(vps)
+    return _resize_stopped(ctx, ref, plan)
+
+
+def _resize_stopped(ctx: Context, ref: str, plan: str) -> VpsView:
     hv: Hypervisor | None = None
     old_xml, domain = None, ""
     try:

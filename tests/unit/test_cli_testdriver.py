@@ -8,10 +8,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 
+from kvmvps.limits import LIMIT_FIELDS
 from kvmvps.models import Vps
 from kvmvps.services import Context
 from kvmvps.services.vps import VIEW_KEYS
 from tests.badinput import assert_one_line_error, create_args, run_cli
+
+LIMIT_NAMES = [f.name for f in LIMIT_FIELDS]
 
 
 def ok(ctx: Context, *args: str) -> str:
@@ -113,6 +116,8 @@ def test_plan_lifecycle_and_in_use(td_ctx: Context) -> None:
         "price_cents": 0,
         "network": None,
         "extra_forwards": 0,
+        "limits": {name: None for name in LIMIT_NAMES},
+        "limits_summary": [],
     }
     assert_one_line_error(
         run_cli(

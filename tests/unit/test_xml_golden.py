@@ -7,15 +7,21 @@ from lxml import etree
 
 from kvmvps import xmlrender
 from kvmvps.errors import XmlValidationError
+from kvmvps.limits import PlanLimits
 from kvmvps.xmlspec import (
+    Bandwidth,
+    BandwidthLimit,
     BridgeNetworkSpec,
     DhcpHost,
     DomainSpec,
     InterfaceSpec,
     KernelBoot,
+    NwFilterSpec,
     OverlayVolumeSpec,
+    TrafficFilter,
     VolumeDiskSpec,
     nat_network_spec,
+    own_nwfilters,
     vcpupins_for,
 )
 from tests.xmlcompare import assert_matches_golden, canonical
@@ -25,8 +31,44 @@ OVERLAY = VolumeDiskSpec(pool="kvmvps", volume="kvmvps-6f1c1b2e6a55.qcow2", targ
 SEED = VolumeDiskSpec(
     pool="kvmvps", volume="kvmvps-6f1c1b2e6a55-seed.iso", target="vdb", fmt="raw", readonly=True
 )
-NAT_NIC = InterfaceSpec(kind="network", source="kvmvps", mac="52:54:00:aa:bb:cc")
-BRIDGE_NIC = InterfaceSpec(kind="bridge", source="br0", mac="52:54:00:aa:bb:cd")
+GATEWAY = "52:54:00:12:34:56"
+NAT_NIC = InterfaceSpec(
+    kind="network",
+    source="kvmvps",
+    mac="52:54:00:aa:bb:cc",
+    traffic_filter=TrafficFilter(
+        "kvmvps-clean-traffic", "52:54:00:aa:bb:cc", ("10.213.0.2",), gateway_mac=GATEWAY
+    ),
+)
+BRIDGE_NIC = InterfaceSpec(
+    kind="bridge",
+    source="br0",
+    mac="52:54:00:aa:bb:cd",
+    traffic_filter=TrafficFilter("clean-traffic", "52:54:00:aa:bb:cd", ("203.0.113.10",)),
+    isolated=True,
+)
+LIMITS = PlanLimits(
+    cpu_shares=512,
+    cpu_quota_pct=50,
+    disk_read_bytes_sec=2 << 20,
+    disk_write_bytes_sec=1 << 20,
+    disk_iops=200,
+    net_in_kibps=1024,
+    net_in_peak_kibps=2048,
+    net_in_burst_kib=512,
+    net_out_kibps=256,
+)
+LIMITED_NIC = InterfaceSpec(
+    kind="network",
+    source="kvmvps",
+    mac="52:54:00:aa:bb:cc",
+    traffic_filter=TrafficFilter("clean-traffic", "52:54:00:aa:bb:cc", ("10.213.0.2",)),
+    isolated=False,
+    bandwidth=LIMITS.bandwidth(),
+)
+LIMITED_DISK = VolumeDiskSpec(
+    pool="kvmvps", volume="kvmvps-6f1c1b2e6a55.qcow2", target="vda", iotune=LIMITS.iotune()
+)
 KERNEL = KernelBoot(
     "/var/lib/kvmvps/images/tiny/vmlinuz",
     "/var/lib/kvmvps/images/tiny/initrd.img",
@@ -62,6 +104,9 @@ DOMAIN_VARIANTS = {
     "domain_kernel_no_initrd.xml": domain(
         kernel_boot=KernelBoot("/k/vmlinuz", None, None), vcpus=1, vcpupins=vcpupins_for([3])
     ),
+    "domain_limits_guest_traffic.xml": domain(
+        interfaces=(LIMITED_NIC,), disks=(LIMITED_DISK,), cputune=LIMITS.cputune()
+    ),
 }
 
 
@@ -85,6 +130,53 @@ def test_domain_places_every_value() -> None:
     assert root.find("devices/interface/mac").get("address") == "52:54:00:aa:bb:cc"
     assert root.find("devices/serial/log").get("file").endswith("kvmvps-6f1c1b2e6a55.log")
     assert root.findtext("os/cmdline") == "console=ttyS0 root=/dev/vda rw"
+    nic = root.find("devices/interface")
+    assert nic.find("filterref").get("filter") == "kvmvps-clean-traffic"
+    params = [(p.get("name"), p.get("value")) for p in nic.iterfind("filterref/parameter")]
+    assert params == [("MAC", "52:54:00:aa:bb:cc"), ("IP", "10.213.0.2"), ("GATEWAY_MAC", GATEWAY)]
+    assert nic.find("port") is None  # kept apart by the filter, not by port isolation
+    assert root.find("cputune/shares") is None and nic.find("bandwidth") is None
+    bridged = etree.fromstring(
+        xmlrender.domain_xml(DOMAIN_VARIANTS["domain_bridge_seed.xml"]).encode()
+    ).find("devices/interface")
+    assert bridged.find("filterref").get("filter") == "clean-traffic"
+    assert bridged.find("port").get("isolated") == "yes"
+
+
+@pytest.mark.parametrize("spec", own_nwfilters(), ids=lambda f: f.name)
+def test_own_nwfilters_match_golden(spec: NwFilterSpec) -> None:
+    xml = xmlrender.nwfilter_xml(spec)
+    assert_matches_golden(xml, f"nwfilter_{spec.name}.xml")
+    assert own_nwfilters() == own_nwfilters()  # fixed UUIDs: redefining updates in place
+
+
+def test_limits_are_placed() -> None:
+    xml = xmlrender.domain_xml(DOMAIN_VARIANTS["domain_limits_guest_traffic.xml"])
+    root = etree.fromstring(xml.encode())
+    assert root.findtext("cputune/shares") == "512"
+    assert (root.findtext("cputune/period"), root.findtext("cputune/quota")) == ("100000", "50000")
+    tune = root.find("devices/disk/iotune")
+    assert {el.tag: el.text for el in tune} == {
+        "read_bytes_sec": str(2 << 20),
+        "write_bytes_sec": str(1 << 20),
+        "total_iops_sec": "200",
+    }
+    inbound = root.find("devices/interface/bandwidth/inbound")
+    assert dict(inbound.attrib) == {"average": "1024", "peak": "2048", "burst": "512"}
+    outbound = root.find("devices/interface/bandwidth/outbound")
+    assert dict(outbound.attrib) == {"average": "256"}
+    assert root.find("devices/interface/port") is None  # guest traffic allowed: no isolation
+
+
+def test_interface_fragment_is_cut_from_a_validated_domain() -> None:
+    fragment = xmlrender.interface_xml(domain(), "52:54:00:aa:bb:cc")
+    nic = etree.fromstring(fragment.encode())
+    assert nic.tag == "interface" and nic.find("filterref").get("filter") == "kvmvps-clean-traffic"
+    with pytest.raises(XmlValidationError, match="no interface"):
+        xmlrender.interface_xml(domain(), "52:54:00:00:00:01")
+    bad = InterfaceSpec("network", "n", "52:54:00:aa:bb:cc", bandwidth=Bandwidth(BandwidthLimit(0)))
+    with pytest.raises(XmlValidationError, match="fails libvirt's schema"):
+        xmlrender.interface_xml(domain(interfaces=(bad,)), "52:54:00:aa:bb:cc")
 
 
 NETWORK_VARIANTS = {

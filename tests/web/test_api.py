@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from kvmvps.limits import LIMIT_FIELDS
 from kvmvps.services import audit, jobs
 from kvmvps.services import vps as vps_service
 from kvmvps.services.vps import VIEW_KEYS
@@ -46,6 +47,8 @@ def test_plans_and_images_show_no_host_paths(api) -> None:
         "price_cents": 299,
         "network": None,
         "available": True,
+        "limits": {f.name: None for f in LIMIT_FIELDS},
+        "limits_summary": [],
     }
     images = api("GET", "/images").get_json()["images"]
     assert [i["name"] for i in images] == ["base", "linux"]

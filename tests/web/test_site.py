@@ -11,7 +11,7 @@ from flask import Flask
 from sqlalchemy import func, select, update
 
 from kvmvps.models import Vps, VpsState
-from kvmvps.services import Context, audit, jobs, tokens
+from kvmvps.services import Context, audit, inventory, jobs, tokens
 from kvmvps.services import vps as vps_service
 from tests.web.conftest import OP, PASSWORD, A, B, World, finish_build, finish_job, make_app
 from tests.web.helpers import (
@@ -29,6 +29,16 @@ from web.app import HTTPS_DEFAULT
 def vps_count(ctx: Context) -> int:
     with ctx.db.session() as s:
         return s.scalar(select(func.count()).select_from(Vps))
+
+
+def test_catalogue_shows_a_plans_limits(web_ctx: Context, client, monkeypatch) -> None:
+    inventory.add_plan(
+        web_ctx, "capped", 1, 16, 1, resource_limits={"cpu_quota_pct": 50, "net_out_kibps": 512}
+    )
+    forbid_libvirt(monkeypatch)
+    page = text(client.get("/"))
+    assert "CPU: at most 50 % of a core per vCPU" in page
+    assert "network out: 512 KiB/s" in page
 
 
 def test_catalogue_needs_no_login_and_no_libvirt(client, monkeypatch) -> None:

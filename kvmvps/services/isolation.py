@@ -1,0 +1,103 @@
+"""Tenant isolation on the wire: every guest NIC carries the anti-spoofing filter.
+
+The filter (libvirt's ``clean-traffic``) and the bridge port's isolation are
+part of the domain XML that provisioning renders. This module checks a
+defined or running domain against that rendering and puts a missing or
+altered filter back with a device update, live and in the definition.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from kvmvps import xmlrender
+from kvmvps.errors import HypervisorError, KvmvpsError
+from kvmvps.hypervisor import Hypervisor, NicState
+from kvmvps.services import Context
+from kvmvps.services.facts import TRAFFIC_FILTER, VpsFacts, domain_spec, interface_spec
+from kvmvps.xmlspec import own_nwfilters
+
+log = logging.getLogger(__name__)
+
+
+def ensure_filters(hv: Hypervisor) -> None:
+    """Refuse hosts without the stock anti-spoofing filter; define kvmvps's own where missing."""
+    if hv.nwfilter_exists(TRAFFIC_FILTER) is False:
+        raise HypervisorError(
+            f"libvirt at {hv.uri} has no nwfilter {TRAFFIC_FILTER!r}; guests would run "
+            "unfiltered (install libvirt-daemon-config-nwfilter)"
+        )
+    for spec in own_nwfilters():
+        # defining re-instantiates the filter on every running guest: only when missing
+        if hv.nwfilter_exists(spec.name) is False:
+            hv.define_nwfilter(xmlrender.nwfilter_xml(spec))
+
+
+def gateway_mac(hv: Hypervisor, facts: VpsFacts) -> str | None:
+    """The NAT network's bridge MAC, which kvmvps's own filter lets guests reach."""
+    if facts.network_kind != "nat" or facts.allow_guest_traffic:
+        return None
+    return hv.network_mac(facts.network_libvirt)
+
+
+def wanted(facts: VpsFacts, gateway: str | None) -> NicState:
+    """The interface state provisioning renders for the VPS."""
+    spec = interface_spec(facts, gateway)
+    flt = spec.traffic_filter
+    params: tuple[tuple[str, str], ...] = ()
+    if flt is not None:
+        params = (("MAC", flt.mac), *(("IP", ip) for ip in flt.ips))
+        if flt.gateway_mac:
+            params += (("GATEWAY_MAC", flt.gateway_mac),)
+    return NicState(
+        mac=spec.mac,
+        filter=None if flt is None else flt.name,
+        parameters=tuple(sorted(params)),
+        isolated=spec.isolated,
+    )
+
+
+def problems(actual: NicState | None, want: NicState) -> list[str]:
+    """What differs between a domain's interface and the rendered one."""
+    if actual is None:
+        return [f"no interface with MAC {want.mac}"]
+    found = []
+    if actual.filter != want.filter:
+        found.append(f"filter is {actual.filter or 'missing'}, not {want.filter}")
+    elif actual.parameters != want.parameters:
+        found.append(
+            "filter parameters differ: " + ", ".join(f"{k}={v}" for k, v in actual.parameters)
+        )
+    if actual.isolated != want.isolated:
+        found.append("port isolation " + ("on" if actual.isolated else "off"))
+    return found
+
+
+def check(ctx: Context, hv: Hypervisor, facts: VpsFacts, fix: bool = True) -> list[dict[str, str]]:
+    """Compare the domain's interface (live, and defined) with the rendered one; fix it.
+
+    Returns one entry per difference found, saying whether it was fixed.
+    """
+    gateway = gateway_mac(hv, facts)
+    want = wanted(facts, gateway)
+    found: list[str] = []
+    views = [False, True] if hv.is_active(facts.domain) else [True]
+    for inactive in views:
+        nics = {n.mac: n for n in hv.interfaces(facts.domain, inactive=inactive)}
+        where = "definition" if inactive else "running guest"
+        found += [f"{where}: {p}" for p in problems(nics.get(want.mac), want)]
+    if not found:
+        return []
+    action = "reported"
+    if fix:
+        try:
+            spec = domain_spec(facts, ctx.domain_type, facts.cloud_init, gateway)
+            hv.update_device(facts.domain, xmlrender.interface_xml(spec, want.mac))
+            action = "filter and isolation put back"
+        except KvmvpsError as exc:
+            log.error("putting the filter of %s back failed: %s", facts.domain, exc)
+            action = f"fix failed: {exc}"
+    return [
+        {"vps": facts.uuid, "hostname": facts.hostname, "problem": p, "action": action}
+        for p in found
+    ]

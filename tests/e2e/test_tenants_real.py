@@ -1,0 +1,265 @@
+"""Hostile tenants on the real libvirtd: two tiny guests on one NAT network.
+
+``mallory`` has root in its guest (the provisioning key) and tries to take
+over ``victim``'s address; ``victim`` must stay reachable, keep its ARP entry
+on the host and keep working credentials. Then the plan's limits are moved
+onto a running guest and measured inside it. One pair of guests for the
+whole module; traffic goes only to the test's own guest network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from lxml import etree
+from sqlalchemy import select
+
+from kvmvps import keys
+from kvmvps.config import load_settings
+from kvmvps.models import Image, Vps
+from kvmvps.services import Context, inventory, setup
+from tests import conftest
+from tests.badinput import run_cli
+from tests.guestcheck import paramiko_client
+
+pytestmark = [pytest.mark.libvirt, pytest.mark.e2e]
+
+PID = os.getpid()
+NAME, SUBNET = f"kvi{PID}", f"10.{190 + PID % 40}.3.0/24"
+GATEWAY = SUBNET.replace(".0/24", ".1")
+BRIDGE = f"{NAME}0"[:15]
+DISK_LIMIT = 2 << 20  # bytes/s
+NET_LIMIT_KIB = 1024  # KiB/s
+
+
+@dataclass
+class Pair:
+    ctx: Context
+    victim: dict
+    mallory: dict
+
+
+def ok(ctx: Context, *args: str) -> dict:
+    result = run_cli(ctx, *args, "--json")
+    assert result.exit_code == 0, (args, result.stderr)
+    return json.loads(result.stdout)
+
+
+def order(ctx: Context, hostname: str) -> dict:
+    args = ("vps", "create", "--plan", "iso", "--image", "base", "--hostname", hostname, "--wait")
+    return ok(ctx, *args)
+
+
+def root_run(ctx: Context, hostname: str, command: str, timeout: float = 60) -> str:
+    """A command as root in the guest over SSH (pinned host key); stdout and stderr."""
+    with ctx.db.session() as s:
+        vps = s.scalar(select(Vps).where(Vps.hostname == hostname))
+        ip, host_key = vps.ip, vps.host_key
+    client = paramiko_client(
+        ip, 22, host_key, "root", key_filename=str(keys.provisioning_key_path(ctx.settings))
+    )
+    try:
+        _, out, err = client.exec_command(command, timeout=timeout)
+        return out.read().decode() + err.read().decode()
+    finally:
+        client.close()
+
+
+def host_neighbour(ip: str) -> str:
+    """The host's ARP entry for ``ip`` on the test bridge ('' if none)."""
+    return subprocess.run(
+        ["ip", "neigh", "show", "dev", BRIDGE, "to", ip], capture_output=True, text=True
+    ).stdout.strip()
+
+
+def host_ping(ip: str) -> bool:
+    return (
+        subprocess.run(
+            ["busybox", "ping", "-c", "1", "-W", "2", ip], capture_output=True
+        ).returncode
+        == 0
+    )
+
+
+@pytest.fixture(scope="module")
+def pair(real_ctx: Context, tiny_image: str) -> Iterator[Pair]:
+    state = conftest.make_state_dir("tenants-")
+    shutil.copytree(real_ctx.settings.keys_dir, state / "keys")  # the key the image carries
+    ctx = Context(load_settings(conftest.test_env(state, name=NAME, subnet=SUBNET)))
+    try:
+        setup.init(ctx)
+        with real_ctx.db.session() as s:
+            tiny = inventory.get_by_name(s, Image, tiny_image, "image")
+        inventory.add_image(
+            ctx,
+            "base",
+            tiny.base_path,
+            kernel=tiny.kernel_path,
+            initrd=tiny.initrd_path,
+            cmdline=tiny.cmdline,
+            login_user=tiny.login_user,
+            os_family=tiny.os_family,
+        )
+        inventory.add_plan(ctx, "iso", 1, 256, 1)
+        yield Pair(ctx=ctx, victim=order(ctx, "victim"), mallory=order(ctx, "mallory"))
+    finally:
+        conftest.cleanup_installation(ctx)
+        conftest._remove_pool(ctx.settings.storage_pool)
+        ctx.close()
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def test_root_in_one_guest_cannot_take_over_its_neighbour(pair: Pair) -> None:
+    ctx, victim = pair.ctx, pair.victim
+    vip, vmac = victim["ip"], victim["mac"]
+    tap = interface(ctx, pair.mallory["domain"]).find("target").get("dev")
+    rules = subprocess.run(["ebtables", "-t", "nat", "-L"], capture_output=True, text=True).stdout
+    assert f"-i {tap} -j libvirt-I-{tap}" in rules, rules  # the filter is in the kernel
+    assert host_ping(vip)
+    assert vmac in host_neighbour(vip)
+
+    # unicast only to the gateway's MAC: no direct path to the neighbour; the host answers
+    out = root_run(ctx, "mallory", f"ping -c 2 -W 2 {vip}; echo rc=$?")
+    assert "rc=0" not in out, out
+    out = root_run(ctx, "mallory", f"ping -c 1 -W 2 {GATEWAY}; echo rc=$?")
+    assert "rc=0" in out, out
+
+    # the takeover: the neighbour's address on our NIC, announced by gratuitous ARP
+    attack = (
+        f"ip addr add {vip}/24 dev eth0; "
+        f"arping -U -c 3 -I eth0 {vip}; arping -A -c 3 -I eth0 {vip}; "
+        f"ping -c 2 -W 1 -I {vip} {GATEWAY}; echo done"
+    )
+    out = root_run(ctx, "mallory", attack)
+    assert "done" in out and "not found" not in out and "Sent 3 probe" in out, out
+    try:
+        time.sleep(1)
+        assert vmac in host_neighbour(vip), host_neighbour(vip)
+        assert pair.mallory["mac"] not in host_neighbour(vip)
+        assert host_ping(vip)
+        # the victim's credentials still work: its pinned host key still answers
+        reset = ok(ctx, "vps", "password-reset", "victim")
+        assert reset["password"] and reset["state"] == "running"
+        assert root_run(ctx, "victim", "hostname").strip() == "victim"
+    finally:
+        root_run(ctx, "mallory", f"ip addr del {vip}/24 dev eth0")
+
+
+def interface(ctx: Context, domain: str) -> etree._Element:
+    xml = ctx.hypervisor(ctx.settings.libvirt_uri).domain_xml(domain)
+    return etree.fromstring(xml.encode()).find("devices/interface")
+
+
+def test_reconcile_puts_a_removed_filter_back(pair: Pair) -> None:
+    ctx, domain = pair.ctx, pair.mallory["domain"]
+    hv = ctx.hypervisor(ctx.settings.libvirt_uri)
+    nic = interface(ctx, domain)
+    for tag in ("filterref", "port", "target", "alias", "address"):
+        for el in nic.findall(tag):
+            nic.remove(el)
+    hv.update_device(domain, etree.tostring(nic, encoding="unicode"))
+    assert interface(ctx, domain).find("filterref") is None  # unfiltered now
+
+    report = ok(ctx, "reconcile")
+    fixed = [i for i in report["isolation"] if i["hostname"] == "mallory"]
+    assert fixed and all(i["action"] == "filter and isolation put back" for i in fixed), fixed
+    nic = interface(ctx, domain)
+    assert nic.find("filterref").get("filter") == "kvmvps-clean-traffic"
+    params = {p.get("name"): p.get("value") for p in nic.iterfind("filterref/parameter")}
+    assert params["IP"] == pair.mallory["ip"] and params["MAC"] == pair.mallory["mac"]
+    assert params["GATEWAY_MAC"] == hv.network_mac(NAME)
+    assert ok(ctx, "reconcile")["isolation"] == []  # in order now
+    out = root_run(ctx, "mallory", f"ping -c 2 -W 2 {pair.victim['ip']}; echo rc=$?")
+    assert "rc=0" not in out, out
+
+
+def _measure_disk(ctx: Context, hostname: str, mib: int) -> float:
+    """Write ``mib`` MiB with O_DIRECT in the guest; bytes per second it took."""
+    out = root_run(
+        ctx,
+        hostname,
+        "read a _ </proc/uptime; "
+        f"dd if=/dev/zero of=/root/dd.bin bs=64k count={mib * 16} oflag=direct 2>/dev/null; "
+        "read b _ </proc/uptime; rm -f /root/dd.bin; echo $a $b",
+        timeout=120,
+    )
+    start, end = (float(x) for x in out.split()[-2:])
+    return mib * (1 << 20) / (end - start)
+
+
+def test_limits_move_onto_a_running_guest_and_hold(pair: Pair) -> None:
+    ctx, domain = pair.ctx, pair.victim["domain"]
+    args = ("plan", "add", "capped", "--vcpus", "1", "--memory-mib", "256", "--disk-gib", "1")
+    ok(ctx, *args, "--disk-bytes-sec", str(DISK_LIMIT), "--cpu-quota-pct", "80")
+    view = ok(ctx, "vps", "resize", "victim", "--plan", "capped")
+    assert view["plan"] == "capped" and view["state"] == "running"
+    tune = subprocess.run(
+        ["virsh", "-c", conftest.REAL_URI, "blkdeviotune", domain, "vda", "--live"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert re.search(rf"total_bytes_sec\s*:\s*{DISK_LIMIT}\b", tune), tune
+    rate = _measure_disk(ctx, "victim", 6)
+    assert 0.8 * DISK_LIMIT <= rate <= 1.2 * DISK_LIMIT, f"{rate / (1 << 20):.2f} MiB/s"
+
+    # and off again, live: the same write is much faster than the limit
+    ok(ctx, "vps", "resize", "victim", "--plan", "iso")
+    assert _measure_disk(ctx, "victim", 6) > 2 * DISK_LIMIT
+
+
+def tc_police_available() -> bool:
+    """libvirt's outbound <bandwidth> is a tc police action (kernel: act_police)."""
+    ns = f"kvtc{PID}"
+    run = lambda *a: subprocess.run(list(a), capture_output=True).returncode  # noqa: E731 - tiny helper
+    if run("ip", "netns", "add", ns):
+        return False
+    try:
+        ip = ("ip", "netns", "exec", ns)
+        run(*ip, "ip", "link", "add", "d0", "type", "dummy")
+        run(*ip, "tc", "qdisc", "add", "dev", "d0", "ingress")
+        police = "u32 match u32 0 0 police rate 1mbit burst 10k drop flowid :1"
+        return not run(*ip, "tc", "filter", "add", "dev", "d0", "parent", "ffff:", *police.split())
+    finally:
+        run("ip", "netns", "del", ns)
+
+
+def _receive(server: socket.socket, marks: list[tuple[float, int]]) -> None:
+    conn, _ = server.accept()
+    total = 0
+    with conn:
+        while chunk := conn.recv(65536):
+            total += len(chunk)
+            marks.append((time.monotonic(), total))
+
+
+def test_network_limit_holds_for_traffic_from_the_guest(pair: Pair) -> None:
+    if not tc_police_available():
+        pytest.skip("this kernel has no tc police action (act_police): libvirt cannot shape")
+    ctx = pair.ctx
+    args = ("plan", "add", "slow", "--vcpus", "1", "--memory-mib", "256", "--disk-gib", "1")
+    ok(ctx, *args, "--net-out-kibps", str(NET_LIMIT_KIB), "--net-out-burst-kib", "64")
+    ok(ctx, "vps", "resize", "mallory", "--plan", "slow")
+    server = socket.create_server((GATEWAY, 0))
+    marks: list[tuple[float, int]] = []
+    reader = threading.Thread(target=_receive, args=(server, marks))
+    reader.start()
+    port = server.getsockname()[1]
+    root_run(ctx, "mallory", f"dd if=/dev/zero bs=64k count=64 | nc {GATEWAY} {port}", timeout=60)
+    reader.join(60)
+    server.close()
+    assert marks and marks[-1][1] == 4 << 20
+    # the rate after the first 512 KiB, so the burst does not count
+    t0, b0 = next(m for m in marks if m[1] >= 512 << 10)
+    rate = (marks[-1][1] - b0) / (marks[-1][0] - t0)
+    assert 0.8 * NET_LIMIT_KIB * 1024 <= rate <= 1.2 * NET_LIMIT_KIB * 1024, rate
