@@ -61,7 +61,23 @@ class User(Base):
     password_hash: Mapped[str | None] = mapped_column(String(255))
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # raised to end every session of the user (log out, new password, disabled)
+    session_epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class LoginCounter(Base):
+    """Attempts (logins, sign-ups) counted per key in one fixed time window.
+
+    ``key`` is a digest of what is limited (a client address, or an address
+    and an e-mail); ``window`` is the window's start in Unix seconds.
+    """
+
+    __tablename__ = "login_counters"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    window: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class Network(Base):

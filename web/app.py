@@ -12,10 +12,10 @@ from typing import Any
 from flask import Flask, Response, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from kvmvps.services import Context
+from kvmvps.services import Context, logins
 from web import errors, filters
 from web.common import CONTEXT_KEY, WebUser
-from web.extensions import csrf, limiter, login_manager
+from web.extensions import csrf, login_manager
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,7 @@ CSP = (
 )
 SECRET_KEY_FILE = "web-secret-key"  # noqa: S105 - a name, not a secret
 MAX_BODY = 64 * 1024
+RATE_KEYS = ("LOGIN_LIMIT", "LOGIN_ADDRESS_LIMIT", "SIGNUP_LIMIT")
 
 
 def _truthy(value: str | None) -> bool:
@@ -40,6 +41,9 @@ def _env_config() -> dict[str, Any]:
         "PROXIES": int(os.environ.get("KVMVPS_WEB_PROXIES", "0") or 0),
         "SITE_NAME": os.environ.get("KVMVPS_WEB_SITE_NAME", "kvmvps"),
         "CURRENCY": os.environ.get("KVMVPS_WEB_CURRENCY", "$"),
+        "LOGIN_LIMIT": os.environ.get("KVMVPS_WEB_LOGIN_LIMIT") or None,
+        "LOGIN_ADDRESS_LIMIT": os.environ.get("KVMVPS_WEB_LOGIN_ADDRESS_LIMIT") or None,
+        "SIGNUP_LIMIT": os.environ.get("KVMVPS_WEB_SIGNUP_LIMIT") or None,
     }
 
 
@@ -54,10 +58,9 @@ def _defaults() -> dict[str, Any]:
         "WTF_CSRF_ENABLED": True,
         "WTF_CSRF_TIME_LIMIT": None,  # the token lives as long as the session
         "RATELIMIT_ENABLED": True,
-        "RATELIMIT_STORAGE_URI": "memory://",
-        "RATELIMIT_HEADERS_ENABLED": False,
-        "LOGIN_LIMIT": "5/minute",
-        "SIGNUP_LIMIT": "20/hour",
+        "LOGIN_LIMIT": "5/minute",  # per client address and e-mail
+        "LOGIN_ADDRESS_LIMIT": "30/minute",  # per client address, whatever the e-mail
+        "SIGNUP_LIMIT": "20/hour",  # per client address
     }
 
 
@@ -86,6 +89,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.config.from_mapping({k: v for k, v in _env_config().items() if v is not None})
     if test_config:
         app.config.update(test_config)
+    for key in RATE_KEYS:
+        logins.Rate.parse(app.config[key])  # a bad setting stops the start, with its name
     ctx: Context = app.config.get("KVMVPS_CONTEXT") or Context.from_env()
     app.extensions[CONTEXT_KEY] = ctx
     if not app.config.get("SECRET_KEY"):
@@ -108,7 +113,6 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
 def _init_extensions(app: Flask) -> None:
     csrf.init_app(app)
-    limiter.init_app(app)
     login_manager.init_app(app)
     login_manager.login_view = "auth.login"
     login_manager.login_message = "Please log in to continue."

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import current_app, session
+from flask import current_app, request, session
 from flask_login import UserMixin
 
 from kvmvps.errors import (
@@ -53,6 +53,11 @@ class WebUser(UserMixin):
     @property
     def actor(self) -> str:
         return actor_of(self.email)
+
+
+def client_address() -> str:
+    """The client's address: the peer, or the one KVMVPS_WEB_PROXIES trusted proxies name."""
+    return request.remote_addr or "unknown"
 
 
 def actor_of(email: str) -> str:
