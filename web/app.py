@@ -12,9 +12,9 @@ from typing import Any
 from flask import Flask, Response, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from kvmvps.services import Context, logins
+from kvmvps.services import Context, logins, web_support
 from web import errors, filters
-from web.common import CONTEXT_KEY, WebUser
+from web.common import CONTEXT_KEY, WebUser, services
 from web.extensions import csrf, login_manager
 
 log = logging.getLogger(__name__)
@@ -121,16 +121,18 @@ def _init_extensions(app: Flask) -> None:
     login_manager.user_loader(_load_user)
 
 
-def _load_user(user_id: str) -> WebUser | None:
-    """The session's user, read afresh each request: a disabled user is logged out at once."""
-    from kvmvps.services import web_support
-    from web.common import services
+def _load_user(session_id: str) -> WebUser | None:
+    """The session's user, read afresh each request.
 
-    try:
-        user = web_support.user_by_id(services(), int(user_id))
-    except ValueError:
+    The session holds "id:epoch". A user logged out elsewhere, with a new
+    password, or disabled has a newer epoch (or is inactive): every older
+    session, including a copied cookie, ends at its next request.
+    """
+    user_id, _, epoch = session_id.partition(":")
+    if not user_id.isdecimal() or not epoch.isdecimal() or len(user_id) > 10:
         return None
-    if user is None or not user.is_active:
+    user = web_support.user_by_id(services(), int(user_id))
+    if user is None or not user.is_active or str(user.session_epoch) != epoch:
         return None
     return WebUser.of(user)
 

@@ -51,7 +51,7 @@ def count_attempt(action: str, target: str, *limits: tuple[str, str]) -> logins.
     return verdict
 
 
-def _start_session(user: WebUser) -> None:
+def start_session(user: WebUser) -> None:
     session.clear()  # nothing from before the login survives it
     login_user(user)
 
@@ -74,7 +74,7 @@ def signup() -> ResponseReturnValue:
             target.errors.append(str(exc))
         else:
             audit.record(services(), actor_of(user.email), "user.signup", user.email, audit.OK)
-            _start_session(WebUser.of(user))
+            start_session(WebUser.of(user))
             flash("Welcome! Your account is ready.", "ok")
             return redirect(url_for("dashboard.order"))
     status = 400 if request.method == "POST" else 200
@@ -101,7 +101,7 @@ def login() -> ResponseReturnValue:
         if user is not None:
             if verdict is not None:
                 logins.refund(services(), verdict)  # only failures add up
-            _start_session(WebUser.of(user))
+            start_session(WebUser.of(user))
             return redirect(safe_next(request.args.get("next")) or url_for("dashboard.servers"))
         audit.record(
             services(),
@@ -122,6 +122,7 @@ def login() -> ResponseReturnValue:
 @login_required
 def logout() -> ResponseReturnValue:
     ActionForm()  # CSRFProtect has checked the token already
+    users.end_sessions(services(), current_user.email)  # copies of the cookie stop working too
     logout_user()
     session.clear()
     flash("You are logged out.", "ok")

@@ -39,12 +39,21 @@ class WebUser(UserMixin):
     email: str
     is_admin: bool
     active: bool
+    epoch: int = 0  # the user's session epoch when this session began
 
     @classmethod
     def of(cls, user: User) -> WebUser:
         return cls(
-            id=user.id, email=user.email, is_admin=bool(user.is_admin), active=bool(user.is_active)
+            id=user.id,
+            email=user.email,
+            is_admin=bool(user.is_admin),
+            active=bool(user.is_active),
+            epoch=user.session_epoch or 0,
         )
+
+    def get_id(self) -> str:
+        """What the session keeps: the id and the epoch ("7:3"); see ``app._load_user``."""
+        return f"{self.id}:{self.epoch}"
 
     @property
     def is_active(self) -> bool:  # type: ignore[override]

@@ -40,6 +40,32 @@ class SignupForm(FlaskForm):
     )
 
 
+class PasswordForm(FlaskForm):
+    """The logged-in user's own change of password."""
+
+    current = PasswordField(
+        "Current password", validators=[DataRequired(), Length(max=MAX_PASSWORD)]
+    )
+    password = PasswordField(
+        "New password",
+        validators=[
+            DataRequired(),
+            Length(
+                min=MIN_PASSWORD,
+                max=MAX_PASSWORD,
+                message=(
+                    f"the password must be at least {MIN_PASSWORD} and at most {MAX_PASSWORD} "
+                    "characters long"
+                ),
+            ),
+        ],
+    )
+    confirm = PasswordField(
+        "Repeat the new password",
+        validators=[DataRequired(), EqualTo("password", message="the passwords do not match")],
+    )
+
+
 class LoginForm(FlaskForm):
     email = StringField("E-mail", validators=[DataRequired(), Length(max=MAX_EMAIL)])
     password = PasswordField("Password", validators=[DataRequired(), Length(max=MAX_PASSWORD)])
