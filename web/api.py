@@ -12,6 +12,7 @@ from typing import Any
 from flask import Blueprint, Response, abort, g, jsonify, request, url_for
 from flask.typing import ResponseReturnValue
 
+from kvmvps import validation
 from kvmvps.errors import Conflict
 from kvmvps.services import actions, provisioning, tokens, views, web_support
 from web.common import WebUser, audited, services
@@ -99,6 +100,9 @@ def _string(data: dict[str, Any], key: str, errors: dict[str, str]) -> str:
     if not isinstance(value, str):
         errors[key] = "must be a string"
         return ""
+    if validation.has_control(value):
+        errors[key] = "must not contain control characters"
+        return ""
     return value
 
 
@@ -111,6 +115,9 @@ def _keys(data: dict[str, Any], errors: dict[str, str]) -> list[str]:
         return []
     if len(value) > MAX_KEYS:
         errors["ssh_keys"] = f"at most {MAX_KEYS} SSH keys may be given"
+        return []
+    if any(validation.has_control(k) for k in value):
+        errors["ssh_keys"] = "a key must be one line, without control characters"
         return []
     return value
 

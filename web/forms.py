@@ -8,9 +8,10 @@ attached to the fields by the views.
 from __future__ import annotations
 
 from flask_wtf import FlaskForm
-from wtforms import PasswordField, RadioField, StringField, TextAreaField
-from wtforms.validators import DataRequired, EqualTo, Length, Optional
+from wtforms import Field, PasswordField, RadioField, StringField, TextAreaField
+from wtforms.validators import DataRequired, EqualTo, Length, Optional, ValidationError
 
+from kvmvps import validation
 from kvmvps.errors import KvmvpsError
 from kvmvps.services.users import MAX_PASSWORD, MIN_PASSWORD
 from kvmvps.services.web_support import MAX_NAME, MAX_SSH_KEYS_TEXT
@@ -18,8 +19,22 @@ from kvmvps.services.web_support import MAX_NAME, MAX_SSH_KEYS_TEXT
 MAX_EMAIL = 254
 
 
+class NoControl:
+    """Refuses control characters (escape sequences, NUL, bidi overrides...), but ``allow``."""
+
+    def __init__(self, allow: str = "") -> None:
+        self.allow = allow
+
+    def __call__(self, form: FlaskForm, field: Field) -> None:
+        if isinstance(field.data, str) and validation.has_control(field.data, self.allow):
+            raise ValidationError("control characters are not allowed here")
+
+
+ONE_LINE = NoControl()
+
+
 class SignupForm(FlaskForm):
-    email = StringField("E-mail", validators=[DataRequired(), Length(max=MAX_EMAIL)])
+    email = StringField("E-mail", validators=[DataRequired(), Length(max=MAX_EMAIL), ONE_LINE])
     password = PasswordField(
         "Password",
         validators=[
@@ -67,18 +82,18 @@ class PasswordForm(FlaskForm):
 
 
 class LoginForm(FlaskForm):
-    email = StringField("E-mail", validators=[DataRequired(), Length(max=MAX_EMAIL)])
+    email = StringField("E-mail", validators=[DataRequired(), Length(max=MAX_EMAIL), ONE_LINE])
     password = PasswordField("Password", validators=[DataRequired(), Length(max=MAX_PASSWORD)])
 
 
 class OrderForm(FlaskForm):
     # Choices are filled from the catalogue; unknown names are judged by the services.
-    plan = RadioField("Plan", validate_choice=False)
-    image = RadioField("Operating system", validate_choice=False)
-    hostname = StringField("Hostname", validators=[DataRequired(), Length(max=MAX_NAME)])
+    plan = RadioField("Plan", validate_choice=False, validators=[ONE_LINE])
+    image = RadioField("Operating system", validate_choice=False, validators=[ONE_LINE])
+    hostname = StringField("Hostname", validators=[DataRequired(), Length(max=MAX_NAME), ONE_LINE])
     ssh_keys = TextAreaField(
         "SSH public keys (optional, one per line)",
-        validators=[Optional(), Length(max=MAX_SSH_KEYS_TEXT)],
+        validators=[Optional(), Length(max=MAX_SSH_KEYS_TEXT), NoControl(allow="\r\n")],
     )
 
 
@@ -86,9 +101,9 @@ class ConfirmForm(FlaskForm):
     """Confirms a destructive action by typing the VPS's hostname."""
 
     hostname = StringField(
-        "Type the hostname to confirm", validators=[DataRequired(), Length(max=MAX_NAME)]
+        "Type the hostname to confirm", validators=[DataRequired(), Length(max=MAX_NAME), ONE_LINE]
     )
-    image = RadioField("Operating system", validate_choice=False, validators=[Optional()])
+    image = RadioField("Operating system", validate_choice=False, validators=[Optional(), ONE_LINE])
 
 
 class ActionForm(FlaskForm):
@@ -96,7 +111,7 @@ class ActionForm(FlaskForm):
 
 
 class TokenForm(FlaskForm):
-    name = StringField("Token name", validators=[Optional(), Length(max=64)])
+    name = StringField("Token name", validators=[Optional(), Length(max=64), ONE_LINE])
 
 
 def attach(form: FlaskForm, errors: dict[str, KvmvpsError]) -> None:

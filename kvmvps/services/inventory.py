@@ -131,8 +131,8 @@ def add_image(
     kernel_p, initrd_p = _optional_file(kernel, "kernel"), _optional_file(initrd, "initrd")
     if initrd_p and not kernel_p:
         raise InvalidInput("an initrd needs a kernel (--kernel) for direct kernel boot")
-    if cmdline is not None and (len(cmdline) > 1000 or any(ord(c) < 32 for c in cmdline)):
-        raise InvalidInput("the kernel command line must be one line of at most 1000 characters")
+    if cmdline is not None:
+        cmdline = validation.one_line(cmdline, "kernel command line", 1000)
     with ctx.db.session() as s:
         _refuse_duplicate(s, Image, name, "image")
     image = Image(
