@@ -127,7 +127,8 @@ def positive_int(value: int, what: str, maximum: int) -> int:
 def whole_number(value: int, what: str, minimum: int, maximum: int) -> int:
     """An int (not a bool) within bounds; huge ones are refused without being echoed."""
     if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= maximum:
-        shown = repr(value) if len(repr(value)) <= 24 else "a larger number"
+        small = not isinstance(value, int) or value.bit_length() <= 64
+        shown = repr(value)[:40] if small else "a larger number"
         raise InvalidInput(
             f"{what} must be a whole number from {minimum} to {maximum}, not {shown}"
         )

@@ -13,7 +13,7 @@ from flask import Blueprint, Response, abort, g, jsonify, request, url_for
 from flask.typing import ResponseReturnValue
 
 from kvmvps import validation
-from kvmvps.errors import Conflict
+from kvmvps.errors import Conflict, InvalidInput
 from kvmvps.services import actions, provisioning, tokens, views, web_support
 from web.common import WebUser, audited, services
 from web.openapi import spec
@@ -198,8 +198,10 @@ def _ask(vps: dict[str, Any], action: str, data: dict[str, Any]) -> actions.Requ
     errors: dict[str, str] = {}
     image = _string(data, "image", errors) or None
     timeout, force = data.get("timeout", 60), data.get("force", False)
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        errors["timeout"] = "must be a number of seconds"
+    try:
+        timeout = validation.seconds(timeout, "timeout", actions.MAX_TIMEOUT)
+    except InvalidInput as exc:  # a huge number too: never a float overflow
+        errors["timeout"] = str(exc)
     if not isinstance(force, bool):
         errors["force"] = "must be true or false"
     if errors:
@@ -212,7 +214,7 @@ def _ask(vps: dict[str, Any], action: str, data: dict[str, Any]) -> actions.Requ
             actor=_user().actor,
             owner_id=_scope(),
             image=image,
-            timeout=float(timeout),
+            timeout=timeout,
             force=force,
         )
 

@@ -11,7 +11,10 @@ from typing import Any
 
 from flask import Flask, Response, request
 from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.routing import IntegerConverter
+from werkzeug.routing.map import Map
 
+from kvmvps import validation
 from kvmvps.services import Context, logins, web_support
 from web import errors, filters
 from web.common import CONTEXT_KEY, WebUser, services
@@ -64,6 +67,13 @@ def _defaults() -> dict[str, Any]:
     }
 
 
+class RowId(IntegerConverter):
+    """``<int:...>`` in a URL: 1 up to the largest id a row can have; beyond, simply 404."""
+
+    def __init__(self, url_map: Map, fixed_digits: int = 0, signed: bool = False) -> None:
+        super().__init__(url_map, fixed_digits, min=1, max=validation.MAX_DB_ID, signed=signed)
+
+
 def load_secret_key(state_dir: Path) -> str:
     """The signing key kept in the state dir (made once, mode 0600), shared by every worker."""
     path = state_dir / SECRET_KEY_FILE
@@ -84,6 +94,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     services :class:`Context` (otherwise one is built from the environment).
     """
     app = Flask(__name__)
+    app.url_map.converters["int"] = RowId  # before any route is added
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.config.from_mapping(_defaults())
     app.config.from_mapping({k: v for k, v in _env_config().items() if v is not None})

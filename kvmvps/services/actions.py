@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kvmvps import guest
+from kvmvps import guest, validation
 from kvmvps.errors import Conflict, InvalidInput
 from kvmvps.models import Image, VpsState
 from kvmvps.services import Context, credentials, inventory, jobs
@@ -30,6 +30,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "delete": (S.RUNNING, S.STOPPED, S.SUSPENDED, S.ERROR, S.QUEUED),
 }
 ACTIONS = tuple(ALLOWED)
+MAX_TIMEOUT = 3600.0  # seconds a shutdown may wait
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,7 @@ def request(
     """Queue ``action`` for the VPS named ``ref``."""
     if action not in ALLOWED:
         raise InvalidInput(f"unknown action {action!r}; one of {', '.join(ACTIONS)}")
-    if not 0 < timeout <= 3600:
-        raise InvalidInput("timeout must be between 0 and 3600 seconds")
+    timeout = validation.seconds(timeout, "timeout", MAX_TIMEOUT)
     with ctx.db.session() as s:
         vps = resolve(s, ref, owner_id)
         if vps.state not in ALLOWED[action]:

@@ -23,6 +23,7 @@ MAX_VCPUS = 64
 MAX_MEMORY_MIB = 1 << 20
 MAX_DISK_GIB = 1 << 14
 MAX_EXTRA_FORWARDS = 100
+MAX_PRICE_CENTS = 10**9
 
 
 def get_by_name(session: Session, model: type[M], name: str, what: str) -> M:
@@ -59,8 +60,7 @@ def add_plan(
     validation.positive_int(vcpus, "vcpus", MAX_VCPUS)
     validation.positive_int(memory_mib, "memory (MiB)", MAX_MEMORY_MIB)
     validation.positive_int(disk_gib, "disk (GiB)", MAX_DISK_GIB)
-    if price_cents < 0:
-        raise InvalidInput("price must not be negative")
+    validation.whole_number(price_cents, "price (cents)", 0, MAX_PRICE_CENTS)
     if extra_forwards != 0:
         validation.positive_int(extra_forwards, "extra forwards", MAX_EXTRA_FORWARDS)
     with ctx.db.session() as s:

@@ -81,6 +81,7 @@ def verify_token(ctx: Context, token: str) -> User | None:
 
 def revoke_token(ctx: Context, token_id: int) -> dict[str, Any]:
     """Revoke a token by id (revoking it again changes nothing)."""
+    validation.db_id(token_id, "token id")
     with ctx.db.session() as s:
         token = s.get(ApiToken, token_id)
         if token is None:

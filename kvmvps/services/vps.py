@@ -108,8 +108,8 @@ def view(vps: Vps) -> dict[str, Any]:
         "host_key_fingerprint": vps.host_key_fingerprint,
         "error": vps.error,
         "expires_at": _iso(vps.expires_at),
-        "created_at": vps.created_at.isoformat(),
-        "updated_at": vps.updated_at.isoformat(),
+        "created_at": _iso(vps.created_at),
+        "updated_at": _iso(vps.updated_at),
     }
 
 
