@@ -101,7 +101,11 @@ def sqlite_file(url: str) -> Path | None:
     """The file of a SQLite URL (wherever it is); None for other databases or memory."""
     parsed = make_url(url)
     name = parsed.database or ""
-    if parsed.get_backend_name() != "sqlite" or name in ("", ":memory:") or name.startswith("file:"):
+    if (
+        parsed.get_backend_name() != "sqlite"
+        or name in ("", ":memory:")
+        or name.startswith("file:")
+    ):
         return None
     return Path(name)
 

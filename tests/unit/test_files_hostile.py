@@ -12,8 +12,8 @@ import pytest
 from kvmvps.config import load_settings
 from kvmvps.errors import InvalidInput
 from kvmvps.services import Context, inventory, setup, users
-from tests.badinput import assert_one_line_error, run_cli
 from tests import conftest as shared
+from tests.badinput import assert_one_line_error, run_cli
 from tests.snapshots import snapshot
 from tests.unit.conftest import TEST_URI
 
