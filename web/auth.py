@@ -25,7 +25,7 @@ bp = Blueprint("auth", __name__)
 
 
 def _tried_email() -> str:
-    """The e-mail a form names, as counted and audited (never the raw bytes)."""
+    """The e-mail a form names, as counted and audited (the audit log escapes controls)."""
     return (request.form.get("email") or "").strip().lower()[:254]
 
 

@@ -111,7 +111,8 @@ class ActionForm(FlaskForm):
 
 
 class TokenForm(FlaskForm):
-    name = StringField("Token name", validators=[Optional(), Length(max=64), ONE_LINE])
+    # control characters are refused by the service, inside the audited request
+    name = StringField("Token name", validators=[Optional(), Length(max=64)])
 
 
 def attach(form: FlaskForm, errors: dict[str, KvmvpsError]) -> None:

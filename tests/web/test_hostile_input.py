@@ -128,3 +128,10 @@ def test_the_openapi_timestamps_are_timezone_aware(world: World) -> None:
         for key, schema in schemas[name]["properties"].items():
             if key.endswith("_at"):
                 assert schema.get("format") == "date-time", (name, key)
+
+
+def test_a_refused_token_name_is_audited(world: World) -> None:
+    r = world.client(A).post("/account", data={"name": f"ci{ESC}"})
+    assert r.status_code == 400 and tokens.list_tokens(world.ctx) == []
+    entry = audit.list_entries(world.ctx, action="token.create")[0]
+    assert entry["result"] == "failed" and "control characters" in entry["detail"]
