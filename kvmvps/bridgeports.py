@@ -17,7 +17,7 @@ from lxml import etree
 
 from kvmvps.errors import FirewallError
 
-_IFNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
+_IFNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}")
 SYS_NET = Path("/sys/class/net")
 
 
@@ -30,7 +30,7 @@ def ports(domain_xml: str) -> list[tuple[str, str]]:
         target, source = iface.find("target"), iface.find("source")
         dev = target.get("dev") if target is not None else None
         bridge = source.get("bridge") if source is not None else None
-        if dev and bridge and _IFNAME.match(dev) and _IFNAME.match(bridge):
+        if dev and bridge and _IFNAME.fullmatch(dev) and _IFNAME.fullmatch(bridge):
             found.append((dev, bridge))
     return found
 

@@ -219,13 +219,13 @@ def _check_queue(s: Settings) -> None:
         )
 
 
-_PORTS = re.compile(r"^([0-9]{1,5})(?:-([0-9]{1,5}))?$")
-_CHAIN_PREFIX = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,19}$")
+_PORTS = re.compile(r"([0-9]{1,5})(?:-([0-9]{1,5}))?")
+_CHAIN_PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,19}")
 
 
 def _check_forwarding(s: Settings) -> None:
     """One-line errors for bad port-forwarding and proxy settings."""
-    match = _PORTS.match(s.forward_ports.strip())
+    match = _PORTS.fullmatch(s.forward_ports.strip())
     first, last = (int(match[1]), int(match[2] or match[1])) if match else (0, 0)
     if not match or not 1 <= first <= last <= 65535:
         raise InvalidInput(
@@ -244,7 +244,7 @@ def _check_forwarding(s: Settings) -> None:
                 f"KVMVPS_PROXY_{name}_PORT {port} must be a port outside "
                 f"KVMVPS_FORWARD_PORTS ({s.forward_ports})"
             )
-    if not _CHAIN_PREFIX.match(s.chain_prefix):
+    if not _CHAIN_PREFIX.fullmatch(s.chain_prefix):
         raise InvalidInput(
             f"KVMVPS_CHAIN_PREFIX {s.chain_prefix!r} must be a letter and up to "
             "19 letters, digits or '_'"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,7 +13,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, CursorResult, Engine, create_engine, event
+from sqlalchemy import Connection, CursorResult, Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
@@ -89,9 +91,10 @@ class Database:
             yield session
 
     def migrate(self) -> None:
-        """Bring the schema up to the newest Alembic revision."""
-        if self.url.startswith("sqlite:///"):
-            Path(self.url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        """Bring the schema up to the newest Alembic revision (a new SQLite file is 0600)."""
+        path = sqlite_file(self.url)
+        if path is not None:
+            create_private(path)
         with self.engine.begin() as conn:
             cfg = alembic_config(self.url)
             cfg.attributes["connection"] = conn
@@ -111,6 +114,36 @@ def rowcount(result: object) -> int:
     if not isinstance(result, CursorResult):
         raise TypeError(f"a {type(result).__name__} has no row count")
     return result.rowcount
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL (wherever it is); None for other databases or memory."""
+    parsed = make_url(url)
+    name = parsed.database or ""
+    if (
+        parsed.get_backend_name() != "sqlite"
+        or name in ("", ":memory:")
+        or name.startswith("file:")
+    ):
+        return None
+    return Path(name)
+
+
+def create_private(path: Path) -> None:
+    """Make ``path`` (and its directory) if missing, readable by its owner only.
+
+    SQLite gives its -wal and -shm files the mode of the database file, so
+    they are private too. An existing file loses any group and other bits.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        for each in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+            if each.exists():
+                os.chmod(each, stat.S_IMODE(each.stat().st_mode) & 0o700)
+        return
+    os.close(fd)
 
 
 def alembic_config(url: str) -> Config:

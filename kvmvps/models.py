@@ -66,6 +66,8 @@ class User(Base):
     quota_vcpus: Mapped[int | None] = mapped_column(Integer)
     quota_memory_mib: Mapped[int | None] = mapped_column(Integer)
     quota_disk_gib: Mapped[int | None] = mapped_column(Integer)
+    # raised to end every session of the user (log out, new password, disabled)
+    session_epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -82,6 +84,20 @@ class Invitation(Base):
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     used_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+
+
+class LoginCounter(Base):
+    """Attempts (logins, sign-ups) counted per key in one fixed time window.
+
+    ``key`` is a digest of what is limited (a client address, or an address
+    and an e-mail); ``window`` is the window's start in Unix seconds.
+    """
+
+    __tablename__ = "login_counters"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    window: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class Network(Base):

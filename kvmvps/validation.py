@@ -1,23 +1,27 @@
 """Checks for user text before it reaches the database, XML, a shell or libvirt.
 
 Every check returns the normalised value or raises :class:`InvalidInput` with
-a one-line message that names the offending field.
+a one-line message that names the offending field. Patterns are matched with
+``fullmatch`` (a ``$`` would let a trailing newline through), and no field
+takes control characters (see :func:`one_line`).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
+import unicodedata
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from kvmvps.errors import InvalidInput
 
-_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
-_EMAIL = re.compile(r"^[^@\s<>\"']{1,64}@[A-Za-z0-9.-]{1,190}$")
-_UNIX_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+_EMAIL = re.compile(r"[^@\s<>\"']{1,64}@[A-Za-z0-9.-]{1,190}")
+_UNIX_USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 _SSH_KEY_TYPES = (
     "ssh-ed25519",
     "ssh-rsa",
@@ -26,12 +30,51 @@ _SSH_KEY_TYPES = (
     "ecdsa-sha2-nistp521",
 )
 MAX_SSH_KEYS = 20
+# Unicode categories that can move a terminal's cursor, recolour it, hide or
+# reorder text: C0/C1 controls and DEL, format characters (bidi overrides,
+# zero-width), and the line and paragraph separators.
+CONTROL_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
+MAX_DB_ID = 2**31 - 1
+
+
+def _trim(value: str | None) -> str:
+    """Spaces and tabs around a value are dropped; a newline is not (it is refused)."""
+    return (value or "").strip(" \t")
+
+
+def is_control(ch: str) -> bool:
+    return unicodedata.category(ch) in CONTROL_CATEGORIES
+
+
+def has_control(text: str, allow: str = "") -> bool:
+    """Whether ``text`` holds a control character (other than those in ``allow``)."""
+    return any(is_control(ch) and ch not in allow for ch in text)
+
+
+def printable(text: str, keep: str = "") -> str:
+    """``text`` with every control character (but those in ``keep``) written as an escape.
+
+    ESC becomes ``\\x1b``, U+202E ``\\u202e``: harmless on a terminal, still legible.
+    """
+    if not has_control(text, keep):
+        return text
+    return "".join(ch if ch in keep or not is_control(ch) else ascii(ch)[1:-1] for ch in text)
+
+
+def one_line(value: str | None, what: str, maximum: int) -> str:
+    """Free text on one line (a name, a reason): stripped, no control characters."""
+    text = _trim(value)
+    if len(text) > maximum:
+        raise InvalidInput(f"the {what} must be at most {maximum} characters long")
+    if has_control(text):
+        raise InvalidInput(f"the {what} must be one line, without control characters")
+    return text
 
 
 def hostname(value: str) -> str:
     """A DNS label: letters, digits and inner hyphens, at most 63 characters."""
-    label = (value or "").strip().lower()
-    if not _LABEL.match(label):
+    label = _trim(value).lower()
+    if not _LABEL.fullmatch(label):
         raise InvalidInput(
             f"hostname {value!r} is not a valid DNS label "
             "(letters, digits and inner hyphens, at most 63 characters)"
@@ -39,13 +82,13 @@ def hostname(value: str) -> str:
     return label
 
 
-_DNS_NAME = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))+$")
+_DNS_NAME = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))+")
 
 
 def dns_name(value: str, what: str = "name") -> str:
     """A fully qualified DNS name of two labels or more, lower-cased, at most 253 characters."""
-    name = (value or "").strip().lower().removesuffix(".")
-    if len(name) > 253 or not _DNS_NAME.match(name) or name.rsplit(".", 1)[-1].isdigit():
+    name = _trim(value).lower().removesuffix(".")
+    if len(name) > 253 or not _DNS_NAME.fullmatch(name) or name.rsplit(".", 1)[-1].isdigit():
         raise InvalidInput(
             f"{what} {value!r} is not a valid DNS name (labels of letters, "
             "digits and inner hyphens, joined by dots)"
@@ -55,8 +98,8 @@ def dns_name(value: str, what: str = "name") -> str:
 
 def object_name(value: str, what: str = "name") -> str:
     """Names of plans, images, networks and hosts: short, lower-case, safe anywhere."""
-    name = (value or "").strip()
-    if not _NAME.match(name):
+    name = _trim(value)
+    if not _NAME.fullmatch(name):
         raise InvalidInput(
             f"{what} {value!r} is not valid (lower-case letters, digits, '.', '_' and '-', "
             "at most 63 characters, starting with a letter or digit)"
@@ -65,22 +108,45 @@ def object_name(value: str, what: str = "name") -> str:
 
 
 def email(value: str) -> str:
-    addr = (value or "").strip().lower()
-    if len(addr) > 254 or not _EMAIL.match(addr):
+    addr = _trim(value).lower()
+    if len(addr) > 254 or has_control(addr) or not _EMAIL.fullmatch(addr):
         raise InvalidInput(f"{value!r} is not a valid e-mail address")
     return addr
 
 
 def unix_user(value: str) -> str:
-    if not _UNIX_USER.match(value or ""):
+    if not _UNIX_USER.fullmatch(value or ""):
         raise InvalidInput(f"login user {value!r} is not a valid Unix user name")
     return value
 
 
 def positive_int(value: int, what: str, maximum: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= maximum:
-        raise InvalidInput(f"{what} must be a whole number from 1 to {maximum}, not {value!r}")
+    return whole_number(value, what, 1, maximum)
+
+
+def whole_number(value: int, what: str, minimum: int, maximum: int) -> int:
+    """An int (not a bool) within bounds; huge ones are refused without being echoed."""
+    if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= maximum:
+        small = not isinstance(value, int) or value.bit_length() <= 64
+        shown = repr(value)[:40] if small else "a larger number"
+        raise InvalidInput(
+            f"{what} must be a whole number from {minimum} to {maximum}, not {shown}"
+        )
     return value
+
+
+def seconds(value: object, what: str, maximum: float) -> float:
+    """A number of seconds above 0 and at most ``maximum`` (finite; ints of any size refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidInput(f"{what} must be a number of seconds")
+    if isinstance(value, float) and not math.isfinite(value) or not 0 < value <= maximum:
+        raise InvalidInput(f"{what} must be more than 0 and at most {maximum:g} seconds")
+    return float(value)
+
+
+def db_id(value: int, what: str) -> int:
+    """A row id as the database holds it (a larger one cannot exist)."""
+    return whole_number(value, what, 1, MAX_DB_ID)
 
 
 def ssh_public_key(line: str) -> str:
@@ -93,7 +159,7 @@ def ssh_public_key(line: str) -> str:
     except (ValueError, TypeError, UnsupportedAlgorithm):
         raise InvalidInput(f"malformed SSH public key: {_preview(line)}") from None
     comment = " ".join(parts[2:])
-    if any(ord(ch) < 32 for ch in comment):
+    if has_control(line.strip()):
         raise InvalidInput("SSH public key comment holds control characters")
     return " ".join([parts[0], parts[1]] + ([comment[:100]] if comment else []))
 
@@ -107,13 +173,13 @@ def ssh_public_keys(text_or_lines: str | list[str]) -> list[str]:
     return keys
 
 
-_DURATION = re.compile(r"^(\d{1,6})([smhd]?)$")
+_DURATION = re.compile(r"([0-9]{1,6})([smhd]?)")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def duration(value: str) -> int:
     """A duration such as ``90s``, ``30m``, ``2h`` or ``7d``, in seconds (1 min to 1 year)."""
-    match = _DURATION.match((value or "").strip().lower())
+    match = _DURATION.fullmatch(_trim(value).lower())
     if not match:
         raise InvalidInput(f"duration {value!r} is not like 30m, 2h or 7d")
     seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
@@ -137,12 +203,12 @@ def _preview(text: str | None) -> str:
     return repr(text if len(text) <= 40 else text[:37] + "...")
 
 
-_BRIDGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
+_BRIDGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}")
 
 
 def bridge_name(value: str) -> str:
     """A Linux interface name: at most 15 characters, no slashes or spaces."""
-    if not _BRIDGE.match(value or ""):
+    if not _BRIDGE.fullmatch(value or ""):
         raise InvalidInput(
             f"bridge name {value!r} is not a valid interface name (at most 15 characters)"
         )

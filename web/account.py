@@ -1,4 +1,4 @@
-"""The customer's account: API tokens (each shown once, when it is made)."""
+"""The customer's account: password, and API tokens (each shown once, when it is made)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ from flask.typing import ResponseReturnValue
 from flask_login import current_user
 
 from kvmvps.errors import KvmvpsError
-from kvmvps.services import tokens, web_support
-from web.common import audited, services
+from kvmvps.services import logins, tokens, users, web_support
+from web.auth import count_attempt, start_session
+from web.common import WebUser, audited, services
 from web.extensions import login_manager
-from web.forms import ActionForm, TokenForm
+from web.forms import ActionForm, PasswordForm, TokenForm
 
 bp = Blueprint("account", __name__)
 
@@ -38,10 +39,47 @@ def account() -> ResponseReturnValue:
             form.name.data = ""
     elif request.method == "POST":
         status = 400
+    return _page(form, PasswordForm(formdata=None), created), status
+
+
+def _page(form: TokenForm, password_form: PasswordForm, created: str | None = None) -> str:
     listed = [t for t in tokens.list_tokens(services(), current_user.email) if not t["revoked"]]
     return render_template(
-        "dash/account.html", form=form, tokens=listed, created=created, revoke=ActionForm()
-    ), status
+        "dash/account.html",
+        form=form,
+        password_form=password_form,
+        tokens=listed,
+        created=created,
+        revoke=ActionForm(),
+    )
+
+
+@bp.post("/account/password")
+def change_password() -> ResponseReturnValue:
+    """A new password: every session of the user ends, this one starts afresh."""
+    form = PasswordForm()
+    if not form.validate_on_submit():
+        return _page(TokenForm(formdata=None), form), 400
+    verdict = count_attempt(
+        "user.password", current_user.email, (f"password:{current_user.id}", "LOGIN_LIMIT")
+    )
+    try:
+        user = users.change_password(
+            services(),
+            current_user.email,
+            form.current.data or "",
+            form.password.data or "",
+            current_user.actor,
+        )
+    except KvmvpsError as exc:
+        target = form.current if "current" in str(exc) else form.password
+        target.errors = [*target.errors, str(exc)]
+        return _page(TokenForm(formdata=None), form), 400
+    if verdict is not None:
+        logins.refund(services(), verdict)
+    start_session(WebUser.of(user))
+    flash("Your password is changed; every other session of yours has ended.", "ok")
+    return redirect(url_for("account.account"))
 
 
 @bp.post("/account/tokens/<int:token_id>/revoke")

@@ -12,7 +12,8 @@ from typing import Any
 from flask import Blueprint, Response, abort, g, jsonify, request, url_for
 from flask.typing import ResponseReturnValue
 
-from kvmvps.errors import Conflict
+from kvmvps import validation
+from kvmvps.errors import Conflict, InvalidInput
 from kvmvps.services import actions, provisioning, tokens, views, web_support
 from kvmvps.services.vps import VpsView
 from web.common import WebUser, audited, services
@@ -100,6 +101,9 @@ def _string(data: dict[str, Any], key: str, errors: dict[str, str]) -> str:
     if not isinstance(value, str):
         errors[key] = "must be a string"
         return ""
+    if validation.has_control(value):
+        errors[key] = "must not contain control characters"
+        return ""
     return value
 
 
@@ -112,6 +116,9 @@ def _keys(data: dict[str, Any], errors: dict[str, str]) -> list[str]:
         return []
     if len(value) > MAX_KEYS:
         errors["ssh_keys"] = f"at most {MAX_KEYS} SSH keys may be given"
+        return []
+    if any(validation.has_control(k) for k in value):
+        errors["ssh_keys"] = "a key must be one line, without control characters"
         return []
     return value
 
@@ -192,8 +199,10 @@ def _ask(vps: VpsView, action: str, data: dict[str, Any]) -> actions.Requested:
     errors: dict[str, str] = {}
     image = _string(data, "image", errors) or None
     timeout, force = data.get("timeout", 60), data.get("force", False)
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        errors["timeout"] = "must be a number of seconds"
+    try:
+        timeout = validation.seconds(timeout, "timeout", actions.OPERATOR_TIMEOUT_MAX)
+    except InvalidInput as exc:  # a huge number too: never a float overflow
+        errors["timeout"] = str(exc)
     if not isinstance(force, bool):
         errors["force"] = "must be true or false"
     if errors:
@@ -206,7 +215,7 @@ def _ask(vps: VpsView, action: str, data: dict[str, Any]) -> actions.Requested:
             actor=_user().actor,
             owner_id=_scope(),
             image=image,
-            timeout=float(timeout),
+            timeout=timeout,
             force=force,
         )
 

@@ -11,11 +11,14 @@ from typing import Any
 
 from flask import Flask, Response, request
 from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.routing import IntegerConverter
+from werkzeug.routing.map import Map
 
-from kvmvps.services import Context
+from kvmvps import validation
+from kvmvps.services import Context, logins, web_support
 from web import errors, filters
-from web.common import CONTEXT_KEY, WebUser
-from web.extensions import csrf, limiter, login_manager
+from web.common import CONTEXT_KEY, WebUser, services
+from web.extensions import csrf, login_manager
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +28,7 @@ CSP = (
 )
 SECRET_KEY_FILE = "web-secret-key"  # noqa: S105 - a name, not a secret
 MAX_BODY = 64 * 1024
+RATE_KEYS = ("LOGIN_LIMIT", "LOGIN_ADDRESS_LIMIT", "SIGNUP_LIMIT")
 
 
 HTTPS_DEFAULT = "1"  # secure by default; KVMVPS_WEB_HTTPS=0 to try the site over plain HTTP
@@ -43,6 +47,9 @@ def _env_config() -> dict[str, Any]:
         "PROXIES": int(os.environ.get("KVMVPS_WEB_PROXIES", "0") or 0),
         "SITE_NAME": os.environ.get("KVMVPS_WEB_SITE_NAME", "kvmvps"),
         "CURRENCY": os.environ.get("KVMVPS_WEB_CURRENCY", "$"),
+        "LOGIN_LIMIT": os.environ.get("KVMVPS_WEB_LOGIN_LIMIT") or None,
+        "LOGIN_ADDRESS_LIMIT": os.environ.get("KVMVPS_WEB_LOGIN_ADDRESS_LIMIT") or None,
+        "SIGNUP_LIMIT": os.environ.get("KVMVPS_WEB_SIGNUP_LIMIT") or None,
     }
 
 
@@ -57,11 +64,17 @@ def _defaults() -> dict[str, Any]:
         "WTF_CSRF_ENABLED": True,
         "WTF_CSRF_TIME_LIMIT": None,  # the token lives as long as the session
         "RATELIMIT_ENABLED": True,
-        "RATELIMIT_STORAGE_URI": "memory://",
-        "RATELIMIT_HEADERS_ENABLED": False,
-        "LOGIN_LIMIT": "5/minute",
-        "SIGNUP_LIMIT": "20/hour",
+        "LOGIN_LIMIT": "5/minute",  # per client address and e-mail
+        "LOGIN_ADDRESS_LIMIT": "30/minute",  # per client address, whatever the e-mail
+        "SIGNUP_LIMIT": "20/hour",  # per client address
     }
+
+
+class RowId(IntegerConverter):
+    """``<int:...>`` in a URL: 1 up to the largest id a row can have; beyond, simply 404."""
+
+    def __init__(self, url_map: Map, fixed_digits: int = 0, signed: bool = False) -> None:
+        super().__init__(url_map, fixed_digits, min=1, max=validation.MAX_DB_ID, signed=signed)
 
 
 def load_secret_key(state_dir: Path) -> str:
@@ -84,11 +97,14 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     services :class:`Context` (otherwise one is built from the environment).
     """
     app = Flask(__name__)
+    app.url_map.converters["int"] = RowId  # before any route is added
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.config.from_mapping(_defaults())
     app.config.from_mapping({k: v for k, v in _env_config().items() if v is not None})
     if test_config:
         app.config.update(test_config)
+    for key in RATE_KEYS:
+        logins.Rate.parse(app.config[key])  # a bad setting stops the start, with its name
     ctx: Context = app.config.get("KVMVPS_CONTEXT") or Context.from_env()
     app.extensions[CONTEXT_KEY] = ctx
     if not app.config.get("SECRET_KEY"):
@@ -111,7 +127,6 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
 def _init_extensions(app: Flask) -> None:
     csrf.init_app(app)
-    limiter.init_app(app)
     login_manager.init_app(app)
     login_manager.login_view = "auth.login"
     login_manager.login_message = "Please log in to continue."
@@ -120,16 +135,18 @@ def _init_extensions(app: Flask) -> None:
     login_manager.user_loader(_load_user)
 
 
-def _load_user(user_id: str) -> WebUser | None:
-    """The session's user, read afresh each request: a disabled user is logged out at once."""
-    from kvmvps.services import web_support
-    from web.common import services
+def _load_user(session_id: str) -> WebUser | None:
+    """The session's user, read afresh each request.
 
-    try:
-        user = web_support.user_by_id(services(), int(user_id))
-    except ValueError:
+    The session holds "id:epoch". A user logged out elsewhere, with a new
+    password, or disabled has a newer epoch (or is inactive): every older
+    session, including a copied cookie, ends at its next request.
+    """
+    user_id, _, epoch = session_id.partition(":")
+    if not user_id.isdecimal() or not epoch.isdecimal() or len(user_id) > 10:
         return None
-    if user is None or not user.is_active:
+    user = web_support.user_by_id(services(), int(user_id))
+    if user is None or not user.is_active or str(user.session_epoch) != epoch:
         return None
     return WebUser.of(user)
 

@@ -1,4 +1,4 @@
-"""Sign up, log in, log out (Flask-Login sessions; login attempts rate-limited)."""
+"""Sign up, log in, log out (Flask-Login sessions; attempts rate-limited in the database)."""
 
 from __future__ import annotations
 
@@ -15,35 +15,57 @@ from flask import (
     url_for,
 )
 from flask.typing import ResponseReturnValue
-from flask_limiter.util import get_remote_address
 from flask_login import current_user, login_required, login_user, logout_user
+from werkzeug.exceptions import TooManyRequests
 
 from kvmvps.errors import Conflict, Forbidden, InvalidInput
-from kvmvps.services import audit, users
+from kvmvps.services import audit, logins, users
 from kvmvps.services import signup as signups
-from web.common import WebUser, actor_of, safe_next, services
-from web.extensions import limiter
+from web.common import WebUser, actor_of, client_address, safe_next, services
 from web.forms import ActionForm, LoginForm, SignupForm, add_error
 
 bp = Blueprint("auth", __name__)
 
 
-def _login_key() -> str:
-    """Rate-limit key: the client's address and the e-mail tried."""
-    email = (request.form.get("email") or "").strip().lower()[:254]
-    return f"{get_remote_address()}|{email}"
+def _tried_email() -> str:
+    """The e-mail a form names, as counted and audited (the audit log escapes controls)."""
+    return (request.form.get("email") or "").strip().lower()[:254]
 
 
-def _start_session(user: WebUser) -> None:
+def count_attempt(action: str, target: str, *limits: tuple[str, str]) -> logins.Verdict | None:
+    """Count this attempt against ``limits`` ((what, config key) pairs) before anything else.
+
+    Too many: 429 with Retry-After. None when rate limiting is off.
+    """
+    if not current_app.config.get("RATELIMIT_ENABLED", True):
+        return None
+    verdict = logins.attempt(
+        services(),
+        [logins.Limit(what, logins.Rate.parse(current_app.config[key])) for what, key in limits],
+        actor="web:" + client_address(),
+        action=action,
+        target=target,
+    )
+    if not verdict.allowed:
+        raise TooManyRequests(
+            f"too many attempts from your address; try again in {verdict.retry_after} seconds",
+            retry_after=verdict.retry_after,
+        )
+    return verdict
+
+
+def start_session(user: WebUser) -> None:
     session.clear()  # nothing from before the login survives it
     login_user(user)
 
 
 @bp.route("/signup", methods=["GET", "POST"])
-@limiter.limit(lambda: current_app.config["SIGNUP_LIMIT"], methods=["POST"])
 def signup() -> ResponseReturnValue:
     if current_user.is_authenticated:
         return redirect(url_for("dashboard.servers"))
+    if request.method == "POST":
+        addr = client_address()
+        count_attempt("user.signup", _tried_email(), (f"signup:{addr}", "SIGNUP_LIMIT"))
     form = SignupForm()
     mode = signups.mode(services())
     status = 400 if request.method == "POST" else 200
@@ -69,14 +91,14 @@ def signup() -> ResponseReturnValue:
         except InvalidInput as exc:
             add_error(_field_of(form, str(exc)), str(exc))
         else:
-            _start_session(WebUser.of(user))
+            start_session(WebUser.of(user))
             flash("Welcome! Your account is ready.", "ok")
             return redirect(url_for("dashboard.order"))
     return render_template("auth/signup.html", form=form, mode=mode), status
 
 
 def _anonymous() -> str:
-    return "web:" + get_remote_address()
+    return "web:" + client_address()
 
 
 def _field_of(form: SignupForm, message: str) -> Any:
@@ -86,27 +108,32 @@ def _field_of(form: SignupForm, message: str) -> Any:
 
 
 @bp.route("/login", methods=["GET", "POST"])
-@limiter.limit(
-    lambda: current_app.config["LOGIN_LIMIT"],
-    key_func=_login_key,
-    methods=["POST"],
-    deduct_when=lambda response: response.status_code != 302,
-)
 def login() -> ResponseReturnValue:
     if current_user.is_authenticated:
         return redirect(url_for("dashboard.servers"))
+    verdict = None
+    if request.method == "POST":  # counted before the form or the password is looked at
+        addr, email = client_address(), _tried_email()
+        verdict = count_attempt(
+            "user.login",
+            email,
+            (f"login:{addr}|{email}", "LOGIN_LIMIT"),
+            (f"login:{addr}", "LOGIN_ADDRESS_LIMIT"),
+        )
     form = LoginForm()
     status = 200
     if form.validate_on_submit():
         user = users.authenticate(services(), form.email.data or "", form.password.data or "")
         if user is not None:
-            _start_session(WebUser.of(user))
+            if verdict is not None:
+                logins.refund(services(), verdict)  # only failures add up
+            start_session(WebUser.of(user))
             return redirect(safe_next(request.args.get("next")) or url_for("dashboard.servers"))
         audit.record(
             services(),
-            "web:" + get_remote_address(),
+            "web:" + client_address(),
             "user.login",
-            (form.email.data or "").strip().lower()[:254],
+            _tried_email(),
             audit.FAILED,
             "wrong e-mail or password, or the account is disabled",
         )
@@ -121,6 +148,7 @@ def login() -> ResponseReturnValue:
 @login_required
 def logout() -> ResponseReturnValue:
     ActionForm()  # CSRFProtect has checked the token already
+    users.end_sessions(services(), current_user.email)  # copies of the cookie stop working too
     logout_user()
     session.clear()
     flash("You are logged out.", "ok")

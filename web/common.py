@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import current_app, session
+from flask import current_app, request, session
 from flask_login import UserMixin
 
 from kvmvps.errors import (
@@ -40,12 +40,21 @@ class WebUser(UserMixin):
     email: str
     is_admin: bool
     active: bool
+    epoch: int = 0  # the user's session epoch when this session began
 
     @classmethod
     def of(cls, user: User) -> WebUser:
         return cls(
-            id=user.id, email=user.email, is_admin=bool(user.is_admin), active=bool(user.is_active)
+            id=user.id,
+            email=user.email,
+            is_admin=bool(user.is_admin),
+            active=bool(user.is_active),
+            epoch=user.session_epoch or 0,
         )
+
+    def get_id(self) -> str:
+        """What the session keeps: the id and the epoch ("7:3"); see ``app._load_user``."""
+        return f"{self.id}:{self.epoch}"
 
     @property
     def is_active(self) -> bool:
@@ -54,6 +63,11 @@ class WebUser(UserMixin):
     @property
     def actor(self) -> str:
         return actor_of(self.email)
+
+
+def client_address() -> str:
+    """The client's address: the peer, or the one KVMVPS_WEB_PROXIES trusted proxies name."""
+    return request.remote_addr or "unknown"
 
 
 def actor_of(email: str) -> str:

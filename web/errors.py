@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response, jsonify, render_template, request
+from flask import Flask, Response, jsonify, make_response, render_template, request
 from werkzeug.exceptions import HTTPException, InternalServerError
 
 from kvmvps.errors import KvmvpsError
@@ -28,9 +28,24 @@ def page_error(message: str, status: int, title: str) -> tuple[str, int]:
     return render_template("error.html", message=message, status=status, title=title), status
 
 
-def _http(exc: HTTPException) -> tuple[Response | str, int]:
+def _http(exc: HTTPException) -> Response | tuple[Response | str, int]:
     status = exc.code or 500
     message = exc.description or exc.name
+    if status == 429:
+        return _with_headers(exc, _http_body(message, status, exc))
+    return _http_body(message, status, exc)
+
+
+def _with_headers(exc: HTTPException, result: tuple[Response | str, int]) -> Response:
+    """The error response with the exception's Retry-After header kept."""
+    response = make_response(result)
+    for name, value in exc.get_headers():
+        if name.lower() == "retry-after":
+            response.headers[name] = value
+    return response
+
+
+def _http_body(message: str, status: int, exc: HTTPException) -> tuple[Response | str, int]:
     if wants_json():
         response, code = json_error(message, status)
         if status == 401:
@@ -50,7 +65,7 @@ def _service(exc: KvmvpsError) -> tuple[Response | str, int]:
     return page_error(str(exc), status, "Something went wrong" if status >= 500 else "Sorry")
 
 
-def _unexpected(exc: Exception) -> tuple[Response | str, int]:
+def _unexpected(exc: Exception) -> tuple[Response | str, int] | Response:
     if isinstance(exc, HTTPException):
         return _http(exc)
     log.exception("unhandled error in %s %s", request.method, request.path)

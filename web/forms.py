@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from flask_wtf import FlaskForm
 from wtforms import Field, PasswordField, RadioField, StringField, TextAreaField
-from wtforms.validators import DataRequired, EqualTo, Length, Optional
+from wtforms.validators import DataRequired, EqualTo, Length, Optional, ValidationError
 
+from kvmvps import validation
 from kvmvps.errors import KvmvpsError
 from kvmvps.services.suspension import MAX_REASON
 from kvmvps.services.users import MAX_PASSWORD, MIN_PASSWORD
@@ -20,8 +21,22 @@ MAX_EMAIL = 254
 MAX_INVITE = 100
 
 
+class NoControl:
+    """Refuses control characters (escape sequences, NUL, bidi overrides...), but ``allow``."""
+
+    def __init__(self, allow: str = "") -> None:
+        self.allow = allow
+
+    def __call__(self, form: FlaskForm, field: Field) -> None:
+        if isinstance(field.data, str) and validation.has_control(field.data, self.allow):
+            raise ValidationError("control characters are not allowed here")
+
+
+ONE_LINE = NoControl()
+
+
 class SignupForm(FlaskForm):
-    email = StringField("E-mail", validators=[DataRequired(), Length(max=MAX_EMAIL)])
+    email = StringField("E-mail", validators=[DataRequired(), Length(max=MAX_EMAIL), ONE_LINE])
     password = PasswordField(
         "Password",
         validators=[
@@ -43,19 +58,45 @@ class SignupForm(FlaskForm):
     invite = StringField("Invitation code", validators=[Optional(), Length(max=MAX_INVITE)])
 
 
+class PasswordForm(FlaskForm):
+    """The logged-in user's own change of password."""
+
+    current = PasswordField(
+        "Current password", validators=[DataRequired(), Length(max=MAX_PASSWORD)]
+    )
+    password = PasswordField(
+        "New password",
+        validators=[
+            DataRequired(),
+            Length(
+                min=MIN_PASSWORD,
+                max=MAX_PASSWORD,
+                message=(
+                    f"the password must be at least {MIN_PASSWORD} and at most {MAX_PASSWORD} "
+                    "characters long"
+                ),
+            ),
+        ],
+    )
+    confirm = PasswordField(
+        "Repeat the new password",
+        validators=[DataRequired(), EqualTo("password", message="the passwords do not match")],
+    )
+
+
 class LoginForm(FlaskForm):
-    email = StringField("E-mail", validators=[DataRequired(), Length(max=MAX_EMAIL)])
+    email = StringField("E-mail", validators=[DataRequired(), Length(max=MAX_EMAIL), ONE_LINE])
     password = PasswordField("Password", validators=[DataRequired(), Length(max=MAX_PASSWORD)])
 
 
 class OrderForm(FlaskForm):
     # Choices are filled from the catalogue; unknown names are judged by the services.
-    plan = RadioField("Plan", validate_choice=False)
-    image = RadioField("Operating system", validate_choice=False)
-    hostname = StringField("Hostname", validators=[DataRequired(), Length(max=MAX_NAME)])
+    plan = RadioField("Plan", validate_choice=False, validators=[ONE_LINE])
+    image = RadioField("Operating system", validate_choice=False, validators=[ONE_LINE])
+    hostname = StringField("Hostname", validators=[DataRequired(), Length(max=MAX_NAME), ONE_LINE])
     ssh_keys = TextAreaField(
         "SSH public keys (optional, one per line)",
-        validators=[Optional(), Length(max=MAX_SSH_KEYS_TEXT)],
+        validators=[Optional(), Length(max=MAX_SSH_KEYS_TEXT), NoControl(allow="\r\n")],
     )
 
 
@@ -63,9 +104,9 @@ class ConfirmForm(FlaskForm):
     """Confirms a destructive action by typing the VPS's hostname."""
 
     hostname = StringField(
-        "Type the hostname to confirm", validators=[DataRequired(), Length(max=MAX_NAME)]
+        "Type the hostname to confirm", validators=[DataRequired(), Length(max=MAX_NAME), ONE_LINE]
     )
-    image = RadioField("Operating system", validate_choice=False, validators=[Optional()])
+    image = RadioField("Operating system", validate_choice=False, validators=[Optional(), ONE_LINE])
 
 
 class ActionForm(FlaskForm):
@@ -88,6 +129,7 @@ class QuotaForm(FlaskForm):
 
 
 class TokenForm(FlaskForm):
+    # control characters are refused by the service, inside the audited request
     name = StringField("Token name", validators=[Optional(), Length(max=64)])
 
 

@@ -224,9 +224,9 @@ SCHEMAS: dict[str, Any] = {
             "error": _nullable(STR),
             "actor": STR,
             "worker": _nullable(STR),
-            "created_at": _nullable(STR),
-            "started_at": _nullable(STR),
-            "finished_at": _nullable(STR),
+            "created_at": _nullable({**STR, "format": "date-time"}),
+            "started_at": _nullable({**STR, "format": "date-time"}),
+            "finished_at": _nullable({**STR, "format": "date-time"}),
         },
     },
 }

@@ -79,7 +79,7 @@ def user_list(obj: Obj, as_json: bool) -> None:
 @click.argument("email")
 @pass_obj
 def user_disable(obj: Obj, email: str) -> None:
-    """Stop a user logging in and revoke all their API tokens."""
+    """Stop a user logging in, end their sessions and revoke all their API tokens."""
     revoked = users.disable_user(obj.ctx, email)
     click.echo(f"user {email} disabled; {revoked} API token(s) revoked")
 
@@ -99,7 +99,7 @@ simple_command(
 @click.option("--password", help="The new password (asked for, hidden, when omitted).")
 @pass_obj
 def user_password(obj: Obj, email: str, password: str | None) -> None:
-    """Set a user's password."""
+    """Set a user's password; every website session of theirs ends."""
     users.get_user(obj.ctx, email)  # fail before asking for a password
     users.set_password(obj.ctx, email, password if password is not None else _ask_password())
     click.echo(f"password of {email} changed")

@@ -24,6 +24,7 @@ from kvmvps.cli import (
     vps_extra_cmds,
 )
 from kvmvps.cli.context import Obj
+from kvmvps.cli.output import say
 from kvmvps.db import schema_is_current
 from kvmvps.errors import KvmvpsError
 from kvmvps.services import audit
@@ -201,7 +202,7 @@ class AdminGroup(click.Group):
             _quiet_broken_pipe()
         except click.ClickException as exc:
             hint = " (see --help)" if isinstance(exc, click.UsageError) else ""
-            click.echo(f"error: {exc.format_message()}{hint}", err=True)
+            say(f"error: {exc.format_message()}{hint}", err=True)
             sys.exit(exc.exit_code)
         except click.Abort:
             click.echo("error: aborted", err=True)
@@ -213,7 +214,7 @@ class AdminGroup(click.Group):
         obj = ctx.find_object(Obj)
         if obj is not None and obj.debug:
             traceback.print_exc()
-        click.echo(f"error: {message}", err=True)
+        say(f"error: {message}", err=True)
         ctx.exit(code)
 
 

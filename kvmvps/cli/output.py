@@ -1,4 +1,10 @@
-"""Printing for people (aligned tables, progress bars) and for programs (JSON)."""
+"""Printing for people (aligned tables, progress bars) and for programs (JSON).
+
+Text that came from customers or guests (names, e-mails, audit entries, job
+errors, console logs) may hold terminal control sequences; :func:`escape` is
+the one place that turns them into visible escapes before they are printed.
+JSON needs nothing: ``json.dumps`` writes control characters as ``\\uXXXX``.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,19 @@ from typing import Any, TextIO
 
 import click
 
+from kvmvps import validation
+
 Progress = Callable[[str, int, int], None]
+
+
+def escape(text: str, keep: str = "") -> str:
+    """``text`` safe for a terminal: control characters (but those in ``keep``) escaped."""
+    return validation.printable(text, keep)
+
+
+def say(text: str, err: bool = False) -> None:
+    """Print one message line, escaped."""
+    click.echo(escape(text), err=err)
 
 
 def emit_json(data: Any) -> None:
@@ -46,8 +64,8 @@ def _cell(value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, (list, tuple)):
-        return ",".join(str(v) for v in value) or "-"
-    return str(value)
+        return escape(",".join(str(v) for v in value)) or "-"
+    return escape(str(value))
 
 
 # -- following a job ---------------------------------------------------------

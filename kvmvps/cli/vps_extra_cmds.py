@@ -8,7 +8,7 @@ import sys
 import click
 
 from kvmvps.cli.context import Obj, json_option, pass_obj
-from kvmvps.cli.output import emit_json, record
+from kvmvps.cli.output import emit_json, escape, record
 from kvmvps.cli.vps_cmds import vps_group
 from kvmvps.errors import KvmvpsError
 from kvmvps.services import vps_extra
@@ -30,7 +30,8 @@ def vps_console(obj: Obj, ref: str, show_log: bool) -> None:
       kvmvps-admin vps console web1 --log | tail -50
     """
     if show_log:
-        click.echo(vps_extra.console_log(obj.ctx, ref), nl=False)
+        text = vps_extra.console_log(obj.ctx, ref).replace("\r\n", "\n")
+        click.echo(escape(text, keep="\n\t"), nl=False)  # the guest wrote it: no raw escapes
         return
     argv = vps_extra.console_command(obj.ctx, ref)
     sys.stdout.flush()

@@ -76,7 +76,7 @@ HOST_TOOLS = {
 }
 SOURCES_DIR = Path("/etc/apt/sources.list.d")
 SOURCES_LIST = Path("/etc/apt/sources.list")
-_SUITE_RE = re.compile(r"^[a-z][a-z0-9-]{1,30}$")
+_SUITE_RE = re.compile(r"[a-z][a-z0-9-]{1,30}")
 _MIRROR_SCHEMES = ("http://", "https://", "file:/")
 # guest/ file -> (path in the root filesystem, mode)
 GUEST_FILES = {
@@ -202,7 +202,7 @@ def _check_arguments(pubkey: str, login_user: str, suite: str) -> tuple[str, str
     user = validation.unix_user(login_user)
     if user == "root":
         raise InvalidInput("the login user cannot be root")
-    if not _SUITE_RE.match(suite or ""):
+    if not _SUITE_RE.fullmatch(suite or ""):
         raise InvalidInput(f"invalid Debian suite name: {suite!r}")
     return key, user
 

@@ -95,8 +95,8 @@ ROOTFS_DIRS = (
     "home",
     "root",
 )
-USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-KEY_RE = re.compile(r"^(ssh-|ecdsa-|sk-)[A-Za-z0-9@.-]+ [A-Za-z0-9+/]+={0,3}( [^\r\n]*)?$")
+USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+KEY_RE = re.compile(r"(ssh-|ecdsa-|sk-)[A-Za-z0-9@.-]+ [A-Za-z0-9+/]+={0,3}( [^\x00-\x1f\x7f]*)?")
 
 Progress = Callable[[str], None]
 
@@ -156,9 +156,9 @@ def _build(dest: Path, cache: Path, pubkey: str, login_user: str, say: Progress)
 def _check_arguments(pubkey: str, login_user: str) -> str:
     """Validate the provisioning key and login user; return the key stripped."""
     key = pubkey.strip()
-    if not KEY_RE.match(key):
+    if not KEY_RE.fullmatch(key):
         raise InvalidInput("the provisioning key must be one OpenSSH public key line")
-    if not USER_RE.match(login_user) or login_user == "root":
+    if not USER_RE.fullmatch(login_user) or login_user == "root":
         raise InvalidInput(f"invalid login user name: {login_user!r}")
     return key
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from kvmvps import guest
+from kvmvps import guest, validation
 from kvmvps.errors import Conflict, InvalidInput
 from kvmvps.models import Image, Job, JobState, Vps, VpsState
 from kvmvps.services import Context, credentials, guard, inventory, jobs
@@ -77,8 +77,7 @@ def request(
     if action not in ALLOWED:
         raise InvalidInput(f"unknown action {action!r}; one of {', '.join(ACTIONS)}")
     limit = ctx.settings.customer_shutdown_timeout_max if customer else OPERATOR_TIMEOUT_MAX
-    if not 0 < timeout <= limit:
-        raise InvalidInput(f"timeout must be between 0 and {limit:g} seconds")
+    timeout = validation.seconds(timeout, "timeout", limit)
     with ctx.db.session() as s:
         vps = _locked(s, resolve(s, ref, owner_id))
         guard.check_action(vps, action, operator=owner_id is None)

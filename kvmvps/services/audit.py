@@ -69,12 +69,12 @@ def record(
     """Write one entry (in its own transaction)."""
     if result not in RESULTS:
         raise InvalidInput(f"audit result must be one of {', '.join(RESULTS)}, not {result!r}")
-    entry = AuditEntry(
-        actor=one_line(actor, 300),
-        action=one_line(action, 64),
-        target=one_line(target, 300),
+    entry = AuditEntry(  # what a client typed is kept legible, never as raw control bytes
+        actor=one_line(validation.printable(actor), 300),
+        action=one_line(validation.printable(action), 64),
+        target=one_line(validation.printable(target), 300),
         result=result,
-        detail=one_line(detail) if detail else None,
+        detail=one_line(validation.printable(detail)) if detail else None,
     )
     with ctx.db.session() as s:
         s.add(entry)

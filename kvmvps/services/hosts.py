@@ -15,7 +15,7 @@ from kvmvps.services import Context, forwards, http_names, placement, setup, vie
 from kvmvps.services.audit import iso
 from kvmvps.services.inventory import get_by_name
 
-_URI = re.compile(r"^[a-z][a-z0-9+.-]*:/[^\s]*$")
+_URI = re.compile(r"[a-z][a-z0-9+.-]*:/[^\s\x00-\x1f\x7f]*")
 
 SHOW_KEYS = (
     "name",
@@ -36,7 +36,7 @@ SHOW_KEYS = (
 def libvirt_uri(value: str) -> str:
     """A libvirt connection URI such as ``qemu+ssh://root@kvm2/system``."""
     uri = (value or "").strip()
-    if len(uri) > 1024 or not _URI.match(uri):
+    if len(uri) > 1024 or not _URI.fullmatch(uri):
         raise InvalidInput(
             f"{value!r} is not a libvirt URI (such as qemu:///system or qemu+ssh://root@kvm2/system)"
         )

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import shutil
-from collections.abc import Mapping
+import stat
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
@@ -67,8 +70,7 @@ def add_plan(
     validation.positive_int(vcpus, "vcpus", MAX_VCPUS)
     validation.positive_int(memory_mib, "memory (MiB)", MAX_MEMORY_MIB)
     validation.positive_int(disk_gib, "disk (GiB)", MAX_DISK_GIB)
-    if not 0 <= price_cents <= MAX_PRICE_CENTS:
-        raise InvalidInput(f"price must be from 0 to {MAX_PRICE_CENTS} cents")
+    validation.whole_number(price_cents, "price (cents)", 0, MAX_PRICE_CENTS)
     if extra_forwards != 0:
         validation.positive_int(extra_forwards, "extra forwards", MAX_EXTRA_FORWARDS)
     with ctx.db.session() as s:
@@ -101,22 +103,67 @@ def remove_plan(ctx: Context, name: str) -> None:
 
 
 # -- images -----------------------------------------------------------------
+STORE_MODE = 0o644  # QEMU (another user) reads the store's copies
+
+
 def _copy_into_store(ctx: Context, name: str, src: Path, dest_name: str) -> Path:
+    """A copy of ``src`` in the image store (a new file); ``src`` itself is never changed.
+
+    When ``src`` is already the store's file (a built image), it is left as it is.
+    """
     dest_dir = ctx.settings.images_dir / name
     dest_dir.mkdir(parents=True, exist_ok=True)
     dest = dest_dir / dest_name
-    if src.resolve() != dest.resolve():
-        shutil.copyfile(src, dest)
-    dest.chmod(0o644)
+    if src.resolve() == dest.resolve():
+        return dest
+    with _open_regular(src, dest_name) as source:
+        tmp = dest.with_name(f".{dest_name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, STORE_MODE)
+        try:
+            os.fchmod(fd, STORE_MODE)  # our own new file, whatever the umask
+            with os.fdopen(fd, "wb") as out:
+                shutil.copyfileobj(source, out, 1 << 20)
+            os.replace(tmp, dest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     return dest
 
 
-def _optional_file(path: str | Path | None, what: str) -> Path | None:
+@contextmanager
+def _open_regular(path: Path, what: str) -> Iterator[BinaryIO]:
+    """``path`` opened for reading if it is a regular file (symlinks followed).
+
+    A device, FIFO, socket or directory is refused; opening never blocks (a
+    FIFO with no writer) and the check is made on what was opened, not on a
+    name that could be swapped meanwhile.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    except FileNotFoundError:
+        raise InvalidInput(f"{what} {path} does not exist") from None
+    except OSError as exc:
+        raise InvalidInput(f"{what} {path} cannot be read: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InvalidInput(f"{what} {path} is not a regular file")
+        os.set_blocking(fd, True)
+        yield fh
+
+
+def check_regular(path: str | Path | None, what: str) -> Path | None:
+    """``path`` (None stays None) if it names a regular file; InvalidInput otherwise."""
     if path is None:
         return None
     p = Path(path)
-    if not p.is_file():
+    if not p.exists() and not p.is_symlink():
         raise InvalidInput(f"{what} {p} does not exist")
+    try:
+        mode = p.stat().st_mode
+    except OSError as exc:
+        raise InvalidInput(f"{what} {p} cannot be read: {exc.strerror}") from None
+    if not stat.S_ISREG(mode):
+        raise InvalidInput(f"{what} {p} is not a regular file")
     return p
 
 
@@ -136,12 +183,12 @@ def add_image(
     """Register a qcow2 base image (copied into the image store)."""
     name = validation.object_name(name, "image name")
     validation.unix_user(login_user)
-    info = check_base_image(Path(path))
-    kernel_p, initrd_p = _optional_file(kernel, "kernel"), _optional_file(initrd, "initrd")
+    kernel_p, initrd_p = check_regular(kernel, "kernel"), check_regular(initrd, "initrd")
+    info = check_base_image(check_regular(path, "base image") or Path(path))
     if initrd_p and not kernel_p:
         raise InvalidInput("an initrd needs a kernel (--kernel) for direct kernel boot")
-    if cmdline is not None and (len(cmdline) > 1000 or any(ord(c) < 32 for c in cmdline)):
-        raise InvalidInput("the kernel command line must be one line of at most 1000 characters")
+    if cmdline is not None:
+        cmdline = validation.one_line(cmdline, "kernel command line", 1000)
     with ctx.db.session() as s:
         _refuse_duplicate(s, Image, name, "image")
     image = Image(

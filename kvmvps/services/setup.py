@@ -49,9 +49,7 @@ def init(ctx: Context) -> InitReport:
     make_state_dirs(ctx)
     keys.ensure_provisioning_key(ctx.settings)
     keys.seal_key(ctx.settings)
-    ctx.db.migrate()
-    if ctx.settings.sqlite_path.exists():
-        os.chmod(ctx.settings.sqlite_path, 0o600)
+    ctx.db.migrate()  # a SQLite file, in the state dir or not, is made 0600
     hv = ctx.hypervisor(ctx.settings.libvirt_uri)
     info = hv.host_info()
     with ctx.db.session() as s:

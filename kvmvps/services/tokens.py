@@ -9,7 +9,8 @@ from typing import TypedDict
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
-from kvmvps.errors import Conflict, InvalidInput, NotFound
+from kvmvps import validation
+from kvmvps.errors import Conflict, NotFound
 from kvmvps.models import ApiToken, User, utcnow
 from kvmvps.services import Context
 from kvmvps.services.audit import iso
@@ -51,10 +52,7 @@ def token_view(token: ApiToken) -> TokenView:
 
 
 def _token_name(name: str | None) -> str:
-    name = (name or "").strip()
-    if len(name) > MAX_NAME or any(ord(c) < 32 or ord(c) == 127 for c in name):
-        raise InvalidInput(f"a token name must be one line of at most {MAX_NAME} characters")
-    return name
+    return validation.one_line(name, "token name", MAX_NAME)
 
 
 def create_token(ctx: Context, email: str, name: str = "") -> tuple[str, TokenView]:
@@ -94,6 +92,7 @@ def verify_token(ctx: Context, token: str) -> User | None:
 
 def revoke_token(ctx: Context, token_id: int) -> TokenView:
     """Revoke a token by id (revoking it again changes nothing)."""
+    validation.db_id(token_id, "token id")
     with ctx.db.session() as s:
         token = s.get(ApiToken, token_id)
         if token is None:

@@ -17,7 +17,7 @@ from kvmvps import validation
 from kvmvps.db import rowcount
 from kvmvps.errors import Conflict, InvalidInput
 from kvmvps.models import ApiToken, User
-from kvmvps.services import Context
+from kvmvps.services import Context, audit
 from kvmvps.services.audit import iso
 from kvmvps.services.inventory import user_by_email
 
@@ -108,10 +108,14 @@ def get_user(ctx: Context, email: str) -> User:
 
 
 def disable_user(ctx: Context, email: str) -> int:
-    """Stop the user logging in and revoke all their API tokens; how many were revoked."""
+    """Stop the user logging in, end their sessions and revoke their API tokens.
+
+    Returns how many tokens were revoked.
+    """
     with ctx.db.session() as s:
         user = user_by_email(s, email)
         user.is_active = False
+        user.session_epoch = User.session_epoch + 1
         result = s.execute(
             update(ApiToken)
             .where(ApiToken.user_id == user.id, ApiToken.revoked.is_(False))
@@ -128,13 +132,42 @@ def enable_user(ctx: Context, email: str) -> User:
         return user
 
 
+def end_sessions(ctx: Context, email: str) -> int:
+    """Log the user out everywhere: every session made before now stops working.
+
+    Returns the new session epoch (sessions carry the epoch they began in).
+    """
+    with ctx.db.session() as s:
+        user = user_by_email(s, email)
+        user.session_epoch = User.session_epoch + 1
+        s.flush()
+        s.refresh(user, ["session_epoch"])
+        return user.session_epoch
+
+
 def set_password(ctx: Context, email: str, password: str | None) -> User:
-    """Replace the user's password; None removes it (token-only user)."""
+    """Replace the user's password (None removes it) and end all their sessions."""
     password_hash = _hash(password) if password is not None else None
     with ctx.db.session() as s:
         user = user_by_email(s, email)
         user.password_hash = password_hash
+        user.session_epoch = User.session_epoch + 1
+        s.flush()
+        s.refresh(user)
         return user
+
+
+def change_password(ctx: Context, email: str, current: str, new: str, actor: str) -> User:
+    """The user's own change: ``current`` must be right. Ends every session of the user."""
+    with audit.audited(ctx, actor, "user.password", email):
+        check_password(new)
+        with ctx.db.reading() as s:
+            user = user_by_email(s, email)
+        stored = user.password_hash or _dummy_hash()
+        given = current if isinstance(current, str) else ""
+        if not check_password_hash(stored, given) or not user.password_hash:
+            raise InvalidInput("the current password is wrong")
+        return set_password(ctx, email, new)
 
 
 def authenticate(ctx: Context, email: str, password: str) -> User | None:

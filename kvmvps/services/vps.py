@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, TypedDict
+from typing import Any, TypedDict, overload
 
 from sqlalchemy import Select, or_, select
 from sqlalchemy.orm import Session, selectinload
@@ -145,8 +145,8 @@ def view(vps: Vps) -> VpsView:
         "suspended_reason": vps.suspended_reason,
         "suspended_at": _iso(vps.suspended_at),
         "expires_at": _iso(vps.expires_at),
-        "created_at": vps.created_at.isoformat(),
-        "updated_at": vps.updated_at.isoformat(),
+        "created_at": _iso(vps.created_at),
+        "updated_at": _iso(vps.updated_at),
     }
 
 
@@ -158,6 +158,10 @@ def _ssh_endpoint(vps: Vps) -> tuple[str | None, int | None]:
     return vps.ip, 22 if vps.ip else None
 
 
+@overload
+def _iso(moment: datetime) -> str: ...
+@overload
+def _iso(moment: datetime | None) -> str | None: ...
 def _iso(moment: datetime | None) -> str | None:
     if moment is None:
         return None

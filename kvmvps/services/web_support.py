@@ -248,6 +248,8 @@ def host_capacities(ctx: Context) -> list[dict[str, Any]]:
 
 
 def user_by_id(ctx: Context, user_id: int) -> User | None:
+    if not 1 <= user_id <= validation.MAX_DB_ID:
+        return None  # no such row can exist (and the database would refuse the number)
     with reading(ctx) as s:
         return s.get(User, user_id)
 
@@ -266,6 +268,8 @@ def set_user_active(ctx: Context, user_id: int, active: bool, by_user_id: int) -
 
 
 def token_owned_by(ctx: Context, token_id: int, user_id: int) -> bool:
+    if not 1 <= token_id <= validation.MAX_DB_ID:
+        return False
     with reading(ctx) as s:
         token = s.get(ApiToken, token_id)
         return token is not None and token.user_id == user_id
