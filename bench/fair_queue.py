@@ -117,7 +117,7 @@ def reboot_wait(
         stderr=subprocess.STDOUT,
     )
     try:
-        for uuid in stuck:
+        shutdowns = [
             actions.request(
                 ctx,
                 uuid,
@@ -126,8 +126,10 @@ def reboot_wait(
                 owner_id=owner_of(ctx, uuid),
                 timeout=timeout,
                 force=False,
-            )
-        time.sleep(1.0)  # the shutdowns are claimed and waiting
+            ).job
+            for uuid in stuck
+        ]
+        wait_until_running(ctx, shutdowns[:concurrency])  # the worker holds them: the worst case
         asked = time.perf_counter()
         reboot = actions.request(
             ctx, victim, "reboot", actor="bench:b", owner_id=owner_of(ctx, victim)
@@ -148,6 +150,14 @@ def reboot_wait(
             .values(state=JobState.FAILED, error="benchmark round over", worker=None)
         )
     return waited
+
+
+def wait_until_running(ctx: Context, job_ids: list[str]) -> None:
+    deadline = time.monotonic() + 120
+    while any(jobs.get_job(ctx, j)["state"] != "running" for j in job_ids):
+        if time.monotonic() > deadline:
+            raise SystemExit("the worker never started the shutdowns")
+        time.sleep(0.05)
 
 
 def main() -> None:
