@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 PACKAGES=(
   qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
-  dnsmasq-base iptables ebtables e2fsprogs cpio busybox-static dropbear-bin genisoimage
+  dnsmasq-base iptables ebtables libvirt-daemon-config-nwfilter e2fsprogs cpio busybox-static dropbear-bin genisoimage
   debootstrap openssh-client sshpass kmod gcc python3-venv python3-dev postgresql haproxy iproute2
   vagrant vagrant-libvirt openssh-server chromium chromium-driver fonts-dejavu-core
 )
