@@ -140,7 +140,7 @@ def seconds(value: object, what: str, maximum: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidInput(f"{what} must be a number of seconds")
     if isinstance(value, float) and not math.isfinite(value) or not 0 < value <= maximum:
-        raise InvalidInput(f"{what} must be more than 0 and at most {maximum:g} seconds")
+        raise InvalidInput(f"{what} must be between 0 and {maximum:g} seconds")
     return float(value)
 
 

@@ -28,7 +28,7 @@ CSP = (
 )
 SECRET_KEY_FILE = "web-secret-key"  # noqa: S105 - a name, not a secret
 MAX_BODY = 64 * 1024
-RATE_KEYS = ("LOGIN_LIMIT", "LOGIN_ADDRESS_LIMIT", "SIGNUP_LIMIT")
+RATE_KEYS = ("LOGIN_LIMIT", "LOGIN_ADDRESS_LIMIT", "LOGIN_EMAIL_LIMIT", "SIGNUP_LIMIT")
 
 
 HTTPS_DEFAULT = "1"  # secure by default; KVMVPS_WEB_HTTPS=0 to try the site over plain HTTP
@@ -49,6 +49,7 @@ def _env_config() -> dict[str, Any]:
         "CURRENCY": os.environ.get("KVMVPS_WEB_CURRENCY", "$"),
         "LOGIN_LIMIT": os.environ.get("KVMVPS_WEB_LOGIN_LIMIT") or None,
         "LOGIN_ADDRESS_LIMIT": os.environ.get("KVMVPS_WEB_LOGIN_ADDRESS_LIMIT") or None,
+        "LOGIN_EMAIL_LIMIT": os.environ.get("KVMVPS_WEB_LOGIN_EMAIL_LIMIT") or None,
         "SIGNUP_LIMIT": os.environ.get("KVMVPS_WEB_SIGNUP_LIMIT") or None,
     }
 
@@ -66,6 +67,7 @@ def _defaults() -> dict[str, Any]:
         "RATELIMIT_ENABLED": True,
         "LOGIN_LIMIT": "5/minute",  # per client address and e-mail
         "LOGIN_ADDRESS_LIMIT": "30/minute",  # per client address, whatever the e-mail
+        "LOGIN_EMAIL_LIMIT": "100/hour",  # per e-mail, from any number of addresses
         "SIGNUP_LIMIT": "20/hour",  # per client address
     }
 

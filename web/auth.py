@@ -119,6 +119,7 @@ def login() -> ResponseReturnValue:
             email,
             (f"login:{addr}|{email}", "LOGIN_LIMIT"),
             (f"login:{addr}", "LOGIN_ADDRESS_LIMIT"),
+            (f"login-email:{email}", "LOGIN_EMAIL_LIMIT"),  # many addresses, one account
         )
     form = LoginForm()
     status = 200

@@ -78,6 +78,14 @@ def test_the_limit_is_per_address_across_e_mails(web_ctx: Context) -> None:
     assert post_login(app, B, PASSWORD, addr="192.0.2.7").status_code == 302
 
 
+def test_the_limit_is_per_e_mail_across_addresses(web_ctx: Context) -> None:
+    app = limited_app(web_ctx, LOGIN_EMAIL_LIMIT="4/hour")
+    for n in range(4):
+        assert post_login(app, A, WRONG, addr=f"203.0.113.{n}").status_code == 401
+    assert post_login(app, A, PASSWORD, addr="203.0.113.99").status_code == 429
+    assert post_login(app, B, PASSWORD, addr="203.0.113.99").status_code == 302
+
+
 def test_workers_share_the_count_through_the_database(web_ctx: Context) -> None:
     """Two app instances (as two gunicorn workers) over one database add up to one limit."""
     first, second = limited_app(web_ctx), limited_app(web_ctx)
@@ -86,7 +94,8 @@ def test_workers_share_the_count_through_the_database(web_ctx: Context) -> None:
     assert post_login(second, A, PASSWORD).status_code == 429
     assert post_login(first, A, PASSWORD).status_code == 429
     with web_ctx.db.session() as s:
-        assert s.scalar(select(func.count()).select_from(LoginCounter)) == 2  # pair and address
+        # the address and e-mail, the address, the e-mail
+        assert s.scalar(select(func.count()).select_from(LoginCounter)) == 3
 
 
 def test_successful_logins_never_add_up(web_ctx: Context) -> None:
