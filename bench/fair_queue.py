@@ -54,6 +54,8 @@ def worker_env(s: Settings, concurrency: int) -> dict[str, str]:
         "KVMVPS_NETWORK_SUBNET": s.network_subnet,
         "KVMVPS_HOST_MEMORY_RESERVE_MIB": str(s.host_memory_reserve_mib),
         "KVMVPS_CACHE_DIR": s.cache_dir,
+        "KVMVPS_SSH_TIMEOUT": str(s.ssh_timeout),
+        "KVMVPS_CPU_OVERCOMMIT": str(s.cpu_overcommit),
         "KVMVPS_RECONCILE_INTERVAL": "0",
         "KVMVPS_WORKER_CONCURRENCY": str(concurrency),
         "KVMVPS_CONFIG": "",
