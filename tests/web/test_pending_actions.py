@@ -163,7 +163,7 @@ def test_customer_shutdown_timeout_is_capped(
     )
     assert r.status_code == status, r.get_json()
     if status == 400:
-        assert "timeout must be more than 0 and at most 120 seconds" in r.get_json()["error"]
+        assert "timeout must be between 0 and 120 seconds" in r.get_json()["error"]
         assert job_count(world.ctx) == before
 
 
