@@ -27,7 +27,7 @@ from sqlalchemy import select, update
 from kvmvps import guest, keys
 from kvmvps.errors import Conflict
 from kvmvps.models import Job, JobState, Vps
-from kvmvps.services import Context, actions, inventory, jobs, provisioning, runner
+from kvmvps.services import Context, actions, inventory, jobs, orders, provisioning, runner
 from kvmvps.services import vps as vps_service
 from tests.badinput import _env_of, assert_one_line_error, run_cli
 from tests.guestcheck import domstate, openssh
@@ -42,7 +42,7 @@ def shared(real_ctx: Context, tiny_image: str) -> Iterator[dict]:
     """One running tiny guest for this module: its view, owner id and first password."""
     if "small" not in [p.name for p in inventory.list_plans(real_ctx)]:
         inventory.add_plan(real_ctx, "small", 1, 256, 1)
-    order = provisioning.create(real_ctx, provisioning.OrderRequest("small", tiny_image, "fairq"))
+    order = orders.create(real_ctx, provisioning.OrderRequest("small", tiny_image, "fairq"))
     with real_ctx.db.session() as s:
         owner_id = s.scalar(select(Vps.owner_id).where(Vps.uuid == order.uuid))
     yield {"uuid": order.uuid, "owner_id": owner_id, "password": order.password}
