@@ -152,6 +152,15 @@ def ssh(host: str, port: str, user: str, password: str, known_hosts: Path) -> st
     return done.stdout.strip()
 
 
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` still runs; a zombie does not (where PID 1 does not reap orphans)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def web_login(base: str, email: str, password: str) -> tuple[int, str]:
     """Log in through the real login form (CSRF token and all); (status, admin page)."""
     jar = http.cookiejar.CookieJar()
@@ -230,4 +239,4 @@ def test_demo_script_delivers_and_reruns_to_the_same_state(
     assert not any(s["running"] for s in stopped)
     assert not list((demo_install.state / "run").glob("*.pid"))
     for s in services.values():
-        assert not Path(f"/proc/{s['pid']}").exists()
+        assert not _alive(s["pid"])
