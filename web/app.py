@@ -82,14 +82,23 @@ class RowId(IntegerConverter):
 def load_secret_key(state_dir: Path) -> str:
     """The signing key kept in the state dir (made once, mode 0600), shared by every worker."""
     path = state_dir / SECRET_KEY_FILE
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        pass
-    else:
+    if not path.exists():
+        # written whole, then linked into place: gunicorn's workers start together,
+        # and one must never read a file another has created but not yet written
+        tmp = state_dir / f".{SECRET_KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(secrets.token_hex(32))
-    return path.read_text().strip()
+        try:
+            os.link(tmp, path)  # the first one wins; the others read its key
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    key = path.read_text().strip()
+    if not key:
+        raise RuntimeError(f"{path} is empty; remove it and start again")
+    return key
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:

@@ -107,3 +107,26 @@ def test_systemd_units(unit: str) -> None:
     )
     problems = [ln for ln in verify.stderr.splitlines() if "is not executable" not in ln]
     assert problems == [], problems
+
+
+def test_workers_starting_together_share_one_secret_key(tmp_path: Path) -> None:
+    """gunicorn's workers make the key at once: each must read the whole, same key."""
+    import threading
+
+    from web.app import load_secret_key
+
+    for round_ in range(20):
+        state = tmp_path / str(round_)
+        state.mkdir()
+        keys: list[str] = []
+        threads = [
+            threading.Thread(target=lambda s=state, k=keys: k.append(load_secret_key(s)))
+            for _ in range(8)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(keys) == 8 and len(set(keys)) == 1 and len(keys[0]) == 64
+        assert sorted(p.name for p in state.iterdir()) == ["web-secret-key"]
+        assert (state / "web-secret-key").stat().st_mode & 0o777 == 0o600
