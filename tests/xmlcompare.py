@@ -22,12 +22,21 @@ def canonical(xml: str) -> bytes:
     return etree.tostring(root, method="c14n")
 
 
+REGENERATE = "KVMVPS_REGENERATE_GOLDEN"
+
+
 def assert_matches_golden(xml: str, name: str) -> None:
-    """Compare with tests/golden/NAME; KVMVPS_REGENERATE_GOLDEN=1 rewrites it."""
+    """Compare with tests/golden/NAME; ``KVMVPS_REGENERATE_GOLDEN=1`` (re)writes it.
+
+    A test run never creates a golden file by itself: a missing one fails.
+    """
     path = GOLDEN / name
-    if os.environ.get("KVMVPS_REGENERATE_GOLDEN") == "1" or not path.exists():
-        if os.environ.get("CI") == "true" and not path.exists():
-            raise AssertionError(f"golden file {path} is missing")
+    if os.environ.get(REGENERATE) == "1":
         path.write_text(xml)
+    if not path.exists():
+        raise AssertionError(
+            f"golden file {path} is missing; write it with "
+            f"{REGENERATE}=1 python -m pytest tests/unit/test_xml_golden.py and review the diff"
+        )
     expected = path.read_text()
     assert canonical(xml) == canonical(expected), f"{name} differs from its golden file"
