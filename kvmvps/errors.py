@@ -24,6 +24,10 @@ class NotFound(KvmvpsError):
     exit_code = 2
 
 
+class Forbidden(KvmvpsError):
+    """The caller may not do this (an operator's action asked for by a customer)."""
+
+
 class Conflict(KvmvpsError):
     """The request clashes with existing state (duplicate, in use...)."""
 

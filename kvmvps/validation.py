@@ -28,6 +28,12 @@ _SSH_KEY_TYPES = (
 MAX_SSH_KEYS = 20
 
 
+def not_longer(value: str | None, what: str, limit: int) -> None:
+    """Refuse a value longer than ``limit`` characters before anything else looks at it."""
+    if len(value or "") > limit:
+        raise InvalidInput(f"the {what} is too long (at most {limit} characters)")
+
+
 def hostname(value: str) -> str:
     """A DNS label: letters, digits and inner hyphens, at most 63 characters."""
     label = (value or "").strip().lower()

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from flask_login import current_user
 
 from kvmvps.errors import KvmvpsError
-from kvmvps.services import tokens, web_support
-from web.common import audited, services
+from kvmvps.services import tokens
+from web.common import services, write_turn
 from web.extensions import login_manager
 from web.forms import ActionForm, TokenForm
 
@@ -29,8 +29,10 @@ def account() -> ResponseReturnValue:
     if form.validate_on_submit():
         name = (form.name.data or "").strip()
         try:
-            with audited(current_user.actor, "token.create", current_user.email):
-                created, _view = tokens.create_token(services(), current_user.email, name)
+            with write_turn():
+                created, _view = tokens.create_token(
+                    services(), current_user.email, name, actor=current_user.actor
+                )
         except KvmvpsError as exc:
             form.name.errors = [*form.name.errors, str(exc)]
             status = 400
@@ -47,9 +49,7 @@ def account() -> ResponseReturnValue:
 @bp.post("/account/tokens/<int:token_id>/revoke")
 def revoke_token(token_id: int) -> ResponseReturnValue:
     ActionForm()  # the CSRF token was checked before the view
-    if not web_support.token_owned_by(services(), token_id, current_user.id):
-        abort(404)
-    with audited(current_user.actor, "token.revoke", str(token_id)):
-        tokens.revoke_token(services(), token_id)
+    with write_turn():
+        tokens.revoke_token(services(), token_id, current_user.id, actor=current_user.actor)
     flash("The token is revoked; programs using it can no longer sign in.", "ok")
     return redirect(url_for("account.account"))

@@ -8,8 +8,11 @@ from flask_login import current_user
 
 from kvmvps.errors import KvmvpsError
 from kvmvps.models import JobState
-from kvmvps.services import actions, audit, jobs, web_support
-from web.common import audited, services
+from kvmvps.services import actions, audit, jobs
+from kvmvps.services import hosts as host_service
+from kvmvps.services import users as user_service
+from kvmvps.services import vps as vps_service
+from web.common import services, write_turn
 from web.extensions import login_manager
 from web.forms import ActionForm
 
@@ -31,8 +34,8 @@ def _require_operator() -> ResponseReturnValue | None:
 @bp.get("/servers")
 def servers() -> ResponseReturnValue:
     ctx = services()
-    rows = web_support.list_vps_of(ctx, None)
-    busy = web_support.active_jobs(ctx, [r["id"] for r in rows])
+    rows = vps_service.list_vps(ctx)
+    busy = jobs.active_jobs(ctx, [r["id"] for r in rows])
     return render_template("admin/servers.html", servers=rows, jobs=busy, form=ActionForm())
 
 
@@ -40,9 +43,9 @@ def servers() -> ResponseReturnValue:
 def server_action(id: str, action: str) -> ResponseReturnValue:
     ActionForm()  # the CSRF token was checked before the view
     ctx = services()
-    vps = web_support.show_vps(ctx, id, None)
+    vps = vps_service.show(ctx, id)
     try:
-        with audited(current_user.actor, f"vps.{action}", vps["hostname"]):
+        with write_turn():
             actions.request(ctx, vps["id"], action, actor=current_user.actor)
     except KvmvpsError as exc:
         flash(str(exc), "error")
@@ -53,7 +56,7 @@ def server_action(id: str, action: str) -> ResponseReturnValue:
 
 @bp.get("/hosts")
 def hosts() -> ResponseReturnValue:
-    return render_template("admin/hosts.html", hosts=web_support.host_capacities(services()))
+    return render_template("admin/hosts.html", hosts=host_service.host_capacities(services()))
 
 
 @bp.get("/jobs")
@@ -68,19 +71,21 @@ def jobs_page() -> ResponseReturnValue:
 @bp.get("/users")
 def users() -> ResponseReturnValue:
     return render_template(
-        "admin/users.html", users=web_support.user_rows(services()), form=ActionForm()
+        "admin/users.html", users=user_service.user_rows(services()), form=ActionForm()
     )
 
 
 @bp.post("/users/<int:user_id>/<any(disable, enable):change>")
 def user_active(user_id: int, change: str) -> ResponseReturnValue:
     ActionForm()  # the CSRF token was checked before the view
-    user = web_support.user_by_id(services(), user_id)
+    user = user_service.user_by_id(services(), user_id)
     if user is None:
         abort(404)
     try:
-        with audited(current_user.actor, f"user.{change}", user.email):
-            web_support.set_user_active(services(), user_id, change == "enable", current_user.id)
+        with write_turn():
+            user_service.set_active(
+                services(), user_id, change == "enable", current_user.id, actor=current_user.actor
+            )
     except KvmvpsError as exc:
         flash(str(exc), "error")
     else:

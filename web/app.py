@@ -119,11 +119,11 @@ def _init_extensions(app: Flask) -> None:
 
 def _load_user(user_id: str) -> WebUser | None:
     """The session's user, read afresh each request: a disabled user is logged out at once."""
-    from kvmvps.services import web_support
+    from kvmvps.services import users
     from web.common import services
 
     try:
-        user = web_support.user_by_id(services(), int(user_id))
+        user = users.user_by_id(services(), int(user_id))
     except ValueError:
         return None
     if user is None or not user.is_active:

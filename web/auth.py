@@ -17,8 +17,8 @@ from flask_limiter.util import get_remote_address
 from flask_login import current_user, login_required, login_user, logout_user
 
 from kvmvps.errors import Conflict, InvalidInput
-from kvmvps.services import audit, users
-from web.common import WebUser, actor_of, safe_next, services
+from kvmvps.services import users
+from web.common import WebUser, safe_next, services, write_turn
 from web.extensions import limiter
 from web.forms import ActionForm, LoginForm, SignupForm
 
@@ -44,14 +44,14 @@ def signup() -> ResponseReturnValue:
     form = SignupForm()
     if form.validate_on_submit():
         try:
-            user = users.add_user(services(), form.email.data, form.password.data)
+            with write_turn():
+                user = users.sign_up(services(), form.email.data, form.password.data)
         except Conflict:
             form.email.errors.append("an account with this e-mail already exists; log in instead")
         except InvalidInput as exc:
             target = form.email if "e-mail" in str(exc) else form.password
             target.errors.append(str(exc))
         else:
-            audit.record(services(), actor_of(user.email), "user.signup", user.email, audit.OK)
             _start_session(WebUser.of(user))
             flash("Welcome! Your account is ready.", "ok")
             return redirect(url_for("dashboard.order"))
@@ -72,18 +72,12 @@ def login() -> ResponseReturnValue:
     form = LoginForm()
     status = 200
     if form.validate_on_submit():
-        user = users.authenticate(services(), form.email.data, form.password.data)
+        user = users.authenticate(
+            services(), form.email.data, form.password.data, actor="web:" + get_remote_address()
+        )
         if user is not None:
             _start_session(WebUser.of(user))
             return redirect(safe_next(request.args.get("next")) or url_for("dashboard.servers"))
-        audit.record(
-            services(),
-            "web:" + get_remote_address(),
-            "user.login",
-            form.email.data.strip().lower()[:254],
-            audit.FAILED,
-            "wrong e-mail or password, or the account is disabled",
-        )
         form.password.errors.append("wrong e-mail or password")
         status = 401
     elif request.method == "POST":

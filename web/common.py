@@ -15,13 +15,14 @@ from flask_login import UserMixin
 from kvmvps.errors import (
     CapacityError,
     Conflict,
+    Forbidden,
     HypervisorUnavailable,
     InvalidInput,
     KvmvpsError,
     NotFound,
 )
 from kvmvps.models import User
-from kvmvps.services import Context, audit, credentials, web_support
+from kvmvps.services import Context, audit, credentials
 
 CONTEXT_KEY = "kvmvps"
 
@@ -57,7 +58,7 @@ class WebUser(UserMixin):
 
 def actor_of(email: str) -> str:
     """The audit and job actor of a customer or operator: ``user:<email>``."""
-    return f"user:{email}"
+    return audit.user_actor(email)
 
 
 def status_for(exc: KvmvpsError) -> int:
@@ -66,6 +67,8 @@ def status_for(exc: KvmvpsError) -> int:
         return 400
     if isinstance(exc, NotFound):
         return 404
+    if isinstance(exc, Forbidden):
+        return 403
     if isinstance(exc, Conflict):
         return 409
     if isinstance(exc, (CapacityError, HypervisorUnavailable)):
@@ -81,14 +84,14 @@ def safe_next(target: str | None) -> str | None:
     return target if not parts.scheme and not parts.netloc else None
 
 
-@contextmanager
-def audited(actor: str, action: str, target: str) -> Iterator[None]:
-    """Write in turn (see ``web_support.write_turn``) and record the outcome in the audit log.
+WRITE_LOCK = "web-write.lock"
 
-    The audit entry never holds a secret.
-    """
+
+@contextmanager
+def write_turn() -> Iterator[None]:
+    """The website's writers take turns on SQLite (see ``Database.write_turn``)."""
     ctx = services()
-    with web_support.write_turn(ctx), audit.audited(ctx, actor, action, target):
+    with ctx.db.write_turn(ctx.settings.state_dir / WRITE_LOCK):
         yield
 
 

@@ -15,16 +15,17 @@ from flask_login import current_user
 
 from kvmvps.errors import KvmvpsError
 from kvmvps.models import JobState, VpsState
-from kvmvps.services import actions, provisioning, views, web_support
+from kvmvps.services import actions, jobs, provisioning, views
+from kvmvps.services import vps as vps_service
 from kvmvps.services.jobs import BUILD_KINDS
 from web.common import (
-    audited,
     drop_password,
     keep_password,
     password_waiting,
     services,
     status_for,
     take_password,
+    write_turn,
 )
 from web.extensions import login_manager
 from web.forms import ActionForm, ConfirmForm, OrderForm, attach
@@ -68,12 +69,12 @@ def _require_login() -> ResponseReturnValue | None:
 
 
 def _own(ref: str) -> dict[str, Any]:
-    return web_support.show_vps(services(), ref, current_user.id)
+    return vps_service.show(services(), ref, current_user.id)
 
 
 def _order_choices(form: OrderForm) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     ctx = services()
-    plans, images = views.plan_views(ctx), web_support.catalogue_images(ctx)
+    plans, images = views.plan_views(ctx), views.catalogue_images(ctx)
     form.plan.choices = [(p["name"], p["name"]) for p in plans]
     form.image.choices = [(i["name"], i["name"]) for i in images]
     return plans, images
@@ -83,8 +84,8 @@ def _order_choices(form: OrderForm) -> tuple[list[dict[str, Any]], list[dict[str
 @bp.get("/servers")
 def servers() -> ResponseReturnValue:
     ctx = services()
-    rows = web_support.list_vps_of(ctx, current_user.id)
-    busy = web_support.active_jobs(ctx, [r["id"] for r in rows])
+    rows = vps_service.list_vps(ctx, owner_id=current_user.id)
+    busy = jobs.active_jobs(ctx, [r["id"] for r in rows])
     return render_template("dash/servers.html", servers=rows, jobs=busy, form=ActionForm())
 
 
@@ -92,8 +93,8 @@ def servers() -> ResponseReturnValue:
 def servers_state() -> ResponseReturnValue:
     """What the dashboard polls: each VPS's state and its running job, from the database."""
     ctx = services()
-    rows = web_support.list_vps_of(ctx, current_user.id)
-    busy = web_support.active_jobs(ctx, [r["id"] for r in rows])
+    rows = vps_service.list_vps(ctx, owner_id=current_user.id)
+    busy = jobs.active_jobs(ctx, [r["id"] for r in rows])
     return jsonify(
         {
             "servers": [
@@ -127,7 +128,7 @@ def order() -> ResponseReturnValue:
         return render_template("dash/order.html", form=form, plans=plans, images=images)
     status, problem = 400, None
     if form.validate_on_submit():
-        errors = web_support.check_order(
+        errors = provisioning.check_order(
             services(),
             current_user.id,
             form.plan.data or "",
@@ -154,8 +155,8 @@ def _record(form: OrderForm) -> ResponseReturnValue:
         owner_email=current_user.email,
         ssh_keys=tuple((form.ssh_keys.data or "").splitlines()),
     )
-    with audited(current_user.actor, "vps.create", form.hostname.data.strip().lower()):
-        placed = web_support.place_order(services(), req, current_user.actor)
+    with write_turn():
+        placed = provisioning.record_order(services(), req, actor=current_user.actor)
     keep_password(placed.uuid, placed.password)
     return redirect(url_for("dashboard.job", job=placed.job))
 
@@ -164,7 +165,7 @@ def _record(form: OrderForm) -> ResponseReturnValue:
 @bp.get("/servers/<id>")
 def server(id: str) -> ResponseReturnValue:
     vps = _own(id)
-    job = web_support.active_jobs(services(), [vps["id"]]).get(vps["id"])
+    job = jobs.active_jobs(services(), [vps["id"]]).get(vps["id"])
     return render_template(
         "dash/server.html",
         vps=vps,
@@ -181,17 +182,17 @@ def credentials(id: str) -> ResponseReturnValue:
     """Address, SSH details and host key; a new password exactly once."""
     ctx = services()
     vps = _own(id)
-    job = web_support.active_jobs(ctx, [vps["id"]]).get(vps["id"])
+    job = jobs.active_jobs(ctx, [vps["id"]]).get(vps["id"])
     if job is not None and password_waiting(vps["id"]):
         return redirect(url_for("dashboard.job", job=job["id"]))
-    latest = web_support.latest_job(ctx, vps["id"])
+    latest = jobs.latest_job(ctx, vps["id"])
     failed = latest if latest and latest["state"] == JobState.FAILED else None
     password = None
     if vps["state"] == VpsState.RUNNING and failed is None:
         password = take_password(vps["id"])
     elif vps["state"] == VpsState.ERROR or failed is not None:
         drop_password(vps["id"])  # never show a password that was not set
-    image = next((i for i in web_support.catalogue_images(ctx) if i["name"] == vps["image"]), {})
+    image = next((i for i in views.catalogue_images(ctx) if i["name"] == vps["image"]), {})
     return render_template(
         "dash/credentials.html",
         vps=vps,
@@ -217,7 +218,7 @@ def action(id: str, action: str) -> ResponseReturnValue:
 def _confirm(vps: dict[str, Any], action: str) -> ResponseReturnValue:
     """A destructive action: show what it does; go ahead once the hostname is typed."""
     form = ConfirmForm()
-    images = web_support.catalogue_images(services()) if action == "reinstall" else []
+    images = views.catalogue_images(services()) if action == "reinstall" else []
     form.image.choices = [(i["name"], i["name"]) for i in images]
     if request.method == "GET":
         form.image.data = vps["image"]
@@ -238,7 +239,7 @@ def _confirm(vps: dict[str, Any], action: str) -> ResponseReturnValue:
 
 def _request(vps: dict[str, Any], action: str, image: str | None) -> ResponseReturnValue:
     try:
-        with audited(current_user.actor, f"vps.{action}", vps["hostname"]):
+        with write_turn():
             asked = actions.request(
                 services(),
                 vps["id"],
@@ -264,7 +265,7 @@ def _request(vps: dict[str, Any], action: str, image: str | None) -> ResponseRet
 
 # -- jobs --------------------------------------------------------------------------
 def _own_job(ref: str) -> dict[str, Any]:
-    return web_support.get_job_for(services(), ref, current_user.id, current_user.actor)
+    return jobs.get_job(services(), ref, current_user.id, current_user.actor)
 
 
 @bp.get("/jobs/<job>")

@@ -12,8 +12,8 @@ from wtforms import PasswordField, RadioField, StringField, TextAreaField
 from wtforms.validators import DataRequired, EqualTo, Length, Optional
 
 from kvmvps.errors import KvmvpsError
+from kvmvps.services.provisioning import MAX_NAME, MAX_SSH_KEYS_TEXT
 from kvmvps.services.users import MAX_PASSWORD, MIN_PASSWORD
-from kvmvps.services.web_support import MAX_NAME, MAX_SSH_KEYS_TEXT
 
 MAX_EMAIL = 254
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from kvmvps.cli.context import Obj, json_option, pass_obj, simple_command
+from kvmvps.cli.context import Obj, actor, json_option, pass_obj, simple_command
 from kvmvps.cli.output import emit_json, record, table
 from kvmvps.services import images as image_service
 from kvmvps.services import inventory, setup, views
@@ -30,7 +30,7 @@ NETWORK_COLUMNS = ("name", "kind", "subnet", "gateway", "bridge", "pool_start", 
 @pass_obj
 def init_cmd(obj: Obj, as_json: bool) -> None:
     """Prepare this machine (idempotent): state dir, database, keys, pool, network, host."""
-    report = setup.init(obj.raw_ctx)
+    report = setup.init(obj.raw_ctx, actor=actor())
     if as_json:
         emit_json(asdict(report))
     else:
@@ -57,7 +57,7 @@ def image_group() -> None:
 def image_build_tiny(obj: Obj, name: str, as_json: bool) -> None:
     """Build a tiny busybox+dropbear test image from Debian packages and register it."""
     progress = None if as_json else (lambda msg: click.echo(f"  {msg}", err=True))
-    image = image_service.build_tiny(obj.ctx, name, progress)
+    image = image_service.build_tiny(obj.ctx, name, progress, actor=actor())
     _print_images([views.image_view(image)], as_json, single=True)
 
 
@@ -68,7 +68,7 @@ def image_build_tiny(obj: Obj, name: str, as_json: bool) -> None:
 def image_build_debian(obj: Obj, name: str, as_json: bool) -> None:
     """Build a Debian 12 image (systemd, OpenSSH, cloud-init) with debootstrap."""
     progress = None if as_json else (lambda msg: click.echo(f"  {msg}", err=True))
-    image = image_service.build_debian(obj.ctx, name, progress)
+    image = image_service.build_debian(obj.ctx, name, progress, actor=actor())
     _print_images([views.image_view(image)], as_json, single=True)
 
 
@@ -127,6 +127,7 @@ def image_add(
         login_user=login_user,
         cloud_init=cloud_init,
         credentials=not no_credentials,
+        actor=actor(),
     )
     _print_images([views.image_view(image)], as_json, single=True)
 
@@ -198,7 +199,15 @@ def plan_add(
 ) -> None:
     """Add a plan."""
     plan = inventory.add_plan(
-        obj.ctx, name, vcpus, memory_mib, disk_gib, network, price_cents, extra_forwards
+        obj.ctx,
+        name,
+        vcpus,
+        memory_mib,
+        disk_gib,
+        network,
+        price_cents,
+        extra_forwards,
+        actor=actor(),
     )
     view = views.plan_admin_view(plan, network)
     emit_json(view) if as_json else record(view)
@@ -267,6 +276,7 @@ def network_add(
         gateway=gateway,
         pool_start=pool_start,
         pool_end=pool_end,
+        actor=actor(),
     )
     view = views.network_view(net)
     emit_json(view) if as_json else record(view)

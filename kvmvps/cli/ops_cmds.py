@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from kvmvps.cli.context import Obj, json_option, pass_obj
+from kvmvps.cli.context import Obj, actor, json_option, pass_obj
 from kvmvps.cli.output import emit_json, record, table
 from kvmvps.services import jobs, reconcile
 from kvmvps.worker import Worker
@@ -72,7 +72,7 @@ def reconcile_cmd(obj: Obj, fix: bool, as_json: bool) -> None:
     Domains, volumes and DHCP entries that carry kvmvps's prefix but belong to
     no VPS are reported, and removed with --fix.
     """
-    report = reconcile.run(obj.ctx, fix=fix)
+    report = reconcile.run(obj.ctx, fix=fix, actor=actor())
     if as_json:
         emit_json(reconcile.report_dict(report))
         return

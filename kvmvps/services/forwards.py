@@ -32,7 +32,7 @@ from kvmvps.errors import (
     NotFound,
 )
 from kvmvps.models import Forward, Host, HttpName, Network, Vps, VpsState
-from kvmvps.services import Context
+from kvmvps.services import Context, audit
 from kvmvps.services.vps import resolve
 
 log = logging.getLogger(__name__)
@@ -194,8 +194,15 @@ def protocol(value: str) -> str:
     return proto
 
 
+@audit.audits("vps.forward.add", target="ref")
 def add(
-    ctx: Context, ref: str, port: int, proto: str = "tcp", owner_id: int | None = None
+    ctx: Context,
+    ref: str,
+    port: int,
+    proto: str = "tcp",
+    owner_id: int | None = None,
+    *,
+    actor: str | None = None,
 ) -> dict[str, Any]:
     """Forward a new public port to ``port`` of the VPS; the rules are in place on return.
 
@@ -251,8 +258,15 @@ def list_forwards(ctx: Context, ref: str, owner_id: int | None = None) -> list[d
         return [forward_view(f, vps) for f in vps.forwards]
 
 
+@audit.audits("vps.forward.remove", target="ref")
 def remove(
-    ctx: Context, ref: str, public_port: int, proto: str | None = None, owner_id: int | None = None
+    ctx: Context,
+    ref: str,
+    public_port: int,
+    proto: str | None = None,
+    owner_id: int | None = None,
+    *,
+    actor: str | None = None,
 ) -> dict[str, Any]:
     """Release one extra forward of the VPS and remove its rules."""
     with ctx.db.session() as s:

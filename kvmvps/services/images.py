@@ -8,7 +8,7 @@ from kvmvps import keys, validation
 from kvmvps.errors import Conflict
 from kvmvps.images import BuiltImage
 from kvmvps.models import Image
-from kvmvps.services import Context, inventory
+from kvmvps.services import Context, audit, inventory
 
 
 def _prepare(ctx: Context, name: str) -> str:
@@ -35,14 +35,28 @@ def _build(
     return inventory.register_built_image(ctx, name, built)
 
 
-def build_tiny(ctx: Context, name: str, progress: Callable[[str], None] | None = None) -> Image:
+@audit.audits("image.build-tiny", target="name")
+def build_tiny(
+    ctx: Context,
+    name: str,
+    progress: Callable[[str], None] | None = None,
+    *,
+    actor: str | None = None,
+) -> Image:
     """Build the tiny busybox+dropbear image and register it as ``name``."""
     from kvmvps.images.tiny import build_tiny_image
 
     return _build(ctx, name, build_tiny_image, progress)
 
 
-def build_debian(ctx: Context, name: str, progress: Callable[[str], None] | None = None) -> Image:
+@audit.audits("image.build-debian", target="name")
+def build_debian(
+    ctx: Context,
+    name: str,
+    progress: Callable[[str], None] | None = None,
+    *,
+    actor: str | None = None,
+) -> Image:
     """Build the Debian 12 cloud-init image and register it as ``name``."""
     from kvmvps.images.debian import build_debian_image
 

@@ -14,6 +14,7 @@ are serialised.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,8 +22,9 @@ from typing import Any
 from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
+from kvmvps import validation
 from kvmvps.errors import NotFound
-from kvmvps.models import Host, Job, JobState, Worker
+from kvmvps.models import Host, Job, JobState, Vps, Worker
 from kvmvps.services import Context
 
 BUILD_KINDS = ("create", "reinstall")
@@ -276,18 +278,50 @@ def _iso(moment: datetime | None) -> str | None:
     return _aware(moment).isoformat() if moment else None
 
 
-def get_job(ctx: Context, ref: str) -> dict[str, Any]:
-    """A job by uuid or unique uuid prefix."""
+def get_job(ctx: Context, ref: str, owner_id: int | None = None, actor: str = "") -> dict[str, Any]:
+    """A job by uuid or unique uuid prefix.
+
+    With ``owner_id`` (a customer), only a job that concerns one of their
+    VPSes or that ``actor`` asked for; they are not told which worker ran it.
+    """
     ref = (ref or "").strip().lower()
-    with ctx.db.session() as s:
-        rows = (
-            list(s.scalars(select(Job).where(Job.uuid.startswith(ref, autoescape=True)).limit(2)))
-            if ref
-            else []
-        )
+    validation.not_longer(ref, "job id", 64)
+    if not ref:
+        raise NotFound("no job id given")
+    query = select(Job).where(Job.uuid.startswith(ref, autoescape=True)).limit(2)
+    if owner_id is not None:
+        owned = select(Vps.uuid).where(Vps.owner_id == owner_id)
+        query = query.where(or_(Job.vps_uuid.in_(owned), Job.actor == actor))
+    with ctx.db.reading() as s:
+        rows = list(s.scalars(query))
         if len(rows) != 1:
             raise NotFound(f"no job matches {ref!r}" if not rows else f"{ref!r} is ambiguous")
-        return job_view(rows[0])
+        shown = job_view(rows[0])
+    if owner_id is not None:
+        shown["worker"] = None  # which machine ran it is the operators' business
+    return shown
+
+
+def active_jobs(ctx: Context, vps_uuids: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """The newest unfinished job of each of these VPSes, by VPS id."""
+    uuids = list(vps_uuids)
+    if not uuids:
+        return {}
+    query = (
+        select(Job)
+        .where(Job.vps_uuid.in_(uuids), Job.state.in_(JobState.UNFINISHED))
+        .order_by(Job.id)
+    )
+    with ctx.db.reading() as s:
+        return {job.vps_uuid: job_view(job) for job in s.scalars(query)}
+
+
+def latest_job(ctx: Context, vps_uuid: str) -> dict[str, Any] | None:
+    """The newest job of a VPS, finished or not."""
+    query = select(Job).where(Job.vps_uuid == vps_uuid).order_by(Job.id.desc()).limit(1)
+    with ctx.db.reading() as s:
+        job = s.scalar(query)
+        return job_view(job) if job is not None else None
 
 
 def list_jobs(

@@ -11,7 +11,7 @@ from sqlalchemy.orm import selectinload
 
 from kvmvps.errors import Conflict, InvalidInput, NotFound
 from kvmvps.models import ApiToken, User, utcnow
-from kvmvps.services import Context
+from kvmvps.services import Context, audit
 from kvmvps.services.audit import iso
 from kvmvps.services.inventory import user_by_email
 
@@ -46,7 +46,10 @@ def _token_name(name: str | None) -> str:
     return name
 
 
-def create_token(ctx: Context, email: str, name: str = "") -> tuple[str, dict[str, Any]]:
+@audit.audits("token.create", target="email")
+def create_token(
+    ctx: Context, email: str, name: str = "", *, actor: str | None = None
+) -> tuple[str, dict[str, Any]]:
     """A new token for the user: (plaintext, view). The plaintext is not kept."""
     name = _token_name(name)
     plaintext = TOKEN_PREFIX + secrets.token_urlsafe(32)
@@ -81,11 +84,17 @@ def verify_token(ctx: Context, token: str) -> User | None:
         return row.user
 
 
-def revoke_token(ctx: Context, token_id: int) -> dict[str, Any]:
-    """Revoke a token by id (revoking it again changes nothing)."""
+@audit.audits("token.revoke", target="token_id")
+def revoke_token(
+    ctx: Context, token_id: int, user_id: int | None = None, *, actor: str | None = None
+) -> dict[str, Any]:
+    """Revoke a token by id (revoking it again changes nothing).
+
+    With ``user_id``, only a token of that user; anyone else's is not found.
+    """
     with ctx.db.session() as s:
         token = s.get(ApiToken, token_id)
-        if token is None:
+        if token is None or (user_id is not None and token.user_id != user_id):
             raise NotFound(f"no API token with id {token_id}")
         token.revoked = True
         return token_view(token)

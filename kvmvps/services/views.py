@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
 from kvmvps.models import Host, Image, Network, Plan
-from kvmvps.services import Context
+from kvmvps.services import Context, inventory
 from kvmvps.storage import GIB
 
 
@@ -50,6 +50,22 @@ def image_view(image: Image) -> dict[str, Any]:
         "credentials": image.credentials,
         "os_family": image.os_family,
     }
+
+
+def public_image_view(image: Image) -> dict[str, Any]:
+    """An image as customers see it (no paths on the host)."""
+    return {
+        "name": image.name,
+        "os_family": image.os_family,
+        "login_user": image.login_user,
+        "virtual_size_gib": round(image.virtual_size / GIB, 2),
+        "credentials": bool(image.credentials),
+    }
+
+
+def catalogue_images(ctx: Context) -> list[dict[str, Any]]:
+    """The OS templates customers may order, by name."""
+    return [public_image_view(i) for i in inventory.list_images(ctx)]
 
 
 def network_view(net: Network) -> dict[str, Any]:

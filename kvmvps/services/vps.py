@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import Select, or_, select
 from sqlalchemy.orm import Session, selectinload
 
+from kvmvps import validation
 from kvmvps.errors import Conflict, HypervisorNotFound, InvalidInput, NotFound
 from kvmvps.models import Host, User, Vps, VpsState
 from kvmvps.services import Context
@@ -127,46 +128,66 @@ def _iso(moment: datetime | None) -> str | None:
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat()
 
 
-def show(ctx: Context, ref: str) -> dict[str, Any]:
-    with ctx.db.session() as s:
-        return view(resolve(s, ref))
+def show(ctx: Context, ref: str, owner_id: int | None = None) -> dict[str, Any]:
+    """One VPS of ``owner_id`` (any owner for None); NotFound for anyone else's."""
+    validation.not_longer(ref, "VPS id", 64)
+    with ctx.db.reading() as s:
+        return view(resolve(s, ref, owner_id))
 
 
 def list_vps(
-    ctx: Context, owner: str | None = None, state: str | None = None, host: str | None = None
+    ctx: Context,
+    owner: str | None = None,
+    state: str | None = None,
+    host: str | None = None,
+    *,
+    owner_id: int | None = None,
 ) -> list[dict[str, Any]]:
+    """VPSes, oldest first: all, or one owner's (by e-mail or id), state's or host's."""
     if state is not None and state not in VpsState.ALL:
         raise InvalidInput(f"unknown state {state!r}; one of {', '.join(VpsState.ALL)}")
     query = _query().order_by(Vps.created_at, Vps.id)
     if owner:
         query = query.join(User, User.id == Vps.owner_id).where(User.email == owner.lower())
+    if owner_id is not None:
+        query = query.where(Vps.owner_id == owner_id)
     if state:
         query = query.where(Vps.state == state)
     if host:
         query = query.join(Host, Host.id == Vps.host_id).where(Host.name == host)
-    with ctx.db.session() as s:
+    with ctx.db.reading() as s:
         return [view(v) for v in s.scalars(query)]
 
 
 def domain_xml(ctx: Context, ref: str) -> str:
-    with ctx.db.session() as s:
+    with ctx.db.reading() as s:
         vps = resolve(s, ref)
-        return ctx.hypervisor(vps.host).domain_xml(vps.domain_name)
+        uri, domain = vps.host.uri, vps.domain_name
+    return ctx.hypervisor(uri).domain_xml(domain)
 
 
 # -- power ------------------------------------------------------------------
 def sync_state(ctx: Context, ref: str) -> dict[str, Any]:
-    """Read the domain's state from libvirt into the database."""
-    with ctx.db.session() as s:
+    """Read the domain's state from libvirt into the database.
+
+    libvirt is asked outside the write transaction; the state is written only
+    if nobody changed it meanwhile (else the newer state stands).
+    """
+    with ctx.db.reading() as s:
         vps = resolve(s, ref)
         if vps.state in (VpsState.BUILDING, VpsState.QUEUED, VpsState.DELETING):
             return view(vps)
-        try:
-            actual = ctx.hypervisor(vps.host).state(vps.domain_name)
-        except HypervisorNotFound:
-            vps.state, vps.error = VpsState.ERROR, "the domain has vanished from libvirt"
-            return view(vps)
-        vps.state = _FROM_LIBVIRT[actual]
+        uuid, seen, uri, domain = vps.uuid, vps.state, vps.host.uri, vps.domain_name
+    try:
+        state, error = _FROM_LIBVIRT[ctx.hypervisor(uri).state(domain)], None
+    except HypervisorNotFound:
+        state, error = VpsState.ERROR, "the domain has vanished from libvirt"
+    with ctx.db.session() as s:
+        vps = resolve(s, uuid)
+        if vps.state == seen:
+            vps.state = state
+            if error is not None:
+                vps.error = error
         return view(vps)
 
 

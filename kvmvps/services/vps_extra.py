@@ -13,7 +13,7 @@ from kvmvps import cpupin
 from kvmvps.errors import CapacityError, Conflict, InvalidInput, KvmvpsError
 from kvmvps.hypervisor import Hypervisor
 from kvmvps.models import Job, JobState, Plan, Vps, VpsState
-from kvmvps.services import Context, placement, provisioning
+from kvmvps.services import Context, audit, placement, provisioning
 from kvmvps.services.facts import VpsFacts, facts_of
 from kvmvps.services.inventory import get_by_name
 from kvmvps.services.vps import resolve, view
@@ -126,7 +126,8 @@ def _restore(hv: Hypervisor, xml: str, domain: str) -> None:
         log.error("restoring the definition of %s failed: %s", domain, exc)
 
 
-def resize(ctx: Context, ref: str, plan: str) -> dict[str, Any]:
+@audit.audits("vps.resize", target="ref")
+def resize(ctx: Context, ref: str, plan: str, *, actor: str | None = None) -> dict[str, Any]:
     """Move a stopped VPS to another plan: vCPUs and memory follow, the disk only grows.
 
     Database changes commit only after libvirt has the new definition and
