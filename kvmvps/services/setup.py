@@ -76,10 +76,9 @@ def _init_rows(ctx: Context) -> InitReport:
         _ensure_default_network(ctx, s)
         _ensure_operator(s)
         s.flush()
-        host_id = host.id
     with ctx.db.reading() as s:
-        prep = host_prep(s, s.get(Host, host_id).uri)
-    prepare_host(ctx, prep)
+        prep = host_prep(s, host.uri)
+    prepare_host(ctx, prep)  # after the commit: no write transaction waits on libvirt
     return InitReport(
         state_dir=str(ctx.settings.state_dir),
         database=ctx.settings.effective_database_url,
