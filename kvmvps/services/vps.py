@@ -57,10 +57,10 @@ VIEW_KEYS = (
 def _query() -> Select[tuple[Vps]]:
     """VPSes with everything ``view`` shows: one joined query, one more per collection.
 
-    Measured with bench/vps_list_loading.py (1,000 VPSes, SQLite): joining the
-    five many-to-one relations costs the same CPU and wall time as loading
-    them with selectinload (191 vs 197 ms CPU) in 6 statements instead of 11,
-    which saves round trips to a PostgreSQL server.
+    Measured with bench/vps_list_loading.py (1,000 VPSes, medians): joining
+    the five many-to-one relations costs no more than loading them with
+    selectinload, in half the statements: SQLite 191 vs 197 ms CPU (6 vs 11
+    statements), PostgreSQL 186 vs 206 ms CPU and 569 vs 596 ms wall (5 vs 10).
     """
     return select(Vps).options(
         joinedload(Vps.plan),
