@@ -44,6 +44,9 @@ class Amounts:
     disk_gib: int
 
 
+audit.declare("user.quota")  # recorded with audit.audited below
+
+
 def limits(settings: Settings, user: User) -> Amounts:
     """The user's own limits where set, else the defaults."""
     values: dict[str, int] = {}

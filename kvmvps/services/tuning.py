@@ -90,7 +90,7 @@ LIVE_STATES = (VpsState.RUNNING, VpsState.STOPPED, VpsState.SUSPENDED)
 
 
 def edit_plan(
-    ctx: Context, name: str, changes: Mapping[str, int | None], actor: str = ""
+    ctx: Context, name: str, changes: Mapping[str, int | None], *, actor: str | None = None
 ) -> dict[str, Any]:
     """Change a plan's limits and apply them to its VPSes; the plan's admin view.
 
@@ -99,7 +99,7 @@ def edit_plan(
     Nothing is committed unless every VPS took the new limits; those already
     changed get the old ones back when a later one fails.
     """
-    with audit.audited(ctx, actor or audit.os_actor(), "plan.edit", name):
+    with audit.audited(ctx, actor, "plan.edit", name):
         if not changes:
             raise InvalidInput("nothing to change: give at least one limit option")
         with ctx.db.session() as s:
@@ -115,6 +115,9 @@ def edit_plan(
             _apply_all(ctx, [facts_of(v, ctx.settings) for v in vpses], new, old)
             network = plan.network.name if plan.network else None
             return {**views.plan_admin_view(plan, network), "vps_updated": len(vpses)}
+
+
+audit.declare("plan.edit")
 
 
 def _apply_all(ctx: Context, all_facts: list[VpsFacts], new: PlanLimits, old: PlanLimits) -> None:
