@@ -195,7 +195,10 @@ def _ask(ref: str, action: str, data: dict[str, Any]) -> actions.Requested:
     image = _string(data, "image", errors) or None
     timeout, force = data.get("timeout", 60), data.get("force", False)
     try:
-        timeout = validation.seconds(timeout, "timeout", actions.OPERATOR_TIMEOUT_MAX)
+        cap = actions.OPERATOR_TIMEOUT_MAX
+        if not _user().is_admin:
+            cap = services().settings.customer_shutdown_timeout_max
+        timeout = validation.seconds(timeout, "timeout", cap)
     except InvalidInput as exc:  # a huge number too: never a float overflow
         errors["timeout"] = str(exc)
     if not isinstance(force, bool):

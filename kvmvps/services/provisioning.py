@@ -119,6 +119,9 @@ def _host_facts(ctx: Context, req: OrderRequest) -> _HostFacts:
     with ctx.db.reading() as s:
         plan = inventory.get_by_name(s, Plan, req.plan, "plan")
         inventory.get_by_name(s, Image, req.image, "image")
+        if req.owner_email:  # an order over quota never reaches libvirt
+            owner = inventory.user_by_email(s, req.owner_email)
+            quotas.check_order(s, st, owner, plan, lock=False)
         network = _network_for(ctx, s, plan, req.network)
         host = choose_host(s, plan, st.cpu_overcommit, st.host_memory_reserve_mib)
         prep = setup.host_prep(s, host.uri)

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from kvmvps.services import audit, users
+from kvmvps.services import audit, jobs, users
 from kvmvps.services import vps as vps_service
-from tests.web.conftest import OP, A, B, World
+from tests.web.conftest import OP, A, B, World, finish_job
 
 
 def new_entries(world: World, act: Callable[[], Any]) -> list[dict[str, Any]]:
@@ -61,7 +61,7 @@ def test_api_changes_are_recorded_once_and_reads_not_at_all(world: World) -> Non
     got = new_entries(world, refused)
     assert r is not None and r.status_code == 403 and "for operators" in r.get_json()["error"]
     assert [(e["action"], e["result"], e["detail"]) for e in got] == [
-        ("vps.suspend", "failed", "suspend is for operators")
+        ("vps.pause", "failed", "suspend is for operators")  # the API's suspend pauses
     ]
     theirs = world.order(B)
     got = new_entries(world, lambda: call("DELETE", f"/servers/{theirs.uuid}"))
@@ -69,6 +69,11 @@ def test_api_changes_are_recorded_once_and_reads_not_at_all(world: World) -> Non
         ("vps.delete", theirs.uuid, "failed")
     ]
     assert got[0]["detail"].startswith("no VPS matches")
+    got = new_entries(world, lambda: call("DELETE", f"/servers/{uuid}"))
+    assert [(e["action"], e["result"]) for e in got] == [("vps.delete", "failed")]
+    assert "already has an action pending" in got[0]["detail"]  # the reboot: one at a time
+    for job in jobs.active_jobs(world.ctx, [uuid]).values():
+        finish_job(world.ctx, job["id"])
     got = new_entries(world, lambda: call("DELETE", f"/servers/{uuid}"))
     assert [(e["action"], e["result"]) for e in got] == [("vps.delete", "ok")]
 
