@@ -19,9 +19,20 @@ import pytest
 from sqlalchemy.orm import Session
 
 from kvmvps.db import Database
+from kvmvps.errors import KvmvpsError
 from kvmvps.hypervisor import Hypervisor
 from kvmvps.models import Host
-from kvmvps.services import Context, actions, hosts, inventory, provisioning, reconcile, runner
+from kvmvps.services import (
+    Context,
+    actions,
+    hosts,
+    inventory,
+    provisioning,
+    reconcile,
+    runner,
+    tuning,
+    views,
+)
 from kvmvps.services import vps as vps_service
 from tests.unit.test_admin_cli import node_uri
 
@@ -138,3 +149,16 @@ def test_hosts_are_prepared_outside_the_write(
     hosts.disable_host(ctx, "node2")
     hosts.enable_host(ctx, "node2")
     assert calls.count("ensure_pool") == 2 and "host_info" in calls
+
+
+def test_plan_edit_asks_libvirt_outside_the_write(guarded: tuple[Context, list[str]]) -> None:
+    """The limits go to the running VPS before the plan is written (here libvirt refuses them)."""
+    ctx, calls = guarded
+    order = provisioning.record_order(ctx, provisioning.OrderRequest("small", "base", "web1"))
+    runner.run_inline(ctx, order.job)
+    before = views.plan_views(ctx, admin=True)
+    calls.clear()
+    with pytest.raises(KvmvpsError) as refused:  # the test driver has no CPU tuning
+        tuning.edit_plan(ctx, "small", {"cpu_quota_pct": 50})
+    assert not isinstance(refused.value, InsideWrite) and calls
+    assert views.plan_views(ctx, admin=True) == before
