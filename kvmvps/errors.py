@@ -77,7 +77,8 @@ class FirewallError(HypervisorError):
 
 
 class Forbidden(KvmvpsError):
-    """The caller may not do this: a suspended VPS, a quota reached, sign-up closed."""
+    """The caller may not do this: a suspended VPS, a quota reached, sign-up closed,
+    an operator's action asked for by a customer."""
 
 
 class Suspended(Forbidden):

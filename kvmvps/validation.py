@@ -71,6 +71,12 @@ def one_line(value: str | None, what: str, maximum: int) -> str:
     return text
 
 
+def not_longer(value: str | None, what: str, limit: int) -> None:
+    """Refuse a value longer than ``limit`` characters before anything else looks at it."""
+    if len(value or "") > limit:
+        raise InvalidInput(f"the {what} is too long (at most {limit} characters)")
+
+
 def hostname(value: str) -> str:
     """A DNS label: letters, digits and inner hyphens, at most 63 characters."""
     label = _trim(value).lower()

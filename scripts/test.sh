@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup-host.sh
 KVMVPS_TEST_POSTGRES_URL=$(bash scripts/start-postgres.sh | tail -1)
 export KVMVPS_TEST_POSTGRES_URL
-export KVMVPS_REQUIRE_LIBVIRT=1 KVMVPS_REQUIRE_POSTGRES=1
+export KVMVPS_REQUIRE_LIBVIRT=1 KVMVPS_REQUIRE_POSTGRES=1 KVMVPS_REQUIRE_TOOLS=1
 echo "==> vagrant validate" >&2
 (cd vagrant && VAGRANT_CHECKPOINT_DISABLE=1 vagrant validate)
 echo "==> ruff (lint, including S507: no AutoAddPolicy; format)" >&2

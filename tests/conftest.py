@@ -21,6 +21,7 @@ import pytest
 from kvmvps.config import load_settings
 from kvmvps.hypervisor import close_all
 from kvmvps.services import Context, inventory, setup
+from tests.tools import check_needs
 
 TEST_ROOT = Path(os.environ.get("KVMVPS_TEST_ROOT", "/var/lib/kvmvps-tests"))
 TEST_CACHE = Path(os.environ.get("KVMVPS_TEST_CACHE", "/var/cache/kvmvps-tests"))
@@ -85,6 +86,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for item in items:
             if "libvirt" in item.keywords or "e2e" in item.keywords:
                 item.add_marker(skip)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    check_needs(item)  # tests marked with tests.tools.needs: skip, or fail when required
 
 
 def cleanup_installation(ctx: Context) -> None:

@@ -22,19 +22,21 @@ def canonical(xml: str) -> bytes:
     return etree.tostring(root, method="c14n")
 
 
-def assert_matches_golden(xml: str, name: str) -> None:
-    """Compare with tests/golden/NAME.
+REGENERATE = "KVMVPS_REGENERATE_GOLDEN"
 
-    Golden files are only ever written deliberately: run the golden tests
-    with KVMVPS_REGENERATE_GOLDEN=1, then review the diff. A missing file
-    fails the test rather than being written silently.
+
+def assert_matches_golden(xml: str, name: str) -> None:
+    """Compare with tests/golden/NAME; ``KVMVPS_REGENERATE_GOLDEN=1`` (re)writes it.
+
+    A test run never creates a golden file by itself: a missing one fails.
     """
     path = GOLDEN / name
-    if os.environ.get("KVMVPS_REGENERATE_GOLDEN") == "1":
+    if os.environ.get(REGENERATE) == "1":
         path.write_text(xml)
     if not path.exists():
         raise AssertionError(
-            f"golden file {path} is missing; write it with KVMVPS_REGENERATE_GOLDEN=1 and review it"
+            f"golden file {path} is missing; write it with "
+            f"{REGENERATE}=1 python -m pytest tests/unit/test_xml_golden.py and review the diff"
         )
     expected = path.read_text()
     assert canonical(xml) == canonical(expected), f"{name} differs from its golden file"

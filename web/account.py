@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from flask_login import current_user
 
 from kvmvps.errors import KvmvpsError
-from kvmvps.services import logins, tokens, users, web_support
+from kvmvps.services import logins, tokens, users
 from web.auth import count_attempt, start_session
-from web.common import WebUser, audited, services
+from web.common import WebUser, services, write_turn
 from web.extensions import login_manager
 from web.forms import ActionForm, PasswordForm, TokenForm
 
@@ -30,8 +30,10 @@ def account() -> ResponseReturnValue:
     if form.validate_on_submit():
         name = (form.name.data or "").strip()
         try:
-            with audited(current_user.actor, "token.create", current_user.email):
-                created, _view = tokens.create_token(services(), current_user.email, name)
+            with write_turn():
+                created, _view = tokens.create_token(
+                    services(), current_user.email, name, actor=current_user.actor
+                )
         except KvmvpsError as exc:
             form.name.errors = [*form.name.errors, str(exc)]
             status = 400
@@ -85,9 +87,7 @@ def change_password() -> ResponseReturnValue:
 @bp.post("/account/tokens/<int:token_id>/revoke")
 def revoke_token(token_id: int) -> ResponseReturnValue:
     ActionForm()  # the CSRF token was checked before the view
-    if not web_support.token_owned_by(services(), token_id, current_user.id):
-        abort(404)
-    with audited(current_user.actor, "token.revoke", str(token_id)):
-        tokens.revoke_token(services(), token_id)
+    with write_turn():
+        tokens.revoke_token(services(), token_id, current_user.id, actor=current_user.actor)
     flash("The token is revoked; programs using it can no longer sign in.", "ok")
     return redirect(url_for("account.account"))

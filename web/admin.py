@@ -8,8 +8,11 @@ from flask_login import current_user
 
 from kvmvps.errors import KvmvpsError, NotFound
 from kvmvps.models import JobState
-from kvmvps.services import audit, jobs, quotas, suspension, web_support
-from web.common import audited, services
+from kvmvps.services import audit, jobs, quotas, suspension
+from kvmvps.services import hosts as host_service
+from kvmvps.services import users as user_service
+from kvmvps.services import vps as vps_service
+from web.common import services, write_turn
 from web.extensions import login_manager
 from web.forms import ActionForm, QuotaForm, SuspendForm
 
@@ -31,8 +34,8 @@ def _require_operator() -> ResponseReturnValue | None:
 @bp.get("/servers")
 def servers() -> ResponseReturnValue:
     ctx = services()
-    rows = web_support.list_vps_of(ctx, None)
-    busy = web_support.active_jobs(ctx, [r["id"] for r in rows])
+    rows = vps_service.list_vps(ctx)
+    busy = jobs.active_jobs(ctx, [r["id"] for r in rows])
     return render_template(
         "admin/servers.html", servers=rows, jobs=busy, form=ActionForm(), suspend=SuspendForm()
     )
@@ -44,7 +47,7 @@ def server_action(id: str, action: str) -> ResponseReturnValue:
     form = SuspendForm()  # the CSRF token was checked before the view
     ctx = services()
     try:
-        with web_support.write_turn(ctx):
+        with write_turn():
             if action == "suspend":
                 vps = suspension.suspend(ctx, id, form.reason.data or "", current_user.actor)
             else:
@@ -60,7 +63,7 @@ def server_action(id: str, action: str) -> ResponseReturnValue:
 
 @bp.get("/hosts")
 def hosts() -> ResponseReturnValue:
-    return render_template("admin/hosts.html", hosts=web_support.host_capacities(services()))
+    return render_template("admin/hosts.html", hosts=host_service.host_capacities(services()))
 
 
 @bp.get("/jobs")
@@ -75,7 +78,7 @@ def jobs_page() -> ResponseReturnValue:
 @bp.get("/users")
 def users() -> ResponseReturnValue:
     ctx = services()
-    rows = web_support.user_rows(ctx)
+    rows = user_service.user_rows(ctx)
     limits = {u["id"]: quotas.quota_view(ctx, u["email"]) for u in rows}
     return render_template(
         "admin/users.html", users=rows, form=ActionForm(), quota=QuotaForm(), limits=limits
@@ -87,14 +90,14 @@ def user_quota(user_id: int) -> ResponseReturnValue:
     """Give a customer limits of their own; an empty field means the default."""
     form = QuotaForm()  # the CSRF token was checked before the view
     ctx = services()
-    user = web_support.user_by_id(ctx, user_id)
+    user = user_service.user_by_id(ctx, user_id)
     if user is None:
         abort(404)
     try:
         changes: dict[str, int | str | None] = {
             key: getattr(form, key).data or "" for key in quotas.RESOURCES
         }
-        with web_support.write_turn(ctx):
+        with write_turn():
             quotas.set_quota(ctx, user.email, changes, current_user.actor)
     except KvmvpsError as exc:
         flash(str(exc), "error")
@@ -106,12 +109,14 @@ def user_quota(user_id: int) -> ResponseReturnValue:
 @bp.post("/users/<int:user_id>/<any(disable, enable):change>")
 def user_active(user_id: int, change: str) -> ResponseReturnValue:
     ActionForm()  # the CSRF token was checked before the view
-    user = web_support.user_by_id(services(), user_id)
+    user = user_service.user_by_id(services(), user_id)
     if user is None:
         abort(404)
     try:
-        with audited(current_user.actor, f"user.{change}", user.email):
-            web_support.set_user_active(services(), user_id, change == "enable", current_user.id)
+        with write_turn():
+            user_service.set_active(
+                services(), user_id, change == "enable", current_user.id, actor=current_user.actor
+            )
     except KvmvpsError as exc:
         flash(str(exc), "error")
     else:

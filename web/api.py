@@ -14,9 +14,9 @@ from flask.typing import ResponseReturnValue
 
 from kvmvps import validation
 from kvmvps.errors import Conflict, InvalidInput
-from kvmvps.services import actions, provisioning, tokens, views, web_support
-from kvmvps.services.vps import VpsView
-from web.common import WebUser, audited, services
+from kvmvps.services import actions, jobs, provisioning, tokens, views
+from kvmvps.services import vps as vps_service
+from web.common import WebUser, services, write_turn
 from web.openapi import spec
 
 bp = Blueprint("api", __name__)
@@ -130,7 +130,7 @@ def list_servers() -> ResponseReturnValue:
     if everyone and not _user().is_admin:
         abort(403, "listing every server (?all=1) is for operators")
     owner = None if everyone else _user().id
-    return jsonify({"servers": web_support.list_vps_of(services(), owner)})
+    return jsonify({"servers": vps_service.list_vps(services(), owner_id=owner)})
 
 
 @bp.post("/servers")
@@ -139,7 +139,7 @@ def create_server() -> ResponseReturnValue:
     errors: dict[str, str] = {}
     plan, image = _string(data, "plan", errors), _string(data, "image", errors)
     hostname, keys = _string(data, "hostname", errors), _keys(data, errors)
-    found = web_support.check_order(services(), _user().id, plan, image, hostname, keys)
+    found = provisioning.check_order(services(), _user().id, plan, image, hostname, keys)
     errors.update({k: str(v) for k, v in found.items() if k not in errors})
     if errors:
         clash = (
@@ -151,9 +151,9 @@ def create_server() -> ResponseReturnValue:
     req = provisioning.OrderRequest(
         plan=plan, image=image, hostname=hostname, owner_email=_user().email, ssh_keys=tuple(keys)
     )
-    with audited(_user().actor, "vps.create", hostname.strip().lower()):
-        order = web_support.place_order(services(), req, _user().actor)
-    shown = web_support.show_vps(services(), order.uuid, None)
+    with write_turn():
+        order = provisioning.record_order(services(), req, actor=_user().actor)
+    shown = vps_service.show(services(), order.uuid)
     body = {**shown, "job": order.job, "password": order.password}
     return _accepted(body, url_for("api.get_server", id=order.uuid))
 
@@ -167,15 +167,14 @@ def _accepted(body: dict[str, Any], location: str) -> Response:
 
 @bp.get("/servers/<id>")
 def get_server(id: str) -> ResponseReturnValue:
-    return jsonify(web_support.show_vps(services(), id, _scope()))
+    return jsonify(vps_service.show(services(), id, _scope()))
 
 
 @bp.delete("/servers/<id>")
 def delete_server(id: str) -> ResponseReturnValue:
-    vps = web_support.show_vps(services(), id, _scope())
-    asked = _ask(vps, "delete", {})
+    asked = _ask(id, "delete", {})
     return _accepted(
-        {"id": vps["id"], "job": asked.job, "action": "delete"},
+        {"id": asked.vps, "job": asked.job, "action": "delete"},
         url_for("api.get_job", job=asked.job),
     )
 
@@ -184,33 +183,32 @@ def delete_server(id: str) -> ResponseReturnValue:
 def server_action(id: str) -> ResponseReturnValue:
     data = _body(ACTION_FIELDS)
     action = data.get("action")
-    allowed = CUSTOMER_ACTIONS + (OPERATOR_ACTIONS if _user().is_admin else ())
     if not isinstance(action, str) or action not in CUSTOMER_ACTIONS + OPERATOR_ACTIONS:
         raise FieldErrors({"action": f"must be one of {', '.join(CUSTOMER_ACTIONS)}"})
-    vps = web_support.show_vps(services(), id, _scope())
-    if action not in allowed:
-        abort(403, f"{action} is for operators")
-    asked = _ask(vps, action, data)
-    body = {"id": vps["id"], "job": asked.job, "action": action, "password": asked.password}
+    asked = _ask(id, action, data)  # operators' actions are refused to customers there
+    body = {"id": asked.vps, "job": asked.job, "action": action, "password": asked.password}
     return _accepted(body, url_for("api.get_job", job=asked.job))
 
 
-def _ask(vps: VpsView, action: str, data: dict[str, Any]) -> actions.Requested:
+def _ask(ref: str, action: str, data: dict[str, Any]) -> actions.Requested:
     errors: dict[str, str] = {}
     image = _string(data, "image", errors) or None
     timeout, force = data.get("timeout", 60), data.get("force", False)
     try:
-        timeout = validation.seconds(timeout, "timeout", actions.OPERATOR_TIMEOUT_MAX)
+        cap = actions.OPERATOR_TIMEOUT_MAX
+        if not _user().is_admin:
+            cap = services().settings.customer_shutdown_timeout_max
+        timeout = validation.seconds(timeout, "timeout", cap)
     except InvalidInput as exc:  # a huge number too: never a float overflow
         errors["timeout"] = str(exc)
     if not isinstance(force, bool):
         errors["force"] = "must be true or false"
     if errors:
         raise FieldErrors(errors)
-    with audited(_user().actor, f"vps.{action}", vps["hostname"]):
+    with write_turn():
         return actions.request(
             services(),
-            vps["id"],
+            ref,
             action,
             actor=_user().actor,
             owner_id=_scope(),
@@ -228,12 +226,12 @@ def plans() -> ResponseReturnValue:
 
 @bp.get("/images")
 def images() -> ResponseReturnValue:
-    return jsonify({"images": web_support.catalogue_images(services())})
+    return jsonify({"images": views.catalogue_images(services())})
 
 
 @bp.get("/jobs/<job>")
 def get_job(job: str) -> ResponseReturnValue:
-    return jsonify(web_support.get_job_for(services(), job, _scope(), _user().actor))
+    return jsonify(jobs.get_job(services(), job, _scope(), _user().actor))
 
 
 @bp.get("/openapi.json")

@@ -15,7 +15,7 @@ from werkzeug.routing import IntegerConverter
 from werkzeug.routing.map import Map
 
 from kvmvps import validation
-from kvmvps.services import Context, logins, web_support
+from kvmvps.services import Context, logins, users
 from web import errors, filters
 from web.common import CONTEXT_KEY, WebUser, services
 from web.extensions import csrf, login_manager
@@ -156,7 +156,7 @@ def _load_user(session_id: str) -> WebUser | None:
     user_id, _, epoch = session_id.partition(":")
     if not user_id.isdecimal() or not epoch.isdecimal() or len(user_id) > 10:
         return None
-    user = web_support.user_by_id(services(), int(user_id))
+    user = users.user_by_id(services(), int(user_id))
     if user is None or not user.is_active or str(user.session_epoch) != epoch:
         return None
     return WebUser.of(user)

@@ -19,9 +19,9 @@ from flask_login import current_user, login_required, login_user, logout_user
 from werkzeug.exceptions import TooManyRequests
 
 from kvmvps.errors import Conflict, Forbidden, InvalidInput
-from kvmvps.services import audit, logins, users
+from kvmvps.services import logins, users
 from kvmvps.services import signup as signups
-from web.common import WebUser, actor_of, client_address, safe_next, services
+from web.common import WebUser, actor_of, client_address, safe_next, services, write_turn
 from web.forms import ActionForm, LoginForm, SignupForm, add_error
 
 bp = Blueprint("auth", __name__)
@@ -76,13 +76,14 @@ def signup() -> ResponseReturnValue:
     if form.validate_on_submit():
         email = form.email.data or ""
         try:
-            user = signups.sign_up(
-                services(),
-                email,
-                form.password.data or "",
-                form.invite.data,
-                actor=actor_of(email.strip().lower()[:254]),
-            )
+            with write_turn():
+                user = signups.sign_up(
+                    services(),
+                    email,
+                    form.password.data or "",
+                    form.invite.data,
+                    actor=actor_of(email.strip().lower()[:254]),
+                )
         except Conflict:
             add_error(form.email, "an account with this e-mail already exists; log in instead")
         except Forbidden as exc:
@@ -124,20 +125,17 @@ def login() -> ResponseReturnValue:
     form = LoginForm()
     status = 200
     if form.validate_on_submit():
-        user = users.authenticate(services(), form.email.data or "", form.password.data or "")
+        user = users.authenticate(
+            services(),
+            form.email.data or "",
+            form.password.data or "",
+            actor="web:" + client_address(),  # a refusal is recorded by the service
+        )
         if user is not None:
             if verdict is not None:
                 logins.refund(services(), verdict)  # only failures add up
             start_session(WebUser.of(user))
             return redirect(safe_next(request.args.get("next")) or url_for("dashboard.servers"))
-        audit.record(
-            services(),
-            "web:" + client_address(),
-            "user.login",
-            _tried_email(),
-            audit.FAILED,
-            "wrong e-mail or password, or the account is disabled",
-        )
         add_error(form.password, "wrong e-mail or password")
         status = 401
     elif request.method == "POST":
@@ -149,7 +147,8 @@ def login() -> ResponseReturnValue:
 @login_required
 def logout() -> ResponseReturnValue:
     ActionForm()  # CSRFProtect has checked the token already
-    users.end_sessions(services(), current_user.email)  # copies of the cookie stop working too
+    with write_turn():  # copies of the cookie stop working too
+        users.end_sessions(services(), current_user.email, actor=current_user.actor)
     logout_user()
     session.clear()
     flash("You are logged out.", "ok")

@@ -22,7 +22,7 @@ from kvmvps.errors import (
     NotFound,
 )
 from kvmvps.models import User
-from kvmvps.services import Context, audit, credentials, web_support
+from kvmvps.services import Context, audit, credentials
 
 CONTEXT_KEY = "kvmvps"
 
@@ -72,7 +72,7 @@ def client_address() -> str:
 
 def actor_of(email: str) -> str:
     """The audit and job actor of a customer or operator: ``user:<email>``."""
-    return f"user:{email}"
+    return audit.user_actor(email)
 
 
 def status_for(exc: KvmvpsError) -> int:
@@ -98,14 +98,14 @@ def safe_next(target: str | None) -> str | None:
     return target if not parts.scheme and not parts.netloc else None
 
 
-@contextmanager
-def audited(actor: str, action: str, target: str) -> Iterator[None]:
-    """Write in turn (see ``web_support.write_turn``) and record the outcome in the audit log.
+WRITE_LOCK = "web-write.lock"
 
-    The audit entry never holds a secret.
-    """
+
+@contextmanager
+def write_turn() -> Iterator[None]:
+    """The website's writers take turns on SQLite (see ``Database.write_turn``)."""
     ctx = services()
-    with web_support.write_turn(ctx), audit.audited(ctx, actor, action, target):
+    with ctx.db.write_turn(ctx.settings.state_dir / WRITE_LOCK):
         yield
 
 

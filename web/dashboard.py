@@ -26,18 +26,19 @@ from flask_login import current_user
 
 from kvmvps.errors import Conflict, KvmvpsError
 from kvmvps.models import JobState, VpsState
-from kvmvps.services import actions, provisioning, quotas, views, web_support
+from kvmvps.services import actions, jobs, provisioning, quotas, views
+from kvmvps.services import vps as vps_service
 from kvmvps.services.jobs import BUILD_KINDS, JobView
 from kvmvps.services.views import PlanView, PublicImageView
 from kvmvps.services.vps import VpsView
 from web.common import (
-    audited,
     drop_password,
     keep_password,
     password_waiting,
     services,
     status_for,
     take_password,
+    write_turn,
 )
 from web.extensions import login_manager
 from web.forms import ActionForm, ConfirmForm, OrderForm, add_error, attach
@@ -81,12 +82,12 @@ def _require_login() -> ResponseReturnValue | None:
 
 
 def _own(ref: str) -> VpsView:
-    return web_support.show_vps(services(), ref, current_user.id)
+    return vps_service.show(services(), ref, current_user.id)
 
 
 def _order_choices(form: OrderForm) -> tuple[list[PlanView], list[PublicImageView]]:
     ctx = services()
-    plans, images = views.plan_views(ctx), web_support.catalogue_images(ctx)
+    plans, images = views.plan_views(ctx), views.catalogue_images(ctx)
     form.plan.choices = [(p["name"], p["name"]) for p in plans]
     form.image.choices = [(i["name"], i["name"]) for i in images]
     return plans, images
@@ -96,8 +97,8 @@ def _order_choices(form: OrderForm) -> tuple[list[PlanView], list[PublicImageVie
 @bp.get("/servers")
 def servers() -> ResponseReturnValue:
     ctx = services()
-    rows = web_support.list_vps_of(ctx, current_user.id)
-    busy = web_support.active_jobs(ctx, [r["id"] for r in rows])
+    rows = vps_service.list_vps(ctx, owner_id=current_user.id)
+    busy = jobs.active_jobs(ctx, [r["id"] for r in rows])
     quota = quotas.quota_view_by_id(ctx, current_user.id)
     return render_template(
         "dash/servers.html", servers=rows, jobs=busy, form=ActionForm(), quota=quota
@@ -108,8 +109,8 @@ def servers() -> ResponseReturnValue:
 def servers_state() -> ResponseReturnValue:
     """What the dashboard polls: each VPS's state and its running job, from the database."""
     ctx = services()
-    rows = web_support.list_vps_of(ctx, current_user.id)
-    busy = web_support.active_jobs(ctx, [r["id"] for r in rows])
+    rows = vps_service.list_vps(ctx, owner_id=current_user.id)
+    busy = jobs.active_jobs(ctx, [r["id"] for r in rows])
     return jsonify(
         {
             "servers": [
@@ -147,7 +148,7 @@ def order() -> ResponseReturnValue:
         )
     status, problem = 400, None
     if form.validate_on_submit():
-        errors = web_support.check_order(
+        errors = provisioning.check_order(
             services(),
             current_user.id,
             form.plan.data or "",
@@ -174,8 +175,8 @@ def _record(form: OrderForm) -> ResponseReturnValue:
         owner_email=current_user.email,
         ssh_keys=tuple((form.ssh_keys.data or "").splitlines()),
     )
-    with audited(current_user.actor, "vps.create", (form.hostname.data or "").strip().lower()):
-        placed = web_support.place_order(services(), req, current_user.actor)
+    with write_turn():
+        placed = provisioning.record_order(services(), req, actor=current_user.actor)
     keep_password(placed.uuid, placed.password)
     return redirect(url_for("dashboard.job", job=placed.job))
 
@@ -184,7 +185,7 @@ def _record(form: OrderForm) -> ResponseReturnValue:
 @bp.get("/servers/<id>")
 def server(id: str) -> ResponseReturnValue:
     vps = _own(id)
-    job = web_support.active_jobs(services(), [vps["id"]]).get(vps["id"])
+    job = jobs.active_jobs(services(), [vps["id"]]).get(vps["id"])
     return render_template(
         "dash/server.html",
         vps=vps,
@@ -201,17 +202,17 @@ def credentials(id: str) -> ResponseReturnValue:
     """Address, SSH details and host key; a new password exactly once."""
     ctx = services()
     vps = _own(id)
-    job = web_support.active_jobs(ctx, [vps["id"]]).get(vps["id"])
+    job = jobs.active_jobs(ctx, [vps["id"]]).get(vps["id"])
     if job is not None and password_waiting(vps["id"]):
         return redirect(url_for("dashboard.job", job=job["id"]))
-    latest = web_support.latest_job(ctx, vps["id"], current_user.id)
+    latest = jobs.latest_job(ctx, vps["id"], current_user.id)
     failed = latest if latest and latest["state"] == JobState.FAILED else None
     password = None
     if vps["state"] == VpsState.RUNNING and failed is None:
         password = take_password(vps["id"])
     elif vps["state"] == VpsState.ERROR or failed is not None:
         drop_password(vps["id"])  # never show a password that was not set
-    images = web_support.catalogue_images(ctx)
+    images = views.catalogue_images(ctx)
     image: Mapping[str, object] = next((i for i in images if i["name"] == vps["image"]), {})
     return render_template(
         "dash/credentials.html",
@@ -238,7 +239,7 @@ def action(id: str, action: str) -> ResponseReturnValue:
 def _confirm(vps: VpsView, action: str) -> ResponseReturnValue:
     """A destructive action: show what it does; go ahead once the hostname is typed."""
     form = ConfirmForm()
-    images = web_support.catalogue_images(services()) if action == "reinstall" else []
+    images = views.catalogue_images(services()) if action == "reinstall" else []
     form.image.choices = [(i["name"], i["name"]) for i in images]
     if request.method == "GET":
         form.image.data = vps["image"]
@@ -259,7 +260,7 @@ def _confirm(vps: VpsView, action: str) -> ResponseReturnValue:
 
 def _request(vps: VpsView, action: str, image: str | None) -> ResponseReturnValue:
     try:
-        with audited(current_user.actor, f"vps.{action}", vps["hostname"]):
+        with write_turn():
             asked = actions.request(
                 services(),
                 vps["id"],
@@ -288,7 +289,7 @@ def _request(vps: VpsView, action: str, image: str | None) -> ResponseReturnValu
 
 # -- jobs --------------------------------------------------------------------------
 def _own_job(ref: str) -> JobView:
-    return web_support.get_job_for(services(), ref, current_user.id, current_user.actor)
+    return jobs.get_job(services(), ref, current_user.id, current_user.actor)
 
 
 @bp.get("/jobs/<job>")

@@ -13,9 +13,9 @@ from wtforms.validators import DataRequired, EqualTo, Length, Optional, Validati
 
 from kvmvps import validation
 from kvmvps.errors import KvmvpsError
+from kvmvps.services.provisioning import MAX_NAME, MAX_SSH_KEYS_TEXT
 from kvmvps.services.suspension import MAX_REASON
 from kvmvps.services.users import MAX_PASSWORD, MIN_PASSWORD
-from kvmvps.services.web_support import MAX_NAME, MAX_SSH_KEYS_TEXT
 
 MAX_EMAIL = 254
 MAX_INVITE = 100

@@ -6,7 +6,7 @@ from flask import Blueprint, jsonify, render_template
 from flask.typing import ResponseReturnValue
 from sqlalchemy import text
 
-from kvmvps.services import views, web_support
+from kvmvps.services import views
 from web.common import services
 
 bp = Blueprint("public", __name__)
@@ -17,7 +17,7 @@ def index() -> ResponseReturnValue:
     """Front page: what can be ordered."""
     ctx = services()
     return render_template(
-        "public/index.html", plans=views.plan_views(ctx), images=web_support.catalogue_images(ctx)
+        "public/index.html", plans=views.plan_views(ctx), images=views.catalogue_images(ctx)
     )
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from kvmvps.cli.context import Obj, json_option, pass_obj, simple_command
+from kvmvps.cli.context import Obj, actor, json_option, pass_obj, simple_command
 from kvmvps.cli.output import emit_json, record, table
 from kvmvps.services import audit, hosts, tokens, users
 
@@ -60,10 +60,10 @@ def user_add(
     """Add a user; the password must be at least 10 characters."""
     if password is not None and no_password:
         raise click.UsageError("give --password or --no-password, not both")
-    users.ensure_available(obj.ctx, email)  # fail before asking for a password
+    users.ensure_available(obj.ctx, email, actor=actor())  # fail before asking for a password
     if password is None and not no_password:
         password = _ask_password()
-    user = users.add_user(obj.ctx, email, password, admin)
+    user = users.add_user(obj.ctx, email, password, admin, actor=actor())
     _emit(users.user_view(user), as_json)
 
 
@@ -80,7 +80,7 @@ def user_list(obj: Obj, as_json: bool) -> None:
 @pass_obj
 def user_disable(obj: Obj, email: str) -> None:
     """Stop a user logging in, end their sessions and revoke all their API tokens."""
-    revoked = users.disable_user(obj.ctx, email)
+    revoked = users.disable_user(obj.ctx, email, actor=actor())
     click.echo(f"user {email} disabled; {revoked} API token(s) revoked")
 
 
@@ -100,8 +100,9 @@ simple_command(
 @pass_obj
 def user_password(obj: Obj, email: str, password: str | None) -> None:
     """Set a user's password; every website session of theirs ends."""
-    users.get_user(obj.ctx, email)  # fail before asking for a password
-    users.set_password(obj.ctx, email, password if password is not None else _ask_password())
+    users.check_password_change(obj.ctx, email, actor=actor())  # fail before asking
+    new = password if password is not None else _ask_password()
+    users.set_password(obj.ctx, email, new, actor=actor())
     click.echo(f"password of {email} changed")
 
 
@@ -125,7 +126,7 @@ def token_group() -> None:
 @pass_obj
 def token_create(obj: Obj, email: str, name: str, as_json: bool) -> None:
     """Make an API token for a user and show it this once."""
-    plaintext, view = tokens.create_token(obj.ctx, email, name)
+    plaintext, view = tokens.create_token(obj.ctx, email, name, actor=actor())
     if as_json:
         emit_json({**view, "token": plaintext})
         return
@@ -147,7 +148,7 @@ def token_list(obj: Obj, email: str | None, as_json: bool) -> None:
 @pass_obj
 def token_revoke(obj: Obj, token_id: int) -> None:
     """Revoke an API token by its id (see 'token list')."""
-    view = tokens.revoke_token(obj.ctx, token_id)
+    view = tokens.revoke_token(obj.ctx, token_id, actor=actor())
     click.echo(f"token {view['id']} of {view['user']} revoked")
 
 
@@ -196,7 +197,7 @@ def host_group() -> None:
 @pass_obj
 def host_add(obj: Obj, name: str, uri: str, as_json: bool) -> None:
     """Register a host and create kvmvps's pool and networks on it."""
-    host = hosts.add_host(obj.ctx, name, uri)
+    host = hosts.add_host(obj.ctx, name, uri, actor=actor())
     view = hosts.show_host(obj.ctx, host.name)
     emit_json(view) if as_json else record(view, hosts.SHOW_KEYS)
 
@@ -231,7 +232,7 @@ def host_public_address(
     """Set the host's public IPv4 for port forwards (overrides KVMVPS_PUBLIC_ADDRESS)."""
     if clear == (address is not None):
         raise click.UsageError("give an ADDRESS or --clear")
-    view = hosts.set_public_address(obj.ctx, name, address)
+    view = hosts.set_public_address(obj.ctx, name, address, actor=actor())
     emit_json(view) if as_json else record(view, hosts.SHOW_KEYS)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from kvmvps.cli.context import Obj, json_option, pass_obj
+from kvmvps.cli.context import Obj, actor, json_option, pass_obj
 from kvmvps.cli.output import emit_json, record, table
 from kvmvps.cli.vps_cmds import vps_group
 from kvmvps.services import forwards, http_names
@@ -36,7 +36,7 @@ def forward_group() -> None:
 @pass_obj
 def forward_add(obj: Obj, ref: str, guest_port: int, protocol: str, as_json: bool) -> None:
     """Forward a new public port (kvmvps picks it) to a port of the VPS."""
-    view = forwards.add(obj.ctx, ref, guest_port, protocol)
+    view = forwards.add(obj.ctx, ref, guest_port, protocol, actor=actor())
     emit_json(view) if as_json else record(view)
 
 
@@ -61,7 +61,7 @@ def forward_list(obj: Obj, ref: str, as_json: bool) -> None:
 @pass_obj
 def forward_remove(obj: Obj, ref: str, public_port: int, protocol: str | None) -> None:
     """Remove an extra forward; its public port is released."""
-    view = forwards.remove(obj.ctx, ref, public_port, protocol)
+    view = forwards.remove(obj.ctx, ref, public_port, protocol, actor=actor())
     click.echo(f"forward {view['protocol']}/{view['public_port']} of {view['hostname']} removed")
 
 
@@ -88,7 +88,7 @@ def http_group() -> None:
 @pass_obj
 def http_add(obj: Obj, ref: str, name: str, as_json: bool) -> None:
     """Route NAME to the VPS."""
-    view = http_names.add(obj.ctx, ref, name)
+    view = http_names.add(obj.ctx, ref, name, actor=actor())
     emit_json(view) if as_json else record(view)
 
 
@@ -108,7 +108,7 @@ def http_list(obj: Obj, ref: str, as_json: bool) -> None:
 @pass_obj
 def http_remove(obj: Obj, ref: str, name: str) -> None:
     """Stop routing NAME to the VPS."""
-    view = http_names.remove(obj.ctx, ref, name)
+    view = http_names.remove(obj.ctx, ref, name, actor=actor())
     click.echo(f"name {view['name']} of {view['hostname']} removed")
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from kvmvps import limits
-from kvmvps.cli.context import Obj, json_option, pass_obj, simple_command
+from kvmvps.cli.context import Obj, actor, json_option, pass_obj, simple_command
 from kvmvps.cli.output import emit_json, record, table
 from kvmvps.services import images as image_service
 from kvmvps.services import inventory, setup, tuning, views
@@ -44,7 +44,7 @@ NETWORK_COLUMNS = (
 @pass_obj
 def init_cmd(obj: Obj, as_json: bool) -> None:
     """Prepare this machine (idempotent): state dir, database, keys, pool, network, host."""
-    report = setup.init(obj.raw_ctx)
+    report = setup.init(obj.raw_ctx, actor=actor())
     if as_json:
         emit_json(asdict(report))
     else:
@@ -71,7 +71,7 @@ def image_group() -> None:
 def image_build_tiny(obj: Obj, name: str, as_json: bool) -> None:
     """Build a tiny busybox+dropbear test image from Debian packages and register it."""
     progress = None if as_json else (lambda msg: click.echo(f"  {msg}", err=True))
-    image = image_service.build_tiny(obj.ctx, name, progress)
+    image = image_service.build_tiny(obj.ctx, name, progress, actor=actor())
     _print_images([views.image_view(image)], as_json, single=True)
 
 
@@ -82,7 +82,7 @@ def image_build_tiny(obj: Obj, name: str, as_json: bool) -> None:
 def image_build_debian(obj: Obj, name: str, as_json: bool) -> None:
     """Build a Debian 12 image (systemd, OpenSSH, cloud-init) with debootstrap."""
     progress = None if as_json else (lambda msg: click.echo(f"  {msg}", err=True))
-    image = image_service.build_debian(obj.ctx, name, progress)
+    image = image_service.build_debian(obj.ctx, name, progress, actor=actor())
     _print_images([views.image_view(image)], as_json, single=True)
 
 
@@ -141,6 +141,7 @@ def image_add(
         login_user=login_user,
         cloud_init=cloud_init,
         credentials=not no_credentials,
+        actor=actor(),
     )
     _print_images([views.image_view(image)], as_json, single=True)
 
@@ -253,6 +254,7 @@ def plan_add(
         price_cents,
         extra_forwards,
         resource_limits=_limits_given(limit_texts),
+        actor=actor(),
     )
     view = views.plan_admin_view(plan, network)
     emit_json(view) if as_json else record(_plan_row(view))
@@ -265,7 +267,7 @@ def plan_add(
 @pass_obj
 def plan_edit(obj: Obj, name: str, as_json: bool, **limit_texts: str | None) -> None:
     """Change a plan's resource limits; its VPSes take them at once (live if running)."""
-    view = tuning.edit_plan(obj.ctx, name, _limits_given(limit_texts))
+    view = tuning.edit_plan(obj.ctx, name, _limits_given(limit_texts), actor=actor())
     emit_json(view) if as_json else record(_plan_row(view))
 
 
@@ -345,6 +347,7 @@ def network_add(
         pool_start=pool_start,
         pool_end=pool_end,
         allow_guest_traffic=allow_guest_traffic,
+        actor=actor(),
     )
     view = views.network_view(net)
     emit_json(view) if as_json else record(view)

@@ -7,7 +7,6 @@ import os
 import sys
 import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import click
@@ -23,7 +22,7 @@ from kvmvps.cli import (
     vps_cmds,
     vps_extra_cmds,
 )
-from kvmvps.cli.context import Obj
+from kvmvps.cli.context import COMMAND_KEY, Obj, actor
 from kvmvps.cli.output import say
 from kvmvps.db import schema_is_current
 from kvmvps.errors import KvmvpsError
@@ -32,81 +31,18 @@ from kvmvps.services import audit
 log = logging.getLogger(__name__)
 
 # -- auditing -----------------------------------------------------------------
-# Every command is audited except these read-only ones (dotted command paths).
-READ_ONLY = frozenset(
-    {
-        "audit",
-        "host.list",
-        "host.show",
-        "image.list",
-        "jobs.list",
-        "jobs.show",
-        "network.list",
-        "plan.list",
-        "token.list",
-        "user.list",
-        "vps.console",
-        "vps.list",
-        "vps.show",
-        "vps.xml",
-        "vps.forward.list",
-        "vps.http.list",
-        "worker",  # a long-running process, not a change; its jobs carry their own actors
-        "serve",  # likewise: the website audits its own actions
-        "service.status",
-        "service.supervise",  # the process a service runs, not a change
-    }
-)
-# ...and these, unless the named flag is given.
-READ_ONLY_UNLESS = {"reconcile": "fix"}
-# Parameters never recorded, whatever they hold.
+# Every state-changing service call records its own audit entry, with the
+# actor the CLI passes (os:<user>). The CLI records only what the services
+# never see: a command that a service audits, refused before the call (a
+# usage error, a declined confirmation).
 SECRET_PARAMS = frozenset({"password", "token", "secret"})
 TARGET_OPTIONS = ("hostname", "name")
-HELP_OPTIONS = ("-h", "--help")
-_ARGS_KEY = "kvmvps.argv"
 EXIT_BROKEN_PIPE = 141  # what a shell reports for a command killed by SIGPIPE
 
 
-@dataclass(frozen=True)
-class Invocation:
-    action: str
-    target: str
-
-
-def describe(root: click.Group, ctx: click.Context, args: list[str]) -> Invocation | None:
-    """What a command line does, for the audit log; None when it changes nothing."""
-    path: list[str] = []
-    cmd: click.Command = root
-    rest = list(args)
-    while isinstance(cmd, click.Group):
-        sub = cmd.get_command(ctx, rest[0]) if rest and not rest[0].startswith("-") else None
-        if sub is None:
-            return None  # no command, or a usage error click reports itself
-        path.append(rest.pop(0))
-        cmd = sub
-    own_args = rest[: rest.index("--")] if "--" in rest else rest
-    action = ".".join(path)
-    if action in READ_ONLY or any(a in HELP_OPTIONS for a in own_args):
-        return None
-    params = _parse_quietly(cmd, path[-1], rest, ctx)
-    flag = READ_ONLY_UNLESS.get(action)
-    if flag is not None and not params.get(flag):
-        return None
-    return Invocation(action=action, target=_target(cmd, params))
-
-
-def _parse_quietly(cmd: click.Command, name: str, args: list[str], parent: click.Context) -> dict:
-    """The command's parameters, parsed without prompts, callbacks or errors."""
-    try:
-        with cmd.make_context(name, list(args), parent=parent, resilient_parsing=True) as sub:
-            return dict(sub.params)
-    except Exception:  # noqa: BLE001 - the real invocation reports bad usage
-        return {}
-
-
-def _target(cmd: click.Command, params: dict) -> str:
+def _target(cmd: click.Command, params: dict[str, Any]) -> str:
     """The first positional argument, else the --hostname or --name value."""
-    names = [p.name for p in cmd.params if isinstance(p, click.Argument)][:1]
+    names = [p.name for p in cmd.params if isinstance(p, click.Argument) and p.name][:1]
     names += [n for n in TARGET_OPTIONS if n not in names]
     for name in names:
         value = params.get(name)
@@ -116,73 +52,47 @@ def _target(cmd: click.Command, params: dict) -> str:
     return ""
 
 
-def record_invocation(
-    root: click.Group, ctx: click.Context, result: str, detail: str | None = None
-) -> None:
-    """Audit the command that just ran; skipped silently before 'init' made the database."""
-    args = ctx.meta.pop(_ARGS_KEY, None)
-    obj = ctx.find_object(Obj)
-    if args is None or obj is None:
+def record_refusal(root: click.Context, command: click.Context | None, detail: str) -> None:
+    """Audit a refused command (if a service audits it); skipped before 'init' made the database."""
+    command = command or root.meta.get(COMMAND_KEY)
+    obj = root.find_object(Obj)
+    if command is None or obj is None:
+        return
+    action = ".".join(command.command_path.split()[1:])
+    if action not in audit.ACTIONS:
         return
     try:
-        invocation = describe(root, ctx, args)
-        if invocation is None:
-            return
         services = obj.raw_ctx
-        if not schema_is_current(services.db):
-            return
-        audit.record(
-            services, audit.os_actor(), invocation.action, invocation.target, result, detail
-        )
+        if schema_is_current(services.db):
+            target = _target(command.command, command.params)
+            audit.record_refusal(services, actor(), action, target, detail)
     except KvmvpsError:
         return  # e.g. unreadable settings: the command has reported that already
-    except Exception as exc:  # noqa: BLE001 - auditing must not turn success into failure
+    except Exception as exc:  # noqa: BLE001 - auditing must not turn one failure into another
         log.warning("could not write the audit entry: %s", audit.error_message(exc))
 
 
 class AdminGroup(click.Group):
-    """Turns every failure into one line on stderr and a meaningful exit code.
-
-    It also writes the audit entry of every command that may change state.
-    """
-
-    def resolve_command(
-        self, ctx: click.Context, args: list[str]
-    ) -> tuple[str | None, click.Command | None, list[str]]:
-        ctx.meta[_ARGS_KEY] = list(args)
-        return super().resolve_command(ctx, args)
+    """Turns every failure into one line on stderr and a meaningful exit code."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            value = super().invoke(ctx)
+            return super().invoke(ctx)
         except KvmvpsError as exc:
-            record_invocation(self, ctx, audit.FAILED, str(exc))
             self._fail(ctx, str(exc), exc.exit_code)
         except BrokenPipeError:
-            record_invocation(self, ctx, audit.OK)  # the work is done; only its output was cut
-            raise
-        except click.exceptions.Exit as exc:
-            ok = exc.exit_code == 0
-            record_invocation(
-                self,
-                ctx,
-                audit.OK if ok else audit.FAILED,
-                None if ok else f"exit status {exc.exit_code}",
-            )
-            raise
+            raise  # the work is done (and audited by its service); only its output was cut
+        except click.exceptions.Exit:
+            raise  # --help, or a command's own exit status
         except click.Abort:
-            record_invocation(self, ctx, audit.FAILED, "aborted")
+            record_refusal(ctx, None, "aborted")
             raise
         except click.ClickException as exc:
-            record_invocation(self, ctx, audit.FAILED, exc.format_message())
+            record_refusal(ctx, getattr(exc, "ctx", None), exc.format_message())
             raise
         except Exception as exc:  # noqa: BLE001 - never show a traceback unasked
-            message = f"internal error: {type(exc).__name__}: {exc}"
-            record_invocation(self, ctx, audit.FAILED, message)
-            self._fail(ctx, message, 1)
-        else:
-            record_invocation(self, ctx, audit.OK)
-            return value
+            self._fail(ctx, f"internal error: {type(exc).__name__}: {exc}", 1)
+        return None
 
     def main(
         self,

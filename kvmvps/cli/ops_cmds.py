@@ -7,7 +7,7 @@ import logging
 import click
 
 from kvmvps import logs
-from kvmvps.cli.context import Obj, json_option, pass_obj
+from kvmvps.cli.context import Obj, actor, json_option, pass_obj
 from kvmvps.cli.output import emit_json, record, table
 from kvmvps.models import JobState
 from kvmvps.services import jobs, reconcile
@@ -85,7 +85,7 @@ def reconcile_cmd(obj: Obj, fix: bool, as_json: bool) -> None:
     Domains, volumes and DHCP entries that carry kvmvps's prefix but belong to
     no VPS are reported, and removed with --fix.
     """
-    report = reconcile.run(obj.ctx, fix=fix)
+    report = reconcile.run(obj.ctx, fix=fix, actor=actor())
     if as_json:
         emit_json(reconcile.report_dict(report))
         return

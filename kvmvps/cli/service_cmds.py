@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import click
 
-from kvmvps.cli.context import Obj, json_option, pass_obj
+from kvmvps.cli.context import Obj, actor, json_option, pass_obj
 from kvmvps.cli.output import emit_json, job_progress, table
 from kvmvps.services import daemons, demo, setup
 from kvmvps.services import vps as vps_service
-from kvmvps.services.audit import os_actor
 
 STATUS_COLUMNS = ("name", "manager", "running", "pid", "uptime", "log", "url")
 names_argument = click.argument("names", nargs=-1, type=click.Choice(daemons.NAMES))
@@ -51,7 +50,7 @@ def _show(statuses: list[daemons.Status], as_json: bool) -> None:
 @pass_obj
 def service_start(obj: Obj, names: tuple[str, ...], as_json: bool) -> None:
     """Start the worker and the website (or the ones named) unless they run already."""
-    _show([daemons.start(obj.ctx, name) for name in names or daemons.NAMES], as_json)
+    _show(daemons.start_all(obj.ctx, names, actor=actor()), as_json)
 
 
 @service_group.command("status")
@@ -76,7 +75,7 @@ def service_status(obj: Obj, names: tuple[str, ...], as_json: bool) -> None:
 @pass_obj
 def service_stop(obj: Obj, names: tuple[str, ...], timeout: float, as_json: bool) -> None:
     """Stop the services (SIGTERM: the worker finishes its current step first)."""
-    _show([daemons.stop(obj.ctx, name, timeout) for name in names or daemons.NAMES], as_json)
+    _show(daemons.stop_all(obj.ctx, names, timeout, actor=actor()), as_json)
 
 
 @service_group.command("supervise", hidden=True)
@@ -103,10 +102,9 @@ def demo_cmd(obj: Obj, operator: str) -> None:
     click.echo("==> the tiny image and the demo plan", err=True)
     demo.ensure_catalogue(ctx)
     click.echo("==> starting the worker and the website", err=True)
-    for name in daemons.NAMES:
-        daemons.start(ctx, name)
+    daemons.start_all(ctx, actor=actor())
     op_password = demo.ensure_operator(ctx, operator)
-    made = demo.ensure_vps(ctx, os_actor())
+    made = demo.ensure_vps(ctx, actor())
     click.echo(f"==> {'reusing' if made.reused else 'building'} VPS {demo.HOSTNAME}", err=True)
     with job_progress() as progress:
         demo.wait(ctx, made, progress)

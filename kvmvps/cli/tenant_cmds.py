@@ -8,12 +8,11 @@ from typing import Any
 import click
 
 from kvmvps.cli.admin_cmds import user_group
-from kvmvps.cli.context import Obj, json_option, pass_obj
+from kvmvps.cli.context import Obj, actor, json_option, pass_obj
 from kvmvps.cli.output import emit_json, record
 from kvmvps.cli.vps_cmds import SHOW_KEYS, vps_group
 from kvmvps.services import quotas, signup, suspension
 from kvmvps.services import vps as vps_service
-from kvmvps.services.audit import os_actor
 from kvmvps.services.runner import run_or_follow
 
 QUOTA_OPTIONS = (
@@ -31,7 +30,7 @@ QUOTA_OPTIONS = (
 @pass_obj
 def vps_suspend(obj: Obj, ref: str, reason: str, as_json: bool) -> None:
     """Suspend a VPS: it is paused, and its customer can change nothing until you lift it."""
-    shown = suspension.suspend(obj.ctx, ref, reason, os_actor())
+    shown = suspension.suspend(obj.ctx, ref, reason, actor())
     run_or_follow(obj.ctx, shown["job"])
     _print(vps_service.show(obj.ctx, shown["id"]), as_json)
 
@@ -42,7 +41,7 @@ def vps_suspend(obj: Obj, ref: str, reason: str, as_json: bool) -> None:
 @pass_obj
 def vps_unsuspend(obj: Obj, ref: str, as_json: bool) -> None:
     """Lift a suspension: a paused VPS resumes, a stopped one stays stopped."""
-    shown = suspension.unsuspend(obj.ctx, ref, os_actor())
+    shown = suspension.unsuspend(obj.ctx, ref, actor())
     if shown["job"]:
         run_or_follow(obj.ctx, shown["job"])
     _print(vps_service.show(obj.ctx, shown["id"]), as_json)
@@ -73,7 +72,7 @@ def user_quota(obj: Obj, email: str, as_json: bool, **given: str | None) -> None
         key: value for key, value in given.items() if value is not None
     }
     if changes:
-        view = quotas.set_quota(obj.ctx, email, changes, os_actor())
+        view = quotas.set_quota(obj.ctx, email, changes, actor())
     else:
         view = quotas.quota_view(obj.ctx, email)
     if as_json:
@@ -93,7 +92,7 @@ def user_quota(obj: Obj, email: str, as_json: bool, **given: str | None) -> None
 @pass_obj
 def user_invite(obj: Obj, email: str | None, days: int | None, as_json: bool) -> None:
     """Make a single-use sign-up code (for KVMVPS_SIGNUP=invite); it is shown once."""
-    code, view = signup.invite(obj.ctx, os_actor(), email, days)
+    code, view = signup.invite(obj.ctx, actor(), email, days)
     if as_json:
         emit_json({**view, "code": code})
         return

@@ -8,11 +8,10 @@ from pathlib import Path
 import click
 
 from kvmvps import validation
-from kvmvps.cli.context import Obj, json_option, pass_obj
+from kvmvps.cli.context import Obj, actor, json_option, pass_obj
 from kvmvps.cli.output import emit_json, job_progress, record, table
 from kvmvps.services import Context, actions, expiry, jobs, provisioning
 from kvmvps.services import vps as vps_service
-from kvmvps.services.audit import os_actor
 from kvmvps.services.runner import run_or_follow
 from kvmvps.services.vps import VpsView
 
@@ -93,7 +92,7 @@ def vps_create(
         ssh_keys=tuple(keys),
         ttl_seconds=validation.duration(ttl) if ttl else None,
     )
-    order = provisioning.record_order(obj.ctx, req, actor=os_actor())
+    order = provisioning.record_order(obj.ctx, req, actor=actor())
     if wait:
         follow(obj.ctx, order.job, quiet or as_json)
     view = {**vps_service.show(obj.ctx, order.uuid), "job": order.job}
@@ -125,7 +124,7 @@ def _print_with_password(view: Mapping[str, object], password: str | None, as_js
 @pass_obj
 def vps_password_reset(obj: Obj, ref: str, as_json: bool) -> None:
     """Set a new random password on a running VPS and show it once."""
-    req = actions.request(obj.ctx, ref, "password_reset", actor=os_actor())
+    req = actions.request(obj.ctx, ref, "password_reset", actor=actor())
     follow(obj.ctx, req.job, as_json)
     _print_with_password(vps_service.show(obj.ctx, req.vps), req.password, as_json)
 
@@ -144,7 +143,7 @@ def vps_reinstall(
     shown = vps_service.show(obj.ctx, ref)
     if not yes:
         click.confirm(f"Erase the disk of {shown['hostname']} ({shown['id'][:8]})?", abort=True)
-    req = actions.request(obj.ctx, shown["id"], "reinstall", actor=os_actor(), image=image)
+    req = actions.request(obj.ctx, shown["id"], "reinstall", actor=actor(), image=image)
     follow(obj.ctx, req.job, quiet or as_json)
     _print_with_password(vps_service.show(obj.ctx, req.vps), req.password, as_json)
 
@@ -193,14 +192,14 @@ def vps_delete(obj: Obj, ref: str | None, yes: bool, all_expired: bool) -> None:
     if all_expired == bool(ref):
         raise click.UsageError("name one VPS, or give --all-expired")
     if not ref:
-        for job in expiry.delete_expired(obj.ctx, actor=os_actor()):
+        for job in expiry.delete_expired(obj.ctx, actor=actor()):
             follow(obj.ctx, job)
             click.echo(f"deleted expired VPS ({jobs.get_job(obj.ctx, job)['vps']})")
         return
     shown = vps_service.show(obj.ctx, ref)
     if not yes:
         click.confirm(f"Delete {shown['hostname']} ({shown['id'][:8]})?", abort=True)
-    req = actions.request(obj.ctx, shown["id"], "delete", actor=os_actor())
+    req = actions.request(obj.ctx, shown["id"], "delete", actor=actor())
     follow(obj.ctx, req.job)
     click.echo(f"deleted {shown['hostname']} ({shown['id']})")
 
@@ -211,7 +210,7 @@ def _power_command(name: str, action: str, help_text: str) -> click.Command:
     @json_option
     @pass_obj
     def command(obj: Obj, ref: str, as_json: bool) -> None:
-        req = actions.request(obj.ctx, ref, action, actor=os_actor())
+        req = actions.request(obj.ctx, ref, action, actor=actor())
         follow(obj.ctx, req.job, as_json)
         _print_one(vps_service.show(obj.ctx, req.vps), as_json)
 
@@ -241,7 +240,7 @@ _power_command("resume", "resume", "Resume a paused VPS.")
 @pass_obj
 def vps_shutdown(obj: Obj, ref: str, timeout: float, force: bool, as_json: bool) -> None:
     """Shut a VPS down gracefully (ACPI power button)."""
-    req = actions.request(obj.ctx, ref, "shutdown", actor=os_actor(), timeout=timeout, force=force)
+    req = actions.request(obj.ctx, ref, "shutdown", actor=actor(), timeout=timeout, force=force)
     follow(obj.ctx, req.job, as_json)
     _print_one(vps_service.show(obj.ctx, req.vps), as_json)
 

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from kvmvps.cli.context import Obj, json_option, pass_obj
+from kvmvps.cli.context import Obj, actor, json_option, pass_obj
 from kvmvps.cli.output import emit_json, escape, record
 from kvmvps.cli.vps_cmds import vps_group
 from kvmvps.errors import KvmvpsError
@@ -59,7 +59,7 @@ def vps_resize(obj: Obj, ref: str, plan: str, as_json: bool) -> None:
       kvmvps-admin vps resize web1 --plan medium
       kvmvps-admin vps start web1
     """
-    view = vps_extra.resize(obj.ctx, ref, plan)
+    view = vps_extra.resize(obj.ctx, ref, plan, actor=actor())
     emit_json(view) if as_json else record(view, VIEW_KEYS)
 
 

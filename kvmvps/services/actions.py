@@ -22,9 +22,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from kvmvps import guest, validation
-from kvmvps.errors import Conflict, InvalidInput
+from kvmvps.errors import Conflict, Forbidden, InvalidInput
 from kvmvps.models import Image, Job, JobState, Vps, VpsState
-from kvmvps.services import Context, credentials, guard, inventory, jobs
+from kvmvps.services import Context, audit, credentials, guard, inventory, jobs
 from kvmvps.services.vps import resolve
 
 S = VpsState
@@ -45,6 +45,7 @@ ACTIONS = tuple(ALLOWED)
 SETS_PASSWORD = ("reinstall", "password_reset")
 HOLDS_PASSWORD = ("create", "reinstall", "password_reset")
 OPERATOR_TIMEOUT_MAX = 3600.0
+OPERATOR_ONLY = ("suspend", "resume")  # not for customers (an owner_id is given)
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ def request(
     ref: str,
     action: str,
     *,
-    actor: str = "",
+    actor: str | None = None,
     owner_id: int | None = None,
     image: str | None = None,
     timeout: float = 60.0,
@@ -72,7 +73,37 @@ def request(
     ``owner_id`` scopes the request to one customer's VPSes and applies the
     customer's limits (one pending action per VPS, the shutdown cap); None is
     an operator's request. A suspended VPS refuses it (see :mod:`guard`).
+    Recorded in the audit log as ``vps.<action>`` of ``actor`` (``password_reset``
+    as ``vps.password-reset``), refusals too.
     """
+    name = audit_action(action) if action in ALLOWED else "vps.action"
+    with audit.audited(ctx, actor, name, ref) as entry:
+        return _request(ctx, ref, action, entry, actor or "", owner_id, image, timeout, force)
+
+
+# actions whose CLI command has another name ("vps suspend" is an operator's suspension)
+COMMAND_NAMES = {"suspend": "pause"}
+
+
+def audit_action(action: str) -> str:
+    """The audit log's name of an action: the CLI's command path (``vps.pause`` for suspend)."""
+    return "vps." + COMMAND_NAMES.get(action, action).replace("_", "-")
+
+
+audit.declare(*(audit_action(a) for a in ACTIONS))
+
+
+def _request(
+    ctx: Context,
+    ref: str,
+    action: str,
+    entry: audit.Entry,
+    actor: str,
+    owner_id: int | None,
+    image: str | None,
+    timeout: float,
+    force: bool,
+) -> Requested:
     customer = owner_id is not None
     if action not in ALLOWED:
         raise InvalidInput(f"unknown action {action!r}; one of {', '.join(ACTIONS)}")
@@ -80,7 +111,10 @@ def request(
     timeout = validation.seconds(timeout, "timeout", limit)
     with ctx.db.session() as s:
         vps = _locked(s, resolve(s, ref, owner_id))
-        guard.check_action(vps, action, operator=owner_id is None)
+        entry.target = vps.hostname
+        if customer and action in OPERATOR_ONLY:
+            raise Forbidden(f"{action} is for operators")
+        guard.check_action(vps, action, operator=not customer)
         if vps.state not in ALLOWED[action]:
             raise Conflict(f"cannot {action.replace('_', ' ')} {vps.hostname}: it is {vps.state}")
         _refuse_if_pending(s, vps, action, customer)

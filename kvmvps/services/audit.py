@@ -6,13 +6,16 @@ failure, the error's one-line message.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import os
 import pwd
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TypedDict
+from typing import ParamSpec, TypedDict, TypeVar
 
 from sqlalchemy import select
 
@@ -22,6 +25,8 @@ from kvmvps.models import AuditEntry
 from kvmvps.services import Context
 
 log = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
 
 OK = "ok"
 FAILED = "failed"
@@ -134,12 +139,88 @@ def _record_quietly(
         log.error("could not write the audit entry for %s: %s", action, error_message(exc))
 
 
+# -- the one audit path: state-changing service calls record themselves ----------
+ACTIONS: set[str] = set()
+"""Every action a service records (the CLI's command paths: ``plan.add``, ``vps.delete``...)."""
+
+
+def declare(*actions: str) -> None:
+    """Name actions a service records with :func:`audited` (see :func:`record_refusal`)."""
+    ACTIONS.update(actions)
+
+
+def user_actor(email: str) -> str:
+    """The actor of a customer or operator on the website or the API: ``user:<email>``."""
+    return f"user:{email}"
+
+
+@dataclass
+class Entry:
+    """The entry being recorded; a service may name its target once it knows it."""
+
+    target: str
+
+
 @contextmanager
-def audited(ctx: Context, actor: str, action: str, target: str) -> Iterator[None]:
-    """Record the block's outcome: ``ok``, or ``failed`` with the error's message."""
+def audited(ctx: Context, actor: str | None, action: str, target: str) -> Iterator[Entry]:
+    """Record the block's outcome: ``ok``, or ``failed`` with the error's message.
+
+    ``actor`` None is an internal call (a job step, a test fixture, another
+    service): nothing is recorded. Front ends always pass their actor.
+    """
+    entry = Entry(target)
+    if actor is None:
+        yield entry
+        return
+    try:
+        yield entry
+    except Exception as exc:
+        _record_quietly(ctx, actor, action, entry.target, FAILED, error_message(exc))
+        raise
+    _record_quietly(ctx, actor, action, entry.target, OK)
+
+
+@contextmanager
+def refusals(ctx: Context, actor: str | None, action: str, target: str) -> Iterator[None]:
+    """Record a refusal in the block as ``failed``; success records nothing (a pre-check)."""
     try:
         yield
     except Exception as exc:
-        _record_quietly(ctx, actor, action, target, FAILED, error_message(exc))
+        if actor is not None:
+            _record_quietly(ctx, actor, action, target, FAILED, error_message(exc))
         raise
-    _record_quietly(ctx, actor, action, target, OK)
+
+
+def audits(action: str, target: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Make a service function record ``action`` with its ``actor`` argument.
+
+    The function takes ``ctx`` and ``actor`` (None: not recorded); the entry's
+    target is the value of its parameter named ``target``.
+    """
+    declare(action)
+
+    def wrap(fn: Callable[P, R]) -> Callable[P, R]:
+        signature = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def call(*args: P.args, **kwargs: P.kwargs) -> R:
+            bound = signature.bind(*args, **kwargs).arguments
+            value = bound.get(target)
+            shown = " ".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+            with audited(bound["ctx"], bound.get("actor"), action, str(shown or "")):
+                return fn(*args, **kwargs)
+
+        return call
+
+    return wrap
+
+
+def record_refusal(ctx: Context, actor: str, action: str, target: str, detail: str) -> bool:
+    """Record a front end's refusal of a service action before the call (bad usage, "no").
+
+    Only actions a service records count (see :data:`ACTIONS`); True when recorded.
+    """
+    if action not in ACTIONS:
+        return False
+    _record_quietly(ctx, actor, action, target, FAILED, detail)
+    return True

@@ -27,7 +27,7 @@ from typing import Any
 
 from kvmvps.config import Settings, as_env
 from kvmvps.errors import InvalidInput, KvmvpsError
-from kvmvps.services import Context, jobs
+from kvmvps.services import Context, audit, jobs
 
 NAMES = ("worker", "web")
 SYSTEMD_DIR = Path("/etc/systemd/system")
@@ -326,3 +326,23 @@ def stop(ctx: Context, name: str, timeout: float = STOP_TIMEOUT) -> Status:
         _systemctl("disable", "--now", unit(name))
         return _systemd_status(ctx.settings, name)
     return _process_stop(ctx.settings, name, timeout)
+
+
+@audit.audits("service.start", target="names")
+def start_all(
+    ctx: Context, names: tuple[str, ...] = (), *, actor: str | None = None
+) -> list[Status]:
+    """Start the services named (all for none): one audit entry of ``actor`` for the lot."""
+    return [start(ctx, name) for name in names or NAMES]
+
+
+@audit.audits("service.stop", target="names")
+def stop_all(
+    ctx: Context,
+    names: tuple[str, ...] = (),
+    timeout: float = STOP_TIMEOUT,
+    *,
+    actor: str | None = None,
+) -> list[Status]:
+    """Stop the services named (all for none): one audit entry of ``actor`` for the lot."""
+    return [stop(ctx, name, timeout) for name in names or NAMES]

@@ -58,3 +58,8 @@ def plain(error: str | None, kind: str | None = None) -> str | None:
         sentence = KIND_SENTENCES.get(kind or "", GENERIC)
     rolled_back = "rolled back" in error
     return f"{sentence[0].upper()}{sentence[1:]}. {ROLLED_BACK if rolled_back else FOLLOW_UP}"
+
+
+def for_owner(error: str | None, owner_id: int | None, kind: str | None = None) -> str | None:
+    """An error as a view's reader sees it: plain words for an owner, whole for operators."""
+    return plain(error, kind) if owner_id is not None and error else error

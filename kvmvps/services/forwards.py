@@ -33,7 +33,7 @@ from kvmvps.errors import (
     NotFound,
 )
 from kvmvps.models import Forward, Host, HttpName, Network, Vps, VpsState
-from kvmvps.services import Context, guard, host_edge, http_names
+from kvmvps.services import Context, audit, guard, host_edge, http_names
 from kvmvps.services.vps import resolve
 
 log = logging.getLogger(__name__)
@@ -187,8 +187,15 @@ def protocol(value: str) -> str:
     return proto
 
 
+@audit.audits("vps.forward.add", target="ref")
 def add(
-    ctx: Context, ref: str, port: int, proto: str = "tcp", owner_id: int | None = None
+    ctx: Context,
+    ref: str,
+    port: int,
+    proto: str = "tcp",
+    owner_id: int | None = None,
+    *,
+    actor: str | None = None,
 ) -> ForwardView:
     """Forward a new public port to ``port`` of the VPS; the rules are in place on return.
 
@@ -245,8 +252,15 @@ def list_forwards(ctx: Context, ref: str, owner_id: int | None = None) -> list[F
         return [forward_view(f, vps) for f in vps.forwards]
 
 
+@audit.audits("vps.forward.remove", target="ref")
 def remove(
-    ctx: Context, ref: str, public_port: int, proto: str | None = None, owner_id: int | None = None
+    ctx: Context,
+    ref: str,
+    public_port: int,
+    proto: str | None = None,
+    owner_id: int | None = None,
+    *,
+    actor: str | None = None,
 ) -> ForwardView:
     """Release one extra forward of the VPS and remove its rules."""
     with ctx.db.session() as s:

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from kvmvps import validation
 from kvmvps.errors import Conflict, InvalidInput
 from kvmvps.models import Host, Job, JobState, Vps
-from kvmvps.services import Context, forwards, http_names, placement, setup, views
+from kvmvps.services import Context, audit, forwards, http_names, placement, setup, views
 from kvmvps.services.audit import iso
 from kvmvps.services.inventory import get_by_name
 
@@ -50,22 +50,24 @@ def _refuse_duplicate(session: Session, name: str, uri: str) -> None:
             raise Conflict(f"host {other.name!r} already has the {what} {value!r}")
 
 
-def add_host(ctx: Context, name: str, uri: str) -> Host:
+@audit.audits("host.add", target="name")
+def add_host(ctx: Context, name: str, uri: str, *, actor: str | None = None) -> Host:
     """Register a host: read its CPUs and memory, create the pool and every network there.
 
     An unreachable host raises :class:`HypervisorUnavailable` and nothing is recorded.
     """
     name = validation.object_name(name, "host name")
     uri = libvirt_uri(uri)
-    with ctx.db.session() as s:
+    with ctx.db.reading() as s:
         _refuse_duplicate(s, name, uri)
+        prep = setup.host_prep(s, uri)
     info = ctx.hypervisor(uri).host_info()
+    setup.prepare_host(ctx, prep)
     with ctx.db.session() as s:
         _refuse_duplicate(s, name, uri)
         host = Host(name=name, uri=uri, cpus=info.cpus, memory_mib=info.memory_mib, enabled=True)
         s.add(host)
         s.flush()
-        setup.prepare_host(ctx, s, host)
         return host
 
 
@@ -90,24 +92,35 @@ def _vps_count(session: Session, host: Host) -> int:
     return count or 0
 
 
+def _capacity_view(ctx: Context, session: Session, host: Host) -> HostDetail:
+    """A host with what it carries against what it has (``SHOW_KEYS``)."""
+    st = ctx.settings
+    cap = placement.capacity(session, host, st.cpu_overcommit, st.host_memory_reserve_mib)
+    return {
+        **views.host_view(host),
+        "vcpus_pinned": cap.vcpus_pinned,
+        "vcpu_limit": cap.vcpu_limit,
+        "memory_committed_mib": cap.memory_committed_mib,
+        "memory_limit_mib": cap.memory_limit_mib,
+        "vps_count": _vps_count(session, host),
+        "created_at": iso(host.created_at),
+    }
+
+
 def show_host(ctx: Context, name: str) -> HostDetail:
     """A host with what it carries against what it has."""
-    st = ctx.settings
-    with ctx.db.session() as s:
-        host = get_by_name(s, Host, name, "host")
-        cap = placement.capacity(s, host, st.cpu_overcommit, st.host_memory_reserve_mib)
-        return {
-            **views.host_view(host),
-            "vcpus_pinned": cap.vcpus_pinned,
-            "vcpu_limit": cap.vcpu_limit,
-            "memory_committed_mib": cap.memory_committed_mib,
-            "memory_limit_mib": cap.memory_limit_mib,
-            "vps_count": _vps_count(s, host),
-            "created_at": iso(host.created_at),
-        }
+    with ctx.db.reading() as s:
+        return _capacity_view(ctx, s, get_by_name(s, Host, name, "host"))
 
 
-def remove_host(ctx: Context, name: str) -> None:
+def host_capacities(ctx: Context) -> list[HostDetail]:
+    """Every host, by name, as :func:`show_host` shows it."""
+    with ctx.db.reading() as s:
+        return [_capacity_view(ctx, s, h) for h in s.scalars(select(Host).order_by(Host.name))]
+
+
+@audit.audits("host.remove", target="name")
+def remove_host(ctx: Context, name: str, *, actor: str | None = None) -> None:
     """Forget a host that carries no VPS; nothing on the host itself is touched."""
     with ctx.db.session() as s:
         host = get_by_name(s, Host, name, "host")
@@ -125,7 +138,10 @@ def remove_host(ctx: Context, name: str) -> None:
         s.delete(host)
 
 
-def set_public_address(ctx: Context, name: str, address: str | None) -> HostDetail:
+@audit.audits("host.public-address", target="name")
+def set_public_address(
+    ctx: Context, name: str, address: str | None, *, actor: str | None = None
+) -> HostDetail:
     """Set (None: clear) the host's own public IPv4 for port forwards and HTTP names.
 
     Forwards already held move to the new address at the next rule update.
@@ -144,7 +160,8 @@ def set_public_address(ctx: Context, name: str, address: str | None) -> HostDeta
     return show_host(ctx, name)
 
 
-def disable_host(ctx: Context, name: str) -> views.HostView:
+@audit.audits("host.disable", target="name")
+def disable_host(ctx: Context, name: str, *, actor: str | None = None) -> views.HostView:
     """Place no new VPSes on the host; those it carries keep running."""
     with ctx.db.session() as s:
         host = get_by_name(s, Host, name, "host")
@@ -152,10 +169,13 @@ def disable_host(ctx: Context, name: str) -> views.HostView:
         return views.host_view(host)
 
 
-def enable_host(ctx: Context, name: str) -> views.HostView:
+@audit.audits("host.enable", target="name")
+def enable_host(ctx: Context, name: str, *, actor: str | None = None) -> views.HostView:
     """Put the host back in service, after making sure its pool and networks exist."""
+    with ctx.db.reading() as s:
+        prep = setup.host_prep(s, get_by_name(s, Host, name, "host").uri)
+    setup.prepare_host(ctx, prep)
     with ctx.db.session() as s:
         host = get_by_name(s, Host, name, "host")
-        setup.prepare_host(ctx, s, host)
         host.enabled = True
         return views.host_view(host)

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from kvmvps import proxy, validation
 from kvmvps.errors import Conflict, InvalidInput, NotFound
 from kvmvps.models import Host, HttpName, Network, Vps
-from kvmvps.services import Context, guard, host_edge
+from kvmvps.services import Context, audit, guard, host_edge
 from kvmvps.services.vps import resolve
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,10 @@ def name_view(row: HttpName, vps: Vps) -> NameView:
     }
 
 
-def add(ctx: Context, ref: str, name: str, owner_id: int | None = None) -> NameView:
+@audit.audits("vps.http.add", target="ref")
+def add(
+    ctx: Context, ref: str, name: str, owner_id: int | None = None, *, actor: str | None = None
+) -> NameView:
     """Route ``name`` to the VPS; the proxy serves it on return.
 
     A name that is taken, or a proxy that refuses the new configuration,
@@ -114,7 +117,10 @@ def list_names(ctx: Context, ref: str, owner_id: int | None = None) -> list[Name
         return [name_view(r, vps) for r in rows]
 
 
-def remove(ctx: Context, ref: str, name: str, owner_id: int | None = None) -> NameView:
+@audit.audits("vps.http.remove", target="ref")
+def remove(
+    ctx: Context, ref: str, name: str, owner_id: int | None = None, *, actor: str | None = None
+) -> NameView:
     """Stop routing ``name`` to the VPS."""
     with ctx.db.session() as s:
         vps = resolve(s, ref, owner_id)

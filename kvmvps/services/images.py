@@ -10,7 +10,7 @@ from kvmvps.images import BuiltImage
 from kvmvps.images.debian import build_debian_image
 from kvmvps.images.tiny import build_tiny_image
 from kvmvps.models import Image
-from kvmvps.services import Context, inventory
+from kvmvps.services import Context, audit, inventory
 
 
 def _prepare(ctx: Context, name: str) -> str:
@@ -37,11 +37,25 @@ def _build(
     return inventory.register_built_image(ctx, name, built)
 
 
-def build_tiny(ctx: Context, name: str, progress: Callable[[str], None] | None = None) -> Image:
+@audit.audits("image.build-tiny", target="name")
+def build_tiny(
+    ctx: Context,
+    name: str,
+    progress: Callable[[str], None] | None = None,
+    *,
+    actor: str | None = None,
+) -> Image:
     """Build the tiny busybox+dropbear image and register it as ``name``."""
     return _build(ctx, name, build_tiny_image, progress)
 
 
-def build_debian(ctx: Context, name: str, progress: Callable[[str], None] | None = None) -> Image:
+@audit.audits("image.build-debian", target="name")
+def build_debian(
+    ctx: Context,
+    name: str,
+    progress: Callable[[str], None] | None = None,
+    *,
+    actor: str | None = None,
+) -> Image:
     """Build the Debian 12 cloud-init image and register it as ``name``."""
     return _build(ctx, name, build_debian_image, progress)

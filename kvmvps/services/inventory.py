@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import stat
@@ -17,12 +18,13 @@ from kvmvps import ipam, limits, validation, xmlrender
 from kvmvps.errors import Conflict, InvalidInput, NotFound
 from kvmvps.images import BuiltImage
 from kvmvps.models import Host, Image, IpLease, Network, Plan, User, Vps
-from kvmvps.services import Context
+from kvmvps.services import Context, audit
 from kvmvps.storage import check_base_image
 from kvmvps.xmlspec import BridgeNetworkSpec, DhcpHost, nat_network_spec
 
 # The models that have a unique ``name``.
 M = TypeVar("M", bound=Plan | Image | Network | Host)
+log = logging.getLogger(__name__)
 
 MAX_VCPUS = 64
 MAX_MEMORY_MIB = 1 << 20
@@ -53,6 +55,7 @@ def _refuse_in_use(
 
 
 # -- plans ------------------------------------------------------------------
+@audit.audits("plan.add", target="name")
 def add_plan(
     ctx: Context,
     name: str,
@@ -63,6 +66,8 @@ def add_plan(
     price_cents: int = 0,
     extra_forwards: int = 0,
     resource_limits: Mapping[str, int | None] | None = None,
+    *,
+    actor: str | None = None,
 ) -> Plan:
     """Record a plan; ``resource_limits`` maps kvmvps.limits fields to numbers (None: unlimited)."""
     name = validation.object_name(name, "plan name")
@@ -95,7 +100,8 @@ def list_plans(ctx: Context) -> list[Plan]:
         return list(s.scalars(select(Plan).order_by(Plan.vcpus, Plan.memory_mib, Plan.name)))
 
 
-def remove_plan(ctx: Context, name: str) -> None:
+@audit.audits("plan.remove", target="name")
+def remove_plan(ctx: Context, name: str, *, actor: str | None = None) -> None:
     with ctx.db.session() as s:
         plan = get_by_name(s, Plan, name, "plan")
         _refuse_in_use(s, Vps.plan_id, plan.id, f"plan {name!r}")
@@ -167,6 +173,7 @@ def check_regular(path: str | Path | None, what: str) -> Path | None:
     return p
 
 
+@audit.audits("image.add", target="name")
 def add_image(
     ctx: Context,
     name: str,
@@ -179,6 +186,7 @@ def add_image(
     cloud_init: bool = False,
     os_family: str = "linux",
     credentials: bool = True,
+    actor: str | None = None,
 ) -> Image:
     """Register a qcow2 base image (copied into the image store)."""
     name = validation.object_name(name, "image name")
@@ -225,11 +233,12 @@ def register_built_image(ctx: Context, name: str, built: BuiltImage) -> Image:
 
 
 def list_images(ctx: Context) -> list[Image]:
-    with ctx.db.session() as s:
+    with ctx.db.reading() as s:
         return list(s.scalars(select(Image).order_by(Image.name)))
 
 
-def remove_image(ctx: Context, name: str) -> None:
+@audit.audits("image.remove", target="name")
+def remove_image(ctx: Context, name: str, *, actor: str | None = None) -> None:
     with ctx.db.session() as s:
         image = get_by_name(s, Image, name, "image")
         _refuse_in_use(s, Vps.image_id, image.id, f"image {name!r}")
@@ -256,6 +265,7 @@ def network_xml(session: Session, network: Network) -> str:
     return xmlrender.nat_network_xml(spec)
 
 
+@audit.audits("network.add", target="name")
 def add_network(
     ctx: Context,
     name: str,
@@ -267,6 +277,7 @@ def add_network(
     pool_start: str | None = None,
     pool_end: str | None = None,
     allow_guest_traffic: bool = False,
+    actor: str | None = None,
 ) -> Network:
     """Record a NAT or bridge network and create it on every enabled host.
 
@@ -293,15 +304,34 @@ def add_network(
         pool_end=end,
         allow_guest_traffic=bool(allow_guest_traffic),
     )
-    with ctx.db.session() as s:
+    with ctx.db.reading() as s:
         _refuse_duplicate(s, Network, name, "network")
         _refuse_overlap(s, net, bridge_name, kind)
-        s.add(network)
-        s.flush()
-        xml = network_xml(s, network)
-        for host in s.scalars(select(Host).where(Host.enabled)):
-            ctx.hypervisor(host).ensure_network(network.libvirt_name, xml)
+        xml = network_xml(s, network)  # a new network: no DHCP entries yet
+        uris = list(s.scalars(select(Host.uri).where(Host.enabled).order_by(Host.id)))
+    made: list[str] = []
+    try:
+        for uri in uris:  # libvirt first, outside the write transaction
+            hv = ctx.hypervisor(uri)
+            if not hv.network_exists(network.libvirt_name):
+                hv.ensure_network(network.libvirt_name, xml)
+                made.append(uri)
+        with ctx.db.session() as s:
+            _refuse_duplicate(s, Network, name, "network")  # again: another may have won
+            _refuse_overlap(s, net, bridge_name, kind)
+            s.add(network)
+    except BaseException:
+        _remove_networks(ctx, made, network.libvirt_name)  # nothing half-made stays
+        raise
     return network
+
+
+def _remove_networks(ctx: Context, uris: list[str], name: str) -> None:
+    for uri in uris:
+        try:
+            ctx.hypervisor(uri).remove_network(name)
+        except Exception as exc:  # noqa: BLE001 - the original error matters more
+            log.error("removing network %s from %s again failed: %s", name, uri, exc)
 
 
 def _refuse_overlap(session: Session, net: object, bridge: str, kind: str) -> None:
@@ -317,16 +347,39 @@ def list_networks(ctx: Context) -> list[Network]:
         return list(s.scalars(select(Network).order_by(Network.name)))
 
 
-def remove_network(ctx: Context, name: str) -> None:
-    with ctx.db.session() as s:
-        network = get_by_name(s, Network, name, "network")
-        _refuse_in_use(s, Vps.network_id, network.id, f"network {name!r}")
-        if s.scalar(select(func.count()).select_from(Plan).where(Plan.network_id == network.id)):
-            raise Conflict(f"network {name!r} is named by a plan; remove or change the plan first")
-        for host in s.scalars(select(Host).where(Host.enabled)):
-            ctx.hypervisor(host).remove_network(network.libvirt_name)
-        s.execute(delete(IpLease).where(IpLease.network_id == network.id))
-        s.delete(network)
+@audit.audits("network.remove", target="name")
+def remove_network(ctx: Context, name: str, *, actor: str | None = None) -> None:
+    """Forget a network no VPS or plan uses, and remove it from every enabled host.
+
+    The check is made twice: before libvirt is asked (outside the write
+    transaction) and in it; if a VPS took the network meanwhile, the network
+    is created again where it was removed and the removal is refused.
+    """
+    with ctx.db.reading() as s:
+        network = _removable_network(s, name)
+        libvirt_name, xml = network.libvirt_name, network_xml(s, network)
+        uris = list(s.scalars(select(Host.uri).where(Host.enabled).order_by(Host.id)))
+    removed: list[str] = []
+    try:
+        for uri in uris:  # libvirt first, outside the write transaction
+            if ctx.hypervisor(uri).remove_network(libvirt_name):
+                removed.append(uri)
+        with ctx.db.session() as s:
+            network = _removable_network(s, name)
+            s.execute(delete(IpLease).where(IpLease.network_id == network.id))
+            s.delete(network)
+    except BaseException:
+        for uri in removed:
+            ctx.hypervisor(uri).ensure_network(libvirt_name, xml)
+        raise
+
+
+def _removable_network(session: Session, name: str) -> Network:
+    network = get_by_name(session, Network, name, "network")
+    _refuse_in_use(session, Vps.network_id, network.id, f"network {name!r}")
+    if session.scalar(select(func.count()).select_from(Plan).where(Plan.network_id == network.id)):
+        raise Conflict(f"network {name!r} is named by a plan; remove or change the plan first")
+    return network
 
 
 def default_network(ctx: Context, session: Session) -> Network:

@@ -14,6 +14,7 @@ are serialised.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypedDict, overload
@@ -21,10 +22,11 @@ from typing import Any, TypedDict, overload
 from sqlalchemy import Select, and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
+from kvmvps import validation
 from kvmvps.db import rowcount
 from kvmvps.errors import NotFound
-from kvmvps.models import Host, Job, JobState, Worker
-from kvmvps.services import Context
+from kvmvps.models import Host, Job, JobState, Vps, Worker
+from kvmvps.services import Context, failures
 
 BUILD_KINDS = ("create", "reinstall")
 KINDS = BUILD_KINDS + (
@@ -334,18 +336,56 @@ def _iso(moment: datetime | None) -> str | None:
     return aware(moment).isoformat() if moment else None
 
 
-def get_job(ctx: Context, ref: str) -> JobView:
-    """A job by uuid or unique uuid prefix."""
+def get_job(ctx: Context, ref: str, owner_id: int | None = None, actor: str = "") -> JobView:
+    """A job by uuid or unique uuid prefix.
+
+    With ``owner_id`` (a customer), only a job that concerns one of their
+    VPSes or that ``actor`` asked for; they are not told which worker ran it,
+    and its error is in plain words.
+    """
     ref = (ref or "").strip().lower()
-    with ctx.db.session() as s:
-        rows = (
-            list(s.scalars(select(Job).where(Job.uuid.startswith(ref, autoescape=True)).limit(2)))
-            if ref
-            else []
-        )
+    validation.not_longer(ref, "job id", 64)
+    if not ref:
+        raise NotFound("no job id given")
+    query = select(Job).where(Job.uuid.startswith(ref, autoescape=True)).limit(2)
+    if owner_id is not None:
+        owned = select(Vps.uuid).where(Vps.owner_id == owner_id)
+        query = query.where(or_(Job.vps_uuid.in_(owned), Job.actor == actor))
+    with ctx.db.reading() as s:
+        rows = list(s.scalars(query))
         if len(rows) != 1:
             raise NotFound(f"no job matches {ref!r}" if not rows else f"{ref!r} is ambiguous")
-        return job_view(rows[0])
+        shown = job_view(rows[0])
+    if owner_id is not None:
+        shown["worker"] = None  # which machine ran it is the operators' business
+    shown["error"] = failures.for_owner(shown["error"], owner_id, shown["kind"])
+    return shown
+
+
+def active_jobs(ctx: Context, vps_uuids: Iterable[str]) -> dict[str, JobView]:
+    """The newest unfinished job of each of these VPSes, by VPS id."""
+    uuids = list(vps_uuids)
+    if not uuids:
+        return {}
+    query = (
+        select(Job)
+        .where(Job.vps_uuid.in_(uuids), Job.state.in_(JobState.UNFINISHED))
+        .order_by(Job.id)
+    )
+    with ctx.db.reading() as s:
+        return {job.vps_uuid: job_view(job) for job in s.scalars(query) if job.vps_uuid}
+
+
+def latest_job(ctx: Context, vps_uuid: str, owner_id: int | None = None) -> JobView | None:
+    """The newest job of a VPS, finished or not (its error in plain words for an owner)."""
+    query = select(Job).where(Job.vps_uuid == vps_uuid).order_by(Job.id.desc()).limit(1)
+    with ctx.db.reading() as s:
+        job = s.scalar(query)
+        if job is None:
+            return None
+        shown = job_view(job)
+    shown["error"] = failures.for_owner(shown["error"], owner_id, shown["kind"])
+    return shown
 
 
 def list_jobs(

@@ -44,6 +44,9 @@ class Amounts:
     disk_gib: int
 
 
+audit.declare("user.quota")  # recorded with audit.audited below
+
+
 def limits(settings: Settings, user: User) -> Amounts:
     """The user's own limits where set, else the defaults."""
     values: dict[str, int] = {}
@@ -75,14 +78,18 @@ def usage(session: Session, user_id: int) -> Amounts:
     return Amounts(*(int(v) for v in row))
 
 
-def check_order(session: Session, settings: Settings, owner: User, plan: Plan) -> None:
+def check_order(
+    session: Session, settings: Settings, owner: User, plan: Plan, *, lock: bool = True
+) -> None:
     """Refuse an order that would take ``owner`` past a limit (their row stays locked).
 
-    Call it inside the order's transaction, before anything is allocated.
+    Call it inside the order's transaction, before anything is allocated;
+    ``lock`` False is a pre-check in a read-only session (nothing is locked).
     """
     if owner.is_admin:
         return
-    session.execute(select(User.id).where(User.id == owner.id).with_for_update())
+    if lock:
+        session.execute(select(User.id).where(User.id == owner.id).with_for_update())
     have, cap = usage(session, owner.id), limits(settings, owner)
     need = Amounts(vps=1, vcpus=plan.vcpus, memory_mib=plan.memory_mib, disk_gib=plan.disk_gib)
     for key, (_column, _field, label) in RESOURCES.items():

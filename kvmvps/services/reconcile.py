@@ -26,7 +26,7 @@ from kvmvps import xmlrender
 from kvmvps.errors import Conflict, HypervisorError
 from kvmvps.hypervisor import Hypervisor
 from kvmvps.models import Host, IpLease, Job, JobState, Lock, Network, Vps, VpsState
-from kvmvps.services import Context, forwards, guard, isolation
+from kvmvps.services import Context, audit, forwards, guard, isolation
 from kvmvps.services.facts import DOMAIN_PREFIX, VpsFacts, facts_of
 from kvmvps.services.jobs import now
 from kvmvps.services.vps import _FROM_LIBVIRT as FROM_LIBVIRT
@@ -91,8 +91,27 @@ def release(ctx: Context, holder: str) -> None:
 
 
 # -- the pass ----------------------------------------------------------------
-def run(ctx: Context, fix: bool = False, holder: str = "cli", wait: bool = True) -> Report:
-    """One reconciliation pass over every enabled host."""
+def run(
+    ctx: Context,
+    fix: bool = False,
+    holder: str = "cli",
+    wait: bool = True,
+    *,
+    actor: str | None = None,
+) -> Report:
+    """One reconciliation pass over every enabled host.
+
+    A pass with ``fix`` changes things and is recorded as ``reconcile`` of
+    ``actor``; a pass that only looks and corrects power states is not.
+    """
+    with audit.audited(ctx, actor if fix else None, "reconcile", ""):
+        return _run(ctx, fix, holder, wait)
+
+
+audit.declare("reconcile")
+
+
+def _run(ctx: Context, fix: bool, holder: str, wait: bool) -> Report:
     deadline = time.monotonic() + (60 if wait else 0)
     while not acquire(ctx, holder):
         if time.monotonic() >= deadline:

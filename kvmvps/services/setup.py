@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from kvmvps import keys, validation, xmlrender
 from kvmvps.models import Host, Network, User
-from kvmvps.services import Context, inventory, isolation
+from kvmvps.services import Context, audit, inventory, isolation
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +44,23 @@ def make_state_dirs(ctx: Context) -> None:
         os.chmod(path, mode)
 
 
-def init(ctx: Context) -> InitReport:
-    """Idempotently prepare everything kvmvps needs on this machine."""
+def init(ctx: Context, *, actor: str | None = None) -> InitReport:
+    """Idempotently prepare everything kvmvps needs on this machine.
+
+    Recorded as ``init`` of ``actor`` once the database exists.
+    """
     make_state_dirs(ctx)
     keys.ensure_provisioning_key(ctx.settings)
     keys.seal_key(ctx.settings)
     ctx.db.migrate()  # a SQLite file, in the state dir or not, is made 0600
+    with audit.audited(ctx, actor, "init", ""):
+        return _init_rows(ctx)
+
+
+audit.declare("init")
+
+
+def _init_rows(ctx: Context) -> InitReport:
     hv = ctx.hypervisor(ctx.settings.libvirt_uri)
     info = hv.host_info()
     with ctx.db.session() as s:
@@ -63,7 +74,9 @@ def init(ctx: Context) -> InitReport:
         _ensure_default_network(ctx, s)
         _ensure_operator(s)
         s.flush()
-        prepare_host(ctx, s, host)
+    with ctx.db.reading() as s:
+        prep = host_prep(s, host.uri)
+    prepare_host(ctx, prep)  # after the commit: no write transaction waits on libvirt
     return InitReport(
         state_dir=str(ctx.settings.state_dir),
         database=ctx.settings.effective_database_url,
@@ -106,16 +119,36 @@ def _ensure_operator(session: Session) -> User:
     return user
 
 
-def prepare_host(ctx: Context, session: Session, host: Host) -> None:
-    """Make sure the host has kvmvps's storage pool and every network, running."""
-    hv = ctx.hypervisor(host)
+@dataclass(frozen=True)
+class HostPrep:
+    """What a host needs from kvmvps: its pool and every network (name, XML)."""
+
+    uri: str
+    networks: tuple[tuple[str, str], ...]
+
+
+def host_prep(session: Session, uri: str) -> HostPrep:
+    """Read from the database what :func:`prepare_host` makes sure of (no libvirt call)."""
+    networks = tuple(
+        (net.libvirt_name, inventory.network_xml(session, net))
+        for net in session.scalars(select(Network).order_by(Network.id))
+    )
+    return HostPrep(uri=uri, networks=networks)
+
+
+def prepare_host(ctx: Context, prep: HostPrep) -> None:
+    """Make sure the host has kvmvps's storage pool and every network, running.
+
+    Called outside any write transaction: libvirt may take seconds (qemu+ssh).
+    """
+    hv = ctx.hypervisor(prep.uri)
     isolation.ensure_filters(hv)
     hv.ensure_pool(
         ctx.settings.storage_pool,
         xmlrender.pool_xml(ctx.settings.storage_pool, str(ctx.settings.pool_dir)),
     )
-    for net in session.scalars(select(Network)):
-        hv.ensure_network(net.libvirt_name, inventory.network_xml(session, net))
+    for name, xml in prep.networks:
+        hv.ensure_network(name, xml)
 
 
 def owner_for(ctx: Context, session: Session, email: str | None) -> User:

@@ -30,6 +30,9 @@ MAX_CODE = 100
 OPEN, CLOSED, INVITE = "open", "closed", "invite"
 
 
+audit.declare("user.invite", "user.signup")  # recorded with audit.audited below
+
+
 def mode(ctx: Context) -> str:
     return ctx.settings.signup
 

@@ -32,6 +32,9 @@ MAX_REASON = 500
 CANCELLED_KINDS = ("start", "shutdown", "reboot", "resume", "reinstall", "password_reset")
 
 
+audit.declare("vps.suspend", "vps.unsuspend")  # recorded with audit.audited below
+
+
 def reason_text(value: str | None) -> str:
     """The reason as the customer will read it: one line of printable text."""
     text = (value or "").strip()

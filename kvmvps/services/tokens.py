@@ -12,7 +12,7 @@ from sqlalchemy.orm import selectinload
 from kvmvps import validation
 from kvmvps.errors import Conflict, NotFound
 from kvmvps.models import ApiToken, User, utcnow
-from kvmvps.services import Context
+from kvmvps.services import Context, audit
 from kvmvps.services.audit import iso
 from kvmvps.services.inventory import user_by_email
 
@@ -55,7 +55,10 @@ def _token_name(name: str | None) -> str:
     return validation.one_line(name, "token name", MAX_NAME)
 
 
-def create_token(ctx: Context, email: str, name: str = "") -> tuple[str, TokenView]:
+@audit.audits("token.create", target="email")
+def create_token(
+    ctx: Context, email: str, name: str = "", *, actor: str | None = None
+) -> tuple[str, TokenView]:
     """A new token for the user: (plaintext, view). The plaintext is not kept."""
     name = _token_name(name)
     plaintext = TOKEN_PREFIX + secrets.token_urlsafe(32)
@@ -90,12 +93,20 @@ def verify_token(ctx: Context, token: str) -> User | None:
         return row.user
 
 
-def revoke_token(ctx: Context, token_id: int) -> TokenView:
-    """Revoke a token by id (revoking it again changes nothing)."""
+@audit.audits("token.revoke", target="token_id")
+def revoke_token(
+    ctx: Context, token_id: int, user_id: int | None = None, *, actor: str | None = None
+) -> TokenView:
+    """Revoke a token by id (revoking it again changes nothing).
+
+    With ``user_id``, only a token of that user; anyone else's is not found.
+    """
+    if user_id is not None and not 1 <= token_id <= validation.MAX_DB_ID:
+        raise NotFound(f"no API token with id {token_id}")  # no such row can exist
     validation.db_id(token_id, "token id")
     with ctx.db.session() as s:
         token = s.get(ApiToken, token_id)
-        if token is None:
+        if token is None or (user_id is not None and token.user_id != user_id):
             raise NotFound(f"no API token with id {token_id}")
         token.revoked = True
         return token_view(token)

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import select
 
 from kvmvps import limits
-from kvmvps.errors import InvalidInput, KvmvpsError
+from kvmvps.errors import Conflict, InvalidInput, KvmvpsError
 from kvmvps.hypervisor import Hypervisor
 from kvmvps.limits import PlanLimits
 from kvmvps.models import Plan, Vps, VpsState
@@ -90,31 +90,49 @@ LIVE_STATES = (VpsState.RUNNING, VpsState.STOPPED, VpsState.SUSPENDED)
 
 
 def edit_plan(
-    ctx: Context, name: str, changes: Mapping[str, int | None], actor: str = ""
+    ctx: Context, name: str, changes: Mapping[str, int | None], *, actor: str | None = None
 ) -> dict[str, Any]:
     """Change a plan's limits and apply them to its VPSes; the plan's admin view.
 
     The view's ``vps_updated`` counts the VPSes that took the limits.
 
-    Nothing is committed unless every VPS took the new limits; those already
-    changed get the old ones back when a later one fails.
+    libvirt is asked first, outside any write transaction; the plan is
+    written only after every VPS took the new limits (and only if nobody
+    changed it meanwhile). Any failure gives the VPSes already changed their
+    old limits back and leaves the plan as it was.
     """
-    with audit.audited(ctx, actor or audit.os_actor(), "plan.edit", name):
+    with audit.audited(ctx, actor, "plan.edit", name):
         if not changes:
             raise InvalidInput("nothing to change: give at least one limit option")
-        with ctx.db.session() as s:
+        with ctx.db.reading() as s:
             plan = get_by_name(s, Plan, name, "plan")
             old = plan_limits(plan)
             new = limits.check({**old.as_dict(), **changes})
-            for key, value in new.as_dict().items():
-                setattr(plan, key, value)
-            s.flush()
-            vpses = list(
-                s.scalars(select(Vps).where(Vps.plan_id == plan.id, Vps.state.in_(LIVE_STATES)))
-            )
-            _apply_all(ctx, [facts_of(v, ctx.settings) for v in vpses], new, old)
-            network = plan.network.name if plan.network else None
-            return {**views.plan_admin_view(plan, network), "vps_updated": len(vpses)}
+            vpses = s.scalars(select(Vps).where(Vps.plan_id == plan.id, Vps.state.in_(LIVE_STATES)))
+            all_facts = [facts_of(v, ctx.settings) for v in vpses]
+        _apply_all(ctx, all_facts, new, old)
+        try:
+            return _write_limits(ctx, name, old, new, len(all_facts))
+        except BaseException:
+            _restore(ctx, all_facts, old, new)
+            raise
+
+
+audit.declare("plan.edit")
+
+
+def _write_limits(
+    ctx: Context, name: str, old: PlanLimits, new: PlanLimits, updated: int
+) -> dict[str, Any]:
+    with ctx.db.session() as s:
+        plan = get_by_name(s, Plan, name, "plan")
+        if plan_limits(plan) != old:
+            raise Conflict(f"plan {name!r} was changed meanwhile; try again")
+        for key, value in new.as_dict().items():
+            setattr(plan, key, value)
+        s.flush()
+        network = plan.network.name if plan.network else None
+        return {**views.plan_admin_view(plan, network), "vps_updated": updated}
 
 
 def _apply_all(ctx: Context, all_facts: list[VpsFacts], new: PlanLimits, old: PlanLimits) -> None:
@@ -125,9 +143,13 @@ def _apply_all(ctx: Context, all_facts: list[VpsFacts], new: PlanLimits, old: Pl
             apply_or_restore(hv, facts, new, old)
             done.append(facts)
     except KvmvpsError:
-        for facts in done:
-            try:
-                apply(ctx.hypervisor(facts.host_uri), facts, old, new)
-            except KvmvpsError as exc:
-                log.error("restoring the limits of %s failed: %s", facts.domain, exc)
+        _restore(ctx, done, old, new)
         raise
+
+
+def _restore(ctx: Context, done: list[VpsFacts], old: PlanLimits, new: PlanLimits) -> None:
+    for facts in done:
+        try:
+            apply(ctx.hypervisor(facts.host_uri), facts, old, new)
+        except KvmvpsError as exc:
+            log.error("restoring the limits of %s failed: %s", facts.domain, exc)

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import secrets
 from functools import lru_cache
-from typing import TypedDict
+from typing import Any, TypedDict
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from kvmvps import validation
 from kvmvps.db import rowcount
-from kvmvps.errors import Conflict, InvalidInput
-from kvmvps.models import ApiToken, User
+from kvmvps.errors import Conflict, InvalidInput, NotFound
+from kvmvps.models import ApiToken, User, Vps
 from kvmvps.services import Context, audit
 from kvmvps.services.audit import iso
 from kvmvps.services.inventory import user_by_email
@@ -75,16 +75,29 @@ def _dummy_hash() -> str:
     return generate_password_hash(secrets.token_urlsafe(24), method=HASH_METHOD)
 
 
-def ensure_available(ctx: Context, email: str) -> str:
-    """The normalised address, if no user has it yet; Conflict otherwise."""
-    addr = validation.email(email)
-    with ctx.db.session() as s:
-        if s.scalar(select(User.id).where(User.email == addr)) is not None:
-            raise Conflict(f"a user with e-mail {addr!r} already exists")
+def ensure_available(ctx: Context, email: str, *, actor: str | None = None) -> str:
+    """The normalised address, if no user has it yet; Conflict otherwise.
+
+    A refusal is recorded as a failed ``user.add`` of ``actor`` (the check
+    before asking for a password).
+    """
+    with audit.refusals(ctx, actor, "user.add", email):
+        addr = validation.email(email)
+        with ctx.db.reading() as s:
+            if s.scalar(select(User.id).where(User.email == addr)) is not None:
+                raise Conflict(f"a user with e-mail {addr!r} already exists")
     return addr
 
 
-def add_user(ctx: Context, email: str, password: str | None, admin: bool = False) -> User:
+@audit.audits("user.add", target="email")
+def add_user(
+    ctx: Context,
+    email: str,
+    password: str | None,
+    admin: bool = False,
+    *,
+    actor: str | None = None,
+) -> User:
     """Create a user; ``password`` None makes a token-only user."""
     addr = ensure_available(ctx, email)
     password_hash = _hash(password) if password is not None else None
@@ -102,12 +115,56 @@ def list_users(ctx: Context) -> list[User]:
         return list(s.scalars(select(User).order_by(User.email)))
 
 
+def user_rows(ctx: Context) -> list[dict[str, Any]]:
+    """Every user as :func:`user_view`, with how many VPSes they hold."""
+    counts = select(Vps.owner_id, func.count().label("n")).group_by(Vps.owner_id).subquery()
+    query = (
+        select(User, func.coalesce(counts.c.n, 0))
+        .outerjoin(counts, counts.c.owner_id == User.id)
+        .order_by(User.email)
+    )
+    with ctx.db.reading() as s:
+        return [{**user_view(u), "vps_count": n} for u, n in s.execute(query)]
+
+
 def get_user(ctx: Context, email: str) -> User:
     with ctx.db.session() as s:
         return user_by_email(s, email)
 
 
-def disable_user(ctx: Context, email: str) -> int:
+def check_password_change(ctx: Context, email: str, *, actor: str | None = None) -> None:
+    """Refuse (recorded as a failed ``user.password``) a password change for no user."""
+    with audit.refusals(ctx, actor, "user.password", email):
+        get_user(ctx, email)
+
+
+def user_by_id(ctx: Context, user_id: int) -> User | None:
+    if not 1 <= user_id <= validation.MAX_DB_ID:
+        return None  # no such row can exist (and the database would refuse the number)
+    with ctx.db.reading() as s:
+        return s.get(User, user_id)
+
+
+def set_active(
+    ctx: Context, user_id: int, active: bool, by_user_id: int, *, actor: str | None = None
+) -> User:
+    """Disable (revoking their tokens) or enable a user by id; never oneself."""
+    action = "user.enable" if active else "user.disable"
+    with audit.audited(ctx, actor, action, str(user_id)) as entry:
+        user = user_by_id(ctx, user_id)
+        if user is None:
+            raise NotFound(f"no user with id {user_id}")
+        entry.target = user.email
+        if user.id == by_user_id:
+            raise Conflict("you cannot disable or enable your own account")
+        if active:
+            return enable_user(ctx, user.email)
+        disable_user(ctx, user.email)
+        return get_user(ctx, user.email)
+
+
+@audit.audits("user.disable", target="email")
+def disable_user(ctx: Context, email: str, *, actor: str | None = None) -> int:
     """Stop the user logging in, end their sessions and revoke their API tokens.
 
     Returns how many tokens were revoked.
@@ -124,7 +181,8 @@ def disable_user(ctx: Context, email: str) -> int:
         return rowcount(result)
 
 
-def enable_user(ctx: Context, email: str) -> User:
+@audit.audits("user.enable", target="email")
+def enable_user(ctx: Context, email: str, *, actor: str | None = None) -> User:
     """Let a disabled user log in again (revoked tokens stay revoked)."""
     with ctx.db.session() as s:
         user = user_by_email(s, email)
@@ -132,7 +190,8 @@ def enable_user(ctx: Context, email: str) -> User:
         return user
 
 
-def end_sessions(ctx: Context, email: str) -> int:
+@audit.audits("user.logout", target="email")
+def end_sessions(ctx: Context, email: str, *, actor: str | None = None) -> int:
     """Log the user out everywhere: every session made before now stops working.
 
     Returns the new session epoch (sessions carry the epoch they began in).
@@ -145,7 +204,10 @@ def end_sessions(ctx: Context, email: str) -> int:
         return user.session_epoch
 
 
-def set_password(ctx: Context, email: str, password: str | None) -> User:
+@audit.audits("user.password", target="email")
+def set_password(
+    ctx: Context, email: str, password: str | None, *, actor: str | None = None
+) -> User:
     """Replace the user's password (None removes it) and end all their sessions."""
     password_hash = _hash(password) if password is not None else None
     with ctx.db.session() as s:
@@ -157,8 +219,13 @@ def set_password(ctx: Context, email: str, password: str | None) -> User:
         return user
 
 
-def change_password(ctx: Context, email: str, current: str, new: str, actor: str) -> User:
-    """The user's own change: ``current`` must be right. Ends every session of the user."""
+def change_password(
+    ctx: Context, email: str, current: str, new: str, actor: str | None = None
+) -> User:
+    """The user's own change: ``current`` must be right. Ends every session of the user.
+
+    Recorded (once) as ``user.password`` of ``actor``, refusals too.
+    """
     with audit.audited(ctx, actor, "user.password", email):
         check_password(new)
         with ctx.db.reading() as s:
@@ -170,11 +237,17 @@ def change_password(ctx: Context, email: str, current: str, new: str, actor: str
         return set_password(ctx, email, new)
 
 
-def authenticate(ctx: Context, email: str, password: str) -> User | None:
+LOGIN_REFUSED = "wrong e-mail or password, or the account is disabled"
+
+
+def authenticate(
+    ctx: Context, email: str, password: str, *, actor: str | None = None
+) -> User | None:
     """The active user with this e-mail and password, or None.
 
     A hash is checked whatever happens, so the time taken does not tell
-    whether the address exists, has a password or is disabled.
+    whether the address exists, has a password or is disabled. A refusal is
+    recorded as a failed ``user.login`` of ``actor`` (e.g. ``web:<address>``).
     """
     try:
         addr: str | None = validation.email(email)
@@ -187,5 +260,8 @@ def authenticate(ctx: Context, email: str, password: str) -> User | None:
     stored = user.password_hash if user is not None and user.password_hash else _dummy_hash()
     matches = check_password_hash(stored, password if isinstance(password, str) else "")
     if user is None or not user.password_hash or not user.is_active or not matches:
+        if actor is not None:
+            target = (email if isinstance(email, str) else "").strip().lower()[:254]
+            audit.record(ctx, actor, "user.login", target, audit.FAILED, LOGIN_REFUSED)
         return None
     return user

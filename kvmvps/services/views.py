@@ -9,7 +9,7 @@ from sqlalchemy.orm import selectinload
 
 from kvmvps import limits
 from kvmvps.models import Host, Image, Network, Plan
-from kvmvps.services import Context, placement
+from kvmvps.services import Context, inventory, placement
 from kvmvps.services.facts import plan_limits
 from kvmvps.storage import GIB
 
@@ -125,6 +125,22 @@ def image_view(image: Image) -> ImageView:
         "credentials": image.credentials,
         "os_family": image.os_family,
     }
+
+
+def public_image_view(image: Image) -> PublicImageView:
+    """An image as customers see it (no paths on the host)."""
+    return {
+        "name": image.name,
+        "os_family": image.os_family,
+        "login_user": image.login_user,
+        "virtual_size_gib": round(image.virtual_size / GIB, 2),
+        "credentials": bool(image.credentials),
+    }
+
+
+def catalogue_images(ctx: Context) -> list[PublicImageView]:
+    """The OS templates customers may order, by name."""
+    return [public_image_view(i) for i in inventory.list_images(ctx)]
 
 
 def network_view(net: Network) -> NetworkView:

@@ -8,12 +8,12 @@ from datetime import UTC, datetime
 from typing import Any, TypedDict, overload
 
 from sqlalchemy import Select, or_, select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, joinedload, selectinload
 
-from kvmvps import interrupt
+from kvmvps import interrupt, validation
 from kvmvps.errors import Conflict, HypervisorNotFound, InvalidInput, NotFound
 from kvmvps.models import Host, Job, JobState, User, Vps, VpsState
-from kvmvps.services import Context, guard
+from kvmvps.services import Context, failures, guard
 
 # libvirt's words for a domain's state -> our VPS state
 _FROM_LIBVIRT = {
@@ -57,12 +57,19 @@ VIEW_KEYS = (
 
 
 def _query() -> Select[Vps]:
+    """VPSes with everything ``view`` shows: one joined query, one more per collection.
+
+    Measured with bench/vps_list_loading.py (1,000 VPSes, medians): joining
+    the five many-to-one relations costs no more than loading them with
+    selectinload, in half the statements: SQLite 191 vs 197 ms CPU (6 vs 11
+    statements), PostgreSQL 186 vs 206 ms CPU and 569 vs 596 ms wall (5 vs 10).
+    """
     return select(Vps).options(
-        selectinload(Vps.plan),
-        selectinload(Vps.image),
-        selectinload(Vps.host),
-        selectinload(Vps.network),
-        selectinload(Vps.owner),
+        joinedload(Vps.plan),
+        joinedload(Vps.image),
+        joinedload(Vps.host),
+        joinedload(Vps.network),
+        joinedload(Vps.owner),
         selectinload(Vps.pins),
         selectinload(Vps.forwards),
     )
@@ -168,54 +175,85 @@ def _iso(moment: datetime | None) -> str | None:
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat()
 
 
-def show(ctx: Context, ref: str) -> VpsView:
-    with ctx.db.session() as s:
-        return view(resolve(s, ref))
+def show(ctx: Context, ref: str, owner_id: int | None = None) -> VpsView:
+    """One VPS of ``owner_id`` (any owner for None); NotFound for anyone else's.
+
+    An owner sees a failure in plain words (operators see the reason).
+    """
+    validation.not_longer(ref, "VPS id", 64)
+    with ctx.db.reading() as s:
+        shown = view(resolve(s, ref, owner_id))
+    shown["error"] = failures.for_owner(shown["error"], owner_id)
+    return shown
 
 
 def list_vps(
-    ctx: Context, owner: str | None = None, state: str | None = None, host: str | None = None
+    ctx: Context,
+    owner: str | None = None,
+    state: str | None = None,
+    host: str | None = None,
+    *,
+    owner_id: int | None = None,
 ) -> list[VpsView]:
+    """VPSes, oldest first: all, or one owner's (by e-mail or id), state's or host's.
+
+    With ``owner_id`` (a customer), failures are in plain words.
+    """
     if state is not None and state not in VpsState.ALL:
         raise InvalidInput(f"unknown state {state!r}; one of {', '.join(VpsState.ALL)}")
     query = _query().order_by(Vps.created_at, Vps.id)
     if owner:
         query = query.join(User, User.id == Vps.owner_id).where(User.email == owner.lower())
+    if owner_id is not None:
+        query = query.where(Vps.owner_id == owner_id)
     if state:
         query = query.where(Vps.state == state)
     if host:
         query = query.join(Host, Host.id == Vps.host_id).where(Host.name == host)
-    with ctx.db.session() as s:
-        return [view(v) for v in s.scalars(query)]
+    with ctx.db.reading() as s:
+        shown = [view(v) for v in s.scalars(query)]
+    for one in shown:
+        one["error"] = failures.for_owner(one["error"], owner_id)
+    return shown
 
 
 def domain_xml(ctx: Context, ref: str) -> str:
-    with ctx.db.session() as s:
+    with ctx.db.reading() as s:
         vps = resolve(s, ref)
-        return ctx.hypervisor(vps.host).domain_xml(vps.domain_name)
+        uri, domain = vps.host.uri, vps.domain_name
+    return ctx.hypervisor(uri).domain_xml(domain)
 
 
 # -- power ------------------------------------------------------------------
 def sync_state(ctx: Context, ref: str) -> VpsView:
     """Read the domain's state from libvirt into the database.
 
-    A suspended VPS found running (started behind kvmvps's back) is paused
-    again first: the operator's suspension holds.
+    libvirt is asked outside the write transaction; the state is written only
+    if nobody changed it meanwhile (else the newer state stands). A suspended
+    VPS found running (started behind kvmvps's back) is paused again first:
+    the operator's suspension holds.
     """
-    with ctx.db.session() as s:
+    with ctx.db.reading() as s:
         vps = resolve(s, ref)
         if vps.state in (VpsState.BUILDING, VpsState.QUEUED, VpsState.DELETING):
             return view(vps)
-        hv = ctx.hypervisor(vps.host)
-        try:
-            actual = hv.state(vps.domain_name)
-            if guard.holds_running(vps, actual):
-                hv.suspend(vps.domain_name)
-                actual = hv.state(vps.domain_name)
-        except HypervisorNotFound:
-            vps.state, vps.error = VpsState.ERROR, "the domain has vanished from libvirt"
-            return view(vps)
-        vps.state = _FROM_LIBVIRT[actual]
+        uuid, seen, uri, domain = vps.uuid, vps.state, vps.host.uri, vps.domain_name
+        suspended = guard.is_suspended(vps)
+    hv = ctx.hypervisor(uri)
+    try:
+        actual = hv.state(domain)
+        if suspended and guard.holds_running(vps, actual):
+            hv.suspend(domain)
+            actual = hv.state(domain)
+        state, error = _FROM_LIBVIRT[actual], None
+    except HypervisorNotFound:
+        state, error = VpsState.ERROR, "the domain has vanished from libvirt"
+    with ctx.db.session() as s:
+        vps = resolve(s, uuid)
+        if vps.state == seen:
+            vps.state = state
+            if error is not None:
+                vps.error = error
         return view(vps)
 
 

@@ -12,7 +12,7 @@ from kvmvps import cpupin
 from kvmvps.errors import CapacityError, Conflict, InvalidInput, KvmvpsError
 from kvmvps.hypervisor import Hypervisor
 from kvmvps.models import Job, JobState, Plan, Vps, VpsState
-from kvmvps.services import Context, placement, provisioning, tuning
+from kvmvps.services import Context, audit, placement, provisioning, tuning
 from kvmvps.services.facts import VpsFacts, facts_of, plan_limits
 from kvmvps.services.inventory import get_by_name
 from kvmvps.services.steps import Build
@@ -144,7 +144,8 @@ def _resize_live(ctx: Context, session: Session, vps: Vps, old: Plan, new: Plan)
     vps.plan = new
 
 
-def resize(ctx: Context, ref: str, plan: str) -> VpsView:
+@audit.audits("vps.resize", target="ref")
+def resize(ctx: Context, ref: str, plan: str, *, actor: str | None = None) -> VpsView:
     """Move a VPS to another plan: vCPUs and memory follow, the disk only grows.
 
     A plan of the same size (only other limits) is applied live to a running

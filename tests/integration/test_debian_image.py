@@ -26,6 +26,7 @@ from kvmvps.errors import ImageBuildError, InvalidInput
 from kvmvps.images import BuiltImage, debian
 from kvmvps.images.debian import CMDLINE, build_debian_image, host_mirror
 from tests.imagecheck import debugfs, raw_copy
+from tests.tools import missing_tool
 
 CACHE = Path(os.environ.get("KVMVPS_TEST_CACHE", "/var/cache/kvmvps-tests")) / "debian-debootstrap"
 TOOLS = ("debootstrap", "debugfs", "e2fsck", "mkfs.ext4", "qemu-img")
@@ -111,12 +112,12 @@ def test_building_without_root_is_an_image_build_error(
 def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[BuiltImage, str, Path]:
     """Build once into a fresh directory; return the image, its key and a raw copy."""
     if shutil.which("debootstrap") is None:
-        pytest.skip("debootstrap is not installed (apt-get install debootstrap)")
+        missing_tool("debootstrap is not installed (apt-get install debootstrap)")
     if os.geteuid() != 0:
-        pytest.skip("building the Debian image needs root")
+        missing_tool("building the Debian image needs root")
     missing = [t for t in TOOLS if shutil.which(t) is None]
     if missing:
-        pytest.skip(f"missing tools: {' '.join(missing)}")
+        missing_tool(f"missing tools: {' '.join(missing)}")
     key = _pubkey()
     dest = tmp_path_factory.mktemp("debian")
     image = build_debian_image(dest / "out", key, login_user="alice", cache_dir=CACHE)

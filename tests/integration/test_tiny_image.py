@@ -26,6 +26,7 @@ from kvmvps.errors import InvalidInput
 from kvmvps.images import BuiltImage
 from kvmvps.images.tiny import CMDLINE, DISK_SIZE, INITRD_MODULES, build_tiny_image
 from tests.imagecheck import debugfs, raw_copy
+from tests.tools import missing_tool
 
 pytestmark = pytest.mark.slow
 
@@ -39,10 +40,10 @@ SHA512_HASH = (
 
 def _skip_unless_buildable() -> None:
     if os.geteuid() != 0:
-        pytest.skip("building the tiny image needs root")
+        missing_tool("building the tiny image needs root")
     missing = [t for t in TOOLS if shutil.which(t) is None]
     if missing:
-        pytest.skip(f"missing tools: {' '.join(missing)}")
+        missing_tool(f"missing tools: {' '.join(missing)}")
 
 
 def _pubkey() -> str:

@@ -21,6 +21,7 @@ from kvmvps.services import Context, forwards, host_edge, reconcile
 from tests.badinput import assert_one_line_error, create_args
 from tests.forwarding import PID, cli, iptables_save, netns, netns_available, netns_iptables
 from tests.snapshots import db_snapshot
+from tests.tools import needs
 
 PUBLIC = "198.51.100.7"
 PREFIX = "KVT"
@@ -86,7 +87,7 @@ def test_removing_deletes_jumps_before_chains() -> None:
 
 
 # -- real iptables, in a namespace -------------------------------------------
-needs_netns = pytest.mark.skipif(not netns_available(), reason="needs root, ip and iptables")
+needs_netns = needs(netns_available(), "needs root, ip and iptables")
 
 
 @pytest.fixture

@@ -23,10 +23,10 @@ from kvmvps.services import Context, forwards, host_edge, http_names
 from tests.badinput import assert_one_line_error, create_args
 from tests.forwarding import PID, cli, netns, netns_available, netns_iptables
 from tests.snapshots import db_snapshot
+from tests.tools import needs
 
-pytestmark = pytest.mark.skipif(
-    not (shutil.which("haproxy") and netns_available()),
-    reason="needs haproxy, root, ip and iptables",
+pytestmark = needs(
+    bool(shutil.which("haproxy")) and netns_available(), "needs haproxy, root, ip and iptables"
 )
 HTTP_PORT = 10000 + (PID % 5000) * 2  # below the ephemeral ports (32768-)
 

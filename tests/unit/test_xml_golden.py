@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from lxml import etree
 
@@ -24,6 +26,7 @@ from kvmvps.xmlspec import (
     own_nwfilters,
     vcpupins_for,
 )
+from tests import tools, xmlcompare
 from tests.xmlcompare import assert_matches_golden, canonical
 
 UUID = "6f1c1b2e-6a55-4a8e-9a59-0c3b1b7a2d10"
@@ -234,3 +237,37 @@ def test_invalid_document_is_refused_before_libvirt() -> None:
 def test_canonical_comparison_ignores_layout_only() -> None:
     assert canonical('<a  x="1" y="2"><b/></a>') == canonical('<a y="2" x="1">\n  <b/>\n</a>')
     assert canonical("<a><b>1</b></a>") != canonical("<a><b>2</b></a>")
+
+
+@pytest.mark.parametrize("ci", ["", "true"])
+def test_a_missing_golden_file_fails_and_is_not_written(
+    ci: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CI", ci)
+    monkeypatch.delenv(xmlcompare.REGENERATE, raising=False)
+    name = "no-such-golden-file.xml"
+    with pytest.raises(AssertionError, match=f"{xmlcompare.REGENERATE}=1"):
+        assert_matches_golden("<a/>", name)
+    assert not (xmlcompare.GOLDEN / name).exists()
+
+
+def test_regenerating_writes_the_golden_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(xmlcompare, "GOLDEN", tmp_path)
+    monkeypatch.setenv(xmlcompare.REGENERATE, "1")
+    assert_matches_golden("<a><b/></a>", "new.xml")
+    assert (tmp_path / "new.xml").read_text() == "<a><b/></a>"
+    monkeypatch.delenv(xmlcompare.REGENERATE)
+    with pytest.raises(AssertionError, match="differs"):
+        assert_matches_golden("<a><c/></a>", "new.xml")
+
+
+@pytest.mark.parametrize("required", ["", "1"])
+def test_a_missing_tool_skips_unless_tools_are_required(
+    required: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(tools.REQUIRE_TOOLS, required)
+    expected = pytest.fail.Exception if required else pytest.skip.Exception
+    with pytest.raises(expected, match="needs frobnicate"):
+        tools.missing_tool("needs frobnicate")

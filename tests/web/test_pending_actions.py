@@ -66,7 +66,7 @@ def test_api_second_action_while_one_is_pending_is_409(world: World, api: Api, s
     assert sealed(world.ctx, placed.uuid) is None
     shown = api("GET", f"/servers/{placed.uuid}").get_json()
     assert shown["state"] == "running"
-    failed = audit.list_entries(world.ctx, action=f"vps.{second}")
+    failed = audit.list_entries(world.ctx, action=actions.audit_action(second))
     assert failed and failed[0]["result"] == audit.FAILED and "pending" in failed[0]["detail"]
     finish_job(world.ctx, first.get_json()["job"])
     assert api("POST", url, json={"action": "reboot"}).status_code == 202  # free again

@@ -12,7 +12,7 @@ from sqlalchemy import update
 
 from kvmvps.errors import InvalidInput, QuotaExceeded
 from kvmvps.models import Host
-from kvmvps.services import audit, provisioning, quotas, views, web_support
+from kvmvps.services import audit, provisioning, quotas, users, views
 from tests.badinput import assert_one_line_error, run_cli
 from tests.snapshots import db_snapshot
 from tests.web.conftest import OP, A, World
@@ -121,7 +121,7 @@ def test_admin_quota_form_refuses_a_huge_number(world: World) -> None:
 
 
 def _users(world: World) -> list[dict]:
-    return web_support.user_rows(world.ctx)
+    return users.user_rows(world.ctx)
 
 
 def test_parallel_orders_cannot_both_slip_under_the_limit(world: World) -> None:
