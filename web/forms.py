@@ -35,21 +35,25 @@ class NoControl:
 ONE_LINE = NoControl()
 
 
+# a password someone chooses: the same rule on sign-up and on a change
+NEW_PASSWORD = [
+    DataRequired(),
+    Length(
+        min=MIN_PASSWORD,
+        max=MAX_PASSWORD,
+        message=(
+            f"the password must be at least {MIN_PASSWORD} and at most {MAX_PASSWORD} "
+            "characters long"
+        ),
+    ),
+]
+
+
 class SignupForm(FlaskForm):
     email = StringField("E-mail", validators=[DataRequired(), Length(max=MAX_EMAIL), ONE_LINE])
     password = PasswordField(
         "Password",
-        validators=[
-            DataRequired(),
-            Length(
-                min=MIN_PASSWORD,
-                max=MAX_PASSWORD,
-                message=(
-                    f"the password must be at least {MIN_PASSWORD} and at most {MAX_PASSWORD} "
-                    "characters long"
-                ),
-            ),
-        ],
+        validators=NEW_PASSWORD,
     )
     confirm = PasswordField(
         "Repeat the password",
@@ -66,17 +70,7 @@ class PasswordForm(FlaskForm):
     )
     password = PasswordField(
         "New password",
-        validators=[
-            DataRequired(),
-            Length(
-                min=MIN_PASSWORD,
-                max=MAX_PASSWORD,
-                message=(
-                    f"the password must be at least {MIN_PASSWORD} and at most {MAX_PASSWORD} "
-                    "characters long"
-                ),
-            ),
-        ],
+        validators=NEW_PASSWORD,
     )
     confirm = PasswordField(
         "Repeat the new password",
