@@ -172,9 +172,7 @@ def test_actions(world: World, api, monkeypatch) -> None:
     r = api("POST", url, json={"action": "shutdown", "timeout": "soon"})
     assert r.status_code == 400 and "timeout" in r.get_json()["fields"]
     r = api("POST", url, json={"action": "shutdown", "timeout": 99999})
-    assert (
-        r.status_code == 400 and "timeout must be more than 0 and at most" in r.get_json()["error"]
-    )
+    assert r.status_code == 400 and "timeout must be between 0 and" in r.get_json()["error"]
     r = api("POST", url, json={"action": "password_reset"})
     assert r.status_code == 202
     reset = r.get_json()
