@@ -179,19 +179,11 @@ def _remove_pool(name: str) -> None:
         subprocess.run(["virsh", "-q", "-c", REAL_URI, *args], capture_output=True, check=False)
 
 
-@pytest.fixture
-def fresh_ctx(tiny_image: str, real_ctx: Context) -> Iterator[Context]:
-    """A separate installation on the real libvirtd with plan 'small' and image 'base'.
+def add_tiny_as_base(real_ctx: Context, ctx: Context, tiny_image: str) -> None:
+    """Register the session's tiny image in another installation ``ctx`` as image 'base'."""
+    from kvmvps.models import Image
 
-    It has its own pool, network and database, so a test may break it freely.
-    """
-    state = make_state_dir("fresh-")
-    shutil.copytree(real_ctx.settings.keys_dir, state / "keys")  # the key the image carries
-    ctx = Context(load_settings(test_env(state, name=FRESH_NAME, subnet=FRESH_SUBNET)))
-    setup.init(ctx)
     with real_ctx.db.session() as s:
-        from kvmvps.models import Image
-
         tiny = inventory.get_by_name(s, Image, tiny_image, "image")
     inventory.add_image(
         ctx,
@@ -203,6 +195,19 @@ def fresh_ctx(tiny_image: str, real_ctx: Context) -> Iterator[Context]:
         login_user=tiny.login_user,
         os_family=tiny.os_family,
     )
+
+
+@pytest.fixture
+def fresh_ctx(tiny_image: str, real_ctx: Context) -> Iterator[Context]:
+    """A separate installation on the real libvirtd with plan 'small' and image 'base'.
+
+    It has its own pool, network and database, so a test may break it freely.
+    """
+    state = make_state_dir("fresh-")
+    shutil.copytree(real_ctx.settings.keys_dir, state / "keys")  # the key the image carries
+    ctx = Context(load_settings(test_env(state, name=FRESH_NAME, subnet=FRESH_SUBNET)))
+    setup.init(ctx)
+    add_tiny_as_base(real_ctx, ctx, tiny_image)
     inventory.add_plan(ctx, "small", 1, 256, 1)
     yield ctx
     cleanup_installation(ctx)

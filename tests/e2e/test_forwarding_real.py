@@ -23,7 +23,7 @@ from sqlalchemy import select
 
 from kvmvps import firewall, keys, proxy
 from kvmvps.config import load_settings
-from kvmvps.models import Host, Image, Vps
+from kvmvps.models import Host, Vps
 from kvmvps.services import Context, forwards, inventory, setup
 from tests import conftest
 from tests.forwarding import PID, cli, sh
@@ -148,18 +148,7 @@ def world(real_ctx: Context, tiny_image: str) -> Iterator[World]:
     )
     try:
         setup.init(ctx)
-        with real_ctx.db.session() as s:
-            tiny = inventory.get_by_name(s, Image, tiny_image, "image")
-        inventory.add_image(
-            ctx,
-            "base",
-            tiny.base_path,
-            kernel=tiny.kernel_path,
-            initrd=tiny.initrd_path,
-            cmdline=tiny.cmdline,
-            login_user=tiny.login_user,
-            os_family=tiny.os_family,
-        )
+        conftest.add_tiny_as_base(real_ctx, ctx, tiny_image)
         inventory.add_plan(ctx, "fw", 1, 256, 1, extra_forwards=2)
         _make_namespace()
         yield World(ctx=ctx, network=name)

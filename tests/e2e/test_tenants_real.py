@@ -26,7 +26,7 @@ from sqlalchemy import select
 
 from kvmvps import keys
 from kvmvps.config import load_settings
-from kvmvps.models import Image, Vps
+from kvmvps.models import Vps
 from kvmvps.services import Context, inventory, setup
 from tests import conftest
 from tests.badinput import run_cli
@@ -98,18 +98,7 @@ def pair(real_ctx: Context, tiny_image: str) -> Iterator[Pair]:
     ctx = Context(load_settings(conftest.test_env(state, name=NAME, subnet=SUBNET)))
     try:
         setup.init(ctx)
-        with real_ctx.db.session() as s:
-            tiny = inventory.get_by_name(s, Image, tiny_image, "image")
-        inventory.add_image(
-            ctx,
-            "base",
-            tiny.base_path,
-            kernel=tiny.kernel_path,
-            initrd=tiny.initrd_path,
-            cmdline=tiny.cmdline,
-            login_user=tiny.login_user,
-            os_family=tiny.os_family,
-        )
+        conftest.add_tiny_as_base(real_ctx, ctx, tiny_image)
         inventory.add_plan(ctx, "iso", 1, 256, 1)
         yield Pair(ctx=ctx, victim=order(ctx, "victim"), mallory=order(ctx, "mallory"))
     finally:
