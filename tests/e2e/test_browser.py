@@ -27,8 +27,7 @@ from kvmvps.guest import fingerprint_of
 from kvmvps.services import Context, inventory, users
 from kvmvps.worker import Worker
 from tests.conftest import ARTIFACTS
-from tests.e2e.test_tiny_vps import assert_no_trace
-from tests.tools import tools_required
+from tests.tools import assert_no_trace, tools_required
 from web import create_app
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.e2e]

@@ -21,6 +21,7 @@ from tests.guestcheck import (
     scanned_host_key,
 )
 from tests.snapshots import libvirt_snapshot
+from tests.tools import assert_no_trace
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.e2e]
 
@@ -95,13 +96,6 @@ def test_tiny_vps_end_to_end(
     assert deleted.exit_code == 0, deleted.stderr
     assert libvirt_snapshot(real_ctx) == before
     assert not Path(real_ctx.settings.console_dir, f"{vps['domain']}.log").exists()
-
-
-def assert_no_trace(root: Path, secret: str) -> None:
-    needle = secret.encode()
-    for path in root.rglob("*"):
-        if path.is_file() and not path.is_symlink():
-            assert needle not in path.read_bytes(), f"the password is in {path}"
 
 
 def test_password_reset_and_host_key_mismatch(

@@ -16,6 +16,7 @@ from kvmvps.models import ApiToken, Base, User
 from kvmvps.services import Context, hosts, tokens, users
 from tests.badinput import _env_of, assert_one_line_error, create_args, run_cli
 from tests.snapshots import snapshot
+from tests.tools import file_bytes
 
 ACTOR = "os:" + pwd.getpwuid(os.getuid()).pw_name
 PASSWORD = "correct horse battery staple"
@@ -45,7 +46,7 @@ def stored(ctx: Context) -> bytes:
     data = b""
     if not ctx.settings.database_url:
         for path in sorted(ctx.settings.state_dir.glob("kvmvps.sqlite3*")):
-            data += path.read_bytes()
+            data += file_bytes(path)
     with ctx.db.engine.connect() as conn:
         for table in Base.metadata.sorted_tables:
             data += repr(conn.execute(select(table)).all()).encode()
