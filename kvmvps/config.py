@@ -58,6 +58,7 @@ class Settings:
     base_domain: str = ""
     chain_prefix: str = "KVMVPS"
     proxy_dir: str = ""
+    agent_host: str = ""
     proxy_http_port: int = 80
     proxy_https_port: int = 443
     acme_hook: str = ""
@@ -112,7 +113,11 @@ class Settings:
     @property
     def proxy_path(self) -> Path:
         """Where kvmvps keeps its haproxy configuration and pid file (KVMVPS_PROXY_DIR)."""
-        return Path(self.proxy_dir) if self.proxy_dir else self.state_dir / "proxy"
+        if self.proxy_dir:
+            return Path(self.proxy_dir)
+        if self.agent_host:  # a host agent runs that host's own proxy
+            return self.state_dir / "hosts" / self.agent_host / "proxy"
+        return self.state_dir / "proxy"
 
 
 def _coerce(name: str, raw: Any, default: Any) -> Any:

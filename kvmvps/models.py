@@ -180,6 +180,9 @@ class Host(Base):
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     # the host's public IPv4 for port forwards; None: KVMVPS_PUBLIC_ADDRESS
     public_address: Mapped[str | None] = mapped_column(String(39))
+    # True: the host's own agent (`kvmvps-admin worker --host NAME` on it) runs its
+    # jobs and its host-local work (iptables, haproxy); central workers leave them
+    agent: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

@@ -45,6 +45,8 @@ class Worker:
     def __init__(self, ctx: Context, name: str | None = None) -> None:
         self.ctx = ctx
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuidlib.uuid4().hex[:6]}"
+        if ctx.settings.agent_host:
+            self.name = jobs.agent_worker_name(ctx.settings.agent_host, self.name)
         self.stopping = threading.Event()
         self._last_beat = 0.0
         self._last_reconcile = 0.0
@@ -60,8 +62,11 @@ class Worker:
         signal.signal(signal.SIGINT, stop)
 
     def watch_events(self) -> None:
-        """Follow libvirt's lifecycle events on every host, so drift shows at once."""
-        for host in (h for h in inventory.list_hosts(self.ctx) if h.enabled):
+        """Follow libvirt's lifecycle events on every host (an agent: its own), so drift shows."""
+        agent = self.ctx.settings.agent_host
+        for host in inventory.list_hosts(self.ctx):
+            if not host.enabled or (agent and host.name != agent):
+                continue
             try:
                 self._watches.append(LifecycleWatch(host.uri, partial(self._on_event, host.uri)))
             except KvmvpsError as exc:

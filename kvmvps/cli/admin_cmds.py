@@ -187,6 +187,7 @@ def host_group() -> None:
       kvmvps-admin host show kvm2 --json
       kvmvps-admin host disable kvm2
       kvmvps-admin host public-address kvm1 203.0.113.7
+      kvmvps-admin host agent kvm2 on   # then on kvm2: kvmvps-admin worker --host kvm2
     """
 
 
@@ -233,6 +234,22 @@ def host_public_address(
     if clear == (address is not None):
         raise click.UsageError("give an ADDRESS or --clear")
     view = hosts.set_public_address(obj.ctx, name, address, actor=actor())
+    emit_json(view) if as_json else record(view, hosts.SHOW_KEYS)
+
+
+@host_group.command("agent")
+@click.argument("name")
+@click.argument("switch", type=click.Choice(["on", "off"]))
+@json_option
+@pass_obj
+def host_agent(obj: Obj, name: str, switch: str, as_json: bool) -> None:
+    """Let the host's own agent ('worker --host NAME' run on it) do its work, or stop.
+
+    With an agent, the host gets port forwards and HTTP names on its public
+    address, and images without cloud-init work there: the agent reaches its
+    guests and writes its iptables rules and proxy itself.
+    """
+    view = hosts.set_agent(obj.ctx, name, switch == "on", actor=actor())
     emit_json(view) if as_json else record(view, hosts.SHOW_KEYS)
 
 

@@ -10,7 +10,7 @@ from kvmvps import logs
 from kvmvps.cli.context import Obj, actor, json_option, pass_obj
 from kvmvps.cli.output import emit_json, record, table
 from kvmvps.models import JobState
-from kvmvps.services import jobs, reconcile
+from kvmvps.services import Context, hosts, jobs, reconcile
 from kvmvps.worker import Worker
 
 JOB_COLUMNS = ("id", "kind", "vps", "state", "step", "progress", "attempts", "error")
@@ -58,8 +58,15 @@ def jobs_show(obj: Obj, ref: str, as_json: bool) -> None:
     type=click.Choice(logs.FORMATS),
     help="Log lines as text or JSON (default: KVMVPS_LOG_FORMAT, else text).",
 )
+@click.option(
+    "--host",
+    "agent_host",
+    help="Run as this host's agent, on the host itself: its jobs and host-local work only.",
+)
 @pass_obj
-def worker_cmd(obj: Obj, max_jobs: int | None, log_format: str | None) -> None:
+def worker_cmd(
+    obj: Obj, max_jobs: int | None, log_format: str | None, agent_host: str | None
+) -> None:
     """Run jobs until stopped (SIGTERM finishes the current step, then exits).
 
     Run one or more per machine; with PostgreSQL, on as many machines as you
@@ -68,6 +75,8 @@ def worker_cmd(obj: Obj, max_jobs: int | None, log_format: str | None) -> None:
     with its duration, finished or failed with the reason.
     """
     ctx = obj.ctx
+    if agent_host is not None:
+        ctx = Context(hosts.agent_settings(ctx, agent_host))
     logs.setup(logging.DEBUG if obj.debug else logging.INFO, log_format or ctx.settings.log_format)
     worker = Worker(ctx)
     worker.install_signal_handlers()

@@ -58,6 +58,7 @@ def follow(ctx: Context, job: str, quiet: bool = False) -> None:
     help="A file of SSH public keys to install for the login user (repeatable).",
 )
 @click.option("--ttl", help="Delete the VPS automatically after this long (30m, 2h, 7d).")
+@click.option("--host", "host", help="Place it on this host (default: the one with most room).")
 @click.option(
     "--wait", is_flag=True, help="Wait until the VPS runs (building it here if no worker is alive)."
 )
@@ -73,6 +74,7 @@ def vps_create(
     network: str | None,
     ssh_key_files: tuple[Path, ...],
     ttl: str | None,
+    host: str | None,
     wait: bool,
     quiet: bool,
     as_json: bool,
@@ -91,6 +93,7 @@ def vps_create(
         network=network,
         ssh_keys=tuple(keys),
         ttl_seconds=validation.duration(ttl) if ttl else None,
+        host=host,
     )
     order = provisioning.record_order(obj.ctx, req, actor=actor())
     if wait:

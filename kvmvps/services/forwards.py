@@ -33,7 +33,7 @@ from kvmvps.errors import (
     NotFound,
 )
 from kvmvps.models import Forward, Host, HttpName, Network, Vps, VpsState
-from kvmvps.services import Context, audit, guard, host_edge, http_names
+from kvmvps.services import Context, audit, guard, host_edge, http_names, jobs
 from kvmvps.services.vps import resolve
 
 log = logging.getLogger(__name__)
@@ -44,9 +44,9 @@ ALLOCATION_ATTEMPTS = 5
 
 
 # -- where forwards apply -----------------------------------------------------
-def iptables_for(host: Host) -> firewall.Iptables | None:
-    """How to run iptables for ``host``; None where kvmvps cannot (a remote host)."""
-    return firewall.Iptables() if host_edge.is_local(host.uri) else None
+def iptables_for(host: Host) -> firewall.Iptables:
+    """How to run iptables for ``host`` (from the process that does its host-local work)."""
+    return firewall.Iptables()
 
 
 # -- allocation ---------------------------------------------------------------
@@ -55,7 +55,7 @@ def allocate_ssh(
 ) -> Forward | None:
     """The SSH forward of a new NAT VPS (flushed, not committed); None without forwarding."""
     address = host_edge.public_address(ctx, host)
-    if network.kind != "nat" or not address or not host_edge.serves_forwards(host.uri):
+    if network.kind != "nat" or not address or not host_edge.serves_forwards(host):
         return None
     return _allocate(ctx, session, vps, host, address, "tcp", 22, SSH)
 
@@ -238,10 +238,11 @@ def _forwardable(ctx: Context, vps: Vps) -> str:
             f"port forwarding is not configured on host {vps.host.name!r} "
             "(set KVMVPS_PUBLIC_ADDRESS or the host's public address)"
         )
-    if not host_edge.serves_forwards(vps.host.uri):
+    if not host_edge.serves_forwards(vps.host):
         raise Conflict(
-            f"{vps.hostname} is on remote host {vps.host.name!r}; port forwards "
-            "work on the local libvirt host only"
+            f"{vps.hostname} is on remote host {vps.host.name!r}, which has no agent; port "
+            "forwards work on the local libvirt host and on hosts with an agent "
+            "(kvmvps-admin host agent NAME on)"
         )
     return address
 
@@ -337,9 +338,11 @@ def _apply_in(ctx: Context, session: Session, host: Host) -> bool:
     """Write the host's rules from what ``session`` sees (uncommitted rows included)."""
     _rehome(ctx, session, host)
     session.flush()
-    ipt = iptables_for(host)
-    if ipt is None:
+    if not host_edge.runs_here(ctx, host):
+        if host.agent:
+            jobs.request_edge(session, host)
         return False
+    ipt = iptables_for(host)
     forwards = _port_forwards(session, host)
     if not forwards and not host_edge.public_address(ctx, host):
         return False  # forwarding is not used here: leave iptables alone
@@ -379,7 +382,9 @@ def sync(ctx: Context, host: Host) -> list[dict[str, str]]:
 
     Returns what it had to put right (nothing when all was in order).
     """
-    if not host_edge.is_local(host.uri):
+    if not host_edge.runs_here(ctx, host):
+        if host.agent:
+            return []  # its own agent keeps them
         with ctx.db.session() as s:
             held = s.scalar(
                 select(Forward.id)
@@ -430,5 +435,6 @@ def remove_rules(ctx: Context, host_id: int) -> bool:
     """Delete kvmvps's chains and jumps from a local host (e.g. before uninstalling)."""
     with ctx.db.session() as s:
         host = s.get(Host, host_id)
-        ipt = iptables_for(host) if host is not None else None
-    return ipt is not None and firewall.remove(ipt, ctx.settings.chain_prefix)
+        if host is None or not host_edge.runs_here(ctx, host):
+            return False
+    return firewall.remove(iptables_for(host), ctx.settings.chain_prefix)

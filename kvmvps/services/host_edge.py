@@ -25,12 +25,25 @@ def is_local(uri: str) -> bool:
     return parts.scheme in LOCAL_SCHEMES and not parts.netloc
 
 
-def serves_forwards(uri: str) -> bool:
-    """True for hosts whose forwards kvmvps can serve: the local libvirt host.
+def runs_here(ctx: Context, host: Host) -> bool:
+    """True when this process does ``host``'s host-local work (iptables, haproxy).
 
-    libvirt's test driver counts too (its "host" is this process; there are no
-    rules to write). Remote hosts (qemu+ssh://) get no forwards yet: their
+    A host agent (``kvmvps-admin worker --host NAME``, KVMVPS_AGENT_HOST) does
+    its own host's and no other; every other process does the local libvirt
+    host's, unless that host has an agent of its own.
+    """
+    if ctx.settings.agent_host:
+        return host.name == ctx.settings.agent_host
+    return is_local(host.uri) and not host.agent
+
+
+def serves_forwards(host: Host) -> bool:
+    """True for hosts whose forwards kvmvps can serve.
+
+    The local libvirt host, and any host with an agent (which writes the rules
+    on that host). libvirt's test driver counts too (its "host" is this process;
+    there are no rules to write). Remote hosts without an agent get none: their
     iptables is on another machine.
     """
-    parts = urlsplit(uri)
-    return is_local(uri) or (parts.scheme == "test" and not parts.netloc)
+    parts = urlsplit(host.uri)
+    return host.agent or is_local(host.uri) or (parts.scheme == "test" and not parts.netloc)

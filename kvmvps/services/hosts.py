@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 
@@ -9,6 +10,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from kvmvps import validation
+from kvmvps.config import Settings
 from kvmvps.errors import Conflict, InvalidInput
 from kvmvps.models import Host, Job, JobState, Vps
 from kvmvps.services import Context, audit, forwards, http_names, placement, setup, views
@@ -22,6 +24,7 @@ SHOW_KEYS = (
     "uri",
     "enabled",
     "public_address",
+    "agent",
     "cpus",
     "vcpus_pinned",
     "vcpu_limit",
@@ -157,6 +160,34 @@ def set_public_address(
         host_id = host.id
     forwards.apply(ctx, host_id)
     http_names.apply_proxy(ctx)
+    return show_host(ctx, name)
+
+
+def agent_settings(ctx: Context, name: str) -> Settings:
+    """The settings of ``name``'s agent; refused unless the host is handed to an agent."""
+    with ctx.db.reading() as s:
+        host = get_by_name(s, Host, name, "host")
+        if not host.agent:
+            raise Conflict(
+                f"host {name!r} is not run by an agent; first: kvmvps-admin host agent {name} on"
+            )
+    return dataclasses.replace(ctx.settings, agent_host=name)
+
+
+@audit.audits("host.agent", target="name")
+def set_agent(ctx: Context, name: str, on: bool, *, actor: str | None = None) -> HostDetail:
+    """Hand the host's jobs and host-local work to its own agent (``on``), or take them back.
+
+    With an agent, ``kvmvps-admin worker --host NAME`` runs on the host itself
+    and does everything that must happen there (iptables forwards, the HTTP
+    proxy, reaching its guests); central workers leave the host's jobs to it.
+    Jobs queued before the switch wait for whoever now runs the host's jobs.
+    """
+    with ctx.db.session() as s:
+        host = get_by_name(s, Host, name, "host")
+        host.agent = on
+        host_id = host.id
+    forwards.apply(ctx, host_id)  # writes here, or asks the agent
     return show_host(ctx, name)
 
 

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from kvmvps import proxy, validation
 from kvmvps.errors import Conflict, InvalidInput, NotFound
 from kvmvps.models import Host, HttpName, Network, Vps
-from kvmvps.services import Context, audit, guard, host_edge
+from kvmvps.services import Context, audit, guard, host_edge, jobs
 from kvmvps.services.vps import resolve
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ def add(
         row = HttpName(name=fqdn, vps_id=vps.id)
         s.add(row)
         s.flush()
-        _apply_proxy_in(ctx, s)
+        _apply_proxy_for(ctx, s, vps.host)
         shown = name_view(row, vps)
     shown["acme"] = run_acme_hook(ctx, fqdn, shown)
     return shown
@@ -102,9 +102,10 @@ def _routable(ctx: Context, vps: Vps) -> None:
         raise Conflict(
             f"{vps.hostname} is not a NAT VPS with an address; names are routed to NAT VPSes only"
         )
-    if not host_edge.is_local(vps.host.uri):
+    if not (host_edge.is_local(vps.host.uri) or vps.host.agent):
         raise Conflict(
-            f"{vps.hostname} is on host {vps.host.name!r}; the proxy runs on the local host only"
+            f"{vps.hostname} is on host {vps.host.name!r}, which has no agent; the proxy runs "
+            "on the local host and on hosts with an agent"
         )
     if not host_edge.public_address(ctx, vps.host):
         raise Conflict("HTTP names need a public address (set KVMVPS_PUBLIC_ADDRESS)")
@@ -137,13 +138,13 @@ def remove(
         shown = name_view(row, vps)
         s.delete(row)
         s.flush()
-        _apply_proxy_in(ctx, s)
+        _apply_proxy_for(ctx, s, vps.host)
         return shown
 
 
 # -- the proxy configuration --------------------------------------------------
 def desired(ctx: Context, session: Session) -> str | None:
-    """The proxy configuration for the local host's names; None when there are none."""
+    """The proxy configuration for the names of the host(s) this process serves; None for none."""
     rows = session.execute(
         select(HttpName.name, Vps, Host)
         .join(Vps, Vps.id == HttpName.vps_id)
@@ -156,7 +157,7 @@ def desired(ctx: Context, session: Session) -> str | None:
     guests: dict[str, tuple[str, str]] = {}
     for name, vps, host in rows:
         address = host_edge.public_address(ctx, host)
-        if host_edge.is_local(host.uri) and address and vps.ip:
+        if host_edge.runs_here(ctx, host) and address and vps.ip:
             backend = "vps_" + vps.uuid.replace("-", "")[:16]
             names.setdefault(backend, []).append(name)
             guests[backend] = (vps.ip, address)
@@ -166,6 +167,14 @@ def desired(ctx: Context, session: Session) -> str | None:
     address = next(iter(guests.values()))[1]
     st = ctx.settings
     return proxy.render(proxy.Listen(address, st.proxy_http_port, st.proxy_https_port), routes)
+
+
+def _apply_proxy_for(ctx: Context, session: Session, host: Host) -> None:
+    """After a change of ``host``'s names: its proxy here, or a word to its agent."""
+    if host_edge.runs_here(ctx, host) or not host.agent:
+        _apply_proxy_in(ctx, session)
+    else:
+        jobs.request_edge(session, host)
 
 
 def _apply_proxy_in(ctx: Context, session: Session) -> bool:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypedDict, overload
 
-from sqlalchemy import Select, and_, exists, func, or_, select, update
+from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from kvmvps import validation
@@ -38,6 +38,7 @@ KINDS = BUILD_KINDS + (
     "resume",
     "delete",
     "password_reset",
+    "edge",  # write a host's iptables rules and proxy (run by that host's agent)
 )
 MAX_ATTEMPTS = 3
 
@@ -68,6 +69,7 @@ class Claimed:
     params: dict[str, Any]
     attempts: int
     started_at: datetime
+    host_id: int | None = None
 
 
 def enqueue(
@@ -97,7 +99,12 @@ CLAIM_BATCH = 20
 
 
 def _claimable(
-    session: Session, build_limit: int, lease: timedelta, worker: str, only_id: int | None
+    session: Session,
+    build_limit: int,
+    lease: timedelta,
+    worker: str,
+    only_id: int | None,
+    scope: ColumnElement[bool],
 ) -> Job | None:
     """The oldest runnable job, locked and marked ours; None if there is none.
 
@@ -109,7 +116,7 @@ def _claimable(
     """
     after = 0
     while True:
-        query = _candidates(build_limit, after)
+        query = _candidates(build_limit, after).where(scope)
         if only_id is not None:
             query = query.where(Job.id == only_id)
         batch = list(session.scalars(query))
@@ -173,11 +180,16 @@ def _build_slot_free(session: Session, job: Job, build_limit: int) -> bool:
 
 
 def claim(ctx: Context, worker: str, only_id: int | None = None) -> Claimed | None:
-    """Atomically take the oldest runnable job (or job ``only_id``)."""
+    """Atomically take the oldest runnable job (or job ``only_id``).
+
+    A host agent (KVMVPS_AGENT_HOST) takes only its host's jobs; every other
+    process leaves the jobs of hosts that have an agent.
+    """
     st = ctx.settings
     with ctx.db.session() as s:
+        scope = _scope(s, st.agent_host)
         job = _claimable(
-            s, st.build_limit, timedelta(seconds=st.job_lease_seconds), worker, only_id
+            s, st.build_limit, timedelta(seconds=st.job_lease_seconds), worker, only_id, scope
         )
         if job is None:
             return None
@@ -189,7 +201,53 @@ def claim(ctx: Context, worker: str, only_id: int | None = None) -> Claimed | No
             params=json.loads(job.params or "{}"),
             attempts=job.attempts,
             started_at=aware(job.started_at or now()),
+            host_id=job.host_id,
         )
+
+
+def _scope(session: Session, agent_host: str) -> ColumnElement[bool]:
+    """Which jobs this process may claim: its host's (an agent), or those of hosts without one."""
+    if agent_host:
+        host_id = session.scalar(select(Host.id).where(Host.name == agent_host))
+        if host_id is None:
+            raise NotFound(f"no host named {agent_host!r} (KVMVPS_AGENT_HOST)")
+        return Job.host_id == host_id
+    return or_(Job.host_id.is_(None), Job.host_id.not_in(select(Host.id).where(Host.agent)))
+
+
+def request_edge(session: Session, host: Host) -> None:
+    """Ask ``host``'s agent to rewrite its rules and proxy (once, however often asked)."""
+    queued = session.scalar(
+        select(Job.id)
+        .where(Job.kind == "edge", Job.host_id == host.id, Job.state == JobState.QUEUED)
+        .limit(1)
+    )
+    if queued is None:
+        enqueue(session, "edge", None, host.id, actor="kvmvps")
+
+
+AGENT_PREFIX = "agent:"
+
+
+def agent_worker_name(host: str, name: str) -> str:
+    """The worker name of an agent of ``host``."""
+    return f"{AGENT_PREFIX}{host}:{name}"
+
+
+def agent_of(ctx: Context, job_uuid: str) -> str | None:
+    """The host whose agent must run the job, when that is not this process; else None."""
+    with ctx.db.session() as s:
+        name = s.scalar(
+            select(Host.name)
+            .join(Job, Job.host_id == Host.id)
+            .where(Job.uuid == job_uuid, Host.agent)
+        )
+    return None if name is None or name == ctx.settings.agent_host else name
+
+
+def live_agents(ctx: Context, host: str) -> list[str]:
+    """Live agents of ``host``."""
+    return [w for w in live_workers(ctx) if w.startswith(agent_worker_name(host, ""))]
 
 
 def renew_lease(ctx: Context, job_id: int, worker: str) -> bool:

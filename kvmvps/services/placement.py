@@ -74,9 +74,15 @@ def available_plans(
     return {plan.id for plan in plans if any(fits(cap, plan) for cap in caps)}
 
 
-def choose_host(session: Session, plan: Plan, overcommit: float, reserve_mib: int) -> Host:
-    """The enabled host with the most free memory that fits the plan."""
+def choose_host(
+    session: Session, plan: Plan, overcommit: float, reserve_mib: int, only: str | None = None
+) -> Host:
+    """The enabled host with the most free memory that fits the plan (host ``only``, if given)."""
     hosts = _enabled_hosts(session)
+    if only is not None:
+        hosts = [h for h in hosts if h.name == only]
+        if not hosts:
+            raise CapacityError(f"there is no enabled host named {only!r}")
     if not hosts:
         raise CapacityError("no hosts are registered; run 'kvmvps-admin init' first")
     fitting = []

@@ -67,6 +67,7 @@ class OrderRequest:
     network: str | None = None
     ssh_keys: tuple[str, ...] = ()
     ttl_seconds: int | None = None
+    host: str | None = None  # the operator pins the order to this host
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,7 @@ def _host_facts(ctx: Context, req: OrderRequest) -> _HostFacts:
             owner = inventory.user_by_email(s, req.owner_email)
             quotas.check_order(s, st, owner, plan, lock=False)
         network = _network_for(ctx, s, plan, req.network)
-        host = choose_host(s, plan, st.cpu_overcommit, st.host_memory_reserve_mib)
+        host = choose_host(s, plan, st.cpu_overcommit, st.host_memory_reserve_mib, req.host)
         prep = setup.host_prep(s, host.uri)
         nat, net_name = network.kind == "nat", network.libvirt_name
     setup.prepare_host(ctx, prep)
@@ -170,7 +171,7 @@ def _insert_order(
             raise Conflict(f"{owner.email} already has a VPS named {hostname!r}")
         quotas.check_order(s, ctx.settings, owner, plan)
         host = choose_host(
-            s, plan, ctx.settings.cpu_overcommit, ctx.settings.host_memory_reserve_mib
+            s, plan, ctx.settings.cpu_overcommit, ctx.settings.host_memory_reserve_mib, req.host
         )
         if host.uri != facts.uri:
             raise _OtherHost(host.uri)

@@ -120,7 +120,10 @@ def _run(ctx: Context, fix: bool, holder: str, wait: bool) -> Report:
     try:
         report = Report(fixed=fix)
         with ctx.db.session() as s:
-            hosts = list(s.scalars(select(Host).where(Host.enabled)))
+            query = select(Host).where(Host.enabled)
+            if ctx.settings.agent_host:  # a host agent looks after its own host only
+                query = query.where(Host.name == ctx.settings.agent_host)
+            hosts = list(s.scalars(query))
         for host in hosts:
             report.hosts.append(host.name)
             try:

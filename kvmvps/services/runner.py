@@ -17,8 +17,8 @@ from sqlalchemy import select
 from kvmvps import interrupt, logs
 from kvmvps.errors import KvmvpsError, NotFound
 from kvmvps.interrupt import Interrupted
-from kvmvps.models import Job, JobState, Vps, VpsState
-from kvmvps.services import Context, credentials, jobs, provisioning
+from kvmvps.models import Host, Job, JobState, Vps, VpsState
+from kvmvps.services import Context, credentials, forwards, jobs, provisioning
 from kvmvps.services import vps as vps_service
 from kvmvps.services.jobs import Claimed, JobView
 
@@ -114,6 +114,15 @@ def _resume(ctx: Context, c: Claimed, jc: JobControl) -> None:
         vps_service.resume(ctx, _vps(c))
 
 
+def _edge(ctx: Context, c: Claimed, jc: JobControl) -> None:
+    """Rewrite the host's iptables rules and proxy from the database (its agent runs this)."""
+    with ctx.db.session() as s:
+        host = s.get(Host, c.host_id) if c.host_id is not None else None
+    if host is None:
+        raise NotFound(f"job {c.uuid[:8]} names no host")
+    forwards.sync(ctx, host)
+
+
 def _simple(action: Callable[[Context, str], object]) -> Handler:
     return lambda ctx, c, jc: action(ctx, _vps(c))
 
@@ -129,6 +138,7 @@ HANDLERS: dict[str, Handler] = {
     "suspend": _suspend,
     "resume": _resume,
     "password_reset": _simple(credentials.apply_password_reset),
+    "edge": _edge,
 }
 
 
@@ -314,8 +324,10 @@ def _holder_alive(ctx: Context, holder: str | None) -> bool:
 class _Driver:
     """With no worker alive: run the jobs of the VPS in order here, or say what blocks them."""
 
-    def __init__(self, ctx: Context, job_uuid: str, say: Callable[[str], None]) -> None:
-        self.ctx, self.job_uuid, self.say = ctx, job_uuid, say
+    def __init__(
+        self, ctx: Context, job_uuid: str, say: Callable[[str], None], agent: str | None = None
+    ) -> None:
+        self.ctx, self.job_uuid, self.say, self.agent = ctx, job_uuid, say, agent
         self.name = inline_worker_name()
         self._said: set[str] = set()
         self._stuck_since: float | None = None
@@ -357,9 +369,17 @@ class _Driver:
             )
             limit = self.ctx.settings.job_lease_seconds + STALL_SECONDS
             why = f"is still held by {head.worker}"
+        elif self.agent:
+            limit = STALL_SECONDS
+            why = f"runs on host {self.agent}'s own agent"
         else:
             limit = STALL_SECONDS
             why = "cannot run here now (its host's build slots are taken)"
+        if now - self._stuck_since > limit and self.agent:
+            raise NoWorker(
+                f"{head.label} {why} and none is running: start it on that host with "
+                f"'kvmvps-admin worker --host {self.agent}'"
+            )
         if now - self._stuck_since > limit:
             raise NoWorker(
                 f"{head.label} {why} and no worker is running: start one with "
@@ -389,7 +409,8 @@ def run_or_follow(
     Returns the finished job's view; raises :class:`JobFailed` if it failed.
     """
     say = notice or (lambda message: log.warning("%s", message))
-    driver = _Driver(ctx, job_uuid, say)
+    agent = jobs.agent_of(ctx, job_uuid)
+    driver = _Driver(ctx, job_uuid, say, agent)
     deadline = None if timeout is None else time.monotonic() + timeout
     seen = None
     while True:
@@ -401,7 +422,8 @@ def run_or_follow(
             break
         if deadline is not None and time.monotonic() > deadline:
             raise JobFailed(f"job {job_uuid[:8]} is still {view['state']} after {timeout:g} s")
-        if not jobs.live_workers(ctx) and driver.step(progress):
+        alive = jobs.live_agents(ctx, agent) if agent else jobs.live_workers(ctx)
+        if not alive and driver.step(progress):
             continue
         time.sleep(0.2)
     if view["state"] == JobState.FAILED:

@@ -75,6 +75,7 @@ class HostView(TypedDict):
     memory_mib: int
     enabled: bool
     public_address: str | None
+    agent: bool
 
 
 def plan_view(plan: Plan, network: str | None = None) -> PlanView:
@@ -165,4 +166,5 @@ def host_view(host: Host) -> HostView:
         "memory_mib": host.memory_mib,
         "enabled": host.enabled,
         "public_address": host.public_address,
+        "agent": host.agent,
     }

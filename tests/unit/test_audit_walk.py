@@ -84,6 +84,8 @@ WALK: list[tuple[Args, str | None]] = [
     (["host", "disable", "node2"], "host.disable"),
     (["host", "enable", "node2"], "host.enable"),
     (["host", "public-address", "node2", "203.0.113.7"], "host.public-address"),
+    (["host", "agent", "node2", "on"], "host.agent"),
+    (["host", "agent", "node2", "off"], "host.agent"),
     (["host", "remove", "node2"], "host.remove"),
     (create_args(hostname="web1"), "vps.create"),
     (create_args(plan="nope", hostname="web9"), "vps.create"),

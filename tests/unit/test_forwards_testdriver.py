@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 
 from kvmvps.config import load_settings
 from kvmvps.errors import InvalidInput, NotFound, StepFailed
-from kvmvps.models import Forward, Image
+from kvmvps.models import Forward, Host, Image
 from kvmvps.services import (
     Context,
     forwards,
@@ -334,10 +334,14 @@ def test_local_uris() -> None:
     assert host_edge.is_local("qemu:///system?socket=/run/x")
     assert not host_edge.is_local("qemu+ssh://root@kvm2/system")
     assert not host_edge.is_local("test:///default")
-    assert host_edge.serves_forwards("test:///default")  # no rules to write, but ports
-    assert host_edge.serves_forwards("qemu:///system")
-    assert not host_edge.serves_forwards("qemu+ssh://root@kvm2/system")
-    assert not host_edge.serves_forwards("test://kvm2/default")
+    def host(uri: str, agent: bool = False) -> Host:
+        return Host(name="h", uri=uri, cpus=1, memory_mib=1, agent=agent)
+
+    assert host_edge.serves_forwards(host("test:///default"))  # no rules to write, but ports
+    assert host_edge.serves_forwards(host("qemu:///system"))
+    assert not host_edge.serves_forwards(host("qemu+ssh://root@kvm2/system"))
+    assert host_edge.serves_forwards(host("qemu+ssh://root@kvm2/system", agent=True))
+    assert not host_edge.serves_forwards(host("test://kvm2/default"))
 
 
 def test_the_database_refuses_a_port_held_twice(fw_ctx: Context) -> None:
