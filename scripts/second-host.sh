@@ -2,7 +2,7 @@
 # A second, independent hypervisor on this machine, for tests, benchmarks and trying
 # out more than one host without a second computer.
 #
-#   bash scripts/second-host.sh up [NAME]     start it; prints uri=... and address=...
+#   bash scripts/second-host.sh up [NAME]     start it; prints uri=, address= and link=
 #   bash scripts/second-host.sh down [NAME]   stop it and remove everything it made
 #   bash scripts/second-host.sh status [NAME] exit 0 when it runs
 #
@@ -10,7 +10,8 @@
 # namespace, in which run its own virtlogd, libvirtd (own /run/libvirt, /var/lib/libvirt,
 # /etc/libvirt, /var/cache/libvirt, /var/log/libvirt; so its own networks, bridges,
 # dnsmasq, iptables and QEMU processes) and an sshd. A veth pair gives it a "public"
-# address (ADDRESS, default 10.251.N.2) that this machine reaches at 10.251.N.1.
+# address (ADDRESS, 10.251.N.2) and reaches this machine at 10.251.N.1 (link=; a host
+# agent there reaches PostgreSQL on that address).
 # kvmvps reaches the daemon as qemu+ssh://root@ADDRESS/system through a wrapper that
 # pins the sshd's host key (no trust on first use).
 #
@@ -40,6 +41,7 @@ running() { pid_of "$root/run/libvirt/libvirtd.pid" >/dev/null && pid_of "$root/
 print_access() {
     echo "uri=$(cat "$root/uri")"
     echo "address=$address"
+    echo "link=$host_address"
 }
 
 make_dirs() {

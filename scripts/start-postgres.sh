@@ -8,6 +8,21 @@ if ! command -v pg_ctlcluster >/dev/null; then
 fi
 version=$(ls /usr/lib/postgresql | sort -n | tail -1)
 pg_lsclusters -h | grep -q "^$version main" || pg_createcluster "$version" main >/dev/null
+# host agents in the second-host namespaces (scripts/second-host.sh, 10.251.0.0/16)
+# reach the database over their veth link; nothing else gets in
+conf=/etc/postgresql/$version/main
+restart=
+if ! grep -q "^listen_addresses = '\*'" "$conf/postgresql.conf"; then
+  echo "listen_addresses = '*'" >>"$conf/postgresql.conf"
+  restart=1
+fi
+if ! grep -q "10.251.0.0/16" "$conf/pg_hba.conf"; then
+  echo "host    all             kvmvps          10.251.0.0/16           scram-sha-256" >>"$conf/pg_hba.conf"
+  restart=1
+fi
+if [[ -n $restart ]] && pg_lsclusters -h | grep -q "^$version main .* online"; then
+  pg_ctlcluster "$version" main restart
+fi
 if ! pg_lsclusters -h | grep -q "^$version main .* online"; then
   pg_ctlcluster "$version" main start
 fi

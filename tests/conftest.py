@@ -223,3 +223,47 @@ def tiny_image(real_ctx: Context) -> str:
 
     images.build_tiny(real_ctx, "tiny")
     return "tiny"
+
+
+SECOND_HOST_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "second-host.sh"
+SECOND_HOST = f"t{os.getpid() % 10_000}"
+
+
+def second_host_script(
+    *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run scripts/second-host.sh."""
+    return subprocess.run(
+        ["bash", str(SECOND_HOST_SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+        check=False,
+    )
+
+
+def script_fields(out: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+@pytest.fixture(scope="session")
+def second_host() -> Iterator[dict[str, str]]:
+    """A second, independent libvirtd of this session (scripts/second-host.sh), torn down after.
+
+    Its keys live below TEST_ROOT, not /tmp: sshd refuses keys below a
+    world-writable directory.
+    """
+    env = {"KVMVPS_SECOND_HOST_DIR": str(make_state_dir("hosts-"))}
+    up = second_host_script("up", SECOND_HOST, env=env)
+    assert up.returncode == 0, up.stderr
+    yield {**script_fields(up.stdout), **env, "name": SECOND_HOST}
+    down = second_host_script("down", SECOND_HOST, env=env)
+    assert down.returncode == 0, down.stderr
+    netns = subprocess.run(["ip", "netns"], capture_output=True, text=True).stdout
+    assert f"kvh-{SECOND_HOST}" not in netns
+    assert subprocess.run(
+        ["ip", "link", "show", f"kvh{SECOND_HOST}h"], capture_output=True
+    ).returncode
+    assert not (Path(env["KVMVPS_SECOND_HOST_DIR"]) / SECOND_HOST).exists()
+    Path(env["KVMVPS_SECOND_HOST_DIR"]).rmdir()

@@ -12,7 +12,7 @@ from kvmvps.cli.context import Obj, actor, json_option, pass_obj
 from kvmvps.cli.output import emit_json, job_progress, record, table
 from kvmvps.services import Context, actions, expiry, jobs, provisioning
 from kvmvps.services import vps as vps_service
-from kvmvps.services.runner import run_or_follow
+from kvmvps.services.runner import NoWorker, run_or_follow
 from kvmvps.services.vps import VpsView
 
 LIST_COLUMNS = ("id", "hostname", "state", "ip", "plan", "image", "host", "owner")
@@ -96,8 +96,14 @@ def vps_create(
         host=host,
     )
     order = provisioning.record_order(obj.ctx, req, actor=actor())
-    if wait:
-        follow(obj.ctx, order.job, quiet or as_json)
+    try:
+        if wait:
+            follow(obj.ctx, order.job, quiet or as_json)
+    except NoWorker:  # the order stays queued: its password must not be lost
+        _print_with_password(
+            {**vps_service.show(obj.ctx, order.uuid), "job": order.job}, order.password, as_json
+        )
+        raise
     view = {**vps_service.show(obj.ctx, order.uuid), "job": order.job}
     _print_with_password(view, order.password, as_json)
 

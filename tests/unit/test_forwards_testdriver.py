@@ -334,6 +334,7 @@ def test_local_uris() -> None:
     assert host_edge.is_local("qemu:///system?socket=/run/x")
     assert not host_edge.is_local("qemu+ssh://root@kvm2/system")
     assert not host_edge.is_local("test:///default")
+
     def host(uri: str, agent: bool = False) -> Host:
         return Host(name="h", uri=uri, cpus=1, memory_mib=1, agent=agent)
 
