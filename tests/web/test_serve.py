@@ -88,13 +88,19 @@ def unit_settings(path: Path) -> dict[str, list[str]]:
     return settings
 
 
-@pytest.mark.parametrize("unit", ["kvmvps-web.service", "kvmvps-worker.service"])
+@pytest.mark.parametrize(
+    "unit", ["kvmvps-web.service", "kvmvps-worker.service", "kvmvps-agent@.service"]
+)
 def test_systemd_units(unit: str) -> None:
     path = ROOT / "deploy" / "systemd" / unit
     settings = unit_settings(path)
     assert settings["Restart"] == ["on-failure"]
     assert "KVMVPS_STATE_DIR=/var/lib/kvmvps" in settings["Environment"]
-    command = "serve --host 127.0.0.1 --port 8000 --production" if "web" in unit else "worker"
+    command = {
+        "kvmvps-web.service": "serve --host 127.0.0.1 --port 8000 --production",
+        "kvmvps-worker.service": "worker",
+        "kvmvps-agent@.service": "worker --host %i",
+    }[unit]
     assert settings["ExecStart"][0].endswith(f"kvmvps-admin {command}")
     assert settings["WantedBy"] == ["multi-user.target"]
     for section in re.findall(r'see "([^"]+)" in the README', path.read_text()):
