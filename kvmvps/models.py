@@ -49,8 +49,11 @@ class VpsState:
     SUSPENDED = "suspended"
     ERROR = "error"
     DELETING = "deleting"
+    # shown, never stored: the VPS's host does not answer, so its state is not known
+    UNKNOWN = "unknown"
 
     ALL = (QUEUED, BUILDING, RUNNING, STOPPED, SUSPENDED, ERROR, DELETING)
+    SHOWN = (*ALL, UNKNOWN)
 
 
 class User(Base):
@@ -183,6 +186,8 @@ class Host(Base):
     # True: the host's own agent (`kvmvps-admin worker --host NAME` on it) runs its
     # jobs and its host-local work (iptables, haproxy); central workers leave them
     agent: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
+    # set by reconcile when the host's libvirt stops answering; cleared when it answers
+    down_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

@@ -5,6 +5,9 @@
 #   bash scripts/second-host.sh up [NAME]     start it; prints uri=, address= and link=
 #   bash scripts/second-host.sh down [NAME]   stop it and remove everything it made
 #   bash scripts/second-host.sh status [NAME] exit 0 when it runs
+#   bash scripts/second-host.sh stop-libvirtd|start-libvirtd [NAME]
+#                                            a host failure for tests: its libvirtd
+#                                            goes away (guests keep running) and back
 #
 # NAME defaults to hv2. The host gets its own network namespace (kvh-NAME) and mount
 # namespace, in which run its own virtlogd, libvirtd (own /run/libvirt, /var/lib/libvirt,
@@ -157,9 +160,33 @@ down() {
     [[ -n $quiet ]] || echo "second host $name removed"
 }
 
+stop_libvirtd() {
+    local pid
+    pid=$(pid_of "$root/run/libvirt/libvirtd.pid") || {
+        echo "error: the libvirtd of $name is not running" >&2
+        exit 1
+    }
+    kill "$pid"
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+}
+
+start_libvirtd() {
+    local anchor
+    anchor=$(pid_of "$root/run/libvirt/virtlogd.pid") || {
+        echo "error: second host $name is not up" >&2
+        exit 1
+    }
+    pid_of "$root/run/libvirt/libvirtd.pid" >/dev/null && return
+    # into the namespaces its virtlogd keeps alive
+    nsenter -t "$anchor" -m -n libvirtd -d -p /run/libvirt/libvirtd.pid
+    wait_ready
+}
+
 case $action in
 up) up ;;
 down) down ;;
+stop-libvirtd) stop_libvirtd ;;
+start-libvirtd) start_libvirtd ;;
 status)
     if running; then print_access; else
         echo "second host $name is not running" >&2
@@ -167,7 +194,7 @@ status)
     fi
     ;;
 *)
-    echo "usage: $0 up|down|status [NAME]" >&2
+    echo "usage: $0 up|down|status|stop-libvirtd|start-libvirtd [NAME]" >&2
     exit 2
     ;;
 esac

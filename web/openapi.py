@@ -39,7 +39,7 @@ SERVER = {
         "hostname": STR,
         "state": {
             **STR,
-            "enum": list(VpsState.ALL),
+            "enum": list(VpsState.SHOWN),
         },
         "ip": _nullable(STR),
         "mac": _nullable(STR),

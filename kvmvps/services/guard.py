@@ -12,7 +12,7 @@ This module reads only the VPS row handed to it: no libvirt, no queries.
 
 from __future__ import annotations
 
-from kvmvps.errors import Suspended
+from kvmvps.errors import Conflict, Suspended
 from kvmvps.models import Vps
 
 # what an operator may still do to a VPS they suspended (nothing here runs it)
@@ -40,9 +40,14 @@ def check_action(vps: Vps, action: str, *, operator: bool) -> None:
     ``operator`` is True for an operator's request (the service functions'
     ``owner_id is None``), False for a customer acting on their own VPS.
     """
+    what = LABELS.get(action, action.replace("_", " "))
+    if vps.host.down_since is not None:
+        raise Conflict(
+            f"cannot {what} {vps.hostname}: its host {vps.host.name} is not answering; "
+            "try again when it is back"
+        )
     if not is_suspended(vps):
         return
-    what = LABELS.get(action, action.replace("_", " "))
     if not operator:
         raise Suspended(
             f"cannot {what} {vps.hostname}: it is suspended by the operators "

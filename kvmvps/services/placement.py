@@ -63,7 +63,9 @@ def fits(cap: Capacity, plan: Plan) -> bool:
 
 
 def _enabled_hosts(session: Session) -> list[Host]:
-    return list(session.scalars(select(Host).where(Host.enabled).order_by(Host.id)))
+    """Hosts that take new VPSes: enabled, and answering at the last reconcile."""
+    query = select(Host).where(Host.enabled, Host.down_since.is_(None)).order_by(Host.id)
+    return list(session.scalars(query))
 
 
 def available_plans(
@@ -80,9 +82,12 @@ def choose_host(
     """The enabled host with the most free memory that fits the plan (host ``only``, if given)."""
     hosts = _enabled_hosts(session)
     if only is not None:
-        hosts = [h for h in hosts if h.name == only]
-        if not hosts:
+        pinned = session.scalar(select(Host).where(Host.name == only, Host.enabled))
+        if pinned is None:
             raise CapacityError(f"there is no enabled host named {only!r}")
+        if pinned.down_since is not None:
+            raise CapacityError(f"host {only!r} is not answering; no new VPSes go there")
+        hosts = [pinned]
     if not hosts:
         raise CapacityError("no hosts are registered; run 'kvmvps-admin init' first")
     fitting = []

@@ -23,7 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from kvmvps import xmlrender
-from kvmvps.errors import Conflict, HypervisorError
+from kvmvps.errors import Conflict, HypervisorError, HypervisorUnavailable
 from kvmvps.hypervisor import Hypervisor
 from kvmvps.models import Host, IpLease, Job, JobState, Lock, Network, Vps, VpsState
 from kvmvps.services import Context, audit, forwards, guard, isolation
@@ -128,11 +128,35 @@ def _run(ctx: Context, fix: bool, holder: str, wait: bool) -> Report:
             report.hosts.append(host.name)
             try:
                 _host_pass(ctx, host, fix, report)
+            except HypervisorUnavailable as exc:
+                report.errors.append(f"{host.name}: {exc}")
+                _mark_down(ctx, host.id, report)
             except HypervisorError as exc:
                 report.errors.append(f"{host.name}: {exc}")
+            else:
+                _mark_up(ctx, host.id, report)
         return report
     finally:
         release(ctx, holder)
+
+
+def _mark_down(ctx: Context, host_id: int, report: Report) -> None:
+    """The host does not answer: its VPSes show ``unknown`` and it takes no new ones."""
+    with ctx.db.session() as s:
+        host = s.get(Host, host_id)
+        if host is not None and host.down_since is None:
+            host.down_since = now()
+            report.errors.append(f"{host.name}: marked as not answering; no new VPSes go there")
+            log.error("host %s stopped answering", host.name)
+
+
+def _mark_up(ctx: Context, host_id: int, report: Report) -> None:
+    with ctx.db.session() as s:
+        host = s.get(Host, host_id)
+        if host is not None and host.down_since is not None:
+            host.down_since = None
+            report.forwarding.append({"host": host.name, "action": "answers again"})
+            log.warning("host %s answers again", host.name)
 
 
 def _busy_vps(ctx: Context) -> set[str]:

@@ -125,13 +125,24 @@ class VpsView(TypedDict):
     suspended_at: str | None
 
 
+def shown_state(vps: Vps) -> str:
+    """The VPS's state; ``unknown`` for a settled VPS while its host does not answer."""
+    if vps.host.down_since is not None and vps.state in (
+        VpsState.RUNNING,
+        VpsState.STOPPED,
+        VpsState.SUSPENDED,
+    ):
+        return VpsState.UNKNOWN
+    return vps.state
+
+
 def view(vps: Vps) -> VpsView:
     """The stable JSON shape of a VPS, shared by the CLI and the API."""
     ssh_host, ssh_port = _ssh_endpoint(vps)
     return {
         "id": vps.uuid,
         "hostname": vps.hostname,
-        "state": vps.state,
+        "state": shown_state(vps),
         "ip": vps.ip,
         "mac": vps.mac,
         "domain": vps.domain_name,

@@ -177,6 +177,7 @@ def test_an_order_and_its_life_on_the_agent_host(
     site: Site, second_host: dict[str, str], tmp_path: Path
 ) -> None:
     ctx, ns, address = site.ctx, f"kvh-{second_host['name']}", site.address
+    hostenv = {"KVMVPS_SECOND_HOST_DIR": second_host["KVMVPS_SECOND_HOST_DIR"]}
     _ok(ctx, "host", "agent", site.host, "on")
     # no agent runs yet: a waiting order says what to start, and still shows the password
     args = ("vps", "create", "--plan", "small", "--image", "base", "--hostname", "far1")
@@ -229,6 +230,22 @@ def test_an_order_and_its_life_on_the_agent_host(
         rebooted = run_cli(ctx, "vps", "reboot", "far1")
         assert rebooted.exit_code == 0, rebooted.stderr
         _wait("SSH after the reboot", lambda: _banner(address, view["ssh_port"]), timeout=120)
+
+        # the host fails: its libvirtd goes away (the guest keeps running)
+        down = conftest.second_host_script("stop-libvirtd", second_host["name"], env=hostenv)
+        assert down.returncode == 0, down.stderr
+        run_cli(ctx, "reconcile")
+        assert _ok(ctx, "vps", "show", "far1")["state"] == "unknown"
+        refused = run_cli(ctx, *args, "--host", site.host, "--hostname", "far2")
+        assert refused.exit_code == 1 and "not answering" in refused.stderr
+        refused = run_cli(ctx, "vps", "reboot", "far1")
+        assert refused.exit_code == 1 and "is not answering" in refused.stderr
+        # and comes back: reconcile restores the truth
+        back = conftest.second_host_script("start-libvirtd", second_host["name"], env=hostenv)
+        assert back.returncode == 0, back.stderr
+        _wait("the host answers again", lambda: run_cli(ctx, "reconcile").exit_code == 0)
+        assert _ok(ctx, "vps", "show", "far1")["state"] == "running"
+        assert _banner(address, view["ssh_port"])
 
         deleted = run_cli(ctx, "vps", "delete", "far1", "--yes")
         assert deleted.exit_code == 0, deleted.stderr

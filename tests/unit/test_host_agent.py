@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from kvmvps.errors import NotFound
 from kvmvps.models import Host, Job, JobState
 from kvmvps.services import Context, host_edge, hosts, jobs
 from kvmvps.services.runner import NoWorker, run_or_follow
-from tests.badinput import run_cli
+from tests.badinput import create_args, run_cli
+from tests.snapshots import snapshot
 
 
 def _far(ctx: Context, agent: bool = True) -> int:
@@ -127,3 +129,35 @@ def test_the_cli_refuses_bad_agent_requests(td_ctx: Context) -> None:
     assert bad.exit_code == 2 and "Traceback" not in bad.stderr
     on = run_cli(td_ctx, "host", "agent", "far", "on", "--json")
     assert on.exit_code == 0 and '"agent": true' in on.stdout
+
+
+def test_a_host_that_does_not_answer_takes_no_orders_and_its_vpses_show_unknown(
+    td_ctx: Context,
+) -> None:
+    made = run_cli(td_ctx, *create_args(hostname="dark1"), "--wait")
+    assert made.exit_code == 0, made.stderr
+    with td_ctx.db.session() as s:
+        s.execute(update(Host).values(down_since=jobs.now()))
+    shown = run_cli(td_ctx, "vps", "show", "dark1", "--json")
+    assert json.loads(shown.stdout)["state"] == "unknown"
+    refused = run_cli(td_ctx, "vps", "reboot", "dark1")
+    assert refused.exit_code == 1
+    assert "its host" in refused.stderr and "is not answering" in refused.stderr
+    before = snapshot(td_ctx)
+    for extra in ((), ("--host", _host_name(td_ctx))):
+        order = run_cli(td_ctx, *create_args(hostname="dark2"), *extra)
+        assert order.exit_code == 1 and order.stderr.startswith("error: ")
+    assert snapshot(td_ctx) == before
+    # it answers again: the next reconcile pass says so and lifts it
+    done = run_cli(td_ctx, "reconcile", "--json")
+    assert done.exit_code == 0, done.stderr
+    assert (
+        json.loads(run_cli(td_ctx, "vps", "show", "dark1", "--json").stdout)["state"] == "running"
+    )
+    with td_ctx.db.session() as s:
+        assert s.scalar(select(Host.down_since)) is None
+
+
+def _host_name(ctx: Context) -> str:
+    with ctx.db.session() as s:
+        return s.scalars(select(Host.name)).one()

@@ -1,4 +1,4 @@
-"""hosts whose own agent runs their jobs and host-local work
+"""hosts whose own agent runs their jobs and host-local work; hosts that stopped answering
 
 Revision ID: 0006_hostagent
 Revises: 0005_accounts
@@ -23,9 +23,11 @@ def upgrade() -> None:
         batch_op.add_column(
             sa.Column("agent", sa.Boolean(), server_default="false", nullable=False)
         )
+        batch_op.add_column(sa.Column("down_since", sa.DateTime(timezone=True), nullable=True))
 
 
 def downgrade() -> None:
     """Downgrade schema."""
     with op.batch_alter_table("hosts", schema=None) as batch_op:
+        batch_op.drop_column("down_since")
         batch_op.drop_column("agent")
