@@ -203,11 +203,16 @@ TEST_HASH_METHOD = "scrypt:1024:8:1"
 
 
 @pytest.fixture(autouse=True)
-def _cheap_password_hashing(
-    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    if request.node.get_closest_marker("production_hashing") is None:
-        monkeypatch.setattr(users, "HASH_METHOD", TEST_HASH_METHOD)
+def _cheap_password_hashing(request: pytest.FixtureRequest) -> Iterator[None]:
+    # set by hand, not with the monkeypatch fixture: an autouse fixture that took it would
+    # keep a test's own monkeypatches in force until its other fixtures were torn down
+    if request.node.get_closest_marker("production_hashing") is not None:
+        yield
+        return
+    production = users.HASH_METHOD
+    users.HASH_METHOD = TEST_HASH_METHOD
+    yield
+    users.HASH_METHOD = production
 
 
 def _drop_database(admin: Engine, name: str) -> None:
