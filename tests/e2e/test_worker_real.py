@@ -53,44 +53,41 @@ def wait_job(ctx: Context, job: str, states: tuple[str, ...], timeout: float, st
 
 @pytest.mark.parametrize("step", [s.name for s in provisioning.STEPS])
 def test_sigkill_at_each_step_then_a_fresh_worker(
-    reused_ctx: Context, tmp_path: Path, step: str
+    fresh_ctx: Context, tmp_path: Path, step: str
 ) -> None:
-    """The worker dies right after ``step`` did its work; another one takes over.
-
-    The cases share one installation: each deletes its VPS and leaves nothing behind.
-    """
-    before = libvirt_snapshot(reused_ctx)
+    """The worker dies right after ``step`` did its work; another one takes over."""
+    before = libvirt_snapshot(fresh_ctx)
     marker = tmp_path / "paused"
-    first = spawn_worker(reused_ctx, tmp_path / "w1.log", pause_after=step, marker=marker)
+    first = spawn_worker(fresh_ctx, tmp_path / "w1.log", pause_after=step, marker=marker)
     try:
         order = provisioning.record_order(
-            reused_ctx, provisioning.OrderRequest("small", "base", f"k-{step}")
+            fresh_ctx, provisioning.OrderRequest("small", "base", "victim")
         )
         deadline = time.monotonic() + 90
         while not marker.exists():
             assert time.monotonic() < deadline, (tmp_path / "w1.log").read_text()[-2000:]
             time.sleep(0.05)
-        assert jobs.get_job(reused_ctx, order.job)["step"] == step
+        assert jobs.get_job(fresh_ctx, order.job)["step"] == step
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
-    second = spawn_worker(reused_ctx, tmp_path / "w2.log")
+    second = spawn_worker(fresh_ctx, tmp_path / "w2.log")
     try:
-        job = wait_job(reused_ctx, order.job, ("succeeded", "failed"), 180)
+        job = wait_job(fresh_ctx, order.job, ("succeeded", "failed"), 180)
     finally:
         second.send_signal(signal.SIGTERM)
         second.wait(timeout=60)
-    shown = vps_service.show(reused_ctx, order.uuid)
+    shown = vps_service.show(fresh_ctx, order.uuid)
     if job["state"] == "succeeded":
         assert shown["state"] == "running" and domstate(shown["domain"]) == "running"
         assert wait_for_ssh_banner(shown["ip"], 22, time.monotonic() + 30).startswith("SSH-")
         assert job["attempts"] == 2
     else:
         assert shown["state"] == "error", job["error"]
-        assert libvirt_snapshot(reused_ctx) == before, job["error"]
-    result = run_cli(reused_ctx, "vps", "delete", order.uuid, "--yes")
+        assert libvirt_snapshot(fresh_ctx) == before, job["error"]
+    result = run_cli(fresh_ctx, "vps", "delete", order.uuid, "--yes")
     assert result.exit_code == 0, result.stderr
-    assert libvirt_snapshot(reused_ctx) == before
+    assert libvirt_snapshot(fresh_ctx) == before
 
 
 def test_sigterm_finishes_the_step_and_hands_the_job_back(
