@@ -13,14 +13,21 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import DBAPIError
 
 from kvmvps.config import load_settings
+from kvmvps.db import Database
 from kvmvps.hypervisor import close_all
-from kvmvps.services import Context, inventory, setup
+from kvmvps.services import Context, inventory, setup, users
+from tests.snapshots import libvirt_snapshot
 from tests.tools import check_needs
 
 TEST_ROOT = Path(os.environ.get("KVMVPS_TEST_ROOT", "/var/lib/kvmvps-tests"))
@@ -34,6 +41,7 @@ TEST_POOL = "kvmvpstest"
 _SLOT = os.getpid() % 40
 REAL_NAME, REAL_SUBNET = f"kvt{os.getpid()}", f"10.{190 + _SLOT}.0.0/24"
 FRESH_NAME, FRESH_SUBNET = f"kvf{os.getpid()}", f"10.{190 + _SLOT}.1.0/24"
+REUSED_NAME, REUSED_SUBNET = f"kvr{os.getpid()}", f"10.{190 + _SLOT}.4.0/24"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 
@@ -118,35 +126,97 @@ def _domains_of(ctx: Context) -> set[str]:
 PG_URL = os.environ.get("KVMVPS_TEST_POSTGRES_URL", "")
 
 
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A fresh, empty PostgreSQL database for one test (dropped afterwards)."""
+def _require_postgres() -> None:
     if not PG_URL:
         if os.environ.get("KVMVPS_REQUIRE_POSTGRES") == "1":
             pytest.fail("KVMVPS_TEST_POSTGRES_URL is not set")
         pytest.skip("no PostgreSQL (set KVMVPS_TEST_POSTGRES_URL)")
-    import uuid
 
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
 
+def _new_postgres(template: str | None = None) -> Iterator[str]:
+    """A new PostgreSQL database (a copy of ``template``, or empty); dropped afterwards."""
+    _require_postgres()
     name = f"kvt_{uuid.uuid4().hex[:12]}"
     admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    copy = f' TEMPLATE "{template}"' if template else ""
     with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
+        conn.execute(text(f'CREATE DATABASE "{name}"{copy}'))
     yield make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
     close_all()
     _drop_database(admin, name)
     admin.dispose()
 
 
-def _drop_database(admin, name: str) -> None:
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test (dropped afterwards)."""
+    yield from _new_postgres()
+
+
+@pytest.fixture(scope="session")
+def postgres_template() -> Iterator[str]:
+    """A PostgreSQL database migrated to the newest revision once per session.
+
+    Tests get copies of it (``CREATE DATABASE ... TEMPLATE``) instead of running
+    every migration again; tests/unit/test_migrations.py migrates an empty one.
+    """
+    for url in _new_postgres():
+        db = Database(url)
+        db.migrate()
+        db.dispose()  # a template must have no connections when it is copied
+        yield make_url(url).database or ""
+
+
+@pytest.fixture
+def migrated_postgres_url(postgres_template: str) -> Iterator[str]:
+    """A fresh PostgreSQL database for one test, already migrated (dropped afterwards)."""
+    yield from _new_postgres(postgres_template)
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file migrated to the newest revision once per session; tests copy it.
+
+    Its engine is disposed before any copy is read, so no SQLite lock of this
+    process is ever on it.
+    """
+    path = tmp_path_factory.mktemp("sqlite-template") / "template.sqlite3"
+    db = Database(f"sqlite:///{path}")
+    db.migrate()
+    db.dispose()
+    return path
+
+
+@pytest.fixture(scope="session")
+def base_qcow2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty 64 MiB qcow2, made once; each installation gets its own copy."""
+    path = tmp_path_factory.mktemp("base") / "base.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), "64M"], check=True)
+    return path
+
+
+# werkzeug's default scrypt cost (n=2**15, 32 MiB) takes 0.1 s to seconds a hash on a busy
+# 2-core machine, and the web fixtures hash three passwords a test. Tests in this process
+# hash with a small n instead (still scrypt, same code path); tests marked
+# ``production_hashing`` keep the production method and check its parameters.
+TEST_HASH_METHOD = "scrypt:1024:8:1"
+
+
+@pytest.fixture(autouse=True)
+def _cheap_password_hashing(request: pytest.FixtureRequest) -> Iterator[None]:
+    # set by hand, not with the monkeypatch fixture: an autouse fixture that took it would
+    # keep a test's own monkeypatches in force until its other fixtures were torn down
+    if request.node.get_closest_marker("production_hashing") is not None:
+        yield
+        return
+    production = users.HASH_METHOD
+    users.HASH_METHOD = TEST_HASH_METHOD
+    yield
+    users.HASH_METHOD = production
+
+
+def _drop_database(admin: Engine, name: str) -> None:
     """Drop a test database; autovacuum may hold it a moment, so retry, then leave it."""
-    import time
-
-    from sqlalchemy import text
-    from sqlalchemy.exc import DBAPIError
-
     for attempt in range(5):
         try:
             with admin.connect() as conn:
@@ -197,15 +267,11 @@ def add_tiny_as_base(real_ctx: Context, ctx: Context, tiny_image: str) -> None:
     )
 
 
-@pytest.fixture
-def fresh_ctx(tiny_image: str, real_ctx: Context) -> Iterator[Context]:
-    """A separate installation on the real libvirtd with plan 'small' and image 'base'.
-
-    It has its own pool, network and database, so a test may break it freely.
-    """
+def _installation(real_ctx: Context, tiny_image: str, name: str, subnet: str) -> Iterator[Context]:
+    """A separate installation on the real libvirtd with plan 'small' and image 'base'."""
     state = make_state_dir("fresh-")
     shutil.copytree(real_ctx.settings.keys_dir, state / "keys")  # the key the image carries
-    ctx = Context(load_settings(test_env(state, name=FRESH_NAME, subnet=FRESH_SUBNET)))
+    ctx = Context(load_settings(test_env(state, name=name, subnet=subnet)))
     setup.init(ctx)
     add_tiny_as_base(real_ctx, ctx, tiny_image)
     inventory.add_plan(ctx, "small", 1, 256, 1)
@@ -214,6 +280,35 @@ def fresh_ctx(tiny_image: str, real_ctx: Context) -> Iterator[Context]:
     _remove_pool(ctx.settings.storage_pool)
     ctx.close()
     shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.fixture
+def fresh_ctx(tiny_image: str, real_ctx: Context) -> Iterator[Context]:
+    """A separate installation on the real libvirtd with plan 'small' and image 'base'.
+
+    It has its own pool, network and database, so a test may break it freely.
+    """
+    yield from _installation(real_ctx, tiny_image, FRESH_NAME, FRESH_SUBNET)
+
+
+@pytest.fixture(scope="module")
+def module_installation(tiny_image: str, real_ctx: Context) -> Iterator[Context]:
+    """Like ``fresh_ctx``, but one for all the tests of a module that use ``reused_ctx``."""
+    yield from _installation(real_ctx, tiny_image, REUSED_NAME, REUSED_SUBNET)
+
+
+@pytest.fixture
+def reused_ctx(module_installation: Context) -> Iterator[Context]:
+    """The module's separate installation, for tests that leave it as they found it.
+
+    Making and removing an installation (pool, network, dnsmasq) costs seconds;
+    parametrised cases that each clean up after themselves share one. Each test
+    must leave the installation's libvirt objects as it found them (checked
+    after the test) and use its own VPS names.
+    """
+    before = libvirt_snapshot(module_installation)
+    yield module_installation
+    assert libvirt_snapshot(module_installation) == before, "a test left libvirt objects behind"
 
 
 @pytest.fixture(scope="session")
@@ -267,3 +362,16 @@ def second_host() -> Iterator[dict[str, str]]:
     ).returncode
     assert not (Path(env["KVMVPS_SECOND_HOST_DIR"]) / SECOND_HOST).exists()
     Path(env["KVMVPS_SECOND_HOST_DIR"]).rmdir()
+
+
+@pytest.fixture(scope="session")
+def debian_image(real_ctx: Context) -> str:
+    """The Debian 12 image, built once per session with ``image build-debian``'s service
+    (the e2e VPS boots it; tests/integration/test_debian_image.py inspects its files)."""
+    from kvmvps.services import images
+
+    if shutil.which("debootstrap") is None:
+        pytest.fail("debootstrap is missing (scripts/setup-host.sh installs it)")
+    if "bookworm" not in [i.name for i in inventory.list_images(real_ctx)]:
+        images.build_debian(real_ctx, "bookworm")
+    return "bookworm"

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import paramiko
 import pytest
 
 from kvmvps import keys
-from kvmvps.services import Context, images, inventory
+from kvmvps.services import Context, inventory
 from tests.badinput import create_args, run_cli
 from tests.guestcheck import (
     customer_keypair,
@@ -26,14 +25,10 @@ pytestmark = [pytest.mark.libvirt, pytest.mark.e2e, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def debian(real_ctx: Context) -> str:
-    if shutil.which("debootstrap") is None:
-        pytest.fail("debootstrap is missing (scripts/setup-host.sh installs it)")
-    if "bookworm" not in [i.name for i in inventory.list_images(real_ctx)]:
-        images.build_debian(real_ctx, "bookworm")
+def debian(real_ctx: Context, debian_image: str) -> str:
     if "deb" not in [p.name for p in inventory.list_plans(real_ctx)]:
         inventory.add_plan(real_ctx, "deb", 1, 512, 2)
-    return "bookworm"
+    return debian_image
 
 
 def test_debian_vps_end_to_end(real_ctx: Context, debian: str, tmp_path: Path) -> None:

@@ -22,9 +22,12 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from kvmvps import keys
 from kvmvps.errors import ImageBuildError, InvalidInput
 from kvmvps.images import BuiltImage, debian
 from kvmvps.images.debian import CMDLINE, build_debian_image, host_mirror
+from kvmvps.models import Image
+from kvmvps.services import Context, inventory
 from tests.imagecheck import debugfs, raw_copy
 from tests.tools import missing_tool
 
@@ -105,23 +108,44 @@ def test_building_without_root_is_an_image_build_error(
         build_debian_image(tmp_path / "out", _pubkey())
 
 
+def test_a_chosen_login_user_is_the_one_cloud_init_creates(tmp_path: Path) -> None:
+    """The session's real build uses the default user; a chosen one reaches the same files."""
+    key = _pubkey()
+    for rel in ("root", "etc/ssh", "etc/systemd/system", "var/lib/systemd"):
+        (tmp_path / rel).mkdir(parents=True)  # the bits of a debootstrapped tree it edits
+    debian._configure(tmp_path, key, "alice", "bookworm", "http://deb.debian.org/debian")
+    user = yaml.safe_load((tmp_path / "etc/cloud/cloud.cfg.d/91_kvmvps_user.cfg").read_text())
+    assert user["system_info"]["default_user"]["name"] == "alice"
+    assert user["system_info"]["default_user"]["lock_passwd"] is True
+    assert (tmp_path / "root/.ssh/authorized_keys").read_text() == key + "\n"
+    assert not (tmp_path / "etc/passwd").exists()  # no user is made in the image itself
+
+
 # --- slow: the real build -------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[BuiltImage, str, Path]:
-    """Build once into a fresh directory; return the image, its key and a raw copy."""
-    if shutil.which("debootstrap") is None:
-        missing_tool("debootstrap is not installed (apt-get install debootstrap)")
-    if os.geteuid() != 0:
-        missing_tool("building the Debian image needs root")
+def built(
+    real_ctx: Context, debian_image: str, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[BuiltImage, str, Path]:
+    """The session's Debian image (one build, shared with the e2e VPS test): the image,
+    the provisioning key it was built with and a raw copy of its disk."""
     missing = [t for t in TOOLS if shutil.which(t) is None]
     if missing:
         missing_tool(f"missing tools: {' '.join(missing)}")
-    key = _pubkey()
-    dest = tmp_path_factory.mktemp("debian")
-    image = build_debian_image(dest / "out", key, login_user="alice", cache_dir=CACHE)
-    return image, key, raw_copy(image, dest)
+    with real_ctx.db.session() as s:
+        row = inventory.get_by_name(s, Image, debian_image, "image")
+        image = BuiltImage(
+            base_path=Path(row.base_path),
+            kernel_path=Path(row.kernel_path) if row.kernel_path else None,
+            initrd_path=Path(row.initrd_path) if row.initrd_path else None,
+            cmdline=row.cmdline,
+            login_user=row.login_user,
+            cloud_init=row.cloud_init,
+            os_family=row.os_family,
+        )
+    key = keys.ensure_provisioning_key(real_ctx.settings)
+    return image, key, raw_copy(image, tmp_path_factory.mktemp("debian"))
 
 
 def _debugfs(raw: Path, request: str) -> str:
@@ -144,13 +168,14 @@ def _mode(raw: Path, path: str) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.libvirt  # the session's image lives in real_ctx
 def test_output_files_and_boot_facts(built: tuple[BuiltImage, str, Path]) -> None:
     image, _key, _raw = built
     out = image.base_path.parent
     assert sorted(p.name for p in out.iterdir()) == ["disk.qcow2", "initrd.img", "vmlinuz"]
     assert image.kernel_path == out / "vmlinuz" and image.initrd_path == out / "initrd.img"
     assert image.cmdline == CMDLINE == "console=ttyS0 root=/dev/vda rw net.ifnames=0 no_timer_check"
-    assert (image.login_user, image.cloud_init, image.os_family) == ("alice", True, "debian")
+    assert (image.login_user, image.cloud_init, image.os_family) == ("debian", True, "debian")
     assert image.kernel_path.read_bytes()[0x202:0x206] == b"HdrS"  # Linux boot protocol
     head = image.initrd_path.read_bytes()[:6]
     assert head[:2] == b"\x1f\x8b" or head[:4] == b"\x28\xb5\x2f\xfd" or head == b"070701"
@@ -159,6 +184,7 @@ def test_output_files_and_boot_facts(built: tuple[BuiltImage, str, Path]) -> Non
 
 
 @pytest.mark.slow
+@pytest.mark.libvirt  # the session's image lives in real_ctx
 def test_disk_is_a_standalone_compressed_qcow2(built: tuple[BuiltImage, str, Path]) -> None:
     image, _key, _raw = built
     assert image.base_path.read_bytes()[:4] == b"QFI\xfb"
@@ -177,6 +203,7 @@ def test_disk_is_a_standalone_compressed_qcow2(built: tuple[BuiltImage, str, Pat
 
 
 @pytest.mark.slow
+@pytest.mark.libvirt  # the session's image lives in real_ctx
 def test_whole_disk_ext4_that_checks_clean(built: tuple[BuiltImage, str, Path]) -> None:
     _image, _key, raw = built
     with open(raw, "rb") as fh:
@@ -187,6 +214,7 @@ def test_whole_disk_ext4_that_checks_clean(built: tuple[BuiltImage, str, Path]) 
 
 
 @pytest.mark.slow
+@pytest.mark.libvirt  # the session's image lives in real_ctx
 def test_kernel_and_initrd_are_the_images_own(
     built: tuple[BuiltImage, str, Path], tmp_path: Path
 ) -> None:
@@ -203,6 +231,7 @@ def test_kernel_and_initrd_are_the_images_own(
 
 
 @pytest.mark.slow
+@pytest.mark.libvirt  # the session's image lives in real_ctx
 def test_cloud_init_configuration(built: tuple[BuiltImage, str, Path]) -> None:
     _image, _key, raw = built
     text = _cat(raw, "/etc/cloud/cloud.cfg.d/90_kvmvps.cfg")
@@ -214,14 +243,15 @@ def test_cloud_init_configuration(built: tuple[BuiltImage, str, Path]) -> None:
     assert config["growpart"] == {"mode": "off"} and config["resize_rootfs"] is True
     assert "dsa" not in config["ssh_genkeytypes"]
     user = yaml.safe_load(_cat(raw, "/etc/cloud/cloud.cfg.d/91_kvmvps_user.cfg"))
-    assert user["system_info"]["default_user"]["name"] == "alice"
+    assert user["system_info"]["default_user"]["name"] == "debian"  # the default login user
     assert user["system_info"]["default_user"]["lock_passwd"] is True
     assert "cloud-init.service" in _ls(raw, "/etc/systemd/system/cloud-init.target.wants")
 
 
 @pytest.mark.slow
+@pytest.mark.libvirt  # the session's image lives in real_ctx
 def test_root_key_and_ssh_setup(built: tuple[BuiltImage, str, Path]) -> None:
-    _image, key, raw = built
+    image, key, raw = built
     assert _cat(raw, "/root/.ssh/authorized_keys") == key + "\n"
     assert _mode(raw, "/root/.ssh/authorized_keys") & 0o777 == 0o600
     assert _mode(raw, "/root/.ssh") & 0o777 == 0o700
@@ -229,10 +259,12 @@ def test_root_key_and_ssh_setup(built: tuple[BuiltImage, str, Path]) -> None:
     assert _cat(raw, "/etc/ssh/sshd_config.d/50-cloud-init.conf") == "PasswordAuthentication yes\n"
     dropin = _cat(raw, "/etc/systemd/system/ssh.service.d/kvmvps-hostkeys.conf")
     assert "ssh-keygen -A" in dropin and "ExecStartPre=/usr/sbin/sshd -t" in dropin
-    assert "alice" not in _cat(raw, "/etc/passwd")  # cloud-init creates the login user
+    passwd = _cat(raw, "/etc/passwd").splitlines()
+    assert not [ln for ln in passwd if ln.startswith(f"{image.login_user}:")]  # cloud-init makes it
 
 
 @pytest.mark.slow
+@pytest.mark.libvirt  # the session's image lives in real_ctx
 def test_system_configuration(built: tuple[BuiltImage, str, Path]) -> None:
     _image, _key, raw = built
     assert _cat(raw, "/etc/fstab").split() == [
@@ -257,6 +289,7 @@ def test_system_configuration(built: tuple[BuiltImage, str, Path]) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.libvirt  # the session's image lives in real_ctx
 def test_image_is_stripped(built: tuple[BuiltImage, str, Path]) -> None:
     _image, _key, raw = built
     assert [n for n in _ls(raw, "/var/lib/apt/lists") if n not in (".", "..")] == ["partial"]

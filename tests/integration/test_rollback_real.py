@@ -38,9 +38,12 @@ def assert_rolled_back(ctx: Context, before: dict, fragment: str) -> None:
 
 @pytest.mark.parametrize("failing", [s.name for s in provisioning.STEPS])
 def test_failure_after_each_step(
-    fresh_ctx: Context, monkeypatch: pytest.MonkeyPatch, failing: str
+    reused_ctx: Context, monkeypatch: pytest.MonkeyPatch, failing: str
 ) -> None:
-    """The step does its work, then fails: that work and all before it are undone."""
+    """The step does its work, then fails: that work and all before it are undone.
+
+    The cases share one installation: each leaves nothing behind (asserted).
+    """
 
     def inject(step: steps.Step) -> steps.Step:
         if step.name != failing:
@@ -52,11 +55,11 @@ def test_failure_after_each_step(
 
         return dataclasses.replace(step, do=broken)
 
-    before = libvirt_snapshot(fresh_ctx)
+    before = libvirt_snapshot(reused_ctx)
     monkeypatch.setattr(provisioning, "STEPS", tuple(inject(s) for s in provisioning.STEPS))
     with pytest.raises(StepFailed, match=f"at step '{failing}'"):
-        orders.create(fresh_ctx, provisioning.OrderRequest("small", "base", "web1"))
-    assert_rolled_back(fresh_ctx, before, f"injected after {failing}")
+        orders.create(reused_ctx, provisioning.OrderRequest("small", "base", f"f-{failing}"))
+    assert_rolled_back(reused_ctx, before, f"injected after {failing}")
 
 
 def test_push_failing_half_way_rolls_back(

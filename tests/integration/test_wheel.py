@@ -50,13 +50,15 @@ def test_wheel_renders_templates_in_a_fresh_venv(tmp_path: Path) -> None:
     )
     wheel = next(dist.glob("kvmvps-*.whl"))
     env_dir = tmp_path / "venv"
-    venv.create(env_dir, with_pip=True)
+    venv.create(env_dir, with_pip=False)  # ensurepip costs seconds; our pip installs into it
     py = env_dir / "bin" / "python"
     subprocess.run(
         [
-            str(py),
+            sys.executable,
             "-m",
             "pip",
+            "--python",
+            str(py),
             "install",
             "-q",
             "--no-deps",

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import subprocess
+import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,14 +35,22 @@ def _wipe(ctx: Context) -> None:
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def database_url(request: pytest.FixtureRequest) -> str:
-    """Each test-driver test runs on SQLite and again on PostgreSQL."""
+    """Each test-driver test runs on SQLite and again on PostgreSQL.
+
+    The PostgreSQL database is a copy of the session's migrated template; a test
+    marked ``empty_database`` gets an empty one and its installation migrates it.
+    """
     if request.param == "sqlite":
         return ""
-    return request.getfixturevalue("postgres_url")
+    if request.node.get_closest_marker("empty_database"):
+        return request.getfixturevalue("postgres_url")
+    return request.getfixturevalue("migrated_postgres_url")
 
 
 @pytest.fixture
-def td_ctx(tmp_path: Path, database_url: str) -> Iterator[Context]:
+def td_ctx(
+    tmp_path: Path, database_url: str, base_qcow2: Path, request: pytest.FixtureRequest
+) -> Iterator[Context]:
     """An initialised installation on test:///default with a plan and an image."""
     env = test_env(
         tmp_path / "state",
@@ -51,9 +60,15 @@ def td_ctx(tmp_path: Path, database_url: str) -> Iterator[Context]:
         **ROOMY_QUOTAS,
     )
     ctx = Context(load_settings(env))
+    if not database_url and not request.node.get_closest_marker("empty_database"):
+        # the session's migrated SQLite file; init's migration then finds nothing to do
+        template: Path = request.getfixturevalue("sqlite_template")
+        ctx.settings.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(template, ctx.settings.sqlite_path)
+        os.chmod(ctx.settings.sqlite_path, 0o600)
     setup.init(ctx)
     base = tmp_path / "base.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "64M"], check=True)
+    shutil.copyfile(base_qcow2, base)
     inventory.add_plan(ctx, "small", 1, 256, 1)
     inventory.add_image(ctx, "base", base, login_user="vps", credentials=False)
     yield ctx
