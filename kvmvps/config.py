@@ -27,6 +27,7 @@ SIGNUP_MODES = ("open", "closed", "invite")
 MAX_QUOTA = 1_000_000
 LOG_FORMATS = ("text", "json")
 SERVICE_MANAGERS = ("auto", "systemd", "process")
+MAX_TB_CACHE_MIB = 4096
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,8 @@ class Settings:
     web_host: str = "127.0.0.1"
     web_port: int = 8000
     service_manager: str = "auto"
+    # QEMU's translated-code cache per guest under TCG (domain type qemu); 0: QEMU's default (1 GiB)
+    tcg_tb_cache_mib: int = 32
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -196,6 +199,10 @@ def _check_choices(s: Settings) -> None:
             raise InvalidInput(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
     if not 1 <= s.web_port <= 65535:
         raise InvalidInput(f"KVMVPS_WEB_PORT {s.web_port} is not a port (1-65535)")
+    if not 0 <= s.tcg_tb_cache_mib <= MAX_TB_CACHE_MIB:
+        raise InvalidInput(
+            f"KVMVPS_TCG_TB_CACHE_MIB must be from 0 to {MAX_TB_CACHE_MIB}, not {s.tcg_tb_cache_mib}"
+        )
 
 
 def as_env(settings: Settings) -> dict[str, str]:

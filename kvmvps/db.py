@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import fcntl
 import os
 import sqlite3
@@ -9,16 +10,27 @@ import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, CursorResult, Engine, create_engine, event, make_url
+from sqlalchemy import (
+    Connection,
+    CursorResult,
+    Engine,
+    create_engine,
+    event,
+    inspect,
+    make_url,
+    text,
+)
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from kvmvps.config import Settings
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
 def _sqlite_pragmas(dbapi_conn: sqlite3.Connection, _record: ConnectionPoolEntry) -> None:
@@ -116,6 +128,10 @@ class Database:
         path = sqlite_file(self.url)
         if path is not None:
             create_private(path)
+        # Alembic (about a third of the CLI's start-up) is imported only here, where
+        # the schema is changed: read-only commands never load it (speed, not cycles).
+        from alembic import command
+
         with self.engine.begin() as conn:
             cfg = alembic_config(self.url)
             cfg.attributes["connection"] = conn
@@ -169,8 +185,10 @@ def create_private(path: Path) -> None:
 
 def alembic_config(url: str) -> Config:
     """An Alembic config pointing at the packaged migrations."""
+    from alembic.config import Config  # lazy for speed: see Database.migrate
+
     cfg = Config()
-    cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return cfg
 
@@ -179,7 +197,46 @@ def schema_is_current(db: Database) -> bool:
     """True when the database exists and carries the newest migration."""
     if db.url.startswith("sqlite:///") and not Path(db.url.removeprefix("sqlite:///")).exists():
         return False
-    script = ScriptDirectory.from_config(alembic_config(db.url))
     with db.engine.connect() as conn:
-        current = MigrationContext.configure(conn).get_current_heads()
-    return set(current) == set(script.get_heads())
+        if not inspect(conn).has_table("alembic_version"):
+            return False
+        current = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    return set(current) == migration_heads()
+
+
+def migration_heads() -> set[str]:
+    """The newest revisions of the packaged migrations, read without Alembic.
+
+    Each file names its ``revision`` and ``down_revision`` (a name, a tuple
+    of names for a merge, or None); a head is a revision nobody revises.
+    Importing Alembic's script machinery for this costs every CLI command
+    more than the command itself; tests/unit/test_migrations.py checks this
+    against Alembic's own answer.
+    """
+    revisions: set[str] = set()
+    revised: set[str] = set()
+    for path in (MIGRATIONS_DIR / "versions").glob("*.py"):
+        for name, value in _assignments(ast.parse(path.read_text())):
+            if name == "revision" and isinstance(value, str):
+                revisions.add(value)
+            elif name == "down_revision" and isinstance(value, str):
+                revised.add(value)
+            elif name == "down_revision" and isinstance(value, tuple):
+                revised.update(str(v) for v in value)  # a merge revises several
+    return revisions - revised
+
+
+def _assignments(module: ast.Module) -> Iterator[tuple[str, object]]:
+    """``name = literal`` (annotated or not) at a module's top level."""
+    for node in module.body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value:
+            yield node.target.id, _literal(node.value)
+        elif isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+            yield node.targets[0].id, _literal(node.value)
+
+
+def _literal(node: ast.expr) -> object:
+    try:
+        return ast.literal_eval(node)
+    except ValueError:
+        return None  # not a literal: not a revision name

@@ -13,9 +13,6 @@ import math
 import re
 import unicodedata
 
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-
 from kvmvps.errors import InvalidInput
 
 _LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
@@ -160,6 +157,11 @@ def ssh_public_key(line: str) -> str:
     parts = (line or "").strip().split()
     if len(parts) < 2 or parts[0] not in _SSH_KEY_TYPES:
         raise InvalidInput(f"not an SSH public key: {_preview(line)}")
+    # cryptography is imported only for a key to check: every CLI command imports
+    # this module, and most never see a key (speed, not cycles)
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
     try:
         serialization.load_ssh_public_key(f"{parts[0]} {parts[1]}".encode())
     except (ValueError, TypeError, UnsupportedAlgorithm):

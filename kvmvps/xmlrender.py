@@ -10,14 +10,19 @@ from __future__ import annotations
 import os
 from functools import cache
 from pathlib import Path
-from typing import Any
-
-import jinja2
-from lxml import etree
+from typing import TYPE_CHECKING, Any
 
 import domain_templates
 import network_xml
 from kvmvps.errors import XmlValidationError
+
+if TYPE_CHECKING:
+    import jinja2
+    from lxml import etree
+
+# Jinja2 and lxml are imported by the first render or validation, not with this
+# module: the CLI's read-only commands import it (through the services) and
+# never render (speed, not cycles).
 from kvmvps.xmlspec import (
     BridgeNetworkSpec,
     DhcpHost,
@@ -37,6 +42,8 @@ def schema_dir() -> Path:
 
 @cache
 def _environment() -> jinja2.Environment:
+    import jinja2
+
     paths = [m.__path__[0] for m in (domain_templates, network_xml)]
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(paths),
@@ -48,6 +55,8 @@ def _environment() -> jinja2.Environment:
 
 @cache
 def _schema(name: str) -> etree.RelaxNG:
+    from lxml import etree
+
     path = schema_dir() / f"{name}.rng"
     if not path.is_file():
         raise XmlValidationError(
@@ -58,6 +67,8 @@ def _schema(name: str) -> etree.RelaxNG:
 
 def validate(xml: str, schema: str) -> etree._Element:
     """Parse ``xml`` and validate it against ``schema`` (e.g. ``domain``)."""
+    from lxml import etree
+
     try:
         root = etree.fromstring(xml.encode())
     except etree.XMLSyntaxError as exc:
@@ -85,6 +96,8 @@ def interface_xml(spec: DomainSpec, mac: str) -> str:
 
     The whole domain is rendered and validated; the fragment is cut from it.
     """
+    from lxml import etree
+
     root = etree.fromstring(domain_xml(spec).encode())
     for nic in root.iterfind("devices/interface"):
         mac_el = nic.find("mac")

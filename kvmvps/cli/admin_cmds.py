@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from kvmvps.cli.context import Obj, actor, json_option, pass_obj, simple_command
+from kvmvps.cli.lazy import make_lazy
 from kvmvps.cli.output import emit_json, record, table
 from kvmvps.services import audit, hosts, tokens, users
 
@@ -41,6 +42,10 @@ def user_group() -> None:
       kvmvps-admin user list --json
       kvmvps-admin user disable bob@example.com
     """
+
+
+# 'user quota' and 'user invite' come from tenant_cmds, imported when one runs
+make_lazy(user_group, dict.fromkeys(("quota", "invite"), "kvmvps.cli.tenant_cmds"))
 
 
 def _ask_password() -> str:

@@ -12,8 +12,10 @@ import click
 from kvmvps import limits
 from kvmvps.cli.context import Obj, actor, json_option, pass_obj, simple_command
 from kvmvps.cli.output import emit_json, record, table
-from kvmvps.services import images as image_service
-from kvmvps.services import inventory, setup, tuning, views
+from kvmvps.services import inventory, views
+
+# 'init', 'image build-*' and 'plan edit' import the services that reach libvirt
+# inside their bodies, so the listing commands start without libvirt (speed, not cycles).
 from kvmvps.services.views import ImageView
 
 PLAN_COLUMNS = (
@@ -44,6 +46,8 @@ NETWORK_COLUMNS = (
 @pass_obj
 def init_cmd(obj: Obj, as_json: bool) -> None:
     """Prepare this machine (idempotent): state dir, database, keys, pool, network, host."""
+    from kvmvps.services import setup  # lazy for speed: see above
+
     report = setup.init(obj.raw_ctx, actor=actor())
     if as_json:
         emit_json(asdict(report))
@@ -71,6 +75,8 @@ def image_group() -> None:
 def image_build_tiny(obj: Obj, name: str, as_json: bool) -> None:
     """Build a tiny busybox+dropbear test image from Debian packages and register it."""
     progress = None if as_json else (lambda msg: click.echo(f"  {msg}", err=True))
+    from kvmvps.services import images as image_service  # lazy for speed: see above
+
     image = image_service.build_tiny(obj.ctx, name, progress, actor=actor())
     _print_images([views.image_view(image)], as_json, single=True)
 
@@ -82,6 +88,8 @@ def image_build_tiny(obj: Obj, name: str, as_json: bool) -> None:
 def image_build_debian(obj: Obj, name: str, as_json: bool) -> None:
     """Build a Debian 12 image (systemd, OpenSSH, cloud-init) with debootstrap."""
     progress = None if as_json else (lambda msg: click.echo(f"  {msg}", err=True))
+    from kvmvps.services import images as image_service  # lazy for speed: see above
+
     image = image_service.build_debian(obj.ctx, name, progress, actor=actor())
     _print_images([views.image_view(image)], as_json, single=True)
 
@@ -267,6 +275,8 @@ def plan_add(
 @pass_obj
 def plan_edit(obj: Obj, name: str, as_json: bool, **limit_texts: str | None) -> None:
     """Change a plan's resource limits; its VPSes take them at once (live if running)."""
+    from kvmvps.services import tuning  # lazy for speed: see above
+
     view = tuning.edit_plan(obj.ctx, name, _limits_given(limit_texts), actor=actor())
     emit_json(view) if as_json else record(_plan_row(view))
 

@@ -11,18 +11,8 @@ from typing import Any, NoReturn
 
 import click
 
-from kvmvps.cli import (
-    admin_cmds,
-    forward_cmds,
-    inventory_cmds,
-    ops_cmds,
-    serve_cmds,
-    service_cmds,
-    tenant_cmds,
-    vps_cmds,
-    vps_extra_cmds,
-)
 from kvmvps.cli.context import COMMAND_KEY, Obj, actor
+from kvmvps.cli.lazy import make_lazy
 from kvmvps.cli.output import say
 from kvmvps.db import schema_is_current
 from kvmvps.errors import KvmvpsError
@@ -164,15 +154,17 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.call_on_close(ctx.obj.close)
 
 
-inventory_cmds.register(cli)
-admin_cmds.register(cli)
-vps_cmds.register(cli)
-vps_extra_cmds.register(cli)
-forward_cmds.register(cli)
-ops_cmds.register(cli)
-serve_cmds.register(cli)
-tenant_cmds.register(cli)
-service_cmds.register(cli)
+# Each top-level command and the module that registers it: a command imports
+# its own module only, so read-only commands start fast (kvmvps.cli.lazy).
+COMMAND_MODULES = {
+    **dict.fromkeys(("init", "image", "plan", "network"), "kvmvps.cli.inventory_cmds"),
+    **dict.fromkeys(("user", "token", "audit", "host"), "kvmvps.cli.admin_cmds"),
+    "vps": "kvmvps.cli.vps_cmds",
+    **dict.fromkeys(("jobs", "worker", "reconcile"), "kvmvps.cli.ops_cmds"),
+    "serve": "kvmvps.cli.serve_cmds",
+    **dict.fromkeys(("service", "demo"), "kvmvps.cli.service_cmds"),
+}
+make_lazy(cli, COMMAND_MODULES)
 
 
 def main() -> None:

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 from kvmvps.config import Settings, load_settings, resolve_domain_type
 from kvmvps.db import Database
-from kvmvps.hypervisor import Hypervisor, get_hypervisor
 from kvmvps.models import Host
+
+if TYPE_CHECKING:
+    from kvmvps.hypervisor import Hypervisor
 
 
 @dataclass
@@ -34,6 +37,10 @@ class Context:
         return resolve_domain_type(self.settings)
 
     def hypervisor(self, host: Host | str) -> Hypervisor:
+        # libvirt and lxml load on the first hypervisor call: the CLI's read-only
+        # commands make none and skip their import (speed, not cycles)
+        from kvmvps.hypervisor import get_hypervisor
+
         return get_hypervisor(host if isinstance(host, str) else host.uri)
 
     def close(self) -> None:

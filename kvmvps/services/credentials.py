@@ -102,10 +102,16 @@ def push(b: Build) -> None:
     key_path = keys.provisioning_key_path(b.ctx.settings)
     guest.wait_for_ssh_banner(target.host, target.port, b.deadline)
     with guest.root_session(target, key_path, b.deadline) as client:
-        guest.push_credentials(
-            client, hostname=f.hostname, user=f.login_user, password=password, ssh_keys=ssh_keys
-        )
-    guest.verify_password_login(target, f.login_user, password)
+        # the proof's handshake runs while the one push command runs
+        proof = guest.PasswordProof(target)
+        try:
+            guest.push_credentials(
+                client, hostname=f.hostname, user=f.login_user, password=password, ssh_keys=ssh_keys
+            )
+        except BaseException:
+            proof.close()
+            raise
+    guest.verify_password_login(target, f.login_user, password, ready=proof)
     erase_pending_password(b.ctx, f.vps_id)
 
 

@@ -27,6 +27,7 @@ from kvmvps.xmlspec import (
     OverlayVolumeSpec,
     TrafficFilter,
     VolumeDiskSpec,
+    tcg_tb_cache_for,
     vcpupins_for,
 )
 
@@ -131,11 +132,16 @@ def overlay_spec(facts: VpsFacts, capacity_bytes: int) -> OverlayVolumeSpec:
 
 
 def domain_spec(
-    facts: VpsFacts, domain_type: str, with_seed: bool, gateway_mac: str | None = None
+    facts: VpsFacts,
+    domain_type: str,
+    with_seed: bool,
+    gateway_mac: str | None = None,
+    tb_cache_mib: int = 0,
 ) -> DomainSpec:
     """Everything the domain template places, computed from the facts.
 
-    ``gateway_mac`` is the NAT network's bridge MAC (see :func:`interface_spec`).
+    ``gateway_mac`` is the NAT network's bridge MAC (see :func:`interface_spec`);
+    ``tb_cache_mib`` caps TCG's translated-code cache (KVMVPS_TCG_TB_CACHE_MIB).
     """
     disks = [
         VolumeDiskSpec(
@@ -171,6 +177,7 @@ def domain_spec(
         kernel_boot=kernel_boot,
         cpu_mode="host-passthrough" if domain_type == "kvm" else None,
         cputune=facts.limits.cputune(),
+        tcg_tb_cache_mib=tcg_tb_cache_for(domain_type, tb_cache_mib),
     )
 
 

@@ -263,7 +263,13 @@ def _unclone(b: Build) -> None:
 def render_domain(b: Build) -> None:
     """Render and validate the domain XML of the build's facts into ``b.xml``."""
     gateway = isolation.gateway_mac(b.hv, b.facts)
-    spec = domain_spec(b.facts, b.ctx.domain_type, b.facts.cloud_init, gateway)
+    spec = domain_spec(
+        b.facts,
+        b.ctx.domain_type,
+        b.facts.cloud_init,
+        gateway,
+        tb_cache_mib=b.ctx.settings.tcg_tb_cache_mib,
+    )
     b.xml = xmlrender.domain_xml(spec)
 
 

@@ -11,8 +11,9 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import text
 
-from kvmvps.db import alembic_config
+from kvmvps.db import alembic_config, migration_heads, schema_is_current
 from kvmvps.models import Base
 from kvmvps.services import Context
 
@@ -33,3 +34,18 @@ def test_one_linear_migration_chain(td_ctx: Context) -> None:
     with td_ctx.db.engine.connect() as conn:
         current = MigrationContext.configure(conn).get_current_revision()
     assert current == heads[0]
+
+
+def test_cheap_head_check_agrees_with_alembic(td_ctx: Context) -> None:
+    """The CLI's version check (no Alembic import) names Alembic's heads and sees an old schema."""
+    script = ScriptDirectory.from_config(alembic_config(td_ctx.db.url))
+    heads = script.get_heads()
+    assert migration_heads() == set(heads)
+    assert schema_is_current(td_ctx.db)
+    with td_ctx.db.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE alembic_version SET version_num = '0004_netiso'")
+    try:
+        assert not schema_is_current(td_ctx.db)
+    finally:
+        with td_ctx.db.engine.begin() as conn:
+            conn.execute(text("UPDATE alembic_version SET version_num = :v"), {"v": heads[0]})

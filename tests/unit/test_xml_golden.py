@@ -8,7 +8,8 @@ import pytest
 from lxml import etree
 
 from kvmvps import xmlrender
-from kvmvps.errors import XmlValidationError
+from kvmvps.config import load_settings
+from kvmvps.errors import InvalidInput, XmlValidationError
 from kvmvps.limits import PlanLimits
 from kvmvps.xmlspec import (
     Bandwidth,
@@ -24,6 +25,7 @@ from kvmvps.xmlspec import (
     VolumeDiskSpec,
     nat_network_spec,
     own_nwfilters,
+    tcg_tb_cache_for,
     vcpupins_for,
 )
 from tests import tools, xmlcompare
@@ -94,6 +96,7 @@ def domain(**changes) -> DomainSpec:
         vps_uuid=UUID,
         installation="kvmvps",
         kernel_boot=KERNEL,
+        tcg_tb_cache_mib=32,
     )
     base.update(changes)
     return DomainSpec(**base)
@@ -102,7 +105,9 @@ def domain(**changes) -> DomainSpec:
 DOMAIN_VARIANTS = {
     "domain_nat_kernel_qemu.xml": domain(),
     "domain_nat_disk_boot.xml": domain(kernel_boot=None),
-    "domain_kvm_passthrough.xml": domain(domain_type="kvm", cpu_mode="host-passthrough"),
+    "domain_kvm_passthrough.xml": domain(
+        domain_type="kvm", cpu_mode="host-passthrough", tcg_tb_cache_mib=None
+    ),
     "domain_bridge_seed.xml": domain(interfaces=(BRIDGE_NIC,), disks=(OVERLAY, SEED)),
     "domain_kernel_no_initrd.xml": domain(
         kernel_boot=KernelBoot("/k/vmlinuz", None, None), vcpus=1, vcpupins=vcpupins_for([3])
@@ -271,3 +276,23 @@ def test_a_missing_tool_skips_unless_tools_are_required(
     expected = pytest.fail.Exception if required else pytest.skip.Exception
     with pytest.raises(expected, match="needs frobnicate"):
         tools.missing_tool("needs frobnicate")
+
+
+def test_tcg_cache_is_capped_only_under_tcg() -> None:
+    assert tcg_tb_cache_for("qemu", 32) == 32
+    assert tcg_tb_cache_for("kvm", 32) is None  # KVM has no translated-code cache
+    assert tcg_tb_cache_for("qemu", 0) is None  # 0: QEMU's own default
+    root = etree.fromstring(xmlrender.domain_xml(domain()).encode())
+    assert root.find("features/tcg/tb-cache").text == "32"
+    assert root.find("features/tcg/tb-cache").get("unit") == "MiB"
+    assert root.find("devices/memballoon").get("freePageReporting") == "on"
+    kvm = DOMAIN_VARIANTS["domain_kvm_passthrough.xml"]
+    assert etree.fromstring(xmlrender.domain_xml(kvm).encode()).find("features/tcg") is None
+
+
+def test_tcg_cache_setting_is_checked() -> None:
+    assert load_settings({}).tcg_tb_cache_mib == 32
+    assert load_settings({"KVMVPS_TCG_TB_CACHE_MIB": "0"}).tcg_tb_cache_mib == 0
+    for bad in ("-1", "99999999", "lots", "3;rm"):
+        with pytest.raises(InvalidInput, match="KVMVPS_TCG_TB_CACHE_MIB"):
+            load_settings({"KVMVPS_TCG_TB_CACHE_MIB": bad})
