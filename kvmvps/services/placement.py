@@ -63,21 +63,25 @@ def fits(cap: Capacity, plan: Plan) -> bool:
 
 
 def _enabled_hosts(session: Session) -> list[Host]:
-    return list(session.scalars(select(Host).where(Host.enabled).order_by(Host.id)))
+    """The hosts new VPSes may go to: enabled and not in maintenance."""
+    query = select(Host).where(Host.enabled, Host.maintenance.is_(False)).order_by(Host.id)
+    return list(session.scalars(query))
 
 
 def available_plans(
     session: Session, plans: list[Plan], overcommit: float, reserve_mib: int
 ) -> set[int]:
-    """The ids of the plans some enabled host has room for now (database only)."""
+    """The ids of the plans some placeable host has room for now (database only)."""
     caps = [capacity(session, h, overcommit, reserve_mib) for h in _enabled_hosts(session)]
     return {plan.id for plan in plans if any(fits(cap, plan) for cap in caps)}
 
 
 def choose_host(session: Session, plan: Plan, overcommit: float, reserve_mib: int) -> Host:
-    """The enabled host with the most free memory that fits the plan."""
+    """The enabled host, not in maintenance, with the most free memory that fits the plan."""
     hosts = _enabled_hosts(session)
     if not hosts:
+        if session.scalar(select(Host.id).limit(1)) is not None:
+            raise CapacityError("every host is disabled or in maintenance; no VPS can be placed")
         raise CapacityError("no hosts are registered; run 'kvmvps-admin init' first")
     fitting = []
     for host in hosts:
