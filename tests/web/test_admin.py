@@ -196,6 +196,17 @@ def test_hidden_plans_and_images_leave_the_shop_and_cannot_be_ordered(world: Wor
     assert _snap(world) == before
     for name, kind in (("nano", "plans"), ("base", "images")):
         assert op.post(f"/admin/{kind}/{name}/show").status_code == 302
+    mine = world.order(A, image="linux")  # a customer reinstalls only with what the shop has
+    assert op.post("/admin/images/linux/hide").status_code == 302
+    before = _snap(world)
+    r = api.post(
+        f"/api/v1/servers/{mine.uuid}/actions",
+        headers=bearer,
+        json={"action": "reinstall", "image": "linux"},
+    )
+    assert r.status_code == 404 and "no image named 'linux'" in r.get_json()["error"]
+    assert _snap(world) == before
+    assert op.post("/admin/images/linux/show").status_code == 302
     assert op.post("/admin/plans/nope/hide").status_code == 404
     r = api.post("/api/v1/servers", headers=bearer, json=order)
     assert r.status_code == 202
