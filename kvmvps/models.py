@@ -133,6 +133,8 @@ class Plan(Base):
     price_cents: Mapped[int] = mapped_column(Integer, default=0)
     # port forwards a VPS of this plan may add beyond its SSH forward
     extra_forwards: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # hidden from the shop: customers can neither see nor order it; its VPSes keep running
+    hidden: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
     network_id: Mapped[int | None] = mapped_column(ForeignKey("networks.id"))
     # resource limits (kvmvps.limits.LIMIT_FIELDS); NULL means unlimited
     cpu_shares: Mapped[int | None] = mapped_column(Integer)
@@ -169,6 +171,8 @@ class Image(Base):
     # False for images that do not follow the guest contract: kvmvps only boots them
     credentials: Mapped[bool] = mapped_column(Boolean, default=True)
     os_family: Mapped[str] = mapped_column(String(32), default="linux")
+    # hidden from the shop: customers can neither order nor reinstall with it
+    hidden: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -181,6 +185,8 @@ class Host(Base):
     cpus: Mapped[int] = mapped_column(Integer)
     memory_mib: Mapped[int] = mapped_column(Integer)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    # in maintenance: no new VPS is placed here; those it carries keep running
+    maintenance: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
     # the host's public IPv4 for port forwards; None: KVMVPS_PUBLIC_ADDRESS
     public_address: Mapped[str | None] = mapped_column(String(39))
     # True: the host's own agent (`kvmvps-admin worker --host NAME` on it) runs its

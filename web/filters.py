@@ -34,6 +34,23 @@ def memory(mib: int | None) -> str:
     return f"{mib / 1024:g} GiB" if mib >= 1024 and mib % 256 == 0 else f"{mib} MiB"
 
 
+def gib(mib: int | None) -> str:
+    """Memory in GiB whatever its size: the admin area's one unit for capacity."""
+    if mib is None:
+        return "-"
+    return f"{mib / 1024:,.1f} GiB"
+
+
+def duration(seconds: float | None) -> str:
+    """A job's duration as people read it: ``4.2 s``, ``3 min 5 s``."""
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes} min {secs} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"
+
+
 def state_class(state: str | None) -> str:
     return STATE_CLASS.get(state or "", "off")
 
@@ -55,7 +72,7 @@ def when(value: str | None) -> str:
 
 
 def register(app: Flask) -> None:
-    for fn in (price, memory, state_class, short, when):
+    for fn in (price, memory, gib, duration, state_class, short, when):
         app.add_template_filter(fn)
     app.add_template_global(can)
     app.add_template_global(JobState)

@@ -191,6 +191,7 @@ def host_group() -> None:
       kvmvps-admin host list
       kvmvps-admin host show kvm2 --json
       kvmvps-admin host disable kvm2
+      kvmvps-admin host maintenance kvm2 on
       kvmvps-admin host public-address kvm1 203.0.113.7
       kvmvps-admin host agent kvm2 on   # then on kvm2: kvmvps-admin worker --host kvm2
     """
@@ -255,6 +256,18 @@ def host_agent(obj: Obj, name: str, switch: str, as_json: bool) -> None:
     guests and writes its iptables rules and proxy itself.
     """
     view = hosts.set_agent(obj.ctx, name, switch == "on", actor=actor())
+    emit_json(view) if as_json else record(view, hosts.SHOW_KEYS)
+
+
+@host_group.command("maintenance")
+@click.argument("name")
+@click.argument("state", type=click.Choice(["on", "off"]))
+@json_option
+@pass_obj
+def host_maintenance(obj: Obj, name: str, state: str, as_json: bool) -> None:
+    """Maintenance on: place no new VPSes on the host; those it carries keep running."""
+    hosts.set_maintenance(obj.ctx, name, state == "on", actor=actor())
+    view = hosts.show_host(obj.ctx, name)
     emit_json(view) if as_json else record(view, hosts.SHOW_KEYS)
 
 

@@ -121,6 +121,8 @@ def _request(
         params: dict[str, object] = {}
         password = None
         if action == "reinstall" and image:
+            if customer:  # customers reinstall only with images the shop offers
+                inventory.for_sale(s, Image, image, "image")
             params["image"] = inventory.get_by_name(s, Image, image, "image").name
         if action in ("reinstall", "password_reset") and vps.image.credentials:
             password = guest.new_password()

@@ -23,6 +23,7 @@ SHOW_KEYS = (
     "name",
     "uri",
     "enabled",
+    "maintenance",
     "public_address",
     "agent",
     "cpus",
@@ -197,6 +198,17 @@ def disable_host(ctx: Context, name: str, *, actor: str | None = None) -> views.
     with ctx.db.session() as s:
         host = get_by_name(s, Host, name, "host")
         host.enabled = False
+        return views.host_view(host)
+
+
+@audit.audits("host.maintenance", target="name")
+def set_maintenance(
+    ctx: Context, name: str, on: bool, *, actor: str | None = None
+) -> views.HostView:
+    """Maintenance on: place no new VPSes on the host (those it carries keep running)."""
+    with ctx.db.session() as s:
+        host = get_by_name(s, Host, name, "host")
+        host.maintenance = bool(on)
         return views.host_view(host)
 
 

@@ -41,6 +41,16 @@ def get_by_name(session: Session, model: type[M], name: str, what: str) -> M:
     return row
 
 
+def for_sale(session: Session, model: type[Plan] | type[Image], name: str, what: str) -> None:
+    """:class:`NotFound` for a plan or image that is unknown or hidden from the shop.
+
+    A hidden one is refused with the words an unknown one gets: the shop does not have it.
+    """
+    row = get_by_name(session, model, name, what)
+    if row.hidden:
+        raise NotFound(f"no {what} named {name!r}")
+
+
 def _refuse_duplicate(session: Session, model: type[M], name: str, what: str) -> None:
     if session.scalar(select(model).where(model.name == name)) is not None:
         raise Conflict(f"a {what} named {name!r} already exists")

@@ -63,15 +63,19 @@ def fits(cap: Capacity, plan: Plan) -> bool:
 
 
 def _enabled_hosts(session: Session) -> list[Host]:
-    """Hosts that take new VPSes: enabled, and answering at the last reconcile."""
-    query = select(Host).where(Host.enabled, Host.down_since.is_(None)).order_by(Host.id)
+    """The hosts new VPSes may go to: enabled, not in maintenance, answering."""
+    query = (
+        select(Host)
+        .where(Host.enabled, Host.maintenance.is_(False), Host.down_since.is_(None))
+        .order_by(Host.id)
+    )
     return list(session.scalars(query))
 
 
 def available_plans(
     session: Session, plans: list[Plan], overcommit: float, reserve_mib: int
 ) -> set[int]:
-    """The ids of the plans some enabled host has room for now (database only)."""
+    """The ids of the plans some placeable host has room for now (database only)."""
     caps = [capacity(session, h, overcommit, reserve_mib) for h in _enabled_hosts(session)]
     return {plan.id for plan in plans if any(fits(cap, plan) for cap in caps)}
 
@@ -79,7 +83,7 @@ def available_plans(
 def choose_host(
     session: Session, plan: Plan, overcommit: float, reserve_mib: int, only: str | None = None
 ) -> Host:
-    """The enabled host with the most free memory that fits the plan (host ``only``, if given)."""
+    """The placeable host with the most free memory that fits the plan (host ``only``, if given)."""
     hosts = _enabled_hosts(session)
     if only is not None:
         pinned = session.scalar(select(Host).where(Host.name == only, Host.enabled))
@@ -87,8 +91,12 @@ def choose_host(
             raise CapacityError(f"there is no enabled host named {only!r}")
         if pinned.down_since is not None:
             raise CapacityError(f"host {only!r} is not answering; no new VPSes go there")
+        if pinned.maintenance:
+            raise CapacityError(f"host {only!r} is in maintenance; no new VPSes go there")
         hosts = [pinned]
     if not hosts:
+        if session.scalar(select(Host.id).limit(1)) is not None:
+            raise CapacityError("every host is disabled or in maintenance; no VPS can be placed")
         raise CapacityError("no hosts are registered; run 'kvmvps-admin init' first")
     fitting = []
     for host in hosts:

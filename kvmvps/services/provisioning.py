@@ -118,8 +118,9 @@ def _host_facts(ctx: Context, req: OrderRequest) -> _HostFacts:
     """
     st = ctx.settings
     with ctx.db.reading() as s:
+        inventory.for_sale(s, Plan, req.plan, "plan")
+        inventory.for_sale(s, Image, req.image, "image")
         plan = inventory.get_by_name(s, Plan, req.plan, "plan")
-        inventory.get_by_name(s, Image, req.image, "image")
         if req.owner_email:  # an order over quota never reaches libvirt
             owner = inventory.user_by_email(s, req.owner_email)
             quotas.check_order(s, st, owner, plan, lock=False)
@@ -161,6 +162,8 @@ def _insert_order(
 ) -> Order:
     """The order's write transaction (it re-checks what :func:`_host_facts` read)."""
     with ctx.db.session() as s:
+        inventory.for_sale(s, Plan, req.plan, "plan")  # again: it may be hidden meanwhile
+        inventory.for_sale(s, Image, req.image, "image")
         plan = inventory.get_by_name(s, Plan, req.plan, "plan")
         image = inventory.get_by_name(s, Image, req.image, "image")
         password = guest.new_password() if image.credentials else None
@@ -204,7 +207,7 @@ def _named(session: Session, model: type[Plan] | type[Image], name: str, what: s
     if not name:
         raise InvalidInput(f"choose {what}")
     validation.not_longer(name, f"{what} name", MAX_NAME)
-    inventory.get_by_name(session, model, name, what)
+    inventory.for_sale(session, model, name, what)
 
 
 def check_order(

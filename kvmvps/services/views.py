@@ -30,6 +30,7 @@ class PlanAdminView(PlanView):
     """:class:`PlanView` with what only operators see."""
 
     extra_forwards: int
+    hidden: bool
 
 
 class ImageView(TypedDict):
@@ -44,6 +45,7 @@ class ImageView(TypedDict):
     cloud_init: bool
     credentials: bool
     os_family: str
+    hidden: bool
 
 
 class PublicImageView(TypedDict):
@@ -74,6 +76,7 @@ class HostView(TypedDict):
     cpus: int
     memory_mib: int
     enabled: bool
+    maintenance: bool
     public_address: str | None
     agent: bool
 
@@ -95,13 +98,22 @@ def plan_view(plan: Plan, network: str | None = None) -> PlanView:
 
 def plan_admin_view(plan: Plan, network: str | None = None) -> PlanAdminView:
     """:func:`plan_view` with what only operators see (the CLI's shape)."""
-    return {**plan_view(plan, network), "extra_forwards": plan.extra_forwards}
+    return {
+        **plan_view(plan, network),
+        "extra_forwards": plan.extra_forwards,
+        "hidden": bool(plan.hidden),
+    }
 
 
 def plan_views(ctx: Context, admin: bool = False) -> list[PlanView]:
-    """Every plan; ``available`` is False when no host has room for it (database only)."""
+    """The shop's plans (every plan for ``admin``); ``available``: some host has room.
+
+    Plans hidden from the shop are left out unless ``admin``. Database only.
+    """
     shape = plan_admin_view if admin else plan_view
     query = select(Plan).options(selectinload(Plan.network))
+    if not admin:
+        query = query.where(Plan.hidden.is_(False))
     st = ctx.settings
     with ctx.db.reading() as s:
         plans = list(s.scalars(query.order_by(Plan.vcpus, Plan.memory_mib, Plan.name)))
@@ -125,6 +137,7 @@ def image_view(image: Image) -> ImageView:
         "cloud_init": image.cloud_init,
         "credentials": image.credentials,
         "os_family": image.os_family,
+        "hidden": bool(image.hidden),
     }
 
 
@@ -140,8 +153,8 @@ def public_image_view(image: Image) -> PublicImageView:
 
 
 def catalogue_images(ctx: Context) -> list[PublicImageView]:
-    """The OS templates customers may order, by name."""
-    return [public_image_view(i) for i in inventory.list_images(ctx)]
+    """The OS templates customers may order (none hidden from the shop), by name."""
+    return [public_image_view(i) for i in inventory.list_images(ctx) if not i.hidden]
 
 
 def network_view(net: Network) -> NetworkView:
@@ -165,6 +178,7 @@ def host_view(host: Host) -> HostView:
         "cpus": host.cpus,
         "memory_mib": host.memory_mib,
         "enabled": host.enabled,
+        "maintenance": bool(host.maintenance),
         "public_address": host.public_address,
         "agent": host.agent,
     }

@@ -75,6 +75,11 @@ def _query() -> Select[Vps]:
     )
 
 
+def list_query() -> Select[Vps]:
+    """The query behind :func:`view`'s rows; callers add their filters, order and limit."""
+    return _query()
+
+
 def resolve(session: Session, ref: str, owner_id: int | None = None) -> Vps:
     """A VPS by uuid, unique uuid prefix, or hostname (optionally of one owner)."""
     ref = (ref or "").strip().lower()

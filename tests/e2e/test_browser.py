@@ -21,10 +21,13 @@ from pathlib import Path
 
 import paramiko
 import pytest
+from sqlalchemy import update
 from werkzeug.serving import make_server
 
 from kvmvps.guest import fingerprint_of
-from kvmvps.services import Context, inventory, users
+from kvmvps.models import Job, JobState, Vps, VpsState
+from kvmvps.services import Context, inventory, provisioning, users
+from kvmvps.services import vps as vps_service
 from kvmvps.worker import Worker
 from tests.conftest import ARTIFACTS
 from tests.tools import assert_no_trace, tools_required
@@ -366,9 +369,114 @@ def _delete(driver: webdriver.Chrome, site: str, hostname: str) -> None:
 
 def _cleanup(ctx: Context, email: str) -> None:
     """Delete whatever the test left behind if it failed half-way."""
-    from kvmvps.services import provisioning
-    from kvmvps.services import vps as vps_service
-
     for vps in vps_service.list_vps(ctx, owner=email):
         with contextlib.suppress(Exception):  # best effort after a failure
             provisioning.delete(ctx, vps["id"])
+
+
+@dataclasses.dataclass
+class Walk:
+    tag: str
+    customer: str
+    hostname: str
+    order: provisioning.Order
+
+
+@pytest.fixture
+def failed_build(real_ctx: Context, tiny_image: str, browser_plan: str) -> Iterator[Walk]:
+    """A customer's VPS whose build failed, recorded before the site's worker starts.
+
+    Everything the order allocated (address, pins, SSH forward) is still
+    held: what an operator cleans up with a force delete.
+    """
+    tag = uuid.uuid4().hex[:8]
+    customer = f"cus-{tag}@example.com"
+    users.add_user(real_ctx, customer, PASSWORD)
+    req = provisioning.OrderRequest(browser_plan, tiny_image, f"walk{tag}", customer)
+    placed = provisioning.record_order(real_ctx, req)
+    with real_ctx.db.session() as s:
+        s.execute(
+            update(Job)
+            .where(Job.uuid == placed.job)
+            .values(state=JobState.FAILED, error="building failed at step 'clone': test")
+        )
+        s.execute(
+            update(Vps)
+            .where(Vps.uuid == placed.uuid)
+            .values(state=VpsState.ERROR, error="building failed: test")
+        )
+    yield Walk(tag, customer, req.hostname, placed)
+    _cleanup(real_ctx, customer)
+
+
+def test_operator_walk_promote_hide_a_plan_force_delete(
+    real_ctx: Context,
+    failed_build: Walk,
+    site: str,
+    open_browser: Callable[[], webdriver.Chrome],
+) -> None:
+    """An operator promotes a user, hides a plan, opens a customer's server and force-deletes it."""
+    walk = failed_build
+    operator, promoted = (f"{who}-{walk.tag}@example.com" for who in ("ops", "pro"))
+    plan = f"walk{walk.tag}p"
+    users.add_user(real_ctx, operator, PASSWORD, admin=True)
+    users.add_user(real_ctx, promoted, PASSWORD)
+    inventory.add_plan(real_ctx, plan, 1, 128, 1, price_cents=100)
+    driver = open_browser()
+    try:
+        driver.get(site + "/login")
+        fill(driver, email=operator, password=PASSWORD)
+        submit(driver)
+        _promote(driver, site, promoted)
+        assert users.get_user(real_ctx, promoted).is_admin
+        _hide_plan(driver, site, plan)
+        _force_delete(driver, site, walk.customer, walk.hostname)
+        deadline = time.monotonic() + 120
+        while vps_service.list_vps(real_ctx, owner=walk.customer):
+            assert time.monotonic() < deadline, "the VPS was never deleted"
+            time.sleep(0.2)
+        driver.get(f"{site}/admin/jobs?kind=delete&state=succeeded")
+        rows = driver.find_elements(By.CSS_SELECTOR, "table tbody tr")
+        assert any(walk.order.uuid[:8] in r.text for r in rows), walk.order.job
+        shot(driver, "25-admin-jobs-after-force-delete")
+    finally:
+        with contextlib.suppress(Exception):  # best effort after a failure
+            inventory.remove_plan(real_ctx, plan)
+
+
+def _promote(driver: webdriver.Chrome, site: str, email: str) -> None:
+    driver.get(f"{site}/admin/users?q={email}")
+    page = driver.find_element(By.TAG_NAME, "html")
+    click(driver, By.CSS_SELECTOR, f'tr[data-user="{email}"] button[data-action=promote]')
+    WebDriverWait(driver, 30).until(staleness_of(page), "the promotion never submitted")
+    assert f"{email} is now an operator." in driver.page_source
+    shot(driver, "20-admin-promoted")
+
+
+def _hide_plan(driver: webdriver.Chrome, site: str, plan: str) -> None:
+    driver.get(site + "/order")
+    assert f'value="{plan}"' in driver.page_source
+    driver.get(site + "/admin/plans")
+    page = driver.find_element(By.TAG_NAME, "html")
+    click(driver, By.CSS_SELECTOR, f'tr[data-plan="{plan}"] button[data-action=hide]')
+    WebDriverWait(driver, 30).until(staleness_of(page), "hiding never submitted")
+    shot(driver, "21-admin-plan-hidden")
+    for path in ("/", "/order"):
+        driver.get(site + path)
+        assert plan not in driver.page_source, f"hidden plan still offered on {path}"
+
+
+def _force_delete(driver: webdriver.Chrome, site: str, customer: str, hostname: str) -> None:
+    driver.get(f"{site}/admin/servers?q={customer}")
+    click(driver, By.LINK_TEXT, hostname)
+    assert customer in driver.page_source and "data-domain" in driver.page_source
+    shot(driver, "22-admin-server")
+    click(driver, By.LINK_TEXT, "Force delete")
+    fill(driver, hostname="not-" + hostname)
+    submit(driver)
+    assert f"type {hostname} to confirm" in driver.page_source  # a failed step changes nothing
+    fill(driver, hostname=hostname)
+    shot(driver, "23-admin-confirm-force-delete")
+    submit(driver)
+    assert f"Force delete of {hostname} requested" in driver.page_source
+    shot(driver, "24-admin-force-deleted")

@@ -116,6 +116,7 @@ def test_plan_lifecycle_and_in_use(td_ctx: Context) -> None:
         "price_cents": 0,
         "network": None,
         "extra_forwards": 0,
+        "hidden": False,
         "limits": {name: None for name in LIMIT_NAMES},
         "limits_summary": [],
     }

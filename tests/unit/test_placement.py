@@ -8,7 +8,7 @@ from sqlalchemy import select
 from kvmvps.errors import CapacityError
 from kvmvps.models import Host, Plan
 from kvmvps.services import Context, provisioning
-from kvmvps.services.placement import capacity, choose_host
+from kvmvps.services.placement import available_plans, capacity, choose_host
 
 
 def test_most_free_memory_wins_and_full_hosts_are_skipped(td_ctx: Context) -> None:
@@ -44,3 +44,19 @@ def test_capacity_counts_pins_and_committed_memory(td_ctx: Context) -> None:
     assert cap.vcpus_pinned == 2 and cap.memory_committed_mib == 512
     assert cap.vcpu_limit == host.cpus * 4 and cap.memory_limit_mib == host.memory_mib - 100
     assert cap.free_memory_mib == host.memory_mib - 100 - 512
+
+
+def test_a_host_in_maintenance_gets_no_new_vps(td_ctx: Context) -> None:
+    with td_ctx.db.session() as s:
+        s.execute(Host.__table__.update().values(maintenance=True))  # the test driver host
+        s.add(Host(name="spare", uri="qemu+ssh://spare/system", cpus=1, memory_mib=512))
+    with td_ctx.db.session() as s:
+        plan = s.scalar(select(Plan).where(Plan.name == "small"))
+        assert plan is not None
+        # the roomier test-driver host is in maintenance: the small spare one is chosen
+        assert choose_host(s, plan, overcommit=1, reserve_mib=0).name == "spare"
+        s.execute(Host.__table__.update().values(maintenance=True))
+        with pytest.raises(CapacityError, match="disabled or in maintenance"):
+            choose_host(s, plan, overcommit=1, reserve_mib=0)
+        assert available_plans(s, [plan], overcommit=1, reserve_mib=0) == set()
+        s.rollback()

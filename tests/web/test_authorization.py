@@ -16,7 +16,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from kvmvps.services import tokens, users
+from kvmvps.services import hosts, tokens, users
 from tests.web.conftest import OP, PASSWORD, A, B, World, csrf_token
 
 ROLES = ("anon", "a", "b", "op")
@@ -125,6 +125,46 @@ TABLE: dict[tuple[str, str], Case] = {
         form=lambda w: {"vps": "3"},
     ),
     ("admin.audit_log", "GET"): Case(OPERATOR_PAGE),
+    ("admin.home", "GET"): Case(OPERATOR_PAGE),
+    ("admin.server", "GET"): Case(site(403, 403, 200), a_vps),
+    ("admin.power", "POST"): Case(
+        site(403, 403, 302), fresh_a_vps(action="reboot"), form=lambda w: {}
+    ),
+    ("admin.confirm", "GET"): Case(
+        site(403, 403, 200), lambda w, s: {"id": s.vps, "action": "force_delete"}
+    ),
+    ("admin.confirm", "POST"): Case(  # no hostname typed: the operator is asked again
+        site(403, 403, 400), fresh_a_vps(action="force_delete"), form=lambda w: {}
+    ),
+    ("admin.user_admin", "POST"): Case(
+        site(403, 403, 302),
+        lambda w, s: {"user_id": fresh_victim(w, s)["user_id"], "change": "promote"},
+        form=lambda w: {},
+    ),
+    ("admin.user_delete", "GET"): Case(
+        site(403, 403, 200), lambda w, s: {"user_id": fresh_victim(w, s)["user_id"]}
+    ),
+    ("admin.user_delete", "POST"): Case(
+        site(403, 403, 400),
+        lambda w, s: {"user_id": fresh_victim(w, s)["user_id"]},
+        form=lambda w: {},
+    ),
+    ("admin.plans", "GET"): Case(OPERATOR_PAGE),
+    ("admin.plan_add", "POST"): Case(site(403, 403, 400), form=lambda w: {}),
+    ("admin.plan_shelf", "POST"): Case(
+        site(403, 403, 302), lambda w, s: {"name": "nano", "change": "show"}, form=lambda w: {}
+    ),
+    ("admin.plan_price", "POST"): Case(
+        site(403, 403, 302), lambda w, s: {"name": "nano"}, form=lambda w: {"price": "2.99"}
+    ),
+    ("admin.image_shelf", "POST"): Case(
+        site(403, 403, 302), lambda w, s: {"name": "base", "change": "show"}, form=lambda w: {}
+    ),
+    ("admin.host_maintenance", "POST"): Case(
+        site(403, 403, 302),
+        lambda w, s: {"name": hosts.list_hosts(w.ctx)[0]["name"], "state": "off"},
+        form=lambda w: {},
+    ),
     ("api.openapi", "GET"): Case(every(200)),
     ("api.plans", "GET"): Case(api(200, 200, 200)),
     ("api.images", "GET"): Case(api(200, 200, 200)),
