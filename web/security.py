@@ -114,7 +114,7 @@ def two_factor() -> ResponseReturnValue:
     if request.method == "POST":
         status = 400
         if form.validate_on_submit():
-            count_attempt(
+            verdict = count_attempt(
                 "user.2fa_on", current_user.email, (f"code:{current_user.id}", "CODE_LIMIT")
             )
             try:
@@ -125,6 +125,8 @@ def two_factor() -> ResponseReturnValue:
                 add_error(form.code, str(exc))
                 status = status_for(exc)
             else:
+                if verdict is not None:
+                    logins.refund(ctx, verdict)
                 show_once(CODES, json.dumps(made))
                 flash("The second factor is on. Keep the recovery codes somewhere safe.", "ok")
                 return redirect(url_for("security.two_factor"))

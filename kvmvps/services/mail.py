@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import smtplib
+import socket
 import ssl
 import threading
 from email.message import EmailMessage
@@ -42,7 +43,12 @@ def send(ctx: Context, to: str, subject: str, body: str) -> None:
     """Send one mail now; smtplib's errors (OSError, SMTPException) pass up."""
     settings = ctx.settings
     msg = message(ctx, to, subject, body)
-    with smtplib.SMTP(settings.smtp_host, settings.smtp_port, timeout=TIMEOUT) as smtp:
+    with smtplib.SMTP(
+        settings.smtp_host,
+        settings.smtp_port,
+        local_hostname=socket.gethostname(),  # getfqdn() may wait on DNS for seconds
+        timeout=TIMEOUT,
+    ) as smtp:
         if settings.smtp_starttls:
             smtp.starttls(context=ssl.create_default_context())
         if settings.smtp_user:
