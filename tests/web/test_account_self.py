@@ -22,7 +22,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import select, update
 
 from kvmvps.models import AccountToken, Job, JobState, SavedKey, User, Vps
-from kvmvps.services import Context, jobs, tokens, users
+from kvmvps.services import Context, jobs, saved_keys, tokens, users
 from tests.web.conftest import OP, PASSWORD, A, B, World, finish_job, login, make_app
 from tests.web.helpers import assert_not_stored, shown_password, text
 
@@ -355,3 +355,19 @@ def test_a_new_password_waits_in_the_database_until_shown_once(
     page = text(client.get(f"/servers/{placed.uuid}"))
     assert "data-host-key-changed" in page and "SHA256:newkeyBBBB" in page
     assert "ssh-keygen -R" in page
+
+
+def test_the_api_orders_with_saved_keys_of_the_caller_only(world: World, web_ctx: Context) -> None:
+    key = public_key("api")
+    mine = saved_keys.add_key(web_ctx, users.get_user(web_ctx, A).id, key)
+    theirs = saved_keys.add_key(web_ctx, users.get_user(web_ctx, B).id, public_key("b"))
+    api = world.app.test_client()
+    auth = world.bearer(A)
+    order = {"plan": "nano", "image": "linux", "hostname": "apikey"}
+    for bad, status in (([theirs["id"]], 400), (["1"], 400), ([True], 400), ([10**30], 400)):
+        r = api.post("/api/v1/servers", json={**order, "saved_keys": bad}, headers=auth)
+        assert r.status_code == status and "saved_keys" in r.get_json()["fields"], bad
+    made = api.post("/api/v1/servers", json={**order, "saved_keys": [mine["id"]]}, headers=auth)
+    assert made.status_code == 202
+    with web_ctx.db.reading() as s:
+        assert s.scalar(select(Vps.ssh_keys).where(Vps.hostname == "apikey")) == key
