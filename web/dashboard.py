@@ -189,7 +189,7 @@ def _record(form: OrderForm, keys: list[str]) -> ResponseReturnValue:
     )
     with write_turn():
         placed = provisioning.record_order(services(), req, actor=current_user.actor)
-    reveals.hold(services(), placed.uuid, current_user.id, placed.password, placed.job)
+        reveals.hold(services(), placed.uuid, current_user.id, placed.password, placed.job)
     return redirect(url_for("dashboard.job", job=placed.job))
 
 
@@ -227,9 +227,11 @@ def credentials(id: str) -> ResponseReturnValue:
     failed = latest if latest and latest["state"] == JobState.FAILED else None
     password = None
     if vps["state"] == VpsState.RUNNING and failed is None:
-        password = reveals.take(ctx, vps["id"], current_user.id)
+        with write_turn():
+            password = reveals.take(ctx, vps["id"], current_user.id)
     elif vps["state"] == VpsState.ERROR or failed is not None:
-        reveals.drop(ctx, vps["id"], current_user.id)  # never show a password that was not set
+        with write_turn():  # never show a password that was not set
+            reveals.drop(ctx, vps["id"], current_user.id)
     images = views.catalogue_images(ctx)
     image: Mapping[str, object] = next((i for i in images if i["name"] == vps["image"]), {})
     return render_template(
@@ -295,7 +297,8 @@ def _request(vps: VpsView, action: str, image: str | None) -> ResponseReturnValu
     except KvmvpsError as exc:
         flash(str(exc), "error")
         return redirect(url_for("dashboard.server", id=vps["id"]))
-    reveals.hold(services(), asked.vps, current_user.id, asked.password, asked.job)
+    with write_turn():
+        reveals.hold(services(), asked.vps, current_user.id, asked.password, asked.job)
     if action == "delete":
         flash(f"{vps['hostname']} is being deleted.", "ok")
         return redirect(url_for("dashboard.servers"))

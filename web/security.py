@@ -74,9 +74,10 @@ def login_code() -> ResponseReturnValue:
         )
         status = 400
         if form.validate_on_submit():
-            ok = totp.verify(
-                services(), user_id, form.code.data or "", actor="web:" + client_address()
-            )
+            with write_turn():
+                ok = totp.verify(
+                    services(), user_id, form.code.data or "", actor="web:" + client_address()
+                )
             user = users.user_by_id(services(), user_id)
             if ok and user is not None and user.is_active and user.session_epoch == note["epoch"]:
                 if verdict is not None:
@@ -118,9 +119,10 @@ def two_factor() -> ResponseReturnValue:
                 "user.2fa_on", current_user.email, (f"code:{current_user.id}", "CODE_LIMIT")
             )
             try:
-                made = totp.confirm(
-                    ctx, current_user.email, form.code.data or "", actor=current_user.actor
-                )
+                with write_turn():
+                    made = totp.confirm(
+                        ctx, current_user.email, form.code.data or "", actor=current_user.actor
+                    )
             except KvmvpsError as exc:
                 add_error(form.code, str(exc))
                 status = status_for(exc)
@@ -142,13 +144,14 @@ def two_factor_off() -> ResponseReturnValue:
     if form.validate_on_submit():
         count_attempt("user.2fa_off", current_user.email, (f"code:{current_user.id}", "CODE_LIMIT"))
         try:
-            totp.disable(
-                services(),
-                current_user.email,
-                form.password.data or "",
-                form.code.data or "",
-                actor=current_user.actor,
-            )
+            with write_turn():
+                totp.disable(
+                    services(),
+                    current_user.email,
+                    form.password.data or "",
+                    form.code.data or "",
+                    actor=current_user.actor,
+                )
         except KvmvpsError as exc:
             add_error(form.password if "password" in str(exc) else form.code, str(exc))
             status = status_for(exc)
@@ -186,12 +189,13 @@ def forgot() -> ResponseReturnValue:
         )
         if form.validate_on_submit():
             try:
-                recovery.request_reset(
-                    ctx,
-                    form.email.data or "",
-                    url_for("security.reset", secret="", _external=True),
-                    actor="web:" + client_address(),
-                )
+                with write_turn():
+                    recovery.request_reset(
+                        ctx,
+                        form.email.data or "",
+                        url_for("security.reset", secret="", _external=True),
+                        actor="web:" + client_address(),
+                    )
             except KvmvpsError as exc:
                 add_error(form.email, str(exc))
                 return render_template("auth/forgot.html", form=form, sent=False), status_for(exc)
