@@ -70,6 +70,14 @@ class Settings:
     quota_disk_gib: int = 500
     signup: str = "open"
     invite_days: int = 7
+    # mail for password resets and e-mail confirmations; no host: no mail is sent
+    smtp_host: str = ""
+    smtp_port: int = 587
+    smtp_user: str = ""
+    smtp_password: str = ""
+    smtp_from: str = ""
+    smtp_starttls: int = 1
+    require_2fa_admins: int = 0
     log_format: str = "text"
     web_host: str = "127.0.0.1"
     web_port: int = 8000
@@ -188,6 +196,11 @@ def _check_tenants(s: Settings) -> None:
             raise InvalidInput(f"KVMVPS_{name.upper()} must be from 0 to {MAX_QUOTA}, not {value}")
     if not 1 <= s.invite_days <= 366:
         raise InvalidInput(f"KVMVPS_INVITE_DAYS must be from 1 to 366, not {s.invite_days}")
+    for name in ("smtp_starttls", "require_2fa_admins"):
+        if getattr(s, name) not in (0, 1):
+            raise InvalidInput(f"KVMVPS_{name.upper()} must be 0 or 1, not {getattr(s, name)}")
+    if not 1 <= s.smtp_port <= 65535:
+        raise InvalidInput(f"KVMVPS_SMTP_PORT must be from 1 to 65535, not {s.smtp_port}")
 
 
 def _check_choices(s: Settings) -> None:

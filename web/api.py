@@ -13,8 +13,8 @@ from flask import Blueprint, Response, abort, g, jsonify, request, url_for
 from flask.typing import ResponseReturnValue
 
 from kvmvps import validation
-from kvmvps.errors import Conflict, InvalidInput
-from kvmvps.services import actions, jobs, provisioning, tokens, views
+from kvmvps.errors import Conflict, InvalidInput, KvmvpsError
+from kvmvps.services import actions, jobs, provisioning, saved_keys, tokens, views
 from kvmvps.services import vps as vps_service
 from web.common import WebUser, services, write_turn
 from web.openapi import spec
@@ -24,7 +24,7 @@ bp = Blueprint("api", __name__)
 PUBLIC = frozenset({"api.openapi"})
 CUSTOMER_ACTIONS = ("start", "shutdown", "reboot", "destroy", "reinstall", "password_reset")
 OPERATOR_ACTIONS = ("suspend", "resume")
-ORDER_FIELDS = ("plan", "image", "hostname", "ssh_keys")
+ORDER_FIELDS = ("plan", "image", "hostname", "ssh_keys", "saved_keys")
 ACTION_FIELDS = ("action", "image", "timeout", "force")
 MAX_KEYS = 20
 
@@ -123,6 +123,23 @@ def _keys(data: dict[str, Any], errors: dict[str, str]) -> list[str]:
     return value
 
 
+def _saved_keys(data: dict[str, Any], errors: dict[str, str]) -> list[str]:
+    """The public keys of the caller's saved keys named by id; another's id is not found."""
+    value = data.get("saved_keys")
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(
+        isinstance(i, int) and not isinstance(i, bool) for i in value
+    ):
+        errors["saved_keys"] = "must be a list of saved key ids (integers)"
+        return []
+    try:
+        return saved_keys.public_keys(services(), _user().id, value)
+    except KvmvpsError as exc:
+        errors["saved_keys"] = str(exc)
+        return []
+
+
 # -- servers -------------------------------------------------------------------
 @bp.get("/servers")
 def list_servers() -> ResponseReturnValue:
@@ -139,6 +156,7 @@ def create_server() -> ResponseReturnValue:
     errors: dict[str, str] = {}
     plan, image = _string(data, "plan", errors), _string(data, "image", errors)
     hostname, keys = _string(data, "hostname", errors), _keys(data, errors)
+    keys = keys + _saved_keys(data, errors)
     found = provisioning.check_order(services(), _user().id, plan, image, hostname, keys)
     errors.update({k: str(v) for k, v in found.items() if k not in errors})
     if errors:

@@ -28,7 +28,14 @@ CSP = (
 )
 SECRET_KEY_FILE = "web-secret-key"  # noqa: S105 - a name, not a secret
 MAX_BODY = 64 * 1024
-RATE_KEYS = ("LOGIN_LIMIT", "LOGIN_ADDRESS_LIMIT", "LOGIN_EMAIL_LIMIT", "SIGNUP_LIMIT")
+RATE_KEYS = (
+    "LOGIN_LIMIT",
+    "LOGIN_ADDRESS_LIMIT",
+    "LOGIN_EMAIL_LIMIT",
+    "SIGNUP_LIMIT",
+    "CODE_LIMIT",
+    "RESET_LIMIT",
+)
 
 
 HTTPS_DEFAULT = "1"  # secure by default; KVMVPS_WEB_HTTPS=0 to try the site over plain HTTP
@@ -51,6 +58,8 @@ def _env_config() -> dict[str, Any]:
         "LOGIN_ADDRESS_LIMIT": os.environ.get("KVMVPS_WEB_LOGIN_ADDRESS_LIMIT") or None,
         "LOGIN_EMAIL_LIMIT": os.environ.get("KVMVPS_WEB_LOGIN_EMAIL_LIMIT") or None,
         "SIGNUP_LIMIT": os.environ.get("KVMVPS_WEB_SIGNUP_LIMIT") or None,
+        "CODE_LIMIT": os.environ.get("KVMVPS_WEB_CODE_LIMIT") or None,
+        "RESET_LIMIT": os.environ.get("KVMVPS_WEB_RESET_LIMIT") or None,
     }
 
 
@@ -69,6 +78,8 @@ def _defaults() -> dict[str, Any]:
         "LOGIN_ADDRESS_LIMIT": "30/minute",  # per client address, whatever the e-mail
         "LOGIN_EMAIL_LIMIT": "100/hour",  # per e-mail, from any number of addresses
         "SIGNUP_LIMIT": "20/hour",  # per client address
+        "CODE_LIMIT": "10/hour",  # second-factor codes per account (1e6 codes to guess)
+        "RESET_LIMIT": "5/hour",  # reset mails per client address and per e-mail
     }
 
 
@@ -163,9 +174,9 @@ def _load_user(session_id: str) -> WebUser | None:
 
 
 def _register_blueprints(app: Flask) -> None:
-    from web import account, admin, api, auth, dashboard, public
+    from web import account, admin, api, auth, dashboard, public, security
 
-    for module in (public, auth, dashboard, account, admin):
+    for module in (public, auth, dashboard, account, security, admin):
         app.register_blueprint(module.bp)
     app.register_blueprint(api.bp, url_prefix="/api/v1")
     csrf.exempt(api.bp)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from flask import (
@@ -52,6 +53,17 @@ def count_attempt(action: str, target: str, *limits: tuple[str, str]) -> logins.
             retry_after=verdict.retry_after,
         )
     return verdict
+
+
+SECOND_STEP = "second-step"
+SECOND_STEP_SECONDS = 300
+
+
+def begin_second_step(user_id: int, epoch: int, next_page: str | None) -> ResponseReturnValue:
+    """After the right password: remember who passed it, then ask for a code."""
+    session.clear()
+    session[SECOND_STEP] = {"id": user_id, "epoch": epoch, "at": time.time(), "next": next_page}
+    return redirect(url_for("security.login_code"))
 
 
 def start_session(user: WebUser) -> None:
@@ -134,8 +146,11 @@ def login() -> ResponseReturnValue:
         if user is not None:
             if verdict is not None:
                 logins.refund(services(), verdict)  # only failures add up
+            next_page = safe_next(request.args.get("next"))
+            if user.totp_enabled:  # the session starts once a code is given too
+                return begin_second_step(user.id, user.session_epoch, next_page)
             start_session(WebUser.of(user))
-            return redirect(safe_next(request.args.get("next")) or url_for("dashboard.servers"))
+            return redirect(next_page or url_for("dashboard.servers"))
         add_error(form.password, "wrong e-mail or password")
         status = 401
     elif request.method == "POST":

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import urlsplit
 
 from flask import current_app, request, session
@@ -41,6 +39,7 @@ class WebUser(UserMixin):
     is_admin: bool
     active: bool
     epoch: int = 0  # the user's session epoch when this session began
+    totp: bool = False  # a second factor is on
 
     @classmethod
     def of(cls, user: User) -> WebUser:
@@ -50,6 +49,7 @@ class WebUser(UserMixin):
             is_admin=bool(user.is_admin),
             active=bool(user.is_active),
             epoch=user.session_epoch or 0,
+            totp=bool(user.totp_enabled),
         )
 
     def get_id(self) -> str:
@@ -109,40 +109,19 @@ def write_turn() -> Iterator[None]:
         yield
 
 
-# -- one-time passwords --------------------------------------------------------
-REVEAL_KEY = "reveal"
-REVEAL_TTL = 3600.0
-REVEAL_MAX = 5
+# -- secrets shown once, after a redirect ---------------------------------------
+ONCE_KEY = "once"
 
 
-def keep_password(vps_uuid: str, password: str | None) -> None:
-    """Hold a new password, sealed, in the session until the credentials page shows it."""
-    if not password:
-        return
-    held: dict[str, Any] = dict(session.get(REVEAL_KEY) or {})
-    held[vps_uuid] = {"sealed": credentials.seal(services(), password), "at": time.time()}
-    newest = sorted(held.items(), key=lambda item: item[1]["at"])[-REVEAL_MAX:]
-    session[REVEAL_KEY] = dict(newest)
+def show_once(kind: str, secret: str) -> None:
+    """Keep ``secret`` sealed in the session for the next page (POST, redirect, GET)."""
+    session[ONCE_KEY] = {"kind": kind, "sealed": credentials.seal(services(), secret)}
 
 
-def password_waiting(vps_uuid: str) -> bool:
-    entry = (session.get(REVEAL_KEY) or {}).get(vps_uuid)
-    if not entry:
-        return False
-    return time.time() - entry["at"] < REVEAL_TTL
-
-
-def take_password(vps_uuid: str) -> str | None:
-    """The held password, removed from the session: it is shown this once."""
-    held: dict[str, Any] = dict(session.get(REVEAL_KEY) or {})
-    entry = held.pop(vps_uuid, None)
-    session[REVEAL_KEY] = held
-    if not entry or time.time() - entry["at"] >= REVEAL_TTL:
+def take_once(kind: str) -> str | None:
+    """The secret :func:`show_once` kept, removed from the session: shown this once."""
+    held = session.get(ONCE_KEY)
+    if not isinstance(held, dict) or held.get("kind") != kind:
         return None
-    return credentials.unseal(services(), entry["sealed"])
-
-
-def drop_password(vps_uuid: str) -> None:
-    held: dict[str, Any] = dict(session.get(REVEAL_KEY) or {})
-    if held.pop(vps_uuid, None) is not None:
-        session[REVEAL_KEY] = held
+    session.pop(ONCE_KEY, None)
+    return credentials.unseal(services(), str(held["sealed"]))

@@ -26,20 +26,12 @@ from flask_login import current_user
 
 from kvmvps.errors import Conflict, KvmvpsError
 from kvmvps.models import JobState, VpsState
-from kvmvps.services import actions, jobs, provisioning, quotas, views
+from kvmvps.services import actions, jobs, provisioning, quotas, reveals, saved_keys, views
 from kvmvps.services import vps as vps_service
 from kvmvps.services.jobs import BUILD_KINDS, JobView
 from kvmvps.services.views import PlanView, PublicImageView
 from kvmvps.services.vps import VpsView
-from web.common import (
-    drop_password,
-    keep_password,
-    password_waiting,
-    services,
-    status_for,
-    take_password,
-    write_turn,
-)
+from web.common import services, status_for, write_turn
 from web.extensions import login_manager
 from web.forms import ActionForm, ConfirmForm, OrderForm, add_error, attach
 
@@ -90,7 +82,17 @@ def _order_choices(form: OrderForm) -> tuple[list[PlanView], list[PublicImageVie
     plans, images = views.plan_views(ctx), views.catalogue_images(ctx)
     form.plan.choices = [(p["name"], p["name"]) for p in plans]
     form.image.choices = [(i["name"], i["name"]) for i in images]
+    form.saved_keys.choices = [
+        (str(k["id"]), k["name"] or k["fingerprint"])
+        for k in saved_keys.list_keys(ctx, current_user.id)
+    ]
     return plans, images
+
+
+def _order_keys(form: OrderForm) -> list[str]:
+    """The keys pasted and the saved keys ticked (only the customer's own; 404 otherwise)."""
+    pasted = (form.ssh_keys.data or "").splitlines()
+    return pasted + saved_keys.public_keys(services(), current_user.id, form.saved_keys.data or [])
 
 
 # -- listing -------------------------------------------------------------------
@@ -101,7 +103,12 @@ def servers() -> ResponseReturnValue:
     busy = jobs.active_jobs(ctx, [r["id"] for r in rows])
     quota = quotas.quota_view_by_id(ctx, current_user.id)
     return render_template(
-        "dash/servers.html", servers=rows, jobs=busy, form=ActionForm(), quota=quota
+        "dash/servers.html",
+        servers=rows,
+        jobs=busy,
+        form=ActionForm(),
+        quota=quota,
+        waiting=reveals.waiting_for(ctx, current_user.id),
     )
 
 
@@ -148,18 +155,23 @@ def order() -> ResponseReturnValue:
         )
     status, problem = 400, None
     if form.validate_on_submit():
+        try:
+            keys = _order_keys(form)
+        except KvmvpsError as exc:
+            add_error(form.saved_keys, str(exc))
+            keys = []
         errors = provisioning.check_order(
             services(),
             current_user.id,
             form.plan.data or "",
             form.image.data or "",
             form.hostname.data or "",
-            form.ssh_keys.data or "",
+            keys,
         )
         attach(form, errors)
-        if not errors:
+        if not errors and not form.saved_keys.errors:
             try:
-                return _record(form)
+                return _record(form, keys)
             except KvmvpsError as exc:
                 status, problem = status_for(exc), str(exc)
     return render_template(
@@ -167,17 +179,17 @@ def order() -> ResponseReturnValue:
     ), status
 
 
-def _record(form: OrderForm) -> ResponseReturnValue:
+def _record(form: OrderForm, keys: list[str]) -> ResponseReturnValue:
     req = provisioning.OrderRequest(
         plan=form.plan.data,
         image=form.image.data,
         hostname=form.hostname.data or "",
         owner_email=current_user.email,
-        ssh_keys=tuple((form.ssh_keys.data or "").splitlines()),
+        ssh_keys=tuple(keys),
     )
     with write_turn():
         placed = provisioning.record_order(services(), req, actor=current_user.actor)
-    keep_password(placed.uuid, placed.password)
+        reveals.hold(services(), placed.uuid, current_user.id, placed.password, placed.job)
     return redirect(url_for("dashboard.job", job=placed.job))
 
 
@@ -186,10 +198,16 @@ def _record(form: OrderForm) -> ResponseReturnValue:
 def server(id: str) -> ResponseReturnValue:
     vps = _own(id)
     job = jobs.active_jobs(services(), [vps["id"]]).get(vps["id"])
+    latest = jobs.latest_job(services(), vps["id"], current_user.id)
+    rekeyed = bool(
+        latest and latest["kind"] == "reinstall" and latest["state"] == JobState.SUCCEEDED
+    )
     return render_template(
         "dash/server.html",
         vps=vps,
         job=job,
+        rekeyed=rekeyed,
+        waiting=reveals.waiting(services(), vps["id"], current_user.id),
         form=ActionForm(),
         labels=ACTION_LABELS,
         actions=CUSTOMER_ACTIONS,
@@ -203,15 +221,17 @@ def credentials(id: str) -> ResponseReturnValue:
     ctx = services()
     vps = _own(id)
     job = jobs.active_jobs(ctx, [vps["id"]]).get(vps["id"])
-    if job is not None and password_waiting(vps["id"]):
+    if job is not None and reveals.waiting(ctx, vps["id"], current_user.id):
         return redirect(url_for("dashboard.job", job=job["id"]))
     latest = jobs.latest_job(ctx, vps["id"], current_user.id)
     failed = latest if latest and latest["state"] == JobState.FAILED else None
     password = None
     if vps["state"] == VpsState.RUNNING and failed is None:
-        password = take_password(vps["id"])
+        with write_turn():
+            password = reveals.take(ctx, vps["id"], current_user.id)
     elif vps["state"] == VpsState.ERROR or failed is not None:
-        drop_password(vps["id"])  # never show a password that was not set
+        with write_turn():  # never show a password that was not set
+            reveals.drop(ctx, vps["id"], current_user.id)
     images = views.catalogue_images(ctx)
     image: Mapping[str, object] = next((i for i in images if i["name"] == vps["image"]), {})
     return render_template(
@@ -277,7 +297,8 @@ def _request(vps: VpsView, action: str, image: str | None) -> ResponseReturnValu
     except KvmvpsError as exc:
         flash(str(exc), "error")
         return redirect(url_for("dashboard.server", id=vps["id"]))
-    keep_password(asked.vps, asked.password)
+    with write_turn():
+        reveals.hold(services(), asked.vps, current_user.id, asked.password, asked.job)
     if action == "delete":
         flash(f"{vps['hostname']} is being deleted.", "ok")
         return redirect(url_for("dashboard.servers"))

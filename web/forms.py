@@ -8,7 +8,14 @@ attached to the fields by the views.
 from __future__ import annotations
 
 from flask_wtf import FlaskForm
-from wtforms import Field, PasswordField, RadioField, StringField, TextAreaField
+from wtforms import (
+    Field,
+    PasswordField,
+    RadioField,
+    SelectMultipleField,
+    StringField,
+    TextAreaField,
+)
 from wtforms.validators import DataRequired, EqualTo, Length, Optional, ValidationError
 
 from kvmvps import validation
@@ -92,6 +99,8 @@ class OrderForm(FlaskForm):
         "SSH public keys (optional, one per line)",
         validators=[Optional(), Length(max=MAX_SSH_KEYS_TEXT), NoControl(allow="\r\n")],
     )
+    # the customer's saved keys; another customer's id is judged by the service (404)
+    saved_keys = SelectMultipleField("Saved SSH keys", validate_choice=False)
 
 
 class ConfirmForm(FlaskForm):
@@ -138,3 +147,43 @@ def attach(form: FlaskForm, errors: dict[str, KvmvpsError]) -> None:
         field = getattr(form, name, None)
         if field is not None:
             field.errors = [*field.errors, str(exc)]
+
+
+class EmailForm(FlaskForm):
+    """A new e-mail address, confirmed with the current password."""
+
+    email = StringField("New e-mail", validators=[DataRequired(), Length(max=MAX_EMAIL), ONE_LINE])
+    current = PasswordField(
+        "Current password", validators=[DataRequired(), Length(max=MAX_PASSWORD)]
+    )
+
+
+class KeyForm(FlaskForm):
+    """An SSH public key to keep on the account."""
+
+    name = StringField("Name (optional)", validators=[Optional(), Length(max=64), ONE_LINE])
+    public_key = TextAreaField(
+        "Public key", validators=[DataRequired(), Length(max=16 * 1024), NoControl()]
+    )
+
+
+class CodeForm(FlaskForm):
+    """A code from the authenticator app, or a recovery code."""
+
+    code = StringField("Code", validators=[DataRequired(), Length(max=32), ONE_LINE])
+
+
+class DisableTwoFactorForm(CodeForm):
+    password = PasswordField("Password", validators=[DataRequired(), Length(max=MAX_PASSWORD)])
+
+
+class ForgotForm(FlaskForm):
+    email = StringField("E-mail", validators=[DataRequired(), Length(max=MAX_EMAIL), ONE_LINE])
+
+
+class ResetForm(FlaskForm):
+    password = PasswordField("New password", validators=NEW_PASSWORD)
+    confirm = PasswordField(
+        "Repeat the new password",
+        validators=[DataRequired(), EqualTo("password", message="the passwords do not match")],
+    )

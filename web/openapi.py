@@ -109,6 +109,12 @@ SCHEMAS: dict[str, Any] = {
                 "items": STR,
                 "description": "OpenSSH public key lines.",
             },
+            "saved_keys": {
+                "type": "array",
+                "maxItems": 20,
+                "items": {"type": "integer", "minimum": 1},
+                "description": "Ids of SSH keys saved on your account (the Account page).",
+            },
         },
     },
     "ServerCreated": {

@@ -219,6 +219,13 @@ def set_password(
         return user
 
 
+def password_matches(user: User, given: str) -> bool:
+    """Whether ``given`` is the user's password (a hash is checked even when they have none)."""
+    stored = user.password_hash or _dummy_hash()
+    matches = check_password_hash(stored, given if isinstance(given, str) else "")
+    return matches and user.password_hash is not None
+
+
 def change_password(
     ctx: Context, email: str, current: str, new: str, actor: str | None = None
 ) -> User:

@@ -327,7 +327,7 @@ def test_pages_escape_what_users_typed(world: World) -> None:
 
 def test_api_token_made_on_the_account_page_is_shown_once(world: World) -> None:
     client = world.client(A)
-    r = client.post("/account", data={"name": "deploy"})
+    r = client.post("/account", data={"name": "deploy"}, follow_redirects=True)
     token = text(r).split('id="token" type="text" readonly value="')[1].split('"')[0]
     assert token.startswith("kvp_") and "will not be shown again" in text(r)
     api = world.app.test_client()
