@@ -1,7 +1,7 @@
 """customers serve themselves: TOTP, recovery codes, mailed links, saved keys, waiting passwords
 
-Revision ID: 0006_account
-Revises: 0005_accounts
+Revision ID: 0008_account
+Revises: 0007_admin
 
 """
 
@@ -11,8 +11,8 @@ import sqlalchemy as sa
 from alembic import op
 
 # revision identifiers, used by Alembic.
-revision: str = "0006_account"
-down_revision: str | Sequence[str] | None = "0005_accounts"
+revision: str = "0008_account"
+down_revision: str | Sequence[str] | None = "0007_admin"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
