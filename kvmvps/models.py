@@ -166,6 +166,8 @@ class Image(Base):
     # False for images that do not follow the guest contract: kvmvps only boots them
     credentials: Mapped[bool] = mapped_column(Boolean, default=True)
     os_family: Mapped[str] = mapped_column(String(32), default="linux")
+    # a rescue system: VPSes boot it (their own disk as vdb) in rescue mode
+    rescue: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -210,6 +212,10 @@ class Vps(Base):
     suspended_reason: Mapped[str | None] = mapped_column(String(500))
     suspended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     suspended_by: Mapped[str | None] = mapped_column(String(300))
+    # rescue mode: the rescue image booted instead of the VPS's own system, and its host key
+    rescue_image_id: Mapped[int | None] = mapped_column(ForeignKey("images.id"))
+    rescue_host_key: Mapped[str | None] = mapped_column(Text)
+    rescue_host_key_fingerprint: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
@@ -217,7 +223,8 @@ class Vps(Base):
 
     owner: Mapped[User] = relationship()
     plan: Mapped[Plan] = relationship()
-    image: Mapped[Image] = relationship()
+    image: Mapped[Image] = relationship(foreign_keys=[image_id])
+    rescue_image: Mapped[Image | None] = relationship(foreign_keys=[rescue_image_id])
     host: Mapped[Host] = relationship()
     network: Mapped[Network] = relationship()
     pins: Mapped[list[CpuPin]] = relationship(
@@ -228,6 +235,10 @@ class Vps(Base):
     @property
     def pinned_cpus(self) -> list[int]:
         return [pin.host_cpu for pin in self.pins]
+
+    @property
+    def in_rescue(self) -> bool:
+        return self.rescue_image_id is not None
 
 
 class IpLease(Base):

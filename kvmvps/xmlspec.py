@@ -198,6 +198,8 @@ class DomainSpec:
     machine: str = "pc"
     cputune: CpuTune = field(default_factory=CpuTune)
     xmlns: str = KVMVPS_XMLNS
+    # rescue mode: a rescue system boots, the VPS's own disk is its second disk
+    rescue: bool = False
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from kvmvps import interrupt, logs
 from kvmvps.errors import KvmvpsError, NotFound
 from kvmvps.interrupt import Interrupted
 from kvmvps.models import Job, JobState, Vps, VpsState
-from kvmvps.services import Context, credentials, jobs, provisioning
+from kvmvps.services import Context, credentials, jobs, provisioning, rescue
 from kvmvps.services import vps as vps_service
 from kvmvps.services.jobs import Claimed, JobView
 
@@ -114,6 +114,13 @@ def _resume(ctx: Context, c: Claimed, jc: JobControl) -> None:
         vps_service.resume(ctx, _vps(c))
 
 
+def _rescue(ctx: Context, c: Claimed, jc: JobControl) -> None:
+    image = c.params.get("image")
+    if not isinstance(image, str):
+        raise NotFound(f"job {c.uuid[:8]} names no rescue image")
+    rescue.enter(ctx, _vps(c), image, checkpoint=jc.checkpoint, progress=jc.progress)
+
+
 def _simple(action: Callable[[Context, str], object]) -> Handler:
     return lambda ctx, c, jc: action(ctx, _vps(c))
 
@@ -129,6 +136,8 @@ HANDLERS: dict[str, Handler] = {
     "suspend": _suspend,
     "resume": _resume,
     "password_reset": _simple(credentials.apply_password_reset),
+    "rescue": _rescue,
+    "unrescue": _simple(rescue.leave),
 }
 
 

@@ -44,6 +44,7 @@ class ImageView(TypedDict):
     cloud_init: bool
     credentials: bool
     os_family: str
+    rescue: bool
 
 
 class PublicImageView(TypedDict):
@@ -124,6 +125,7 @@ def image_view(image: Image) -> ImageView:
         "cloud_init": image.cloud_init,
         "credentials": image.credentials,
         "os_family": image.os_family,
+        "rescue": image.rescue,
     }
 
 

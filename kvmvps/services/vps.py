@@ -50,6 +50,8 @@ VIEW_KEYS = (
     "error",
     "suspended_reason",
     "suspended_at",
+    "rescue",
+    "rescue_host_key_fingerprint",
     "expires_at",
     "created_at",
     "updated_at",
@@ -123,6 +125,8 @@ class VpsView(TypedDict):
     updated_at: str
     suspended_reason: str | None
     suspended_at: str | None
+    rescue: bool
+    rescue_host_key_fingerprint: str | None
 
 
 def view(vps: Vps) -> VpsView:
@@ -151,6 +155,8 @@ def view(vps: Vps) -> VpsView:
         "error": vps.error,
         "suspended_reason": vps.suspended_reason,
         "suspended_at": _iso(vps.suspended_at),
+        "rescue": vps.in_rescue,
+        "rescue_host_key_fingerprint": vps.rescue_host_key_fingerprint,
         "expires_at": _iso(vps.expires_at),
         "created_at": _iso(vps.created_at),
         "updated_at": _iso(vps.updated_at),
