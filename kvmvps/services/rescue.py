@@ -47,12 +47,14 @@ RESCUE_USER = "root"
 # Let root log in with a password in the rescue system (its provisioning key
 # session runs this once; the password itself goes through chpasswd -e).
 # Dropbear (kvmvps's tiny image) runs with -g from /etc/inittab: drop it, have
-# init re-read the table (starting the new dropbear) and stop the old one.
+# init re-read the table (starting the new dropbear) and stop the old one
+# (not this session's own dropbear, which init may have inherited meanwhile).
 # OpenSSH: a drop-in allowing root's password, and a reload.
 ROOT_LOGIN_SCRIPT = (
     "if grep -q 'dropbear.* -g ' /etc/inittab 2>/dev/null; then "
     "sed -i 's/^\\(.*dropbear.*\\) -g /\\1 /' /etc/inittab; kill -HUP 1; sleep 1; "
     "for d in /proc/[0-9]*; do "
+    '[ "${d#/proc/}" != "$PPID" ] || continue; '
     '[ "$(cut -d" " -f4 "$d/stat" 2>/dev/null)" = 1 ] || continue; '
     "case \"$(tr '\\000' ' ' <\"$d/cmdline\" 2>/dev/null)\" in "
     '*dropbear*" -g "*) kill "${d#/proc/}" ;; esac; done; '
