@@ -83,7 +83,7 @@ def test_rescue_writes_a_file_the_own_system_then_sees(fresh_ctx: Context, tmp_p
 
     console = Path(fresh_ctx.settings.console_dir) / f"{back['domain']}.log"
     try:
-        guest.wait_for_ssh_banner(ip, 22, time.monotonic() + 120)
+        guest.wait_for_ssh_banner(ip, 22, time.monotonic() + 300)
     except GuestError:
         pytest.fail("own system never answered SSH; its console:\n" + file_bytes(console).decode())
     own = openssh(tmp_path, ip, 22, own_key, user, "cat /etc/rescue-marker", password=own_password)

@@ -108,8 +108,6 @@ def test_web_rescue_asks_to_confirm_then_shows_the_password_page(world: World) -
     client = world.client(A)
     page = client.get(f"/servers/{placed.uuid}/actions/rescue")
     assert page.status_code == 200 and "/dev/vdb" in text(page)
-    hostname = client.get(f"/api/v1/servers/{placed.uuid}")  # session auth is not API auth
-    assert hostname.status_code in (401, 403)
     r = client.post(f"/servers/{placed.uuid}/actions/rescue", data={"hostname": "vm1"})
     assert r.status_code == 302 and "/jobs/" in r.headers["Location"]
     assert _jobs(world.ctx, "rescue") == 1
