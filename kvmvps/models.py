@@ -231,6 +231,8 @@ class Image(Base):
     os_family: Mapped[str] = mapped_column(String(32), default="linux")
     # hidden from the shop: customers can neither order nor reinstall with it
     hidden: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
+    # a rescue system: VPSes boot it (their own disk as vdb) in rescue mode
+    rescue: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -282,6 +284,10 @@ class Vps(Base):
     suspended_reason: Mapped[str | None] = mapped_column(String(500))
     suspended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     suspended_by: Mapped[str | None] = mapped_column(String(300))
+    # rescue mode: the rescue image booted instead of the VPS's own system, and its host key
+    rescue_image_id: Mapped[int | None] = mapped_column(ForeignKey("images.id"))
+    rescue_host_key: Mapped[str | None] = mapped_column(Text)
+    rescue_host_key_fingerprint: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow
@@ -289,7 +295,8 @@ class Vps(Base):
 
     owner: Mapped[User] = relationship()
     plan: Mapped[Plan] = relationship()
-    image: Mapped[Image] = relationship()
+    image: Mapped[Image] = relationship(foreign_keys=[image_id])
+    rescue_image: Mapped[Image | None] = relationship(foreign_keys=[rescue_image_id])
     host: Mapped[Host] = relationship()
     network: Mapped[Network] = relationship()
     pins: Mapped[list[CpuPin]] = relationship(
@@ -300,6 +307,10 @@ class Vps(Base):
     @property
     def pinned_cpus(self) -> list[int]:
         return [pin.host_cpu for pin in self.pins]
+
+    @property
+    def in_rescue(self) -> bool:
+        return self.rescue_image_id is not None
 
 
 class IpLease(Base):

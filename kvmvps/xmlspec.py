@@ -202,6 +202,8 @@ class DomainSpec:
     tcg_tb_cache_mib: int | None = None
     # the balloon hands pages the guest frees back to the host
     free_page_reporting: bool = True
+    # rescue mode: a rescue system boots, the VPS's own disk is its second disk
+    rescue: bool = False
 
 
 def tcg_tb_cache_for(domain_type: str, cache_mib: int) -> int | None:

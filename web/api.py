@@ -22,7 +22,16 @@ from web.openapi import spec
 bp = Blueprint("api", __name__)
 
 PUBLIC = frozenset({"api.openapi"})
-CUSTOMER_ACTIONS = ("start", "shutdown", "reboot", "destroy", "reinstall", "password_reset")
+CUSTOMER_ACTIONS = (
+    "start",
+    "shutdown",
+    "reboot",
+    "destroy",
+    "reinstall",
+    "password_reset",
+    "rescue",
+    "unrescue",
+)
 OPERATOR_ACTIONS = ("suspend", "resume")
 ORDER_FIELDS = ("plan", "image", "hostname", "ssh_keys", "saved_keys")
 ACTION_FIELDS = ("action", "image", "timeout", "force")

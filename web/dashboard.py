@@ -37,9 +37,20 @@ from web.forms import ActionForm, ConfirmForm, OrderForm, add_error, attach
 
 bp = Blueprint("dashboard", __name__)
 
-CUSTOMER_ACTIONS = ("start", "shutdown", "reboot", "reinstall", "password_reset", "delete")
-CONFIRM = ("reinstall", "password_reset", "delete")
+CUSTOMER_ACTIONS = (
+    "start",
+    "shutdown",
+    "reboot",
+    "reinstall",
+    "password_reset",
+    "rescue",
+    "unrescue",
+    "delete",
+)
+CONFIRM = ("reinstall", "password_reset", "rescue", "delete")
 ACTION_LABELS = {
+    "rescue": "Rescue mode",
+    "unrescue": "Leave rescue mode",
     "start": "Start",
     "shutdown": "Shut down",
     "reboot": "Reboot",
@@ -322,7 +333,7 @@ def job(job: str) -> ResponseReturnValue:
     except KvmvpsError:
         vps = None  # deleted since
     steps = STEPS if view["kind"] in BUILD_KINDS else []
-    reveals = view["kind"] in (*BUILD_KINDS, "password_reset")
+    reveals = view["kind"] in (*BUILD_KINDS, "password_reset", "rescue")
     return render_template(
         "dash/progress.html",
         job=view,

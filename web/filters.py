@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask, current_app
 
 from kvmvps.models import JobState, VpsState
-from kvmvps.services.actions import ALLOWED
+from kvmvps.services.actions import ALLOWED, IN_RESCUE
 
 # A VPS's or a job's state -> its badge's class ("running" is both).
 STATE_CLASS = {
@@ -55,9 +55,10 @@ def state_class(state: str | None) -> str:
     return STATE_CLASS.get(state or "", "off")
 
 
-def can(state: str, action: str) -> bool:
-    """Whether ``action`` may be asked of a VPS in ``state``."""
-    return state in ALLOWED.get(action, ())
+def can(state: str, action: str, rescue: bool = False) -> bool:
+    """Whether ``action`` may be asked of a VPS in ``state`` (``rescue``: in rescue mode)."""
+    fits = action in IN_RESCUE if rescue else action != "unrescue"
+    return fits and state in ALLOWED.get(action, ())
 
 
 def short(value: str | None, length: int = 8) -> str:

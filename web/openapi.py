@@ -57,6 +57,10 @@ SERVER = {
         "ssh_port": _nullable(INT),
         "username": _nullable(STR),
         "host_key_fingerprint": _nullable(STR),
+        "rescue": {**BOOL, "description": "In rescue mode: the rescue system runs."},
+        "rescue_host_key_fingerprint": _nullable(
+            {**STR, "description": "The rescue system's SSH host key (the VPS's own stays)."}
+        ),
         "error": _nullable(STR),
         "suspended_reason": _nullable(
             {
@@ -150,10 +154,16 @@ SCHEMAS: dict[str, Any] = {
                     "destroy",
                     "reinstall",
                     "password_reset",
+                    "rescue",
+                    "unrescue",
                     "suspend",
                     "resume",
                 ],
-                "description": "suspend and resume pause and resume the guest, for "
+                "description": "rescue boots the rescue system with the VPS's disk as "
+                "/dev/vdb (root's one-time password in the answer); unrescue boots the "
+                "VPS's own system again. In rescue mode only unrescue, start, shutdown, "
+                "destroy and reboot are possible. "
+                "suspend and resume pause and resume the guest, for "
                 "operators; an operator's suspension with a reason is made with "
                 "kvmvps-admin vps suspend or in the admin area.",
             },
@@ -181,7 +191,7 @@ SCHEMAS: dict[str, Any] = {
                 {
                     **STR,
                     "description": "reinstall and password_reset: the new "
-                    "password, shown this once.",
+                    "password; rescue: root's password in the rescue system; shown this once.",
                 }
             ),
         },

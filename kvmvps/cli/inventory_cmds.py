@@ -28,7 +28,15 @@ PLAN_COLUMNS = (
     "extra_forwards",
     "limits",
 )
-IMAGE_COLUMNS = ("name", "login_user", "cloud_init", "os_family", "virtual_size_gib", "kernel_boot")
+IMAGE_COLUMNS = (
+    "name",
+    "login_user",
+    "cloud_init",
+    "os_family",
+    "virtual_size_gib",
+    "kernel_boot",
+    "rescue",
+)
 NETWORK_COLUMNS = (
     "name",
     "kind",
@@ -117,6 +125,7 @@ def image_build_debian(obj: Obj, name: str, as_json: bool) -> None:
     is_flag=True,
     help="Only boot VPSes of this image; push no password or keys.",
 )
+@click.option("--rescue", is_flag=True, help="VPSes boot this image in rescue mode.")
 @json_option
 @pass_obj
 def image_add(
@@ -129,6 +138,7 @@ def image_add(
     login_user: str,
     cloud_init: bool,
     no_credentials: bool,
+    rescue: bool,
     as_json: bool,
 ) -> None:
     """Register a qcow2 base image (copied into the image store).
@@ -149,8 +159,24 @@ def image_add(
         login_user=login_user,
         cloud_init=cloud_init,
         credentials=not no_credentials,
+        rescue=rescue,
         actor=actor(),
     )
+    _print_images([views.image_view(image)], as_json, single=True)
+
+
+@image_group.command("edit")
+@click.argument("name")
+@click.option(
+    "--rescue/--no-rescue",
+    default=None,
+    help="Whether VPSes boot this image in rescue mode (the newest rescue image is used).",
+)
+@json_option
+@pass_obj
+def image_edit(obj: Obj, name: str, rescue: bool | None, as_json: bool) -> None:
+    """Change an image's settings."""
+    image = inventory.edit_image(obj.ctx, name, rescue=rescue, actor=actor())
     _print_images([views.image_view(image)], as_json, single=True)
 
 

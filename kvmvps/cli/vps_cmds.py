@@ -160,6 +160,32 @@ def vps_password_reset(obj: Obj, ref: str, as_json: bool) -> None:
     _print_with_password(vps_service.show(obj.ctx, req.vps), req.password, as_json)
 
 
+@vps_group.command("rescue")
+@click.argument("ref")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or lines on stderr.")
+@json_option
+@pass_obj
+def vps_rescue(obj: Obj, ref: str, quiet: bool, as_json: bool) -> None:
+    """Boot the rescue system, the VPS's disk as /dev/vdb; a root password is shown once."""
+    from kvmvps.services import actions  # lazy for speed: see above
+
+    req = actions.request(obj.ctx, ref, "rescue", actor=actor())
+    follow(obj.ctx, req.job, quiet or as_json)
+    view = vps_service.show(obj.ctx, req.vps)
+    if as_json:
+        emit_json({**view, "password": req.password})
+        return
+    record(view, SHOW_KEYS)
+    if req.password:
+        click.echo(f"{'rescue password'.ljust(20)}  {req.password}")
+        click.echo("(shown only this once; the VPS's own credentials are unchanged)")
+        click.echo(f"log in: ssh -p {view['ssh_port']} root@{view['ssh_host']}")
+    click.echo(f"leave rescue mode: kvmvps-admin vps unrescue {view['hostname']}")
+
+
+_UNRESCUE_HELP = "Leave rescue mode: boot the VPS's own system again."
+
+
 @vps_group.command("reinstall")
 @click.argument("ref")
 @click.option("--image", help="Reinstall from another image (default: the same one).")
@@ -261,6 +287,7 @@ _power_command(
     "pause", "suspend", "Pause a running VPS in memory ('vps suspend' is an operator's suspension)."
 )
 _power_command("resume", "resume", "Resume a paused VPS.")
+_power_command("unrescue", "unrescue", _UNRESCUE_HELP)
 
 
 @vps_group.command("shutdown")

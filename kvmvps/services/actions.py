@@ -39,11 +39,15 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "reinstall": (S.RUNNING, S.STOPPED, S.SUSPENDED),
     "password_reset": (S.RUNNING,),
     "delete": (S.RUNNING, S.STOPPED, S.SUSPENDED, S.ERROR, S.QUEUED),
+    "rescue": (S.RUNNING, S.STOPPED),
+    "unrescue": (S.RUNNING, S.STOPPED),
 }
 ACTIONS = tuple(ALLOWED)
+# what a VPS in rescue mode may still be asked: leave it, and power the rescue system
+IN_RESCUE = frozenset({"unrescue", "start", "shutdown", "destroy", "reboot"})
 # actions that set a new password, and the jobs that still hold one to push
-SETS_PASSWORD = ("reinstall", "password_reset")
-HOLDS_PASSWORD = ("create", "reinstall", "password_reset")
+SETS_PASSWORD = ("reinstall", "password_reset", "rescue")
+HOLDS_PASSWORD = ("create", "reinstall", "password_reset", "rescue")
 OPERATOR_TIMEOUT_MAX = 3600.0
 OPERATOR_ONLY = ("suspend", "resume")  # not for customers (an owner_id is given)
 
@@ -115,6 +119,7 @@ def _request(
         if customer and action in OPERATOR_ONLY:
             raise Forbidden(f"{action} is for operators")
         guard.check_action(vps, action, operator=not customer)
+        _check_rescue_mode(vps, action)
         if vps.state not in ALLOWED[action]:
             raise Conflict(f"cannot {action.replace('_', ' ')} {vps.hostname}: it is {vps.state}")
         _refuse_if_pending(s, vps, action, customer)
@@ -124,7 +129,11 @@ def _request(
             if customer:  # customers reinstall only with images the shop offers
                 inventory.for_sale(s, Image, image, "image")
             params["image"] = inventory.get_by_name(s, Image, image, "image").name
-        if action in ("reinstall", "password_reset") and vps.image.credentials:
+        gets_password = vps.image.credentials
+        if action == "rescue":
+            rescue_image = rescue_image_for(s, vps)
+            params["image"], gets_password = rescue_image.name, rescue_image.credentials
+        if action in SETS_PASSWORD and gets_password:
             password = guest.new_password()
             vps.pending_password = credentials.seal(ctx, password)
         if action == "shutdown":
@@ -133,6 +142,32 @@ def _request(
             vps.state = VpsState.DELETING
         job = jobs.enqueue(s, action, vps.uuid, vps.host_id, actor=actor, **params)
         return Requested(job=job.uuid, vps=vps.uuid, password=password)
+
+
+def _check_rescue_mode(vps: Vps, action: str) -> None:
+    """:class:`Conflict` for an action that does not fit whether the VPS is in rescue mode."""
+    if action == "rescue" and vps.in_rescue:
+        raise Conflict(f"{vps.hostname} is in rescue mode already")
+    if action == "unrescue" and not vps.in_rescue:
+        raise Conflict(f"{vps.hostname} is not in rescue mode")
+    if vps.in_rescue and action not in IN_RESCUE:
+        raise Conflict(
+            f"cannot {guard.LABELS.get(action, action.replace('_', ' '))} {vps.hostname}: "
+            "it is in rescue mode; leave rescue mode first (unrescue)"
+        )
+
+
+def rescue_image_for(session: Session, vps: Vps) -> Image:
+    """The image VPSes boot in rescue mode: the newest one the operators marked as rescue."""
+    image = session.scalar(
+        select(Image).where(Image.rescue.is_(True)).order_by(Image.id.desc()).limit(1)
+    )
+    if image is None:
+        raise Conflict(
+            f"cannot rescue {vps.hostname}: no rescue image is set up "
+            "(operators: kvmvps-admin image edit NAME --rescue)"
+        )
+    return image
 
 
 def _locked(session: Session, vps: Vps) -> Vps:

@@ -7,7 +7,7 @@ re-running a step (after a crash, say) computes the same documents.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from sqlalchemy import select
@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from kvmvps.config import Settings
 from kvmvps.errors import NotFound
 from kvmvps.limits import LIMIT_FIELDS, PlanLimits
-from kvmvps.models import Plan, Vps
+from kvmvps.models import Image, Plan, Vps
 from kvmvps.xmlspec import (
     ISOLATING_FILTER,
     STOCK_FILTER,
@@ -122,6 +122,74 @@ def facts_of(vps: Vps, settings: Settings) -> VpsFacts:
         login_user=image.login_user,
         allow_guest_traffic=net.allow_guest_traffic,
         limits=plan_limits(plan),
+    )
+
+
+@dataclass(frozen=True)
+class RescueFacts:
+    """The rescue image a VPS boots in rescue mode, and the overlay volume made of it."""
+
+    image_name: str
+    base_path: str
+    kernel_path: str | None
+    initrd_path: str | None
+    cmdline: str | None
+    credentials: bool
+    volume: str
+
+
+def rescue_facts(image: Image, facts: VpsFacts) -> RescueFacts:
+    return RescueFacts(
+        image_name=image.name,
+        base_path=image.base_path,
+        kernel_path=image.kernel_path,
+        initrd_path=image.initrd_path,
+        cmdline=image.cmdline,
+        credentials=image.credentials,
+        volume=rescue_volume_of(facts.domain),
+    )
+
+
+def rescue_volume_of(domain: str) -> str:
+    """The name of a VPS's rescue overlay volume."""
+    return f"{domain}{RESCUE_SUFFIX}.qcow2"
+
+
+RESCUE_SUFFIX = "-rescue"
+
+
+def rescue_overlay_spec(rescue: RescueFacts, capacity_bytes: int) -> OverlayVolumeSpec:
+    return OverlayVolumeSpec(
+        name=rescue.volume, capacity_bytes=capacity_bytes, backing_path=rescue.base_path
+    )
+
+
+def rescue_domain_spec(
+    facts: VpsFacts, rescue: RescueFacts, domain_type: str, gateway_mac: str | None = None
+) -> DomainSpec:
+    """The VPS's domain in rescue mode: the rescue system on vda, the VPS's own disk on vdb.
+
+    Memory, vCPUs, pins, limits and the NIC (so address, filter and forwards) stay the VPS's.
+    """
+    own = domain_spec(facts, domain_type, False, gateway_mac)
+    disks = (
+        VolumeDiskSpec(pool=facts.pool, volume=rescue.volume, target="vda"),
+        VolumeDiskSpec(
+            pool=facts.pool,
+            volume=facts.overlay_volume,
+            target="vdb",
+            iotune=facts.limits.iotune(),
+        ),
+    )
+    kernel_boot = None
+    if rescue.kernel_path:
+        kernel_boot = KernelBoot(rescue.kernel_path, rescue.initrd_path, rescue.cmdline)
+    return replace(
+        own,
+        disks=disks,
+        kernel_boot=kernel_boot,
+        title=f"{facts.hostname} (rescue)",
+        rescue=True,
     )
 
 

@@ -25,6 +25,8 @@ def _build(
     name: str,
     builder: Callable[..., BuiltImage],
     progress: Callable[[str], None] | None,
+    *,
+    rescue: bool = False,
 ) -> Image:
     name = _prepare(ctx, name)
     pubkey = keys.ensure_provisioning_key(ctx.settings)
@@ -34,7 +36,7 @@ def _build(
         cache_dir=ctx.settings.download_cache,
         progress=progress,
     )
-    return inventory.register_built_image(ctx, name, built)
+    return inventory.register_built_image(ctx, name, built, rescue=rescue)
 
 
 @audit.audits("image.build-tiny", target="name")
@@ -45,8 +47,8 @@ def build_tiny(
     *,
     actor: str | None = None,
 ) -> Image:
-    """Build the tiny busybox+dropbear image and register it as ``name``."""
-    return _build(ctx, name, build_tiny_image, progress)
+    """Build the tiny busybox+dropbear image and register it as ``name``, a rescue system."""
+    return _build(ctx, name, build_tiny_image, progress, rescue=True)
 
 
 @audit.audits("image.build-debian", target="name")

@@ -196,9 +196,10 @@ def add_image(
     cloud_init: bool = False,
     os_family: str = "linux",
     credentials: bool = True,
+    rescue: bool = False,
     actor: str | None = None,
 ) -> Image:
-    """Register a qcow2 base image (copied into the image store)."""
+    """Register a qcow2 base image (copied into the image store); ``rescue``: a rescue system."""
     name = validation.object_name(name, "image name")
     validation.unix_user(login_user)
     kernel_p, initrd_p = check_regular(kernel, "kernel"), check_regular(initrd, "initrd")
@@ -220,6 +221,7 @@ def add_image(
         cloud_init=cloud_init,
         os_family=os_family,
         credentials=credentials,
+        rescue=rescue,
     )
     with ctx.db.session() as s:
         _refuse_duplicate(s, Image, name, "image")
@@ -227,8 +229,23 @@ def add_image(
     return image
 
 
-def register_built_image(ctx: Context, name: str, built: BuiltImage) -> Image:
-    """Register an image a builder produced."""
+@audit.audits("image.edit", target="name")
+def edit_image(
+    ctx: Context, name: str, *, rescue: bool | None = None, actor: str | None = None
+) -> Image:
+    """Change an image's settings: whether it is a rescue system."""
+    if rescue is None:
+        raise InvalidInput("nothing to change (--rescue or --no-rescue)")
+    with ctx.db.session() as s:
+        image = get_by_name(s, Image, name, "image")
+        image.rescue = rescue
+        return image
+
+
+def register_built_image(
+    ctx: Context, name: str, built: BuiltImage, *, rescue: bool = False
+) -> Image:
+    """Register an image a builder produced (``rescue``: as a rescue system)."""
     return add_image(
         ctx,
         name,
@@ -239,6 +256,7 @@ def register_built_image(ctx: Context, name: str, built: BuiltImage) -> Image:
         login_user=built.login_user,
         cloud_init=built.cloud_init,
         os_family=built.os_family,
+        rescue=rescue,
     )
 
 

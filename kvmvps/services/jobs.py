@@ -39,6 +39,8 @@ KINDS = BUILD_KINDS + (
     "delete",
     "password_reset",
     "edge",  # write a host's iptables rules and proxy (run by that host's agent)
+    "rescue",
+    "unrescue",
 )
 MAX_ATTEMPTS = 3
 

@@ -44,7 +44,14 @@ from kvmvps.services import (
     quotas,
     setup,
 )
-from kvmvps.services.facts import VpsFacts, domain_name_for, domain_spec, load_facts, overlay_spec
+from kvmvps.services.facts import (
+    VpsFacts,
+    domain_name_for,
+    domain_spec,
+    load_facts,
+    overlay_spec,
+    rescue_volume_of,
+)
 from kvmvps.services.placement import choose_host
 from kvmvps.services.steps import Background, Build, Progress, Step
 from kvmvps.storage import check_base_image, overlay_capacity
@@ -503,6 +510,7 @@ def delete(ctx: Context, uuid: str) -> None:
         vps.state = VpsState.DELETING
     b = Build(ctx=ctx, facts=facts)
     leftovers = _roll_back(b, list(STEPS))
+    b.hv.delete_volume(facts.pool, rescue_volume_of(facts.domain))  # deleted in rescue mode
     if leftovers:
         _set_state(ctx, facts.vps_id, VpsState.ERROR, "delete incomplete: " + "; ".join(leftovers))
         raise HypervisorError(f"deleting {facts.hostname} left work undone: {leftovers[0]}")

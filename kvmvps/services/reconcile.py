@@ -27,7 +27,7 @@ from kvmvps.errors import Conflict, HypervisorError, HypervisorUnavailable
 from kvmvps.hypervisor import Hypervisor
 from kvmvps.models import Host, IpLease, Job, JobState, Lock, Network, Vps, VpsState
 from kvmvps.services import Context, audit, forwards, guard, isolation
-from kvmvps.services.facts import DOMAIN_PREFIX, VpsFacts, facts_of
+from kvmvps.services.facts import DOMAIN_PREFIX, RESCUE_SUFFIX, VpsFacts, facts_of
 from kvmvps.services.jobs import now
 from kvmvps.services.vps import _FROM_LIBVIRT as FROM_LIBVIRT
 from kvmvps.xmlspec import KVMVPS_XMLNS, SENTINEL_MAC, DhcpHost
@@ -252,7 +252,7 @@ def _orphan_volumes(
     for volume in hv.list_volumes(pool):
         if not volume.startswith(DOMAIN_PREFIX):
             continue
-        owner = volume.removesuffix(".qcow2").removesuffix("-seed.iso")
+        owner = volume.removesuffix(".qcow2").removesuffix("-seed.iso").removesuffix(RESCUE_SUFFIX)
         if owner not in known:
             report.orphan_volumes.append({"host": host.name, "pool": pool, "volume": volume})
             if fix:

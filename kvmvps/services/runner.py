@@ -18,7 +18,7 @@ from kvmvps import interrupt, logs
 from kvmvps.errors import KvmvpsError, NotFound
 from kvmvps.interrupt import Interrupted
 from kvmvps.models import Host, Job, JobState, Vps, VpsState
-from kvmvps.services import Context, credentials, forwards, jobs, provisioning
+from kvmvps.services import Context, credentials, forwards, jobs, provisioning, rescue
 from kvmvps.services import vps as vps_service
 from kvmvps.services.jobs import Claimed, JobView
 
@@ -123,6 +123,13 @@ def _edge(ctx: Context, c: Claimed, jc: JobControl) -> None:
     forwards.sync(ctx, host)
 
 
+def _rescue(ctx: Context, c: Claimed, jc: JobControl) -> None:
+    image = c.params.get("image")
+    if not isinstance(image, str):
+        raise NotFound(f"job {c.uuid[:8]} names no rescue image")
+    rescue.enter(ctx, _vps(c), image, checkpoint=jc.checkpoint, progress=jc.progress)
+
+
 def _simple(action: Callable[[Context, str], object]) -> Handler:
     return lambda ctx, c, jc: action(ctx, _vps(c))
 
@@ -139,6 +146,8 @@ HANDLERS: dict[str, Handler] = {
     "resume": _resume,
     "password_reset": _simple(credentials.apply_password_reset),
     "edge": _edge,
+    "rescue": _rescue,
+    "unrescue": _simple(rescue.leave),
 }
 
 

@@ -46,6 +46,7 @@ class ImageView(TypedDict):
     credentials: bool
     os_family: str
     hidden: bool
+    rescue: bool
 
 
 class PublicImageView(TypedDict):
@@ -138,6 +139,7 @@ def image_view(image: Image) -> ImageView:
         "credentials": image.credentials,
         "os_family": image.os_family,
         "hidden": bool(image.hidden),
+        "rescue": image.rescue,
     }
 
 

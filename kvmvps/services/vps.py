@@ -50,6 +50,8 @@ VIEW_KEYS = (
     "error",
     "suspended_reason",
     "suspended_at",
+    "rescue",
+    "rescue_host_key_fingerprint",
     "expires_at",
     "created_at",
     "updated_at",
@@ -128,6 +130,8 @@ class VpsView(TypedDict):
     updated_at: str
     suspended_reason: str | None
     suspended_at: str | None
+    rescue: bool
+    rescue_host_key_fingerprint: str | None
 
 
 def shown_state(vps: Vps) -> str:
@@ -167,6 +171,8 @@ def view(vps: Vps) -> VpsView:
         "error": vps.error,
         "suspended_reason": vps.suspended_reason,
         "suspended_at": _iso(vps.suspended_at),
+        "rescue": vps.in_rescue,
+        "rescue_host_key_fingerprint": vps.rescue_host_key_fingerprint,
         "expires_at": _iso(vps.expires_at),
         "created_at": _iso(vps.created_at),
         "updated_at": _iso(vps.updated_at),

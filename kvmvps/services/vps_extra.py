@@ -155,6 +155,8 @@ def resize(ctx: Context, ref: str, plan: str, *, actor: str | None = None) -> Vp
     """
     with ctx.db.session() as s:
         vps = resolve(s, ref)
+        if vps.in_rescue:
+            raise Conflict(f"cannot resize {vps.hostname}: it is in rescue mode; unrescue it first")
         new = get_by_name(s, Plan, plan, "plan")
         if vps.state in (VpsState.RUNNING, VpsState.SUSPENDED) and _same_size(vps.plan, new):
             _check_plans(vps, vps.plan, new)

@@ -115,6 +115,12 @@ WALK: list[tuple[Args, str | None]] = [
     (["vps", "http", "add", "web1", "shop"], "vps.http.add"),
     (["vps", "http", "list", "web1"], None),
     (["vps", "http", "remove", "web1", "shop"], "vps.http.remove"),
+    (["vps", "rescue", "web1"], "vps.rescue"),  # refused: no rescue image yet
+    (["image", "edit", "base"], "image.edit"),  # refused: nothing to change
+    (["image", "edit", "base", "--rescue"], "image.edit"),
+    (["vps", "rescue", "web1"], "vps.rescue"),
+    (["vps", "reinstall", "web1", "--yes"], "vps.reinstall"),  # refused: in rescue mode
+    (["vps", "unrescue", "web1"], "vps.unrescue"),
     (["vps", "reinstall", "web1", "--yes"], "vps.reinstall"),
     (["vps", "password-reset", "web1"], "vps.password-reset"),
     (["vps", "reboot", "nope"], "vps.reboot"),
