@@ -464,3 +464,13 @@ class TransferMonth(Base):
     notified_pct: Mapped[int] = mapped_column(Integer, default=0)
     # "throttled" or "suspended" while over the allowance and acted upon
     enforced: Mapped[str | None] = mapped_column(String(16))
+
+
+class MetricGauge(Base):
+    """A figure a worker found last (e.g. a reconcile pass's drift), for ``/metrics``."""
+
+    __tablename__ = "metric_gauges"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[float] = mapped_column(Float)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -153,9 +153,11 @@ class Worker:
             return
         self._last_reconcile = time.monotonic()
         try:
-            reconcile.run(self.ctx, fix=False, holder=self.name, wait=False)
+            report = reconcile.run(self.ctx, fix=False, holder=self.name, wait=False)
         except KvmvpsError as exc:
             log.info("periodic reconcile skipped: %s", exc)
+            return
+        metering.set_gauges(self.ctx, reconcile.drift_counts(report))
 
     def _maybe_sample(self) -> None:
         """Usage samples of every running VPS, then the monthly transfer's consequences."""

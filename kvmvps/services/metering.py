@@ -28,7 +28,15 @@ from sqlalchemy.orm import Session
 from kvmvps.db import rowcount
 from kvmvps.errors import KvmvpsError
 from kvmvps.hypervisor import DomainStats
-from kvmvps.models import Host, MetricCounter, MetricHourly, MetricSample, TransferMonth, Vps
+from kvmvps.models import (
+    Host,
+    MetricCounter,
+    MetricGauge,
+    MetricHourly,
+    MetricSample,
+    TransferMonth,
+    Vps,
+)
 from kvmvps.services import Context
 
 log = logging.getLogger(__name__)
@@ -166,7 +174,7 @@ def _write_counters(
             "vps_id": vps_id,
             "at": now,
             "instance": st.instance,
-            "raw": json.dumps(_raw(st)),
+            "raw": json.dumps({**_raw(st), "memory_kib": st.memory_kib}),
             "total": json.dumps(total),
         }
         (new if last is None else changed).append(row)
@@ -244,3 +252,15 @@ def totals(ctx: Context, vps_id: int) -> dict[str, int]:
         row = s.get(MetricCounter, vps_id)
         total = {} if row is None else json.loads(row.total)
     return {k: int(total.get(k, 0)) for k in COUNTERS}
+
+
+def set_gauges(ctx: Context, values: Mapping[str, float], now: datetime | None = None) -> None:
+    """Keep figures a worker found (``/metrics`` shows them), replacing older ones."""
+    now = now or datetime.now(UTC)
+    with ctx.db.session() as s:
+        for name, value in values.items():
+            row = s.get(MetricGauge, name)
+            if row is None:
+                s.add(MetricGauge(name=name, value=float(value), at=now))
+            else:
+                row.value, row.at = float(value), now

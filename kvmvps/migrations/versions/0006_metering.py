@@ -86,6 +86,13 @@ def upgrade() -> None:
         _vps_fk("transfer_months"),
         sa.PrimaryKeyConstraint("vps_id", "month", name=op.f("pk_transfer_months")),
     )
+    op.create_table(
+        "metric_gauges",
+        sa.Column("name", sa.String(length=64), nullable=False),
+        sa.Column("value", sa.Float(), nullable=False),
+        sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("name", name=op.f("pk_metric_gauges")),
+    )
     with op.batch_alter_table("plans", schema=None) as batch_op:
         batch_op.add_column(sa.Column("transfer_gib", sa.Integer(), nullable=True))
         batch_op.add_column(
@@ -102,6 +109,7 @@ def downgrade() -> None:
         batch_op.drop_column("over_limit_kibps")
         batch_op.drop_column("over_limit")
         batch_op.drop_column("transfer_gib")
+    op.drop_table("metric_gauges")
     op.drop_table("transfer_months")
     op.drop_index(op.f("ix_metric_hourly_hour"), table_name="metric_hourly")
     op.drop_table("metric_hourly")
