@@ -8,10 +8,11 @@ from flask_login import current_user
 
 from kvmvps.errors import KvmvpsError, NotFound
 from kvmvps.models import JobState
-from kvmvps.services import audit, jobs, quotas, suspension
+from kvmvps.services import audit, jobs, quotas, suspension, usage
 from kvmvps.services import hosts as host_service
 from kvmvps.services import users as user_service
 from kvmvps.services import vps as vps_service
+from web.charts import charts
 from web.common import services, write_turn
 from web.extensions import login_manager
 from web.forms import ActionForm, QuotaForm, SuspendForm
@@ -64,6 +65,15 @@ def server_action(id: str, action: str) -> ResponseReturnValue:
 @bp.get("/hosts")
 def hosts() -> ResponseReturnValue:
     return render_template("admin/hosts.html", hosts=host_service.host_capacities(services()))
+
+
+@bp.get("/hosts/<name>/usage")
+def host_usage(name: str) -> ResponseReturnValue:
+    period = request.args.get("period", "hour")
+    host, series = usage.host_series(services(), name, period)
+    return render_template(
+        "admin/host_usage.html", host=host, period=series.period, charts=charts(series)
+    )
 
 
 @bp.get("/jobs")

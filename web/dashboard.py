@@ -26,11 +26,12 @@ from flask_login import current_user
 
 from kvmvps.errors import Conflict, KvmvpsError
 from kvmvps.models import JobState, VpsState
-from kvmvps.services import actions, jobs, provisioning, quotas, views
+from kvmvps.services import actions, jobs, provisioning, quotas, usage, views
 from kvmvps.services import vps as vps_service
 from kvmvps.services.jobs import BUILD_KINDS, JobView
 from kvmvps.services.views import PlanView, PublicImageView
 from kvmvps.services.vps import VpsView
+from web.charts import charts
 from web.common import (
     drop_password,
     keep_password,
@@ -186,9 +187,14 @@ def _record(form: OrderForm) -> ResponseReturnValue:
 def server(id: str) -> ResponseReturnValue:
     vps = _own(id)
     job = jobs.active_jobs(services(), [vps["id"]]).get(vps["id"])
+    period = request.args.get("period", "hour")
+    series, transfer = usage.vps_series(services(), vps["id"], current_user.id, period)
     return render_template(
         "dash/server.html",
         vps=vps,
+        period=series.period,
+        charts=charts(series),
+        transfer=transfer,
         job=job,
         form=ActionForm(),
         labels=ACTION_LABELS,
