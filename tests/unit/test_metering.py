@@ -9,9 +9,10 @@ import pytest
 from sqlalchemy import func, select
 
 from kvmvps import cpupin, ipam
+from kvmvps.errors import InvalidInput, NotFound
 from kvmvps.hypervisor import DomainStats
 from kvmvps.models import MetricHourly, MetricSample, TransferMonth, Vps
-from kvmvps.services import Context, inventory, metering, provisioning
+from kvmvps.services import Context, inventory, metering, provisioning, usage
 
 T0 = datetime(2026, 11, 30, 10, 0, tzinfo=UTC)
 ZERO = dict.fromkeys(metering.COUNTERS, 0)
@@ -133,3 +134,21 @@ def test_sample_reads_the_test_driver_in_one_call(td_ctx: Context) -> None:
     assert (report.hosts, report.vps, report.failed_hosts) == (1, 1, ())
     with td_ctx.db.session() as s:
         assert list(s.scalars(select(MetricSample.vps_id))) == [a.id]
+
+
+def test_transfer_allowance_shown_as_used_of_allowed(td_ctx: Context) -> None:
+    for bad in (0, -1, 10**30, True):
+        with pytest.raises(InvalidInput, match="monthly transfer"):
+            inventory.add_plan(td_ctx, f"bad{abs(int(bad)) % 7}", 1, 256, 1, transfer_gib=bad)
+    assert "bad0" not in [p.name for p in inventory.list_plans(td_ctx)]
+    inventory.add_plan(td_ctx, "metered", 1, 256, 1, transfer_gib=2)
+    provisioning.record_order(td_ctx, provisioning.OrderRequest("metered", "base", "m"))
+    with td_ctx.db.session() as s:
+        vps = s.scalars(select(Vps)).one()
+        host_id, name, uuid, owner = vps.host_id, vps.domain_name, vps.uuid, vps.owner_id
+    metering.record(td_ctx, host_id, [stats(name, 1, usage.GIB)], T0)
+    _series, transfer = usage.vps_series(td_ctx, uuid, owner, "month", now=T0)
+    assert (transfer.used_bytes, transfer.allowed_bytes) == (usage.GIB, 2 * usage.GIB)
+    assert transfer.percent == 50.0
+    with pytest.raises(NotFound):
+        usage.vps_series(td_ctx, uuid, owner + 1000, "hour", now=T0)
