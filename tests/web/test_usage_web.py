@@ -7,10 +7,10 @@ import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from kvmvps.hypervisor import DomainStats
-from kvmvps.models import Vps
+from kvmvps.models import Plan, TransferMonth, Vps
 from kvmvps.services import metering
 from tests.web.conftest import OP, A, B, World
 from tests.web.helpers import forbid_libvirt
@@ -44,8 +44,17 @@ def test_graphs_and_api(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     usage = html[html.index('id="usage"') :]
     assert "<script" not in usage and "style=" not in usage  # CSP: no inline script or style
     assert "3.4 MiB" in usage  # this month's transfer
+    assert "data-transfer-notice" not in usage  # unmetered
     for period in ("day", "month"):
         assert alice.get(f"/servers/{uuid}?period={period}").status_code == 200
+    # a 1 GiB allowance: 85 % used shows a notice; all of it, another
+    with world.ctx.db.session() as s:
+        s.execute(update(Plan).where(Plan.name == "nano").values(transfer_gib=1))
+        s.execute(update(TransferMonth).values(bytes=int(0.85 * 1024**3)))
+    assert 'data-transfer-notice="80"' in alice.get(f"/servers/{uuid}").get_data(as_text=True)
+    with world.ctx.db.session() as s:
+        s.execute(update(TransferMonth).values(bytes=1024**3))
+    assert 'data-transfer-notice="100"' in alice.get(f"/servers/{uuid}").get_data(as_text=True)
 
     api = world.app.test_client()
     body = api.get(f"/api/v1/servers/{uuid}/metrics", headers=world.bearer(A)).get_json()
@@ -53,8 +62,8 @@ def test_graphs_and_api(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     filled = [p for p in body["points"] if p["net_in_bytes_per_second"] is not None]
     assert [p["net_in_bytes_per_second"] for p in filled][-1] == pytest.approx(60_000)
     assert filled[-1]["cpu_percent"] == pytest.approx(50.0)
-    assert body["transfer"]["used_bytes"] == 3_600_000
-    assert body["transfer"]["allowed_bytes"] is None
+    assert body["transfer"]["used_bytes"] == 1024**3
+    assert body["transfer"]["allowed_bytes"] == 1024**3 and body["transfer"]["percent"] == 100
     month = api.get(
         f"/api/v1/servers/{uuid}/metrics?period=month&step=86400", headers=world.bearer(A)
     )
