@@ -10,7 +10,7 @@ import click
 from kvmvps import validation
 from kvmvps.cli.context import Obj, actor, json_option, pass_obj
 from kvmvps.cli.output import emit_json, job_progress, record, table
-from kvmvps.services import Context, actions, expiry, jobs, provisioning
+from kvmvps.services import Context, actions, expiry, jobs, metering, provisioning
 from kvmvps.services import vps as vps_service
 from kvmvps.services.runner import run_or_follow
 from kvmvps.services.vps import VpsView
@@ -172,6 +172,16 @@ def vps_list(
 def vps_show(obj: Obj, ref: str, as_json: bool) -> None:
     """Show one VPS."""
     _print_one(vps_service.show(obj.ctx, ref), as_json)
+
+
+@vps_group.command("transfer-reset")
+@click.argument("ref")
+@json_option
+@pass_obj
+def vps_transfer_reset(obj: Obj, ref: str, as_json: bool) -> None:
+    """Count this month's transfer of a VPS from zero again."""
+    done = metering.reset_transfer(obj.ctx, ref, actor=actor())
+    emit_json(done) if as_json else record(done)
 
 
 @vps_group.command("xml")
