@@ -93,7 +93,9 @@ def test_samples_rollups_transfer_and_restart(td_ctx: Context) -> None:
         assert sorted(seconds) == [60.0, 60.0, 60.0, 60.0 * 59]
 
 
-def test_pruning_keeps_a_day_of_samples_and_90_days_of_hours(td_ctx: Context) -> None:
+def test_pruning_keeps_a_day_of_samples_and_90_days_of_hours_deleting_drops_all(
+    td_ctx: Context,
+) -> None:
     (a,) = _vps(td_ctx, "a")
     for days in (100, 2, 0):
         at = T0 - timedelta(days=days)
@@ -104,11 +106,7 @@ def test_pruning_keeps_a_day_of_samples_and_90_days_of_hours(td_ctx: Context) ->
         assert s.scalar(select(func.count()).select_from(MetricSample)) == 1
         assert s.scalar(select(func.count()).select_from(MetricHourly)) == 2
     assert metering.totals(td_ctx, a.id)["rx_bytes"] == 30  # totals are not pruned
-
-
-def test_deleting_a_vps_drops_its_usage(td_ctx: Context) -> None:
-    (a,) = _vps(td_ctx, "a")
-    metering.record(td_ctx, a.host_id, [stats(a.domain_name, 1, 10)], T0)
+    # deleting the VPS drops its usage with it
     with td_ctx.db.session() as s:
         vps = s.get(Vps, a.id)
         assert vps is not None
