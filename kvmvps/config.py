@@ -54,6 +54,8 @@ class Settings:
     worker_concurrency: int = 4
     customer_shutdown_timeout_max: float = 120.0
     reconcile_interval: float = 60.0
+    metrics_interval: float = 60.0
+    metrics_token: str = ""
     public_address: str = ""
     forward_ports: str = "20000-29999"
     base_domain: str = ""
@@ -237,6 +239,13 @@ def _check_queue(s: Settings) -> None:
             f"KVMVPS_WORKER_CONCURRENCY must be between 1 and {MAX_WORKER_CONCURRENCY}, "
             f"not {s.worker_concurrency}"
         )
+    if s.metrics_interval != 0 and not 5 <= s.metrics_interval <= 3600:
+        raise InvalidInput(
+            "KVMVPS_METRICS_INTERVAL must be 0 (off) or from 5 to 3600 seconds, "
+            f"not {s.metrics_interval:g}"
+        )
+    if s.metrics_token and len(s.metrics_token) < 16:
+        raise InvalidInput("KVMVPS_METRICS_TOKEN must be at least 16 characters long")
     if not 0 < s.customer_shutdown_timeout_max <= 3600:
         raise InvalidInput(
             "KVMVPS_CUSTOMER_SHUTDOWN_TIMEOUT_MAX must be more than 0 and at most 3600 seconds, "

@@ -101,6 +101,62 @@ class NicState:
     isolated: bool
 
 
+@dataclass(frozen=True)
+class DomainStats:
+    """One running domain's counters from libvirt's bulk statistics call.
+
+    ``instance`` is libvirt's domain id, new at every start: counters of a
+    different instance began again from zero. Network and disk counters are
+    summed over the domain's interfaces and disks.
+    """
+
+    name: str
+    instance: int
+    cpu_ns: int
+    memory_kib: int
+    rx_bytes: int
+    tx_bytes: int
+    rx_packets: int
+    tx_packets: int
+    read_bytes: int
+    write_bytes: int
+    read_reqs: int
+    write_reqs: int
+
+
+_STAT_GROUPS = (
+    libvirt.VIR_DOMAIN_STATS_CPU_TOTAL
+    | libvirt.VIR_DOMAIN_STATS_BALLOON
+    | libvirt.VIR_DOMAIN_STATS_INTERFACE
+    | libvirt.VIR_DOMAIN_STATS_BLOCK
+)
+_NET_KEYS = {"rx.bytes": "rx_bytes", "tx.bytes": "tx_bytes", "rx.pkts": "rx_packets"}
+_NET_KEYS["tx.pkts"] = "tx_packets"
+_BLOCK_KEYS = {"rd.bytes": "read_bytes", "wr.bytes": "write_bytes", "rd.reqs": "read_reqs"}
+_BLOCK_KEYS["wr.reqs"] = "write_reqs"
+
+
+def _sum_indexed(stats: dict[str, Any], group: str, keys: dict[str, str]) -> dict[str, int]:
+    """``net.0.rx.bytes`` + ``net.1.rx.bytes``... as ``{"rx_bytes": total}``."""
+    totals = dict.fromkeys(keys.values(), 0)
+    for index in range(int(stats.get(f"{group}.count", 0))):
+        for key, field_name in keys.items():
+            totals[field_name] += int(stats.get(f"{group}.{index}.{key}", 0))
+    return totals
+
+
+def _domain_stats(dom: Any, stats: dict[str, Any]) -> DomainStats:
+    memory = stats.get("balloon.rss", stats.get("balloon.current", 0))
+    return DomainStats(
+        name=dom.name(),
+        instance=int(dom.ID()),
+        cpu_ns=int(stats.get("cpu.time", 0)),
+        memory_kib=int(memory),
+        **_sum_indexed(stats, "net", _NET_KEYS),
+        **_sum_indexed(stats, "block", _BLOCK_KEYS),
+    )
+
+
 def _affect_flags(dom: Any) -> tuple[int, ...]:
     """Live and config, one call each (libvirt refuses both in one call for some APIs)."""
     config = (libvirt.VIR_DOMAIN_AFFECT_CONFIG,)
@@ -555,6 +611,19 @@ class Hypervisor:
             }
 
         return self._call("list domains", listing)
+
+    def domain_stats(self, prefix: str = "") -> list[DomainStats]:
+        """Counters of every running or paused domain named ``prefix...``, in one call."""
+
+        def collect(conn: libvirt.virConnect) -> list[DomainStats]:
+            flags = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE
+            return [
+                _domain_stats(dom, stats)
+                for dom, stats in conn.getAllDomainStats(_STAT_GROUPS, flags)
+                if dom.name().startswith(prefix)
+            ]
+
+        return self._call("domain statistics", collect)
 
 
 _hypervisors: dict[str, Hypervisor] = {}

@@ -30,7 +30,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from kvmvps.errors import KvmvpsError
 from kvmvps.hypervisor import LifecycleWatch
-from kvmvps.services import Context, expiry, inventory, jobs, reconcile
+from kvmvps.services import Context, expiry, inventory, jobs, metering, reconcile
 from kvmvps.services import vps as vps_service
 from kvmvps.services.jobs import Claimed
 from kvmvps.services.runner import recover_expired, run_claimed
@@ -50,6 +50,7 @@ class Worker:
         self.stopping = threading.Event()
         self._last_beat = 0.0
         self._last_reconcile = 0.0
+        self._last_sample = 0.0
         self._watches: list[LifecycleWatch] = []
         self.pool = JobPool(max(1, ctx.settings.worker_concurrency))
 
@@ -116,6 +117,7 @@ class Worker:
         self._heartbeat()
         self.recover_expired()
         self._maybe_reconcile()
+        self._maybe_sample()
         started = 0
         while self.pool.free() > 0 and (limit is None or started < limit):
             if self.stopping.is_set():
@@ -156,9 +158,25 @@ class Worker:
             return
         self._last_reconcile = time.monotonic()
         try:
-            reconcile.run(self.ctx, fix=False, holder=self.name, wait=False)
+            report = reconcile.run(self.ctx, fix=False, holder=self.name, wait=False)
         except KvmvpsError as exc:
             log.info("periodic reconcile skipped: %s", exc)
+            return
+        metering.set_gauges(self.ctx, reconcile.drift_counts(report))
+
+    def _maybe_sample(self) -> None:
+        """Usage samples of every running VPS, then the monthly transfer's consequences."""
+        interval = self.ctx.settings.metrics_interval
+        if interval <= 0 or time.monotonic() - self._last_sample < interval:
+            return
+        self._last_sample = time.monotonic()
+        try:
+            report = metering.sample(self.ctx)
+            metering.prune(self.ctx)
+        except KvmvpsError as exc:
+            log.info("usage sampling skipped: %s", exc)
+            return
+        log.debug("sampled %d VPSes in %.2f s", report.vps, report.seconds)
 
     def recover_expired(self) -> None:
         """Queue again, or roll back, the jobs of workers that stopped renewing leases."""

@@ -35,11 +35,13 @@ from kvmvps.services import (
     operators,
     quotas,
     suspension,
+    usage,
     views,
 )
 from kvmvps.services import hosts as host_service
 from kvmvps.services import users as user_service
 from kvmvps.services.vps import VpsView
+from web.charts import charts
 from web.common import services, status_for, write_turn
 from web.extensions import login_manager
 from web.forms import ONE_LINE, ActionForm, ConfirmForm, QuotaForm, SuspendForm, add_error
@@ -190,6 +192,15 @@ def confirm(id: str, action: str) -> ResponseReturnValue:
         label=ACTION_LABELS[action],
     )
     return page, status
+
+
+@bp.get("/hosts/<name>/usage")
+def host_usage(name: str) -> ResponseReturnValue:
+    period = request.args.get("period", "hour")
+    host, series = usage.host_series(services(), name, period)
+    return render_template(
+        "admin/host_usage.html", host=host, period=series.period, charts=charts(series)
+    )
 
 
 def _request(vps: VpsView, action: str, image: str | None) -> ResponseReturnValue:

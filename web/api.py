@@ -14,7 +14,7 @@ from flask.typing import ResponseReturnValue
 
 from kvmvps import validation
 from kvmvps.errors import Conflict, InvalidInput, KvmvpsError
-from kvmvps.services import actions, jobs, provisioning, saved_keys, tokens, views
+from kvmvps.services import actions, jobs, provisioning, saved_keys, tokens, usage, views
 from kvmvps.services import vps as vps_service
 from web.common import WebUser, services, write_turn
 from web.openapi import spec
@@ -243,6 +243,15 @@ def _ask(ref: str, action: str, data: dict[str, Any]) -> actions.Requested:
             timeout=timeout,
             force=force,
         )
+
+
+@bp.get("/servers/<id>/metrics")
+def server_metrics(id: str) -> ResponseReturnValue:
+    args = request.args
+    series, transfer = usage.vps_series(
+        services(), id, _scope(), args.get("period"), args.get("step")
+    )
+    return jsonify({**usage.series_dict(series), "transfer": usage.transfer_dict(transfer)})
 
 
 # -- catalogue and jobs ------------------------------------------------------------

@@ -26,11 +26,12 @@ from flask_login import current_user
 
 from kvmvps.errors import Conflict, KvmvpsError
 from kvmvps.models import JobState, VpsState
-from kvmvps.services import actions, jobs, provisioning, quotas, reveals, saved_keys, views
+from kvmvps.services import actions, jobs, provisioning, quotas, reveals, saved_keys, usage, views
 from kvmvps.services import vps as vps_service
 from kvmvps.services.jobs import BUILD_KINDS, JobView
 from kvmvps.services.views import PlanView, PublicImageView
 from kvmvps.services.vps import VpsView
+from web.charts import charts
 from web.common import services, status_for, write_turn
 from web.extensions import login_manager
 from web.forms import ActionForm, ConfirmForm, OrderForm, add_error, attach
@@ -213,9 +214,14 @@ def server(id: str) -> ResponseReturnValue:
     rekeyed = bool(
         latest and latest["kind"] == "reinstall" and latest["state"] == JobState.SUCCEEDED
     )
+    period = request.args.get("period", "hour")
+    series, transfer = usage.vps_series(services(), vps["id"], current_user.id, period)
     return render_template(
         "dash/server.html",
         vps=vps,
+        period=series.period,
+        charts=charts(series),
+        transfer=transfer,
         job=job,
         rekeyed=rekeyed,
         waiting=reveals.waiting(services(), vps["id"], current_user.id),

@@ -72,8 +72,18 @@ def when(value: str | None) -> str:
     return value.replace("T", " ")[:16] + " UTC"
 
 
+def size(value: int | None) -> str:
+    """Bytes in binary units: ``1.5 GiB``."""
+    amount = float(value or 0)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if amount < 1024 or unit == "TiB":
+            return f"{amount:.0f} {unit}" if unit == "B" else f"{amount:.1f} {unit}"
+        amount /= 1024
+    return f"{amount:.1f} TiB"
+
+
 def register(app: Flask) -> None:
-    for fn in (price, memory, gib, duration, state_class, short, when):
+    for fn in (price, memory, gib, duration, state_class, short, when, size):
         app.add_template_filter(fn)
     app.add_template_global(can)
     app.add_template_global(JobState)

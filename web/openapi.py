@@ -247,6 +247,44 @@ SCHEMAS: dict[str, Any] = {
     },
 }
 
+_RATE = _nullable({**NUM, "description": "Per second; null where no sample fell."})
+SCHEMAS["Metrics"] = {
+    "type": "object",
+    "required": ["period", "step_seconds", "start", "end", "points", "transfer"],
+    "properties": {
+        "period": {**STR, "enum": ["hour", "day", "month"]},
+        "step_seconds": INT,
+        "start": {**STR, "format": "date-time"},
+        "end": {**STR, "format": "date-time"},
+        "points": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "at": {**STR, "format": "date-time"},
+                    "cpu_percent": _nullable(
+                        {**NUM, "description": "Of the server's vCPUs together."}
+                    ),
+                    "net_in_bytes_per_second": _RATE,
+                    "net_out_bytes_per_second": _RATE,
+                    "disk_read_bytes_per_second": _RATE,
+                    "disk_write_bytes_per_second": _RATE,
+                },
+            },
+        },
+        "transfer": {
+            "type": "object",
+            "description": "Network in + out this calendar month (UTC).",
+            "properties": {
+                "month": STR,
+                "used_bytes": INT,
+                "allowed_bytes": _nullable({**INT, "description": "null: unmetered"}),
+                "percent": _nullable(NUM),
+            },
+        },
+    },
+}
+
 ERR = _ref("Error")
 COMMON = {"401": _json(ERR, "No, or a bad, bearer token.")}
 SERVER_ID = {
@@ -327,6 +365,31 @@ def _paths() -> dict[str, Any]:
                     "required": True,
                     "content": {"application/json": {"schema": _ref("ActionRequest")}},
                 },
+            ),
+        },
+        "/servers/{id}/metrics": {
+            "parameters": [SERVER_ID],
+            "get": _op(
+                "Usage over the last hour, day or month, and this month's transfer",
+                {
+                    "200": _json(_ref("Metrics"), "Usage, one point per step."),
+                    "400": _json(ERR, "A bad period or step."),
+                    **not_found,
+                },
+                parameters=[
+                    {
+                        "name": "period",
+                        "in": "query",
+                        "schema": {**STR, "enum": ["hour", "day", "month"], "default": "hour"},
+                    },
+                    {
+                        "name": "step",
+                        "in": "query",
+                        "description": "Seconds per point: 60 (3600 for month) up to the "
+                        "period's length; default 60, 900 and 21600.",
+                        "schema": {**INT, "minimum": 60},
+                    },
+                ],
             ),
         },
         "/plans": {

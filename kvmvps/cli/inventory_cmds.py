@@ -262,6 +262,9 @@ def _plan_row(view: Mapping[str, Any]) -> dict[str, Any]:
     show_default=True,
     help="Port forwards a VPS may add beyond its SSH forward.",
 )
+@click.option(
+    "--transfer-gib", type=int, help="Monthly transfer (in + out) in GiB (default: unmetered)."
+)
 @limit_options
 @json_option
 @pass_obj
@@ -274,6 +277,7 @@ def plan_add(
     network: str | None,
     price_cents: int,
     extra_forwards: int,
+    transfer_gib: int | None,
     as_json: bool,
     **limit_texts: str | None,
 ) -> None:
@@ -288,6 +292,7 @@ def plan_add(
         price_cents,
         extra_forwards,
         resource_limits=_limits_given(limit_texts),
+        transfer_gib=transfer_gib,
         actor=actor(),
     )
     view = views.plan_admin_view(plan, network)

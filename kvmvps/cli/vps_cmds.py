@@ -233,6 +233,18 @@ def vps_show(obj: Obj, ref: str, as_json: bool) -> None:
     _print_one(vps_service.show(obj.ctx, ref), as_json)
 
 
+@vps_group.command("transfer-reset")
+@click.argument("ref")
+@json_option
+@pass_obj
+def vps_transfer_reset(obj: Obj, ref: str, as_json: bool) -> None:
+    """Count this month's transfer of a VPS from zero again."""
+    from kvmvps.services import metering  # lazy for speed: see above
+
+    done = metering.reset_transfer(obj.ctx, ref, actor=actor())
+    emit_json(done) if as_json else record(done)
+
+
 @vps_group.command("xml")
 @click.argument("ref")
 @pass_obj

@@ -31,6 +31,7 @@ MAX_MEMORY_MIB = 1 << 20
 MAX_DISK_GIB = 1 << 14
 MAX_EXTRA_FORWARDS = 100
 MAX_PRICE_CENTS = 10**9
+MAX_TRANSFER_GIB = 1 << 20  # a PiB a month
 
 
 def get_by_name(session: Session, model: type[M], name: str, what: str) -> M:
@@ -77,9 +78,13 @@ def add_plan(
     extra_forwards: int = 0,
     resource_limits: Mapping[str, int | None] | None = None,
     *,
+    transfer_gib: int | None = None,
     actor: str | None = None,
 ) -> Plan:
-    """Record a plan; ``resource_limits`` maps kvmvps.limits fields to numbers (None: unlimited)."""
+    """Record a plan; ``resource_limits`` maps kvmvps.limits fields to numbers (None: unlimited).
+
+    ``transfer_gib`` is the monthly transfer (in + out) shown to customers; None: unmetered.
+    """
     name = validation.object_name(name, "plan name")
     checked = limits.check(resource_limits or {})
     validation.positive_int(vcpus, "vcpus", MAX_VCPUS)
@@ -88,6 +93,8 @@ def add_plan(
     validation.whole_number(price_cents, "price (cents)", 0, MAX_PRICE_CENTS)
     if extra_forwards != 0:
         validation.positive_int(extra_forwards, "extra forwards", MAX_EXTRA_FORWARDS)
+    if transfer_gib is not None:
+        validation.positive_int(transfer_gib, "monthly transfer (GiB)", MAX_TRANSFER_GIB)
     with ctx.db.session() as s:
         _refuse_duplicate(s, Plan, name, "plan")
         net = get_by_name(s, Network, network, "network") if network else None
@@ -98,6 +105,7 @@ def add_plan(
             disk_gib=disk_gib,
             price_cents=price_cents,
             extra_forwards=extra_forwards,
+            transfer_gib=transfer_gib,
             network_id=net.id if net else None,
             **checked.as_dict(),
         )

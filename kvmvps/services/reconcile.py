@@ -284,5 +284,23 @@ def _orphan_dhcp(ctx: Context, hv: Hypervisor, host: Host, fix: bool, report: Re
                 hv.remove_dhcp_host(net.libvirt_name, entry, xml)
 
 
+DRIFT_KINDS = (
+    "drift",
+    "held",
+    "vanished",
+    "orphan_domains",
+    "orphan_volumes",
+    "orphan_dhcp",
+    "forwarding",
+    "isolation",
+    "errors",
+)
+
+
+def drift_counts(report: Report) -> dict[str, float]:
+    """How much of each kind a pass found, as ``reconcile_<kind>`` gauges for /metrics."""
+    return {f"reconcile_{kind}": float(len(getattr(report, kind))) for kind in DRIFT_KINDS}
+
+
 def report_dict(report: Report) -> dict[str, Any]:
     return {**asdict(report), "clean": report.clean}

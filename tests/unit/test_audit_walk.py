@@ -109,6 +109,8 @@ WALK: list[tuple[Args, str | None]] = [
     (["vps", "suspend", "web1", "--reason", "unpaid invoice"], "vps.suspend"),
     (["vps", "reboot", "web1"], "vps.reboot"),  # refused: suspended by the operators
     (["vps", "unsuspend", "web1"], "vps.unsuspend"),
+    (["vps", "transfer-reset", "web1"], "vps.transfer_reset"),
+    (["vps", "transfer-reset", "nosuchvps"], "vps.transfer_reset"),  # refused: not found
     (["vps", "forward", "add", "web1", "--guest-port", "80"], "vps.forward.add"),
     (["vps", "forward", "list", "web1"], None),
     (["vps", "forward", "remove", "web1", "20001"], "vps.forward.remove"),

@@ -21,6 +21,7 @@ COMMANDS = [
     "plan add p1 --vcpus 1 --memory-mib 64 --disk-gib N",
     "plan add p1 --vcpus 1 --memory-mib 64 --disk-gib 1 --price-cents N",
     "plan add p1 --vcpus 1 --memory-mib 64 --disk-gib 1 --extra-forwards N",
+    "plan add p1 --vcpus 1 --memory-mib 64 --disk-gib 1 --transfer-gib N",
     "vps forward add web1 --guest-port N",
     "vps forward remove web1 N",
     "vps shutdown web1 --timeout N",

@@ -16,7 +16,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from kvmvps.services import hosts, tokens, users
+from kvmvps.services import hosts, inventory, tokens, users
 from tests.web.conftest import OP, PASSWORD, A, B, World, csrf_token
 
 ROLES = ("anon", "a", "b", "op")
@@ -116,6 +116,9 @@ TABLE: dict[tuple[str, str], Case] = {
         site(403, 403, 302), fresh_a_vps(action="suspend"), form=lambda w: {}
     ),
     ("admin.hosts", "GET"): Case(OPERATOR_PAGE),
+    ("admin.host_usage", "GET"): Case(
+        OPERATOR_PAGE, lambda w, s: {"name": inventory.list_hosts(w.ctx)[0].name}
+    ),
     ("admin.jobs_page", "GET"): Case(OPERATOR_PAGE),
     ("admin.users", "GET"): Case(OPERATOR_PAGE),
     ("admin.user_active", "POST"): Case(site(403, 403, 302), fresh_victim, form=lambda w: {}),
@@ -176,6 +179,9 @@ TABLE: dict[tuple[str, str], Case] = {
         api(202, 404, 202), fresh_a_vps(), json=lambda w: {"action": "reboot"}
     ),
     ("api.get_job", "GET"): Case(api(200, 404, 200), a_job),
+    ("api.server_metrics", "GET"): Case(api(200, 404, 200), a_vps),
+    # no KVMVPS_METRICS_TOKEN here: the page does not exist for anyone (test_metrics.py)
+    ("metrics.metrics", "GET"): Case(every(404)),
 }
 
 
