@@ -19,6 +19,7 @@ import domain_templates
 import network_xml
 from kvmvps.errors import XmlValidationError
 from kvmvps.xmlspec import (
+    BackupSpec,
     BridgeNetworkSpec,
     DhcpHost,
     DomainSpec,
@@ -111,6 +112,10 @@ def overlay_volume_xml(spec: OverlayVolumeSpec) -> str:
 
 def raw_volume_xml(spec: RawVolumeSpec) -> str:
     return render("raw_volume.xml.j2", "storagevol", spec=spec)
+
+
+def backup_xml(spec: BackupSpec) -> str:
+    return render("backup.xml.j2", "domainbackup", spec=spec)
 
 
 def pool_xml(name: str, path: str) -> str:

@@ -13,6 +13,7 @@ import click
 
 from kvmvps.cli import (
     admin_cmds,
+    backup_cmds,
     forward_cmds,
     inventory_cmds,
     ops_cmds,
@@ -169,6 +170,7 @@ admin_cmds.register(cli)
 vps_cmds.register(cli)
 vps_extra_cmds.register(cli)
 forward_cmds.register(cli)
+backup_cmds.register(cli)
 ops_cmds.register(cli)
 serve_cmds.register(cli)
 tenant_cmds.register(cli)

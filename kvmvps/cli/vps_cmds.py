@@ -186,9 +186,10 @@ def vps_xml(obj: Obj, ref: str) -> None:
 @click.argument("ref", required=False)
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--all-expired", is_flag=True, help="Delete every VPS whose --ttl ran out.")
+@click.option("--drop-backups", is_flag=True, help="Delete its backups too (default: keep them).")
 @pass_obj
-def vps_delete(obj: Obj, ref: str | None, yes: bool, all_expired: bool) -> None:
-    """Delete a VPS: its domain, disk, address and DHCP entry."""
+def vps_delete(obj: Obj, ref: str | None, yes: bool, all_expired: bool, drop_backups: bool) -> None:
+    """Delete a VPS: its domain, disk, address and DHCP entry (its backups stay unless dropped)."""
     if all_expired == bool(ref):
         raise click.UsageError("name one VPS, or give --all-expired")
     if not ref:
@@ -199,7 +200,7 @@ def vps_delete(obj: Obj, ref: str | None, yes: bool, all_expired: bool) -> None:
     shown = vps_service.show(obj.ctx, ref)
     if not yes:
         click.confirm(f"Delete {shown['hostname']} ({shown['id'][:8]})?", abort=True)
-    req = actions.request(obj.ctx, shown["id"], "delete", actor=actor())
+    req = actions.request(obj.ctx, shown["id"], "delete", actor=actor(), drop_backups=drop_backups)
     follow(obj.ctx, req.job)
     click.echo(f"deleted {shown['hostname']} ({shown['id']})")
 

@@ -38,6 +38,8 @@ KINDS = BUILD_KINDS + (
     "resume",
     "delete",
     "password_reset",
+    "backup",
+    "restore",
 )
 MAX_ATTEMPTS = 3
 

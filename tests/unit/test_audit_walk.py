@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from sqlalchemy import select, update
 
 from kvmvps.cli.main import cli
-from kvmvps.models import ApiToken, Job, Vps
+from kvmvps.models import ApiToken, Backup, Job, Vps
 from kvmvps.services import Context, audit, jobs
 from tests.badinput import _env_of, create_args, run_cli
 from tests.unit.test_admin_cli import ACTOR, PASSWORD, node_uri
@@ -36,6 +36,11 @@ def _token_id(ctx: Context, _tmp: Path) -> list[str]:
 def _last_job(ctx: Context, _tmp: Path) -> list[str]:
     with ctx.db.session() as s:
         return ["jobs", "show", s.scalar(select(Job.uuid).order_by(Job.id.desc()))]
+
+
+def _last_backup(ctx: Context, _tmp: Path) -> list[str]:
+    with ctx.db.session() as s:
+        return ["vps", "backup", "delete", "web1", s.scalar(select(Backup.uuid))]
 
 
 def _expire_web2(ctx: Context, _tmp: Path) -> list[str]:
@@ -110,6 +115,10 @@ WALK: list[tuple[Args, str | None]] = [
     (["vps", "http", "add", "web1", "shop"], "vps.http.add"),
     (["vps", "http", "list", "web1"], None),
     (["vps", "http", "remove", "web1", "shop"], "vps.http.remove"),
+    (["vps", "backup", "create", "web1"], "vps.backup.create"),  # queued; the copy fails here
+    (["vps", "backup", "list", "web1"], None),
+    (["vps", "backup", "restore", "web1", "nope", "--yes"], "vps.backup.restore"),
+    (_last_backup, "vps.backup.delete"),
     (["vps", "reinstall", "web1", "--yes"], "vps.reinstall"),
     (["vps", "password-reset", "web1"], "vps.password-reset"),
     (["vps", "reboot", "nope"], "vps.reboot"),

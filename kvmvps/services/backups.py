@@ -1,0 +1,262 @@
+"""Backups of a VPS's disk: asked for here, made and restored by the worker.
+
+A request checks what it can at once (the VPS is the caller's, its state
+allows it, a slot of its plan is free, nothing else is pending for a
+customer) and records a :class:`~kvmvps.models.Backup` row and a job in one
+transaction. The worker's job copies the disk (see :mod:`kvmvps.services.backup_work`).
+
+Backup ids are scoped: a customer names only backups of their own VPSes,
+and a restore takes only a backup of the VPS it restores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TypedDict
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from kvmvps import backupstore, validation
+from kvmvps.errors import Conflict, InvalidInput, NotFound
+from kvmvps.models import Backup, BackupState, Job, JobState, Vps, VpsState
+from kvmvps.services import Context, audit, guard, jobs
+from kvmvps.services.vps import resolve
+
+S = VpsState
+BACKUP_STATES = (S.RUNNING, S.STOPPED, S.SUSPENDED)
+RESTORE_STATES = (S.RUNNING, S.STOPPED)
+SCHEDULES = ("daily", "weekly")
+MAX_REF = 64
+
+audit.declare("vps.backup.create", "vps.backup.restore", "vps.backup.delete")
+
+
+class BackupView(TypedDict):
+    """The stable JSON shape of a backup."""
+
+    id: str
+    vps: str
+    hostname: str
+    image: str
+    kind: str
+    state: str
+    consistency: str | None
+    size_bytes: int | None
+    virtual_bytes: int | None
+    error: str | None
+    created_at: str | None
+    finished_at: str | None
+
+
+def view(backup: Backup) -> BackupView:
+    return {
+        "id": backup.uuid,
+        "vps": backup.vps_uuid,
+        "hostname": backup.hostname,
+        "image": backup.image_name,
+        "kind": backup.kind,
+        "state": backup.state,
+        "consistency": backup.consistency,
+        "size_bytes": backup.size_bytes,
+        "virtual_bytes": backup.virtual_bytes,
+        "error": backup.error,
+        "created_at": _iso(backup.created_at),
+        "finished_at": _iso(backup.finished_at),
+    }
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return jobs.aware(moment).isoformat() if moment else None
+
+
+@dataclass(frozen=True)
+class Requested:
+    """A queued backup or restore: its job, its VPS and the backup."""
+
+    job: str
+    vps: str
+    backup: str
+
+
+# -- finding -------------------------------------------------------------------
+def _locked(session: Session, vps: Vps) -> Vps:
+    """The VPS row locked for this transaction (two requests for it queue here)."""
+    query = select(Vps).where(Vps.id == vps.id).with_for_update()
+    return session.scalars(query.execution_options(populate_existing=True)).one()
+
+
+def _backup_of(session: Session, vps_uuid: str, ref: str) -> Backup:
+    """A backup of this VPS by uuid or unique uuid prefix; another VPS's is not found."""
+    ref = (ref or "").strip().lower()
+    validation.not_longer(ref, "backup id", MAX_REF)
+    if not ref:
+        raise InvalidInput("no backup named: give its id or an id prefix")
+    rows = list(
+        session.scalars(
+            select(Backup)
+            .where(Backup.vps_uuid == vps_uuid, Backup.uuid.startswith(ref, autoescape=True))
+            .limit(2)
+        )
+    )
+    if not rows:
+        raise NotFound(f"no backup of this VPS matches {ref!r}")
+    if len(rows) > 1:
+        raise NotFound(f"{ref!r} is ambiguous; give more of the backup id")
+    return rows[0]
+
+
+def _refuse_if_pending(session: Session, vps: Vps, customer: bool) -> None:
+    if not customer:
+        return  # operators may queue work behind other jobs
+    pending = session.scalar(
+        select(Job).where(Job.vps_uuid == vps.uuid, Job.state.in_(JobState.UNFINISHED)).limit(1)
+    )
+    if pending is not None:
+        raise Conflict(
+            f"{vps.hostname} already has an action pending: {pending.kind.replace('_', ' ')} "
+            f"(job {pending.uuid[:8]}, {pending.state}); try again when it has finished"
+        )
+
+
+def used_slots(session: Session, vps_uuid: str) -> int:
+    """Backups that take a slot: every one not failed."""
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(Backup)
+            .where(Backup.vps_uuid == vps_uuid, Backup.state != BackupState.FAILED)
+        )
+        or 0
+    )
+
+
+# -- asking ----------------------------------------------------------------------
+def create(
+    ctx: Context, ref: str, *, actor: str | None = None, owner_id: int | None = None
+) -> Requested:
+    """Queue a backup of the VPS ``ref`` within its plan's backup slots.
+
+    ``owner_id`` scopes it to a customer's VPSes (one pending action at a
+    time); recorded in the audit log as ``vps.backup.create``.
+    """
+    with audit.audited(ctx, actor, "vps.backup.create", ref) as entry:
+        customer = owner_id is not None
+        with ctx.db.session() as s:
+            vps = _locked(s, resolve(s, ref, owner_id))
+            entry.target = vps.hostname
+            guard.check_action(vps, "backup", operator=not customer)
+            if vps.state not in BACKUP_STATES:
+                raise Conflict(f"cannot back up {vps.hostname}: it is {vps.state}")
+            _refuse_if_pending(s, vps, customer)
+            slots, used = vps.plan.backup_slots, used_slots(s, vps.uuid)
+            if used >= slots:
+                raise Conflict(
+                    f"no backup slot left for {vps.hostname}: its plan has {slots} and "
+                    f"{used} are used; delete a backup first"
+                )
+            return _record(s, vps, "manual", actor or "")
+
+
+def _record(session: Session, vps: Vps, kind: str, actor: str) -> Requested:
+    backup = Backup(
+        vps_uuid=vps.uuid,
+        owner_id=vps.owner_id,
+        hostname=vps.hostname,
+        image_name=vps.image.name,
+        kind=kind,
+        state=BackupState.QUEUED,
+    )
+    session.add(backup)
+    session.flush()
+    job = jobs.enqueue(session, "backup", vps.uuid, vps.host_id, actor=actor, backup=backup.uuid)
+    return Requested(job=job.uuid, vps=vps.uuid, backup=backup.uuid)
+
+
+def restore(
+    ctx: Context,
+    ref: str,
+    backup_ref: str,
+    *,
+    actor: str | None = None,
+    owner_id: int | None = None,
+) -> Requested:
+    """Queue replacing the VPS's disk with one of its own ready backups.
+
+    The worker stops the VPS for it and starts it again if it ran; its
+    address, credentials and pinned host key stay. Recorded as ``vps.backup.restore``.
+    """
+    with audit.audited(ctx, actor, "vps.backup.restore", ref) as entry:
+        customer = owner_id is not None
+        with ctx.db.session() as s:
+            vps = _locked(s, resolve(s, ref, owner_id))
+            entry.target = vps.hostname
+            guard.check_action(vps, "backup_restore", operator=not customer)
+            backup = _backup_of(s, vps.uuid, backup_ref)
+            if backup.state != BackupState.READY:
+                raise Conflict(f"backup {backup.uuid[:8]} is {backup.state}, not ready")
+            if vps.state not in RESTORE_STATES:
+                raise Conflict(f"cannot restore {vps.hostname}: it is {vps.state}")
+            _refuse_if_pending(s, vps, customer)
+            job = jobs.enqueue(
+                s, "restore", vps.uuid, vps.host_id, actor=actor or "", backup=backup.uuid
+            )
+            return Requested(job=job.uuid, vps=vps.uuid, backup=backup.uuid)
+
+
+def delete(
+    ctx: Context,
+    ref: str,
+    backup_ref: str,
+    *,
+    actor: str | None = None,
+    owner_id: int | None = None,
+) -> BackupView:
+    """Delete a backup (its files and its row); one a job still uses is refused."""
+    with audit.audited(ctx, actor, "vps.backup.delete", ref) as entry:
+        with ctx.db.session() as s:
+            vps = _locked(s, resolve(s, ref, owner_id))
+            entry.target = vps.hostname
+            guard.check_action(vps, "backup_delete", operator=owner_id is None)
+            backup = _backup_of(s, vps.uuid, backup_ref)
+            if _in_use(s, backup):
+                raise Conflict(f"backup {backup.uuid[:8]} is in use by a job; try again later")
+            shown = view(backup)
+            s.delete(backup)
+        backupstore.remove(ctx.settings.backup_path, shown["id"])  # once the row is gone
+        return shown
+
+
+def _in_use(session: Session, backup: Backup) -> bool:
+    """A queued or running job of its VPS names the backup."""
+    params = session.scalars(
+        select(Job.params).where(
+            Job.vps_uuid == backup.vps_uuid,
+            Job.state.in_(JobState.UNFINISHED),
+            Job.kind.in_(("backup", "restore")),
+        )
+    )
+    return any(backup.uuid in p for p in params)
+
+
+def list_backups(ctx: Context, ref: str, owner_id: int | None = None) -> list[BackupView]:
+    """The VPS's backups, newest first."""
+    with ctx.db.reading() as s:
+        vps = resolve(s, ref, owner_id)
+        rows = s.scalars(
+            select(Backup).where(Backup.vps_uuid == vps.uuid).order_by(Backup.id.desc())
+        )
+        return [view(b) for b in rows]
+
+
+def drop_all(ctx: Context, vps_uuid: str) -> int:
+    """Delete every backup of a VPS (it is being deleted); return how many."""
+    with ctx.db.session() as s:
+        rows = list(s.scalars(select(Backup).where(Backup.vps_uuid == vps_uuid)))
+        gone = [backup.uuid for backup in rows]
+        for backup in rows:
+            s.delete(backup)
+    for backup_uuid in gone:
+        backupstore.remove(ctx.settings.backup_path, backup_uuid)
+    return len(gone)
