@@ -122,7 +122,12 @@ def check(root: Path, backup_uuid: str, size_bytes: int | None, max_virtual: int
         raise BackupDamaged(
             f"backup {short} has changed since it was made ({st.st_size} bytes, not {size_bytes})"
         )
-    info = json.loads(run_qemu_img("info", "--output=json", "-f", "qcow2", "--", str(path)))
+    try:
+        info = json.loads(run_qemu_img("info", "--output=json", "-f", "qcow2", "--", str(path)))
+    except (KvmvpsError, ValueError):
+        raise BackupDamaged(
+            f"backup {short} is not a qcow2 image; refusing to restore it"
+        ) from None
     data_file = info.get("format-specific", {}).get("data", {}).get("data-file")
     if info.get("format") != "qcow2" or info.get("backing-filename") or data_file:
         raise BackupDamaged(f"backup {short} is not a standalone qcow2; refusing to restore it")

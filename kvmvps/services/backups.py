@@ -91,6 +91,8 @@ def _backup_of(session: Session, vps_uuid: str, ref: str) -> Backup:
     """A backup of this VPS by uuid or unique uuid prefix; another VPS's is not found."""
     ref = (ref or "").strip().lower()
     validation.not_longer(ref, "backup id", MAX_REF)
+    if validation.has_control(ref):
+        raise InvalidInput("a backup id has no control characters")
     if not ref:
         raise InvalidInput("no backup named: give its id or an id prefix")
     rows = list(

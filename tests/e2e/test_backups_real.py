@@ -26,7 +26,7 @@ def ok(ctx: Context, *args: str) -> dict:
 
 
 def ssh(vps: dict, password: str, command: str) -> str:
-    guest.wait_for_ssh_banner(vps["ip"], 22, time.monotonic() + 60)
+    guest.wait_for_ssh_banner(vps["ip"], 22, time.monotonic() + 180)  # a busy host boots slowly
     client = paramiko_client(vps["ip"], 22, scanned_host_key(vps["ip"]), "vps", password=password)
     try:
         _, out, _ = client.exec_command(command)
