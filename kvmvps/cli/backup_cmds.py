@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from kvmvps.cli.context import Obj, actor, json_option, pass_obj
+from kvmvps.cli.inventory_cmds import plan_group
 from kvmvps.cli.output import emit_json, record, table
 from kvmvps.cli.vps_cmds import follow, vps_group
 from kvmvps.services import backups
@@ -77,6 +78,31 @@ def backup_delete(obj: Obj, ref: str, backup: str) -> None:
     click.echo(f"backup {gone['id']} of {gone['hostname']} deleted")
 
 
+@click.command("backups")
+@click.argument("name")
+@click.option("--slots", type=int, help="Backups a VPS of the plan may keep (0: none).")
+@click.option(
+    "--schedule",
+    type=click.Choice([*backups.SCHEDULES, "none"]),
+    help="Back every VPS of the plan up this often (the worker does it).",
+)
+@click.option("--keep", type=int, help="Scheduled backups kept per VPS; older ones are pruned.")
+@json_option
+@pass_obj
+def plan_backups(
+    obj: Obj,
+    name: str,
+    slots: int | None,
+    schedule: str | None,
+    keep: int | None,
+    as_json: bool,
+) -> None:
+    """Show or change a plan's backup slots and schedule."""
+    view = backups.set_plan_backups(obj.ctx, name, slots, schedule, keep, actor=actor())
+    emit_json(view) if as_json else record(view)
+
+
 def register(cli: click.Group) -> None:
-    """Add the group to the ``vps`` group (``cli`` must already hold it)."""
+    """Add the groups to the ``vps`` and ``plan`` groups (``cli`` must already hold them)."""
     vps_group.add_command(backup_group)
+    plan_group.add_command(plan_backups)

@@ -29,7 +29,7 @@ from kvmvps.errors import Conflict, NotFound
 from kvmvps.hypervisor import Hypervisor
 from kvmvps.interrupt import Interrupted
 from kvmvps.models import Backup, BackupState, Vps
-from kvmvps.services import Context, audit, jobs
+from kvmvps.services import Context, audit, backups, jobs
 from kvmvps.services import vps as vps_service
 from kvmvps.services.facts import VpsFacts, facts_of
 from kvmvps.services.steps import Progress
@@ -118,6 +118,7 @@ def run_backup(
         host_key=work.host_key,
         fingerprint=work.host_key_fingerprint,
     )
+    backups.prune(ctx, vps_uuid)  # scheduled backups beyond the plan's keep
 
 
 def _push(hv: Hypervisor, facts: VpsFacts, part: Path, progress: Progress | None) -> str:

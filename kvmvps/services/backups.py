@@ -12,7 +12,7 @@ and a restore takes only a backup of the VPS it restores.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TypedDict
 
 from sqlalchemy import func, select
@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from kvmvps import backupstore, validation
 from kvmvps.errors import Conflict, InvalidInput, NotFound
-from kvmvps.models import Backup, BackupState, Job, JobState, Vps, VpsState
+from kvmvps.models import Backup, BackupState, Job, JobState, Plan, Vps, VpsState
 from kvmvps.services import Context, audit, guard, jobs
 from kvmvps.services.vps import resolve
 
@@ -30,7 +30,59 @@ RESTORE_STATES = (S.RUNNING, S.STOPPED)
 SCHEDULES = ("daily", "weekly")
 MAX_REF = 64
 
+MAX_SLOTS = 100
+
 audit.declare("vps.backup.create", "vps.backup.restore", "vps.backup.delete")
+
+
+class PlanBackups(TypedDict):
+    """A plan's backup settings."""
+
+    plan: str
+    backup_slots: int
+    backup_schedule: str | None
+    backup_keep: int
+
+
+@audit.audits("plan.backups", "name")
+def set_plan_backups(
+    ctx: Context,
+    name: str,
+    slots: int | None = None,
+    schedule: str | None = None,
+    keep: int | None = None,
+    *,
+    actor: str | None = None,
+) -> PlanBackups:
+    """Change a plan's backup slots, schedule (``daily``, ``weekly``, ``none``) and how many
+    scheduled backups are kept; the kept ones must fit in the slots."""
+    if slots is not None:
+        validation.whole_number(slots, "backup slots", 0, MAX_SLOTS)
+    if keep is not None:
+        validation.whole_number(keep, "scheduled backups kept", 0, MAX_SLOTS)
+    if schedule is not None and schedule not in (*SCHEDULES, "none"):
+        raise InvalidInput(f"schedule must be one of {', '.join(SCHEDULES)}, none")
+    with ctx.db.session() as s:
+        plan = s.scalar(select(Plan).where(Plan.name == (name or "").strip()))
+        if plan is None:
+            raise NotFound(f"no plan named {name!r}")
+        if slots is not None:
+            plan.backup_slots = slots
+        if keep is not None:
+            plan.backup_keep = keep
+        if schedule is not None:
+            plan.backup_schedule = None if schedule == "none" else schedule
+        if plan.backup_schedule and not 1 <= plan.backup_keep <= plan.backup_slots:
+            raise InvalidInput(
+                f"a schedule keeps 1 to {plan.backup_slots} backups (the plan's slots), "
+                f"not {plan.backup_keep}"
+            )
+        return {
+            "plan": plan.name,
+            "backup_slots": plan.backup_slots,
+            "backup_schedule": plan.backup_schedule,
+            "backup_keep": plan.backup_keep,
+        }
 
 
 class BackupView(TypedDict):
@@ -258,6 +310,80 @@ def drop_all(ctx: Context, vps_uuid: str) -> int:
         rows = list(s.scalars(select(Backup).where(Backup.vps_uuid == vps_uuid)))
         gone = [backup.uuid for backup in rows]
         for backup in rows:
+            s.delete(backup)
+    for backup_uuid in gone:
+        backupstore.remove(ctx.settings.backup_path, backup_uuid)
+    return len(gone)
+
+
+# -- the schedule ------------------------------------------------------------------
+PERIODS = {"daily": timedelta(days=1), "weekly": timedelta(days=7)}
+SCHEDULE_ACTOR = "system:schedule"
+
+
+def run_schedule(ctx: Context) -> list[str]:
+    """Queue a scheduled backup of every VPS whose plan's schedule is due; the jobs queued.
+
+    A VPS is due when its newest scheduled backup (ready, queued or failed)
+    is a period old; one with a job pending, or suspended, waits. The VPS
+    rows are locked, so two workers never queue the same backup twice.
+    """
+    queued = []
+    with ctx.db.session() as s:
+        rows = s.scalars(
+            select(Vps)
+            .join(Plan, Plan.id == Vps.plan_id)
+            .where(
+                Plan.backup_schedule.is_not(None),
+                Vps.state.in_((S.RUNNING, S.STOPPED)),
+                Vps.suspended_reason.is_(None),
+            )
+            .order_by(Vps.id)
+            .with_for_update(of=Vps)
+        )
+        for vps in rows:
+            if _due(s, vps):
+                queued.append(_record(s, vps, "scheduled", SCHEDULE_ACTOR).job)
+    return queued
+
+
+def _due(session: Session, vps: Vps) -> bool:
+    period = PERIODS.get(vps.plan.backup_schedule or "")
+    if period is None:
+        return False
+    busy = session.scalar(
+        select(Job.id).where(Job.vps_uuid == vps.uuid, Job.state.in_(JobState.UNFINISHED))
+    )
+    if busy is not None:
+        return False
+    last = session.scalar(
+        select(func.max(Backup.created_at)).where(
+            Backup.vps_uuid == vps.uuid, Backup.kind == "scheduled"
+        )
+    )
+    return last is None or jobs.aware(last) <= jobs.now() - period
+
+
+def prune(ctx: Context, vps_uuid: str) -> int:
+    """Delete the scheduled backups beyond the plan's ``backup_keep``, oldest first."""
+    with ctx.db.session() as s:
+        vps = s.scalar(select(Vps).where(Vps.uuid == vps_uuid))
+        if vps is None or not vps.plan.backup_schedule:
+            return 0
+        kept = list(
+            s.scalars(
+                select(Backup)
+                .where(
+                    Backup.vps_uuid == vps_uuid,
+                    Backup.kind == "scheduled",
+                    Backup.state == BackupState.READY,
+                )
+                .order_by(Backup.id.desc())
+            )
+        )
+        old = kept[max(vps.plan.backup_keep, 1) :]
+        gone = [backup.uuid for backup in old]
+        for backup in old:
             s.delete(backup)
     for backup_uuid in gone:
         backupstore.remove(ctx.settings.backup_path, backup_uuid)

@@ -58,6 +58,11 @@ WALK: list[tuple[Args, str | None]] = [
     (["plan", "edit", "big", "--cpu-quota-pct", "50"], "plan.edit"),
     (["plan", "edit", "big"], "plan.edit"),  # refused by the service: nothing to change
     (["plan", "list"], None),
+    (
+        ["plan", "backups", "big", "--slots", "3", "--schedule", "daily", "--keep", "2"],
+        "plan.backups",
+    ),
+    (["plan", "backups", "big", "--keep", "9"], "plan.backups"),  # refused: more than the slots
     (lambda ctx, tmp: ["image", "add", "img2", str(tmp / "base.qcow2")], "image.add"),
     (["image", "list"], None),
     (["image", "build-tiny", "bad name"], "image.build-tiny"),

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import select, update
 
 from kvmvps import backupstore
+from kvmvps.errors import InvalidInput
 from kvmvps.models import Backup, BackupState, Job, Plan
 from kvmvps.services import backups, suspension
 from tests.snapshots import db_snapshot
@@ -161,3 +163,36 @@ def test_drop_all_removes_rows_and_files(world: World) -> None:
     assert not backupstore.disk_path(world.ctx.settings.backup_path, made.backup).exists()
     assert backups.list_backups(world.ctx, vps) == []
     assert str(uuid.UUID(made.backup)) == made.backup
+
+
+def test_the_schedule_queues_once_per_period_and_prunes(world: World) -> None:
+    vps = world.order(A).uuid
+    assert backups.run_schedule(world.ctx) == []  # the plan has no schedule
+    with pytest.raises(InvalidInput, match="a schedule keeps 1 to 1 backups"):
+        backups.set_plan_backups(world.ctx, "nano", schedule="daily", keep=2, actor="os:root")
+    shown = backups.set_plan_backups(
+        world.ctx, "nano", slots=3, schedule="daily", keep=2, actor="os:root"
+    )
+    assert shown == {
+        "plan": "nano",
+        "backup_slots": 3,
+        "backup_schedule": "daily",
+        "backup_keep": 2,
+    }
+    made = []
+    for _day in range(3):
+        queued = backups.run_schedule(world.ctx)
+        assert len(queued) == 1
+        assert backups.run_schedule(world.ctx) == []  # not twice in a period
+        with world.ctx.db.session() as s:
+            backup = s.scalars(select(Backup).order_by(Backup.id.desc())).first()
+            assert backup is not None and backup.kind == "scheduled"
+            made.append(backup.uuid)
+        ready(world, made[-1], queued[0])
+        backups.prune(world.ctx, vps)
+        with world.ctx.db.session() as s:  # a day passes
+            for row in s.scalars(select(Backup)):
+                row.created_at = row.created_at - timedelta(days=1, seconds=1)
+    kept = [b["id"] for b in backups.list_backups(world.ctx, vps)]
+    assert kept == made[:0:-1]  # the two newest; the oldest and its files are gone
+    assert not backupstore.disk_path(world.ctx.settings.backup_path, made[0]).exists()
