@@ -304,6 +304,12 @@ def list_backups(ctx: Context, ref: str, owner_id: int | None = None) -> list[Ba
         return [view(b) for b in rows]
 
 
+def plan_slots(ctx: Context, ref: str, owner_id: int | None = None) -> int:
+    """How many backups the VPS's plan lets it keep."""
+    with ctx.db.reading() as s:
+        return resolve(s, ref, owner_id).plan.backup_slots
+
+
 def drop_all(ctx: Context, vps_uuid: str) -> int:
     """Delete every backup of a VPS (it is being deleted); return how many."""
     with ctx.db.session() as s:
