@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from kvmvps import backupstore, validation
 from kvmvps.errors import Conflict, InvalidInput, NotFound
 from kvmvps.models import Backup, BackupState, Job, JobState, Plan, Vps, VpsState
-from kvmvps.services import Context, audit, guard, jobs
+from kvmvps.services import Context, audit, failures, guard, jobs
 from kvmvps.services.vps import resolve
 
 S = VpsState
@@ -301,7 +301,11 @@ def list_backups(ctx: Context, ref: str, owner_id: int | None = None) -> list[Ba
         rows = s.scalars(
             select(Backup).where(Backup.vps_uuid == vps.uuid).order_by(Backup.id.desc())
         )
-        return [view(b) for b in rows]
+        shown = [view(b) for b in rows]
+    if owner_id is not None:  # a customer reads why in plain words, never a host's paths
+        for b in shown:
+            b["error"] = failures.plain(b["error"], "backup")
+    return shown
 
 
 def plan_slots(ctx: Context, ref: str, owner_id: int | None = None) -> int:

@@ -196,3 +196,20 @@ def test_the_schedule_queues_once_per_period_and_prunes(world: World) -> None:
     kept = [b["id"] for b in backups.list_backups(world.ctx, vps)]
     assert kept == made[:0:-1]  # the two newest; the oldest and its files are gone
     assert not backupstore.disk_path(world.ctx.settings.backup_path, made[0]).exists()
+
+
+def test_a_failed_backup_is_explained_without_host_paths(world: World, calls) -> None:
+    vps = world.order(A).uuid
+    body = calls(A, "POST", f"/servers/{vps}/backups").get_json()
+    with world.ctx.db.session() as s:
+        s.execute(
+            update(Backup)
+            .where(Backup.uuid == body["id"])
+            .values(state=BackupState.FAILED, error="qemu-img convert failed: /var/lib/kvmvps/x")
+        )
+    [shown] = calls(A, "GET", f"/servers/{vps}/backups").get_json()["backups"]
+    assert shown["error"].startswith("The backup could not be made.")
+    assert "/var/lib" not in shown["error"]
+    assert backups.list_backups(world.ctx, vps)[0]["error"].endswith("/var/lib/kvmvps/x")
+    finish_job(world.ctx, body["job"])
+    assert calls(A, "POST", f"/servers/{vps}/backups").status_code == 202  # no slot taken
