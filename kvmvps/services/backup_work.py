@@ -205,6 +205,10 @@ def run_restore(ctx: Context, vps_uuid: str, backup_uuid: str) -> None:
     try:
         backupstore.convert(source, incoming)
         os.replace(incoming, volume)
+    except Exception:
+        if was_running:  # the old disk is untouched: the VPS runs on as it was
+            vps_service.start(ctx, vps_uuid)
+        raise
     finally:
         incoming.unlink(missing_ok=True)
     hv.volume_path(facts.pool, facts.overlay_volume)  # libvirt reads the new file
