@@ -65,6 +65,7 @@ class Settings:
     proxy_http_port: int = 80
     proxy_https_port: int = 443
     acme_hook: str = ""
+    backup_dir: str = ""
     # customers' limits unless their account has its own (kvmvps-admin user quota)
     quota_vps: int = 10
     quota_vcpus: int = 16
@@ -122,6 +123,11 @@ class Settings:
         """KVMVPS_FORWARD_PORTS as (first, last); checked by :func:`load_settings`."""
         first, _, last = self.forward_ports.partition("-")
         return int(first), int(last or first)
+
+    @property
+    def backup_path(self) -> Path:
+        """Where backups are kept (KVMVPS_BACKUP_DIR): a directory, or a mount of remote storage."""
+        return Path(self.backup_dir) if self.backup_dir else self.state_dir / "backups"
 
     @property
     def proxy_path(self) -> Path:

@@ -38,6 +38,7 @@ _NOT_FOUND = {
     libvirt.VIR_ERR_NO_STORAGE_POOL,
     libvirt.VIR_ERR_NO_STORAGE_VOL,
     libvirt.VIR_ERR_NO_NWFILTER,
+    libvirt.VIR_ERR_NO_DOMAIN_BACKUP,
 }
 _UNAVAILABLE_CODES = {libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_RPC, libvirt.VIR_ERR_AUTH_FAILED}
 _UNAVAILABLE_DOMAINS = {libvirt.VIR_FROM_RPC, libvirt.VIR_FROM_REMOTE}
@@ -161,6 +162,16 @@ def _affect_flags(dom: Any) -> tuple[int, ...]:
     """Live and config, one call each (libvirt refuses both in one call for some APIs)."""
     config = (libvirt.VIR_DOMAIN_AFFECT_CONFIG,)
     return ((libvirt.VIR_DOMAIN_AFFECT_LIVE,) if dom.isActive() else ()) + config
+
+
+@dataclass(frozen=True)
+class BackupProgress:
+    """Where a domain's push-mode backup job stands."""
+
+    running: bool
+    error: str | None = None
+    processed_bytes: int = 0
+    total_bytes: int = 0
 
 
 class Hypervisor:
@@ -323,6 +334,26 @@ class Hypervisor:
                 vol.resize(capacity_bytes, 0)
 
         self._call(f"resize volume {name}", resize)
+
+    def volume_path(self, pool: str, name: str) -> str:
+        """The file of a volume (the pool is refreshed first: files may change under it)."""
+
+        def path(conn: libvirt.virConnect) -> str:
+            sp = conn.storagePoolLookupByName(pool)
+            sp.refresh(0)
+            return sp.storageVolLookupByName(name).path()
+
+        return self._call(f"volume {name}", path)
+
+    def pool_path(self, pool: str) -> str:
+        """The directory of a ``dir`` pool."""
+        xml = self._call(
+            f"storage pool {pool}", lambda c: c.storagePoolLookupByName(pool).XMLDesc(0)
+        )
+        path = etree.fromstring(xml.encode()).findtext("target/path")
+        if not path:
+            raise HypervisorInvalid(f"storage pool {pool} has no target directory")
+        return path
 
     def list_volumes(self, pool: str) -> list[str]:
         def names(conn: libvirt.virConnect) -> list[str]:
@@ -599,6 +630,67 @@ class Hypervisor:
                 dom.setInterfaceParameters(mac, values, flags)
 
         self._domain(name, "set bandwidth of", tune)
+
+    # -- backups ----------------------------------------------------------
+    def freeze_filesystems(self, name: str) -> bool:
+        """Freeze the guest's filesystems through its agent; False when it has no agent."""
+
+        def freeze(dom: Any) -> bool:
+            try:
+                dom.fsFreeze(None, 0)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() in (
+                    libvirt.VIR_ERR_AGENT_UNRESPONSIVE,
+                    libvirt.VIR_ERR_ARGUMENT_UNSUPPORTED,
+                    libvirt.VIR_ERR_OPERATION_UNSUPPORTED,
+                    libvirt.VIR_ERR_NO_SUPPORT,
+                    libvirt.VIR_ERR_OPERATION_INVALID,
+                    libvirt.VIR_ERR_OPERATION_TIMEOUT,
+                ):
+                    return False
+                raise
+            return True
+
+        return self._domain(name, "freeze filesystems of", freeze)
+
+    def thaw_filesystems(self, name: str) -> None:
+        self._domain(name, "thaw filesystems of", lambda d: d.fsThaw(None, 0))
+
+    def backup_begin(self, name: str, xml: str) -> None:
+        """Start a push-mode backup (``<domainbackup>``) of a running domain."""
+        self._domain(name, "back up", lambda d: d.backupBegin(xml, None, 0))
+
+    def backup_progress(self, name: str) -> BackupProgress:
+        """The domain's backup job: still running, or ended (with its error if it failed)."""
+
+        def progress(dom: Any) -> BackupProgress:
+            stats = dom.jobStats(0)
+            if stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) != libvirt.VIR_DOMAIN_JOB_NONE:
+                return BackupProgress(
+                    running=True,
+                    processed_bytes=int(stats.get("disk_processed", 0)),
+                    total_bytes=int(stats.get("disk_total", 0)),
+                )
+            done = dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
+            if done.get("type") == libvirt.VIR_DOMAIN_JOB_COMPLETED:
+                total = int(done.get("disk_total", 0))
+                return BackupProgress(running=False, processed_bytes=total, total_bytes=total)
+            reason = str(done.get("errmsg") or "the backup job ended without completing")
+            return BackupProgress(running=False, error=reason)
+
+        return self._domain(name, "backup job of", progress)
+
+    def abort_backup(self, name: str) -> None:
+        """Cancel the domain's running job (a backup); nothing when none runs."""
+
+        def abort(dom: Any) -> None:
+            try:
+                dom.abortJob()
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:
+                    raise
+
+        self._domain(name, "abort the backup of", abort)
 
     def list_domains(self, prefix: str = "") -> dict[str, str]:
         """Every domain whose name starts with ``prefix``, with its state."""

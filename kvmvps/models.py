@@ -217,6 +217,13 @@ class Plan(Base):
         String(16), default="throttle", server_default="throttle"
     )
     over_limit_kibps: Mapped[int] = mapped_column(Integer, default=128, server_default="128")
+    # backups a customer may keep per VPS (on demand and scheduled together)
+    backup_slots: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    # None, "daily" or "weekly": the worker backs up every VPS of the plan that often
+    backup_schedule: Mapped[str | None] = mapped_column(String(8))
+    # scheduled backups kept per VPS (older ones are pruned); within the slots
+    backup_keep: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    snapshot_limit: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     network: Mapped[Network | None] = relationship()
@@ -319,6 +326,42 @@ class Vps(Base):
     @property
     def in_rescue(self) -> bool:
         return self.rescue_image_id is not None
+
+
+class BackupState:
+    QUEUED = "queued"
+    READY = "ready"
+    FAILED = "failed"
+
+    ALL = (QUEUED, READY, FAILED)
+
+
+class Backup(Base):
+    """A full copy of a VPS's disk in the backup directory: ``<uuid>.qcow2`` + ``<uuid>.json``.
+
+    The row outlives its VPS (a deleted VPS's backups may be kept), so it
+    names the VPS by uuid and keeps its owner and hostname. File names are
+    made from the backup's own uuid only, never from user text.
+    """
+
+    __tablename__ = "backups"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), unique=True, default=lambda: str(uuidlib.uuid4()))
+    vps_uuid: Mapped[str] = mapped_column(String(36), index=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    hostname: Mapped[str] = mapped_column(String(63))
+    image_name: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16), default="manual")  # or "scheduled"
+    state: Mapped[str] = mapped_column(String(16), default=BackupState.QUEUED)
+    consistency: Mapped[str | None] = mapped_column(String(16))  # "stopped", "crash", "frozen"
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    virtual_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    host_key: Mapped[str | None] = mapped_column(Text)
+    host_key_fingerprint: Mapped[str | None] = mapped_column(String(128))
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class IpLease(Base):

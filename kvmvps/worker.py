@@ -30,7 +30,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from kvmvps.errors import KvmvpsError
 from kvmvps.hypervisor import LifecycleWatch
-from kvmvps.services import Context, expiry, inventory, jobs, metering, reconcile
+from kvmvps.services import Context, backups, expiry, inventory, jobs, metering, reconcile
 from kvmvps.services import vps as vps_service
 from kvmvps.services.jobs import Claimed
 from kvmvps.services.runner import recover_expired, run_claimed
@@ -145,11 +145,13 @@ class Worker:
                 jobs.worker_heartbeat(self.ctx, self.name)  # still alive while they wind down
 
     def _heartbeat(self) -> None:
-        """Show a sign of life; also queue deletes of VPSes whose time ran out."""
+        """Show a sign of life; also queue deletes of VPSes whose time ran out, and backups due."""
         if time.monotonic() - self._last_beat >= self.ctx.settings.worker_heartbeat_seconds:
             jobs.worker_heartbeat(self.ctx, self.name)
             for job in expiry.delete_expired(self.ctx):
                 log.info("worker %s: queued delete %s of an expired VPS", self.name, job[:8])
+            for job in backups.run_schedule(self.ctx):
+                log.info("worker %s: queued scheduled backup %s", self.name, job[:8])
             self._last_beat = time.monotonic()
 
     def _maybe_reconcile(self) -> None:

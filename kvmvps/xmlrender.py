@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 # module: the CLI's read-only commands import it (through the services) and
 # never render (speed, not cycles).
 from kvmvps.xmlspec import (
+    BackupSpec,
     BridgeNetworkSpec,
     DhcpHost,
     DomainSpec,
@@ -124,6 +125,10 @@ def overlay_volume_xml(spec: OverlayVolumeSpec) -> str:
 
 def raw_volume_xml(spec: RawVolumeSpec) -> str:
     return render("raw_volume.xml.j2", "storagevol", spec=spec)
+
+
+def backup_xml(spec: BackupSpec) -> str:
+    return render("backup.xml.j2", "domainbackup", spec=spec)
 
 
 def pool_xml(name: str, path: str) -> str:

@@ -290,3 +290,12 @@ class RawVolumeSpec:
 
     name: str
     capacity_bytes: int
+
+
+@dataclass(frozen=True)
+class BackupSpec:
+    """A push-mode backup of one disk to a qcow2 file; the other disks are left out."""
+
+    disk: str
+    target_path: str
+    skipped_disks: tuple[str, ...] = ()

@@ -14,7 +14,16 @@ from flask.typing import ResponseReturnValue
 
 from kvmvps import validation
 from kvmvps.errors import Conflict, InvalidInput, KvmvpsError
-from kvmvps.services import actions, jobs, provisioning, saved_keys, tokens, usage, views
+from kvmvps.services import (
+    actions,
+    backups,
+    jobs,
+    provisioning,
+    saved_keys,
+    tokens,
+    usage,
+    views,
+)
 from kvmvps.services import vps as vps_service
 from web.common import WebUser, services, write_turn
 from web.openapi import spec
@@ -199,7 +208,10 @@ def get_server(id: str) -> ResponseReturnValue:
 
 @bp.delete("/servers/<id>")
 def delete_server(id: str) -> ResponseReturnValue:
-    asked = _ask(id, "delete", {})
+    keep = request.args.get("backups", "keep")
+    if keep not in ("keep", "drop"):
+        raise FieldErrors({"backups": "must be keep or drop"})
+    asked = _ask(id, "delete", {}, drop_backups=keep == "drop")
     return _accepted(
         {"id": asked.vps, "job": asked.job, "action": "delete"},
         url_for("api.get_job", job=asked.job),
@@ -217,7 +229,9 @@ def server_action(id: str) -> ResponseReturnValue:
     return _accepted(body, url_for("api.get_job", job=asked.job))
 
 
-def _ask(ref: str, action: str, data: dict[str, Any]) -> actions.Requested:
+def _ask(
+    ref: str, action: str, data: dict[str, Any], drop_backups: bool = False
+) -> actions.Requested:
     errors: dict[str, str] = {}
     image = _string(data, "image", errors) or None
     timeout, force = data.get("timeout", 60), data.get("force", False)
@@ -242,6 +256,7 @@ def _ask(ref: str, action: str, data: dict[str, Any]) -> actions.Requested:
             image=image,
             timeout=timeout,
             force=force,
+            drop_backups=drop_backups,
         )
 
 
@@ -252,6 +267,35 @@ def server_metrics(id: str) -> ResponseReturnValue:
         services(), id, _scope(), args.get("period"), args.get("step")
     )
     return jsonify({**usage.series_dict(series), "transfer": usage.transfer_dict(transfer)})
+
+
+# -- backups -------------------------------------------------------------------
+@bp.get("/servers/<id>/backups")
+def list_backups(id: str) -> ResponseReturnValue:
+    return jsonify({"backups": backups.list_backups(services(), id, _scope())})
+
+
+@bp.post("/servers/<id>/backups")
+def create_backup(id: str) -> ResponseReturnValue:
+    with write_turn():
+        asked = backups.create(services(), id, actor=_user().actor, owner_id=_scope())
+    body = {"id": asked.backup, "server": asked.vps, "job": asked.job}
+    return _accepted(body, url_for("api.get_job", job=asked.job))
+
+
+@bp.post("/servers/<id>/backups/<backup>/restore")
+def restore_backup(id: str, backup: str) -> ResponseReturnValue:
+    with write_turn():
+        asked = backups.restore(services(), id, backup, actor=_user().actor, owner_id=_scope())
+    body = {"id": asked.backup, "server": asked.vps, "job": asked.job}
+    return _accepted(body, url_for("api.get_job", job=asked.job))
+
+
+@bp.delete("/servers/<id>/backups/<backup>")
+def delete_backup(id: str, backup: str) -> ResponseReturnValue:
+    with write_turn():
+        gone = backups.delete(services(), id, backup, actor=_user().actor, owner_id=_scope())
+    return jsonify(gone)
 
 
 # -- catalogue and jobs ------------------------------------------------------------

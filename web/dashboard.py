@@ -7,7 +7,7 @@ does not exist.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from flask import (
@@ -26,7 +26,17 @@ from flask_login import current_user
 
 from kvmvps.errors import Conflict, KvmvpsError
 from kvmvps.models import JobState, VpsState
-from kvmvps.services import actions, jobs, provisioning, quotas, reveals, saved_keys, usage, views
+from kvmvps.services import (
+    actions,
+    backups,
+    jobs,
+    provisioning,
+    quotas,
+    reveals,
+    saved_keys,
+    usage,
+    views,
+)
 from kvmvps.services import vps as vps_service
 from kvmvps.services.jobs import BUILD_KINDS, JobView
 from kvmvps.services.views import PlanView, PublicImageView
@@ -229,7 +239,50 @@ def server(id: str) -> ResponseReturnValue:
         labels=ACTION_LABELS,
         actions=CUSTOMER_ACTIONS,
         confirm=CONFIRM,
+        backups=backups.list_backups(services(), vps["id"], current_user.id),
+        backup_slots=backups.plan_slots(services(), vps["id"], current_user.id),
     )
+
+
+# -- backups -----------------------------------------------------------------------
+@bp.post("/servers/<id>/backups")
+def backup_create(id: str) -> ResponseReturnValue:
+    return _backup_call(id, "backup", lambda ref, **who: backups.create(services(), ref, **who))
+
+
+@bp.post("/servers/<id>/backups/<backup>/restore")
+def backup_restore(id: str, backup: str) -> ResponseReturnValue:
+    return _backup_call(
+        id, "restore", lambda ref, **who: backups.restore(services(), ref, backup, **who)
+    )
+
+
+@bp.post("/servers/<id>/backups/<backup>/delete")
+def backup_delete(id: str, backup: str) -> ResponseReturnValue:
+    return _backup_call(
+        id, "delete", lambda ref, **who: backups.delete(services(), ref, backup, **who)
+    )
+
+
+def _backup_call(id: str, what: str, call: Callable[..., object]) -> ResponseReturnValue:
+    """Run a backup request of the signed-in customer; back to the server page with its outcome."""
+    vps = _own(id)
+    if not ActionForm().validate_on_submit():
+        abort(400, "the form is stale; reload the page")
+    try:
+        with write_turn():
+            done = call(vps["id"], actor=current_user.actor, owner_id=current_user.id)
+    except Conflict as exc:
+        flash(str(exc), "error")
+        return make_response(server(vps["id"]), 409)
+    except KvmvpsError as exc:
+        flash(str(exc), "error")
+        return redirect(url_for("dashboard.server", id=vps["id"]))
+    if isinstance(done, backups.Requested) and what == "restore":
+        return redirect(url_for("dashboard.job", job=done.job))
+    words = {"backup": "A backup was requested", "delete": "The backup was deleted"}
+    flash(f"{words.get(what, what)} ({vps['hostname']}).", "ok")
+    return redirect(url_for("dashboard.server", id=vps["id"]) + "#backups")
 
 
 @bp.get("/servers/<id>/credentials")

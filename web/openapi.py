@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from kvmvps.limits import LIMIT_FIELDS
-from kvmvps.models import JobState, VpsState
+from kvmvps.models import BackupState, JobState, VpsState
 from kvmvps.services.jobs import KINDS
 
 STR, INT, BOOL, NUM = (
@@ -196,6 +196,43 @@ SCHEMAS: dict[str, Any] = {
             ),
         },
     },
+    "Backup": {
+        "type": "object",
+        "properties": {
+            "id": {**STR, "format": "uuid"},
+            "vps": {**STR, "format": "uuid"},
+            "hostname": STR,
+            "image": STR,
+            "kind": {**STR, "enum": ["manual", "scheduled"]},
+            "state": {**STR, "enum": list(BackupState.ALL)},
+            "consistency": _nullable(
+                {
+                    **STR,
+                    "enum": ["stopped", "frozen", "crash"],
+                    "description": "stopped: taken while powered off; frozen: the "
+                    "guest agent froze the filesystems; crash: as after a power cut.",
+                }
+            ),
+            "size_bytes": _nullable(INT),
+            "virtual_bytes": _nullable(INT),
+            "error": _nullable(STR),
+            "created_at": _nullable({**STR, "format": "date-time"}),
+            "finished_at": _nullable({**STR, "format": "date-time"}),
+        },
+    },
+    "BackupList": {
+        "type": "object",
+        "properties": {"backups": {"type": "array", "items": _ref("Backup")}},
+    },
+    "BackupAccepted": {
+        "type": "object",
+        "required": ["id", "server", "job"],
+        "properties": {
+            "id": {**STR, "format": "uuid", "description": "The backup."},
+            "server": {**STR, "format": "uuid"},
+            "job": {**STR, "format": "uuid"},
+        },
+    },
     "Plan": {
         "type": "object",
         "properties": {
@@ -335,15 +372,23 @@ def _paths() -> dict[str, Any]:
                 {"200": _json(_ref("Server"), "The server."), **not_found},
             ),
             "delete": _op(
-                "Delete a server",
+                "Delete a server (its backups are kept unless backups=drop)",
                 {
                     "202": _json(_ref("ActionAccepted"), "Deletion queued."),
+                    "400": _json(ERR, "backups is neither keep nor drop."),
                     "403": _json(ERR, "The server is suspended (the reason is given)."),
                     **not_found,
                     "409": _json(
                         ERR, "Not possible in its state, or an action is already pending."
                     ),
                 },
+                parameters=[
+                    {
+                        "name": "backups",
+                        "in": "query",
+                        "schema": {**STR, "enum": ["keep", "drop"], "default": "keep"},
+                    }
+                ],
             ),
         },
         "/servers/{id}/actions": {
@@ -392,6 +437,7 @@ def _paths() -> dict[str, Any]:
                 ],
             ),
         },
+        **_backup_paths(not_found),
         "/plans": {
             "get": _op(
                 "The plans on sale",
@@ -433,6 +479,57 @@ def _paths() -> dict[str, Any]:
                 "security": [],
                 "responses": {"200": {"description": "OpenAPI 3 JSON."}},
             }
+        },
+    }
+
+
+BACKUP_ID = {**SERVER_ID, "name": "backup", "description": "A backup id or id prefix."}
+
+
+def _backup_paths(not_found: dict[str, Any]) -> dict[str, Any]:
+    busy = "Not possible in its state, no backup slot left, or an action is already pending."
+    suspended = {"403": _json(ERR, "The server is suspended (the reason is given).")}
+    return {
+        "/servers/{id}/backups": {
+            "parameters": [SERVER_ID],
+            "get": _op(
+                "The server's backups, newest first",
+                {"200": _json(_ref("BackupList"), "The backups."), **not_found},
+            ),
+            "post": _op(
+                "Back up the server's disk (running or stopped) within its plan's slots",
+                {
+                    "202": _json(_ref("BackupAccepted"), "Queued; poll the job."),
+                    **suspended,
+                    **not_found,
+                    "409": _json(ERR, busy),
+                },
+            ),
+        },
+        "/servers/{id}/backups/{backup}": {
+            "parameters": [SERVER_ID, BACKUP_ID],
+            "delete": _op(
+                "Delete one of the server's backups",
+                {
+                    "200": _json(_ref("Backup"), "Deleted; what it was."),
+                    **suspended,
+                    "404": _json(ERR, "No such server, or no such backup of it."),
+                    "409": _json(ERR, "A job still uses the backup."),
+                },
+            ),
+        },
+        "/servers/{id}/backups/{backup}/restore": {
+            "parameters": [SERVER_ID, BACKUP_ID],
+            "post": _op(
+                "Replace the server's disk with one of its backups (it is stopped for it, "
+                "and started again if it ran; its address, password and host key stay)",
+                {
+                    "202": _json(_ref("BackupAccepted"), "Queued; poll the job."),
+                    **suspended,
+                    "404": _json(ERR, "No such server, or no such backup of it."),
+                    "409": _json(ERR, busy),
+                },
+            ),
         },
     }
 

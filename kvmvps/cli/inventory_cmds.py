@@ -11,6 +11,7 @@ import click
 
 from kvmvps import limits
 from kvmvps.cli.context import Obj, actor, json_option, pass_obj, simple_command
+from kvmvps.cli.lazy import make_lazy
 from kvmvps.cli.output import emit_json, record, table
 from kvmvps.services import inventory, views
 
@@ -320,6 +321,9 @@ def plan_list(obj: Obj, as_json: bool) -> None:
     rows = views.plan_views(obj.ctx, admin=True)
     emit_json(rows) if as_json else table([_plan_row(r) for r in rows], PLAN_COLUMNS)
 
+
+# 'plan backups' comes from backup_cmds, imported when it runs
+make_lazy(plan_group, {"backups": "kvmvps.cli.backup_cmds"})
 
 simple_command(
     plan_group,

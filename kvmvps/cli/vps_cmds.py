@@ -46,6 +46,7 @@ make_lazy(
         **dict.fromkeys(("console", "resize"), "kvmvps.cli.vps_extra_cmds"),
         **dict.fromkeys(("forward", "http"), "kvmvps.cli.forward_cmds"),
         **dict.fromkeys(("suspend", "unsuspend"), "kvmvps.cli.tenant_cmds"),
+        "backup": "kvmvps.cli.backup_cmds",
     },
 )
 
@@ -257,9 +258,10 @@ def vps_xml(obj: Obj, ref: str) -> None:
 @click.argument("ref", required=False)
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--all-expired", is_flag=True, help="Delete every VPS whose --ttl ran out.")
+@click.option("--drop-backups", is_flag=True, help="Delete its backups too (default: keep them).")
 @pass_obj
-def vps_delete(obj: Obj, ref: str | None, yes: bool, all_expired: bool) -> None:
-    """Delete a VPS: its domain, disk, address and DHCP entry."""
+def vps_delete(obj: Obj, ref: str | None, yes: bool, all_expired: bool, drop_backups: bool) -> None:
+    """Delete a VPS: its domain, disk, address and DHCP entry (its backups stay unless dropped)."""
     from kvmvps.services import actions, expiry, jobs  # lazy for speed: see above
 
     if all_expired == bool(ref):
@@ -272,7 +274,7 @@ def vps_delete(obj: Obj, ref: str | None, yes: bool, all_expired: bool) -> None:
     shown = vps_service.show(obj.ctx, ref)
     if not yes:
         click.confirm(f"Delete {shown['hostname']} ({shown['id'][:8]})?", abort=True)
-    req = actions.request(obj.ctx, shown["id"], "delete", actor=actor())
+    req = actions.request(obj.ctx, shown["id"], "delete", actor=actor(), drop_backups=drop_backups)
     follow(obj.ctx, req.job)
     click.echo(f"deleted {shown['hostname']} ({shown['id']})")
 

@@ -71,6 +71,7 @@ def request(
     image: str | None = None,
     timeout: float = 60.0,
     force: bool = False,
+    drop_backups: bool = False,
 ) -> Requested:
     """Queue ``action`` for the VPS named ``ref``.
 
@@ -78,11 +79,14 @@ def request(
     customer's limits (one pending action per VPS, the shutdown cap); None is
     an operator's request. A suspended VPS refuses it (see :mod:`guard`).
     Recorded in the audit log as ``vps.<action>`` of ``actor`` (``password_reset``
-    as ``vps.password-reset``), refusals too.
+    as ``vps.password-reset``), refusals too. A delete keeps the VPS's
+    backups unless ``drop_backups``.
     """
     name = audit_action(action) if action in ALLOWED else "vps.action"
     with audit.audited(ctx, actor, name, ref) as entry:
-        return _request(ctx, ref, action, entry, actor or "", owner_id, image, timeout, force)
+        return _request(
+            ctx, ref, action, entry, actor or "", owner_id, image, timeout, force, drop_backups
+        )
 
 
 # actions whose CLI command has another name ("vps suspend" is an operator's suspension)
@@ -107,6 +111,7 @@ def _request(
     image: str | None,
     timeout: float,
     force: bool,
+    drop_backups: bool,
 ) -> Requested:
     customer = owner_id is not None
     if action not in ALLOWED:
@@ -140,6 +145,8 @@ def _request(
             params.update(timeout=timeout, force=force)
         if action == "delete":
             vps.state = VpsState.DELETING
+            if drop_backups:
+                params["drop_backups"] = True
         job = jobs.enqueue(s, action, vps.uuid, vps.host_id, actor=actor, **params)
         return Requested(job=job.uuid, vps=vps.uuid, password=password)
 

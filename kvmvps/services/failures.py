@@ -34,6 +34,8 @@ KIND_SENTENCES: dict[str, str] = {
     "resume": "the server could not be resumed",
     "delete": "the server could not be deleted completely",
     "password_reset": "the new password could not be set",
+    "backup": "the backup could not be made",
+    "restore": "the backup could not be restored",
 }
 GENERIC = "the last operation on this server did not work"
 _STEP = re.compile(r"at step '([a-z-]+)'")

@@ -17,7 +17,15 @@ from kvmvps.models import Vps
 
 # what an operator may still do to a VPS they suspended (nothing here runs it)
 OPERATOR_WHILE_SUSPENDED = frozenset(
-    {"suspend", "destroy", "delete", "forward_remove", "http_name_remove"}
+    {
+        "suspend",
+        "destroy",
+        "delete",
+        "forward_remove",
+        "http_name_remove",
+        "backup",
+        "backup_delete",
+    }
 )
 # how refusals name an action: "cannot <label> <hostname>"
 LABELS = {
@@ -27,6 +35,9 @@ LABELS = {
     "forward_remove": "remove a forward of",
     "http_name_add": "add an HTTP name to",
     "http_name_remove": "remove an HTTP name of",
+    "backup": "back up",
+    "backup_restore": "restore a backup of",
+    "backup_delete": "delete a backup of",
 }
 
 

@@ -41,6 +41,8 @@ KINDS = BUILD_KINDS + (
     "edge",  # write a host's iptables rules and proxy (run by that host's agent)
     "rescue",
     "unrescue",
+    "backup",
+    "restore",
 )
 MAX_ATTEMPTS = 3
 

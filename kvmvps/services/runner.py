@@ -18,7 +18,16 @@ from kvmvps import interrupt, logs
 from kvmvps.errors import KvmvpsError, NotFound
 from kvmvps.interrupt import Interrupted
 from kvmvps.models import Host, Job, JobState, Vps, VpsState
-from kvmvps.services import Context, credentials, forwards, jobs, provisioning, rescue
+from kvmvps.services import (
+    Context,
+    backup_work,
+    backups,
+    credentials,
+    forwards,
+    jobs,
+    provisioning,
+    rescue,
+)
 from kvmvps.services import vps as vps_service
 from kvmvps.services.jobs import Claimed, JobView
 
@@ -96,6 +105,16 @@ def _shutdown(ctx: Context, c: Claimed, jc: JobControl) -> None:
 def _delete(ctx: Context, c: Claimed, jc: JobControl) -> None:
     with contextlib.suppress(NotFound):  # deleted already (a resumed job)
         provisioning.delete(ctx, _vps(c))
+    if c.params.get("drop_backups"):
+        backups.drop_all(ctx, _vps(c))
+
+
+def _backup(ctx: Context, c: Claimed, jc: JobControl) -> None:
+    backup_work.run_backup(ctx, _vps(c), str(c.params.get("backup", "")), jc.progress)
+
+
+def _restore(ctx: Context, c: Claimed, jc: JobControl) -> None:
+    backup_work.run_restore(ctx, _vps(c), str(c.params.get("backup", "")))
 
 
 def _suspend(ctx: Context, c: Claimed, jc: JobControl) -> None:
@@ -148,6 +167,8 @@ HANDLERS: dict[str, Handler] = {
     "edge": _edge,
     "rescue": _rescue,
     "unrescue": _simple(rescue.leave),
+    "backup": _backup,
+    "restore": _restore,
 }
 
 

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from sqlalchemy import select, update
 
 from kvmvps.cli.main import cli
-from kvmvps.models import ApiToken, Job, Vps
+from kvmvps.models import ApiToken, Backup, Job, Vps
 from kvmvps.services import Context, audit, jobs
 from tests.badinput import _env_of, create_args, run_cli
 from tests.unit.test_admin_cli import ACTOR, PASSWORD, node_uri
@@ -38,6 +38,11 @@ def _last_job(ctx: Context, _tmp: Path) -> list[str]:
         return ["jobs", "show", s.scalar(select(Job.uuid).order_by(Job.id.desc()))]
 
 
+def _last_backup(ctx: Context, _tmp: Path) -> list[str]:
+    with ctx.db.session() as s:
+        return ["vps", "backup", "delete", "web1", s.scalar(select(Backup.uuid))]
+
+
 def _expire_web2(ctx: Context, _tmp: Path) -> list[str]:
     with ctx.db.session() as s:
         s.execute(
@@ -53,6 +58,11 @@ WALK: list[tuple[Args, str | None]] = [
     (["plan", "edit", "big", "--cpu-quota-pct", "50"], "plan.edit"),
     (["plan", "edit", "big"], "plan.edit"),  # refused by the service: nothing to change
     (["plan", "list"], None),
+    (
+        ["plan", "backups", "big", "--slots", "3", "--schedule", "daily", "--keep", "2"],
+        "plan.backups",
+    ),
+    (["plan", "backups", "big", "--keep", "9"], "plan.backups"),  # refused: more than the slots
     (lambda ctx, tmp: ["image", "add", "img2", str(tmp / "base.qcow2")], "image.add"),
     (["image", "list"], None),
     (["image", "build-tiny", "bad name"], "image.build-tiny"),
@@ -123,6 +133,10 @@ WALK: list[tuple[Args, str | None]] = [
     (["vps", "rescue", "web1"], "vps.rescue"),
     (["vps", "reinstall", "web1", "--yes"], "vps.reinstall"),  # refused: in rescue mode
     (["vps", "unrescue", "web1"], "vps.unrescue"),
+    (["vps", "backup", "create", "web1"], "vps.backup.create"),  # queued; the copy fails here
+    (["vps", "backup", "list", "web1"], None),
+    (["vps", "backup", "restore", "web1", "nope", "--yes"], "vps.backup.restore"),
+    (_last_backup, "vps.backup.delete"),
     (["vps", "reinstall", "web1", "--yes"], "vps.reinstall"),
     (["vps", "password-reset", "web1"], "vps.password-reset"),
     (["vps", "reboot", "nope"], "vps.reboot"),

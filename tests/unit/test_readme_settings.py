@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # tuning knobs for tests and benchmarks, deliberately left out of the operators' table
 INTERNAL = {"extra", "worker_heartbeat_seconds", "worker_poll_seconds"}
 # defaults computed from other settings: the table describes them in words
-DERIVED = {"database_url", "cache_dir", "proxy_dir"}
+DERIVED = {"database_url", "cache_dir", "proxy_dir", "backup_dir"}
 
 
 def _table() -> dict[str, str]:

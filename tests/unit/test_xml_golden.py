@@ -12,6 +12,7 @@ from kvmvps.config import load_settings
 from kvmvps.errors import InvalidInput, XmlValidationError
 from kvmvps.limits import PlanLimits
 from kvmvps.xmlspec import (
+    BackupSpec,
     Bandwidth,
     BandwidthLimit,
     BridgeNetworkSpec,
@@ -210,6 +211,13 @@ NETWORK_VARIANTS = {
         )
     ),
     "pool_dir.xml": lambda: xmlrender.pool_xml("kvmvps", "/var/lib/kvmvps/pool"),
+    "backup_push.xml": lambda: xmlrender.backup_xml(
+        BackupSpec(
+            "vda",
+            "/var/lib/kvmvps/backups/6f1c1b2e-6a55-4a8e-9a59-0c3b1b7a2d10.qcow2.part",
+            ("vdb",),
+        )
+    ),
 }
 
 

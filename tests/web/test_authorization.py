@@ -15,9 +15,12 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import update
 
-from kvmvps.services import hosts, inventory, tokens, users
-from tests.web.conftest import OP, PASSWORD, A, B, World, csrf_token
+from kvmvps import backupstore
+from kvmvps.models import Backup, BackupState
+from kvmvps.services import backups, hosts, inventory, tokens, users
+from tests.web.conftest import OP, PASSWORD, A, B, World, csrf_token, finish_job
 
 ROLES = ("anon", "a", "b", "op")
 EMAILS = {"anon": None, "a": A, "b": B, "op": OP}
@@ -64,6 +67,24 @@ def a_vps(w: World, s: Shared) -> dict[str, Any]:
 
 def fresh_a_vps(**more: Any) -> Args:
     return lambda w, s: {"id": w.order(A).uuid, **more}
+
+
+def fresh_a_backup(w: World, s: Shared) -> dict[str, Any]:
+    """A fresh VPS of A's with one ready backup and no job pending."""
+    vps = w.order(A).uuid
+    made = backups.create(w.ctx, vps)
+    finish_job(w.ctx, made.job)
+    root = w.ctx.settings.backup_path
+    backupstore.ensure_dir(root)
+    backupstore.partial_path(root, made.backup).write_bytes(b"qcow2 stand-in")
+    size = backupstore.finish(root, made.backup, {})
+    with w.ctx.db.session() as session:
+        session.execute(
+            update(Backup)
+            .where(Backup.uuid == made.backup)
+            .values(state=BackupState.READY, size_bytes=size)
+        )
+    return {"id": vps, "backup": made.backup}
 
 
 def a_job(w: World, s: Shared) -> dict[str, Any]:
@@ -182,6 +203,19 @@ TABLE: dict[tuple[str, str], Case] = {
     ("api.server_metrics", "GET"): Case(api(200, 404, 200), a_vps),
     # no KVMVPS_METRICS_TOKEN here: the page does not exist for anyone (test_metrics.py)
     ("metrics.metrics", "GET"): Case(every(404)),
+    ("api.list_backups", "GET"): Case(api(200, 404, 200), a_vps),
+    ("api.create_backup", "POST"): Case(api(202, 404, 202), fresh_a_vps()),
+    ("api.restore_backup", "POST"): Case(api(202, 404, 202), fresh_a_backup),
+    ("api.delete_backup", "DELETE"): Case(api(200, 404, 200), fresh_a_backup),
+    ("dashboard.backup_create", "POST"): Case(
+        site(302, 404, 404), fresh_a_vps(), form=lambda w: {}
+    ),
+    ("dashboard.backup_restore", "POST"): Case(
+        site(302, 404, 404), fresh_a_backup, form=lambda w: {}
+    ),
+    ("dashboard.backup_delete", "POST"): Case(
+        site(302, 404, 404), fresh_a_backup, form=lambda w: {}
+    ),
 }
 
 
