@@ -398,8 +398,14 @@ class Hypervisor:
             return False
         return True
 
-    def start(self, name: str) -> None:
-        self._domain(name, "start", lambda d: d.create())
+    def start(self, name: str, paused: bool = False) -> None:
+        """Start the domain; ``paused``: with its vCPUs stopped until :meth:`resume`."""
+        flags = libvirt.VIR_DOMAIN_START_PAUSED if paused else 0
+        self._domain(name, "start", lambda d: d.createWithFlags(flags))
+
+    def open_console(self, name: str) -> ConsoleStream:
+        """The domain's serial console (see :class:`ConsoleStream`)."""
+        return ConsoleStream(self.uri, name)
 
     def shutdown(self, name: str) -> None:
         """Ask the guest to power off (ACPI power button: our domains have no agent)."""
@@ -651,7 +657,8 @@ class ConsoleStream:
         self._conn: libvirt.virConnect | None = None
         try:
             self._conn = libvirt.open(uri)
-            self._conn.setKeepAlive(5, 3)
+            with contextlib.suppress(libvirt.libvirtError):  # drivers without keepalive
+                self._conn.setKeepAlive(5, 3)
             dom = self._conn.lookupByName(domain)
             self._stream = self._conn.newStream(libvirt.VIR_STREAM_NONBLOCK)
             dom.openConsole(None, self._stream, libvirt.VIR_DOMAIN_CONSOLE_FORCE)
