@@ -16,6 +16,7 @@ from kvmvps import validation
 from kvmvps.errors import Conflict, InvalidInput
 from kvmvps.services import actions, jobs, provisioning, tokens, views
 from kvmvps.services import vps as vps_service
+from web import console
 from web.common import WebUser, services, write_turn
 from web.openapi import spec
 
@@ -216,6 +217,12 @@ def _ask(ref: str, action: str, data: dict[str, Any]) -> actions.Requested:
             timeout=timeout,
             force=force,
         )
+
+
+@bp.post("/servers/<id>/console")
+def server_console(id: str) -> ResponseReturnValue:
+    """A one-use ticket and the WebSocket URL of the server's serial console."""
+    return jsonify(console.ticket_for(_user(), id))
 
 
 # -- catalogue and jobs ------------------------------------------------------------

@@ -163,10 +163,11 @@ def _load_user(session_id: str) -> WebUser | None:
 
 
 def _register_blueprints(app: Flask) -> None:
-    from web import account, admin, api, auth, dashboard, public
+    from web import account, admin, api, auth, console, dashboard, public
 
     for module in (public, auth, dashboard, account, admin):
         app.register_blueprint(module.bp)
+    console.init_app(app)
     app.register_blueprint(api.bp, url_prefix="/api/v1")
     csrf.exempt(api.bp)
 
