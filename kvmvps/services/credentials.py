@@ -97,7 +97,7 @@ def read_host_key(b: Build) -> None:
     if b.facts.cloud_init or not b.facts.credentials:
         return
     if b.console is not None:
-        key = host_key_from_console(b.console, b.deadline)
+        key = host_key_from_console(b.console, b.deadline, Path(b.facts.console_log))
         b.close_console()
     else:
         key = guest.wait_for_console_host_key(Path(b.facts.console_log), b.deadline)
@@ -105,21 +105,31 @@ def read_host_key(b: Build) -> None:
     _pin(b.ctx, b.facts.vps_id, key)
 
 
+def _keys_in_log(path: Path) -> list[str]:
+    try:
+        return guest.parse_console_host_keys(path.read_text(errors="replace"))
+    except OSError:
+        return []  # a remote host's log is on that host
+
+
 CONSOLE_KEEP = 256 * 1024  # the tail of the boot output searched for the key block
 
 
-def host_key_from_console(stream: ConsoleStream, deadline: float) -> str:
-    """Read the console until the guest has printed its host keys; the preferred one."""
+def host_key_from_console(stream: ConsoleStream, deadline: float, log_path: Path) -> str:
+    """Read the console until the guest has printed its host keys; the preferred one.
+
+    Where the host is this machine, the console's log file is looked at too.
+    """
     text = ""
     while True:
         interrupt.check()
         data = stream.read(0.2)
         if data:
             text = (text + data.decode("utf-8", errors="replace"))[-CONSOLE_KEEP:]
-            keys = guest.parse_console_host_keys(text)
-            if keys:
-                return guest.preferred_key(keys)
-        elif data == b"":
+        keys = guest.parse_console_host_keys(text) or _keys_in_log(log_path)
+        if keys:
+            return guest.preferred_key(keys)
+        if data == b"":
             raise GuestError("the serial console closed before the guest printed its SSH host key")
         if time.monotonic() >= deadline:
             raise GuestError("the guest never printed its SSH host key on the serial console")
