@@ -10,11 +10,13 @@ production server (gunicorn).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,8 +24,10 @@ from pathlib import Path
 
 import pytest
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
+from kvmvps.cli.vps_extra_cmds import relay
 from kvmvps.hypervisor import ConsoleStream
 from kvmvps.services import Context, audit, console, inventory, users
 from tests.badinput import _env_of, create_args, run_cli
@@ -124,6 +128,31 @@ def test_console_over_qemu_ssh_with_an_audited_session(
     assert entries[0]["target"] == "console1" and guest["id"] in (entries[0]["detail"] or "")
 
 
+def test_the_cli_relay_over_the_stream(real_ctx: Context, guest: dict) -> None:
+    """``vps console``'s relay: keystrokes from a file descriptor, output to another."""
+    keys_r, keys_w = os.pipe()
+    out_r, out_w = os.pipe()
+    os.set_blocking(out_r, False)
+    target = console.console_target(real_ctx, guest["hostname"])
+    out: list[bytes] = []
+
+    def read() -> str:
+        with contextlib.suppress(BlockingIOError):
+            while chunk := os.read(out_r, 65536):
+                out.append(chunk)
+        return b"".join(out).decode(errors="replace")
+
+    with console.open_session(real_ctx, target, "os:console-test") as session:
+        relaying = threading.Thread(target=relay, args=(session, keys_r, out_w), daemon=True)
+        relaying.start()
+        log_in_and_run(read, lambda text: os.write(keys_w, text.encode()), guest)
+        os.write(keys_w, b"\x1d")  # Ctrl+] leaves
+        relaying.join(timeout=10)
+        assert not relaying.is_alive()
+    for fd in (keys_r, keys_w, out_r, out_w):
+        os.close(fd)
+
+
 def _browser_console(driver, base: str, vps: dict, name: str) -> None:
     driver.get(base + "/login")
     fill(driver, email=vps["email"], password=PASSWORD)
@@ -144,7 +173,7 @@ def _browser_console(driver, base: str, vps: dict, name: str) -> None:
         return str(driver.execute_script(READ_SCREEN))
 
     keys = driver.find_element(By.CSS_SELECTOR, "textarea.xterm-helper-textarea")
-    log_in_and_run(read, keys.send_keys, vps)
+    log_in_and_run(read, lambda text: keys.send_keys(text.replace("\r", Keys.ENTER)), vps)
     shot(driver, name)
 
 
