@@ -62,7 +62,11 @@ def guest(real_ctx: Context, tiny_image: str) -> Iterator[dict]:
         inventory.add_plan(real_ctx, "small", 1, 256, 1, price_cents=500)
     email = f"console-{uuid.uuid4().hex[:8]}@example.com"
     users.add_user(real_ctx, email, PASSWORD)
-    result = run_cli(real_ctx, *create_args("small", "tiny", "console1", "--owner", email))
+    result = run_cli(  # a loaded CI machine may take minutes to boot a guest under TCG
+        real_ctx,
+        *create_args("small", "tiny", "console1", "--owner", email),
+        extra_env={"KVMVPS_SSH_TIMEOUT": "300"},
+    )
     assert result.exit_code == 0, result.stderr
     vps = {**json.loads(result.stdout), "email": email}
     yield vps
