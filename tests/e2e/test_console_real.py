@@ -216,7 +216,8 @@ def tls_site(real_ctx: Context, tmp_path: Path) -> Iterator[str]:
     }
     gunicorn_log = tmp_path / "gunicorn.log"
     server = subprocess.Popen(
-        [sys.executable, "-m", "kvmvps.cli.main", "serve", "--production", "--workers", "1"]
+        [sys.executable, "-c", "from kvmvps.cli.main import main; main()"]
+        + ["serve", "--production", "--workers", "1"]
         + ["--port", str(web)],
         env=env,
         stdout=gunicorn_log.open("wb"),
