@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -250,8 +251,9 @@ def tls_site(real_ctx: Context, tmp_path: Path) -> Iterator[str]:
         _wait_port(tls, proxy, haproxy_log)
         yield f"https://127.0.0.1:{tls}"
     finally:
+        proxy.terminate()
+        server.send_signal(signal.SIGINT)  # gunicorn's quick stop: no grace for open sockets
         for proc in (proxy, server):
-            proc.terminate()
             proc.wait(timeout=30)
 
 
