@@ -556,11 +556,16 @@ class Hypervisor:
         """Every domain whose name starts with ``prefix``, with its state."""
 
         def listing(conn: libvirt.virConnect) -> dict[str, str]:
-            return {
-                dom.name(): DOMAIN_STATES[dom.state()[0]]
-                for dom in conn.listAllDomains(0)
-                if dom.name().startswith(prefix)
-            }
+            found = {}
+            for dom in conn.listAllDomains(0):
+                if not dom.name().startswith(prefix):
+                    continue
+                try:
+                    found[dom.name()] = DOMAIN_STATES[dom.state()[0]]
+                except libvirt.libvirtError as exc:  # undefined since it was listed
+                    if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                        raise
+            return found
 
         return self._call("list domains", listing)
 
