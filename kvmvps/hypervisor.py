@@ -8,7 +8,9 @@ own exceptions, and nothing libvirt-typed leaves this module.
 from __future__ import annotations
 
 import contextlib
+import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -483,8 +485,14 @@ class Hypervisor:
             return False
         return True
 
-    def start(self, name: str) -> None:
-        self._domain(name, "start", lambda d: d.create())
+    def start(self, name: str, paused: bool = False) -> None:
+        """Start the domain; ``paused``: with its vCPUs stopped until :meth:`resume`."""
+        flags = libvirt.VIR_DOMAIN_START_PAUSED if paused else 0
+        self._domain(name, "start", lambda d: d.createWithFlags(flags))
+
+    def open_console(self, name: str) -> ConsoleStream:
+        """The domain's serial console (see :class:`ConsoleStream`)."""
+        return ConsoleStream(self.uri, name)
 
     def shutdown(self, name: str) -> None:
         """Ask the guest to power off (ACPI power button: our domains have no agent)."""
@@ -696,11 +704,16 @@ class Hypervisor:
         """Every domain whose name starts with ``prefix``, with its state."""
 
         def listing(conn: libvirt.virConnect) -> dict[str, str]:
-            return {
-                dom.name(): DOMAIN_STATES[dom.state()[0]]
-                for dom in conn.listAllDomains(0)
-                if dom.name().startswith(prefix)
-            }
+            found = {}
+            for dom in conn.listAllDomains(0):
+                if not dom.name().startswith(prefix):
+                    continue
+                try:
+                    found[dom.name()] = DOMAIN_STATES[dom.state()[0]]
+                except libvirt.libvirtError as exc:  # undefined since it was listed
+                    if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                        raise
+            return found
 
         return self._call("list domains", listing)
 
@@ -782,3 +795,118 @@ class LifecycleWatch:
             self._conn.close()
         except libvirt.libvirtError:
             pass
+
+
+# -- serial console ----------------------------------------------------------
+_STREAM_END = libvirt.VIR_STREAM_EVENT_ERROR | libvirt.VIR_STREAM_EVENT_HANGUP
+_STREAM_EVENTS = libvirt.VIR_STREAM_EVENT_READABLE | _STREAM_END
+WRITE_TIMEOUT = 10.0
+
+
+class ConsoleStream:
+    """A guest's serial console through ``virDomainOpenConsole`` on a libvirt stream.
+
+    The stream is non-blocking and driven by libvirt's event loop, on a
+    connection of its own (so ``qemu+ssh://`` hosts work the same as local
+    ones, and closing it never disturbs the shared connection). Output waits in
+    a queue for :meth:`read`; :meth:`write` sends keystrokes. Opening takes the
+    console over from any other session (``VIR_DOMAIN_CONSOLE_FORCE``): that
+    one ends, so a reconnecting browser is never locked out by its own ghost.
+    """
+
+    def __init__(self, uri: str, domain: str) -> None:
+        _start_event_loop()
+        self.domain = domain
+        self._output: queue.Queue[bytes | None] = queue.Queue()
+        self._lock = threading.Lock()
+        self._ended = False
+        self._conn: libvirt.virConnect | None = None
+        try:
+            self._conn = libvirt.open(uri)
+            with contextlib.suppress(libvirt.libvirtError):  # drivers without keepalive
+                self._conn.setKeepAlive(5, 3)
+            dom = self._conn.lookupByName(domain)
+            self._stream = self._conn.newStream(libvirt.VIR_STREAM_NONBLOCK)
+            dom.openConsole(None, self._stream, libvirt.VIR_DOMAIN_CONSOLE_FORCE)
+            self._stream.eventAddCallback(_STREAM_EVENTS, self._on_event, None)
+        except libvirt.libvirtError as exc:
+            self.close()
+            raise translate(exc, f"console of {domain}") from None
+
+    def _on_event(self, stream: Any, events: int, _opaque: Any) -> None:
+        """In the event loop's thread: move what the guest wrote into the queue."""
+        if events & libvirt.VIR_STREAM_EVENT_READABLE:
+            while True:
+                try:
+                    data = stream.recv(65536)
+                except libvirt.libvirtError:
+                    self._end()
+                    return
+                if data == -2:  # nothing more for now
+                    break
+                if not data:
+                    self._end()
+                    return
+                self._output.put(bytes(data))
+        if events & _STREAM_END:
+            self._end()
+
+    def _end(self) -> None:
+        with self._lock:
+            if self._ended:
+                return
+            self._ended = True
+        with contextlib.suppress(libvirt.libvirtError):
+            self._stream.eventRemoveCallback()
+        self._output.put(None)
+
+    @property
+    def ended(self) -> bool:
+        return self._ended
+
+    def read(self, timeout: float) -> bytes | None:
+        """The guest's next output; None when nothing came within ``timeout``, b"" at the end."""
+        try:
+            data = self._output.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if data is None:
+            self._output.put(None)  # every later read sees the end too
+            return b""
+        return data
+
+    def write(self, data: bytes) -> None:
+        """Send ``data`` to the guest; raise :class:`HypervisorError` once the console ended."""
+        deadline = time.monotonic() + WRITE_TIMEOUT
+        while data:
+            if self._ended:
+                raise HypervisorError(f"the console of {self.domain} has closed")
+            try:
+                sent = self._stream.send(data)
+            except libvirt.libvirtError as exc:
+                self._end()
+                raise translate(exc, f"console of {self.domain}") from None
+            if sent == -2:
+                if time.monotonic() > deadline:
+                    raise HypervisorError(f"the console of {self.domain} takes no input")
+                time.sleep(0.01)
+                continue
+            data = data[sent:]
+
+    def close(self) -> None:
+        """End the session (idempotent); the guest keeps running."""
+        if self._conn is None:
+            return
+        if hasattr(self, "_stream"):
+            self._end()
+            with contextlib.suppress(libvirt.libvirtError):
+                self._stream.abort()
+        conn, self._conn = self._conn, None
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.close()
+
+    def __enter__(self) -> ConsoleStream:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()

@@ -447,6 +447,20 @@ class ApiToken(Base):
     user: Mapped[User] = relationship()
 
 
+class ConsoleTicket(Base):
+    """A one-use pass to one VPS's console for one user; only its SHA-256 is stored."""
+
+    __tablename__ = "console_tickets"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ticket_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # no foreign keys: a ticket outliving its user or VPS is simply refused
+    user_id: Mapped[int] = mapped_column(Integer)
+    vps_uuid: Mapped[str] = mapped_column(String(36))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
 class AuditEntry(Base):
     """Who did what to which object, when, and how it ended."""
 

@@ -25,6 +25,7 @@ from kvmvps.services import (
     views,
 )
 from kvmvps.services import vps as vps_service
+from web import console
 from web.common import WebUser, services, write_turn
 from web.openapi import spec
 
@@ -296,6 +297,12 @@ def delete_backup(id: str, backup: str) -> ResponseReturnValue:
     with write_turn():
         gone = backups.delete(services(), id, backup, actor=_user().actor, owner_id=_scope())
     return jsonify(gone)
+
+
+@bp.post("/servers/<id>/console")
+def server_console(id: str) -> ResponseReturnValue:
+    """A one-use ticket and the WebSocket URL of the server's serial console."""
+    return jsonify(console.ticket_for(_user(), id))
 
 
 # -- catalogue and jobs ------------------------------------------------------------

@@ -174,10 +174,11 @@ def _load_user(session_id: str) -> WebUser | None:
 
 
 def _register_blueprints(app: Flask) -> None:
-    from web import account, admin, api, auth, dashboard, metrics, public, security
+    from web import account, admin, api, auth, console, dashboard, metrics, public, security
 
     for module in (public, auth, dashboard, account, security, admin, metrics):
         app.register_blueprint(module.bp)
+    console.init_app(app)
     app.register_blueprint(api.bp, url_prefix="/api/v1")
     csrf.exempt(api.bp)
 

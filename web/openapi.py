@@ -264,6 +264,19 @@ SCHEMAS: dict[str, Any] = {
             "credentials": {**BOOL, "description": "Whether kvmvps sets a password for the login."},
         },
     },
+    "ConsoleTicket": {
+        "type": "object",
+        "description": (
+            "Open the WebSocket at url before expires_at, once. Output comes as binary "
+            "messages; send keystrokes as text (or binary) messages. A browser must connect "
+            "from this site's own pages (the Origin header is checked)."
+        ),
+        "properties": {
+            "server": {**STR, "format": "uuid"},
+            "url": {**STR, "description": "ws:// or wss:// URL, the one-use ticket included."},
+            "expires_at": {**STR, "format": "date-time"},
+        },
+    },
     "Job": {
         "type": "object",
         "properties": {
@@ -438,6 +451,18 @@ def _paths() -> dict[str, Any]:
             ),
         },
         **_backup_paths(not_found),
+        "/servers/{id}/console": {
+            "parameters": [SERVER_ID],
+            "post": _op(
+                "A one-use ticket to the server's serial console (valid for about 30 s)",
+                {
+                    "200": _json(_ref("ConsoleTicket"), "The WebSocket URL and its expiry."),
+                    "403": _json(ERR, "The server is suspended."),
+                    **not_found,
+                    "409": _json(ERR, "The server is not running."),
+                },
+            ),
+        },
         "/plans": {
             "get": _op(
                 "The plans on sale",

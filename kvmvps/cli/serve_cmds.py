@@ -1,7 +1,8 @@
 """``serve``: the customer website and REST API.
 
-Flask's development server by default; gunicorn (threaded workers, one
-services context per worker process) with ``--production``.
+Flask's development server by default; gunicorn (threaded ``gthread``
+workers, one services context per worker process) with ``--production``.
+Both carry the console's WebSockets (flask-sock).
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ import click
 from kvmvps.cli.context import Obj, pass_obj
 
 DEFAULT_PORT = 8000
+# gthread workers carry WebSockets: an open console holds one thread of its worker
+# (the rest keep answering pages), so every worker gets plenty of them
+DEFAULT_THREADS = 32
 
 
 def default_workers() -> int:
@@ -70,9 +74,9 @@ def run_gunicorn(host: str, port: int, workers: int, threads: int) -> None:
 @click.option(
     "--threads",
     type=click.IntRange(1, 64),
-    default=8,
+    default=DEFAULT_THREADS,
     show_default=True,
-    help="Threads per gunicorn process.",
+    help="Threads per gunicorn process (each open console holds one).",
 )
 @pass_obj
 def serve_cmd(

@@ -11,8 +11,9 @@ import logging
 import time
 from pathlib import Path
 
-from kvmvps import cloudinit, guest, keys, xmlrender
+from kvmvps import cloudinit, guest, interrupt, keys, xmlrender
 from kvmvps.errors import Conflict, GuestError, HostKeyMismatch, NotFound
+from kvmvps.hypervisor import ConsoleStream
 from kvmvps.interrupt import Interrupted
 from kvmvps.models import Vps, VpsState
 from kvmvps.services import Context
@@ -69,13 +70,69 @@ def remove_seed(b: Build) -> None:
     _pin(b.ctx, b.facts.vps_id, None)
 
 
+def start_watching_console(b: Build) -> None:
+    """Start the guest; an image without cloud-init is started paused, its console attached.
+
+    Attaching before the first instruction runs means nothing the guest prints
+    at boot is missed, whether the host is local or reached over SSH.
+    """
+    f = b.facts
+    if f.cloud_init or not f.credentials:
+        b.hv.start(f.domain)
+        return
+    b.hv.start(f.domain, paused=True)
+    b.close_console()
+    try:
+        b.console = b.hv.open_console(f.domain)
+    finally:
+        b.hv.resume(f.domain)
+
+
 def read_host_key(b: Build) -> None:
-    """Other images: read the host key the guest prints on its serial console."""
+    """Other images: read the host key the guest prints on its serial console.
+
+    From the console stream attached at boot; a resumed build whose guest was
+    already running reads the local console log instead (local hosts only).
+    """
     if b.facts.cloud_init or not b.facts.credentials:
         return
-    key = guest.wait_for_console_host_key(Path(b.facts.console_log), b.deadline)
+    if b.console is not None:
+        key = host_key_from_console(b.console, b.deadline, Path(b.facts.console_log))
+        b.close_console()
+    else:
+        key = guest.wait_for_console_host_key(Path(b.facts.console_log), b.deadline)
     b.host_key = key
     _pin(b.ctx, b.facts.vps_id, key)
+
+
+def _keys_in_log(path: Path) -> list[str]:
+    try:
+        return guest.parse_console_host_keys(path.read_text(errors="replace"))
+    except OSError:
+        return []  # a remote host's log is on that host
+
+
+CONSOLE_KEEP = 256 * 1024  # the tail of the boot output searched for the key block
+
+
+def host_key_from_console(stream: ConsoleStream, deadline: float, log_path: Path) -> str:
+    """Read the console until the guest has printed its host keys; the preferred one.
+
+    Where the host is this machine, the console's log file is looked at too.
+    """
+    text = ""
+    while True:
+        interrupt.check()
+        data = stream.read(0.2)
+        if data:
+            text = (text + data.decode("utf-8", errors="replace"))[-CONSOLE_KEEP:]
+        keys = guest.parse_console_host_keys(text) or _keys_in_log(log_path)
+        if keys:
+            return guest.preferred_key(keys)
+        if data == b"":
+            raise GuestError("the serial console closed before the guest printed its SSH host key")
+        if time.monotonic() >= deadline:
+            raise GuestError("the guest never printed its SSH host key on the serial console")
 
 
 def forget_host_key(b: Build) -> None:

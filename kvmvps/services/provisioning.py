@@ -325,13 +325,14 @@ def _undefine(b: Build) -> None:
 
 def _start(b: Build) -> None:
     if b.hv.state(b.facts.domain) != "running":
-        b.hv.start(b.facts.domain)
+        credentials.start_watching_console(b)
     b.deadline = time.monotonic() + b.ctx.settings.ssh_timeout
     if b.job_deadline is not None:
         b.deadline = min(b.deadline, b.job_deadline)
 
 
 def _stop(b: Build) -> None:
+    b.close_console()
     if b.hv.domain_exists(b.facts.domain) and b.hv.state(b.facts.domain) != "shut off":
         b.hv.destroy(b.facts.domain)
 
@@ -382,6 +383,18 @@ def build(
     """
     b = _load(ctx, uuid, deadline)
     _set_state(ctx, b.facts.vps_id, VpsState.BUILDING)
+    try:
+        return _run_steps(b, progress, checkpoint, deadline)
+    finally:
+        b.close_console()
+
+
+def _run_steps(
+    b: Build,
+    progress: Progress | None,
+    checkpoint: Callable[[], None] | None,
+    deadline: float | None,
+) -> dict[str, float]:
     done: list[Step] = []
     for index, step in enumerate(STEPS):
         if checkpoint:
@@ -401,7 +414,7 @@ def build(
         b.timings[step.name] = time.perf_counter() - started
         _log_step(step.name, b.timings[step.name])
         done.append(step)
-    _set_state(ctx, b.facts.vps_id, VpsState.RUNNING)
+    _set_state(b.ctx, b.facts.vps_id, VpsState.RUNNING)
     return b.timings
 
 

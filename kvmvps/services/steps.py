@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from kvmvps.hypervisor import Hypervisor
+from kvmvps.hypervisor import ConsoleStream, Hypervisor
 from kvmvps.interrupt import Interrupted
 from kvmvps.services import Context
 from kvmvps.services.facts import VpsFacts
@@ -54,11 +54,17 @@ class Build:
     deadline: float = 0.0
     job_deadline: float | None = None
     dhcp: Background | None = None
+    console: ConsoleStream | None = None  # the serial console, attached from the first boot
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def hv(self) -> Hypervisor:
         return self.ctx.hypervisor(self.facts.host_uri)
+
+    def close_console(self) -> None:
+        console, self.console = self.console, None
+        if console is not None:
+            console.close()
 
 
 @dataclass(frozen=True)

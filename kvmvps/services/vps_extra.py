@@ -25,15 +25,6 @@ MAX_LOG_BYTES = 4 << 20
 
 
 # -- console -----------------------------------------------------------------
-def console_command(ctx: Context, ref: str) -> list[str]:
-    """The argument list that attaches a terminal to the VPS's serial console."""
-    with ctx.db.session() as s:
-        vps = resolve(s, ref)
-        if vps.state not in (VpsState.RUNNING, VpsState.SUSPENDED):
-            raise Conflict(f"{vps.hostname} is {vps.state}; start it to reach its console")
-        return ["virsh", "-c", vps.host.uri, "console", vps.domain_name]
-
-
 def console_log_path(ctx: Context, ref: str) -> tuple[str, Path]:
     """The VPS's hostname and the file its serial console is logged to."""
     with ctx.db.session() as s:

@@ -116,7 +116,7 @@ def site(real_ctx: Context, browser_plan: str) -> Iterator[str]:
     worker_ctx.close()
 
 
-def new_browser(profile: Path) -> webdriver.Chrome:
+def new_browser(profile: Path, *extra: str) -> webdriver.Chrome:
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for arg in (
@@ -130,6 +130,7 @@ def new_browser(profile: Path) -> webdriver.Chrome:
         "--disable-dev-shm-usage",
         f"--user-data-dir={profile}",
         "--window-size=1280,900",
+        *extra,
     ):
         options.add_argument(arg)
     service = webdriver.ChromeService(executable_path=CHROMEDRIVER)

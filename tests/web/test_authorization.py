@@ -216,6 +216,11 @@ TABLE: dict[tuple[str, str], Case] = {
     ("dashboard.backup_delete", "POST"): Case(
         site(302, 404, 404), fresh_a_backup, form=lambda w: {}
     ),
+    ("api.server_console", "POST"): Case(api(200, 404, 200), a_vps),
+    ("console.page", "GET"): Case(site(200, 404, 200), a_vps),
+    ("console.ticket", "POST"): Case(site(200, 404, 200, anon=401), a_vps, form=lambda w: {}),
+    # no ticket: refused for everyone (the tickets' own tests are in test_console_tickets.py)
+    ("console.websocket", "GET"): Case(every(403)),
 }
 
 
