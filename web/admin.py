@@ -37,6 +37,7 @@ from kvmvps.services import (
     suspension,
     usage,
     views,
+    vps_extra,
 )
 from kvmvps.services import hosts as host_service
 from kvmvps.services import users as user_service
@@ -136,6 +137,7 @@ def server(id: str) -> ResponseReturnValue:
         labels=ACTION_LABELS,
         plain=PLAIN,
         confirm=CONFIRM,
+        plans=[p["name"] for p in views.plan_views(services(), admin=True)],
     )
 
 
@@ -164,6 +166,22 @@ def power(id: str, action: str) -> ResponseReturnValue:
     ActionForm()  # the CSRF token was checked before the view
     vps = admin_views.vps_detail(services(), id)["vps"]
     return _request(vps, action, None)
+
+
+@bp.post("/servers/<id>/resize")
+def resize(id: str) -> ResponseReturnValue:
+    """Move the VPS to another plan (live for limits alone; other moves need it stopped)."""
+    ActionForm()  # the CSRF token was checked before the view
+    ctx = services()
+    vps = admin_views.vps_detail(ctx, id)["vps"]
+    plan = (request.form.get("plan") or "").strip()
+    try:
+        with write_turn():
+            shown = vps_extra.resize(ctx, vps["id"], plan, actor=current_user.actor)
+    except KvmvpsError as exc:
+        return _refused(exc, lambda: server(id))
+    flash(f"{shown['hostname']} now has plan {shown['plan']}.", "ok")
+    return redirect(url_for("admin.server", id=vps["id"]))
 
 
 @bp.route(
