@@ -14,6 +14,7 @@ from kvmvps.errors import (
     CapacityError,
     Conflict,
     Forbidden,
+    HypervisorError,
     HypervisorUnavailable,
     InvalidInput,
     KvmvpsError,
@@ -87,6 +88,8 @@ def status_for(exc: KvmvpsError) -> int:
         return 409
     if isinstance(exc, (CapacityError, HypervisorUnavailable)):
         return 503
+    if isinstance(exc, HypervisorError):
+        return 502  # the host refused what was asked: not this server's fault
     return 500
 
 
