@@ -71,8 +71,9 @@ def test_push_failing_half_way_rolls_back(
     real_run = guest.run
 
     def failing_run(client, script, args, stdin=b""):
-        if script == "chpasswd -e":
-            return real_run(client, "chpasswd -e", [], stdin=b"nosuchuser:$6$x$y\n")
+        if script == guest.PUSH_ALL:  # the hostname is set, then chpasswd fails (set -e)
+            keys = stdin.split(b"\n", 1)[1]
+            return real_run(client, script, args, stdin=b"nosuchuser:$6$x$y\n" + keys)
         return real_run(client, script, args, stdin)
 
     monkeypatch.setattr(guest, "run", failing_run)
