@@ -80,7 +80,8 @@ def start_watching_console(b: Build) -> None:
     if f.cloud_init or not f.credentials:
         b.hv.start(f.domain)
         return
-    b.hv.start(f.domain, paused=True)
+    if not b.hv.start(f.domain, paused=True):
+        return  # this host cannot start it paused: the key is read from the console log
     b.close_console()
     try:
         b.console = b.hv.open_console(f.domain)
