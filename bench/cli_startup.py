@@ -3,8 +3,10 @@
 Times whole processes, the median of N runs each: a bare ``python3 -c pass``
 (the floor every Python CLI pays), ``virsh list`` (libvirt's own CLI) and
 ``kvmvps-admin vps list`` / ``plan list`` against an initialised installation
-on libvirt's test driver. It prints each median and the ratio to the bare
-interpreter. It measures; it does not test.
+on libvirt's test driver, each run in-process (``KVMVPS_CLI_DIRECT=1``) and
+answered by a running worker (its control socket, ``kvmvps.cli.fastpath``),
+with the worker's own CPU per answer. It prints each median and the ratio to
+the bare interpreter. It measures; it does not test.
 
     .venv/bin/python bench/cli_startup.py [--runs 15]
 """
@@ -67,6 +69,26 @@ def installation(state: Path, vpses: int) -> dict[str, str]:
     return env
 
 
+def worker_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """A worker serving the installation's control socket; returns once it answers."""
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "kvmvps", "worker"], env=env, stderr=subprocess.DEVNULL
+    )
+    sock = Path(env["KVMVPS_STATE_DIR"]) / "control.sock"
+    deadline = time.monotonic() + 120
+    while not sock.exists():
+        if time.monotonic() > deadline or worker.poll() is not None:
+            raise RuntimeError("the worker did not open its control socket")
+        time.sleep(0.1)
+    return worker
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=15)
@@ -74,24 +96,42 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="kvmvps-clibench-") as tmp:
         env = {**os.environ, **installation(Path(tmp), args.vpses)}
-        admin = [sys.executable, "-m", "kvmvps.cli.main"]
-        rows = {
-            "python3 -c pass": [sys.executable, "-c", "pass"],
-            "virsh list": ["virsh", "-c", "qemu:///system", "list"],
-            "kvmvps-admin vps list": [*admin, "vps", "list"],
-            "kvmvps-admin vps list --json": [*admin, "vps", "list", "--json"],
-            "kvmvps-admin plan list": [*admin, "plan", "list"],
-            "kvmvps-admin --help": [*admin, "--help"],
+        direct = {**env, "KVMVPS_CLI_DIRECT": "1"}
+        admin = [sys.executable, "-m", "kvmvps"]
+        times = {
+            "python3 -c pass": median_seconds([sys.executable, "-c", "pass"], env, args.runs),
+            "virsh list": median_seconds(["virsh", "-c", "qemu:///system", "list"], env, args.runs),
         }
-        times = {name: median_seconds(cmd, env, args.runs) for name, cmd in rows.items()}
+        for label, argv in (
+            ("vps list", ["vps", "list"]),
+            ("vps list --json", ["vps", "list", "--json"]),
+            ("plan list", ["plan", "list"]),
+        ):
+            times[f"{label} (in-process)"] = median_seconds([*admin, *argv], direct, args.runs)
+        times["--help (in-process)"] = median_seconds([*admin, "--help"], direct, args.runs)
+        worker = start_worker(env)
+        try:
+            for label, argv in (
+                ("vps list", ["vps", "list"]),
+                ("vps list --json", ["vps", "list", "--json"]),
+                ("plan list", ["plan", "list"]),
+            ):
+                before = worker_cpu(worker.pid)
+                times[f"{label} (worker answers)"] = median_seconds([*admin, *argv], env, args.runs)
+                served = (worker_cpu(worker.pid) - before) / (args.runs + 1)
+                print(f"  worker CPU per answer to {label}: {served * 1000:.0f} ms")
+        finally:
+            worker.terminate()
+            worker.wait(timeout=60)
     floor_wall, floor_cpu = times["python3 -c pass"]
     print(f"median of {args.runs} runs, load average {os.getloadavg()[0]:.1f}")
     print(
-        f"  {'command':30} {'wall':>8} {'ratio':>6} {'CPU':>8} {'ratio':>6}  (ratio: to python3 -c pass)"
+        f"  {'command':34} {'wall':>8} {'ratio':>6} {'CPU':>8} {'ratio':>6}"
+        "  (ratio: to python3 -c pass)"
     )
     for name, (wall, cpu) in times.items():
         print(
-            f"  {name:30} {wall * 1000:6.0f}ms {wall / floor_wall:5.1f}x"
+            f"  {name:34} {wall * 1000:6.0f}ms {wall / floor_wall:5.1f}x"
             f" {cpu * 1000:6.0f}ms {cpu / floor_cpu:5.1f}x"
         )
 

@@ -137,6 +137,30 @@ def concurrency_chart(
     return _finish(fig, machine, path)
 
 
+def peer_chart(peer: dict[str, Any], machine: dict[str, Any], path: Path) -> Path:
+    """Grouped bars: a kvmvps order beside virt-install of the same image, per mark."""
+    labels, ours, peers = [], [], []
+    for name, data in peer["images"].items():
+        for mark, value in data["kvmvps"].items():
+            labels.append(f"{name}\n{mark.removeprefix('order to ')}")
+            ours.append(value)
+            peers.append(data["virt-install"][mark])
+    xs = list(range(len(labels)))
+    fig, ax = plt.subplots(figsize=(2.2 * len(labels) + 2, 4.5))
+    left = ax.bar([x - 0.2 for x in xs], ours, 0.4, label="kvmvps order", color="#4C72B0")
+    right = ax.bar(
+        [x + 0.2 for x in xs], peers, 0.4, label="virt-install --import + SSH", color="#999999"
+    )
+    ax.bar_label(left, fmt="%.1f s", fontsize=8)
+    ax.bar_label(right, fmt="%.1f s", fontsize=8)
+    ax.set_xticks(xs, labels, fontsize=8)
+    ax.set_ylabel("seconds from the order (median)")
+    ax.set_title("kvmvps beside virt-install: same image, same libvirtd")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return _finish(fig, machine, path)
+
+
 def all_charts(results: dict[str, Any], out_dir: Path) -> list[Path]:
     """Write every plot the results allow; return the files written."""
     written = []
@@ -148,4 +172,7 @@ def all_charts(results: dict[str, Any], out_dir: Path) -> list[Path]:
         written.append(
             concurrency_chart(conc["batches"], conc["machine"], out_dir / "concurrency.png")
         )
+    peer = results.get("peer", {})
+    if peer.get("images"):
+        written.append(peer_chart(peer, peer["machine"], out_dir / "peer.png"))
     return written

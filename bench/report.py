@@ -191,6 +191,38 @@ def concurrency_section(conc: dict[str, Any]) -> list[str]:
     )
 
 
+def peer_section(peer: dict[str, Any]) -> list[str]:
+    """A kvmvps order beside ``virt-install --import`` of the same image."""
+    head, done = _section("kvmvps beside virt-install", peer)
+    if done:
+        return head
+    rows = []
+    for name, data in peer["images"].items():
+        for mark, ours in data["kvmvps"].items():
+            theirs = data["virt-install"][mark]
+            rows.append(
+                [
+                    name,
+                    mark.removeprefix("order to "),
+                    fmt_s(ours),
+                    fmt_s(theirs),
+                    f"{theirs / ours:.2f}x",
+                ]
+            )
+    header = ["image", "from the order to", "kvmvps", "virt-install", "virt-install / kvmvps"]
+    return (
+        head
+        + _table(header, rows)
+        + [
+            "",
+            "- The peer: a qcow2 overlay on the same base image, `virt-install --import` with "
+            "the same memory, vCPUs, disk bus, network and kernel, then the same credentials by "
+            "hand (one OpenSSH command, then a password login). Runs alternate between the two "
+            "tools; medians.",
+        ]
+    )
+
+
 def control_section(cp: dict[str, Any]) -> list[str]:
     """``vps list`` and a reconcile pass at 1,000 VPSes."""
     head, done = _section("Control plane", cp)
@@ -339,6 +371,7 @@ def markdown(results: dict[str, Any]) -> str:
         steps_section(results.get("provisioning") or {}),
         latency_section(results.get("provisioning") or {}),
         concurrency_section(results.get("concurrency") or {}),
+        peer_section(results.get("peer") or {}),
         control_section(results.get("control_plane") or {}),
         web_section(results.get("web") or {}),
         density_section(results.get("density") or {}),

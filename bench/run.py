@@ -42,6 +42,7 @@ sys.path.insert(0, str(BENCH_DIR))
 
 import density  # noqa: E402
 import jobs as job_bench  # noqa: E402
+import peer  # noqa: E402
 import plots  # noqa: E402
 import report  # noqa: E402
 from provision import installation, machine, one_order, summarise, teardown  # noqa: E402
@@ -243,6 +244,9 @@ def measure(args: argparse.Namespace, p: Profile) -> dict[str, Any]:
             ctx,
             base,
             lambda: provisioning_runs(ctx, names, built, args.runs or p.runs),
+        )
+        results["peer"] = guarded(
+            "beside virt-install", ctx, base, lambda: peer.compare(ctx, names, args.runs or p.runs)
         )
         results["density"] = guarded("density", ctx, base, lambda: density_runs(ctx, names, p))
         results["concurrency"] = guarded(

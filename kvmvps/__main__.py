@@ -1,5 +1,5 @@
 """``python -m kvmvps`` is ``kvmvps-admin``."""
 
-from kvmvps.cli.main import main
+from kvmvps.cli.entry import main
 
 main()

@@ -8,7 +8,7 @@ PACKAGES=(
   qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
   dnsmasq-base iptables ebtables libvirt-daemon-config-nwfilter e2fsprogs cpio busybox-static dropbear-bin genisoimage
   debootstrap openssh-client sshpass kmod gcc python3-venv python3-dev postgresql haproxy iproute2
-  vagrant vagrant-libvirt openssh-server chromium chromium-driver fonts-dejavu-core
+  vagrant vagrant-libvirt virtinst openssh-server chromium chromium-driver fonts-dejavu-core
 )
 
 log() { printf '==> %s\n' "$*" >&2; }

@@ -8,6 +8,7 @@ import click
 
 from kvmvps import logs
 from kvmvps.cli.context import Obj, actor, json_option, pass_obj
+from kvmvps.cli.control import ControlServer
 from kvmvps.cli.output import emit_json, record, table
 from kvmvps.models import JobState
 from kvmvps.services import Context, hosts, jobs, reconcile
@@ -81,7 +82,21 @@ def worker_cmd(
     worker = Worker(ctx)
     worker.install_signal_handlers()
     worker.watch_events()
-    worker.run(max_jobs=max_jobs)
+    control = _control_server(ctx, agent_host)
+    try:
+        worker.run(max_jobs=max_jobs)
+    finally:
+        if control is not None:
+            control.close()
+
+
+def _control_server(ctx: Context, agent_host: str | None) -> ControlServer | None:
+    """A central worker answers read-only commands on its control socket (kvmvps.cli.fastpath)."""
+    root = click.get_current_context().find_root().command
+    if agent_host is not None or not isinstance(root, click.Group):
+        return None
+    server = ControlServer(ctx.settings, root)
+    return server if server.start() else None
 
 
 @click.command("reconcile")
