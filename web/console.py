@@ -149,7 +149,7 @@ def _pump_output(session: console.ConsoleSession, ws: Server) -> None:
                 return
             if data:
                 ws.send(data)
-    except ConnectionClosed:
+    except (ConnectionClosed, OSError):  # the browser went away mid-send
         return
 
 
