@@ -141,3 +141,6 @@ def test_behind_a_tls_proxy_the_vnc_url_is_wss(world: World) -> None:
         json={"type": "vnc"},
     )
     assert got.get_json()["url"].startswith("wss://panel.example/console/vnc?ticket=")
+    doc = app.test_client().get("/api/v1/openapi.json").get_json()
+    asked = doc["paths"]["/servers/{id}/console"]["post"]["requestBody"]["content"]
+    assert asked["application/json"]["schema"]["properties"]["type"]["enum"] == ["serial", "vnc"]
