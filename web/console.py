@@ -62,9 +62,11 @@ def ws_url(ticket: str, kind: str = console.SERIAL) -> str:
 
 def requested_kind() -> str:
     """The console type a ticket request asks for: JSON ``{"type": ...}``, default serial."""
-    body = request.get_json(silent=True) if request.content_length else None
+    if not (request.is_json and request.content_length):
+        return console.SERIAL  # the serial page's POST (no body, or its CSRF form)
+    body = request.get_json(silent=True)
     if body is None:
-        return console.SERIAL
+        raise InvalidInput("the body is not valid JSON")
     if not isinstance(body, dict):
         raise InvalidInput('send a JSON object such as {"type": "vnc"}')
     return console.check_kind(body.get("type", console.SERIAL))

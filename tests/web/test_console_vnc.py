@@ -65,6 +65,12 @@ def test_the_api_hands_out_vnc_tickets_for_the_vnc_route(world: World, monkeypat
             f"/api/v1/servers/{vps}/console", headers=world.bearer(A), json=body
         )
         assert bad.status_code == 400 and "error" in bad.get_json()
+    garbled = world.client(None).post(
+        f"/api/v1/servers/{vps}/console",
+        headers={**world.bearer(A), "Content-Type": "application/json"},
+        data=b'{"type": "vnc"',
+    )
+    assert garbled.status_code == 400
     assert tickets(world) == before  # nothing half-made
 
 
