@@ -459,6 +459,8 @@ class ConsoleTicket(Base):
     vps_uuid: Mapped[str] = mapped_column(String(36))
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # which console it opens: "serial" or "vnc" (a ticket of one kind opens no other)
+    kind: Mapped[str] = mapped_column(String(8), default="serial", server_default="serial")
 
 
 class AuditEntry(Base):

@@ -177,6 +177,26 @@ class KernelBoot:
     cmdline: str | None
 
 
+LOOPBACK_ADDRESSES = ("127.0.0.1", "::1")
+
+
+@dataclass(frozen=True)
+class GraphicsSpec:
+    """A VNC display (port chosen by libvirt) on the host's loopback only, and its video card.
+
+    Nothing outside the host reaches it: the web server relays it to a
+    ticket's holder (locally over TCP, to other hosts through SSH). The VGA
+    card shows the guest kernel's text console (vgacon) with no driver.
+    """
+
+    listen: str = "127.0.0.1"
+    video_model: str = "vga"
+
+    def __post_init__(self) -> None:
+        if self.listen not in LOOPBACK_ADDRESSES:
+            raise ValueError(f"a VNC display listens on loopback only, not {self.listen!r}")
+
+
 @dataclass(frozen=True)
 class DomainSpec:
     """A whole ``<domain>``."""
@@ -204,6 +224,8 @@ class DomainSpec:
     free_page_reporting: bool = True
     # rescue mode: a rescue system boots, the VPS's own disk is its second disk
     rescue: bool = False
+    # the graphical console; None: serial console only
+    graphics: GraphicsSpec | None = field(default_factory=GraphicsSpec)
 
 
 def tcg_tb_cache_for(domain_type: str, cache_mib: int) -> int | None:

@@ -301,8 +301,8 @@ def delete_backup(id: str, backup: str) -> ResponseReturnValue:
 
 @bp.post("/servers/<id>/console")
 def server_console(id: str) -> ResponseReturnValue:
-    """A one-use ticket and the WebSocket URL of the server's serial console."""
-    return jsonify(console.ticket_for(_user(), id))
+    """A one-use ticket and the WebSocket URL of the server's serial or graphical console."""
+    return jsonify(console.ticket_for(_user(), id, console.requested_kind()))
 
 
 # -- catalogue and jobs ------------------------------------------------------------

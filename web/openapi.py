@@ -267,12 +267,15 @@ SCHEMAS: dict[str, Any] = {
     "ConsoleTicket": {
         "type": "object",
         "description": (
-            "Open the WebSocket at url before expires_at, once. Output comes as binary "
-            "messages; send keystrokes as text (or binary) messages. A browser must connect "
-            "from this site's own pages (the Origin header is checked)."
+            "Open the WebSocket at url before expires_at, once. The serial console's output "
+            "comes as binary messages; send keystrokes as text (or binary) messages. The "
+            "graphical console (type vnc) carries the RFB protocol (VNC) both ways as binary "
+            "messages, as noVNC speaks it. A browser must connect from this site's own pages "
+            "(the Origin header is checked)."
         ),
         "properties": {
             "server": {**STR, "format": "uuid"},
+            "type": {**STR, "enum": ["serial", "vnc"]},
             "url": {**STR, "description": "ws:// or wss:// URL, the one-use ticket included."},
             "expires_at": {**STR, "format": "date-time"},
         },
@@ -454,12 +457,32 @@ def _paths() -> dict[str, Any]:
         "/servers/{id}/console": {
             "parameters": [SERVER_ID],
             "post": _op(
-                "A one-use ticket to the server's serial console (valid for about 30 s)",
+                "A one-use ticket to the server's serial or graphical console (about 30 s)",
                 {
                     "200": _json(_ref("ConsoleTicket"), "The WebSocket URL and its expiry."),
+                    "400": _json(ERR, "An unknown console type."),
                     "403": _json(ERR, "The server is suspended."),
                     **not_found,
                     "409": _json(ERR, "The server is not running."),
+                },
+                requestBody={
+                    "required": False,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "type": {
+                                        **STR,
+                                        "enum": ["serial", "vnc"],
+                                        "default": "serial",
+                                        "description": "serial: the serial console; vnc: the "
+                                        "graphical console (VNC).",
+                                    }
+                                },
+                            }
+                        }
+                    },
                 },
             ),
         },

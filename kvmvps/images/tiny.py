@@ -58,7 +58,7 @@ INITRD_MODULES = (
 )
 # no_timer_check: under emulation on a busy host the boot-time timer IRQ check
 # can time out and panic ("IO-APIC + timer doesn't work"); VMs skip it.
-CMDLINE = "console=ttyS0 root=/dev/vda rw quiet no_timer_check"
+CMDLINE = "console=tty0 console=ttyS0 root=/dev/vda rw quiet no_timer_check"
 DISK_SIZE = 256 * 1024 * 1024
 DEFAULT_CACHE_DIR = Path("/var/cache/kvmvps/debs")
 LIB_DIRS = ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu")

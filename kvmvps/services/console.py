@@ -1,10 +1,13 @@
-"""Serial console sessions: one-use tickets for the web, and the audited session itself.
+"""Console sessions: one-use tickets for the web, and the audited session itself.
 
-A ticket is a random secret given to one user for one VPS; only its SHA-256
-is stored. It is redeemed once (an atomic update marks it used) within
-:data:`TICKET_SECONDS`. Every session, from the web or the CLI, is audited
-when it starts (``vps.console``) and when it ends (``vps.console.end``, with
-its length).
+A VPS has two consoles (:data:`KINDS`): the serial one (a libvirt console
+stream) and the graphical one (its VNC display on the host's loopback, see
+:mod:`kvmvps.vnc`). A ticket is a random secret given to one user for one
+console of one VPS; only its SHA-256 is stored. It is redeemed once (an
+atomic update marks it used) within :data:`TICKET_SECONDS`, for its own kind
+only. Every session, from the web or the CLI, is audited when it starts
+(``vps.console``) and when it ends (``vps.console.end``, with its length);
+both entries name the kind.
 """
 
 from __future__ import annotations
@@ -14,11 +17,13 @@ import secrets
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from sqlalchemy import delete, update
 
-from kvmvps.errors import Conflict, Forbidden, NotFound
-from kvmvps.hypervisor import ConsoleStream
+from kvmvps import vnc
+from kvmvps.errors import Conflict, Forbidden, InvalidInput, NotFound
+from kvmvps.hypervisor import ConsoleStream, get_hypervisor
 from kvmvps.models import ConsoleTicket, User, Vps, VpsState, utcnow
 from kvmvps.services import Context, audit
 from kvmvps.services.vps import resolve
@@ -27,7 +32,16 @@ TICKET_SECONDS = 30
 TICKET_BYTES = 32
 MAX_TICKET = 128
 OPEN_ACTION, END_ACTION = "vps.console", "vps.console.end"
+SERIAL, VNC = "serial", "vnc"
+KINDS = (SERIAL, VNC)
 audit.declare(OPEN_ACTION, END_ACTION)
+
+
+def check_kind(kind: object) -> str:
+    """``kind`` if it names a console (:data:`KINDS`), else :class:`InvalidInput`."""
+    if not isinstance(kind, str) or kind not in KINDS:
+        raise InvalidInput(f"a console's type is one of {', '.join(KINDS)}")
+    return kind
 
 
 def digest(ticket: str) -> str:
@@ -42,6 +56,7 @@ class Ticket:
     secret: str
     vps: str
     expires_at: datetime
+    kind: str = SERIAL
 
 
 @dataclass(frozen=True)
@@ -65,8 +80,9 @@ def _target(vps: Vps) -> Target:
     return Target(vps.uuid, vps.hostname, vps.host.uri, vps.domain_name)
 
 
-def issue_ticket(ctx: Context, ref: str, user_id: int) -> Ticket:
-    """A ticket for ``user_id`` to the console of their VPS ``ref`` (any VPS for operators)."""
+def issue_ticket(ctx: Context, ref: str, user_id: int, kind: str = SERIAL) -> Ticket:
+    """A ticket for ``user_id`` to the ``kind`` console of their VPS ``ref`` (any for operators)."""
+    check_kind(kind)
     secret = secrets.token_urlsafe(TICKET_BYTES)
     now = utcnow()
     with ctx.db.session() as s:
@@ -79,10 +95,14 @@ def issue_ticket(ctx: Context, ref: str, user_id: int) -> Ticket:
         expires = now + timedelta(seconds=TICKET_SECONDS)
         s.add(
             ConsoleTicket(
-                ticket_hash=digest(secret), user_id=user.id, vps_uuid=vps.uuid, expires_at=expires
+                ticket_hash=digest(secret),
+                user_id=user.id,
+                vps_uuid=vps.uuid,
+                expires_at=expires,
+                kind=kind,
             )
         )
-        return Ticket(secret=secret, vps=vps.uuid, expires_at=expires)
+        return Ticket(secret=secret, vps=vps.uuid, expires_at=expires, kind=kind)
 
 
 @dataclass(frozen=True)
@@ -91,10 +111,15 @@ class Redeemed:
 
     actor: str
     target: Target
+    kind: str = SERIAL
 
 
-def redeem_ticket(ctx: Context, secret: str) -> Redeemed:
-    """Use a ticket up; raise :class:`Forbidden` unless it is live, unused and still allowed."""
+def redeem_ticket(ctx: Context, secret: str, kind: str = SERIAL) -> Redeemed:
+    """Use a ticket of ``kind`` up; :class:`Forbidden` unless it is live, unused and allowed.
+
+    A ticket of another kind stays unused (and refused here).
+    """
+    check_kind(kind)
     if not isinstance(secret, str) or not 0 < len(secret) <= MAX_TICKET:
         raise Forbidden("no valid console ticket")
     now = utcnow()
@@ -105,6 +130,7 @@ def redeem_ticket(ctx: Context, secret: str) -> Redeemed:
                 ConsoleTicket.ticket_hash == digest(secret),
                 ConsoleTicket.used_at.is_(None),
                 ConsoleTicket.expires_at >= now,
+                ConsoleTicket.kind == kind,
             )
             .values(used_at=now)
             .returning(ConsoleTicket.user_id, ConsoleTicket.vps_uuid)
@@ -120,7 +146,7 @@ def redeem_ticket(ctx: Context, secret: str) -> Redeemed:
         except NotFound:
             raise Forbidden("the VPS of this ticket is gone or no longer yours") from None
         _check_reachable(vps)
-        return Redeemed(actor=audit.user_actor(user.email), target=_target(vps))
+        return Redeemed(actor=audit.user_actor(user.email), target=_target(vps), kind=kind)
 
 
 def console_target(ctx: Context, ref: str) -> Target:
@@ -132,13 +158,33 @@ def console_target(ctx: Context, ref: str) -> Target:
         return _target(vps)
 
 
+class Channel(Protocol):
+    """What a session reads and writes: a serial console stream or a VNC display."""
+
+    def read(self, timeout: float) -> bytes | None: ...
+    def write(self, data: bytes) -> None: ...
+    def close(self) -> None: ...
+
+
+def _open_channel(target: Target, kind: str) -> Channel:
+    if kind == VNC:
+        xml = get_hypervisor(target.host_uri).domain_xml(target.domain)
+        return vnc.VncChannel(target.host_uri, vnc.display_port(xml))
+    return ConsoleStream(target.host_uri, target.domain)
+
+
 class ConsoleSession:
     """An open, audited console session; :meth:`close` records its end."""
 
-    def __init__(self, ctx: Context, target: Target, actor: str) -> None:
-        self.ctx, self.target, self.actor = ctx, target, actor
-        with audit.audited(ctx, actor, OPEN_ACTION, target.hostname):
-            self.stream = ConsoleStream(target.host_uri, target.domain)
+    def __init__(self, ctx: Context, target: Target, actor: str, kind: str = SERIAL) -> None:
+        self.ctx, self.target, self.actor, self.kind = ctx, target, actor, check_kind(kind)
+        try:
+            self.stream = _open_channel(target, kind)
+        except Exception as exc:
+            detail = f"{target.vps}: {kind} console: {audit.error_message(exc)}"
+            audit.record(ctx, actor, OPEN_ACTION, target.hostname, audit.FAILED, detail)
+            raise
+        audit.record(ctx, actor, OPEN_ACTION, target.hostname, audit.OK, f"{target.vps}: {kind}")
         self.started = time.monotonic()
         self._closed = False
 
@@ -160,7 +206,7 @@ class ConsoleSession:
             END_ACTION,
             self.target.hostname,
             audit.OK,
-            f"{self.target.vps}: session of {seconds:.0f} s",
+            f"{self.target.vps}: {self.kind} session of {seconds:.0f} s",
         )
 
     def __enter__(self) -> ConsoleSession:
@@ -170,6 +216,6 @@ class ConsoleSession:
         self.close()
 
 
-def open_session(ctx: Context, target: Target, actor: str) -> ConsoleSession:
-    """Open the console of ``target`` (a redeemed ticket's, or :func:`console_target`'s)."""
-    return ConsoleSession(ctx, target, actor)
+def open_session(ctx: Context, target: Target, actor: str, kind: str = SERIAL) -> ConsoleSession:
+    """Open the ``kind`` console of ``target`` (a redeemed ticket's, or :func:`console_target`'s)."""
+    return ConsoleSession(ctx, target, actor, kind)

@@ -1,11 +1,13 @@
-"""The serial console of one real tiny guest: libvirt streams, the CLI's service, the browser.
+"""The consoles of one real tiny guest: libvirt streams, the CLI's service, the browser.
 
 One VPS is built for the module (its build reads the host key from the console
-stream, not the log file) and shared: each test logs in on the console, runs a
-command, sees its output and logs out again. The browser tests use Chromium
-(as tests/e2e/test_browser.py does): once against the development server, once
-through haproxy with a self-signed certificate (``wss://``) in front of the
-production server (gunicorn).
+stream, not the log file) and shared: each serial test logs in on the console,
+runs a command, sees its output and logs out again. The browser tests use
+Chromium (as tests/e2e/test_browser.py does): once against the development
+server, once through haproxy with a self-signed certificate (``wss://``) in
+front of the production server (gunicorn). The graphical console's tests speak
+RFB with the guest's real QEMU VNC server, through the web server's WebSocket
+relay and through an SSH tunnel to a ``qemu+ssh://`` host, and let noVNC draw it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -26,10 +29,13 @@ from pathlib import Path
 import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
+from simple_websocket import Client
 
+from kvmvps import vnc
 from kvmvps.cli.vps_extra_cmds import relay
-from kvmvps.hypervisor import ConsoleStream
+from kvmvps.hypervisor import ConsoleStream, get_hypervisor
 from kvmvps.services import Context, audit, console, inventory, users
 from tests.badinput import _env_of, create_args, run_cli
 from tests.e2e.test_browser import (
@@ -43,6 +49,7 @@ from tests.e2e.test_browser import (
     submit,
 )
 from tests.integration.test_remote_host import remote_uri
+from tests.tools import needs
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.e2e]
 __all__ = ["browser_plan", "open_browser", "remote_uri", "site"]  # fixtures used here
@@ -182,8 +189,30 @@ def _browser_console(driver, base: str, vps: dict, name: str) -> None:
     shot(driver, name)
 
 
+def _browser_vnc(driver: WebDriver, base: str, vps: dict, name: str) -> None:
+    """The logged-in customer's graphical console: noVNC connects and draws the guest's screen."""
+    driver.get(f"{base}/servers/{vps['id']}")
+    started = time.monotonic()
+    driver.find_element(By.CSS_SELECTOR, "[data-vnc-link]").click()
+    WebDriverWait(driver, 60, poll_frequency=0.1).until(
+        lambda d: (
+            d.find_element(By.CSS_SELECTOR, "[data-console-status]").get_attribute("textContent")
+            == "connected"
+        ),
+        "the graphical console never connected",
+    )
+    print(f"graphical console connected {time.monotonic() - started:.2f} s after the click")
+    size = driver.execute_script(
+        "var c = document.querySelector('[data-vnc] canvas'); return [c.width, c.height];"
+    )
+    assert size[0] >= 640 and size[1] >= 400, size  # the guest's VGA screen
+    shot(driver, name)
+
+
 def test_console_in_the_browser(site: str, open_browser: Callable, guest: dict) -> None:
-    _browser_console(open_browser(), site, guest, "20-console")
+    driver = open_browser()
+    _browser_console(driver, site, guest, "20-console")
+    _browser_vnc(driver, site, guest, "22-graphical-console")
 
 
 def _free_port() -> int:
@@ -264,5 +293,97 @@ def test_console_through_a_tls_proxy_and_the_production_server(
     try:
         _browser_console(driver, tls_site, guest, "21-console-tls")
         assert driver.execute_script("return location.protocol") == "https:"
+        _browser_vnc(driver, tls_site, guest, "23-graphical-console-tls")  # over wss://
     finally:
         driver.quit()
+
+
+# -- the graphical console -----------------------------------------------------------
+def rfb_handshake(
+    take: Callable[[int], bytes], send: Callable[[bytes], None]
+) -> tuple[int, int, str]:
+    """RFB 3.8 with no authentication, as noVNC does it: (width, height, desktop name)."""
+    assert take(12) == b"RFB 003.008\n"  # QEMU's greeting
+    send(b"RFB 003.008\n")
+    count = take(1)[0]
+    assert 1 in take(count), "the display asks for a password"  # 1: None
+    send(b"\x01")
+    assert take(4) == b"\0\0\0\0"  # SecurityResult OK
+    send(b"\x01")  # ClientInit, shared
+    head = take(24)
+    width, height = int.from_bytes(head[:2], "big"), int.from_bytes(head[2:4], "big")
+    name = take(int.from_bytes(head[20:24], "big")).decode()
+    return width, height, name
+
+
+def taker(receive: Callable[[float], bytes | str | None]) -> Callable[[int], bytes]:
+    """Exactly n bytes at a time out of a stream of messages (or chunks)."""
+    buffer = bytearray()
+
+    def take(n: int) -> bytes:
+        deadline = time.monotonic() + 90  # a machine under heavy load is slow, not wrong
+        while len(buffer) < n:
+            assert time.monotonic() < deadline, f"only {bytes(buffer)!r} of {n} bytes came"
+            data = receive(0.5)
+            if data is not None:
+                assert data != b"", "the display closed"
+                buffer.extend(data.encode() if isinstance(data, str) else data)
+        out = bytes(buffer[:n])
+        del buffer[:n]
+        return out
+
+    return take
+
+
+def display_port(real_ctx: Context, guest: dict) -> int:
+    return vnc.display_port(
+        get_hypervisor(real_ctx.settings.libvirt_uri).domain_xml(guest["domain"])
+    )
+
+
+@needs(shutil.which("ss") is not None, "ss (iproute2) lists the host's listening sockets")
+def test_the_vnc_display_listens_on_the_hosts_loopback_only(real_ctx: Context, guest: dict) -> None:
+    port = display_port(real_ctx, guest)
+    listening = subprocess.run(["ss", "-ltnH"], capture_output=True, text=True, check=True)
+    local = [line.split()[3] for line in listening.stdout.splitlines()]
+    on_port = [address for address in local if address.rsplit(":", 1)[1] == str(port)]
+    assert on_port == [f"127.0.0.1:{port}"], on_port
+
+
+def test_graphical_console_through_the_web_relay(site: str, real_ctx: Context, guest: dict) -> None:
+    user = users.get_user(real_ctx, guest["email"])
+    ticket = console.issue_ticket(real_ctx, guest["id"], user.id, console.VNC)
+    url = site.replace("http://", "ws://") + f"/console/vnc?ticket={ticket.secret}"
+    ws = Client.connect(url)  # a program: no Origin (its Host header lacks the port)
+    try:
+        width, height, name = rfb_handshake(taker(lambda t: ws.receive(timeout=t)), ws.send)
+        assert width >= 640 and height >= 400 and guest["domain"] in name
+        # a whole-screen update request: pixels come back (FramebufferUpdate, type 0)
+        ws.send(b"\x03\x00\x00\x00\x00\x00" + width.to_bytes(2, "big") + height.to_bytes(2, "big"))
+        assert taker(lambda t: ws.receive(timeout=t))(1) == b"\x00"
+    finally:
+        ws.close()
+    deadline = time.monotonic() + 10
+    while True:
+        entries = audit.list_entries(real_ctx, limit=5, actor=f"user:{guest['email']}")
+        if entries and entries[0]["action"] == "vps.console.end":
+            break
+        assert time.monotonic() < deadline, entries
+        time.sleep(0.1)
+    assert "vnc session" in (entries[0]["detail"] or "")
+    assert entries[1]["action"] == "vps.console" and "vnc" in (entries[1]["detail"] or "")
+
+
+def test_graphical_console_through_ssh_to_a_remote_host(
+    real_ctx: Context, guest: dict, remote_uri: str
+) -> None:
+    target = console.Target(guest["id"], guest["hostname"], remote_uri, guest["domain"])
+    try:
+        with console.open_session(real_ctx, target, "os:vnc-test", console.VNC) as session:
+            width, height, name = rfb_handshake(taker(session.read), session.write)
+            assert width >= 640 and guest["domain"] in name
+    finally:
+        get_hypervisor(remote_uri).close()  # its sshd stops after this test
+    entries = audit.list_entries(real_ctx, limit=2, actor="os:vnc-test")
+    assert [e["action"] for e in entries] == ["vps.console.end", "vps.console"]
+    assert "vnc session" in (entries[0]["detail"] or "")

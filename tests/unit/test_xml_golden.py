@@ -116,6 +116,7 @@ DOMAIN_VARIANTS = {
     "domain_limits_guest_traffic.xml": domain(
         interfaces=(LIMITED_NIC,), disks=(LIMITED_DISK,), cputune=LIMITS.cputune()
     ),
+    "domain_serial_only.xml": domain(graphics=None),
 }
 
 

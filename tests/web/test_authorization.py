@@ -253,7 +253,9 @@ TABLE: dict[tuple[str, str], Case] = {
     ("console.page", "GET"): Case(site(200, 404, 200), a_vps),
     ("console.ticket", "POST"): Case(site(200, 404, 200, anon=401), a_vps, form=lambda w: {}),
     # no ticket: refused for everyone (the tickets' own tests are in test_console_tickets.py)
+    ("console.vnc_page", "GET"): Case(site(200, 404, 200), a_vps),
     ("console.websocket", "GET"): Case(every(403)),
+    ("console.vnc_websocket", "GET"): Case(every(403)),
 }
 
 
