@@ -299,6 +299,8 @@ class Vps(Base):
     suspended_reason: Mapped[str | None] = mapped_column(String(500))
     suspended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     suspended_by: Mapped[str | None] = mapped_column(String(300))
+    # over its monthly transfer: network in and out held to this many KiB/s (None: not held)
+    throttle_kibps: Mapped[int | None] = mapped_column(Integer)
     # rescue mode: the rescue image booted instead of the VPS's own system, and its host key
     rescue_image_id: Mapped[int | None] = mapped_column(ForeignKey("images.id"))
     rescue_host_key: Mapped[str | None] = mapped_column(Text)

@@ -1,0 +1,29 @@
+"""monthly transfer enforcement: the over-limit speed a VPS is held to while over its allowance
+
+Revision ID: 0013_allowance
+Revises: 0012_console
+
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+# revision identifiers, used by Alembic.
+revision: str = "0013_allowance"
+down_revision: str | Sequence[str] | None = "0012_console"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    """Upgrade schema."""
+    with op.batch_alter_table("vps", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("throttle_kibps", sa.Integer(), nullable=True))
+
+
+def downgrade() -> None:
+    """Downgrade schema."""
+    with op.batch_alter_table("vps", schema=None) as batch_op:
+        batch_op.drop_column("throttle_kibps")
