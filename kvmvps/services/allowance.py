@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import BigInteger, ColumnElement, cast, literal, or_, select, update
 from sqlalchemy.orm import Session
 
 from kvmvps.db import rowcount
@@ -99,6 +99,11 @@ def enforce(ctx: Context, now: datetime | None = None) -> Report:
     return report
 
 
+def _allowed() -> ColumnElement[int]:
+    """A plan's allowance in bytes, as a 64-bit number in SQL."""
+    return cast(Plan.transfer_gib, BigInteger) * literal(GIB, BigInteger)
+
+
 def _metered(ctx: Context, month: str) -> list[Metered]:
     query = (
         select(
@@ -117,7 +122,7 @@ def _metered(ctx: Context, month: str) -> list[Metered]:
         .join(Plan, Plan.id == Vps.plan_id)
         .join(User, User.id == Vps.owner_id)
         .where(TransferMonth.month == month, Plan.transfer_gib.is_not(None))
-        .where(TransferMonth.bytes * 5 >= Plan.transfer_gib * (GIB * 4))  # 80 %
+        .where(TransferMonth.bytes * 5 >= _allowed() * 4)  # 80 %
         .where(Vps.state != VpsState.DELETING)
         .order_by(Vps.id)
     )
@@ -255,7 +260,7 @@ def _suspend(ctx: Context, row: Metered, month: str, report: Report) -> None:
 # -- lifting ------------------------------------------------------------------------
 def _due_lifting(ctx: Context, month: str) -> list[int]:
     """VPSes held by this module whose month's row no longer calls for it."""
-    allowed = Plan.transfer_gib * GIB
+    allowed = _allowed()
     query = (
         select(Vps.id)
         .join(Plan, Plan.id == Vps.plan_id)
