@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -491,6 +492,15 @@ class Job(Base):
     """A durable unit of work (an order, a power action...) that a worker runs."""
 
     __tablename__ = "jobs"
+    # the claim's scan: queued jobs in id order, never the long tail of finished ones
+    __table_args__ = (
+        Index(
+            "ix_jobs_queued",
+            "id",
+            postgresql_where=text("state = 'queued'"),
+            sqlite_where=text("state = 'queued'"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     uuid: Mapped[str] = mapped_column(String(36), unique=True, default=lambda: str(uuidlib.uuid4()))

@@ -1,4 +1,5 @@
-"""monthly transfer enforcement: the over-limit speed a VPS is held to while over its allowance
+"""monthly transfer enforcement (the speed a VPS is held to over its allowance); a partial
+index of queued jobs for the claim
 
 Revision ID: 0013_allowance
 Revises: 0012_console
@@ -21,9 +22,23 @@ def upgrade() -> None:
     """Upgrade schema."""
     with op.batch_alter_table("vps", schema=None) as batch_op:
         batch_op.add_column(sa.Column("throttle_kibps", sa.Integer(), nullable=True))
+    op.create_index(
+        "ix_jobs_queued",
+        "jobs",
+        ["id"],
+        unique=False,
+        postgresql_where=sa.text("state = 'queued'"),
+        sqlite_where=sa.text("state = 'queued'"),
+    )
 
 
 def downgrade() -> None:
     """Downgrade schema."""
+    op.drop_index(
+        "ix_jobs_queued",
+        table_name="jobs",
+        postgresql_where=sa.text("state = 'queued'"),
+        sqlite_where=sa.text("state = 'queued'"),
+    )
     with op.batch_alter_table("vps", schema=None) as batch_op:
         batch_op.drop_column("throttle_kibps")
