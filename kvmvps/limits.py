@@ -102,6 +102,24 @@ class PlanLimits:
         return Bandwidth(inbound=inbound, outbound=outbound)
 
 
+def throttled(lim: PlanLimits, kibps: int | None) -> PlanLimits:
+    """``lim`` with network in and out held to at most ``kibps`` (None: ``lim`` itself).
+
+    A plan's own lower average stays; peak and burst go, so nothing exceeds the hold.
+    """
+    if kibps is None:
+        return lim
+    held = {
+        "net_in_kibps": min(lim.net_in_kibps or kibps, kibps),
+        "net_out_kibps": min(lim.net_out_kibps or kibps, kibps),
+        "net_in_peak_kibps": None,
+        "net_in_burst_kib": None,
+        "net_out_peak_kibps": None,
+        "net_out_burst_kib": None,
+    }
+    return PlanLimits(**{**lim.as_dict(), **held})
+
+
 def _direction(average: int | None, peak: int | None, burst: int | None) -> BandwidthLimit | None:
     if average is None:
         return None

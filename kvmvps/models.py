@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -299,6 +300,8 @@ class Vps(Base):
     suspended_reason: Mapped[str | None] = mapped_column(String(500))
     suspended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     suspended_by: Mapped[str | None] = mapped_column(String(300))
+    # over its monthly transfer: network in and out held to this many KiB/s (None: not held)
+    throttle_kibps: Mapped[int | None] = mapped_column(Integer)
     # rescue mode: the rescue image booted instead of the VPS's own system, and its host key
     rescue_image_id: Mapped[int | None] = mapped_column(ForeignKey("images.id"))
     rescue_host_key: Mapped[str | None] = mapped_column(Text)
@@ -491,6 +494,15 @@ class Job(Base):
     """A durable unit of work (an order, a power action...) that a worker runs."""
 
     __tablename__ = "jobs"
+    # the claim's scan: queued jobs in id order, never the long tail of finished ones
+    __table_args__ = (
+        Index(
+            "ix_jobs_queued",
+            "id",
+            postgresql_where=text("state = 'queued'"),
+            sqlite_where=text("state = 'queued'"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     uuid: Mapped[str] = mapped_column(String(36), unique=True, default=lambda: str(uuidlib.uuid4()))

@@ -30,7 +30,16 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from kvmvps.errors import KvmvpsError
 from kvmvps.hypervisor import LifecycleWatch
-from kvmvps.services import Context, backups, expiry, inventory, jobs, metering, reconcile
+from kvmvps.services import (
+    Context,
+    allowance,
+    backups,
+    expiry,
+    inventory,
+    jobs,
+    metering,
+    reconcile,
+)
 from kvmvps.services import vps as vps_service
 from kvmvps.services.jobs import Claimed
 from kvmvps.services.runner import recover_expired, run_claimed
@@ -179,6 +188,13 @@ class Worker:
             log.info("usage sampling skipped: %s", exc)
             return
         log.debug("sampled %d VPSes in %.2f s", report.vps, report.seconds)
+        try:
+            held = allowance.enforce(self.ctx)
+        except KvmvpsError as exc:
+            log.warning("transfer allowance round failed: %s", exc)
+            return
+        for problem in held.errors:
+            log.warning("transfer allowance: %s", problem)
 
     def recover_expired(self) -> None:
         """Queue again, or roll back, the jobs of workers that stopped renewing leases."""

@@ -333,6 +333,17 @@ SCHEMAS["Metrics"] = {
                 "used_bytes": INT,
                 "allowed_bytes": _nullable({**INT, "description": "null: unmetered"}),
                 "percent": _nullable(NUM),
+                "enforced": _nullable(
+                    {
+                        **STR,
+                        "enum": ["throttled", "suspended"],
+                        "description": "Over the allowance: what holds the server now.",
+                    }
+                ),
+                "throttle_kibps": _nullable(
+                    {**INT, "description": "Network in and out held to this many KiB/s."}
+                ),
+                "over_limit": {**STR, "enum": ["throttle", "suspend"]},
             },
         },
     },

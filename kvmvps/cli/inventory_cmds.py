@@ -266,6 +266,20 @@ def _plan_row(view: Mapping[str, Any]) -> dict[str, Any]:
 @click.option(
     "--transfer-gib", type=int, help="Monthly transfer (in + out) in GiB (default: unmetered)."
 )
+@click.option(
+    "--over-limit",
+    type=click.Choice(["throttle", "suspend"]),
+    default="throttle",
+    show_default=True,
+    help="Over the monthly transfer: hold the network to --over-limit-kibps, or suspend.",
+)
+@click.option(
+    "--over-limit-kibps",
+    type=int,
+    default=128,
+    show_default=True,
+    help="Network speed (in and out, KiB/s) while throttled over the monthly transfer.",
+)
 @limit_options
 @json_option
 @pass_obj
@@ -279,6 +293,8 @@ def plan_add(
     price_cents: int,
     extra_forwards: int,
     transfer_gib: int | None,
+    over_limit: str,
+    over_limit_kibps: int,
     as_json: bool,
     **limit_texts: str | None,
 ) -> None:
@@ -294,6 +310,8 @@ def plan_add(
         extra_forwards,
         resource_limits=_limits_given(limit_texts),
         transfer_gib=transfer_gib,
+        over_limit=over_limit,
+        over_limit_kibps=over_limit_kibps,
         actor=actor(),
     )
     view = views.plan_admin_view(plan, network)

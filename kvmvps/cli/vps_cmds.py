@@ -240,9 +240,9 @@ def vps_show(obj: Obj, ref: str, as_json: bool) -> None:
 @pass_obj
 def vps_transfer_reset(obj: Obj, ref: str, as_json: bool) -> None:
     """Count this month's transfer of a VPS from zero again."""
-    from kvmvps.services import metering  # lazy for speed: see above
+    from kvmvps.services import allowance  # lazy for speed: see above
 
-    done = metering.reset_transfer(obj.ctx, ref, actor=actor())
+    done = allowance.reset_transfer(obj.ctx, ref, actor=actor())
     emit_json(done) if as_json else record(done)
 
 

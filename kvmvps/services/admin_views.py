@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, aliased
 from kvmvps import validation
 from kvmvps.errors import InvalidInput
 from kvmvps.models import AuditEntry, Host, Job, JobState, Plan, User, Vps, VpsState
-from kvmvps.services import Context, audit, hosts, jobs, quotas, users
+from kvmvps.services import Context, audit, hosts, jobs, quotas, usage, users
 from kvmvps.services import vps as vps_service
 from kvmvps.services.jobs import JobView
 from kvmvps.services.vps import VpsView
@@ -253,6 +253,7 @@ class VpsDetail(TypedDict):
     jobs: list[AdminJobView]
     audit: list[audit.EntryView]
     owner_id: int
+    transfer: usage.Transfer
 
 
 def vps_detail(ctx: Context, ref: str) -> VpsDetail:
@@ -271,7 +272,14 @@ def vps_detail(ctx: Context, ref: str) -> VpsDetail:
             .limit(RECENT)
         )
         trail = [audit.entry_view(e) for e in entries]
-    return {"vps": shown, "jobs": job_rows, "audit": trail, "owner_id": owner_id}
+        transfer = usage.transfer_of(s, vps)
+    return {
+        "vps": shown,
+        "jobs": job_rows,
+        "audit": trail,
+        "owner_id": owner_id,
+        "transfer": transfer,
+    }
 
 
 class Home(TypedDict):

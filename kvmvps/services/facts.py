@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from kvmvps.config import Settings
 from kvmvps.errors import NotFound
-from kvmvps.limits import LIMIT_FIELDS, PlanLimits
+from kvmvps.limits import LIMIT_FIELDS, PlanLimits, throttled
 from kvmvps.models import Image, Plan, Vps
 from kvmvps.xmlspec import (
     ISOLATING_FILTER,
@@ -75,7 +75,8 @@ class VpsFacts:
     credentials: bool
     login_user: str
     allow_guest_traffic: bool = False
-    limits: PlanLimits = PlanLimits()
+    limits: PlanLimits = PlanLimits()  # the plan's, held down while over the transfer
+    throttle_kibps: int | None = None
 
     @property
     def dhcp_host(self) -> DhcpHost | None:
@@ -121,7 +122,8 @@ def facts_of(vps: Vps, settings: Settings) -> VpsFacts:
         credentials=image.credentials,
         login_user=image.login_user,
         allow_guest_traffic=net.allow_guest_traffic,
-        limits=plan_limits(plan),
+        limits=throttled(plan_limits(plan), vps.throttle_kibps),
+        throttle_kibps=vps.throttle_kibps,
     )
 
 

@@ -32,6 +32,8 @@ MAX_DISK_GIB = 1 << 14
 MAX_EXTRA_FORWARDS = 100
 MAX_PRICE_CENTS = 10**9
 MAX_TRANSFER_GIB = 1 << 20  # a PiB a month
+OVER_LIMIT_ACTIONS = ("throttle", "suspend")
+MAX_OVER_LIMIT_KIBPS = 1 << 24  # the bound of a plan's own network limits
 
 
 def get_by_name(session: Session, model: type[M], name: str, what: str) -> M:
@@ -79,11 +81,15 @@ def add_plan(
     resource_limits: Mapping[str, int | None] | None = None,
     *,
     transfer_gib: int | None = None,
+    over_limit: str = "throttle",
+    over_limit_kibps: int = 128,
     actor: str | None = None,
 ) -> Plan:
     """Record a plan; ``resource_limits`` maps kvmvps.limits fields to numbers (None: unlimited).
 
     ``transfer_gib`` is the monthly transfer (in + out) shown to customers; None: unmetered.
+    Over it, ``over_limit`` says what happens: ``throttle`` (network in and out held to
+    ``over_limit_kibps`` KiB/s) or ``suspend``.
     """
     name = validation.object_name(name, "plan name")
     checked = limits.check(resource_limits or {})
@@ -95,6 +101,11 @@ def add_plan(
         validation.positive_int(extra_forwards, "extra forwards", MAX_EXTRA_FORWARDS)
     if transfer_gib is not None:
         validation.positive_int(transfer_gib, "monthly transfer (GiB)", MAX_TRANSFER_GIB)
+    if over_limit not in OVER_LIMIT_ACTIONS:
+        raise InvalidInput(
+            f"over the transfer a plan may only throttle or suspend, not {over_limit!r}"
+        )
+    validation.positive_int(over_limit_kibps, "over-limit speed (KiB/s)", MAX_OVER_LIMIT_KIBPS)
     with ctx.db.session() as s:
         _refuse_duplicate(s, Plan, name, "plan")
         net = get_by_name(s, Network, network, "network") if network else None
@@ -106,6 +117,8 @@ def add_plan(
             price_cents=price_cents,
             extra_forwards=extra_forwards,
             transfer_gib=transfer_gib,
+            over_limit=over_limit,
+            over_limit_kibps=over_limit_kibps,
             network_id=net.id if net else None,
             **checked.as_dict(),
         )

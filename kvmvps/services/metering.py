@@ -37,8 +37,7 @@ from kvmvps.models import (
     TransferMonth,
     Vps,
 )
-from kvmvps.services import Context, audit
-from kvmvps.services.vps import resolve
+from kvmvps.services import Context
 
 log = logging.getLogger(__name__)
 
@@ -265,18 +264,3 @@ def set_gauges(ctx: Context, values: Mapping[str, float], now: datetime | None =
                 s.add(MetricGauge(name=name, value=float(value), at=now))
             else:
                 row.value, row.at = float(value), now
-
-
-@audit.audits("vps.transfer_reset", target="ref")
-def reset_transfer(
-    ctx: Context, ref: str, *, actor: str | None = None, now: datetime | None = None
-) -> dict[str, Any]:
-    """An operator's reset of a VPS's transfer this month: counted from zero again."""
-    month = month_of(now or datetime.now(UTC))
-    with ctx.db.session() as s:
-        vps = resolve(s, ref)
-        row = s.get(TransferMonth, (vps.id, month))
-        before = 0 if row is None else int(row.bytes)
-        if row is not None:
-            row.bytes, row.notified_pct = 0, 0
-        return {"id": vps.uuid, "hostname": vps.hostname, "month": month, "was_bytes": before}

@@ -21,6 +21,7 @@ from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import selectinload
 
 from kvmvps import xmlrender
 from kvmvps.errors import Conflict, HypervisorError, HypervisorUnavailable
@@ -124,17 +125,19 @@ def _run(ctx: Context, fix: bool, holder: str, wait: bool) -> Report:
             if ctx.settings.agent_host:  # a host agent looks after its own host only
                 query = query.where(Host.name == ctx.settings.agent_host)
             hosts = list(s.scalars(query))
+        seen = _seen(ctx)  # once per pass, not per host
         for host in hosts:
             report.hosts.append(host.name)
             try:
-                _host_pass(ctx, host, fix, report)
+                _host_pass(ctx, host, seen, fix, report)
             except HypervisorUnavailable as exc:
                 report.errors.append(f"{host.name}: {exc}")
                 _mark_down(ctx, host.id, report)
             except HypervisorError as exc:
                 report.errors.append(f"{host.name}: {exc}")
             else:
-                _mark_up(ctx, host.id, report)
+                if host.down_since is not None:
+                    _mark_up(ctx, host.id, report)
         return report
     finally:
         release(ctx, holder)
@@ -159,17 +162,39 @@ def _mark_up(ctx: Context, host_id: int, report: Report) -> None:
             log.warning("host %s answers again", host.name)
 
 
-def _busy_vps(ctx: Context) -> set[str]:
-    with ctx.db.session() as s:
-        return set(s.scalars(select(Job.vps_uuid).where(Job.state.in_(JobState.UNFINISHED))))
+# what facts_of reads of each VPS, loaded with the rows instead of one query per VPS
+FACTS_LOADED = [selectinload(getattr(Vps, name)) for name in ("plan", "image", "network", "pins")]
 
 
-def _host_pass(ctx: Context, host: Host, fix: bool, report: Report) -> None:
+@dataclass(frozen=True)
+class Seen:
+    """What a pass reads once for all hosts."""
+
+    busy: set[str]  # VPSes with an unfinished job: left alone
+    nat_networks: list[str]  # libvirt names
+    leases: set[tuple[str, str]]  # (network's libvirt name, MAC) held by a VPS
+
+
+def _seen(ctx: Context) -> Seen:
+    with ctx.db.reading() as s:
+        unfinished = select(Job.vps_uuid).where(Job.state.in_(JobState.UNFINISHED))
+        busy = {uuid for uuid in s.scalars(unfinished) if uuid}
+        nets = list(s.scalars(select(Network.libvirt_name).where(Network.kind == "nat")))
+        held = s.execute(
+            select(Network.libvirt_name, IpLease.mac)
+            .join(IpLease, IpLease.network_id == Network.id)
+            .where(IpLease.vps_id.is_not(None))
+        )
+        return Seen(busy, nets, {(name, mac) for name, mac in held if mac})
+
+
+def _host_pass(ctx: Context, host: Host, seen: Seen, fix: bool, report: Report) -> None:
+    busy = seen.busy
     hv = ctx.hypervisor(host)
-    busy = _busy_vps(ctx)
     domains = hv.list_domains(prefix=DOMAIN_PREFIX)
     with ctx.db.session() as s:
-        rows = list(s.scalars(select(Vps).where(Vps.host_id == host.id)))
+        query = select(Vps).where(Vps.host_id == host.id).options(*FACTS_LOADED)
+        rows = list(s.scalars(query))
         known = {v.domain_name for v in rows}
         settled = []
         for vps in rows:
@@ -182,7 +207,7 @@ def _host_pass(ctx: Context, host: Host, fix: bool, report: Report) -> None:
         _check_isolation(ctx, hv, facts, report)
     _orphan_domains(hv, host, set(domains) - known, fix, report, ctx.settings.storage_pool)
     _orphan_volumes(ctx, hv, host, known, fix, report)
-    _orphan_dhcp(ctx, hv, host, fix, report)
+    _orphan_dhcp(hv, host, seen, fix, report)
     report.forwarding += forwards.sync(ctx, host)
 
 
@@ -259,29 +284,20 @@ def _orphan_volumes(
                 hv.delete_volume(pool, volume)
 
 
-def _orphan_dhcp(ctx: Context, hv: Hypervisor, host: Host, fix: bool, report: Report) -> None:
-    with ctx.db.session() as s:
-        networks = list(s.scalars(select(Network).where(Network.kind == "nat")))
-        held = {
-            (n.libvirt_name, mac)
-            for n, mac in s.execute(
-                select(Network, IpLease.mac)
-                .join(IpLease, IpLease.network_id == Network.id)
-                .where(IpLease.vps_id.is_not(None))
-            )
-        }
-    for net in networks:
-        if not hv.network_exists(net.libvirt_name):
+def _orphan_dhcp(hv: Hypervisor, host: Host, seen: Seen, fix: bool, report: Report) -> None:
+    held = seen.leases
+    for net in seen.nat_networks:
+        if not hv.network_exists(net):
             continue
-        for entry in hv.dhcp_hosts(net.libvirt_name, live=False):
-            if entry.mac == SENTINEL_MAC or (net.libvirt_name, entry.mac) in held:
+        for entry in hv.dhcp_hosts(net, live=False):
+            if entry.mac == SENTINEL_MAC or (net, entry.mac) in held:
                 continue
             report.orphan_dhcp.append(
-                {"host": host.name, "network": net.libvirt_name, "mac": entry.mac, "ip": entry.ip}
+                {"host": host.name, "network": net, "mac": entry.mac, "ip": entry.ip}
             )
             if fix:
                 xml = xmlrender.dhcp_host_xml(DhcpHost(entry.mac, entry.ip, entry.name))
-                hv.remove_dhcp_host(net.libvirt_name, entry, xml)
+                hv.remove_dhcp_host(net, entry, xml)
 
 
 DRIFT_KINDS = (

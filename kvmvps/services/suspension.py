@@ -53,18 +53,23 @@ def suspend(ctx: Context, ref: str, reason: str, actor: str) -> dict[str, Any]:
         text = reason_text(reason)
         with ctx.db.session() as s:
             vps = resolve(s, ref)
-            if vps.suspended_reason is not None:
-                raise Conflict(
-                    f"{vps.hostname} is suspended already ({vps.suspended_reason}); "
-                    "unsuspend it first to give another reason"
-                )
-            if vps.state == VpsState.DELETING:
-                raise Conflict(f"cannot suspend {vps.hostname}: it is being deleted")
-            vps.suspended_reason, vps.suspended_at = text, jobs.now()
-            vps.suspended_by = audit.one_line(actor, 300)
-            _cancel_queued(s, vps)
-            job = jobs.enqueue(s, "suspend", vps.uuid, vps.host_id, actor=actor, hold=True)
+            job = hold(s, vps, text, actor)
             return {**view(vps), "job": job.uuid}
+
+
+def hold(session: Session, vps: Vps, text: str, actor: str) -> Job:
+    """Suspend ``vps`` within the caller's transaction; the job that pauses the guest."""
+    if vps.suspended_reason is not None:
+        raise Conflict(
+            f"{vps.hostname} is suspended already ({vps.suspended_reason}); "
+            "unsuspend it first to give another reason"
+        )
+    if vps.state == VpsState.DELETING:
+        raise Conflict(f"cannot suspend {vps.hostname}: it is being deleted")
+    vps.suspended_reason, vps.suspended_at = text, jobs.now()
+    vps.suspended_by = audit.one_line(actor, 300)
+    _cancel_queued(session, vps)
+    return jobs.enqueue(session, "suspend", vps.uuid, vps.host_id, actor=actor, hold=True)
 
 
 def _cancel_queued(session: Session, vps: Vps) -> None:
@@ -93,13 +98,23 @@ def unsuspend(ctx: Context, ref: str, actor: str) -> dict[str, Any]:
     """Lift the suspension; a paused guest is resumed (by a job), a stopped one stays stopped."""
     with audit.audited(ctx, actor, "vps.unsuspend", ref[:300]), ctx.db.session() as s:
         vps = resolve(s, ref)
-        if vps.suspended_reason is None:
-            raise Conflict(f"{vps.hostname} is not suspended")
-        vps.suspended_reason = vps.suspended_at = vps.suspended_by = None
-        job = None
-        if vps.state == VpsState.SUSPENDED or _hold_pending(s, vps):
-            job = jobs.enqueue(s, "resume", vps.uuid, vps.host_id, actor=actor, hold=True)
+        job = release(s, vps, actor)
         return {**view(vps), "job": job.uuid if job is not None else None}
+
+
+def release(session: Session, vps: Vps, actor: str) -> Job | None:
+    """Lift ``vps``'s suspension within the caller's transaction; the job that resumes it."""
+    if vps.suspended_reason is None:
+        raise Conflict(f"{vps.hostname} is not suspended")
+    vps.suspended_reason = vps.suspended_at = vps.suspended_by = None
+    return resume_held(session, vps, actor)
+
+
+def resume_held(session: Session, vps: Vps, actor: str) -> Job | None:
+    """After a suspension is lifted: the job that resumes a paused guest (None: stopped)."""
+    if vps.state == VpsState.SUSPENDED or _hold_pending(session, vps):
+        return jobs.enqueue(session, "resume", vps.uuid, vps.host_id, actor=actor, hold=True)
+    return None
 
 
 def _hold_pending(session: Session, vps: Vps) -> bool:

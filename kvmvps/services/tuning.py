@@ -17,7 +17,7 @@ from sqlalchemy import select
 from kvmvps import limits
 from kvmvps.errors import Conflict, InvalidInput, KvmvpsError
 from kvmvps.hypervisor import Hypervisor
-from kvmvps.limits import PlanLimits
+from kvmvps.limits import PlanLimits, throttled
 from kvmvps.models import Plan, Vps, VpsState
 from kvmvps.services import Context, audit, views
 from kvmvps.services.facts import VpsFacts, facts_of, plan_limits
@@ -140,7 +140,8 @@ def _apply_all(ctx: Context, all_facts: list[VpsFacts], new: PlanLimits, old: Pl
     try:
         for facts in all_facts:
             hv = ctx.hypervisor(facts.host_uri)
-            apply_or_restore(hv, facts, new, old)
+            held = facts.throttle_kibps  # a VPS over its transfer stays held down
+            apply_or_restore(hv, facts, throttled(new, held), throttled(old, held))
             done.append(facts)
     except KvmvpsError:
         _restore(ctx, done, old, new)
@@ -150,6 +151,7 @@ def _apply_all(ctx: Context, all_facts: list[VpsFacts], new: PlanLimits, old: Pl
 def _restore(ctx: Context, done: list[VpsFacts], old: PlanLimits, new: PlanLimits) -> None:
     for facts in done:
         try:
-            apply(ctx.hypervisor(facts.host_uri), facts, old, new)
+            held = facts.throttle_kibps
+            apply(ctx.hypervisor(facts.host_uri), facts, throttled(old, held), throttled(new, held))
         except KvmvpsError as exc:
             log.error("restoring the limits of %s failed: %s", facts.domain, exc)

@@ -16,7 +16,7 @@ from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
 from kvmvps.errors import InvalidInput
-from kvmvps.models import Host, MetricHourly, MetricSample, Plan, TransferMonth, Vps
+from kvmvps.models import Host, MetricHourly, MetricSample, TransferMonth, Vps
 from kvmvps.services import Context
 from kvmvps.services.inventory import get_by_name
 from kvmvps.services.metering import month_of
@@ -58,6 +58,10 @@ class Transfer:
     used_bytes: int
     allowed_bytes: int | None  # None: not metered
     percent: float | None
+    # over it: "throttled" (network held to ``throttle_kibps`` KiB/s), "suspended" or None
+    enforced: str | None = None
+    throttle_kibps: int | None = None
+    over_limit: str = "throttle"
 
 
 @dataclass(frozen=True)
@@ -164,7 +168,7 @@ def vps_series(
         vps = resolve(s, ref, owner_id)
         where = [(MetricHourly.vps_id if chosen.hourly else MetricSample.vps_id) == vps.id]
         series = _series(s, chosen, seconds, where, vps.plan.vcpus, now)
-        return series, _transfer(s, vps.id, vps.plan, now)
+        return series, transfer_of(s, vps, now)
 
 
 def host_series(
@@ -184,13 +188,18 @@ def host_series(
         return host.name, series
 
 
-def _transfer(s: Session, vps_id: int, plan: Plan, now: datetime) -> Transfer:
-    month = month_of(now)
-    row = s.get(TransferMonth, (vps_id, month))
+def transfer_of(s: Session, vps: Vps, now: datetime | None = None) -> Transfer:
+    """This month's transfer of ``vps``: used / allowed, and what it led to."""
+    plan = vps.plan
+    month = month_of(now or datetime.now(UTC))
+    row = s.get(TransferMonth, (vps.id, month))
     used = 0 if row is None else int(row.bytes)
     allowed = None if plan.transfer_gib is None else plan.transfer_gib * GIB
     percent = None if not allowed else round(100.0 * used / allowed, 1)
-    return Transfer(month, used, allowed, percent)
+    enforced = None if row is None else row.enforced
+    if vps.throttle_kibps is not None:
+        enforced = "throttled"
+    return Transfer(month, used, allowed, percent, enforced, vps.throttle_kibps, plan.over_limit)
 
 
 def series_dict(series: Series) -> dict[str, Any]:
@@ -220,4 +229,7 @@ def transfer_dict(transfer: Transfer) -> dict[str, Any]:
         "used_bytes": transfer.used_bytes,
         "allowed_bytes": transfer.allowed_bytes,
         "percent": transfer.percent,
+        "enforced": transfer.enforced,
+        "throttle_kibps": transfer.throttle_kibps,
+        "over_limit": transfer.over_limit,
     }

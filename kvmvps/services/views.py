@@ -31,6 +31,9 @@ class PlanAdminView(PlanView):
 
     extra_forwards: int
     hidden: bool
+    transfer_gib: int | None
+    over_limit: str
+    over_limit_kibps: int
 
 
 class ImageView(TypedDict):
@@ -103,6 +106,9 @@ def plan_admin_view(plan: Plan, network: str | None = None) -> PlanAdminView:
         **plan_view(plan, network),
         "extra_forwards": plan.extra_forwards,
         "hidden": bool(plan.hidden),
+        "transfer_gib": plan.transfer_gib,
+        "over_limit": plan.over_limit,
+        "over_limit_kibps": plan.over_limit_kibps,
     }
 
 

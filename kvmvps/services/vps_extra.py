@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from kvmvps import cpupin
 from kvmvps.errors import CapacityError, Conflict, InvalidInput, KvmvpsError
 from kvmvps.hypervisor import Hypervisor
+from kvmvps.limits import throttled
 from kvmvps.models import Job, JobState, Plan, Vps, VpsState
 from kvmvps.services import Context, audit, placement, provisioning, tuning
 from kvmvps.services.facts import VpsFacts, facts_of, plan_limits
@@ -131,7 +132,8 @@ def _resize_live(ctx: Context, session: Session, vps: Vps, old: Plan, new: Plan)
     if _busy(session, vps):
         raise Conflict(f"cannot resize {vps.hostname}: a job is still working on it")
     facts = facts_of(vps, ctx.settings)
-    tuning.apply_or_restore(ctx.hypervisor(vps.host), facts, plan_limits(new), plan_limits(old))
+    held = throttled(plan_limits(new), vps.throttle_kibps)  # over the transfer: still held
+    tuning.apply_or_restore(ctx.hypervisor(vps.host), facts, held, facts.limits)
     vps.plan = new
 
 

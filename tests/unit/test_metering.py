@@ -12,7 +12,7 @@ from kvmvps import cpupin, ipam
 from kvmvps.errors import InvalidInput, NotFound
 from kvmvps.hypervisor import DomainStats
 from kvmvps.models import MetricHourly, MetricSample, TransferMonth, Vps
-from kvmvps.services import Context, audit, inventory, metering, provisioning, usage
+from kvmvps.services import Context, allowance, audit, inventory, metering, provisioning, usage
 
 T0 = datetime(2026, 11, 30, 10, 0, tzinfo=UTC)
 ZERO = dict.fromkeys(metering.COUNTERS, 0)
@@ -151,7 +151,7 @@ def test_transfer_allowance_shown_as_used_of_allowed(td_ctx: Context) -> None:
     with pytest.raises(NotFound):
         usage.vps_series(td_ctx, uuid, owner + 1000, "hour", now=T0)
     # an operator's reset: counted from zero again, and recorded
-    done = metering.reset_transfer(td_ctx, uuid, actor="user:ops@example.com", now=T0)
+    done = allowance.reset_transfer(td_ctx, uuid, actor="user:ops@example.com", now=T0)
     assert done["was_bytes"] == usage.GIB
     assert usage.vps_series(td_ctx, uuid, owner, "hour", now=T0)[1].used_bytes == 0
     entry = audit.list_entries(td_ctx, limit=1)[0]
@@ -161,4 +161,4 @@ def test_transfer_allowance_shown_as_used_of_allowed(td_ctx: Context) -> None:
         "ok",
     )
     with pytest.raises(NotFound):
-        metering.reset_transfer(td_ctx, "no-such-vps", actor="user:ops@example.com")
+        allowance.reset_transfer(td_ctx, "no-such-vps", actor="user:ops@example.com")
