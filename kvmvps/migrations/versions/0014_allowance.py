@@ -1,8 +1,8 @@
 """monthly transfer enforcement (the speed a VPS is held to over its allowance); a partial
 index of queued jobs for the claim
 
-Revision ID: 0013_allowance
-Revises: 0012_console
+Revision ID: 0014_allowance
+Revises: 0013_vnc
 
 """
 
@@ -12,8 +12,8 @@ import sqlalchemy as sa
 from alembic import op
 
 # revision identifiers, used by Alembic.
-revision: str = "0013_allowance"
-down_revision: str | Sequence[str] | None = "0012_console"
+revision: str = "0014_allowance"
+down_revision: str | Sequence[str] | None = "0013_vnc"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
