@@ -9,16 +9,20 @@ whole module; traffic goes only to the test's own guest network.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from lxml import etree
@@ -30,7 +34,9 @@ from kvmvps.models import Vps
 from kvmvps.services import Context, inventory, setup
 from tests import conftest
 from tests.badinput import run_cli
+from tests.forwarding import netns, netns_available, sh
 from tests.guestcheck import paramiko_client
+from tests.tools import needs
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.e2e]
 
@@ -252,3 +258,104 @@ def test_network_limit_holds_for_traffic_from_the_guest(pair: Pair) -> None:
     t0, b0 = next(m for m in marks if m[1] >= 512 << 10)
     rate = (marks[-1][1] - b0) / (marks[-1][0] - t0)
     assert 0.8 * NET_LIMIT_KIB * 1024 <= rate <= 1.2 * NET_LIMIT_KIB * 1024, rate
+
+
+# -- IPv6 ------------------------------------------------------------------
+V6_LINK = f"fd5e:{PID % 65536:x}:0:1"  # the client namespace's own /64, routed via the host
+
+
+@contextmanager
+def v6_client(name: str) -> Iterator[str]:
+    """A namespace on a veth to the host with its own IPv6 /64; default route via the host."""
+    host_end, client_end = f"v6h{PID}"[:15], f"v6c{PID}"[:15]
+    with netns(name):
+        sh("ip", "link", "add", host_end, "type", "veth", "peer", "name", client_end)
+        try:
+            sh("ip", "link", "set", client_end, "netns", name)
+            sh("ip", "-6", "addr", "add", f"{V6_LINK}::1/64", "dev", host_end, "nodad")
+            sh("ip", "link", "set", host_end, "up")
+            inside = ("ip", "netns", "exec", name)
+            sh(*inside, "ip", "-6", "addr", "add", f"{V6_LINK}::2/64", "dev", client_end, "nodad")
+            sh(*inside, "ip", "link", "set", client_end, "up")
+            sh(*inside, "ip", "-6", "route", "add", "default", "via", f"{V6_LINK}::1")
+            yield name
+        finally:
+            sh("ip", "link", "del", host_end, check=False)
+
+
+def _ssh_v6(ctx: Context, ns: str, hostname: str, tmp: Path) -> subprocess.CompletedProcess[str]:
+    """OpenSSH from the namespace to the guest's IPv6 address, its host key pinned."""
+    with ctx.db.session() as s:
+        vps = s.scalar(select(Vps).where(Vps.hostname == hostname))
+        address, host_key = vps.ipv6, vps.host_key
+    known = tmp / f"known_hosts_{hostname}"
+    known.write_text(f"{address} {host_key.split()[0]} {host_key.split()[1]}\n")
+    key = str(keys.provisioning_key_path(ctx.settings))
+    opts = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", "ConnectTimeout=10"]
+    argv = ["ip", "netns", "exec", ns, "ssh", *opts, "-o", f"UserKnownHostsFile={known}"]
+    return sh(*argv, "-i", key, f"root@{address}", "hostname", check=False)
+
+
+def _udp_listener(ns: str, port: int) -> subprocess.Popen[str]:
+    """A UDP server in the namespace printing each datagram's text and source, for 6 s."""
+    code = (
+        "import socket,sys\n"
+        "s=socket.socket(socket.AF_INET6,socket.SOCK_DGRAM);s.bind(('::',%d));s.settimeout(6)\n"
+        "print('ready',flush=True)\n"
+        "try:\n"
+        "    while True:\n"
+        "        d,a=s.recvfrom(100);print(d.decode().strip(),a[0],flush=True)\n"
+        "except OSError:\n"
+        "    pass\n" % port
+    )
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", ns, sys.executable, "-c", code], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+@needs(netns_available(), "network namespaces (root, ip) for the IPv6 client")
+def test_ipv6_reaches_the_guest_from_outside_and_cannot_be_spoofed(
+    pair: Pair, tmp_path: Path
+) -> None:
+    ctx, victim, mallory = pair.ctx, pair.victim, pair.mallory
+    vip6, mip6 = victim["ipv6"], mallory["ipv6"]
+    assert vip6 and mip6 and vip6 != mip6, (victim, mallory)
+    net = ok(ctx, "network", "list")[0]
+    assert ipaddress.IPv6Address(vip6) in ipaddress.IPv6Network(net["ipv6_prefix"])
+    gw6 = str(ipaddress.IPv6Network(net["ipv6_prefix"]).network_address + 1)
+    # the address is configured persistently in the guest, router adverts ignored
+    out = root_run(ctx, "victim", "cat /etc/kvmvps/ipv6; ip -6 addr show dev eth0 scope global")
+    assert f"{vip6}/64 {gw6}" in out and f"inet6 {vip6}/64" in out, out
+    assert out.count("inet6 ") == 1, out  # no SLAAC address beside it
+    with v6_client(f"kv6c{PID}") as ns:
+        res = _ssh_v6(ctx, ns, "victim", tmp_path)
+        assert res.returncode == 0 and res.stdout.strip() == "victim", res.stderr
+        # root in mallory takes victim's IPv6 address: its traffic from it goes nowhere
+        port = 40000 + PID % 20000
+        listener = _udp_listener(ns, port)
+        send = "echo {tag} | nc -u -w 1 {src} {dst} {port}; echo sent"
+        try:
+            out = root_run(
+                ctx,
+                "mallory",
+                f"ip -6 addr add {vip6}/64 dev eth0; "
+                + send.format(tag="own", src=f"-s {mip6}", dst=f"{V6_LINK}::2", port=port)
+                + "; "
+                + send.format(tag="spoofed", src=f"-s {vip6}", dst=f"{V6_LINK}::2", port=port)
+                + f"; ping -c 1 -W 2 -I {vip6} {gw6}; echo rc=$?",
+            )
+            got, _ = listener.communicate(timeout=15)
+        finally:
+            root_run(ctx, "mallory", f"ip -6 addr del {vip6}/64 dev eth0")
+        assert out.count("sent") == 2 and "rc=0" not in out, out
+        assert f"own {mip6}" in got, (got, out)
+        assert "spoofed" not in got, got
+        # the host still reaches victim's address at victim, and ssh still lands there
+        neigh = sh("ip", "-6", "neigh", "show", "dev", BRIDGE, "to", vip6).stdout
+        assert pair.mallory["mac"] not in neigh, neigh
+        res = _ssh_v6(ctx, ns, "victim", tmp_path)
+        assert res.returncode == 0 and res.stdout.strip() == "victim", res.stderr
+    rules = sh("ebtables", "-t", "nat", "-L").stdout
+    assert "--ip6-icmp-type 134" in rules or "ipv6-icmp-type 134" in rules, rules
