@@ -218,7 +218,8 @@ def ipv6_prefix(value: str) -> ipaddress.IPv6Network:
         ) from None
     if net.prefixlen != 64:
         raise InvalidInput(f"IPv6 prefix {net}: the prefix must be a /64")
-    if net.is_link_local or net.is_multicast or net.is_loopback or net.is_unspecified:
+    addr = net.network_address
+    if addr.is_link_local or addr.is_multicast or addr.is_loopback or addr.is_unspecified:
         raise InvalidInput(f"IPv6 prefix {net} is link-local, multicast or reserved")
     if net.network_address.ipv4_mapped is not None:
         raise InvalidInput(f"IPv6 prefix {net} is an IPv4-mapped range")
