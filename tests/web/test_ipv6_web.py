@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from kvmvps.models import Vps
-from tests.web.conftest import A, B, OP, World
+from tests.web.conftest import OP, A, B, World
 from tests.web.helpers import forbid_libvirt_work
 
 
