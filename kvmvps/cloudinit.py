@@ -125,16 +125,20 @@ def render_network_config(*, mac: str, ipv6: str, ipv6_gateway: str) -> str:
         raise InvalidInput(
             f"IPv6 address {ipv6!r} or gateway {ipv6_gateway!r} is invalid"
         ) from None
+    # keyed and named eth0 (the images boot with net.ifnames=0): ifupdown, which
+    # cloud-init renders to on Debian 12, names the interface by this key;
+    # gateway6 becomes ifupdown's own "gateway" (a route would need net-tools)
     config = {
         "version": 2,
         "ethernets": {
-            "primary": {
+            "eth0": {
                 "match": {"macaddress": mac.lower()},
+                "set-name": "eth0",
                 "dhcp4": True,
                 "dhcp6": False,
                 "accept-ra": False,
                 "addresses": [f"{address}/64"],
-                "routes": [{"to": "::/0", "via": str(gateway)}],
+                "gateway6": str(gateway),
             }
         },
     }

@@ -127,7 +127,7 @@ def test_validation_and_cloud_init_network_config() -> None:
         mac="52:54:00:AA:BB:CC", ipv6="fd00:1::17", ipv6_gateway="fd00:1::1"
     )
     assert "dhcp4: true" in text and "accept-ra: false" in text
-    assert "fd00:1::17/64" in text and "via: fd00:1::1" in text
+    assert "fd00:1::17/64" in text and "gateway6: fd00:1::1" in text
     assert "52:54:00:aa:bb:cc" in text
     with pytest.raises(InvalidInput):
         cloudinit.render_network_config(mac="x", ipv6="fd00::1\nruncmd: x", ipv6_gateway="fd00::1")
