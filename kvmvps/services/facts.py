@@ -79,13 +79,13 @@ class VpsFacts:
     login_user: str
     allow_guest_traffic: bool = False
     limits: PlanLimits = PlanLimits()
-    # the guest's fixed IPv6 address, its prefix length and gateway (None: IPv4 only)
+    # the guest's fixed IPv6 address and the network's IPv6 gateway (None: IPv4 only)
     ipv6: str | None = None
     ipv6_gateway: str | None = None
 
     @property
     def ipv6_config(self) -> str:
-        """ "ADDRESS/64 GATEWAY" for the guest's static IPv6 setup, or "" without IPv6."""
+        """The guest's static IPv6 setup as ``ADDRESS/64 GATEWAY``; empty without IPv6."""
         if not self.ipv6 or not self.ipv6_gateway:
             return ""
         return f"{self.ipv6}/64 {self.ipv6_gateway}"
