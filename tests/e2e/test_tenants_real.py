@@ -169,9 +169,10 @@ def test_reconcile_puts_a_removed_filter_back(pair: Pair) -> None:
     fixed = [i for i in report["isolation"] if i["hostname"] == "mallory"]
     assert fixed and all(i["action"] == "filter and isolation put back" for i in fixed), fixed
     nic = interface(ctx, domain)
-    assert nic.find("filterref").get("filter") == "kvmvps-clean-traffic"
+    assert nic.find("filterref").get("filter") == "kvmvps-clean-traffic-ipv6"
     params = {p.get("name"): p.get("value") for p in nic.iterfind("filterref/parameter")}
     assert params["IP"] == pair.mallory["ip"] and params["MAC"] == pair.mallory["mac"]
+    assert params["IPV6"] == pair.mallory["ipv6"]
     assert params["GATEWAY_MAC"] == hv.network_mac(NAME)
     assert ok(ctx, "reconcile")["isolation"] == []  # in order now
     out = root_run(ctx, "mallory", f"ping -c 2 -W 2 {pair.victim['ip']}; echo rc=$?")
@@ -296,22 +297,22 @@ def _ssh_v6(ctx: Context, ns: str, hostname: str, tmp: Path) -> subprocess.Compl
     return sh(*argv, "-i", key, f"root@{address}", "hostname", check=False)
 
 
-def _echo_listener(ns: str) -> subprocess.Popen[str]:
-    """A raw ICMPv6 socket in the namespace printing the source of each echo request, until 3 s pass quietly."""
+def _echo_listener(ns: str, until_twice_from: str) -> subprocess.Popen[str]:
+    """A raw ICMPv6 socket in the namespace printing the source of each echo request.
+
+    It ends at the second echo request from ``until_twice_from`` (or after 60 s).
+    """
     code = (
-        "import socket\n"
-        "s=socket.socket(socket.AF_INET6,socket.SOCK_RAW,socket.IPPROTO_ICMPV6);s.settimeout(3)\n"
-        "print('ready',flush=True)\n"
-        "try:\n"
-        "    while True:\n"
-        "        d,a=s.recvfrom(200)\n"
-        "        if d[0]==128: print('echo',a[0],flush=True)\n"
-        "except OSError:\n"
-        "    pass\n"
+        "import socket,sys\n"
+        "s=socket.socket(socket.AF_INET6,socket.SOCK_RAW,socket.IPPROTO_ICMPV6)\n"
+        "s.settimeout(60);print('ready',flush=True);seen=0\n"
+        "while seen<2:\n"
+        "    d,a=s.recvfrom(200)\n"
+        "    if d[0]==128:\n"
+        "        print('echo',a[0],flush=True);seen+=a[0]==sys.argv[1]\n"
     )
-    proc = subprocess.Popen(
-        ["ip", "netns", "exec", ns, sys.executable, "-c", code], stdout=subprocess.PIPE, text=True
-    )
+    argv = ["ip", "netns", "exec", ns, sys.executable, "-c", code, until_twice_from]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
     return proc
 
@@ -334,7 +335,7 @@ def test_ipv6_reaches_the_guest_from_outside_and_cannot_be_spoofed(
         res = _ssh_v6(ctx, ns, "victim", tmp_path)
         assert res.returncode == 0 and res.stdout.strip() == "victim", res.stderr
         # root in mallory takes victim's IPv6 address: its traffic from it goes nowhere
-        listener = _echo_listener(ns)
+        listener = _echo_listener(ns, until_twice_from=mip6)
         client = f"{V6_LINK}::2"
         try:
             out = root_run(
@@ -343,12 +344,16 @@ def test_ipv6_reaches_the_guest_from_outside_and_cannot_be_spoofed(
                 f"ip -6 addr add {vip6}/64 dev eth0; "
                 f"ping -c 1 -W 2 -I {mip6} {client}; echo own=$?; "
                 f"ping -c 1 -W 1 -I {vip6} {client}; echo spoofed=$?; "
-                f"ping -c 1 -W 1 -I {vip6} {gw6}; echo gateway=$?",
+                f"ping -c 1 -W 1 -I {vip6} {gw6}; echo gateway=$?; "
+                # the last echo, after the spoofed one on the same path, ends the listener
+                f"ping -c 1 -W 2 -I {mip6} {client}; echo own2=$?",
             )
-            got, _ = listener.communicate(timeout=15)
+            got, _ = listener.communicate(timeout=70)
         finally:
+            listener.kill()
             root_run(ctx, "mallory", f"ip -6 addr del {vip6}/64 dev eth0")
-        assert "own=0" in out and "spoofed=0" not in out and "gateway=0" not in out, out
+        assert "own=0" in out and "own2=0" in out, out
+        assert "spoofed=0" not in out and "gateway=0" not in out, out
         assert f"echo {mip6}" in got, (got, out)
         assert f"echo {vip6}" not in got, got
         # the host still reaches victim's address at victim, and ssh still lands there
