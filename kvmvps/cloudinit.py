@@ -14,6 +14,7 @@ authorized_keys entry would be a second key, so they are refused here too.
 from __future__ import annotations
 
 import io
+import ipaddress
 import re
 from dataclasses import dataclass
 
@@ -112,6 +113,36 @@ def render_meta_data(*, instance_id: str, hostname: str) -> str:
     if not instance_id:
         raise InvalidInput("the instance id cannot be empty")
     return _dump({"instance-id": instance_id, "local-hostname": hostname})
+
+
+def render_network_config(*, mac: str, ipv6: str, ipv6_gateway: str) -> str:
+    """NoCloud network-config v2: IPv4 by DHCP, the fixed IPv6 address, no router adverts."""
+    for what, value in (("MAC", mac), ("IPv6 address", ipv6), ("IPv6 gateway", ipv6_gateway)):
+        _one_line(what, value)
+    try:
+        address, gateway = ipaddress.IPv6Address(ipv6), ipaddress.IPv6Address(ipv6_gateway)
+    except ValueError:
+        raise InvalidInput(
+            f"IPv6 address {ipv6!r} or gateway {ipv6_gateway!r} is invalid"
+        ) from None
+    # keyed and named eth0 (the images boot with net.ifnames=0): ifupdown, which
+    # cloud-init renders to on Debian 12, names the interface by this key;
+    # gateway6 becomes ifupdown's own "gateway" (a route would need net-tools)
+    config = {
+        "version": 2,
+        "ethernets": {
+            "eth0": {
+                "match": {"macaddress": mac.lower()},
+                "set-name": "eth0",
+                "dhcp4": True,
+                "dhcp6": False,
+                "accept-ra": False,
+                "addresses": [f"{address}/64"],
+                "gateway6": str(gateway),
+            }
+        },
+    }
+    return _dump(config)
 
 
 def build_seed_iso(*, user_data: str, meta_data: str, network_config: str | None = None) -> bytes:

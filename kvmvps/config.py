@@ -42,6 +42,8 @@ class Settings:
     network: str = "kvmvps"
     network_subnet: str = "10.213.0.0/24"
     network_bridge: str = "kvmvps0"
+    # the default network's IPv6 /64: "auto" (a unique local one), "none", or a prefix
+    network_ipv6: str = "auto"
     cpu_overcommit: float = 4.0
     host_memory_reserve_mib: int = 512
     ssh_timeout: float = 120.0

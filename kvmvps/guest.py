@@ -54,14 +54,29 @@ INSTALL_KEYS = (
     'chown -R "$u:$gid" "$home/.ssh"'
 )
 FORCE_CHANGE = 'if command -v chage >/dev/null 2>&1; then chage -d 0 "$1"; echo forced; fi'
+# The fixed IPv6 address ($1: "ADDRESS/64 GATEWAY"), kept in /etc/kvmvps/ipv6
+# (the tiny image's boot script applies it on every boot) and applied now on the
+# interface of the IPv4 default route; router advertisements are ignored.
+SET_IPV6 = (
+    'mkdir -p /etc/kvmvps; printf "%s\\n" "$1" > /etc/kvmvps/ipv6.new; '
+    "mv /etc/kvmvps/ipv6.new /etc/kvmvps/ipv6; "
+    "i=$(ip route show default 2>/dev/null | awk '{print $5; exit}'); i=${i:-eth0}; "
+    "for k in accept_ra autoconf accept_dad; do "
+    'echo 0 > "/proc/sys/net/ipv6/conf/$i/$k" || true; done; '
+    "set -- $1; "
+    'ip -6 addr add "$1" dev "$i" 2>/dev/null || true; '
+    'ip -6 route replace default via "$2" dev "$i"'
+)
 # All of the above in one command (one channel, one shell on the guest): $1 is
-# the hostname, $2 the user; stdin is the shadow line for ``chpasswd -e``, then
-# the authorized keys.
+# the hostname, $2 the user, $3 the IPv6 setup or empty; stdin is the shadow
+# line for ``chpasswd -e``, then the authorized keys.
 PUSH_ALL = (
     f"set_hostname() {{ {SET_HOSTNAME}; }}; "
     f"install_keys() {{ {INSTALL_KEYS}; }}; "
     f"force_change() {{ {FORCE_CHANGE}; }}; "
+    f"set_ipv6() {{ {SET_IPV6}; }}; "
     'set -e; set_hostname "$1" </dev/null; '
+    'if [ -n "$3" ]; then set_ipv6 "$3" </dev/null; fi; '
     'IFS= read -r line; printf "%s\\n" "$line" | chpasswd -e; '
     'install_keys "$2"; force_change "$2" </dev/null'
 )
@@ -237,7 +252,13 @@ def run(client: paramiko.SSHClient, script: str, args: list[str], stdin: bytes =
 
 
 def push_credentials(
-    client: paramiko.SSHClient, *, hostname: str, user: str, password: str, ssh_keys: list[str]
+    client: paramiko.SSHClient,
+    *,
+    hostname: str,
+    user: str,
+    password: str,
+    ssh_keys: list[str],
+    ipv6: str = "",
 ) -> bool:
     """Set hostname, password and keys; force a password change where possible.
 
@@ -247,7 +268,8 @@ def push_credentials(
     """
     line = f"{user}:{hash_password(password)}\n"
     keys = "".join(f"{k}\n" for k in ssh_keys)
-    return "forced" in run(client, PUSH_ALL, [hostname, user], stdin=(line + keys).encode())
+    args = [hostname, user, ipv6]
+    return "forced" in run(client, PUSH_ALL, args, stdin=(line + keys).encode())
 
 
 def verify_password_login(

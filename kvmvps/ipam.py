@@ -6,6 +6,7 @@ Allocation happens inside the caller's transaction; the unique constraints on
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import secrets
 from collections.abc import Iterator
@@ -87,7 +88,8 @@ def allocate(
         lease = IpLease(network_id=network.id, address=address)
         session.add(lease)
     lease.mac, lease.vps_id, lease.released_at = random_mac(session), vps.id, None
-    vps.ip, vps.mac = lease.address, lease.mac
+    lease.ipv6 = ipv6_for(network, lease.address)
+    vps.ip, vps.mac, vps.ipv6 = lease.address, lease.mac, lease.ipv6
     session.flush()
     return lease
 
@@ -98,8 +100,36 @@ def release(session: Session, vps: Vps) -> None:
     if lease is not None:
         lease.vps_id, lease.mac, lease.released_at = None, None, datetime.now(UTC)
     vps.ip = None
+    vps.ipv6 = None
     vps.mac = None
     session.flush()
+
+
+def ipv6_for(network: Network, address: str) -> str | None:
+    """The IPv6 address that goes with an IPv4 address of ``network`` (None: no prefix).
+
+    The host part is the IPv4 address's offset in its subnet: 10.0.0.23 in
+    10.0.0.0/24 is PREFIX::17. The IPv6 address is so allocated, released and
+    reused with the IPv4 address, and unique wherever the IPv4 address is.
+    """
+    if not network.ipv6_prefix:
+        return None
+    prefix = ipaddress.IPv6Network(network.ipv6_prefix)
+    offset = int(ipaddress.IPv4Address(address)) - int(
+        ipaddress.IPv4Network(network.subnet).network_address
+    )
+    return str(prefix.network_address + offset)
+
+
+def default_ipv6_prefix(name: str, taken: AbstractSet[str]) -> str:
+    """A unique local /64 (fd00::/8) derived from the network's name, not in ``taken``."""
+    for attempt in range(64):
+        digest = hashlib.sha256(f"kvmvps-network:{name}:{attempt}".encode()).digest()
+        high = int.from_bytes(b"\xfd" + digest[:7], "big")
+        prefix = ipaddress.IPv6Network((high << 64, 64))
+        if str(prefix) not in taken:
+            return str(prefix)
+    raise CapacityError(f"could not derive a free IPv6 prefix for network {name!r}")
 
 
 def gateway_for(subnet: ipaddress.IPv4Network, gateway: str | None) -> str:

@@ -176,6 +176,8 @@ class Network(Base):
     gateway: Mapped[str] = mapped_column(String(39))
     pool_start: Mapped[str | None] = mapped_column(String(39))
     pool_end: Mapped[str | None] = mapped_column(String(39))
+    # NAT networks: the guests' IPv6 /64 (routed by the host, not NATed); None: IPv4 only
+    ipv6_prefix: Mapped[str | None] = mapped_column(String(43), unique=True)
     # False: guests' bridge ports are isolated from each other (they still reach the host)
     allow_guest_traffic: Mapped[bool] = mapped_column(
         Boolean, default=False, server_default="false"
@@ -289,6 +291,7 @@ class Vps(Base):
     state: Mapped[str] = mapped_column(String(16), default=VpsState.BUILDING)
     mac: Mapped[str | None] = mapped_column(String(17), unique=True)
     ip: Mapped[str | None] = mapped_column(String(39))
+    ipv6: Mapped[str | None] = mapped_column(String(39))
     username: Mapped[str | None] = mapped_column(String(32))
     host_key: Mapped[str | None] = mapped_column(Text)
     host_key_fingerprint: Mapped[str | None] = mapped_column(String(128))
@@ -376,11 +379,16 @@ class IpLease(Base):
     """
 
     __tablename__ = "ip_leases"
-    __table_args__ = (UniqueConstraint("network_id", "address"),)
+    __table_args__ = (
+        UniqueConstraint("network_id", "address"),
+        UniqueConstraint("network_id", "ipv6"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     network_id: Mapped[int] = mapped_column(ForeignKey("networks.id"))
     address: Mapped[str] = mapped_column(String(39))
+    # the IPv6 address that goes with ``address`` on a network with a prefix
+    ipv6: Mapped[str | None] = mapped_column(String(39))
     mac: Mapped[str | None] = mapped_column(String(17), unique=True)
     vps_id: Mapped[int | None] = mapped_column(ForeignKey("vps.id"), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -206,6 +206,26 @@ def ipv4_network(value: str) -> ipaddress.IPv4Network:
     return net
 
 
+def ipv6_prefix(value: str) -> ipaddress.IPv6Network:
+    """A guest network's IPv6 prefix: a /64, not link-local, multicast or loopback."""
+    if has_control(value or ""):
+        raise InvalidInput(f"IPv6 prefix {_preview(value)} contains control characters")
+    try:
+        net = ipaddress.IPv6Network(value, strict=True)
+    except (ValueError, TypeError):
+        raise InvalidInput(
+            f"IPv6 prefix {_preview(value)} is not an IPv6 network such as fd12:3456:789a:1::/64"
+        ) from None
+    if net.prefixlen != 64:
+        raise InvalidInput(f"IPv6 prefix {net}: the prefix must be a /64")
+    addr = net.network_address
+    if addr.is_link_local or addr.is_multicast or addr.is_loopback or addr.is_unspecified:
+        raise InvalidInput(f"IPv6 prefix {net} is link-local, multicast or reserved")
+    if net.network_address.ipv4_mapped is not None:
+        raise InvalidInput(f"IPv6 prefix {net} is an IPv4-mapped range")
+    return net
+
+
 def _preview(text: str | None) -> str:
     text = (text or "").strip().replace("\n", " ")
     return repr(text if len(text) <= 40 else text[:37] + "...")

@@ -66,6 +66,7 @@ class TrafficFilter:
     mac: str
     ips: tuple[str, ...]
     gateway_mac: str | None = None
+    ipv6: str | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,9 @@ class FilterRule:
     direction: str
     priority: int
     dst_mac: str | None = None
+    dst_mac_mask: str | None = None
+    # an ICMPv6 type the rule matches (an ``<ipv6 protocol="icmpv6">`` rule)
+    icmpv6_type: int | None = None
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,19 @@ STOCK_FILTER = "clean-traffic"
 GATEWAY_FILTER = "kvmvps-gateway-only"
 ISOLATING_FILTER = "kvmvps-clean-traffic"
 BROADCAST_MAC = "ff:ff:ff:ff:ff:ff"
+# IPv6: libvirt's stock source check (own $IPV6 only; link-local for DHCPv6 only)
+STOCK_IPV6_FILTER = "no-ipv6-spoofing"
+IPV6_RULES_FILTER = "kvmvps-ipv6"
+GATEWAY_FILTER_V6 = "kvmvps-gateway-only-ipv6"
+ISOLATING_FILTER_V6 = "kvmvps-clean-traffic-ipv6"
+OPEN_FILTER_V6 = "kvmvps-clean-traffic-open-ipv6"
+IPV6_MULTICAST_MAC = ("33:33:00:00:00:00", "ff:ff:00:00:00:00")
+ICMPV6_ROUTER_ADVERT = 134
+ICMPV6_REDIRECT = 137
+
+
+def _uuid_of(name: str) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, KVMVPS_XMLNS + "#" + name))
 
 
 def own_nwfilters() -> tuple[NwFilterSpec, ...]:
@@ -118,7 +135,53 @@ def own_nwfilters() -> tuple[NwFilterSpec, ...]:
         chain="root",
         filterrefs=(STOCK_FILTER, GATEWAY_FILTER),
     )
-    return (gateway_only, isolating)
+    return (gateway_only, isolating, *ipv6_nwfilters())
+
+
+def ipv6_nwfilters() -> tuple[NwFilterSpec, ...]:
+    """The filters of guests with an IPv6 address (parameter ``IPV6``).
+
+    They add to the IPv4 ones: IPv6 goes out only from the guest's own
+    address (libvirt's ``no-ipv6-spoofing``), never as a router advertisement
+    or redirect, and comes in; the gateway-only variant also lets frames
+    out to IPv6 multicast MACs, which neighbour discovery needs.
+    """
+    rules = NwFilterSpec(
+        name=IPV6_RULES_FILTER,
+        uuid=_uuid_of(IPV6_RULES_FILTER),
+        chain="ipv6",
+        priority=-600,
+        rules=(
+            FilterRule("drop", "out", 100, icmpv6_type=ICMPV6_ROUTER_ADVERT),
+            FilterRule("drop", "out", 110, icmpv6_type=ICMPV6_REDIRECT),
+            FilterRule("accept", "inout", 500),
+        ),
+    )
+    gateway_only = NwFilterSpec(
+        name=GATEWAY_FILTER_V6,
+        uuid=_uuid_of(GATEWAY_FILTER_V6),
+        chain="mac-gw6",
+        priority=-750,
+        rules=(
+            FilterRule("return", "out", 100, "$GATEWAY_MAC"),
+            FilterRule("return", "out", 110, BROADCAST_MAC),
+            FilterRule("return", "out", 120, *IPV6_MULTICAST_MAC),
+            FilterRule("drop", "out", 1000),
+        ),
+    )
+    isolating = NwFilterSpec(
+        name=ISOLATING_FILTER_V6,
+        uuid=_uuid_of(ISOLATING_FILTER_V6),
+        chain="root",
+        filterrefs=(STOCK_FILTER, GATEWAY_FILTER_V6, STOCK_IPV6_FILTER, IPV6_RULES_FILTER),
+    )
+    open_ = NwFilterSpec(
+        name=OPEN_FILTER_V6,
+        uuid=_uuid_of(OPEN_FILTER_V6),
+        chain="root",
+        filterrefs=(STOCK_FILTER, STOCK_IPV6_FILTER, IPV6_RULES_FILTER),
+    )
+    return (rules, gateway_only, isolating, open_)
 
 
 @dataclass(frozen=True)
@@ -254,6 +317,9 @@ class NatNetworkSpec:
     address: str
     netmask: str
     dhcp_hosts: tuple[DhcpHost, ...] = field(default_factory=tuple)
+    # the host's address in the network's IPv6 /64 (routed by libvirt); None: IPv4 only
+    ipv6_address: str | None = None
+    ipv6_prefix: int = 64
 
 
 @dataclass(frozen=True)
@@ -287,9 +353,14 @@ def sentinel_address(subnet: str) -> str:
 
 
 def nat_network_spec(
-    name: str, bridge: str, subnet: str, gateway: str, hosts: tuple[DhcpHost, ...] = ()
+    name: str,
+    bridge: str,
+    subnet: str,
+    gateway: str,
+    hosts: tuple[DhcpHost, ...] = (),
+    ipv6_gateway: str | None = None,
 ) -> NatNetworkSpec:
-    """The spec of a NAT network from its subnet and gateway."""
+    """The spec of a NAT network from its subnet and gateway (and IPv6 gateway, if any)."""
     net = ipaddress.IPv4Network(subnet)
     sentinel = DhcpHost(mac=SENTINEL_MAC, ip=sentinel_address(subnet), name=SENTINEL_NAME)
     return NatNetworkSpec(
@@ -298,6 +369,7 @@ def nat_network_spec(
         address=gateway,
         netmask=str(net.netmask),
         dhcp_hosts=tuple(sorted((*hosts, sentinel), key=lambda h: ipaddress.IPv4Address(h.ip))),
+        ipv6_address=ipv6_gateway,
     )
 
 

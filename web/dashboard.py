@@ -148,6 +148,7 @@ def servers_state() -> ResponseReturnValue:
                     "hostname": r["hostname"],
                     "state": r["state"],
                     "ip": r["ip"],
+                    "ipv6": r["ipv6"],
                     "error": r["error"],
                     "suspended_reason": r["suspended_reason"],
                     "job": _job_brief(busy.get(r["id"])),

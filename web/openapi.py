@@ -42,6 +42,10 @@ SERVER = {
             "enum": list(VpsState.SHOWN),
         },
         "ip": _nullable(STR),
+        "ipv6": {
+            **_nullable(STR),
+            "description": "The fixed IPv6 address (routed, reachable without forwards).",
+        },
         "mac": _nullable(STR),
         "domain": STR,
         "host": STR,

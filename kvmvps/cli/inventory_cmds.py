@@ -46,6 +46,7 @@ NETWORK_COLUMNS = (
     "bridge",
     "pool_start",
     "pool_end",
+    "ipv6_prefix",
     "allow_guest_traffic",
 )
 
@@ -379,6 +380,11 @@ def network_group() -> None:
     is_flag=True,
     help="Let guests on this network reach each other directly (default: isolated).",
 )
+@click.option(
+    "--ipv6",
+    metavar="PREFIX/64|auto|none",
+    help="NAT networks: the guests' routed IPv6 /64 (default auto: a unique local one).",
+)
 @json_option
 @pass_obj
 def network_add(
@@ -391,6 +397,7 @@ def network_add(
     pool_start: str | None,
     pool_end: str | None,
     allow_guest_traffic: bool,
+    ipv6: str | None,
     as_json: bool,
 ) -> None:
     """Add a network and create it on every host.
@@ -410,6 +417,7 @@ def network_add(
         pool_start=pool_start,
         pool_end=pool_end,
         allow_guest_traffic=allow_guest_traffic,
+        ipv6=ipv6,
         actor=actor(),
     )
     view = views.network_view(net)

@@ -19,7 +19,7 @@ from kvmvps.services.vps import VpsView
 # jobs (paramiko, libvirt, Jinja2, lxml) inside their bodies: 'vps list' and
 # 'vps show' never load them, and start in a third of the time (speed, not cycles).
 
-LIST_COLUMNS = ("id", "hostname", "state", "ip", "plan", "image", "host", "owner")
+LIST_COLUMNS = ("id", "hostname", "state", "ip", "ipv6", "plan", "image", "host", "owner")
 SHOW_KEYS = vps_service.VIEW_KEYS
 
 
@@ -146,6 +146,8 @@ def _print_with_password(view: Mapping[str, object], password: str | None, as_js
         click.echo(f"{'password'.ljust(20)}  {password}")
         click.echo("(the password is shown only this once; 'vps password-reset' sets a new one)")
         click.echo(f"log in: ssh -p {view['ssh_port']} {view['username']}@{view['ssh_host']}")
+        if view.get("ipv6"):
+            click.echo(f"or over IPv6: ssh {view['username']}@{view['ipv6']}")
 
 
 @vps_group.command("password-reset")

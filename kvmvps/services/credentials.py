@@ -57,7 +57,14 @@ def make_seed(b: Build) -> None:
         host_keys=[host_key],
     )
     meta_data = cloudinit.render_meta_data(instance_id=f.uuid, hostname=f.hostname)
-    iso = cloudinit.build_seed_iso(user_data=user_data, meta_data=meta_data)
+    network_config = None
+    if f.ipv6 and f.ipv6_gateway and f.mac:
+        network_config = cloudinit.render_network_config(
+            mac=f.mac, ipv6=f.ipv6, ipv6_gateway=f.ipv6_gateway
+        )
+    iso = cloudinit.build_seed_iso(
+        user_data=user_data, meta_data=meta_data, network_config=network_config
+    )
     b.hv.delete_volume(f.pool, f.seed_volume)
     xml = xmlrender.raw_volume_xml(RawVolumeSpec(name=f.seed_volume, capacity_bytes=len(iso)))
     b.hv.upload_volume(f.pool, f.seed_volume, xml, iso)
@@ -164,7 +171,12 @@ def push(b: Build) -> None:
         proof = guest.PasswordProof(target)
         try:
             guest.push_credentials(
-                client, hostname=f.hostname, user=f.login_user, password=password, ssh_keys=ssh_keys
+                client,
+                hostname=f.hostname,
+                user=f.login_user,
+                password=password,
+                ssh_keys=ssh_keys,
+                ipv6=f.ipv6_config,
             )
         except BaseException:
             proof.close()

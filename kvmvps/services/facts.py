@@ -13,12 +13,15 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from kvmvps import ipam
 from kvmvps.config import Settings
 from kvmvps.errors import NotFound
 from kvmvps.limits import LIMIT_FIELDS, PlanLimits, throttled
 from kvmvps.models import Image, Plan, Vps
 from kvmvps.xmlspec import (
     ISOLATING_FILTER,
+    ISOLATING_FILTER_V6,
+    OPEN_FILTER_V6,
     STOCK_FILTER,
     DhcpHost,
     DomainSpec,
@@ -77,6 +80,16 @@ class VpsFacts:
     allow_guest_traffic: bool = False
     limits: PlanLimits = PlanLimits()  # the plan's, held down while over the transfer
     throttle_kibps: int | None = None
+    # the guest's fixed IPv6 address and the network's IPv6 gateway (None: IPv4 only)
+    ipv6: str | None = None
+    ipv6_gateway: str | None = None
+
+    @property
+    def ipv6_config(self) -> str:
+        """The guest's static IPv6 setup as ``ADDRESS/64 GATEWAY``; empty without IPv6."""
+        if not self.ipv6 or not self.ipv6_gateway:
+            return ""
+        return f"{self.ipv6}/64 {self.ipv6_gateway}"
 
     @property
     def dhcp_host(self) -> DhcpHost | None:
@@ -124,6 +137,8 @@ def facts_of(vps: Vps, settings: Settings) -> VpsFacts:
         allow_guest_traffic=net.allow_guest_traffic,
         limits=throttled(plan_limits(plan), vps.throttle_kibps),
         throttle_kibps=vps.throttle_kibps,
+        ipv6=vps.ipv6 if net.kind == "nat" else None,
+        ipv6_gateway=ipam.ipv6_for(net, net.gateway),
     )
 
 
@@ -267,10 +282,14 @@ def interface_spec(facts: VpsFacts, gateway_mac: str | None = None) -> Interface
         kind, source = ("bridge", facts.bridge)
     ips = (facts.ip,) if facts.ip else ()
     gateway_only = not facts.allow_guest_traffic and facts.network_kind == "nat" and gateway_mac
+    v6 = facts.ipv6 if facts.network_kind == "nat" else None
     if gateway_only:
-        flt = TrafficFilter(name=ISOLATING_FILTER, mac=mac, ips=ips, gateway_mac=gateway_mac)
+        name = ISOLATING_FILTER_V6 if v6 else ISOLATING_FILTER
+        flt = TrafficFilter(name=name, mac=mac, ips=ips, gateway_mac=gateway_mac, ipv6=v6)
     else:
-        flt = TrafficFilter(name=TRAFFIC_FILTER, mac=mac, ips=ips)
+        flt = TrafficFilter(
+            name=OPEN_FILTER_V6 if v6 else TRAFFIC_FILTER, mac=mac, ips=ips, ipv6=v6
+        )
     return InterfaceSpec(
         kind=kind,
         source=source,

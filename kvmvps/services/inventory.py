@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import shutil
@@ -309,7 +310,12 @@ def network_xml(session: Session, network: Network) -> str:
     )
     hosts = tuple(DhcpHost(mac=m, ip=ip, name=n) for m, ip, n in rows if m is not None)
     spec = nat_network_spec(
-        network.libvirt_name, network.bridge_name, network.subnet, network.gateway, hosts
+        network.libvirt_name,
+        network.bridge_name,
+        network.subnet,
+        network.gateway,
+        hosts,
+        ipv6_gateway=ipam.ipv6_for(network, network.gateway),
     )
     return xmlrender.nat_network_xml(spec)
 
@@ -326,13 +332,16 @@ def add_network(
     pool_start: str | None = None,
     pool_end: str | None = None,
     allow_guest_traffic: bool = False,
+    ipv6: str | None = None,
     actor: str | None = None,
 ) -> Network:
     """Record a NAT or bridge network and create it on every enabled host.
 
     Guests' bridge ports are isolated from each other unless
     ``allow_guest_traffic``; they always reach the host (and so each
-    other's public forwards).
+    other's public forwards). A NAT network gets the IPv6 /64 ``ipv6``
+    (routed, not NATed), by default a unique local one derived from its
+    name; ``"none"`` leaves it IPv4 only.
     """
     name = validation.object_name(name, "network name")
     if kind not in ("nat", "bridge"):
@@ -342,6 +351,7 @@ def add_network(
     if kind == "bridge" and not bridge:
         raise InvalidInput("a bridge network needs --bridge, the name of an existing host bridge")
     start, end = validation.address_range(net, pool_start, pool_end)
+    _wanted_prefix(kind, ipv6)  # bad input refused before anything else
     network = Network(
         name=name,
         kind=kind,
@@ -356,6 +366,7 @@ def add_network(
     with ctx.db.reading() as s:
         _refuse_duplicate(s, Network, name, "network")
         _refuse_overlap(s, net, bridge_name, kind)
+        prefix = network.ipv6_prefix = ipv6_prefix_for(s, name, kind, ipv6)
         xml = network_xml(s, network)  # a new network: no DHCP entries yet
         uris = list(s.scalars(select(Host.uri).where(Host.enabled).order_by(Host.id)))
     made: list[str] = []
@@ -368,11 +379,49 @@ def add_network(
         with ctx.db.session() as s:
             _refuse_duplicate(s, Network, name, "network")  # again: another may have won
             _refuse_overlap(s, net, bridge_name, kind)
+            _refuse_prefix_overlap(s, prefix)
             s.add(network)
     except BaseException:
         _remove_networks(ctx, made, network.libvirt_name)  # nothing half-made stays
         raise
     return network
+
+
+def ipv6_prefix_for(session: Session, name: str, kind: str, ipv6: str | None) -> str | None:
+    """The IPv6 /64 of a new network ``name``: checked, derived (``auto``) or None (``none``).
+
+    Refuses one that overlaps another network's prefix.
+    """
+    prefix = _wanted_prefix(kind, ipv6)
+    if prefix == "auto":
+        taken = session.scalars(select(Network.ipv6_prefix).where(Network.ipv6_prefix.is_not(None)))
+        prefix = ipam.default_ipv6_prefix(name, {str(p) for p in taken})
+    _refuse_prefix_overlap(session, prefix)
+    return prefix
+
+
+def _wanted_prefix(kind: str, ipv6: str | None) -> str | None:
+    """The IPv6 prefix asked for: "auto" (derive one), None (IPv4 only) or a checked /64."""
+    if ipv6 is not None and ipv6.strip().lower() == "none":
+        return None
+    if kind != "nat":
+        if ipv6 is not None:
+            raise InvalidInput("only NAT networks take an IPv6 prefix (--ipv6)")
+        return None
+    if ipv6 is None or ipv6.strip().lower() == "auto":
+        return "auto"
+    return str(validation.ipv6_prefix(ipv6.strip()))
+
+
+def _refuse_prefix_overlap(session: Session, prefix: str | None) -> None:
+    if prefix is None:
+        return
+    mine = ipaddress.IPv6Network(prefix)
+    for other in session.scalars(select(Network).where(Network.ipv6_prefix.is_not(None))):
+        if ipaddress.IPv6Network(other.ipv6_prefix or "").overlaps(mine):
+            raise Conflict(
+                f"IPv6 prefix {prefix} overlaps network {other.name!r} ({other.ipv6_prefix})"
+            )
 
 
 def _remove_networks(ctx: Context, uris: list[str], name: str) -> None:

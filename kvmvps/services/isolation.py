@@ -49,6 +49,8 @@ def wanted(facts: VpsFacts, gateway: str | None) -> NicState:
         params = (("MAC", flt.mac), *(("IP", ip) for ip in flt.ips))
         if flt.gateway_mac:
             params += (("GATEWAY_MAC", flt.gateway_mac),)
+        if flt.ipv6:
+            params += (("IPV6", flt.ipv6),)
     return NicState(
         mac=spec.mac,
         filter=None if flt is None else flt.name,

@@ -106,6 +106,7 @@ def _ensure_default_network(ctx: Context, session: Session) -> Network:
             subnet=str(subnet),
             gateway=str(next(subnet.hosts())),
         )
+        net.ipv6_prefix = inventory.ipv6_prefix_for(session, net.name, "nat", st.network_ipv6)
         session.add(net)
         session.flush()
     return net

@@ -71,6 +71,7 @@ class NetworkView(TypedDict):
     gateway: str
     pool_start: str | None
     pool_end: str | None
+    ipv6_prefix: str | None
     allow_guest_traffic: bool
 
 
@@ -175,6 +176,7 @@ def network_view(net: Network) -> NetworkView:
         "gateway": net.gateway,
         "pool_start": net.pool_start,
         "pool_end": net.pool_end,
+        "ipv6_prefix": net.ipv6_prefix,
         "allow_guest_traffic": net.allow_guest_traffic,
     }
 

@@ -32,6 +32,7 @@ VIEW_KEYS = (
     "hostname",
     "state",
     "ip",
+    "ipv6",
     "mac",
     "domain",
     "host",
@@ -109,6 +110,7 @@ class VpsView(TypedDict):
     hostname: str
     state: str
     ip: str | None
+    ipv6: str | None
     mac: str | None
     domain: str
     host: str
@@ -153,6 +155,7 @@ def view(vps: Vps) -> VpsView:
         "hostname": vps.hostname,
         "state": shown_state(vps),
         "ip": vps.ip,
+        "ipv6": vps.ipv6,
         "mac": vps.mac,
         "domain": vps.domain_name,
         "host": vps.host.name,

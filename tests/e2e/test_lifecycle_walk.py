@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 
 import pytest
 
@@ -29,6 +30,16 @@ def agree(ctx: Context, domain: str, expected: str) -> None:
     assert domstate(domain) == WITNESS[expected]
 
 
+def answers_ping(address: str, seconds: float) -> bool:
+    """Whether ``address`` answers an ICMP echo within ``seconds`` (polled, 1 s a try)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        ping = ["busybox", "ping", "-c", "1", "-W", "1", address]
+        if subprocess.run(ping, capture_output=True).returncode == 0:
+            return True
+    return False
+
+
 def test_walk(fresh_ctx: Context) -> None:
     created = step(fresh_ctx, *create_args(hostname="walker"))
     domain, first_password = created["domain"], created["password"]
@@ -45,6 +56,8 @@ def test_walk(fresh_ctx: Context) -> None:
     for args, expected in walk:
         assert step(fresh_ctx, *args)["state"] == expected, args
         agree(fresh_ctx, domain, expected)
+    # after a power cycle the guest's boot script put its fixed IPv6 address back
+    assert created["ipv6"] and answers_ping(created["ipv6"], 90), created["ipv6"]
     reinstalled = step(fresh_ctx, "vps", "reinstall", "walker", "--yes", "--json")
     assert reinstalled["state"] == "running" and reinstalled["password"] != first_password
     assert reinstalled["host_key_fingerprint"] != created["host_key_fingerprint"]

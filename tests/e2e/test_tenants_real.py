@@ -9,16 +9,20 @@ whole module; traffic goes only to the test's own guest network.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from lxml import etree
@@ -30,7 +34,9 @@ from kvmvps.models import Vps
 from kvmvps.services import Context, inventory, setup
 from tests import conftest
 from tests.badinput import run_cli
+from tests.forwarding import netns, netns_available, sh
 from tests.guestcheck import paramiko_client
+from tests.tools import needs
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.e2e]
 
@@ -163,9 +169,10 @@ def test_reconcile_puts_a_removed_filter_back(pair: Pair) -> None:
     fixed = [i for i in report["isolation"] if i["hostname"] == "mallory"]
     assert fixed and all(i["action"] == "filter and isolation put back" for i in fixed), fixed
     nic = interface(ctx, domain)
-    assert nic.find("filterref").get("filter") == "kvmvps-clean-traffic"
+    assert nic.find("filterref").get("filter") == "kvmvps-clean-traffic-ipv6"
     params = {p.get("name"): p.get("value") for p in nic.iterfind("filterref/parameter")}
     assert params["IP"] == pair.mallory["ip"] and params["MAC"] == pair.mallory["mac"]
+    assert params["IPV6"] == pair.mallory["ipv6"]
     assert params["GATEWAY_MAC"] == hv.network_mac(NAME)
     assert ok(ctx, "reconcile")["isolation"] == []  # in order now
     out = root_run(ctx, "mallory", f"ping -c 2 -W 2 {pair.victim['ip']}; echo rc=$?")
@@ -252,3 +259,108 @@ def test_network_limit_holds_for_traffic_from_the_guest(pair: Pair) -> None:
     t0, b0 = next(m for m in marks if m[1] >= 512 << 10)
     rate = (marks[-1][1] - b0) / (marks[-1][0] - t0)
     assert 0.8 * NET_LIMIT_KIB * 1024 <= rate <= 1.2 * NET_LIMIT_KIB * 1024, rate
+
+
+# -- IPv6 ------------------------------------------------------------------
+V6_LINK = f"fd5e:{PID % 65536:x}:0:1"  # the client namespace's own /64, routed via the host
+
+
+@contextmanager
+def v6_client(name: str) -> Iterator[str]:
+    """A namespace on a veth to the host with its own IPv6 /64; default route via the host."""
+    host_end, client_end = f"v6h{PID}"[:15], f"v6c{PID}"[:15]
+    with netns(name):
+        sh("ip", "link", "add", host_end, "type", "veth", "peer", "name", client_end)
+        try:
+            sh("ip", "link", "set", client_end, "netns", name)
+            sh("ip", "-6", "addr", "add", f"{V6_LINK}::1/64", "dev", host_end, "nodad")
+            sh("ip", "link", "set", host_end, "up")
+            inside = ("ip", "netns", "exec", name)
+            sh(*inside, "ip", "-6", "addr", "add", f"{V6_LINK}::2/64", "dev", client_end, "nodad")
+            sh(*inside, "ip", "link", "set", client_end, "up")
+            sh(*inside, "ip", "-6", "route", "add", "default", "via", f"{V6_LINK}::1")
+            yield name
+        finally:
+            sh("ip", "link", "del", host_end, check=False)
+
+
+def _ssh_v6(ctx: Context, ns: str, hostname: str, tmp: Path) -> subprocess.CompletedProcess[str]:
+    """OpenSSH from the namespace to the guest's IPv6 address, its host key pinned."""
+    with ctx.db.session() as s:
+        vps = s.scalar(select(Vps).where(Vps.hostname == hostname))
+        address, host_key = vps.ipv6, vps.host_key
+    known = tmp / f"known_hosts_{hostname}"
+    known.write_text(f"{address} {host_key.split()[0]} {host_key.split()[1]}\n")
+    key = str(keys.provisioning_key_path(ctx.settings))
+    opts = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", "ConnectTimeout=10"]
+    argv = ["ip", "netns", "exec", ns, "ssh", *opts, "-o", f"UserKnownHostsFile={known}"]
+    return sh(*argv, "-i", key, f"root@{address}", "hostname", check=False)
+
+
+def _echo_listener(ns: str, until_twice_from: str) -> subprocess.Popen[str]:
+    """A raw ICMPv6 socket in the namespace printing the source of each echo request.
+
+    It ends at the second echo request from ``until_twice_from`` (or after 60 s).
+    """
+    code = (
+        "import socket,sys\n"
+        "s=socket.socket(socket.AF_INET6,socket.SOCK_RAW,socket.IPPROTO_ICMPV6)\n"
+        "s.settimeout(60);print('ready',flush=True);seen=0\n"
+        "while seen<2:\n"
+        "    d,a=s.recvfrom(200)\n"
+        "    if d[0]==128:\n"
+        "        print('echo',a[0],flush=True);seen+=a[0]==sys.argv[1]\n"
+    )
+    argv = ["ip", "netns", "exec", ns, sys.executable, "-c", code, until_twice_from]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+@needs(netns_available(), "network namespaces (root, ip) for the IPv6 client")
+def test_ipv6_reaches_the_guest_from_outside_and_cannot_be_spoofed(
+    pair: Pair, tmp_path: Path
+) -> None:
+    ctx, victim, mallory = pair.ctx, pair.victim, pair.mallory
+    vip6, mip6 = victim["ipv6"], mallory["ipv6"]
+    assert vip6 and mip6 and vip6 != mip6, (victim, mallory)
+    net = ok(ctx, "network", "list")[0]
+    assert ipaddress.IPv6Address(vip6) in ipaddress.IPv6Network(net["ipv6_prefix"])
+    gw6 = str(ipaddress.IPv6Network(net["ipv6_prefix"]).network_address + 1)
+    # the address is configured persistently in the guest, router adverts ignored
+    out = root_run(ctx, "victim", "cat /etc/kvmvps/ipv6; ip -6 addr show dev eth0 scope global")
+    assert f"{vip6}/64 {gw6}" in out and f"inet6 {vip6}/64" in out, out
+    assert out.count("inet6 ") == 1, out  # no SLAAC address beside it
+    with v6_client(f"kv6c{PID}") as ns:
+        res = _ssh_v6(ctx, ns, "victim", tmp_path)
+        assert res.returncode == 0 and res.stdout.strip() == "victim", res.stderr
+        # root in mallory takes victim's IPv6 address: its traffic from it goes nowhere
+        listener = _echo_listener(ns, until_twice_from=mip6)
+        client = f"{V6_LINK}::2"
+        try:
+            out = root_run(
+                ctx,
+                "mallory",
+                f"ip -6 addr add {vip6}/64 dev eth0; "
+                f"ping -c 1 -W 2 -I {mip6} {client}; echo own=$?; "
+                f"ping -c 1 -W 1 -I {vip6} {client}; echo spoofed=$?; "
+                f"ping -c 1 -W 1 -I {vip6} {gw6}; echo gateway=$?; "
+                # the last echo, after the spoofed one on the same path, ends the listener
+                f"ping -c 1 -W 2 -I {mip6} {client}; echo own2=$?",
+            )
+            got, _ = listener.communicate(timeout=70)
+        finally:
+            listener.kill()
+            root_run(ctx, "mallory", f"ip -6 addr del {vip6}/64 dev eth0")
+        assert "own=0" in out and "own2=0" in out, out
+        assert "spoofed=0" not in out and "gateway=0" not in out, out
+        assert f"echo {mip6}" in got, (got, out)
+        assert f"echo {vip6}" not in got, got
+        # the host still reaches victim's address at victim, and ssh still lands there
+        neigh = sh("ip", "-6", "neigh", "show", "dev", BRIDGE, "to", vip6).stdout
+        assert pair.mallory["mac"] not in neigh, neigh
+        res = _ssh_v6(ctx, ns, "victim", tmp_path)
+        assert res.returncode == 0 and res.stdout.strip() == "victim", res.stderr
+    # no router advertisements from a guest (ebtables names or numbers the type)
+    rules = sh("ebtables", "-t", "nat", "-L").stdout
+    assert "router-advertisement" in rules or "icmp-type 134" in rules, rules

@@ -29,9 +29,10 @@ def test_every_guest_nic_is_filtered_and_isolated(td_ctx: Context) -> None:
     vps = ok(td_ctx, *create_args())
     nic = nic_of(td_ctx, vps["domain"])
     ref = nic.find("filterref")
-    assert ref.get("filter") == "clean-traffic"
+    # clean-traffic plus the IPv6 source check (the network has an IPv6 prefix)
+    assert ref.get("filter") == "kvmvps-clean-traffic-open-ipv6"
     params = sorted((p.get("name"), p.get("value")) for p in ref.iterfind("parameter"))
-    assert params == [("IP", vps["ip"]), ("MAC", vps["mac"])]
+    assert params == [("IP", vps["ip"]), ("IPV6", vps["ipv6"]), ("MAC", vps["mac"])]
     assert nic.find("port").get("isolated") == "yes"
 
 
@@ -52,7 +53,8 @@ def test_a_network_may_allow_guest_traffic(td_ctx: Context) -> None:
     vps = ok(td_ctx, *create_args(hostname="web2"), "--network", "open")
     nic = nic_of(td_ctx, vps["domain"])
     assert nic.find("port") is None  # not isolated
-    assert nic.find("filterref").get("filter") == "clean-traffic"  # still filtered
+    # still filtered
+    assert nic.find("filterref").get("filter") == "kvmvps-clean-traffic-open-ipv6"
 
 
 def test_reconcile_reports_a_stripped_filter(td_ctx: Context) -> None:
