@@ -447,7 +447,8 @@ class _BannerWatch:
             try:
                 with socket.create_connection((self.host, self.port), timeout=1) as sock:
                     sock.settimeout(5)
-                    banner = sock.recv(256).decode(errors="replace").strip()
+                    data = sock.recv(256).decode(errors="replace")
+                    banner = (data.splitlines() or [""])[0].strip()
                     if banner.startswith("SSH-"):
                         self.seconds, self.banner = time.monotonic() - self.started, banner
                         return
