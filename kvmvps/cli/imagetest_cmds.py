@@ -101,4 +101,3 @@ def register(group: click.Group) -> None:
     """Add the commands to the ``image`` group."""
     for command in (image_test, image_tests, image_show):
         group.add_command(command)
-
