@@ -26,7 +26,12 @@ def _register_broken(ctx: Context, tmp_path: Path) -> None:
     """Image 'flaky': the tiny disk, but a kernel file that is no kernel (QEMU cannot boot it)."""
     with ctx.db.reading() as s:
         base = inventory.get_by_name(s, Image, "base", "image")
-        disk, initrd, cmdline, user = base.base_path, base.initrd_path, base.cmdline, base.login_user
+        disk, initrd, cmdline, user = (
+            base.base_path,
+            base.initrd_path,
+            base.cmdline,
+            base.login_user,
+        )
     junk = tmp_path / "vmlinuz"
     junk.write_bytes(b"this is not a kernel\n" * 64)
     inventory.add_image(
@@ -84,9 +89,11 @@ def test_image_fails_leaves_the_shop_and_returns_after_a_real_pass(
     results = {c["name"]: c for c in shown["checks"]}
     assert [n for n in PASSING if results[n]["ok"] is True] == list(PASSING), shown["checks"]
     assert results["ssh-forward"]["ok"] is None  # no public address in this installation
-    assert all(0 < results[n]["seconds"] < 40 for n in PASSING)
+    limit = ctx.settings.ssh_timeout  # each check is timed (a busy machine is slower)
+    assert all(0 < results[n]["seconds"] < limit for n in PASSING), shown["checks"]
     assert results["ssh-banner"]["detail"].startswith("SSH-")
-    assert shown["state"] == "passed" and shown["error"] is None and wall < 40
+    assert results["ssh-banner"]["seconds"] <= results["order"]["seconds"] + 1
+    assert shown["state"] == "passed" and shown["error"] is None and wall < 2 * limit
 
     # back in the shop; the throwaway VPS is gone, from libvirt too
     assert "flaky" in [i["name"] for i in views.catalogue_images(ctx)]
