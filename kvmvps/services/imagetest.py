@@ -5,16 +5,7 @@ schedule) as an :class:`~kvmvps.models.ImageTest` row and an ``image_test``
 job, in one transaction that refuses a second test of the image while one
 is unfinished. The job orders a VPS of the image through the ordinary order
 path (placement, build steps, credentials) for the operators' own account,
-then checks what a customer would get, each check timed:
-
-``order``          the order is built (credentials pushed and proven);
-``ssh-banner``     seconds from the order until the guest's sshd greeted;
-``password-login`` the password shown at order time logs in (host key pinned);
-``key-login``      the SSH key given with the order logs in;
-``ssh-forward``    the same key logs in through the host's public address and
-                   the VPS's forwarded port (skipped without a public address);
-``filesystem``     the root filesystem is at least 90 % of the VPS's disk;
-``acpi-shutdown``  the guest powers off within a minute of the power button.
+then checks what a customer would get: the checks of :mod:`~kvmvps.services.imagechecks`, each timed.
 
 The throwaway VPS is always removed (a delete job, run here): at the end of
 the test, when a resumed test finds one left by a worker that died, and by
@@ -28,61 +19,35 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
-import threading
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypedDict
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from kvmvps import cloudinit, guest
-from kvmvps.errors import Conflict, GuestError, NotFound
+from kvmvps.errors import Conflict, NotFound
 from kvmvps.interrupt import Interrupted
-from kvmvps.models import Forward, Image, ImageTest, Job, JobState, Plan, User, Vps, VpsState
+from kvmvps.models import Image, ImageTest, Job, JobState, Plan, User, Vps, VpsState
 from kvmvps.services import Context, audit, jobs, mail
-from kvmvps.services import vps as vps_service
-from kvmvps.services.forwards import SSH
-from kvmvps.services.provisioning import OrderRequest, record_order
+from kvmvps.services.imagechecks import (
+    ACTOR,
+    HOSTNAME_PREFIX,
+    CheckFailed,
+    CheckResult,
+    Follow,
+    Progress,
+    Run,
+    run_checks,
+)
 from kvmvps.storage import GIB
 
 log = logging.getLogger(__name__)
 
-ACTOR = "system:image-test"
-HOSTNAME_PREFIX = "imagetest-"
-CHECKS = (
-    "order",
-    "ssh-banner",
-    "password-login",
-    "key-login",
-    "ssh-forward",
-    "filesystem",
-    "acpi-shutdown",
-)
-SHUTDOWN_TIMEOUT = 60.0
-FORWARD_TIMEOUT = 20.0
-FILESYSTEM_SHARE = 0.9
-TTL_SECONDS = 3 * 3600  # a throwaway VPS nothing else removed is deleted by expiry then
 KEEP_TESTS = 30  # results kept per image
 MAX_LISTED = 100
 
 audit.declare("image.test", "image.test-failed", "image.test-passed")
-
-Follow = Callable[[str], None]
-"""Run (or wait for) a job until it ends; raise a :class:`KvmvpsError` if it failed."""
-Progress = Callable[[str, int, int], None]
-
-
-class CheckResult(TypedDict):
-    """One check of a test: passed (True), failed (False) or skipped (None), and its time."""
-
-    name: str
-    ok: bool | None
-    seconds: float
-    detail: str
 
 
 class TestView(TypedDict):
@@ -201,35 +166,6 @@ def schedule(ctx: Context) -> list[str]:
 
 
 # -- running a test -------------------------------------------------------------------
-@dataclass
-class _Run:
-    """What one run of a test learns as it goes."""
-
-    ctx: Context
-    test: str
-    image: str
-    plan: str
-    credentials: bool
-    checks: list[CheckResult] = field(default_factory=list)
-    vps: str | None = None
-    password: str | None = None
-    key: cloudinit.HostKey = field(default_factory=cloudinit.generate_host_key)
-    banner: _BannerWatch | None = None
-    target: guest.Target | None = None
-    user: str = "root"
-    disk_bytes: int = 0
-    seconds: float | None = None  # a check's own measure of its time, when it has one
-
-    def record(self, name: str, ok: bool | None, seconds: float, detail: str = "") -> None:
-        self.checks.append(
-            {"name": name, "ok": ok, "seconds": round(seconds, 3), "detail": detail[:500]}
-        )
-
-
-class _CheckFailed(Exception):
-    """A check failed; the test stops there (its message is in the check)."""
-
-
 def run(ctx: Context, test_uuid: str, follow: Follow, progress: Progress | None = None) -> TestView:
     """Run a queued test (its job's handler); record and return its result.
 
@@ -239,10 +175,10 @@ def run(ctx: Context, test_uuid: str, follow: Follow, progress: Progress | None 
     """
     r = _begin(ctx, test_uuid, follow)
     try:
-        _run_checks(r, follow, progress)
+        run_checks(r, follow, progress)
     except Interrupted:
         raise
-    except _CheckFailed:
+    except CheckFailed:
         pass
     except Exception as exc:  # any surprise fails the test, with its reason
         log.exception("image test %s crashed", test_uuid[:8])
@@ -254,7 +190,7 @@ def run(ctx: Context, test_uuid: str, follow: Follow, progress: Progress | None 
     return _finish(ctx, r, error)
 
 
-def _begin(ctx: Context, test_uuid: str, follow: Follow) -> _Run:
+def _begin(ctx: Context, test_uuid: str, follow: Follow) -> Run:
     """Mark the test started (removing a VPS a dead run left) and gather what it needs."""
     with ctx.db.session() as s:
         test = s.scalar(select(ImageTest).where(ImageTest.uuid == test_uuid))
@@ -265,7 +201,7 @@ def _begin(ctx: Context, test_uuid: str, follow: Follow) -> _Run:
             raise NotFound(f"the image of test {test_uuid[:8]} no longer exists")
         leftover, test.started_at = test.vps_uuid, jobs.now()
         plan = _plan_for(ctx, s, image)
-        r = _Run(ctx, test.uuid, image.name, plan, bool(image.credentials))
+        r = Run(ctx, test.uuid, image.name, plan, bool(image.credentials))
     if leftover is not None:
         _remove_vps(ctx, test_uuid, leftover, follow)
     return r
@@ -282,188 +218,6 @@ def _plan_for(ctx: Context, session: Session, image: Image) -> str:
         if plan.disk_gib * GIB >= image.virtual_size:
             return plan.name
     raise NotFound(f"no plan has a disk big enough for image {image.name!r}")
-
-
-def _timed(r: _Run, name: str, check: Callable[[_Run], str | None]) -> None:
-    """Run one check and record it; a check returning None was skipped."""
-    started = time.perf_counter()
-    try:
-        detail = check(r)
-    except Interrupted:
-        raise
-    except Exception as exc:  # noqa: BLE001 - the check failed: say why, stop the test
-        r.record(name, False, time.perf_counter() - started, audit.error_message(exc))
-        raise _CheckFailed(name) from None
-    seconds, r.seconds = r.seconds, None
-    if detail is None:
-        r.record(name, None, 0.0, "not applicable")
-    else:
-        r.record(name, True, time.perf_counter() - started if seconds is None else seconds, detail)
-
-
-def _run_checks(r: _Run, follow: Follow, progress: Progress | None) -> None:
-    steps: list[tuple[str, Callable[[_Run], str | None]]] = [
-        ("order", lambda run: _order(run, follow)),
-        ("ssh-banner", _banner),
-        ("password-login", _password_login),
-        ("key-login", _key_login),
-        ("ssh-forward", _forward),
-        ("filesystem", _filesystem),
-        ("acpi-shutdown", _shutdown),
-    ]
-    for index, (name, check) in enumerate(steps):
-        if progress is not None:
-            progress(name, index, len(steps))
-        _timed(r, name, check)
-
-
-def _hostname(test_uuid: str) -> str:
-    """The throwaway VPS's name: from the test's id only (no user text)."""
-    return HOSTNAME_PREFIX + test_uuid.replace("-", "")[:12]
-
-
-def _order(r: _Run, follow: Follow) -> str:
-    request_ = OrderRequest(
-        plan=r.plan,
-        image=r.image,
-        hostname=_hostname(r.test),
-        ssh_keys=(r.key.public_openssh,),
-        ttl_seconds=TTL_SECONDS,
-        testing=True,
-    )
-    order = record_order(r.ctx, request_, ACTOR)
-    r.vps, r.password = order.uuid, order.password
-    with r.ctx.db.session() as s:
-        s.execute(update(ImageTest).where(ImageTest.uuid == r.test).values(vps_uuid=order.uuid))
-        vps = s.scalars(select(Vps).where(Vps.uuid == order.uuid)).one()
-        ip, r.disk_bytes = vps.ip or "", vps.plan.disk_gib * GIB
-    if r.credentials:
-        r.banner = _BannerWatch(ip, 22, time.monotonic() + r.ctx.settings.ssh_timeout)
-    follow(order.job)
-    with r.ctx.db.reading() as s:
-        vps = s.scalars(select(Vps).where(Vps.uuid == order.uuid)).one()
-        if vps.state != VpsState.RUNNING:
-            raise GuestError(f"the VPS is {vps.state} after its build, not running")
-        r.user = vps.username or "root"
-        if vps.host_key:
-            r.target = guest.Target(host=ip, port=22, host_key=vps.host_key)
-    return f"plan {r.plan}"
-
-
-def _banner(r: _Run) -> str | None:
-    if r.banner is None:
-        return None
-    seconds, banner = r.banner.result()
-    r.seconds = seconds  # from the order on
-    return f"{banner[:60]} after {seconds:.2f} s"
-
-
-def _pinned(r: _Run) -> guest.Target:
-    if r.target is None:
-        raise GuestError("the build pinned no SSH host key")
-    return r.target
-
-
-def _password_login(r: _Run) -> str | None:
-    if not r.credentials or r.password is None:
-        return None
-    guest.verify_password_login(_pinned(r), r.user, r.password)
-    return f"as {r.user}"
-
-
-def _key_login(r: _Run) -> str | None:
-    if not r.credentials:
-        return None
-    with guest.key_session(_pinned(r), r.user, r.key.private_openssh) as client:
-        guest.run(client, "true", [])
-    return f"as {r.user}"
-
-
-def _forward(r: _Run) -> str | None:
-    """Log in with the key through the host's public address and the forwarded port."""
-    if not r.credentials:
-        return None
-    with r.ctx.db.reading() as s:
-        row = s.scalar(
-            select(Forward)
-            .join(Vps, Vps.id == Forward.vps_id)
-            .where(Vps.uuid == r.vps, Forward.kind == SSH)
-        )
-        where = (row.public_address, row.public_port) if row and row.public_address else None
-    if where is None:
-        return None
-    pinned = _pinned(r)
-    target = guest.Target(host=where[0], port=where[1], host_key=pinned.host_key)
-    guest.wait_for_ssh_banner(target.host, target.port, time.monotonic() + FORWARD_TIMEOUT)
-    with guest.key_session(target, r.user, r.key.private_openssh) as client:
-        guest.run(client, "true", [])
-    return f"{where[0]}:{where[1]}"
-
-
-def _filesystem(r: _Run) -> str | None:
-    if not r.credentials:
-        return None
-    with guest.key_session(_pinned(r), r.user, r.key.private_openssh) as client:
-        out = guest.run(client, "df -Pk /", [])
-    size = root_size_bytes(out)
-    want = FILESYSTEM_SHARE * r.disk_bytes
-    detail = f"{size / GIB:.2f} GiB of a {r.disk_bytes / GIB:.2f} GiB disk"
-    if size < want:
-        raise GuestError(f"the root filesystem is only {detail} (under 90 %)")
-    return detail
-
-
-def root_size_bytes(df_output: str) -> int:
-    """The size of the filesystem in ``df -Pk /`` output, in bytes."""
-    lines = [line.split() for line in df_output.strip().splitlines()]
-    try:
-        return int(lines[1][1]) * 1024
-    except (IndexError, ValueError):
-        raise GuestError(f"cannot read the size of / from df: {df_output[:80]!r}") from None
-
-
-def _shutdown(r: _Run) -> str:
-    """Press the power button; the guest must power off by itself (never forced)."""
-    if r.vps is None:
-        raise GuestError("there is no VPS to shut down")
-    vps_service.shutdown(r.ctx, r.vps, timeout=SHUTDOWN_TIMEOUT, force=False)
-    return "powered off"
-
-
-class _BannerWatch:
-    """Polls a guest's SSH port in a thread from the order on: when did sshd first greet?"""
-
-    def __init__(self, host: str, port: int, deadline: float) -> None:
-        self.started = time.monotonic()
-        self.host, self.port, self.deadline = host, port, deadline
-        self.stopped = threading.Event()
-        self.seconds: float | None = None
-        self.banner = ""
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-
-    def _watch(self) -> None:
-        while not self.stopped.is_set() and time.monotonic() < self.deadline:
-            try:
-                with socket.create_connection((self.host, self.port), timeout=1) as sock:
-                    sock.settimeout(5)
-                    data = sock.recv(256).decode(errors="replace")
-                    banner = (data.splitlines() or [""])[0].strip()
-                    if banner.startswith("SSH-"):
-                        self.seconds, self.banner = time.monotonic() - self.started, banner
-                        return
-            except OSError:
-                pass
-            self.stopped.wait(0.2)
-
-    def result(self) -> tuple[float, str]:
-        self._thread.join(max(0.0, self.deadline - time.monotonic()))
-        if self.seconds is None:
-            raise GuestError(f"the guest never answered SSH on {self.host}:{self.port}")
-        return self.seconds, self.banner
-
-    def stop(self) -> None:
-        self.stopped.set()
 
 
 # -- removing the throwaway VPS -------------------------------------------------------
@@ -493,7 +247,7 @@ def _queue_delete(session: Session, vps_uuid: str) -> str | None:
     return jobs.enqueue(session, "delete", vps_uuid, vps.host_id, actor=ACTOR, force=True).uuid
 
 
-def _cleanup(r: _Run, follow: Follow) -> str | None:
+def _cleanup(r: Run, follow: Follow) -> str | None:
     """Remove the VPS; None, or why it could not be removed (the sweep retries)."""
     if r.vps is None:
         return None
@@ -554,7 +308,7 @@ def abandon(ctx: Context, test_uuid: str, reason: str) -> None:
 
 
 # -- the result -----------------------------------------------------------------------
-def _finish(ctx: Context, r: _Run, cleanup_error: str | None) -> TestView:
+def _finish(ctx: Context, r: Run, cleanup_error: str | None) -> TestView:
     failed = [c for c in r.checks if c["ok"] is False]
     passed = not failed and cleanup_error is None
     error = f"{failed[0]['name']}: {failed[0]['detail']}" if failed else cleanup_error
@@ -584,7 +338,7 @@ def _prune(session: Session, image_id: int) -> None:
     )
     ids = list(old)
     if ids:
-        session.query(ImageTest).filter(ImageTest.id.in_(ids)).delete(synchronize_session=False)
+        session.execute(delete(ImageTest).where(ImageTest.id.in_(ids)))
 
 
 def _tell_operators(ctx: Context, image: str, error: str) -> None:
