@@ -38,8 +38,10 @@ from kvmvps.services.imagechecks import (
     Follow,
     Progress,
     Run,
+    hostname_for,
     run_checks,
 )
+from kvmvps.services.setup import OPERATOR_EMAIL
 from kvmvps.storage import GIB
 
 log = logging.getLogger(__name__)
@@ -199,12 +201,27 @@ def _begin(ctx: Context, test_uuid: str, follow: Follow) -> Run:
         image = s.get(Image, test.image_id)
         if image is None:
             raise NotFound(f"the image of test {test_uuid[:8]} no longer exists")
-        leftover, test.started_at = test.vps_uuid, jobs.now()
+        leftover = test.vps_uuid or _named_after(s, [test.uuid]).get(test.uuid)
+        test.started_at = jobs.now()
         plan = _plan_for(ctx, s, image)
         r = Run(ctx, test.uuid, image.name, plan, bool(image.credentials))
     if leftover is not None:
         _remove_vps(ctx, test_uuid, leftover, follow)
     return r
+
+
+def _named_after(session: Session, test_uuids: list[str]) -> dict[str, str]:
+    """The operators' VPSes named after these tests (one whose run died before it noted
+    its VPS), by test uuid."""
+    names = {hostname_for(t): t for t in test_uuids}
+    if not names:
+        return {}
+    rows = session.execute(
+        select(Vps.hostname, Vps.uuid)
+        .join(User, User.id == Vps.owner_id)
+        .where(Vps.hostname.in_(names), User.email == OPERATOR_EMAIL)
+    )
+    return {names[hostname]: uuid for hostname, uuid in rows}
 
 
 def _plan_for(ctx: Context, session: Session, image: Image) -> str:
@@ -276,17 +293,18 @@ def sweep(ctx: Context) -> list[str]:
             .values(finished_at=jobs.now(), passed=False, error="the test's job ended early")
             .execution_options(synchronize_session=False)
         )
-        orphans = list(
-            s.scalars(
-                select(ImageTest.vps_uuid).where(
-                    ImageTest.finished_at.is_not(None), ImageTest.vps_uuid.is_not(None)
-                )
-            )
+        finished = s.execute(
+            select(ImageTest.uuid, ImageTest.vps_uuid).where(ImageTest.finished_at.is_not(None))
+        ).all()
+        orphans = {v for _t, v in finished if v} | set(
+            _named_after(s, [t for t, _v in finished]).values()
         )
     queued = []
-    for vps_uuid in orphans:
+    for vps_uuid in sorted(orphans):
         with ctx.db.session() as s:
-            job = _queue_delete(s, vps_uuid) if vps_uuid else None
+            if s.scalar(select(Vps.state).where(Vps.uuid == vps_uuid)) == VpsState.DELETING:
+                continue  # its delete is under way
+            job = _queue_delete(s, vps_uuid)
             if job is None:
                 s.execute(
                     update(ImageTest).where(ImageTest.vps_uuid == vps_uuid).values(vps_uuid=None)

@@ -16,9 +16,10 @@ from sqlalchemy import select, update
 
 from kvmvps.errors import Conflict
 from kvmvps.models import ImageTest, Job, JobState, Vps
-from kvmvps.services import Context, audit, hosts, imagetest, jobs, runner
+from kvmvps.services import Context, audit, hosts, imagechecks, imagetest, jobs, runner
+from kvmvps.services.provisioning import OrderRequest, record_order
 from tests.badinput import assert_one_line_error, run_cli
-from tests.web.conftest import OP, A, World
+from tests.web.conftest import OP, A, World, finish_build
 
 SKIPPED_WITHOUT_CREDENTIALS = ("ssh-banner", "password-login", "key-login", "filesystem")
 
@@ -166,11 +167,12 @@ def test_the_schedule_queues_each_image_once_per_interval(
 
 def test_a_test_whose_worker_died_is_cleaned_up(world: World) -> None:
     ctx = world.ctx
-    # a run that ordered its VPS, then its worker died (the VPS is left, built)
+    # a run that ordered its VPS, then its worker died before it noted which (the VPS is
+    # left, built): the resumed run finds it by its name and removes it first
     req = imagetest.request(ctx, "base", actor="op")
-    leftover = world.order(OP, image="base", plan="nano")
-    with ctx.db.session() as s:
-        s.execute(update(ImageTest).values(vps_uuid=leftover.uuid))
+    name = imagechecks.hostname_for(req.test)
+    leftover = record_order(ctx, OrderRequest("nano", "base", name, testing=True), "op")
+    finish_build(ctx, leftover)
     shown = imagetest.run(ctx, req.test, lambda job: runner.follow_here(ctx, job))
     assert shown["state"] == "passed"
     assert _vps_rows(ctx) == []  # the resumed run removed the dead run's VPS first
