@@ -18,6 +18,7 @@ from kvmvps.errors import Conflict
 from kvmvps.models import ImageTest, Job, JobState, Vps
 from kvmvps.services import Context, audit, hosts, imagechecks, imagetest, jobs, runner
 from kvmvps.services.provisioning import OrderRequest, record_order
+from kvmvps.worker import Worker
 from tests.badinput import assert_one_line_error, run_cli
 from tests.web.conftest import OP, A, World, finish_build
 
@@ -113,6 +114,7 @@ def test_customers_neither_start_tests_nor_see_the_throwaway_vps(world: World) -
             seen.append(([s["id"] for s in listed], one.status_code))
 
     req = imagetest.request(ctx, "base", actor="op")
+    assert api.get(f"/api/v1/jobs/{req.job}", headers=bearer).status_code == 404
     shown = imagetest.run(ctx, req.test, follow)
     assert shown["state"] == "passed"
     assert seen and all(ids == [] and status == 404 for ids, status in seen)
@@ -194,3 +196,18 @@ def test_a_test_whose_worker_died_is_cleaned_up(world: World) -> None:
     runner.run_or_follow(ctx, deletes[0])
     assert _vps_rows(ctx) == []
     assert imagetest.sweep(ctx) == [] and imagetest.get_test(ctx, req.test)["vps"] is None
+
+
+def test_a_worker_tests_every_image_on_its_schedule(
+    td_ctx: Context, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctx = td_ctx  # image 'base' only
+    monkeypatch.setattr(
+        ctx, "settings", dataclasses.replace(ctx.settings, image_test_interval=3600)
+    )
+    assert Worker(ctx, name="w1").run(max_jobs=1) == 1  # the test it queued, run to its end
+    [shown] = imagetest.list_tests(ctx, "base")
+    assert shown["state"] == "passed" and shown["actor"] == imagechecks.ACTOR
+    assert _vps_rows(ctx) == []
+    assert Worker(ctx, name="w2").tick() == 0  # not due again for an hour
+    assert len(imagetest.list_tests(ctx, "base")) == 1
