@@ -89,11 +89,11 @@ def test_image_fails_leaves_the_shop_and_returns_after_a_real_pass(
     results = {c["name"]: c for c in shown["checks"]}
     assert [n for n in PASSING if results[n]["ok"] is True] == list(PASSING), shown["checks"]
     assert results["ssh-forward"]["ok"] is None  # no public address in this installation
-    limit = ctx.settings.ssh_timeout  # each check is timed (a busy machine is slower)
+    limit = ctx.settings.build_timeout  # each check is timed (a busy machine is slower)
     assert all(0 < results[n]["seconds"] < limit for n in PASSING), shown["checks"]
     assert results["ssh-banner"]["detail"].startswith("SSH-")
     assert results["ssh-banner"]["seconds"] <= results["order"]["seconds"] + 1
-    assert shown["state"] == "passed" and shown["error"] is None and wall < 2 * limit
+    assert shown["state"] == "passed" and shown["error"] is None and wall < limit
 
     # back in the shop; the throwaway VPS is gone, from libvirt too
     assert "flaky" in [i["name"] for i in views.catalogue_images(ctx)]
