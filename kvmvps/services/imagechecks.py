@@ -75,8 +75,8 @@ class Run:
     credentials: bool
     checks: list[CheckResult] = field(default_factory=list)
     vps: str | None = None
-    password: str | None = None
-    key: cloudinit.HostKey = field(default_factory=cloudinit.generate_host_key)
+    password: str | None = field(default=None, repr=False)  # secrets: never shown
+    key: cloudinit.HostKey = field(default_factory=cloudinit.generate_host_key, repr=False)
     banner: _BannerWatch | None = None
     target: guest.Target | None = None
     user: str = "root"
