@@ -14,7 +14,8 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, update
 
-from kvmvps.errors import Conflict
+from kvmvps.config import load_settings
+from kvmvps.errors import Conflict, GuestError, InvalidInput
 from kvmvps.models import ImageTest, Job, JobState, Vps
 from kvmvps.services import Context, audit, hosts, imagechecks, imagetest, jobs, runner
 from kvmvps.services.provisioning import OrderRequest, record_order
@@ -211,3 +212,16 @@ def test_a_worker_tests_every_image_on_its_schedule(
     assert _vps_rows(ctx) == []
     assert Worker(ctx, name="w2").tick() == 0  # not due again for an hour
     assert len(imagetest.list_tests(ctx, "base")) == 1
+
+
+@pytest.mark.parametrize("value", ["5", "-1", "99999999999", "daily"])
+def test_a_bad_interval_is_one_line_error(value: str) -> None:
+    with pytest.raises(InvalidInput, match="KVMVPS_IMAGE_TEST_INTERVAL|not a valid value"):
+        load_settings({"KVMVPS_IMAGE_TEST_INTERVAL": value})
+
+
+def test_df_output_is_read_or_refused() -> None:
+    out = "Filesystem 1024-blocks Used Available Capacity Mounted on\n/dev/root 1015704 9 9 1% /\n"
+    assert imagechecks.root_size_bytes(out) == 1015704 * 1024
+    with pytest.raises(GuestError, match="cannot read the size"):
+        imagechecks.root_size_bytes("df: /: No such file\x1b[2J")
