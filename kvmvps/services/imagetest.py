@@ -176,6 +176,8 @@ def run(ctx: Context, test_uuid: str, follow: Follow, progress: Progress | None 
     VPS this one ordered and starts over.
     """
     r = _begin(ctx, test_uuid, follow)
+    if r is None:
+        return get_test(ctx, test_uuid)  # a job run again after its test ended
     try:
         run_checks(r, follow, progress)
     except Interrupted:
@@ -192,12 +194,17 @@ def run(ctx: Context, test_uuid: str, follow: Follow, progress: Progress | None 
     return _finish(ctx, r, error)
 
 
-def _begin(ctx: Context, test_uuid: str, follow: Follow) -> Run:
-    """Mark the test started (removing a VPS a dead run left) and gather what it needs."""
+def _begin(ctx: Context, test_uuid: str, follow: Follow) -> Run | None:
+    """Mark the test started (removing a VPS a dead run left) and gather what it needs.
+
+    None when the test has ended already.
+    """
     with ctx.db.session() as s:
         test = s.scalar(select(ImageTest).where(ImageTest.uuid == test_uuid))
         if test is None:
             raise NotFound(f"image test {test_uuid} no longer exists")
+        if test.finished_at is not None:
+            return None
         image = s.get(Image, test.image_id)
         if image is None:
             raise NotFound(f"the image of test {test_uuid[:8]} no longer exists")
