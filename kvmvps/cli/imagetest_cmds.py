@@ -54,6 +54,8 @@ def image_test(obj: Obj, name: str, wait: bool, as_json: bool) -> None:
     follow(obj.ctx, req.job, as_json)
     shown = imagetest.get_test(obj.ctx, req.test)
     emit_json(shown) if as_json else _print_test(shown)
+    if shown["state"] == "inconclusive":
+        raise StepFailed(f"image {shown['image']} could not be tested: {shown['error']}")
     if shown["state"] != "passed":
         raise StepFailed(f"image {shown['image']} failed its test: {shown['error']}")
 

@@ -25,7 +25,7 @@ from typing import TypedDict
 from sqlalchemy import select, update
 
 from kvmvps import cloudinit, guest
-from kvmvps.errors import GuestError
+from kvmvps.errors import CapacityError, GuestError
 from kvmvps.interrupt import Interrupted
 from kvmvps.models import Forward, ImageTest, Vps, VpsState
 from kvmvps.services import Context, audit
@@ -82,6 +82,7 @@ class Run:
     user: str = "root"
     disk_bytes: int = 0
     seconds: float | None = None  # a check's own measure of its time, when it has one
+    inconclusive: bool = False  # the VPS could not be placed: the image is neither good nor bad
 
     def record(self, name: str, ok: bool | None, seconds: float, detail: str = "") -> None:
         self.checks.append(
@@ -140,7 +141,11 @@ def _order(r: Run, follow: Follow) -> str:
         ttl_seconds=TTL_SECONDS,
         testing=True,
     )
-    order = record_order(r.ctx, request_, ACTOR)
+    try:
+        order = record_order(r.ctx, request_, ACTOR)
+    except CapacityError:
+        r.inconclusive = True  # no host could take it: that says nothing about the image
+        raise
     r.vps, r.password = order.uuid, order.password
     with r.ctx.db.session() as s:
         s.execute(update(ImageTest).where(ImageTest.uuid == r.test).values(vps_uuid=order.uuid))

@@ -46,6 +46,7 @@ from kvmvps.storage import GIB
 
 log = logging.getLogger(__name__)
 
+INCONCLUSIVE = "inconclusive: "  # the error of a test that could not place its VPS
 KEEP_TESTS = 30  # results kept per image
 MAX_LISTED = 100
 
@@ -78,6 +79,8 @@ class Requested:
 
 
 def _state(test: ImageTest) -> str:
+    if test.passed is False and (test.error or "").startswith(INCONCLUSIVE):
+        return "inconclusive"
     if test.passed is not None:
         return "passed" if test.passed else "failed"
     return "running" if test.started_at is not None else "queued"
@@ -337,17 +340,21 @@ def _finish(ctx: Context, r: Run, cleanup_error: str | None) -> TestView:
     failed = [c for c in r.checks if c["ok"] is False]
     passed = not failed and cleanup_error is None
     error = f"{failed[0]['name']}: {failed[0]['detail']}" if failed else cleanup_error
+    if r.inconclusive:
+        error = f"{INCONCLUSIVE}{error}"
     with ctx.db.session() as s:
         test = s.scalars(select(ImageTest).where(ImageTest.uuid == r.test)).one()
         image = s.get(Image, test.image_id)
         test.finished_at, test.passed, test.error = jobs.now(), passed, error
         test.checks = json.dumps(r.checks)
         was_failed = bool(image and image.test_failed)
-        if image is not None:
+        if image is not None and not r.inconclusive:
             image.test_failed = not passed
         shown = view(test, r.image)
         _prune(s, test.image_id)
-    if not passed and not was_failed:
+    if r.inconclusive:
+        log.warning("image test %s of %s was inconclusive: %s", r.test[:8], r.image, error)
+    elif not passed and not was_failed:
         _tell_operators(ctx, r.image, error or "failed")
     elif passed and was_failed:
         audit.record(ctx, ACTOR, "image.test-passed", r.image, audit.OK, "back in the shop")

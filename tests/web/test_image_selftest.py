@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select, update
 
 from kvmvps.config import load_settings
 from kvmvps.errors import Conflict, GuestError, InvalidInput
-from kvmvps.models import ImageTest, Job, JobState, Vps
-from kvmvps.services import Context, audit, hosts, imagechecks, imagetest, jobs, runner
+from kvmvps.models import Image, ImageTest, Job, JobState, Vps
+from kvmvps.services import Context, audit, hosts, imagechecks, imagetest, inventory, jobs, runner
 from kvmvps.services.provisioning import OrderRequest, record_order
 from kvmvps.worker import Worker
 from tests.badinput import assert_one_line_error, run_cli
@@ -71,17 +72,29 @@ def test_a_failed_image_leaves_the_shop_until_a_test_passes(world: World) -> Non
     host = hosts.list_hosts(ctx)[0]["name"]
     domains = _domains(ctx)
 
-    # the only host is in maintenance: the throwaway VPS is placed like an order, so it fails
+    # the only host is in maintenance: the throwaway VPS is placed like an order, so it
+    # cannot be; that says nothing about the image, which stays in the shop
     hosts.set_maintenance(ctx, host, True)
+    unplaced = _test_now(ctx)
+    assert unplaced["state"] == "inconclusive" and "maintenance" in (unplaced["error"] or "")
+    assert imagetest.failing_images(ctx) == [] and not audit.list_entries(
+        ctx, action="image.test-failed"
+    )
+    hosts.set_maintenance(ctx, host, False)
+
+    # the image's disk is gone: a real failure of the image
+    with ctx.db.reading() as s:
+        disk = Path(inventory.get_by_name(s, Image, "base", "image").base_path)
+    disk.rename(disk.with_suffix(".away"))
     failed = _test_now(ctx)
+    disk.with_suffix(".away").rename(disk)
     assert failed["state"] == "failed" and [c["name"] for c in failed["checks"]] == ["order"]
-    assert "maintenance" in (failed["error"] or "") and failed["vps"] is None
+    assert "base" in (failed["error"] or "") and failed["vps"] is None
     assert imagetest.failing_images(ctx) == ["base"]
     told = audit.list_entries(ctx, action="image.test-failed")
     assert [(e["target"], e["result"]) for e in told] == [("base", "failed")]
 
     # hidden: the API's list, the shop's form; orders and reinstalls of it are refused
-    hosts.set_maintenance(ctx, host, False)
     listed = api.get("/api/v1/images", headers=bearer).get_json()["images"]
     assert "base" not in [i["name"] for i in listed] and "linux" in [i["name"] for i in listed]
     assert 'value="base"' not in shop.get("/order").get_data(as_text=True)
@@ -96,7 +109,7 @@ def test_a_failed_image_leaves_the_shop_until_a_test_passes(world: World) -> Non
 
     # customers can neither start a test nor see the throwaway VPS (nor its job)
     assert shop.post("/admin/images/base/test").status_code == 403
-    assert len(imagetest.list_tests(ctx, "base")) == 1
+    assert len(imagetest.list_tests(ctx, "base")) == 2  # the two above
 
     # a passing run: every applicable check passes, timed; back in the shop
     passed, seen = _run_watched(world)
