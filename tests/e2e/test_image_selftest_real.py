@@ -87,6 +87,7 @@ def test_image_fails_leaves_the_shop_and_returns_after_a_real_pass(
     assert passed.exit_code == 0, passed.output
     shown = json.loads(passed.stdout)
     results = {c["name"]: c for c in shown["checks"]}
+    print("checks:", [(c["name"], c["seconds"]) for c in shown["checks"]], f"wall {wall:.1f} s")
     assert [n for n in PASSING if results[n]["ok"] is True] == list(PASSING), shown["checks"]
     assert results["ssh-forward"]["ok"] is None  # no public address in this installation
     limit = ctx.settings.build_timeout  # each check is timed (a busy machine is slower)
