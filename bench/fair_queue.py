@@ -57,6 +57,7 @@ def worker_env(s: Settings, concurrency: int) -> dict[str, str]:
         "KVMVPS_SSH_TIMEOUT": str(s.ssh_timeout),
         "KVMVPS_CPU_OVERCOMMIT": str(s.cpu_overcommit),
         "KVMVPS_RECONCILE_INTERVAL": "0",
+        "KVMVPS_IMAGE_TEST_INTERVAL": "0",
         "KVMVPS_WORKER_CONCURRENCY": str(concurrency),
         "KVMVPS_CONFIG": "",
     }

@@ -160,6 +160,7 @@ def control_plane(count: int = 1000, repeats: int = 5) -> dict[str, object]:
         "KVMVPS_NETWORK_SUBNET": "10.100.0.0/20",
         "KVMVPS_CPU_OVERCOMMIT": "100",
         "KVMVPS_HOST_MEMORY_RESERVE_MIB": "0",
+        "KVMVPS_IMAGE_TEST_INTERVAL": "0",  # no image self-tests during a benchmark
     }
     ctx = Context(load_settings(env))
     try:

@@ -61,6 +61,7 @@ def installation() -> Context:
         "KVMVPS_NETWORK_BRIDGE": f"{BENCH_NAME}0",
         "KVMVPS_NETWORK_SUBNET": BENCH_SUBNET,
         "KVMVPS_HOST_MEMORY_RESERVE_MIB": "0",
+        "KVMVPS_IMAGE_TEST_INTERVAL": "0",  # no image self-tests during a benchmark
         "KVMVPS_CACHE_DIR": os.environ.get("KVMVPS_CACHE_DIR", "/var/cache/kvmvps-tests"),
         "KVMVPS_DOMAIN_TYPE": os.environ.get("KVMVPS_DOMAIN_TYPE", "auto"),
     }

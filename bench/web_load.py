@@ -61,6 +61,7 @@ def installation(state: Path, database_url: str, clients: int) -> dict[str, str]
         "KVMVPS_NETWORK_BRIDGE": "kvmvpsweb0",
         "KVMVPS_NETWORK_SUBNET": "10.234.0.0/22",
         "KVMVPS_HOST_MEMORY_RESERVE_MIB": "0",
+        "KVMVPS_IMAGE_TEST_INTERVAL": "0",  # no image self-tests during a benchmark
         "KVMVPS_CPU_OVERCOMMIT": "1000",
         "KVMVPS_DATABASE_URL": database_url,
         "KVMVPS_WEB_SECRET_KEY": os.urandom(16).hex(),

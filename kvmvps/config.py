@@ -57,6 +57,9 @@ class Settings:
     customer_shutdown_timeout_max: float = 120.0
     reconcile_interval: float = 60.0
     metrics_interval: float = 60.0
+    # seconds between the worker's self-tests of each image (0: never); the plan they order
+    image_test_interval: float = 86400.0
+    image_test_plan: str = ""
     metrics_token: str = ""
     public_address: str = ""
     forward_ports: str = "20000-29999"
@@ -246,6 +249,11 @@ def _check_queue(s: Settings) -> None:
         raise InvalidInput(
             f"KVMVPS_WORKER_CONCURRENCY must be between 1 and {MAX_WORKER_CONCURRENCY}, "
             f"not {s.worker_concurrency}"
+        )
+    if s.image_test_interval != 0 and not 600 <= s.image_test_interval <= 366 * 86400:
+        raise InvalidInput(
+            "KVMVPS_IMAGE_TEST_INTERVAL must be 0 (off) or from 600 seconds to a year, "
+            f"not {s.image_test_interval:g}"
         )
     if s.metrics_interval != 0 and not 5 <= s.metrics_interval <= 3600:
         raise InvalidInput(

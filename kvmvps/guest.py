@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import logging
 import secrets
 import shlex
@@ -230,6 +231,22 @@ def root_session(target: Target, key_path: Path, deadline: float) -> Iterator[pa
             log.debug("SSH to %s not ready yet: %s", target.host, exc)
             interrupt.sleep(delay)
             delay = min(delay * 1.5, 3.0)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@contextmanager
+def key_session(target: Target, user: str, private_openssh: str) -> Iterator[paramiko.SSHClient]:
+    """One login as ``user`` with an ed25519 key (OpenSSH format), the host key pinned; no retry."""
+    pkey = paramiko.Ed25519Key(file_obj=io.StringIO(private_openssh))
+    try:
+        client = _connect(target, user, pkey=pkey)
+    except paramiko.AuthenticationException:
+        raise GuestError(f"the guest refused the key for {user}") from None
+    except (OSError, paramiko.SSHException, EOFError) as exc:
+        raise GuestError(f"cannot log in to {target.host}:{target.port} as {user}: {exc}") from None
     try:
         yield client
     finally:

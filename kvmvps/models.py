@@ -251,7 +251,33 @@ class Image(Base):
     hidden: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
     # a rescue system: VPSes boot it (their own disk as vdb) in rescue mode
     rescue: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
+    # its last self-test failed: hidden from the shop and refused for orders until one passes
+    test_failed: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ImageTest(Base):
+    """One self-test of an image: a throwaway VPS ordered, checked and removed.
+
+    ``checks`` is a JSON list of ``{"name", "ok", "seconds", "detail"}``;
+    ``passed`` is None while the test runs. ``vps_uuid`` names the throwaway
+    VPS until it is gone, so a test whose worker died is cleaned up.
+    """
+
+    __tablename__ = "image_tests"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), unique=True, default=lambda: str(uuidlib.uuid4()))
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"), index=True)
+    job_uuid: Mapped[str | None] = mapped_column(String(36))
+    vps_uuid: Mapped[str | None] = mapped_column(String(36))
+    actor: Mapped[str] = mapped_column(String(300), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    passed: Mapped[bool | None] = mapped_column(Boolean)
+    checks: Mapped[str] = mapped_column(Text, default="[]")
+    error: Mapped[str | None] = mapped_column(Text)
 
 
 class Host(Base):

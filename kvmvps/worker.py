@@ -35,6 +35,7 @@ from kvmvps.services import (
     allowance,
     backups,
     expiry,
+    imagetest,
     inventory,
     jobs,
     metering,
@@ -60,6 +61,7 @@ class Worker:
         self._last_beat = 0.0
         self._last_reconcile = 0.0
         self._last_sample = 0.0
+        self._last_image_round = 0.0
         self._watches: list[LifecycleWatch] = []
         self.pool = JobPool(max(1, ctx.settings.worker_concurrency))
 
@@ -161,7 +163,19 @@ class Worker:
                 log.info("worker %s: queued delete %s of an expired VPS", self.name, job[:8])
             for job in backups.run_schedule(self.ctx):
                 log.info("worker %s: queued scheduled backup %s", self.name, job[:8])
+            self._maybe_test_images()
             self._last_beat = time.monotonic()
+
+    def _maybe_test_images(self) -> None:
+        """Each minute: clean up after dead image tests, queue the tests that are due."""
+        if self.ctx.settings.agent_host or time.monotonic() - self._last_image_round < 60:
+            return
+        self._last_image_round = time.monotonic()
+        try:
+            for job in imagetest.schedule(self.ctx):
+                log.info("worker %s: queued image test %s", self.name, job[:8])
+        except KvmvpsError as exc:
+            log.info("image tests not scheduled: %s", exc)
 
     def _maybe_reconcile(self) -> None:
         interval = self.ctx.settings.reconcile_interval

@@ -39,6 +39,7 @@ def _env_of(ctx: Context) -> dict[str, str]:
         "KVMVPS_HOST_MEMORY_RESERVE_MIB": str(s.host_memory_reserve_mib),
         "KVMVPS_CACHE_DIR": s.cache_dir,
         "KVMVPS_SSH_TIMEOUT": str(s.ssh_timeout),
+        "KVMVPS_IMAGE_TEST_INTERVAL": str(s.image_test_interval),
         "KVMVPS_CONFIG": "",
     }
 

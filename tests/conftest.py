@@ -63,6 +63,7 @@ def test_env(
         "KVMVPS_NETWORK_SUBNET": subnet,
         "KVMVPS_HOST_MEMORY_RESERVE_MIB": "0",
         "KVMVPS_CACHE_DIR": str(TEST_CACHE),
+        "KVMVPS_IMAGE_TEST_INTERVAL": "0",  # a test that wants image self-tests asks for them
     }
     env.update(extra)
     return env

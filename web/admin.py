@@ -30,6 +30,7 @@ from kvmvps.models import JobState, VpsState
 from kvmvps.services import (
     actions,
     admin_views,
+    imagetest,
     inventory,
     jobs,
     operators,
@@ -352,6 +353,8 @@ def plans() -> ResponseReturnValue:
         "admin/plans.html",
         plans=views.plan_views(ctx, admin=True),
         images=[views.image_view(i) for i in inventory.list_images(ctx)],
+        tests=imagetest.latest(ctx),
+        failing=set(imagetest.failing_images(ctx)),
         form=ActionForm(),
     )
 
@@ -417,6 +420,19 @@ def image_shelf(name: str, change: str) -> ResponseReturnValue:
     with write_turn():
         operators.set_image_hidden(services(), name, change == "hide", actor=current_user.actor)
     flash(f"Image {name} is {'hidden from' if change == 'hide' else 'back in'} the shop.", "ok")
+    return redirect(url_for("admin.plans"))
+
+
+@bp.post("/images/<name>/test")
+def image_test(name: str) -> ResponseReturnValue:
+    """Queue a self-test of the image (a worker runs it; the result shows on this page)."""
+    ActionForm()  # the CSRF token was checked before the view
+    try:
+        with write_turn():
+            imagetest.request(services(), name[:64], actor=current_user.actor)
+    except KvmvpsError as exc:
+        return _refused(exc, plans)
+    flash(f"A test of image {name} is queued; a worker runs it.", "ok")
     return redirect(url_for("admin.plans"))
 
 

@@ -190,6 +190,8 @@ def image_list(obj: Obj, as_json: bool) -> None:
     _print_images([views.image_view(i) for i in inventory.list_images(obj.ctx)], as_json)
 
 
+make_lazy(image_group, dict.fromkeys(("test", "tests", "show"), "kvmvps.cli.imagetest_cmds"))
+
 simple_command(
     image_group,
     "remove",

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, aliased
 from kvmvps import validation
 from kvmvps.errors import InvalidInput
 from kvmvps.models import AuditEntry, Host, Job, JobState, Plan, User, Vps, VpsState
-from kvmvps.services import Context, audit, hosts, jobs, quotas, usage, users
+from kvmvps.services import Context, audit, hosts, imagetest, jobs, quotas, usage, users
 from kvmvps.services import vps as vps_service
 from kvmvps.services.jobs import JobView
 from kvmvps.services.vps import VpsView
@@ -290,6 +290,7 @@ class Home(TypedDict):
     failed_jobs: list[AdminJobView]
     hosts: list[hosts.HostDetail]
     plans: int
+    failing_images: list[str]  # hidden from the shop: their last self-test failed
 
 
 def home(ctx: Context) -> Home:
@@ -316,6 +317,7 @@ def home(ctx: Context) -> Home:
         "failed_jobs": failed,
         "hosts": hosts.host_capacities(ctx),
         "plans": plans,
+        "failing_images": imagetest.failing_images(ctx),
     }
 
 

@@ -18,7 +18,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 from kvmvps import ipam, limits, validation, xmlrender
 from kvmvps.errors import Conflict, InvalidInput, NotFound
 from kvmvps.images import BuiltImage
-from kvmvps.models import Host, Image, IpLease, Network, Plan, User, Vps
+from kvmvps.models import Host, Image, ImageTest, IpLease, Network, Plan, User, Vps
 from kvmvps.services import Context, audit
 from kvmvps.storage import check_base_image
 from kvmvps.xmlspec import BridgeNetworkSpec, DhcpHost, nat_network_spec
@@ -49,9 +49,10 @@ def for_sale(session: Session, model: type[Plan] | type[Image], name: str, what:
     """:class:`NotFound` for a plan or image that is unknown or hidden from the shop.
 
     A hidden one is refused with the words an unknown one gets: the shop does not have it.
+    An image whose last self-test failed is hidden too (until a test passes).
     """
     row = get_by_name(session, model, name, what)
-    if row.hidden:
+    if row.hidden or (isinstance(row, Image) and row.test_failed):
         raise NotFound(f"no {what} named {name!r}")
 
 
@@ -292,6 +293,7 @@ def remove_image(ctx: Context, name: str, *, actor: str | None = None) -> None:
     with ctx.db.session() as s:
         image = get_by_name(s, Image, name, "image")
         _refuse_in_use(s, Vps.image_id, image.id, f"image {name!r}")
+        s.execute(delete(ImageTest).where(ImageTest.image_id == image.id))
         s.delete(image)
     shutil.rmtree(ctx.settings.images_dir / name, ignore_errors=True)
 

@@ -43,6 +43,7 @@ KINDS = BUILD_KINDS + (
     "unrescue",
     "backup",
     "restore",
+    "image_test",  # an image's self-test (no VPS of its own until it orders one)
 )
 MAX_ATTEMPTS = 3
 

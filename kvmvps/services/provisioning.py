@@ -75,6 +75,8 @@ class OrderRequest:
     ssh_keys: tuple[str, ...] = ()
     ttl_seconds: int | None = None
     host: str | None = None  # the operator pins the order to this host
+    # an image self-test's throwaway VPS: the image and plan may be hidden from the shop
+    testing: bool = False
 
 
 @dataclass(frozen=True)
@@ -125,8 +127,7 @@ def _host_facts(ctx: Context, req: OrderRequest) -> _HostFacts:
     """
     st = ctx.settings
     with ctx.db.reading() as s:
-        inventory.for_sale(s, Plan, req.plan, "plan")
-        inventory.for_sale(s, Image, req.image, "image")
+        _offered(s, req)
         plan = inventory.get_by_name(s, Plan, req.plan, "plan")
         if req.owner_email:  # an order over quota never reaches libvirt
             owner = inventory.user_by_email(s, req.owner_email)
@@ -169,8 +170,7 @@ def _insert_order(
 ) -> Order:
     """The order's write transaction (it re-checks what :func:`_host_facts` read)."""
     with ctx.db.session() as s:
-        inventory.for_sale(s, Plan, req.plan, "plan")  # again: it may be hidden meanwhile
-        inventory.for_sale(s, Image, req.image, "image")
+        _offered(s, req)  # again: it may be hidden meanwhile
         plan = inventory.get_by_name(s, Plan, req.plan, "plan")
         image = inventory.get_by_name(s, Image, req.image, "image")
         password = guest.new_password() if image.credentials else None
@@ -208,6 +208,16 @@ def _insert_order(
         cpupin.allocate(s, vps, host, plan.vcpus, ctx.settings.cpu_overcommit)
         job = jobs.enqueue(s, "create", vps.uuid, host.id, actor=actor)
         return Order(uuid=vps.uuid, password=password, job=job.uuid)
+
+
+def _offered(session: Session, req: OrderRequest) -> None:
+    """The plan and image are for sale (an image self-test orders them regardless)."""
+    if req.testing:
+        inventory.get_by_name(session, Plan, req.plan, "plan")
+        inventory.get_by_name(session, Image, req.image, "image")
+        return
+    inventory.for_sale(session, Plan, req.plan, "plan")
+    inventory.for_sale(session, Image, req.image, "image")
 
 
 def _named(session: Session, model: type[Plan] | type[Image], name: str, what: str) -> None:

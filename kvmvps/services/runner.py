@@ -24,6 +24,7 @@ from kvmvps.services import (
     backups,
     credentials,
     forwards,
+    imagetest,
     jobs,
     provisioning,
     rescue,
@@ -149,6 +150,26 @@ def _rescue(ctx: Context, c: Claimed, jc: JobControl) -> None:
     rescue.enter(ctx, _vps(c), image, checkpoint=jc.checkpoint, progress=jc.progress)
 
 
+def _image_test(ctx: Context, c: Claimed, jc: JobControl) -> None:
+    test = c.params.get("test")
+    if not isinstance(test, str):
+        raise NotFound(f"job {c.uuid[:8]} names no image test")
+    imagetest.run(ctx, test, lambda job: follow_here(ctx, job), jc.progress)
+
+
+def follow_here(ctx: Context, job_uuid: str) -> None:
+    """Run a job in this thread (or, if another holds it, wait for it); raise if it fails.
+
+    For a job that runs others (an image test): no worker slot is needed.
+    """
+    if not run_inline(ctx, job_uuid):
+        run_or_follow(ctx, job_uuid, timeout=ctx.settings.build_timeout)
+        return
+    view = jobs.get_job(ctx, job_uuid)
+    if view["state"] == JobState.FAILED:
+        raise JobFailed(view["error"] or "the job failed")
+
+
 def _simple(action: Callable[[Context, str], object]) -> Handler:
     return lambda ctx, c, jc: action(ctx, _vps(c))
 
@@ -169,6 +190,7 @@ HANDLERS: dict[str, Handler] = {
     "unrescue": _simple(rescue.leave),
     "backup": _backup,
     "restore": _restore,
+    "image_test": _image_test,
 }
 
 
@@ -287,6 +309,8 @@ def _give_up(ctx: Context, job: Claimed, holder: str) -> None:
     error = f"abandoned after {job.attempts} attempts whose workers died"
     if job.kind in jobs.BUILD_KINDS and job.vps_uuid:
         provisioning.abandon(ctx, job.vps_uuid, error)
+    if job.kind == "image_test" and isinstance(job.params.get("test"), str):
+        imagetest.abandon(ctx, job.params["test"], error)
     jobs.finish(ctx, job.id, holder, error=error)
 
 

@@ -163,7 +163,8 @@ def public_image_view(image: Image) -> PublicImageView:
 
 def catalogue_images(ctx: Context) -> list[PublicImageView]:
     """The OS templates customers may order (none hidden from the shop), by name."""
-    return [public_image_view(i) for i in inventory.list_images(ctx) if not i.hidden]
+    shown = [i for i in inventory.list_images(ctx) if not i.hidden and not i.test_failed]
+    return [public_image_view(i) for i in shown]
 
 
 def network_view(net: Network) -> NetworkView:

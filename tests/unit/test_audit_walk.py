@@ -65,6 +65,10 @@ WALK: list[tuple[Args, str | None]] = [
     (["plan", "backups", "big", "--keep", "9"], "plan.backups"),  # refused: more than the slots
     (lambda ctx, tmp: ["image", "add", "img2", str(tmp / "base.qcow2")], "image.add"),
     (["image", "list"], None),
+    (["image", "test", "base"], "image.test"),  # queued: nothing runs it here
+    (["image", "test", "base", "--wait"], "image.test"),  # refused: one test at a time
+    (["image", "tests", "base"], None),
+    (["image", "show", "base"], None),
     (["image", "build-tiny", "bad name"], "image.build-tiny"),
     (["image", "build-debian", "bad name"], "image.build-debian"),
     (["network", "add", "lan2", "--subnet", "10.232.7.0/24"], "network.add"),

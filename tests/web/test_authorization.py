@@ -217,6 +217,9 @@ TABLE: dict[tuple[str, str], Case] = {
     ("admin.image_shelf", "POST"): Case(
         site(403, 403, 302), lambda w, s: {"name": "base", "change": "show"}, form=lambda w: {}
     ),
+    ("admin.image_test", "POST"): Case(
+        site(403, 403, 302), lambda w, s: {"name": "base"}, form=lambda w: {}
+    ),
     ("admin.host_maintenance", "POST"): Case(
         site(403, 403, 302),
         lambda w, s: {"name": hosts.list_hosts(w.ctx)[0]["name"], "state": "off"},
