@@ -131,7 +131,10 @@ def _request(ctx: Context, name: str, actor: str, due_after: float | None) -> Re
                 f"image {image.name!r} is being tested already (test {last.uuid[:8]}); wait for it"
             )
         recent = jobs.now() - timedelta(seconds=due_after or 0)
-        if due_after is not None and last is not None and jobs.aware(last.created_at) > recent:
+        # never tested: first due one interval after the image was added (an
+        # operator tests a new image at once with `image test`)
+        since = last.created_at if last is not None else image.created_at
+        if due_after is not None and jobs.aware(since) > recent:
             return None
         test = ImageTest(image_id=image.id, actor=actor)
         s.add(test)

@@ -163,6 +163,9 @@ def test_the_schedule_queues_each_image_once_per_interval(
     monkeypatch.setattr(
         ctx, "settings", dataclasses.replace(ctx.settings, image_test_interval=3600)
     )
+    assert imagetest.schedule(ctx) == []  # images added just now: first due in an hour
+    with ctx.db.session() as s:
+        s.execute(update(Image).values(created_at=jobs.now() - timedelta(hours=1, minutes=1)))
     queued = imagetest.schedule(ctx)
     assert len(queued) == 2  # base and linux
     assert imagetest.schedule(ctx) == []  # both unfinished: not again
@@ -215,10 +218,12 @@ def test_a_test_whose_worker_died_is_cleaned_up(world: World) -> None:
 def test_a_worker_tests_every_image_on_its_schedule(
     td_ctx: Context, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ctx = td_ctx  # image 'base' only
+    ctx = td_ctx  # image 'base' only, added over an hour ago
     monkeypatch.setattr(
         ctx, "settings", dataclasses.replace(ctx.settings, image_test_interval=3600)
     )
+    with ctx.db.session() as s:
+        s.execute(update(Image).values(created_at=jobs.now() - timedelta(hours=2)))
     assert Worker(ctx, name="w1").run(max_jobs=1) == 1  # the test it queued, run to its end
     [shown] = imagetest.list_tests(ctx, "base")
     assert shown["state"] == "passed" and shown["actor"] == imagechecks.ACTOR
