@@ -16,6 +16,7 @@ from kvmvps import validation
 from kvmvps.errors import Conflict, InvalidInput, KvmvpsError
 from kvmvps.services import (
     actions,
+    backup_orders,
     backups,
     jobs,
     provisioning,
@@ -290,6 +291,32 @@ def restore_backup(id: str, backup: str) -> ResponseReturnValue:
         asked = backups.restore(services(), id, backup, actor=_user().actor, owner_id=_scope())
     body = {"id": asked.backup, "server": asked.vps, "job": asked.job}
     return _accepted(body, url_for("api.get_job", job=asked.job))
+
+
+@bp.post("/servers/<id>/backups/<backup>/new-server")
+def restore_backup_as_new(id: str, backup: str) -> ResponseReturnValue:
+    """A new server from a backup (``id`` may be a deleted server's whose backups were kept)."""
+    data = _body(("hostname", "plan", "ssh_keys"))
+    errors: dict[str, str] = {}
+    hostname, plan = _string(data, "hostname", errors), _string(data, "plan", errors)
+    keys = _keys(data, errors) if "ssh_keys" in data else None
+    if not hostname and "hostname" not in errors:
+        errors["hostname"] = "the new server's hostname is required"
+    if errors:
+        raise FieldErrors(errors)
+    with write_turn():
+        order = backup_orders.restore_as_new(
+            services(),
+            id,
+            backup,
+            hostname,
+            plan=plan or None,
+            ssh_keys=keys,
+            actor=_user().actor,
+            owner_id=_scope(),
+        )
+    body = {**vps_service.show(services(), order.uuid), "job": order.job}
+    return _accepted({**body, "password": order.password}, url_for("api.get_server", id=order.uuid))
 
 
 @bp.delete("/servers/<id>/backups/<backup>")

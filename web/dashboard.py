@@ -28,6 +28,7 @@ from kvmvps.errors import Conflict, KvmvpsError
 from kvmvps.models import JobState, VpsState
 from kvmvps.services import (
     actions,
+    backup_orders,
     backups,
     jobs,
     provisioning,
@@ -44,7 +45,7 @@ from kvmvps.services.vps import VpsView
 from web.charts import charts
 from web.common import services, status_for, write_turn
 from web.extensions import login_manager
-from web.forms import ActionForm, ConfirmForm, OrderForm, add_error, attach
+from web.forms import ActionForm, ConfirmForm, NewFromBackupForm, OrderForm, add_error, attach
 
 bp = Blueprint("dashboard", __name__)
 
@@ -264,6 +265,32 @@ def backup_delete(id: str, backup: str) -> ResponseReturnValue:
     )
 
 
+@bp.post("/servers/<id>/backups/<backup>/new-server")
+def backup_new_server(id: str, backup: str) -> ResponseReturnValue:
+    """A new server from one of this server's backups; its password is revealed once."""
+    vps = _own(id)
+    form = NewFromBackupForm()
+    if not form.validate_on_submit():
+        flash("; ".join(e for errs in form.errors.values() for e in errs), "error")
+        return redirect(url_for("dashboard.server", id=vps["id"]) + "#backups")
+    try:
+        with write_turn():
+            placed = backup_orders.restore_as_new(
+                services(),
+                vps["id"],
+                backup,
+                form.hostname.data or "",
+                actor=current_user.actor,
+                owner_id=current_user.id,
+            )
+    except KvmvpsError as exc:
+        flash(str(exc), "error")
+        return make_response(server(vps["id"]), status_for(exc))
+    with write_turn():
+        reveals.hold(services(), placed.uuid, current_user.id, placed.password, placed.job)
+    return redirect(url_for("dashboard.job", job=placed.job))
+
+
 def _backup_call(id: str, what: str, call: Callable[..., object]) -> ResponseReturnValue:
     """Run a backup request of the signed-in customer; back to the server page with its outcome."""
     vps = _own(id)
@@ -335,7 +362,8 @@ def _confirm(vps: VpsView, action: str) -> ResponseReturnValue:
         form.image.data = vps["image"]
     elif form.validate_on_submit():
         if (form.hostname.data or "").strip().lower() == vps["hostname"]:
-            return _request(vps, action, form.image.data if action == "reinstall" else None)
+            image = form.image.data if action == "reinstall" else None
+            return _request(vps, action, image, action == "delete" and bool(form.drop_backups.data))
         add_error(form.hostname, f"type {vps['hostname']} to confirm")
     status = 400 if request.method == "POST" else 200
     return render_template(
@@ -348,7 +376,9 @@ def _confirm(vps: VpsView, action: str) -> ResponseReturnValue:
     ), status
 
 
-def _request(vps: VpsView, action: str, image: str | None) -> ResponseReturnValue:
+def _request(
+    vps: VpsView, action: str, image: str | None, drop_backups: bool = False
+) -> ResponseReturnValue:
     try:
         with write_turn():
             asked = actions.request(
@@ -360,6 +390,7 @@ def _request(vps: VpsView, action: str, image: str | None) -> ResponseReturnValu
                 image=image or None,
                 timeout=SHUTDOWN_GRACE,
                 force=True,
+                drop_backups=drop_backups,
             )
     except Conflict as exc:  # e.g. an action already pending: the page again, with why
         flash(str(exc), "error")

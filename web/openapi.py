@@ -95,6 +95,21 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "properties": {"servers": {"type": "array", "items": _ref("Server")}},
     },
+    "NewServerFromBackup": {
+        "type": "object",
+        "required": ["hostname"],
+        "additionalProperties": False,
+        "properties": {
+            "hostname": {**STR, "maxLength": 63, "description": "The new server's DNS label."},
+            "plan": {**STR, "description": "Its plan (default: the backed-up server's)."},
+            "ssh_keys": {
+                "type": "array",
+                "maxItems": 20,
+                "items": STR,
+                "description": "OpenSSH public key lines (default: the backed-up server's).",
+            },
+        },
+    },
     "OrderRequest": {
         "type": "object",
         "required": ["plan", "image", "hostname"],
@@ -553,6 +568,29 @@ def _backup_paths(not_found: dict[str, Any]) -> dict[str, Any]:
                     **suspended,
                     "404": _json(ERR, "No such server, or no such backup of it."),
                     "409": _json(ERR, busy),
+                },
+            ),
+        },
+        "/servers/{id}/backups/{backup}/new-server": {
+            "parameters": [SERVER_ID, BACKUP_ID],
+            "post": _op(
+                "Order a new server whose disk is the backup's content (the id may name a "
+                "deleted server whose backups were kept); new address, password shown once",
+                {
+                    "202": _json(_ref("ServerCreated"), "Recorded; poll the job."),
+                    "400": _json(ERR, "Bad fields, or no plan given for a deleted server."),
+                    "403": _json(ERR, "The order would go over your quota."),
+                    "404": _json(ERR, "No such backup of that server of yours."),
+                    "409": _json(
+                        ERR,
+                        "The backup is not ready or larger than the plan's disk, "
+                        "or the hostname is taken.",
+                    ),
+                    "503": _json(ERR, "No capacity left."),
+                },
+                requestBody={
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("NewServerFromBackup")}},
                 },
             ),
         },

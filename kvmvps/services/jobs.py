@@ -43,6 +43,9 @@ KINDS = BUILD_KINDS + (
     "unrescue",
     "backup",
     "restore",
+    "snapshot",
+    "snapshot_revert",
+    "snapshot_delete",
 )
 MAX_ATTEMPTS = 3
 

@@ -70,6 +70,31 @@ def test_backup_running_change_restore(real_ctx: Context, tiny_image: str, tmp_p
 
     listed = ok(real_ctx, "vps", "backup", "list", "bk1")
     assert [b["id"] for b in listed] == [backup["id"]]
-    deleted = run_cli(real_ctx, "vps", "delete", "bk1", "--yes", "--drop-backups")
+    deleted = run_cli(real_ctx, "vps", "delete", "bk1", "--yes")  # its backups are kept
     assert deleted.exit_code == 0, deleted.stderr
+    assert disk.exists() and [b["id"] for b in ok(real_ctx, "vps", "backup", "list", "bk1")] == [
+        backup["id"]
+    ]
+
+    # the kept backup of the deleted VPS becomes a new VPS with its own credentials
+    new = ok(
+        real_ctx,
+        "vps",
+        "backup",
+        "restore",
+        "bk1",
+        backup["id"][:8],
+        "--as-new",
+        "bk2",
+        "--plan",
+        "small",
+    )
+    assert new["state"] == "running" and new["hostname"] == "bk2"
+    assert new["password"] and new["password"] != password and new["id"] != vps["id"]
+    assert ssh(new, new["password"], "cat marker; hostname") == "before\nbk2"
+    assert guest.fingerprint(scanned_host_key(new["ip"])) == new["host_key_fingerprint"]
+    gone = run_cli(real_ctx, "vps", "delete", "bk2", "--yes")
+    assert gone.exit_code == 0, gone.stderr
+    dropped = run_cli(real_ctx, "vps", "backup", "delete", "bk1", backup["id"])
+    assert dropped.exit_code == 0, dropped.stderr
     assert not disk.exists() and not meta.exists()
