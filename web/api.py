@@ -21,6 +21,7 @@ from kvmvps.services import (
     jobs,
     provisioning,
     saved_keys,
+    snapshots,
     tokens,
     usage,
     views,
@@ -324,6 +325,51 @@ def delete_backup(id: str, backup: str) -> ResponseReturnValue:
     with write_turn():
         gone = backups.delete(services(), id, backup, actor=_user().actor, owner_id=_scope())
     return jsonify(gone)
+
+
+# -- snapshots -----------------------------------------------------------------
+@bp.get("/servers/<id>/snapshots")
+def list_snapshots(id: str) -> ResponseReturnValue:
+    ctx = services()
+    return jsonify(
+        {
+            "snapshots": snapshots.list_snapshots(ctx, id, _scope()),
+            "limit": snapshots.plan_limit(ctx, id, _scope()),
+        }
+    )
+
+
+@bp.post("/servers/<id>/snapshots")
+def create_snapshot(id: str) -> ResponseReturnValue:
+    data = _body(("label",)) if request.get_data(cache=True).strip() else {}
+    errors: dict[str, str] = {}
+    label = _string(data, "label", errors)
+    if errors:
+        raise FieldErrors(errors)
+    with write_turn():
+        asked = snapshots.create(services(), id, label, actor=_user().actor, owner_id=_scope())
+    return _snapshot_accepted(asked)
+
+
+@bp.post("/servers/<id>/snapshots/<snapshot>/revert")
+def revert_snapshot(id: str, snapshot: str) -> ResponseReturnValue:
+    with write_turn():
+        asked = snapshots.revert(services(), id, snapshot, actor=_user().actor, owner_id=_scope())
+    return _snapshot_accepted(asked)
+
+
+@bp.delete("/servers/<id>/snapshots/<snapshot>")
+def delete_snapshot(id: str, snapshot: str) -> ResponseReturnValue:
+    with write_turn():
+        asked = snapshots.delete(services(), id, snapshot, actor=_user().actor, owner_id=_scope())
+    if not asked.job:  # a failed one: gone at once
+        return jsonify({"id": asked.snapshot, "server": asked.vps, "job": None})
+    return _snapshot_accepted(asked)
+
+
+def _snapshot_accepted(asked: snapshots.Requested) -> Response:
+    body = {"id": asked.snapshot, "server": asked.vps, "job": asked.job}
+    return _accepted(body, url_for("api.get_job", job=asked.job))
 
 
 @bp.post("/servers/<id>/console")

@@ -35,6 +35,7 @@ from kvmvps.services import (
     quotas,
     reveals,
     saved_keys,
+    snapshots,
     usage,
     views,
 )
@@ -242,6 +243,8 @@ def server(id: str) -> ResponseReturnValue:
         confirm=CONFIRM,
         backups=backups.list_backups(services(), vps["id"], current_user.id),
         backup_slots=backups.plan_slots(services(), vps["id"], current_user.id),
+        snapshots=snapshots.list_snapshots(services(), vps["id"], current_user.id),
+        snapshot_limit=snapshots.plan_limit(services(), vps["id"], current_user.id),
     )
 
 
@@ -310,6 +313,54 @@ def _backup_call(id: str, what: str, call: Callable[..., object]) -> ResponseRet
     words = {"backup": "A backup was requested", "delete": "The backup was deleted"}
     flash(f"{words.get(what, what)} ({vps['hostname']}).", "ok")
     return redirect(url_for("dashboard.server", id=vps["id"]) + "#backups")
+
+
+# -- snapshots -----------------------------------------------------------------------
+@bp.post("/servers/<id>/snapshots")
+def snapshot_create(id: str) -> ResponseReturnValue:
+    label = request.form.get("label", "")
+    return _snapshot_call(
+        id, "take", lambda ref, **who: snapshots.create(services(), ref, label, **who)
+    )
+
+
+@bp.post("/servers/<id>/snapshots/<snapshot>/revert")
+def snapshot_revert(id: str, snapshot: str) -> ResponseReturnValue:
+    return _snapshot_call(
+        id, "revert", lambda ref, **who: snapshots.revert(services(), ref, snapshot, **who)
+    )
+
+
+@bp.post("/servers/<id>/snapshots/<snapshot>/delete")
+def snapshot_delete(id: str, snapshot: str) -> ResponseReturnValue:
+    return _snapshot_call(
+        id, "delete", lambda ref, **who: snapshots.delete(services(), ref, snapshot, **who)
+    )
+
+
+SNAPSHOT_WORDS = {
+    "take": "A snapshot was requested",
+    "delete": "The snapshot is being deleted",
+}
+
+
+def _snapshot_call(
+    id: str, what: str, call: Callable[..., snapshots.Requested]
+) -> ResponseReturnValue:
+    """Run a snapshot request of the signed-in customer; a revert shows its job's progress."""
+    vps = _own(id)
+    if not ActionForm().validate_on_submit():
+        abort(400, "the form is stale; reload the page")
+    try:
+        with write_turn():
+            done = call(vps["id"], actor=current_user.actor, owner_id=current_user.id)
+    except KvmvpsError as exc:
+        flash(str(exc), "error")
+        return make_response(server(vps["id"]), status_for(exc))
+    if what == "revert":
+        return redirect(url_for("dashboard.job", job=done.job))
+    flash(f"{SNAPSHOT_WORDS[what]} ({vps['hostname']}).", "ok")
+    return redirect(url_for("dashboard.server", id=vps["id"]) + "#snapshots")
 
 
 @bp.get("/servers/<id>/credentials")

@@ -1,4 +1,5 @@
-"""Backups on the real libvirtd: a running tiny guest backed up, changed, restored."""
+"""Backups and snapshots on the real libvirtd: a running tiny guest snapshotted and
+reverted, backed up, changed, restored, and restored again as a new VPS."""
 
 from __future__ import annotations
 
@@ -42,6 +43,18 @@ def test_backup_running_change_restore(real_ctx: Context, tiny_image: str, tmp_p
     vps = ok(real_ctx, *[a for a in create_args("small", "tiny", "bk1") if a != "--json"])
     password, fingerprint = vps["password"], vps["host_key_fingerprint"]
     assert ssh(vps, password, "echo before > marker && sync && cat marker") == "before"
+
+    # a snapshot of the running guest (with its memory); the marker deleted, then reverted
+    ok(real_ctx, "plan", "snapshots", "small", "--limit", "1")
+    snap = ok(real_ctx, "vps", "snapshot", "create", "bk1", "--label", "before upgrade")
+    assert snap["state"] == "ready" and snap["with_memory"] is True
+    assert ssh(vps, password, "rm marker && sync && ls marker 2>/dev/null || echo gone") == "gone"
+    reverted = ok(real_ctx, "vps", "snapshot", "revert", "bk1", snap["id"][:8], "--yes")
+    assert reverted["state"] == "running" and reverted["host_key_fingerprint"] == fingerprint
+    assert ssh(vps, password, "cat marker") == "before"  # same password, same pinned key
+    assert guest.fingerprint(scanned_host_key(vps["ip"])) == fingerprint
+    assert run_cli(real_ctx, "vps", "snapshot", "delete", "bk1", snap["id"]).exit_code == 0
+    assert ok(real_ctx, "vps", "snapshot", "list", "bk1") == []
 
     backup = ok(real_ctx, "vps", "backup", "create", "bk1")
     assert backup["state"] == "ready" and backup["consistency"] in ("crash", "frozen")
