@@ -13,6 +13,7 @@ from kvmvps.errors import InvalidInput, XmlValidationError
 from kvmvps.limits import PlanLimits
 from kvmvps.xmlspec import (
     BackupSpec,
+    SnapshotSpec,
     Bandwidth,
     BandwidthLimit,
     BridgeNetworkSpec,
@@ -217,6 +218,12 @@ NETWORK_VARIANTS = {
             "/var/lib/kvmvps/backups/6f1c1b2e-6a55-4a8e-9a59-0c3b1b7a2d10.qcow2.part",
             ("vdb",),
         )
+    ),
+    "snapshot_running.xml": lambda: xmlrender.snapshot_xml(
+        SnapshotSpec("snap-6f1c1b2e-6a55-4a8e-9a59-0c3b1b7a2d10", "vda", True, ("vdb",))
+    ),
+    "snapshot_stopped.xml": lambda: xmlrender.snapshot_xml(
+        SnapshotSpec("snap-6f1c1b2e-6a55-4a8e-9a59-0c3b1b7a2d10", "vda", False)
     ),
 }
 
