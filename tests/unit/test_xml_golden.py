@@ -13,7 +13,6 @@ from kvmvps.errors import InvalidInput, XmlValidationError
 from kvmvps.limits import PlanLimits
 from kvmvps.xmlspec import (
     BackupSpec,
-    SnapshotSpec,
     Bandwidth,
     BandwidthLimit,
     BridgeNetworkSpec,
@@ -23,6 +22,7 @@ from kvmvps.xmlspec import (
     KernelBoot,
     NwFilterSpec,
     OverlayVolumeSpec,
+    SnapshotSpec,
     TrafficFilter,
     VolumeDiskSpec,
     nat_network_spec,
