@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from kvmvps.errors import Conflict, InvalidInput
 from kvmvps.models import BackupState, Plan, User, Vps
-from kvmvps.services import Context, audit, backups, inventory, provisioning
+from kvmvps.services import Context, audit, backups, guard, inventory, provisioning
 from kvmvps.services.provisioning import Order, OrderRequest
 from kvmvps.storage import GIB
 
@@ -61,6 +61,8 @@ def _request(
         if backup.state != BackupState.READY:
             raise Conflict(f"backup {backup.uuid[:8]} is {backup.state}, not ready")
         source = s.scalar(select(Vps).where(Vps.uuid == backup.vps_uuid))
+        if source is not None:  # a suspended VPS is not copied out of its suspension
+            guard.check_action(source, "backup_restore", operator=owner_id is None)
         plan_name = plan or (source.plan.name if source is not None else None)
         if not plan_name:
             raise InvalidInput(f"{backup.hostname} is deleted: choose a plan for the new VPS")

@@ -180,7 +180,17 @@ def _kept_of(session: Session, ref: str, owner_id: int | None) -> list[ColumnEle
 
 
 def find_backup(session: Session, ref: str, backup_ref: str, owner_id: int | None) -> Backup:
-    """A backup of the VPS ``ref``, or a kept backup of a deleted VPS of that name or id."""
+    """A backup of the VPS ``ref``, or a kept backup of a deleted VPS of that name or id.
+
+    When neither the VPS nor such a backup exists, the VPS is what is not found.
+    """
+    try:
+        resolve(session, ref, owner_id)
+    except NotFound as missing:
+        try:
+            return _one_backup(session, backup_ref, *_kept_of(session, ref, owner_id))
+        except NotFound:
+            raise missing from None
     return _one_backup(session, backup_ref, *_kept_of(session, ref, owner_id))
 
 

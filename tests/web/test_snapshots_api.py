@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select
 
 from kvmvps.models import Job, Vps
-from kvmvps.services import snapshots
+from kvmvps.services import snapshots, suspension
 from tests.snapshots import db_snapshot
 from tests.web.conftest import A, B, World, finish_job
 from tests.web.helpers import forbid_libvirt_work
@@ -105,3 +105,7 @@ def test_restore_as_new_server_own_backup_only(world: World, calls) -> None:
     assert again.status_code == 409
     in_use = calls(A, "DELETE", f"/servers/{vps}/backups/{made['id']}")
     assert in_use.status_code == 409 and "in use" in in_use.get_json()["error"]
+    suspension.suspend(world.ctx, vps, "abuse", "os:operator")
+    before = state(world)
+    held = calls(A, "POST", path, json={"hostname": "escape"})  # not out of its suspension
+    assert held.status_code == 403 and state(world) == before
