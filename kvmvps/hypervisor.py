@@ -531,7 +531,10 @@ class Hypervisor:
         def undefine(dom: Any) -> None:
             if dom.isActive():
                 dom.destroy()
-            dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
+            dom.undefineFlags(
+                libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+                | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA  # their data goes with the volume
+            )
 
         try:
             self._domain(name, "undefine", undefine)
@@ -712,6 +715,41 @@ class Hypervisor:
                     raise
 
         self._domain(name, "abort the backup of", abort)
+
+    # -- internal snapshots ------------------------------------------------------
+    def snapshot_create(self, name: str, xml: str) -> None:
+        """Take an internal snapshot (``<domainsnapshot>``); a running guest pauses meanwhile."""
+        self._domain(name, "snapshot", lambda d: d.snapshotCreateXML(xml, 0))
+
+    def snapshot_revert(self, name: str, snapshot: str, running: bool) -> None:
+        """Go back to the snapshot; ``running`` starts the domain afterwards in any case."""
+        flags = libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_RUNNING if running else 0
+        self._domain(
+            name,
+            "revert to a snapshot of",
+            lambda d: d.revertToSnapshot(d.snapshotLookupByName(snapshot, 0), flags),
+        )
+
+    def snapshot_delete(self, name: str, snapshot: str) -> bool:
+        """Delete the snapshot (its data in the volume too); False when there was none."""
+
+        def delete(dom: Any) -> bool:
+            try:
+                found = dom.snapshotLookupByName(snapshot, 0)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN_SNAPSHOT:
+                    return False
+                raise
+            found.delete(0)
+            return True
+
+        return self._domain(name, "delete a snapshot of", delete)
+
+    def snapshot_names(self, name: str) -> list[str]:
+        """The names of the domain's snapshots."""
+        return self._domain(
+            name, "list the snapshots of", lambda d: [s.getName() for s in d.listAllSnapshots(0)]
+        )
 
     def list_domains(self, prefix: str = "") -> dict[str, str]:
         """Every domain whose name starts with ``prefix``, with its state."""

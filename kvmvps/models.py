@@ -396,6 +396,33 @@ class Backup(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+class SnapshotState:
+    QUEUED = "queued"
+    READY = "ready"
+    FAILED = "failed"
+
+    ALL = (QUEUED, READY, FAILED)
+
+
+class Snapshot(Base):
+    """An internal qcow2 snapshot of a VPS's disk (with its memory when it ran).
+
+    libvirt knows it as ``snap-<uuid>``, made from the row's own uuid; the
+    customer's ``label`` is display text only. The rows go with their VPS.
+    """
+
+    __tablename__ = "snapshots"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), unique=True, default=lambda: str(uuidlib.uuid4()))
+    vps_id: Mapped[int] = mapped_column(ForeignKey("vps.id", ondelete="CASCADE"), index=True)
+    label: Mapped[str] = mapped_column(String(64), default="")
+    state: Mapped[str] = mapped_column(String(16), default=SnapshotState.QUEUED)
+    with_memory: Mapped[bool | None] = mapped_column(Boolean)  # taken while it ran
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class IpLease(Base):
     """An address of a network: held by a VPS, or free since ``released_at``.
 

@@ -32,6 +32,7 @@ from kvmvps.xmlspec import (
     NwFilterSpec,
     OverlayVolumeSpec,
     RawVolumeSpec,
+    SnapshotSpec,
 )
 
 DEFAULT_SCHEMA_DIR = Path("/usr/share/libvirt/schemas")
@@ -129,6 +130,10 @@ def raw_volume_xml(spec: RawVolumeSpec) -> str:
 
 def backup_xml(spec: BackupSpec) -> str:
     return render("backup.xml.j2", "domainbackup", spec=spec)
+
+
+def snapshot_xml(spec: SnapshotSpec) -> str:
+    return render("snapshot.xml.j2", "domainsnapshot", spec=spec)
 
 
 def pool_xml(name: str, path: str) -> str:

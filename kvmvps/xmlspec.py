@@ -387,6 +387,19 @@ class RawVolumeSpec:
 
 
 @dataclass(frozen=True)
+class SnapshotSpec:
+    """An internal snapshot of one qcow2 disk, with the memory when the domain runs.
+
+    ``name`` is made by kvmvps from the snapshot's uuid, never from user text.
+    """
+
+    name: str
+    disk: str
+    with_memory: bool
+    skipped_disks: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class BackupSpec:
     """A push-mode backup of one disk to a qcow2 file; the other disks are left out."""
 

@@ -16,10 +16,12 @@ from kvmvps import validation
 from kvmvps.errors import Conflict, InvalidInput, KvmvpsError
 from kvmvps.services import (
     actions,
+    backup_orders,
     backups,
     jobs,
     provisioning,
     saved_keys,
+    snapshots,
     tokens,
     usage,
     views,
@@ -292,11 +294,82 @@ def restore_backup(id: str, backup: str) -> ResponseReturnValue:
     return _accepted(body, url_for("api.get_job", job=asked.job))
 
 
+@bp.post("/servers/<id>/backups/<backup>/new-server")
+def restore_backup_as_new(id: str, backup: str) -> ResponseReturnValue:
+    """A new server from a backup (``id`` may be a deleted server's whose backups were kept)."""
+    data = _body(("hostname", "plan", "ssh_keys"))
+    errors: dict[str, str] = {}
+    hostname, plan = _string(data, "hostname", errors), _string(data, "plan", errors)
+    keys = _keys(data, errors) if "ssh_keys" in data else None
+    if not hostname and "hostname" not in errors:
+        errors["hostname"] = "the new server's hostname is required"
+    if errors:
+        raise FieldErrors(errors)
+    with write_turn():
+        order = backup_orders.restore_as_new(
+            services(),
+            id,
+            backup,
+            hostname,
+            plan=plan or None,
+            ssh_keys=keys,
+            actor=_user().actor,
+            owner_id=_scope(),
+        )
+    body = {**vps_service.show(services(), order.uuid), "job": order.job}
+    return _accepted({**body, "password": order.password}, url_for("api.get_server", id=order.uuid))
+
+
 @bp.delete("/servers/<id>/backups/<backup>")
 def delete_backup(id: str, backup: str) -> ResponseReturnValue:
     with write_turn():
         gone = backups.delete(services(), id, backup, actor=_user().actor, owner_id=_scope())
     return jsonify(gone)
+
+
+# -- snapshots -----------------------------------------------------------------
+@bp.get("/servers/<id>/snapshots")
+def list_snapshots(id: str) -> ResponseReturnValue:
+    ctx = services()
+    return jsonify(
+        {
+            "snapshots": snapshots.list_snapshots(ctx, id, _scope()),
+            "limit": snapshots.plan_limit(ctx, id, _scope()),
+        }
+    )
+
+
+@bp.post("/servers/<id>/snapshots")
+def create_snapshot(id: str) -> ResponseReturnValue:
+    data = _body(("label",)) if request.get_data(cache=True).strip() else {}
+    errors: dict[str, str] = {}
+    label = _string(data, "label", errors)
+    if errors:
+        raise FieldErrors(errors)
+    with write_turn():
+        asked = snapshots.create(services(), id, label, actor=_user().actor, owner_id=_scope())
+    return _snapshot_accepted(asked)
+
+
+@bp.post("/servers/<id>/snapshots/<snapshot>/revert")
+def revert_snapshot(id: str, snapshot: str) -> ResponseReturnValue:
+    with write_turn():
+        asked = snapshots.revert(services(), id, snapshot, actor=_user().actor, owner_id=_scope())
+    return _snapshot_accepted(asked)
+
+
+@bp.delete("/servers/<id>/snapshots/<snapshot>")
+def delete_snapshot(id: str, snapshot: str) -> ResponseReturnValue:
+    with write_turn():
+        asked = snapshots.delete(services(), id, snapshot, actor=_user().actor, owner_id=_scope())
+    if not asked.job:  # a failed one: gone at once
+        return jsonify({"id": asked.snapshot, "server": asked.vps, "job": None})
+    return _snapshot_accepted(asked)
+
+
+def _snapshot_accepted(asked: snapshots.Requested) -> Response:
+    body = {"id": asked.snapshot, "server": asked.vps, "job": asked.job}
+    return _accepted(body, url_for("api.get_job", job=asked.job))
 
 
 @bp.post("/servers/<id>/console")

@@ -28,12 +28,14 @@ from kvmvps.errors import Conflict, KvmvpsError
 from kvmvps.models import JobState, VpsState
 from kvmvps.services import (
     actions,
+    backup_orders,
     backups,
     jobs,
     provisioning,
     quotas,
     reveals,
     saved_keys,
+    snapshots,
     usage,
     views,
 )
@@ -44,7 +46,7 @@ from kvmvps.services.vps import VpsView
 from web.charts import charts
 from web.common import services, status_for, write_turn
 from web.extensions import login_manager
-from web.forms import ActionForm, ConfirmForm, OrderForm, add_error, attach
+from web.forms import ActionForm, ConfirmForm, NewFromBackupForm, OrderForm, add_error, attach
 
 bp = Blueprint("dashboard", __name__)
 
@@ -242,6 +244,8 @@ def server(id: str) -> ResponseReturnValue:
         confirm=CONFIRM,
         backups=backups.list_backups(services(), vps["id"], current_user.id),
         backup_slots=backups.plan_slots(services(), vps["id"], current_user.id),
+        snapshots=snapshots.list_snapshots(services(), vps["id"], current_user.id),
+        snapshot_limit=snapshots.plan_limit(services(), vps["id"], current_user.id),
     )
 
 
@@ -265,6 +269,32 @@ def backup_delete(id: str, backup: str) -> ResponseReturnValue:
     )
 
 
+@bp.post("/servers/<id>/backups/<backup>/new-server")
+def backup_new_server(id: str, backup: str) -> ResponseReturnValue:
+    """A new server from one of this server's backups; its password is revealed once."""
+    vps = _own(id)
+    form = NewFromBackupForm()
+    if not form.validate_on_submit():
+        flash("; ".join(e for errs in form.errors.values() for e in errs), "error")
+        return redirect(url_for("dashboard.server", id=vps["id"]) + "#backups")
+    try:
+        with write_turn():
+            placed = backup_orders.restore_as_new(
+                services(),
+                vps["id"],
+                backup,
+                form.hostname.data or "",
+                actor=current_user.actor,
+                owner_id=current_user.id,
+            )
+    except KvmvpsError as exc:
+        flash(str(exc), "error")
+        return make_response(server(vps["id"]), status_for(exc))
+    with write_turn():
+        reveals.hold(services(), placed.uuid, current_user.id, placed.password, placed.job)
+    return redirect(url_for("dashboard.job", job=placed.job))
+
+
 def _backup_call(id: str, what: str, call: Callable[..., object]) -> ResponseReturnValue:
     """Run a backup request of the signed-in customer; back to the server page with its outcome."""
     vps = _own(id)
@@ -284,6 +314,54 @@ def _backup_call(id: str, what: str, call: Callable[..., object]) -> ResponseRet
     words = {"backup": "A backup was requested", "delete": "The backup was deleted"}
     flash(f"{words.get(what, what)} ({vps['hostname']}).", "ok")
     return redirect(url_for("dashboard.server", id=vps["id"]) + "#backups")
+
+
+# -- snapshots -----------------------------------------------------------------------
+@bp.post("/servers/<id>/snapshots")
+def snapshot_create(id: str) -> ResponseReturnValue:
+    label = request.form.get("label", "")
+    return _snapshot_call(
+        id, "take", lambda ref, **who: snapshots.create(services(), ref, label, **who)
+    )
+
+
+@bp.post("/servers/<id>/snapshots/<snapshot>/revert")
+def snapshot_revert(id: str, snapshot: str) -> ResponseReturnValue:
+    return _snapshot_call(
+        id, "revert", lambda ref, **who: snapshots.revert(services(), ref, snapshot, **who)
+    )
+
+
+@bp.post("/servers/<id>/snapshots/<snapshot>/delete")
+def snapshot_delete(id: str, snapshot: str) -> ResponseReturnValue:
+    return _snapshot_call(
+        id, "delete", lambda ref, **who: snapshots.delete(services(), ref, snapshot, **who)
+    )
+
+
+SNAPSHOT_WORDS = {
+    "take": "A snapshot was requested",
+    "delete": "The snapshot is being deleted",
+}
+
+
+def _snapshot_call(
+    id: str, what: str, call: Callable[..., snapshots.Requested]
+) -> ResponseReturnValue:
+    """Run a snapshot request of the signed-in customer; a revert shows its job's progress."""
+    vps = _own(id)
+    if not ActionForm().validate_on_submit():
+        abort(400, "the form is stale; reload the page")
+    try:
+        with write_turn():
+            done = call(vps["id"], actor=current_user.actor, owner_id=current_user.id)
+    except KvmvpsError as exc:
+        flash(str(exc), "error")
+        return make_response(server(vps["id"]), status_for(exc))
+    if what == "revert":
+        return redirect(url_for("dashboard.job", job=done.job))
+    flash(f"{SNAPSHOT_WORDS[what]} ({vps['hostname']}).", "ok")
+    return redirect(url_for("dashboard.server", id=vps["id"]) + "#snapshots")
 
 
 @bp.get("/servers/<id>/credentials")
@@ -336,7 +414,8 @@ def _confirm(vps: VpsView, action: str) -> ResponseReturnValue:
         form.image.data = vps["image"]
     elif form.validate_on_submit():
         if (form.hostname.data or "").strip().lower() == vps["hostname"]:
-            return _request(vps, action, form.image.data if action == "reinstall" else None)
+            image = form.image.data if action == "reinstall" else None
+            return _request(vps, action, image, action == "delete" and bool(form.drop_backups.data))
         add_error(form.hostname, f"type {vps['hostname']} to confirm")
     status = 400 if request.method == "POST" else 200
     return render_template(
@@ -349,7 +428,9 @@ def _confirm(vps: VpsView, action: str) -> ResponseReturnValue:
     ), status
 
 
-def _request(vps: VpsView, action: str, image: str | None) -> ResponseReturnValue:
+def _request(
+    vps: VpsView, action: str, image: str | None, drop_backups: bool = False
+) -> ResponseReturnValue:
     try:
         with write_turn():
             asked = actions.request(
@@ -361,6 +442,7 @@ def _request(vps: VpsView, action: str, image: str | None) -> ResponseReturnValu
                 image=image or None,
                 timeout=SHUTDOWN_GRACE,
                 force=True,
+                drop_backups=drop_backups,
             )
     except Conflict as exc:  # e.g. an action already pending: the page again, with why
         flash(str(exc), "error")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from flask_wtf import FlaskForm
 from wtforms import (
+    BooleanField,
     Field,
     PasswordField,
     RadioField,
@@ -110,6 +111,15 @@ class ConfirmForm(FlaskForm):
         "Type the hostname to confirm", validators=[DataRequired(), Length(max=MAX_NAME), ONE_LINE]
     )
     image = RadioField("Operating system", validate_choice=False, validators=[Optional(), ONE_LINE])
+    drop_backups = BooleanField("Delete its backups too (otherwise they are kept)")
+
+
+class NewFromBackupForm(FlaskForm):
+    """Makes a new server from a backup: its hostname."""
+
+    hostname = StringField(
+        "New server's hostname", validators=[DataRequired(), Length(max=MAX_NAME), ONE_LINE]
+    )
 
 
 class ActionForm(FlaskForm):

@@ -99,6 +99,57 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "properties": {"servers": {"type": "array", "items": _ref("Server")}},
     },
+    "Snapshot": {
+        "type": "object",
+        "properties": {
+            "id": {**STR, "format": "uuid", "description": "The snapshot."},
+            "vps": {**STR, "format": "uuid", "description": "Its server."},
+            "label": {**STR, "maxLength": 64, "description": "Your note (display text)."},
+            "state": {**STR, "enum": ["queued", "ready", "failed"]},
+            "with_memory": {
+                "type": "boolean",
+                "nullable": True,
+                "description": "Taken while the server ran: its memory is in it too.",
+            },
+            "error": {**STR, "nullable": True},
+            "created_at": {**STR, "format": "date-time", "nullable": True},
+        },
+    },
+    "SnapshotList": {
+        "type": "object",
+        "properties": {
+            "snapshots": {"type": "array", "items": _ref("Snapshot")},
+            "limit": {"type": "integer", "description": "How many the server's plan allows."},
+        },
+    },
+    "SnapshotRequest": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {"label": {**STR, "maxLength": 64, "description": "A note shown with it."}},
+    },
+    "SnapshotAccepted": {
+        "type": "object",
+        "properties": {
+            "id": {**STR, "format": "uuid", "description": "The snapshot."},
+            "server": {**STR, "format": "uuid"},
+            "job": {**STR, "format": "uuid", "nullable": True, "description": "Poll it."},
+        },
+    },
+    "NewServerFromBackup": {
+        "type": "object",
+        "required": ["hostname"],
+        "additionalProperties": False,
+        "properties": {
+            "hostname": {**STR, "maxLength": 63, "description": "The new server's DNS label."},
+            "plan": {**STR, "description": "Its plan (default: the backed-up server's)."},
+            "ssh_keys": {
+                "type": "array",
+                "maxItems": 20,
+                "items": STR,
+                "description": "OpenSSH public key lines (default: the backed-up server's).",
+            },
+        },
+    },
     "OrderRequest": {
         "type": "object",
         "required": ["plan", "image", "hostname"],
@@ -469,6 +520,7 @@ def _paths() -> dict[str, Any]:
             ),
         },
         **_backup_paths(not_found),
+        **_snapshot_paths(not_found),
         "/servers/{id}/console": {
             "parameters": [SERVER_ID],
             "post": _op(
@@ -592,6 +644,86 @@ def _backup_paths(not_found: dict[str, Any]) -> dict[str, Any]:
                     "404": _json(ERR, "No such server, or no such backup of it."),
                     "409": _json(ERR, busy),
                 },
+            ),
+        },
+        "/servers/{id}/backups/{backup}/new-server": {
+            "parameters": [SERVER_ID, BACKUP_ID],
+            "post": _op(
+                "Order a new server whose disk is the backup's content (the id may name a "
+                "deleted server whose backups were kept); new address, password shown once",
+                {
+                    "202": _json(_ref("ServerCreated"), "Recorded; poll the job."),
+                    "400": _json(ERR, "Bad fields, or no plan given for a deleted server."),
+                    "403": _json(ERR, "The order would go over your quota."),
+                    "404": _json(ERR, "No such backup of that server of yours."),
+                    "409": _json(
+                        ERR,
+                        "The backup is not ready or larger than the plan's disk, "
+                        "or the hostname is taken.",
+                    ),
+                    "503": _json(ERR, "No capacity left."),
+                },
+                requestBody={
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("NewServerFromBackup")}},
+                },
+            ),
+        },
+    }
+
+
+SNAPSHOT_ID = {**SERVER_ID, "name": "snapshot", "description": "A snapshot id or id prefix."}
+
+
+def _snapshot_paths(not_found: dict[str, Any]) -> dict[str, Any]:
+    busy = (
+        "Not possible in its state or in rescue mode, the plan's limit is reached, "
+        "or a backup (or, for a customer, any action) is pending."
+    )
+    suspended = {"403": _json(ERR, "The server is suspended (the reason is given).")}
+    queued = {"202": _json(_ref("SnapshotAccepted"), "Queued; poll the job.")}
+    one = {"404": _json(ERR, "No such server, or no such snapshot of it.")}
+    return {
+        "/servers/{id}/snapshots": {
+            "parameters": [SERVER_ID],
+            "get": _op(
+                "The server's snapshots, newest first, and how many its plan allows",
+                {"200": _json(_ref("SnapshotList"), "The snapshots."), **not_found},
+            ),
+            "post": _op(
+                "Take a snapshot of the server's disk (and memory, when it runs)",
+                {
+                    **queued,
+                    "400": _json(ERR, "A label with control characters or over 64 characters."),
+                    **suspended,
+                    **not_found,
+                    "409": _json(ERR, busy),
+                },
+                requestBody={
+                    "required": False,
+                    "content": {"application/json": {"schema": _ref("SnapshotRequest")}},
+                },
+            ),
+        },
+        "/servers/{id}/snapshots/{snapshot}": {
+            "parameters": [SERVER_ID, SNAPSHOT_ID],
+            "delete": _op(
+                "Delete one of the server's snapshots",
+                {
+                    **queued,
+                    "200": _json(_ref("SnapshotAccepted"), "A failed one, deleted at once."),
+                    **suspended,
+                    **one,
+                    "409": _json(ERR, busy),
+                },
+            ),
+        },
+        "/servers/{id}/snapshots/{snapshot}/revert": {
+            "parameters": [SERVER_ID, SNAPSHOT_ID],
+            "post": _op(
+                "Put the server back to a snapshot (what its disk holds now is lost; "
+                "a server that ran runs on from the snapshot's moment)",
+                {**queued, **suspended, **one, "409": _json(ERR, busy)},
             ),
         },
     }

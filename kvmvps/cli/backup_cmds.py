@@ -7,8 +7,8 @@ import click
 from kvmvps.cli.context import Obj, actor, json_option, pass_obj
 from kvmvps.cli.inventory_cmds import plan_group
 from kvmvps.cli.output import emit_json, record, table
-from kvmvps.cli.vps_cmds import follow, vps_group
-from kvmvps.services import backups
+from kvmvps.cli.vps_cmds import follow, print_with_password, vps_group
+from kvmvps.services import backup_orders, backups
 from kvmvps.services import vps as vps_service
 
 COLUMNS = ("id", "hostname", "kind", "state", "consistency", "size_bytes", "created_at")
@@ -26,6 +26,7 @@ def backup_group() -> None:
       kvmvps-admin vps backup create web1
       kvmvps-admin vps backup list web1 --json
       kvmvps-admin vps backup restore web1 3f2a --yes
+      kvmvps-admin vps backup restore web1 3f2a --as-new web2
       kvmvps-admin vps backup delete web1 3f2a
     """
 
@@ -55,11 +56,29 @@ def backup_list(obj: Obj, ref: str, as_json: bool) -> None:
 @backup_group.command("restore")
 @click.argument("ref")
 @click.argument("backup")
+@click.option(
+    "--as-new",
+    "as_new",
+    metavar="HOSTNAME",
+    help="Make a new VPS of this name from the backup instead (REF may be a deleted VPS).",
+)
+@click.option("--plan", help="With --as-new: the new VPS's plan (default: the backed-up VPS's).")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @json_option
 @pass_obj
-def backup_restore(obj: Obj, ref: str, backup: str, yes: bool, as_json: bool) -> None:
-    """Replace the VPS's disk with one of its backups (what it holds now is lost)."""
+def backup_restore(
+    obj: Obj, ref: str, backup: str, as_new: str | None, plan: str | None, yes: bool, as_json: bool
+) -> None:
+    """Replace the VPS's disk with one of its backups (what it holds now is lost),
+    or with --as-new make a new VPS from it (its password is shown this once)."""
+    if as_new is not None:
+        order = backup_orders.restore_as_new(obj.ctx, ref, backup, as_new, plan=plan, actor=actor())
+        follow(obj.ctx, order.job, as_json)
+        made = {**vps_service.show(obj.ctx, order.uuid), "job": order.job}
+        print_with_password(made, order.password, as_json)
+        return
+    if plan is not None:
+        raise click.UsageError("--plan goes with --as-new only")
     if not yes:
         click.confirm(f"Replace the disk of {ref} with backup {backup}?", abort=True)
     req = backups.restore(obj.ctx, ref, backup, actor=actor())

@@ -344,7 +344,10 @@ def plan_list(obj: Obj, as_json: bool) -> None:
 
 
 # 'plan backups' comes from backup_cmds, imported when it runs
-make_lazy(plan_group, {"backups": "kvmvps.cli.backup_cmds"})
+make_lazy(
+    plan_group,
+    {"backups": "kvmvps.cli.backup_cmds", "snapshots": "kvmvps.cli.snapshot_cmds"},
+)
 
 simple_command(
     plan_group,

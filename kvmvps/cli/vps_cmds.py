@@ -47,6 +47,7 @@ make_lazy(
         **dict.fromkeys(("forward", "http"), "kvmvps.cli.forward_cmds"),
         **dict.fromkeys(("suspend", "unsuspend"), "kvmvps.cli.tenant_cmds"),
         "backup": "kvmvps.cli.backup_cmds",
+        "snapshot": "kvmvps.cli.snapshot_cmds",
     },
 )
 
@@ -121,12 +122,12 @@ def vps_create(
         if wait:
             follow(obj.ctx, order.job, quiet or as_json)
     except NoWorker:  # the order stays queued: its password must not be lost
-        _print_with_password(
+        print_with_password(
             {**vps_service.show(obj.ctx, order.uuid), "job": order.job}, order.password, as_json
         )
         raise
     view = {**vps_service.show(obj.ctx, order.uuid), "job": order.job}
-    _print_with_password(view, order.password, as_json)
+    print_with_password(view, order.password, as_json)
 
 
 def _read_key_file(path: Path) -> list[str]:
@@ -137,7 +138,8 @@ def _read_key_file(path: Path) -> list[str]:
     return [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
 
 
-def _print_with_password(view: Mapping[str, object], password: str | None, as_json: bool) -> None:
+def print_with_password(view: Mapping[str, object], password: str | None, as_json: bool) -> None:
+    """A new VPS's record and its password, shown this once."""
     if as_json:
         emit_json({**view, "password": password})
         return
@@ -160,7 +162,7 @@ def vps_password_reset(obj: Obj, ref: str, as_json: bool) -> None:
 
     req = actions.request(obj.ctx, ref, "password_reset", actor=actor())
     follow(obj.ctx, req.job, as_json)
-    _print_with_password(vps_service.show(obj.ctx, req.vps), req.password, as_json)
+    print_with_password(vps_service.show(obj.ctx, req.vps), req.password, as_json)
 
 
 @vps_group.command("rescue")
@@ -207,7 +209,7 @@ def vps_reinstall(
         click.confirm(f"Erase the disk of {shown['hostname']} ({shown['id'][:8]})?", abort=True)
     req = actions.request(obj.ctx, shown["id"], "reinstall", actor=actor(), image=image)
     follow(obj.ctx, req.job, quiet or as_json)
-    _print_with_password(vps_service.show(obj.ctx, req.vps), req.password, as_json)
+    print_with_password(vps_service.show(obj.ctx, req.vps), req.password, as_json)
 
 
 @vps_group.command("list")

@@ -200,24 +200,49 @@ def run_restore(ctx: Context, vps_uuid: str, backup_uuid: str) -> None:
     was_running = hv.state(facts.domain) in LIVE_STATES
     if was_running:
         vps_service.shutdown(ctx, vps_uuid, timeout=RESTORE_SHUTDOWN_SECONDS, force=True)
-    volume = Path(hv.volume_path(facts.pool, facts.overlay_volume))
-    incoming = volume.with_name(volume.name + ".restoring")
     try:
-        backupstore.convert(source, incoming)
-        os.replace(incoming, volume)
+        _swap_in(hv, facts, source, capacity)
     except Exception:
         if was_running:  # the old disk is untouched: the VPS runs on as it was
             vps_service.start(ctx, vps_uuid)
         raise
-    finally:
-        incoming.unlink(missing_ok=True)
-    hv.volume_path(facts.pool, facts.overlay_volume)  # libvirt reads the new file
-    hv.resize_volume(facts.pool, facts.overlay_volume, capacity)
     _pin_host_key(ctx, facts.vps_id, work.host_key, work.host_key_fingerprint)
     if was_running:
         vps_service.start(ctx, vps_uuid)
     else:
         vps_service.sync_state(ctx, vps_uuid)
+
+
+def _swap_in(hv: Hypervisor, facts: VpsFacts, source: Path, capacity: int) -> None:
+    """Write the backup next to the VPS's volume file, swap it in, grow it to ``capacity``."""
+    volume = Path(hv.volume_path(facts.pool, facts.overlay_volume))
+    incoming = volume.with_name(volume.name + ".restoring")
+    try:
+        backupstore.convert(source, incoming)
+        os.replace(incoming, volume)
+    finally:
+        incoming.unlink(missing_ok=True)
+    hv.volume_path(facts.pool, facts.overlay_volume)  # libvirt reads the new file
+    hv.resize_volume(facts.pool, facts.overlay_volume, capacity)
+
+
+def fill_from_backup(ctx: Context, facts: VpsFacts, backup_uuid: str) -> None:
+    """A new VPS's disk (created, never booted) becomes the backup's content.
+
+    Any ready backup of the same owner may be used, its VPS deleted or not;
+    the file is checked as for a restore before anything is written.
+    """
+    with ctx.db.reading() as s:
+        backup = s.scalar(select(Backup).where(Backup.uuid == backup_uuid))
+        if backup is None:
+            raise NotFound(f"backup {backup_uuid[:8]} no longer exists")
+        if backup.state != BackupState.READY:
+            raise Conflict(f"backup {backup_uuid[:8]} is {backup.state}, not ready")
+        size = backup.size_bytes
+    hv = ctx.hypervisor(facts.host_uri)
+    capacity = max(hv.volume_capacity(facts.pool, facts.overlay_volume), facts.disk_gib * GIB)
+    source = backupstore.check(ctx.settings.backup_path, backup_uuid, size, capacity)
+    _swap_in(hv, facts, source, capacity)
 
 
 def _pin_host_key(ctx: Context, vps_id: int, key: str | None, fingerprint: str | None) -> None:

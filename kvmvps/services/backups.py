@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TypedDict
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from kvmvps import backupstore, validation
 from kvmvps.errors import Conflict, InvalidInput, NotFound
-from kvmvps.models import Backup, BackupState, Job, JobState, Plan, Vps, VpsState
+from kvmvps.models import Backup, BackupState, Job, JobState, Plan, Snapshot, Vps, VpsState
 from kvmvps.services import Context, audit, failures, guard, jobs
 from kvmvps.services.vps import resolve
 
@@ -141,17 +141,24 @@ def _locked(session: Session, vps: Vps) -> Vps:
 
 def _backup_of(session: Session, vps_uuid: str, ref: str) -> Backup:
     """A backup of this VPS by uuid or unique uuid prefix; another VPS's is not found."""
+    return _one_backup(session, ref, Backup.vps_uuid == vps_uuid)
+
+
+def _backup_ref(ref: str) -> str:
     ref = (ref or "").strip().lower()
     validation.not_longer(ref, "backup id", MAX_REF)
     if validation.has_control(ref):
         raise InvalidInput("a backup id has no control characters")
     if not ref:
         raise InvalidInput("no backup named: give its id or an id prefix")
+    return ref
+
+
+def _one_backup(session: Session, ref: str, *where: ColumnElement[bool]) -> Backup:
+    ref = _backup_ref(ref)
     rows = list(
         session.scalars(
-            select(Backup)
-            .where(Backup.vps_uuid == vps_uuid, Backup.uuid.startswith(ref, autoescape=True))
-            .limit(2)
+            select(Backup).where(*where, Backup.uuid.startswith(ref, autoescape=True)).limit(2)
         )
     )
     if not rows:
@@ -159,6 +166,32 @@ def _backup_of(session: Session, vps_uuid: str, ref: str) -> Backup:
     if len(rows) > 1:
         raise NotFound(f"{ref!r} is ambiguous; give more of the backup id")
     return rows[0]
+
+
+def _kept_of(session: Session, ref: str, owner_id: int | None) -> list[ColumnElement[bool]]:
+    """Conditions for backups of the VPS ``ref``, or, once it is deleted, of the VPS
+    that had this id or hostname (its kept backups); always only the owner's."""
+    scope = [] if owner_id is None else [Backup.owner_id == owner_id]
+    try:
+        return [*scope, Backup.vps_uuid == resolve(session, ref, owner_id).uuid]
+    except NotFound:
+        name = (ref or "").strip().lower()
+        return [*scope, or_(Backup.vps_uuid == name, Backup.hostname == name)]
+
+
+def find_backup(session: Session, ref: str, backup_ref: str, owner_id: int | None) -> Backup:
+    """A backup of the VPS ``ref``, or a kept backup of a deleted VPS of that name or id.
+
+    When neither the VPS nor such a backup exists, the VPS is what is not found.
+    """
+    try:
+        resolve(session, ref, owner_id)
+    except NotFound as missing:
+        try:
+            return _one_backup(session, backup_ref, *_kept_of(session, ref, owner_id))
+        except NotFound:
+            raise missing from None
+    return _one_backup(session, backup_ref, *_kept_of(session, ref, owner_id))
 
 
 def _refuse_if_pending(session: Session, vps: Vps, customer: bool) -> None:
@@ -252,6 +285,11 @@ def restore(
                 raise Conflict(f"backup {backup.uuid[:8]} is {backup.state}, not ready")
             if vps.state not in RESTORE_STATES:
                 raise Conflict(f"cannot restore {vps.hostname}: it is {vps.state}")
+            if s.scalar(select(Snapshot.id).where(Snapshot.vps_id == vps.id).limit(1)):
+                raise Conflict(
+                    f"cannot restore {vps.hostname}: it has snapshots, which live in the disk "
+                    "a restore replaces; delete them first"
+                )
             _refuse_if_pending(s, vps, customer)
             job = jobs.enqueue(
                 s, "restore", vps.uuid, vps.host_id, actor=actor or "", backup=backup.uuid
@@ -270,10 +308,14 @@ def delete(
     """Delete a backup (its files and its row); one a job still uses is refused."""
     with audit.audited(ctx, actor, "vps.backup.delete", ref) as entry:
         with ctx.db.session() as s:
-            vps = _locked(s, resolve(s, ref, owner_id))
-            entry.target = vps.hostname
-            guard.check_action(vps, "backup_delete", operator=owner_id is None)
-            backup = _backup_of(s, vps.uuid, backup_ref)
+            try:
+                vps: Vps | None = _locked(s, resolve(s, ref, owner_id))
+            except NotFound:
+                vps = None  # a kept backup of a deleted VPS
+            if vps is not None:
+                guard.check_action(vps, "backup_delete", operator=owner_id is None)
+            backup = find_backup(s, ref, backup_ref, owner_id)
+            entry.target = backup.hostname
             if _in_use(s, backup):
                 raise Conflict(f"backup {backup.uuid[:8]} is in use by a job; try again later")
             shown = view(backup)
@@ -286,22 +328,25 @@ def _in_use(session: Session, backup: Backup) -> bool:
     """A queued or running job of its VPS names the backup."""
     params = session.scalars(
         select(Job.params).where(
-            Job.vps_uuid == backup.vps_uuid,
             Job.state.in_(JobState.UNFINISHED),
-            Job.kind.in_(("backup", "restore")),
+            or_(
+                and_(Job.vps_uuid == backup.vps_uuid, Job.kind.in_(("backup", "restore"))),
+                Job.kind == "create",  # a new VPS made from it
+            ),
         )
     )
     return any(backup.uuid in p for p in params)
 
 
 def list_backups(ctx: Context, ref: str, owner_id: int | None = None) -> list[BackupView]:
-    """The VPS's backups, newest first."""
+    """The VPS's backups, newest first (a deleted VPS's kept ones by its id or hostname)."""
     with ctx.db.reading() as s:
-        vps = resolve(s, ref, owner_id)
         rows = s.scalars(
-            select(Backup).where(Backup.vps_uuid == vps.uuid).order_by(Backup.id.desc())
+            select(Backup).where(*_kept_of(s, ref, owner_id)).order_by(Backup.id.desc())
         )
         shown = [view(b) for b in rows]
+        if not shown:
+            resolve(s, ref, owner_id)  # a VPS with none, or NotFound
     if owner_id is not None:  # a customer reads why in plain words, never a host's paths
         for b in shown:
             b["error"] = failures.plain(b["error"], "backup")

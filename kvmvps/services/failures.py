@@ -36,6 +36,9 @@ KIND_SENTENCES: dict[str, str] = {
     "password_reset": "the new password could not be set",
     "backup": "the backup could not be made",
     "restore": "the backup could not be restored",
+    "snapshot": "the snapshot could not be taken",
+    "snapshot_revert": "the server could not go back to the snapshot",
+    "snapshot_delete": "the snapshot could not be deleted",
 }
 GENERIC = "the last operation on this server did not work"
 _STEP = re.compile(r"at step '([a-z-]+)'")

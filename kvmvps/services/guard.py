@@ -38,6 +38,9 @@ LABELS = {
     "backup": "back up",
     "backup_restore": "restore a backup of",
     "backup_delete": "delete a backup of",
+    "snapshot": "take a snapshot of",
+    "snapshot_revert": "revert to a snapshot of",
+    "snapshot_delete": "delete a snapshot of",
 }
 
 

@@ -44,6 +44,9 @@ KINDS = BUILD_KINDS + (
     "backup",
     "restore",
     "image_test",  # an image's self-test (no VPS of its own until it orders one)
+    "snapshot",
+    "snapshot_revert",
+    "snapshot_delete",
 )
 MAX_ATTEMPTS = 3
 

@@ -16,6 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import NoReturn
 
+from sqlalchemy import delete as sa_delete
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -32,10 +33,11 @@ from kvmvps.errors import (
 )
 from kvmvps.hypervisor import DhcpEntry
 from kvmvps.interrupt import Interrupted
-from kvmvps.models import Image, Network, Plan, Vps, VpsState
+from kvmvps.models import Image, Network, Plan, Snapshot, Vps, VpsState
 from kvmvps.services import (
     Context,
     audit,
+    backup_work,
     credentials,
     forwards,
     inventory,
@@ -77,6 +79,7 @@ class OrderRequest:
     host: str | None = None  # the operator pins the order to this host
     # an image self-test's throwaway VPS: the image and plan may be hidden from the shop
     testing: bool = False
+    backup: str | None = None  # a backup's uuid: the new disk is its content (caller checks)
 
 
 @dataclass(frozen=True)
@@ -102,10 +105,16 @@ def record_order(ctx: Context, req: OrderRequest, actor: str | None = None) -> O
     """
     target = (req.hostname or "").strip().lower()
     with audit.audited(ctx, actor, "vps.create", target):
-        try:
-            return _record_order(ctx, req, actor or "")
-        except IntegrityError:
-            raise Conflict(f"you already have a VPS named {target!r}") from None
+        return place_order(ctx, req, actor or "")
+
+
+def place_order(ctx: Context, req: OrderRequest, actor: str) -> Order:
+    """:func:`record_order` without its audit entry (for a service that records its own)."""
+    try:
+        return _record_order(ctx, req, actor)
+    except IntegrityError:
+        target = (req.hostname or "").strip().lower()
+        raise Conflict(f"you already have a VPS named {target!r}") from None
 
 
 audit.declare("vps.create")
@@ -206,18 +215,24 @@ def _insert_order(
         ipam.allocate(s, vps, network, exclude=set(facts.leased))
         forwards.allocate_ssh(ctx, s, vps, host, network)
         cpupin.allocate(s, vps, host, plan.vcpus, ctx.settings.cpu_overcommit)
-        job = jobs.enqueue(s, "create", vps.uuid, host.id, actor=actor)
+        params = {"backup": req.backup} if req.backup else {}
+        job = jobs.enqueue(s, "create", vps.uuid, host.id, actor=actor, **params)
         return Order(uuid=vps.uuid, password=password, job=job.uuid)
 
 
 def _offered(session: Session, req: OrderRequest) -> None:
-    """The plan and image are for sale (an image self-test orders them regardless)."""
+    """The plan and image are for sale.
+
+    An image self-test orders them regardless; a backup's image need not be
+    on sale any more (the new disk is the backup's content).
+    """
     if req.testing:
         inventory.get_by_name(session, Plan, req.plan, "plan")
         inventory.get_by_name(session, Image, req.image, "image")
         return
     inventory.for_sale(session, Plan, req.plan, "plan")
-    inventory.for_sale(session, Image, req.image, "image")
+    if req.backup is None:
+        inventory.for_sale(session, Image, req.image, "image")
 
 
 def _named(session: Session, model: type[Plan] | type[Image], name: str, what: str) -> None:
@@ -274,6 +289,8 @@ def _clone(b: Build) -> None:
     capacity = overlay_capacity(b.facts.disk_gib, base, b.facts.image_name)
     xml = xmlrender.overlay_volume_xml(overlay_spec(b.facts, capacity))
     b.hv.create_volume(b.facts.pool, b.facts.overlay_volume, xml)
+    if b.backup is not None and not b.hv.domain_exists(b.facts.domain):
+        backup_work.fill_from_backup(b.ctx, b.facts, b.backup)  # not again once it may boot
 
 
 def _unclone(b: Build) -> None:
@@ -384,14 +401,16 @@ def build(
     *,
     checkpoint: Callable[[], None] | None = None,
     deadline: float | None = None,
+    backup: str | None = None,
 ) -> dict[str, float]:
     """Run every step for the VPS; roll back and raise :class:`StepFailed` on failure.
 
-    ``checkpoint`` runs before each step and may raise :class:`~kvmvps.services.steps.Interrupted`;
+    ``backup`` (a backup's uuid) makes its content the new disk. ``checkpoint`` runs before each step and may raise :class:`~kvmvps.services.steps.Interrupted`;
     ``deadline`` (``time.monotonic()``) is the job's time limit. Every step is
     idempotent, so a build interrupted anywhere can simply be run again.
     """
     b = _load(ctx, uuid, deadline)
+    b.backup = backup
     _set_state(ctx, b.facts.vps_id, VpsState.BUILDING)
     try:
         return _run_steps(b, progress, checkpoint, deadline)
@@ -572,6 +591,7 @@ def reinstall(
             vps.image_id, vps.username = new.id, new.login_user
         vps.host_key = vps.host_key_fingerprint = None
         vps.state = VpsState.BUILDING
+        s.execute(sa_delete(Snapshot).where(Snapshot.vps_id == vps.id))  # the volume is new
         facts = load_facts(s, vps.id, ctx.settings)
     b = Build(ctx=ctx, facts=facts)
     b.hv.undefine(facts.domain)

@@ -28,6 +28,7 @@ from kvmvps.services import (
     jobs,
     provisioning,
     rescue,
+    snapshots,
 )
 from kvmvps.services import vps as vps_service
 from kvmvps.services.jobs import Claimed, JobView
@@ -78,7 +79,15 @@ def _vps(c: Claimed) -> str:
 
 
 def _create(ctx: Context, c: Claimed, jc: JobControl) -> None:
-    provisioning.build(ctx, _vps(c), jc.progress, checkpoint=jc.checkpoint, deadline=jc.deadline)
+    backup = c.params.get("backup")
+    provisioning.build(
+        ctx,
+        _vps(c),
+        jc.progress,
+        checkpoint=jc.checkpoint,
+        deadline=jc.deadline,
+        backup=str(backup) if backup else None,
+    )
 
 
 def _reinstall(ctx: Context, c: Claimed, jc: JobControl) -> None:
@@ -116,6 +125,10 @@ def _backup(ctx: Context, c: Claimed, jc: JobControl) -> None:
 
 def _restore(ctx: Context, c: Claimed, jc: JobControl) -> None:
     backup_work.run_restore(ctx, _vps(c), str(c.params.get("backup", "")))
+
+
+def _snapshot_job(action: Callable[[Context, str, str], None]) -> Handler:
+    return lambda ctx, c, jc: action(ctx, _vps(c), str(c.params.get("snapshot", "")))
 
 
 def _suspend(ctx: Context, c: Claimed, jc: JobControl) -> None:
@@ -191,6 +204,9 @@ HANDLERS: dict[str, Handler] = {
     "backup": _backup,
     "restore": _restore,
     "image_test": _image_test,
+    "snapshot": _snapshot_job(snapshots.run_create),
+    "snapshot_revert": _snapshot_job(snapshots.run_revert),
+    "snapshot_delete": _snapshot_job(snapshots.run_delete),
 }
 
 

@@ -55,6 +55,7 @@ class Build:
     job_deadline: float | None = None
     dhcp: Background | None = None
     console: ConsoleStream | None = None  # the serial console, attached from the first boot
+    backup: str | None = None  # a backup's uuid whose content becomes the new disk
     timings: dict[str, float] = field(default_factory=dict)
 
     @property

@@ -12,7 +12,7 @@ from kvmvps import cpupin
 from kvmvps.errors import CapacityError, Conflict, InvalidInput, KvmvpsError
 from kvmvps.hypervisor import Hypervisor
 from kvmvps.limits import throttled
-from kvmvps.models import Job, JobState, Plan, Vps, VpsState
+from kvmvps.models import Job, JobState, Plan, Snapshot, Vps, VpsState
 from kvmvps.services import Context, audit, placement, provisioning, tuning
 from kvmvps.services.facts import VpsFacts, facts_of, plan_limits
 from kvmvps.services.inventory import get_by_name
@@ -150,6 +150,11 @@ def resize(ctx: Context, ref: str, plan: str, *, actor: str | None = None) -> Vp
         vps = resolve(s, ref)
         if vps.in_rescue:
             raise Conflict(f"cannot resize {vps.hostname}: it is in rescue mode; unrescue it first")
+        if s.scalar(select(Snapshot.id).where(Snapshot.vps_id == vps.id).limit(1)) is not None:
+            raise Conflict(
+                f"cannot resize {vps.hostname}: it has snapshots (their memory and disk fit "
+                "the old size); delete them first"
+            )
         new = get_by_name(s, Plan, plan, "plan")
         if vps.state in (VpsState.RUNNING, VpsState.SUSPENDED) and _same_size(vps.plan, new):
             _check_plans(vps, vps.plan, new)

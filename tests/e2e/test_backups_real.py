@@ -1,4 +1,5 @@
-"""Backups on the real libvirtd: a running tiny guest backed up, changed, restored."""
+"""Backups and snapshots on the real libvirtd: a running tiny guest snapshotted and
+reverted, backed up, changed, restored, and restored again as a new VPS."""
 
 from __future__ import annotations
 
@@ -43,6 +44,18 @@ def test_backup_running_change_restore(real_ctx: Context, tiny_image: str, tmp_p
     password, fingerprint = vps["password"], vps["host_key_fingerprint"]
     assert ssh(vps, password, "echo before > marker && sync && cat marker") == "before"
 
+    # a snapshot of the running guest (with its memory); the marker deleted, then reverted
+    ok(real_ctx, "plan", "snapshots", "small", "--limit", "1")
+    snap = ok(real_ctx, "vps", "snapshot", "create", "bk1", "--label", "before upgrade")
+    assert snap["state"] == "ready" and snap["with_memory"] is True
+    assert ssh(vps, password, "rm marker && sync && ls marker 2>/dev/null || echo gone") == "gone"
+    reverted = ok(real_ctx, "vps", "snapshot", "revert", "bk1", snap["id"][:8], "--yes")
+    assert reverted["state"] == "running" and reverted["host_key_fingerprint"] == fingerprint
+    assert ssh(vps, password, "cat marker") == "before"  # same password, same pinned key
+    assert guest.fingerprint(scanned_host_key(vps["ip"])) == fingerprint
+    assert run_cli(real_ctx, "vps", "snapshot", "delete", "bk1", snap["id"]).exit_code == 0
+    assert ok(real_ctx, "vps", "snapshot", "list", "bk1") == []
+
     backup = ok(real_ctx, "vps", "backup", "create", "bk1")
     assert backup["state"] == "ready" and backup["consistency"] in ("crash", "frozen")
     root = real_ctx.settings.backup_path
@@ -70,6 +83,31 @@ def test_backup_running_change_restore(real_ctx: Context, tiny_image: str, tmp_p
 
     listed = ok(real_ctx, "vps", "backup", "list", "bk1")
     assert [b["id"] for b in listed] == [backup["id"]]
-    deleted = run_cli(real_ctx, "vps", "delete", "bk1", "--yes", "--drop-backups")
+    deleted = run_cli(real_ctx, "vps", "delete", "bk1", "--yes")  # its backups are kept
     assert deleted.exit_code == 0, deleted.stderr
+    assert disk.exists() and [b["id"] for b in ok(real_ctx, "vps", "backup", "list", "bk1")] == [
+        backup["id"]
+    ]
+
+    # the kept backup of the deleted VPS becomes a new VPS with its own credentials
+    new = ok(
+        real_ctx,
+        "vps",
+        "backup",
+        "restore",
+        "bk1",
+        backup["id"][:8],
+        "--as-new",
+        "bk2",
+        "--plan",
+        "small",
+    )
+    assert new["state"] == "running" and new["hostname"] == "bk2"
+    assert new["password"] and new["password"] != password and new["id"] != vps["id"]
+    assert ssh(new, new["password"], "cat marker; hostname") == "before\nbk2"
+    assert guest.fingerprint(scanned_host_key(new["ip"])) == new["host_key_fingerprint"]
+    gone = run_cli(real_ctx, "vps", "delete", "bk2", "--yes")
+    assert gone.exit_code == 0, gone.stderr
+    dropped = run_cli(real_ctx, "vps", "backup", "delete", "bk1", backup["id"])
+    assert dropped.exit_code == 0, dropped.stderr
     assert not disk.exists() and not meta.exists()

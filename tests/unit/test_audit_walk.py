@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from sqlalchemy import select, update
 
 from kvmvps.cli.main import cli
-from kvmvps.models import ApiToken, Backup, Job, Vps
+from kvmvps.models import ApiToken, Backup, Job, Snapshot, Vps
 from kvmvps.services import Context, audit, jobs
 from tests.badinput import _env_of, create_args, run_cli
 from tests.unit.test_admin_cli import ACTOR, PASSWORD, node_uri
@@ -41,6 +41,15 @@ def _last_job(ctx: Context, _tmp: Path) -> list[str]:
 def _last_backup(ctx: Context, _tmp: Path) -> list[str]:
     with ctx.db.session() as s:
         return ["vps", "backup", "delete", "web1", s.scalar(select(Backup.uuid))]
+
+
+def _last_snapshot(verb: str, *extra: str) -> Callable[[Context, Path], list[str]]:
+    def args(ctx: Context, _tmp: Path) -> list[str]:
+        with ctx.db.session() as s:
+            uuid = s.scalar(select(Snapshot.uuid).order_by(Snapshot.id.desc()))
+        return ["vps", "snapshot", verb, "web1", str(uuid), *extra]
+
+    return args
 
 
 def _expire_web2(ctx: Context, _tmp: Path) -> list[str]:
@@ -141,6 +150,12 @@ WALK: list[tuple[Args, str | None]] = [
     (["vps", "backup", "list", "web1"], None),
     (["vps", "backup", "restore", "web1", "nope", "--yes"], "vps.backup.restore"),
     (_last_backup, "vps.backup.delete"),
+    (["vps", "backup", "restore", "web1", "nope", "--as-new", "web9"], "vps.backup.restore-new"),
+    (["plan", "snapshots", "small", "--limit", "2"], "plan.snapshots"),
+    (["vps", "snapshot", "create", "web1", "--label", "pre"], "vps.snapshot.create"),
+    (["vps", "snapshot", "list", "web1"], None),
+    (_last_snapshot("revert", "--yes"), "vps.snapshot.revert"),
+    (_last_snapshot("delete"), "vps.snapshot.delete"),
     (["vps", "reinstall", "web1", "--yes"], "vps.reinstall"),
     (["vps", "password-reset", "web1"], "vps.password-reset"),
     (["vps", "reboot", "nope"], "vps.reboot"),

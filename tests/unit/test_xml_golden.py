@@ -22,6 +22,7 @@ from kvmvps.xmlspec import (
     KernelBoot,
     NwFilterSpec,
     OverlayVolumeSpec,
+    SnapshotSpec,
     TrafficFilter,
     VolumeDiskSpec,
     nat_network_spec,
@@ -218,6 +219,12 @@ NETWORK_VARIANTS = {
             "/var/lib/kvmvps/backups/6f1c1b2e-6a55-4a8e-9a59-0c3b1b7a2d10.qcow2.part",
             ("vdb",),
         )
+    ),
+    "snapshot_running.xml": lambda: xmlrender.snapshot_xml(
+        SnapshotSpec("snap-6f1c1b2e-6a55-4a8e-9a59-0c3b1b7a2d10", "vda", True, ("vdb",))
+    ),
+    "snapshot_stopped.xml": lambda: xmlrender.snapshot_xml(
+        SnapshotSpec("snap-6f1c1b2e-6a55-4a8e-9a59-0c3b1b7a2d10", "vda", False)
     ),
 }
 

@@ -18,8 +18,8 @@ from flask.testing import FlaskClient
 from sqlalchemy import update
 
 from kvmvps import backupstore
-from kvmvps.models import Backup, BackupState
-from kvmvps.services import backups, hosts, inventory, tokens, users
+from kvmvps.models import Backup, BackupState, Job, JobState, Snapshot, SnapshotState
+from kvmvps.services import backups, hosts, inventory, snapshots, tokens, users
 from kvmvps.services.runner import run_inline
 from tests.web.conftest import OP, PASSWORD, A, B, World, csrf_token, finish_job
 
@@ -93,6 +93,55 @@ def fresh_a_backup(w: World, s: Shared) -> dict[str, Any]:
             .values(state=BackupState.READY, size_bytes=size)
         )
     return {"id": vps, "backup": made.backup}
+
+
+_SHARED: dict[tuple[int, str], dict[str, Any]] = {}
+
+
+def _quiet(w: World, vps: str) -> None:
+    """Let every job of the VPS be finished (as if a worker had run them)."""
+    with w.ctx.db.session() as session:
+        session.execute(
+            update(Job)
+            .where(Job.vps_uuid == vps, Job.state.in_(JobState.UNFINISHED))
+            .values(state=JobState.SUCCEEDED, progress=100)
+        )
+
+
+def a_snapshot_vps(w: World, s: Shared) -> dict[str, Any]:
+    """One VPS of A's (per world) whose plan allows snapshots, with no job pending."""
+    key = (id(w), "snapshots")
+    if key not in _SHARED:
+        snapshots.set_plan_snapshots(w.ctx, "nano", snapshots.MAX_LIMIT)
+        _SHARED[key] = {"id": w.order(A).uuid}
+    _quiet(w, _SHARED[key]["id"])
+    return dict(_SHARED[key])
+
+
+def a_snapshot(w: World, s: Shared) -> dict[str, Any]:
+    """A new ready snapshot of that VPS, no job pending."""
+    vps = a_snapshot_vps(w, s)["id"]
+    made = snapshots.create(w.ctx, vps)
+    _quiet(w, vps)
+    with w.ctx.db.session() as session:
+        session.execute(
+            update(Snapshot)
+            .where(Snapshot.uuid == made.snapshot)
+            .values(state=SnapshotState.READY, with_memory=True)
+        )
+    return {"id": vps, "snapshot": made.snapshot}
+
+
+def a_backup(w: World, s: Shared) -> dict[str, Any]:
+    """One ready backup of A's (per world), for restoring as a new VPS."""
+    key = (id(w), "backup")
+    if key not in _SHARED:
+        _SHARED[key] = fresh_a_backup(w, s)
+    return dict(_SHARED[key])
+
+
+def new_copy(w: World) -> dict[str, str]:
+    return {"hostname": f"copy{next(w.names)}"}
 
 
 def a_job(w: World, s: Shared) -> dict[str, Any]:
@@ -252,6 +301,17 @@ TABLE: dict[tuple[str, str], Case] = {
     ("dashboard.backup_delete", "POST"): Case(
         site(302, 404, 404), fresh_a_backup, form=lambda w: {}
     ),
+    ("api.restore_backup_as_new", "POST"): Case(api(202, 404, 202), a_backup, json=new_copy),
+    ("dashboard.backup_new_server", "POST"): Case(site(302, 404, 404), a_backup, form=new_copy),
+    ("api.list_snapshots", "GET"): Case(api(200, 404, 200), a_vps),
+    ("api.create_snapshot", "POST"): Case(api(202, 404, 202), a_snapshot_vps),
+    ("api.revert_snapshot", "POST"): Case(api(202, 404, 202), a_snapshot),
+    ("api.delete_snapshot", "DELETE"): Case(api(202, 404, 202), a_snapshot),
+    ("dashboard.snapshot_create", "POST"): Case(
+        site(302, 404, 404), a_snapshot_vps, form=lambda w: {"label": "pre"}
+    ),
+    ("dashboard.snapshot_revert", "POST"): Case(site(302, 404, 404), a_snapshot, form=lambda w: {}),
+    ("dashboard.snapshot_delete", "POST"): Case(site(302, 404, 404), a_snapshot, form=lambda w: {}),
     ("api.server_console", "POST"): Case(api(200, 404, 200), a_vps),
     ("console.page", "GET"): Case(site(200, 404, 200), a_vps),
     ("console.ticket", "POST"): Case(site(200, 404, 200, anon=401), a_vps, form=lambda w: {}),
