@@ -80,8 +80,9 @@ def test_sigkill_at_each_step_then_a_fresh_worker(fresh_ctx: Context, tmp_path: 
     before = libvirt_snapshot(fresh_ctx)
     markers = {name: tmp_path / f"paused-{name}" for name in names}
     first = [
-        # a longer lease: ten stalled workers on a busy host must not lose their jobs to
-        # each other before the kill (the fresh worker waits this long for them after it)
+        # a longer lease (here and for the fresh worker): ten jobs' heartbeats on a busy
+        # host must not lapse and cost an extra attempt (the fresh worker waits at most
+        # this long for the killed workers' leases to run out)
         spawn_worker(fresh_ctx, tmp_path / f"w-{name}.log", name, marker, lease=15)
         for name, marker in markers.items()
     ]
@@ -108,7 +109,7 @@ def test_sigkill_at_each_step_then_a_fresh_worker(fresh_ctx: Context, tmp_path: 
             worker.send_signal(signal.SIGKILL)
         for worker in first:
             worker.wait()
-    second = spawn_worker(fresh_ctx, tmp_path / "w2.log", concurrency=len(names))
+    second = spawn_worker(fresh_ctx, tmp_path / "w2.log", concurrency=len(names), lease=15)
     try:
         done = {
             uuid: wait_job(fresh_ctx, o.job, ("succeeded", "failed"), 600)
