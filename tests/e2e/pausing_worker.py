@@ -22,7 +22,7 @@ def stall_after(name: str, marker: Path) -> None:
 
         def do(b: steps.Build) -> None:
             step.do(b)
-            marker.write_text(name)
+            marker.write_text(b.facts.uuid)  # which order this worker stalls on
             time.sleep(3600)
 
         return dataclasses.replace(step, do=do)

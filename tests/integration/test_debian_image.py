@@ -121,6 +121,47 @@ def test_a_chosen_login_user_is_the_one_cloud_init_creates(tmp_path: Path) -> No
     assert not (tmp_path / "etc/passwd").exists()  # no user is made in the image itself
 
 
+def test_a_cached_installed_tree_is_unpacked_not_installed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rebuild from the same package tarball unpacks the cached tree (owners kept)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (file owners in the tree)")
+    tarball = tmp_path / "debootstrap-bookworm-amd64-0123.tgz"
+    tarball.write_bytes(b"")
+    tree = tmp_path / "tree"
+    (tree / "etc").mkdir(parents=True)
+    (tree / "etc/marker").write_text("cached\n")
+    os.chown(tree / "etc/marker", 1234, 5678)
+    subprocess.run(
+        [
+            "tar",
+            "--numeric-owner",
+            "-cf",
+            str(debian.tree_cache_path(tarball)),
+            "-C",
+            str(tree),
+            ".",
+        ],
+        check=True,
+    )
+
+    def no_debootstrap(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("debootstrap ran although the tree was cached")
+
+    monkeypatch.setattr(debian, "_debootstrap", no_debootstrap)
+    said: list[str] = []
+    root = tmp_path / "work" / "rootfs"
+    root.parent.mkdir()
+    debian._installed_tree(tarball, "bookworm", root, "http://deb.debian.org/debian", said.append)
+    assert (root / "etc/marker").read_text() == "cached\n"
+    assert ((root / "etc/marker").stat().st_uid, (root / "etc/marker").stat().st_gid) == (
+        1234,
+        5678,
+    )
+    assert said == [f"using the cached installed tree {debian.tree_cache_path(tarball)}"]
+
+
 # --- slow: the real build -------------------------------------------------------------------
 
 
@@ -204,6 +245,7 @@ def test_disk_is_a_standalone_compressed_qcow2(built: tuple[BuiltImage, str, Pat
     assert "backing-filename" not in info and "full-backing-filename" not in info
     assert info["actual-size"] < info["virtual-size"] / 3  # compressed, and small
     assert info["actual-size"] < 300 * 1024 * 1024
+    assert info["format-specific"]["data"]["compression-type"] == "zstd"
 
 
 @pytest.mark.slow
@@ -232,6 +274,11 @@ def test_kernel_and_initrd_are_the_images_own(
     assert (tmp_path / "k").read_bytes() == image.kernel_path.read_bytes()
     assert (tmp_path / "i").read_bytes() == image.initrd_path.read_bytes()
     assert version in _ls(raw, "/usr/lib/modules")
+    # the small initrd: the virtio modules only, and it is the one update-initramfs makes
+    assert "MODULES=list" in _cat(raw, "/etc/initramfs-tools/conf.d/kvmvps.conf")
+    modules = _cat(raw, "/etc/initramfs-tools/modules").split()
+    assert "virtio_blk" in modules and "virtio_pci" in modules
+    assert image.initrd_path.stat().st_size < 10 * 1024 * 1024  # Debian's "most": about 15 MiB
 
 
 @pytest.mark.slow
@@ -244,7 +291,8 @@ def test_cloud_init_configuration(built: tuple[BuiltImage, str, Path]) -> None:
     config = yaml.safe_load(text)
     assert config["datasource_list"] == ["NoCloud", "None"]
     assert config["disable_root"] is False
-    assert config["growpart"] == {"mode": "off"} and config["resize_rootfs"] is True
+    assert config["growpart"] == {"mode": "off"} and config["resize_rootfs"] == "noblock"
+    assert config["network"] == {"config": "disabled"}  # eth0.cfg is the network
     assert "dsa" not in config["ssh_genkeytypes"]
     user = yaml.safe_load(_cat(raw, "/etc/cloud/cloud.cfg.d/91_kvmvps_user.cfg"))
     assert user["system_info"]["default_user"]["name"] == "debian"  # the default login user
@@ -277,13 +325,13 @@ def test_system_configuration(built: tuple[BuiltImage, str, Path]) -> None:
         "ext4",
         "errors=remount-ro",
         "0",
-        "1",
-    ]
+        "0",
+    ]  # no fsck pass: the kernel mounts the root read-write
     eth0 = _cat(raw, "/etc/network/interfaces.d/eth0.cfg")
     assert [ln for ln in eth0.splitlines() if not ln.startswith("#")] == [
-        "auto eth0",
+        "allow-hotplug eth0",
         "iface eth0 inet dhcp",
-    ]  # the content cloud-init removes
+    ]  # brought up by udev; the boot does not wait for the lease
     assert "source /etc/network/interfaces.d/*" in _cat(raw, "/etc/network/interfaces")
     assert "machine-id" in _ls(raw, "/etc") and _cat(raw, "/etc/machine-id") == ""
     assert _cat(raw, "/etc/hostname") == "debian\n"
