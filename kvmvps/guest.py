@@ -56,7 +56,8 @@ INSTALL_KEYS = (
 )
 FORCE_CHANGE = 'if command -v chage >/dev/null 2>&1; then chage -d 0 "$1"; echo forced; fi'
 # The fixed IPv6 address ($1: "ADDRESS/64 GATEWAY"), kept in /etc/kvmvps/ipv6
-# (the tiny image's boot script applies it on every boot) and applied now on the
+# (the tiny image's boot script and the Debian image's if-up.d hook apply it on
+# every boot) and applied now on the
 # interface of the IPv4 default route; router advertisements are ignored.
 SET_IPV6 = (
     'mkdir -p /etc/kvmvps; printf "%s\\n" "$1" > /etc/kvmvps/ipv6.new; '

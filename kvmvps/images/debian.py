@@ -92,6 +92,7 @@ GUEST_FILES = {
     "debian-cloud.cfg": ("etc/cloud/cloud.cfg.d/90_kvmvps.cfg", 0o644),
     "debian-eth0.cfg": ("etc/network/interfaces.d/eth0.cfg", 0o644),
     "debian-interfaces": ("etc/network/interfaces", 0o644),
+    "debian-ipv6-up": ("etc/network/if-up.d/kvmvps-ipv6", 0o755),
     "debian-ssh-hostkeys.conf": ("etc/systemd/system/ssh.service.d/kvmvps-hostkeys.conf", 0o644),
 }
 # The initrd: only what mounting /dev/vda needs (ext4 is built into the cloud kernel).

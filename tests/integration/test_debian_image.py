@@ -333,6 +333,8 @@ def test_system_configuration(built: tuple[BuiltImage, str, Path]) -> None:
         "iface eth0 inet dhcp",
     ]  # brought up by udev; the boot does not wait for the lease
     assert "source /etc/network/interfaces.d/*" in _cat(raw, "/etc/network/interfaces")
+    hook = "/etc/network/if-up.d/kvmvps-ipv6"  # the fixed IPv6 address, at every boot
+    assert "/etc/kvmvps/ipv6" in _cat(raw, hook) and _mode(raw, hook) & 0o777 == 0o755
     assert "machine-id" in _ls(raw, "/etc") and _cat(raw, "/etc/machine-id") == ""
     assert _cat(raw, "/etc/hostname") == "debian\n"
     assert "resolv.conf" not in _ls(raw, "/etc")
