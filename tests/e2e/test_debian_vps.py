@@ -53,9 +53,19 @@ def test_debian_vps_end_to_end(real_ctx: Context, debian: str, tmp_path: Path) -
         f"hostname; cat /home/{user}/.ssh/authorized_keys; chage -l {user} | head -1"
     )
     hostname, authorized, last_change = out.read().decode().splitlines()[:3]
-    root.close()
     assert hostname == "deb1" and authorized == pubkey
     assert "password must be changed" in last_change
+    # the fixed IPv6 address is set now, and the if-up.d hook sets it again at every boot
+    assert vps["ipv6"]
+    _, out, _ = root.exec_command(
+        "ip -6 -o addr show dev eth0 scope global; ip -6 addr flush dev eth0 scope global; "
+        "ip -6 -o addr show dev eth0 scope global | wc -l; "
+        "IFACE=eth0 MODE=start /etc/network/if-up.d/kvmvps-ipv6; "
+        "ip -6 -o addr show dev eth0 scope global"
+    )
+    now, flushed, again = out.read().decode().splitlines()[:3]
+    root.close()
+    assert f" {vps['ipv6']}/64 " in now and flushed == "0" and f" {vps['ipv6']}/64 " in again
 
     # the shown password authenticates (paramiko and OpenSSH); a wrong one does not
     paramiko_client(ip, 22, served, user, password=password).close()
