@@ -9,7 +9,9 @@ next to this module (package data).
 Guest facts: busybox init with ``guest/tiny-inittab``; DHCP on eth0 with udhcpc;
 dropbear (ed25519 host key made on first boot) with root login by key only;
 busybox acpid turns the ACPI power button into a clean poweroff; a POSIX-sh
-``chpasswd`` shim. The build must run as root (file ownership in the image).
+``chpasswd`` shim; e2fsprogs' ``resize2fs`` grows the root filesystem to fill
+the disk at every boot and whenever the disk grows while the guest runs
+(``guest/tiny-grow-root``, run by rcS and by busybox ``uevent``). The build must run as root (file ownership in the image).
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ ROOTFS_PACKAGES = (
     "zlib1g",
     "libcrypt1",
     "libc6",
+    "e2fsprogs",
+    "libext2fs2",
+    "libcom-err2",
 )
 # Load order matters: each module needs the ones before it.
 INITRD_MODULES = (
@@ -78,6 +83,7 @@ GUEST_FILES = {
     "tiny-acpi-power": ("etc/acpi/PWRF/00000080", 0o755),
     "tiny-chpasswd": ("usr/sbin/chpasswd", 0o755),
     "tiny-profile": ("etc/profile", 0o644),
+    "tiny-grow-root": ("usr/sbin/grow-root", 0o755),
 }
 ROOTFS_DIRS = (
     "bin",
@@ -436,6 +442,7 @@ def _make_rootfs(root: Path, ptree: Path, applets: list[str], login_user: str, p
         os.chmod(root / d, 0o755)  # noqa: S103 - world-readable on purpose: QEMU (libvirt-qemu) reads it
     os.chmod(root / "tmp", 0o1777)  # noqa: S103 - world-readable on purpose: QEMU (libvirt-qemu) reads it
     (root / "var/run").symlink_to("../run")
+    (root / "etc/mtab").symlink_to("../proc/mounts")
     shutil.copyfile(ptree / "bin/busybox", root / "bin/busybox")
     os.chmod(root / "bin/busybox", 0o755)  # noqa: S103 - world-readable on purpose: QEMU (libvirt-qemu) reads it
     for applet in applets:
@@ -443,7 +450,9 @@ def _make_rootfs(root: Path, ptree: Path, applets: list[str], login_user: str, p
         if applet != "bin/busybox" and not applet.endswith("/chpasswd"):
             link.parent.mkdir(parents=True, exist_ok=True)
             link.symlink_to("/bin/busybox")
-    _copy_with_libraries(ptree, root, ["usr/sbin/dropbear", "usr/bin/dropbearkey"])
+    _copy_with_libraries(
+        ptree, root, ["usr/sbin/dropbear", "usr/bin/dropbearkey", "sbin/resize2fs"]
+    )
     (root / "lib64/ld-linux-x86-64.so.2").symlink_to("/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2")
     for name, (rel, mode) in GUEST_FILES.items():
         _write(root / rel, _guest_file(name), mode)

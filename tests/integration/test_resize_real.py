@@ -14,6 +14,7 @@ from kvmvps.services import Context, inventory
 from kvmvps.storage import GIB
 from tests.badinput import assert_one_line_error, create_args, run_cli
 from tests.conftest import REAL_URI
+from tests.guestcheck import paramiko_client, scanned_host_key
 from tests.snapshots import snapshot
 
 pytestmark = pytest.mark.libvirt
@@ -92,3 +93,21 @@ def test_failed_grow_restores_the_definition(
         2,
         "already has plan 'small'",
     )
+
+
+def guest_root_kib(vps: dict) -> int:
+    """The size of the guest's root filesystem, as ``df`` in the guest says (KiB)."""
+    served = scanned_host_key(vps["ip"])
+    client = paramiko_client(vps["ip"], 22, served, vps["username"], password=vps["password"])
+    try:
+        _, out, _ = client.exec_command("df -k /")
+        lines = out.read().decode().split("\n")
+    finally:
+        client.close()
+    return int(lines[1].split()[1])
+
+
+def test_new_tiny_vps_root_fills_its_disk(fresh_ctx: Context) -> None:
+    created = ok(fresh_ctx, *[a for a in create_args() if a != "--json"])
+    kib = guest_root_kib(created)
+    assert 0.9 * GIB / 1024 < kib <= GIB / 1024, kib

@@ -187,6 +187,8 @@ def test_guest_programs_are_installed(built: tuple[BuiltImage, str, Path]) -> No
         "/bin/busybox",
         "/usr/sbin/dropbear",
         "/usr/bin/dropbearkey",
+        "/sbin/resize2fs",
+        "/usr/sbin/grow-root",
     ):
         kind, mode, uid, _ = _stat(raw, path)
         assert (kind, uid) == ("regular", 0), path
@@ -195,6 +197,8 @@ def test_guest_programs_are_installed(built: tuple[BuiltImage, str, Path]) -> No
     inittab = _debugfs(raw, "cat /etc/inittab")
     assert "::sysinit:/etc/init.d/rcS" in inittab and "::shutdown:/etc/init.d/rcK" in inittab
     assert "dropbear -F -g" in inittab and "acpid" in inittab
+    assert "/sbin/uevent /usr/sbin/grow-root" in inittab
+    assert "/usr/sbin/grow-root boot" in _debugfs(raw, "cat /etc/init.d/rcS")
     assert _stat(raw, "/sbin/init")[0] == "symlink"
 
 
@@ -247,6 +251,24 @@ def test_dropbear_runs_with_the_libraries_in_the_image(rootfs: Path) -> None:
     assert made.returncode == 0, made.stderr
     shown = _chroot(rootfs, "/usr/bin/dropbearkey", "-y", "-f", "/tmp/testkey")
     assert any(ln.startswith("ssh-ed25519 AAAA") for ln in shown.stdout.splitlines())
+
+
+def test_resize2fs_runs_with_the_libraries_in_the_image(rootfs: Path, tmp_path: Path) -> None:
+    """The guest's own resize2fs grows an ext4 filesystem (offline here, in a chroot)."""
+    disk = rootfs / "tmp/disk.img"
+    (rootfs / "proc/mounts").write_text("")  # /etc/mtab points there; no /proc in a chroot
+    with open(disk, "wb") as f:
+        f.truncate(16 << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(disk)], check=True, capture_output=True)
+    with open(disk, "r+b") as f:
+        f.truncate(64 << 20)
+    grown = _chroot(rootfs, "/sbin/resize2fs", "/tmp/disk.img")
+    assert grown.returncode == 0, grown.stderr
+    assert "is now 65536 (1k) blocks long" in grown.stdout + grown.stderr or (
+        "is now 16384 (4k) blocks long" in grown.stdout + grown.stderr
+    ), grown.stdout
+    disk.unlink()
+    (rootfs / "proc/mounts").unlink()
 
 
 def test_second_build_uses_the_cache(built: tuple[BuiltImage, str, Path], tmp_path: Path) -> None:
