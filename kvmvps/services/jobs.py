@@ -43,6 +43,7 @@ KINDS = BUILD_KINDS + (
     "unrescue",
     "backup",
     "restore",
+    "resize",
 )
 MAX_ATTEMPTS = 3
 

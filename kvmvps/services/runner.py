@@ -27,6 +27,7 @@ from kvmvps.services import (
     jobs,
     provisioning,
     rescue,
+    vps_extra,
 )
 from kvmvps.services import vps as vps_service
 from kvmvps.services.jobs import Claimed, JobView
@@ -149,6 +150,13 @@ def _rescue(ctx: Context, c: Claimed, jc: JobControl) -> None:
     rescue.enter(ctx, _vps(c), image, checkpoint=jc.checkpoint, progress=jc.progress)
 
 
+def _resize(ctx: Context, c: Claimed, jc: JobControl) -> None:
+    plan = c.params.get("plan")
+    if not isinstance(plan, str):
+        raise NotFound(f"job {c.uuid[:8]} names no plan")
+    vps_extra.resize(ctx, _vps(c), plan, job=c.uuid)
+
+
 def _simple(action: Callable[[Context, str], object]) -> Handler:
     return lambda ctx, c, jc: action(ctx, _vps(c))
 
@@ -169,6 +177,7 @@ HANDLERS: dict[str, Handler] = {
     "unrescue": _simple(rescue.leave),
     "backup": _backup,
     "restore": _restore,
+    "resize": _resize,
 }
 
 

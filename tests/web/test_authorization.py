@@ -95,6 +95,13 @@ def fresh_a_backup(w: World, s: Shared) -> dict[str, Any]:
     return {"id": vps, "backup": made.backup}
 
 
+def resizable_a_vps(w: World, s: Shared) -> dict[str, Any]:
+    """A fresh VPS of A's and plan "nano2" of the shop (more memory, the same disk)."""
+    if "nano2" not in [p.name for p in inventory.list_plans(w.ctx)]:
+        inventory.add_plan(w.ctx, "nano2", 1, 32, 1)
+    return {"id": w.order(A).uuid}
+
+
 def a_job(w: World, s: Shared) -> dict[str, Any]:
     return {"job": s.job}
 
@@ -133,6 +140,9 @@ TABLE: dict[tuple[str, str], Case] = {
     ),
     ("dashboard.action", "POST"): Case(
         site(302, 404, 404), fresh_a_vps(action="reboot"), form=lambda w: {}
+    ),
+    ("dashboard.resize", "POST"): Case(
+        site(302, 404, 404), resizable_a_vps, form=lambda w: {"plan": "nano2"}
     ),
     ("dashboard.job", "GET"): Case(site(200, 404, 404), a_job),
     ("dashboard.job_json", "GET"): Case(site(200, 404, 404), a_job),
@@ -231,6 +241,9 @@ TABLE: dict[tuple[str, str], Case] = {
     ("api.delete_server", "DELETE"): Case(api(202, 404, 202), fresh_a_vps()),
     ("api.server_action", "POST"): Case(
         api(202, 404, 202), fresh_a_vps(), json=lambda w: {"action": "reboot"}
+    ),
+    ("api.resize_server", "POST"): Case(
+        api(202, 404, 202), resizable_a_vps, json=lambda w: {"plan": "nano2"}
     ),
     ("api.get_job", "GET"): Case(api(200, 404, 200), a_job),
     ("api.server_metrics", "GET"): Case(api(200, 404, 200), a_vps),
