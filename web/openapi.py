@@ -281,8 +281,24 @@ SCHEMAS: dict[str, Any] = {
             "name": STR,
             "os_family": STR,
             "login_user": STR,
-            "virtual_size_gib": NUM,
+            "virtual_size_gib": {
+                **NUM,
+                "description": "The image's own size; a server's disk is its plan's, and "
+                "kvmvps's own images (debian, tiny) grow their filesystem to fill it.",
+            },
             "credentials": {**BOOL, "description": "Whether kvmvps sets a password for the login."},
+            "root_access": {
+                **STR,
+                "enum": ["sudo", "none", "unknown"],
+                "description": "sudo: the login user becomes root with sudo; none: the login "
+                "user has no root access (the tiny busybox image); unknown: an image the "
+                "operators added.",
+            },
+            "fills_disk": {
+                **BOOL,
+                "description": "Whether the root filesystem grows to the plan's whole disk "
+                "(at every boot, and at once when a resize grows the disk).",
+            },
         },
     },
     "ConsoleTicket": {

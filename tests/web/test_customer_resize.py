@@ -7,9 +7,9 @@ here move vCPUs and memory (tests/integration/test_resize_real.py grows real dis
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
-from kvmvps.models import Job, Plan, Vps
+from kvmvps.models import Image, Job, Plan, Vps
 from kvmvps.services import Context, audit, inventory, operators, quotas, suspension
 from kvmvps.services.runner import run_inline
 from tests.snapshots import db_snapshot as full_snapshot
@@ -167,3 +167,16 @@ def test_website_resize_form(csrf_world: World, plans: None) -> None:
     r = client.post(f"/servers/{uuid}/resize", data={"plan": "nano2", "csrf_token": token})
     assert r.status_code == 409 and "pending" in text(r)
     assert jobs_of(world, uuid) == ["create", "resize"]
+
+
+def test_the_shop_claims_only_what_images_deliver(world: World) -> None:
+    with world.ctx.db.session() as s:
+        s.execute(update(Image).where(Image.name == "base").values(os_family="tiny"))
+        s.execute(update(Image).where(Image.name == "linux").values(os_family="debian"))
+    home = text(world.app.test_client().get("/"))
+    assert "root access over SSH" not in home and "noisy neighbours" not in home
+    assert "no root access" in home and "root with <code>sudo</code>" in home
+    assert "uses the plan's whole disk" in home
+    images = world.app.test_client().get("/api/v1/images", headers=world.bearer(A)).get_json()
+    facts = {i["name"]: (i["root_access"], i["fills_disk"]) for i in images["images"]}
+    assert facts["base"] == ("none", True) and facts["linux"] == ("sudo", True)
