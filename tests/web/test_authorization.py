@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from kvmvps import backupstore
-from kvmvps.models import Backup, BackupState
+from kvmvps.models import Backup, BackupState, Job, JobState, Plan, Vps
 from kvmvps.services import backups, hosts, inventory, tokens, users
 from kvmvps.services.runner import run_inline
 from tests.web.conftest import OP, PASSWORD, A, B, World, csrf_token, finish_job
@@ -96,10 +96,19 @@ def fresh_a_backup(w: World, s: Shared) -> dict[str, Any]:
 
 
 def resizable_a_vps(w: World, s: Shared) -> dict[str, Any]:
-    """A fresh VPS of A's and plan "nano2" of the shop (more memory, the same disk)."""
+    """A's VPS, on plan "nano" with no job pending, and plan "nano2" of the shop (more
+    memory, the same disk). One VPS serves every call: the test host's room is small."""
     if "nano2" not in [p.name for p in inventory.list_plans(w.ctx)]:
         inventory.add_plan(w.ctx, "nano2", 1, 32, 1)
-    return {"id": w.order(A).uuid}
+    with w.ctx.db.session() as session:
+        nano = session.scalars(select(Plan.id).where(Plan.name == "nano")).one()
+        session.execute(update(Vps).where(Vps.uuid == s.vps).values(plan_id=nano))
+        session.execute(
+            update(Job)
+            .where(Job.vps_uuid == s.vps, Job.state.in_(JobState.UNFINISHED))
+            .values(state=JobState.SUCCEEDED)
+        )
+    return {"id": s.vps}
 
 
 def a_job(w: World, s: Shared) -> dict[str, Any]:
