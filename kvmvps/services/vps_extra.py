@@ -271,19 +271,26 @@ def request_resize(
 audit.declare("vps.resize.request")
 
 
+# how each of kvmvps's own images follows a disk grown while it runs
+FILESYSTEM_GROWS = {"tiny": "its filesystem with it", "debian": "its filesystem at the next boot"}
+
+
 def _note(vps: Vps, new: Plan) -> str:
     """What the customer should know about when the new size applies."""
     if vps.state == VpsState.STOPPED:
         return "the new size applies when the server next starts"
     if _same_size(vps.plan, new):
         return "the new limits apply at once"
-    grows = " the disk grows now;" if new.disk_gib > vps.plan.disk_gib else ""
-    if (new.vcpus, new.memory_mib) == (vps.plan.vcpus, vps.plan.memory_mib):
-        return "the disk grows now, while the server runs"
-    return (
-        f"{grows} vCPUs and memory apply at the next start "
-        "(shut the server down, then start it; a reboot is not enough)"
-    ).strip()
+    parts = []
+    if new.disk_gib > vps.plan.disk_gib:
+        fs = FILESYSTEM_GROWS.get(vps.image.os_family)
+        parts.append("the disk grows now" + (f", {fs}" if fs else ""))
+    if (new.vcpus, new.memory_mib) != (vps.plan.vcpus, vps.plan.memory_mib):
+        parts.append(
+            "vCPUs and memory apply at the next start "
+            "(shut the server down, then start it; a reboot is not enough)"
+        )
+    return "; ".join(parts)
 
 
 def _locked(session: Session, vps: Vps) -> Vps:

@@ -116,7 +116,7 @@ def test_tiny_root_fills_its_disk_and_grows_live(fresh_ctx: Context) -> None:
         assert 0.9 * GIB / 1024 < guest_root_kib(client) <= GIB / 1024
         inventory.add_plan(fresh_ctx, "deeper", 1, 256, 2)
         asked = vps_extra.request_resize(fresh_ctx, "web1", "deeper", owner_id=None)
-        assert asked.note == "the disk grows now, while the server runs"
+        assert asked.note == "the disk grows now, its filesystem with it"
         assert run_inline(fresh_ctx, asked.job)
         assert volume_bytes(fresh_ctx, f"{created['domain']}.qcow2") == 2 * GIB
         deadline = time.monotonic() + 30
