@@ -337,6 +337,14 @@ class Hypervisor:
 
         self._call(f"resize volume {name}", resize)
 
+    def grow_disk_live(self, name: str, disk: str, capacity_bytes: int) -> None:
+        """Grow the disk ``disk`` (``vda``) of a running domain: QEMU grows its image
+        and the guest sees the new size at once."""
+        flag = libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES
+        self._domain(
+            name, f"grow disk {disk} of", lambda d: d.blockResize(disk, capacity_bytes, flag)
+        )
+
     def volume_path(self, pool: str, name: str) -> str:
         """The file of a volume (the pool is refreshed first: files may change under it)."""
 

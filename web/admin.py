@@ -171,7 +171,7 @@ def power(id: str, action: str) -> ResponseReturnValue:
 
 @bp.post("/servers/<id>/resize")
 def resize(id: str) -> ResponseReturnValue:
-    """Move the VPS to another plan (live for limits alone; other moves need it stopped)."""
+    """Move the VPS to another plan (limits and the disk live; vCPUs and memory at next start)."""
     ActionForm()  # the CSRF token was checked before the view
     ctx = services()
     vps = admin_views.vps_detail(ctx, id)["vps"]

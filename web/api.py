@@ -25,6 +25,7 @@ from kvmvps.services import (
     tokens,
     usage,
     views,
+    vps_extra,
 )
 from kvmvps.services import vps as vps_service
 from web import console
@@ -261,6 +262,23 @@ def _ask(
             force=force,
             drop_backups=drop_backups,
         )
+
+
+@bp.post("/servers/<id>/resize")
+def resize_server(id: str) -> ResponseReturnValue:
+    data = _body(("plan",))
+    errors: dict[str, str] = {}
+    plan = _string(data, "plan", errors)
+    if not errors and not plan:
+        errors["plan"] = "required: a plan of the shop (GET /plans)"
+    if errors:
+        raise FieldErrors(errors)
+    with write_turn():
+        asked = vps_extra.request_resize(
+            services(), id, plan, actor=_user().actor, owner_id=_scope()
+        )
+    body = {"id": asked.vps, "job": asked.job, "action": "resize", "plan": asked.plan}
+    return _accepted({**body, "note": asked.note}, url_for("api.get_job", job=asked.job))
 
 
 @bp.get("/servers/<id>/metrics")

@@ -38,6 +38,7 @@ from kvmvps.services import (
     snapshots,
     usage,
     views,
+    vps_extra,
 )
 from kvmvps.services import vps as vps_service
 from kvmvps.services.jobs import BUILD_KINDS, JobView
@@ -70,6 +71,7 @@ ACTION_LABELS = {
     "reinstall": "Reinstall",
     "password_reset": "Reset password",
     "delete": "Delete",
+    "resize": "Change plan",
 }
 STEP_LABELS = {
     "clone": "Creating the disk",
@@ -246,7 +248,35 @@ def server(id: str) -> ResponseReturnValue:
         backup_slots=backups.plan_slots(services(), vps["id"], current_user.id),
         snapshots=snapshots.list_snapshots(services(), vps["id"], current_user.id),
         snapshot_limit=snapshots.plan_limit(services(), vps["id"], current_user.id),
+        upgrades=_upgrades,
     )
+
+
+def _upgrades(vps: VpsView) -> list[PlanView]:
+    """The shop's other plans this server may move to (its disk cannot shrink)."""
+    return [
+        p
+        for p in views.plan_views(services())
+        if p["name"] != vps["plan"] and p["disk_gib"] >= vps["disk_gib"]
+    ]
+
+
+@bp.post("/servers/<id>/resize")
+def resize(id: str) -> ResponseReturnValue:
+    """Queue a move to another plan of the shop (quotas checked; the worker does it)."""
+    vps = _own(id)
+    ActionForm()  # the CSRF token was checked before the view
+    plan = request.form.get("plan") or ""
+    try:
+        with write_turn():
+            asked = vps_extra.request_resize(
+                services(), vps["id"], plan, actor=current_user.actor, owner_id=current_user.id
+            )
+    except KvmvpsError as exc:
+        flash(str(exc), "error")
+        return make_response(server(vps["id"]), status_for(exc))
+    flash(f"{vps['hostname']} moves to plan {asked.plan}: {asked.note}.", "ok")
+    return redirect(url_for("dashboard.job", job=asked.job))
 
 
 # -- backups -----------------------------------------------------------------------

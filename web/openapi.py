@@ -251,6 +251,27 @@ SCHEMAS: dict[str, Any] = {
             ),
         },
     },
+    "ResizeRequest": {
+        "type": "object",
+        "required": ["plan"],
+        "properties": {"plan": {**STR, "description": "A plan of the shop (GET /plans)."}},
+    },
+    "ResizeAccepted": {
+        "type": "object",
+        "required": ["id", "job", "action", "plan", "note"],
+        "properties": {
+            "id": {**STR, "format": "uuid"},
+            "job": {**STR, "format": "uuid"},
+            "action": {**STR, "enum": ["resize"]},
+            "plan": STR,
+            "note": {
+                **STR,
+                "description": "When the new size applies: the disk (and its filesystem) "
+                "grows at once; more vCPUs or memory of a running server apply at its next "
+                "start (shut down, then start).",
+            },
+        },
+    },
     "Backup": {
         "type": "object",
         "properties": {
@@ -315,8 +336,24 @@ SCHEMAS: dict[str, Any] = {
             "name": STR,
             "os_family": STR,
             "login_user": STR,
-            "virtual_size_gib": NUM,
+            "virtual_size_gib": {
+                **NUM,
+                "description": "The image's own size; a server's disk is its plan's, and "
+                "kvmvps's own images (debian, tiny) grow their filesystem to fill it.",
+            },
             "credentials": {**BOOL, "description": "Whether kvmvps sets a password for the login."},
+            "root_access": {
+                **STR,
+                "enum": ["sudo", "none", "unknown"],
+                "description": "sudo: the login user becomes root with sudo; none: the login "
+                "user has no root access (the tiny busybox image); unknown: an image the "
+                "operators added.",
+            },
+            "fills_disk": {
+                **BOOL,
+                "description": "Whether the root filesystem grows to the plan's whole disk "
+                "(at every boot, and at once when a resize grows the disk).",
+            },
         },
     },
     "ConsoleTicket": {
@@ -491,6 +528,25 @@ def _paths() -> dict[str, Any]:
                 requestBody={
                     "required": True,
                     "content": {"application/json": {"schema": _ref("ActionRequest")}},
+                },
+            ),
+        },
+        "/servers/{id}/resize": {
+            "parameters": [SERVER_ID],
+            "post": _op(
+                "Move the server to another plan of the shop (the disk only grows)",
+                {
+                    "202": _json(_ref("ResizeAccepted"), "Queued; poll the job."),
+                    "400": _json(ERR, "A bad body, or a plan with a smaller disk."),
+                    "403": _json(ERR, "Over the customer's quota, or the server is suspended."),
+                    "404": _json(ERR, "No such server, or no such plan in the shop."),
+                    "409": _json(
+                        ERR, "Not possible in its state, or an action is already pending."
+                    ),
+                },
+                requestBody={
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("ResizeRequest")}},
                 },
             ),
         },

@@ -47,6 +47,7 @@ KINDS = BUILD_KINDS + (
     "snapshot",
     "snapshot_revert",
     "snapshot_delete",
+    "resize",
 )
 MAX_ATTEMPTS = 3
 

@@ -101,6 +101,30 @@ def check_order(
             )
 
 
+def check_resize(session: Session, settings: Settings, owner: User, old: Plan, new: Plan) -> None:
+    """Refuse moving one of ``owner``'s VPSes from ``old`` to ``new`` past a limit.
+
+    Only what grows counts; like :func:`check_order` it locks the owner's row.
+    """
+    if owner.is_admin:
+        return
+    session.execute(select(User.id).where(User.id == owner.id).with_for_update())
+    have, cap = usage(session, owner.id), limits(settings, owner)
+    more = Amounts(
+        vps=0,
+        vcpus=new.vcpus - old.vcpus,
+        memory_mib=new.memory_mib - old.memory_mib,
+        disk_gib=new.disk_gib - old.disk_gib,
+    )
+    for key, (_column, _field, label) in RESOURCES.items():
+        used, limit, extra = getattr(have, key), getattr(cap, key), getattr(more, key)
+        if extra > 0 and used + extra > limit:
+            raise QuotaExceeded(
+                f"plan {new.name!r} needs {extra} more {label} and {owner.email} uses {used} "
+                f"of {limit}; ask the operators for a higher limit"
+            )
+
+
 def quota_view(ctx: Context, email: str) -> dict[str, Any]:
     """Limits and usage of one user: ``{resource: {limit, used, own}}``."""
     with ctx.db.reading() as s:

@@ -29,6 +29,7 @@ from kvmvps.services import (
     provisioning,
     rescue,
     snapshots,
+    vps_extra,
 )
 from kvmvps.services import vps as vps_service
 from kvmvps.services.jobs import Claimed, JobView
@@ -183,6 +184,13 @@ def follow_here(ctx: Context, job_uuid: str) -> None:
         raise JobFailed(view["error"] or "the job failed")
 
 
+def _resize(ctx: Context, c: Claimed, jc: JobControl) -> None:
+    plan = c.params.get("plan")
+    if not isinstance(plan, str):
+        raise NotFound(f"job {c.uuid[:8]} names no plan")
+    vps_extra.resize(ctx, _vps(c), plan, job=c.uuid)
+
+
 def _simple(action: Callable[[Context, str], object]) -> Handler:
     return lambda ctx, c, jc: action(ctx, _vps(c))
 
@@ -207,6 +215,7 @@ HANDLERS: dict[str, Handler] = {
     "snapshot": _snapshot_job(snapshots.run_create),
     "snapshot_revert": _snapshot_job(snapshots.run_revert),
     "snapshot_delete": _snapshot_job(snapshots.run_delete),
+    "resize": _resize,
 }
 
 

@@ -60,6 +60,14 @@ class PublicImageView(TypedDict):
     login_user: str
     virtual_size_gib: float
     credentials: bool
+    root_access: str
+    fills_disk: bool
+
+
+# what the login user of kvmvps's own images may do as root ("image add" images: unknown)
+ROOT_ACCESS = {"debian": "sudo", "tiny": "none"}
+# kvmvps's own images grow their root filesystem to the plan's disk at boot
+FILLS_DISK = frozenset({"debian", "tiny"})
 
 
 class NetworkView(TypedDict):
@@ -158,6 +166,8 @@ def public_image_view(image: Image) -> PublicImageView:
         "login_user": image.login_user,
         "virtual_size_gib": round(image.virtual_size / GIB, 2),
         "credentials": bool(image.credentials),
+        "root_access": ROOT_ACCESS.get(image.os_family, "unknown"),
+        "fills_disk": image.os_family in FILLS_DISK,
     }
 
 

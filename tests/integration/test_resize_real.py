@@ -6,11 +6,13 @@ import json
 import re
 import subprocess
 
+import paramiko
 import pytest
 
 from kvmvps.errors import HypervisorError
 from kvmvps.hypervisor import Hypervisor
-from kvmvps.services import Context, inventory
+from kvmvps.services import Context, inventory, vps_extra
+from kvmvps.services.runner import run_inline
 from kvmvps.storage import GIB
 from tests.badinput import assert_one_line_error, create_args, run_cli
 from tests.conftest import REAL_URI
@@ -95,19 +97,36 @@ def test_failed_grow_restores_the_definition(
     )
 
 
-def guest_root_kib(vps: dict) -> int:
-    """The size of the guest's root filesystem, as ``df`` in the guest says (KiB)."""
-    served = scanned_host_key(vps["ip"])
-    client = paramiko_client(vps["ip"], 22, served, vps["username"], password=vps["password"])
+def guest_root_kib(client: paramiko.SSHClient, at_least_kib: int = 0) -> int:
+    """The size of the guest's root filesystem, as ``df`` in the guest says (KiB); with
+    ``at_least_kib``, once it is that large or after 60 s (polled in the guest, one channel)."""
+    size = "$(df -k / | awk 'NR==2 {print $2}')"
+    wait = f"i=0; while [ {size} -lt {at_least_kib} ] && [ $i -lt 300 ]; do sleep 0.2; i=$((i+1)); done"
+    _, out, _ = client.exec_command(f"{wait}; df -k /")
+    return int(out.read().decode().split("\n")[1].split()[1])
+
+
+def test_tiny_root_fills_its_disk_and_grows_live(fresh_ctx: Context) -> None:
+    """A new tiny VPS's / is its plan's disk; a resize of the running VPS (the customer's
+    queued job, run by the worker's code) grows the disk and the guest's / at once."""
+    created = ok(fresh_ctx, *[a for a in create_args() if a != "--json"])
+    served = scanned_host_key(created["ip"])
+    client = paramiko_client(
+        created["ip"], 22, served, created["username"], password=created["password"]
+    )
     try:
-        _, out, _ = client.exec_command("df -k /")
-        lines = out.read().decode().split("\n")
+        assert 0.9 * GIB / 1024 < guest_root_kib(client) <= GIB / 1024
+        inventory.add_plan(fresh_ctx, "deeper", 1, 256, 2)
+        asked = vps_extra.request_resize(fresh_ctx, "web1", "deeper", owner_id=None)
+        assert asked.note == "the disk grows now, its filesystem with it"
+        assert run_inline(fresh_ctx, asked.job)
+        assert volume_bytes(fresh_ctx, f"{created['domain']}.qcow2") == 2 * GIB
+        grown = guest_root_kib(client, int(1.9 * GIB / 1024))
+        assert 1.9 * GIB / 1024 < grown <= 2 * GIB / 1024
     finally:
         client.close()
-    return int(lines[1].split()[1])
-
-
-def test_new_tiny_vps_root_fills_its_disk(fresh_ctx: Context) -> None:
-    created = ok(fresh_ctx, *[a for a in create_args() if a != "--json"])
-    kib = guest_root_kib(created)
-    assert 0.9 * GIB / 1024 < kib <= GIB / 1024, kib
+    assert field(virsh("dominfo", created["domain"]), "State") == "running"
+    shown = ok(fresh_ctx, "vps", "show", "web1")
+    assert (shown["plan"], shown["disk_gib"]) == ("deeper", 2)
+    refused = run_cli(fresh_ctx, "vps", "resize", "web1", "--plan", "small")
+    assert_one_line_error(refused, 2, "a disk cannot shrink: plan 'small' has 1 GiB")

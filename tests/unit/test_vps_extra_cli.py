@@ -127,8 +127,6 @@ def test_resize_bad_input(td_ctx: Context) -> None:
     inventory.add_plan(td_ctx, "deep", 1, 256, 3)
     inventory.add_plan(td_ctx, "huge", 1, 1_000_000, 3)
     inventory.add_plan(td_ctx, "many", 17, 256, 3)
-    running = run_cli(td_ctx, "vps", "resize", "web1", "--plan", "wide")
-    assert_one_line_error(running, 1, "cannot resize web1: it is running; stop it first")
     ok(td_ctx, "vps", "destroy", "web1")
     with td_ctx.db.session() as s:  # a disk already larger than plan "wide"
         vps = s.scalar(select(Vps).where(Vps.hostname == "web1"))
@@ -136,7 +134,7 @@ def test_resize_bad_input(td_ctx: Context) -> None:
         domain = vps.domain_name
     before = full_state(td_ctx, domain)
     for args, code, fragment in [
-        (["web1", "--plan", "wide"], 2, "disks only grow: plan 'wide' has 1 GiB, web1 already"),
+        (["web1", "--plan", "wide"], 2, "a disk cannot shrink: plan 'wide' has 1 GiB, web1 "),
         (["web1", "--plan", "deep"], 2, "web1 already has plan 'deep'"),
         (["web1", "--plan", "nope"], 2, "no plan named 'nope'"),
         (["nope", "--plan", "wide"], 2, "no VPS matches 'nope'"),
@@ -148,6 +146,18 @@ def test_resize_bad_input(td_ctx: Context) -> None:
     assert full_state(td_ctx, domain) == before
 
 
+def test_resize_running_vps_defines_the_next_boot(td_ctx: Context) -> None:
+    """A running VPS moves at once in its definition; the live guest keeps its size."""
+    vps = made(td_ctx)
+    inventory.add_plan(td_ctx, "wide", 2, 512, 1)
+    view = json.loads(ok(td_ctx, "vps", "resize", "web1", "--plan", "wide", "--json"))
+    assert (view["state"], view["vcpus"], view["memory_mib"]) == ("running", 2, 512)
+    hv = td_ctx.hypervisor(td_ctx.settings.libvirt_uri)
+    defined = etree.fromstring(hv.domain_xml(vps["domain"], inactive=True).encode())
+    assert (defined.findtext("vcpu"), defined.findtext("memory")) == ("2", str(512 * 1024))
+    assert etree.fromstring(hv.domain_xml(vps["domain"]).encode()).findtext("vcpu") == "1"
+
+
 def test_resize_refuses_when_libvirt_or_a_job_disagrees(td_ctx: Context) -> None:
     vps = made(td_ctx)
     inventory.add_plan(td_ctx, "wide", 2, 512, 1)
@@ -156,7 +166,7 @@ def test_resize_refuses_when_libvirt_or_a_job_disagrees(td_ctx: Context) -> None
     assert_one_line_error(
         run_cli(td_ctx, "vps", "resize", "web1", "--plan", "wide"),
         1,
-        "it is running according to libvirt",
+        "it is stopped but running according to libvirt",
     )
     td_ctx.hypervisor(td_ctx.settings.libvirt_uri).destroy(vps["domain"])  # now they agree
     with td_ctx.db.session() as s:

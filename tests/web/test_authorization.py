@@ -15,10 +15,19 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from kvmvps import backupstore
-from kvmvps.models import Backup, BackupState, Job, JobState, Snapshot, SnapshotState
+from kvmvps.models import (
+    Backup,
+    BackupState,
+    Job,
+    JobState,
+    Plan,
+    Snapshot,
+    SnapshotState,
+    Vps,
+)
 from kvmvps.services import backups, hosts, inventory, snapshots, tokens, users
 from kvmvps.services.runner import run_inline
 from tests.web.conftest import OP, PASSWORD, A, B, World, csrf_token, finish_job
@@ -144,6 +153,22 @@ def new_copy(w: World) -> dict[str, str]:
     return {"hostname": f"copy{next(w.names)}"}
 
 
+def resizable_a_vps(w: World, s: Shared) -> dict[str, Any]:
+    """A's VPS, on plan "nano" with no job pending, and plan "nano2" of the shop (more
+    memory, the same disk). One VPS serves every call: the test host's room is small."""
+    if "nano2" not in [p.name for p in inventory.list_plans(w.ctx)]:
+        inventory.add_plan(w.ctx, "nano2", 1, 32, 1)
+    with w.ctx.db.session() as session:
+        nano = session.scalars(select(Plan.id).where(Plan.name == "nano")).one()
+        session.execute(update(Vps).where(Vps.uuid == s.vps).values(plan_id=nano))
+        session.execute(
+            update(Job)
+            .where(Job.vps_uuid == s.vps, Job.state.in_(JobState.UNFINISHED))
+            .values(state=JobState.SUCCEEDED)
+        )
+    return {"id": s.vps}
+
+
 def a_job(w: World, s: Shared) -> dict[str, Any]:
     return {"job": s.job}
 
@@ -182,6 +207,9 @@ TABLE: dict[tuple[str, str], Case] = {
     ),
     ("dashboard.action", "POST"): Case(
         site(302, 404, 404), fresh_a_vps(action="reboot"), form=lambda w: {}
+    ),
+    ("dashboard.resize", "POST"): Case(
+        site(302, 404, 404), resizable_a_vps, form=lambda w: {"plan": "nano2"}
     ),
     ("dashboard.job", "GET"): Case(site(200, 404, 404), a_job),
     ("dashboard.job_json", "GET"): Case(site(200, 404, 404), a_job),
@@ -283,6 +311,9 @@ TABLE: dict[tuple[str, str], Case] = {
     ("api.delete_server", "DELETE"): Case(api(202, 404, 202), fresh_a_vps()),
     ("api.server_action", "POST"): Case(
         api(202, 404, 202), fresh_a_vps(), json=lambda w: {"action": "reboot"}
+    ),
+    ("api.resize_server", "POST"): Case(
+        api(202, 404, 202), resizable_a_vps, json=lambda w: {"plan": "nano2"}
     ),
     ("api.get_job", "GET"): Case(api(200, 404, 200), a_job),
     ("api.server_metrics", "GET"): Case(api(200, 404, 200), a_vps),
