@@ -119,6 +119,9 @@ def test_plan_lifecycle_and_in_use(td_ctx: Context) -> None:
         "hidden": False,
         "limits": {name: None for name in LIMIT_NAMES},
         "limits_summary": [],
+        "transfer_gib": None,  # unmetered
+        "over_limit": "throttle",
+        "over_limit_kibps": 128,
     }
     assert_one_line_error(
         run_cli(
