@@ -189,17 +189,20 @@ def peer_order(ctx: Context, img: Image, n: int) -> dict[str, float]:
         done = time.perf_counter() - t0
     finally:
         watch.stop.set()
-        remove_peer(ctx, name)
+        remove_peer(ctx, name, work.name)
         _dhcp_host(ctx, "delete", mac, address)
         shutil.rmtree(work, ignore_errors=True)
     return {"order to SSH banner": watch.seen_at, "order to working credentials": done}
 
 
-def remove_peer(ctx: Context, name: str) -> None:
-    """Destroy and undefine a peer domain (its disk is in the run's work dir)."""
+def remove_peer(ctx: Context, name: str, pool: str | None = None) -> None:
+    """Destroy and undefine a peer domain, and the pool virt-install made for its disk's dir."""
     uri = ctx.settings.libvirt_uri
-    for verb in (["destroy"], ["undefine", "--nvram"]):
-        subprocess.run(["virsh", "-q", "-c", uri, *verb, name], capture_output=True, check=False)
+    verbs = [["destroy", name], ["undefine", "--nvram", name]]
+    if pool is not None:
+        verbs += [["pool-destroy", pool], ["pool-undefine", pool]]
+    for verb in verbs:
+        subprocess.run(["virsh", "-q", "-c", uri, *verb], capture_output=True, check=False)
 
 
 def compare(ctx: Context, names: list[str], runs: int) -> dict[str, Any]:

@@ -279,7 +279,7 @@ audit.declare("vps.resize.request")
 
 
 # how each of kvmvps's own images follows a disk grown while it runs
-FILESYSTEM_GROWS = {"tiny": "its filesystem with it", "debian": "its filesystem at the next boot"}
+FILESYSTEM_GROWS = {"tiny": "its filesystem with it", "debian": "its filesystem with it"}
 
 
 def _note(vps: Vps, new: Plan) -> str:

@@ -206,7 +206,23 @@ def _browser_vnc(driver: WebDriver, base: str, vps: dict, name: str) -> None:
         "var c = document.querySelector('[data-vnc] canvas'); return [c.width, c.height];"
     )
     assert size[0] >= 640 and size[1] >= 400, size  # the guest's VGA screen
+    # not blank: the guest's text (its login prompt) lights up pixels on the dark screen
+    WebDriverWait(driver, 30, poll_frequency=0.2).until(
+        lambda d: d.execute_script(LIT_PIXELS) > 200, "the graphical console stays blank"
+    )
     shot(driver, name)
+
+
+# How many sampled pixels of the noVNC canvas differ from its top-left one.
+LIT_PIXELS = """
+var c = document.querySelector('[data-vnc] canvas');
+var d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+var lit = 0;
+for (var i = 0; i < d.length; i += 4 * 7) {
+  if (d[i] !== d[0] || d[i + 1] !== d[1] || d[i + 2] !== d[2]) { lit++; }
+}
+return lit;
+"""
 
 
 def test_console_in_the_browser(site: str, open_browser: Callable, guest: dict) -> None:

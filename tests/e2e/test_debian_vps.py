@@ -9,7 +9,8 @@ import paramiko
 import pytest
 
 from kvmvps import keys
-from kvmvps.services import Context, inventory
+from kvmvps.services import Context, inventory, vps_extra
+from kvmvps.services.runner import run_inline
 from tests.badinput import create_args, run_cli
 from tests.guestcheck import (
     customer_keypair,
@@ -64,8 +65,23 @@ def test_debian_vps_end_to_end(real_ctx: Context, debian: str, tmp_path: Path) -
         "ip -6 -o addr show dev eth0 scope global"
     )
     now, flushed, again = out.read().decode().splitlines()[:3]
-    root.close()
     assert f" {vps['ipv6']}/64 " in now and flushed == "0" and f" {vps['ipv6']}/64 " in again
+
+    # the customer moves to a plan with a bigger disk: it grows while the guest runs, and
+    # the root filesystem with it (the image's udev rule), no reboot
+    if "deb3" not in [p.name for p in inventory.list_plans(real_ctx)]:
+        inventory.add_plan(real_ctx, "deb3", 1, 512, 3)
+    asked = vps_extra.request_resize(real_ctx, "deb1", "deb3", owner_id=None)
+    assert asked.note == "the disk grows now, its filesystem with it"
+    assert run_inline(real_ctx, asked.job)
+    size = "$(df -k / | awk 'NR==2 {print $2}')"
+    _, out, _ = root.exec_command(
+        f"i=0; while [ {size} -lt {int(2.9 * 2**20)} ] && [ $i -lt 300 ]; do "
+        "sleep 0.2; i=$((i+1)); done; df -k / | awk 'NR==2 {print $2}'"
+    )
+    grown = int(out.read().decode().split()[0])
+    root.close()
+    assert 2.9 * 2**20 < grown <= 3 * 2**20, grown
 
     # the shown password authenticates (paramiko and OpenSSH); a wrong one does not
     paramiko_client(ip, 22, served, user, password=password).close()
