@@ -66,6 +66,7 @@ SET_IPV6 = (
     "for k in accept_ra autoconf accept_dad; do "
     'echo 0 > "/proc/sys/net/ipv6/conf/$i/$k" || true; done; '
     "set -- $1; "
+    'ip -6 addr flush dev "$i" scope global dynamic 2>/dev/null || true; '
     'ip -6 addr add "$1" dev "$i" 2>/dev/null || true; '
     'ip -6 route replace default via "$2" dev "$i"'
 )

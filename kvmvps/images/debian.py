@@ -93,6 +93,7 @@ GUEST_FILES = {
     "debian-eth0.cfg": ("etc/network/interfaces.d/eth0.cfg", 0o644),
     "debian-interfaces": ("etc/network/interfaces", 0o644),
     "debian-ipv6-up": ("etc/network/if-up.d/kvmvps-ipv6", 0o755),
+    "debian-ipv6.conf": ("etc/sysctl.d/90-kvmvps-ipv6.conf", 0o644),
     "debian-grow-root.rules": ("etc/udev/rules.d/90-kvmvps-grow-root.rules", 0o644),
     "debian-ssh-hostkeys.conf": ("etc/systemd/system/ssh.service.d/kvmvps-hostkeys.conf", 0o644),
 }

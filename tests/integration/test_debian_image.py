@@ -335,6 +335,7 @@ def test_system_configuration(built: tuple[BuiltImage, str, Path]) -> None:
     assert "source /etc/network/interfaces.d/*" in _cat(raw, "/etc/network/interfaces")
     hook = "/etc/network/if-up.d/kvmvps-ipv6"  # the fixed IPv6 address, at every boot
     assert "/etc/kvmvps/ipv6" in _cat(raw, hook) and _mode(raw, hook) & 0o777 == 0o755
+    assert "autoconf = 0" in _cat(raw, "/etc/sysctl.d/90-kvmvps-ipv6.conf")  # no SLAAC
     rule = _cat(raw, "/etc/udev/rules.d/90-kvmvps-grow-root.rules")  # a live-grown disk
     assert 'ENV{RESIZE}=="1"' in rule and "resize2fs /dev/vda" in rule
     assert "machine-id" in _ls(raw, "/etc") and _cat(raw, "/etc/machine-id") == ""
