@@ -91,7 +91,7 @@ class Settings:
     web_port: int = 8000
     service_manager: str = "auto"
     # QEMU's translated-code cache per guest under TCG (domain type qemu); 0: QEMU's default (1 GiB)
-    tcg_tb_cache_mib: int = 32
+    tcg_tb_cache_mib: int = 128
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property

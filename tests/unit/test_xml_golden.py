@@ -307,7 +307,7 @@ def test_tcg_cache_is_capped_only_under_tcg() -> None:
 
 
 def test_tcg_cache_setting_is_checked() -> None:
-    assert load_settings({}).tcg_tb_cache_mib == 32
+    assert load_settings({}).tcg_tb_cache_mib == 128
     assert load_settings({"KVMVPS_TCG_TB_CACHE_MIB": "0"}).tcg_tb_cache_mib == 0
     for bad in ("-1", "99999999", "lots", "3;rm"):
         with pytest.raises(InvalidInput, match="KVMVPS_TCG_TB_CACHE_MIB"):
