@@ -133,7 +133,7 @@ def main() -> None:
         run_job(ctx, order.job)
         write_data(ctx, order.uuid, args.mib)
         rows = [backup_and_restore(ctx, order.uuid, "running")]
-        run_job(ctx, actions.request(ctx, order.uuid, "stop", actor="bench").job)
+        run_job(ctx, actions.request(ctx, order.uuid, "destroy", actor="bench").job)
         rows.append(backup_and_restore(ctx, order.uuid, "stopped"))
         provisioning.delete(ctx, order.uuid)
         result["backups"] = rows
