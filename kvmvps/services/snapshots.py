@@ -20,7 +20,6 @@ their VPS.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from typing import TypedDict
 
 from sqlalchemy import func, select
@@ -72,12 +71,8 @@ def view(snap: Snapshot, vps_uuid: str) -> SnapshotView:
         "state": snap.state,
         "with_memory": snap.with_memory,
         "error": snap.error,
-        "created_at": _iso(snap.created_at),
+        "created_at": audit.iso(snap.created_at),
     }
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return jobs.aware(moment).isoformat() if moment else None
 
 
 @dataclass(frozen=True)
