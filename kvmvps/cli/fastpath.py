@@ -48,7 +48,7 @@ READ_ONLY = frozenset(
 DEBUG = "--debug"  # tracebacks and debug logs belong to a process of one's own
 MAX_REQUEST = 64 * 1024
 TIMEOUT_S = 60.0
-EXIT_BROKEN_PIPE = 141
+EXIT_BROKEN_PIPE = 141  # what a shell reports for a command killed by SIGPIPE
 
 
 def routable(argv: Sequence[str]) -> bool:
@@ -108,9 +108,17 @@ def run(argv: Sequence[str], env: Mapping[str, str] | None = None) -> int | None
         sys.stdout.write(str(answer.get("stdout", "")))
         sys.stdout.flush()
     except BrokenPipeError:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
+        silence_stdout()
         return EXIT_BROKEN_PIPE
     code = answer["code"]
     return code if isinstance(code, int) else 1
+
+
+def silence_stdout() -> None:
+    """The reader of our output went away (``| head``): point stdout at /dev/null.
+
+    Then Python's final flush has nowhere to fail, and the command ends quietly.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)

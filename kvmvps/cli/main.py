@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -12,6 +11,7 @@ from typing import Any, NoReturn
 import click
 
 from kvmvps.cli.context import COMMAND_KEY, Obj, actor
+from kvmvps.cli.fastpath import EXIT_BROKEN_PIPE, silence_stdout
 from kvmvps.cli.lazy import make_lazy
 from kvmvps.cli.output import say
 from kvmvps.db import schema_is_current
@@ -27,7 +27,6 @@ log = logging.getLogger(__name__)
 # usage error, a declined confirmation).
 SECRET_PARAMS = frozenset({"password", "token", "secret"})
 TARGET_OPTIONS = ("hostname", "name")
-EXIT_BROKEN_PIPE = 141  # what a shell reports for a command killed by SIGPIPE
 
 
 def _target(cmd: click.Command, params: dict[str, Any]) -> str:
@@ -119,13 +118,8 @@ class AdminGroup(click.Group):
 
 
 def _quiet_broken_pipe() -> NoReturn:
-    """The reader of our output went away (``| head``): end quietly, like other tools.
-
-    stdout is pointed at /dev/null so Python's final flush has nowhere to fail.
-    """
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
+    """The reader of our output went away (``| head``): end quietly, like other tools."""
+    silence_stdout()
     sys.exit(EXIT_BROKEN_PIPE)
 
 
