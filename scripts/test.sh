@@ -15,5 +15,42 @@ echo "==> ruff (lint, including S507: no AutoAddPolicy; format)" >&2
 .venv/bin/ruff format --check kvmvps web tests bench
 echo "==> mypy (configuration in pyproject.toml)" >&2
 .venv/bin/mypy kvmvps web
-echo "==> pytest" >&2
-exec .venv/bin/python -m pytest -v --timeout=1800 -p no:cacheprovider "$@"
+pytest=(.venv/bin/python -m pytest -v --timeout=1800 -p no:cacheprovider --durations=30)
+if (($#)); then
+    echo "==> pytest $*" >&2
+    exec "${pytest[@]}" "$@"
+fi
+# Two streams side by side: the real-guest tests (integration, e2e) keep one core
+# busy with a QEMU guest, the unit and web tests (test driver, databases) use the
+# other. The unit stream runs at a lower priority so guests boot at their pace.
+logs=${KVMVPS_TEST_LOGS:-test-artifacts/pytest}
+rm -rf "$logs" && mkdir -p "$logs"
+stream() {
+    local name=$1
+    shift
+    local rc=0
+    "$@" --basetemp="/tmp/kvmvps-pytest-$name" >"$logs/$name.log" 2>&1 || rc=$?
+    echo "$rc" >"$logs/$name.rc"
+}
+echo "==> pytest: unit and web tests (log: $logs/unit.log), beside the real-guest tests" >&2
+stream unit nice -n 10 "${pytest[@]}" tests/unit tests/web &
+unit_pid=$!
+echo "==> pytest: integration and e2e tests (log: $logs/real.log)" >&2
+stream real "${pytest[@]}" tests/integration tests/e2e &
+real_pid=$!
+tail -n +1 --pid="$real_pid" -F "$logs/real.log" 2>/dev/null &
+wait "$real_pid" "$unit_pid"
+sleep 1
+echo
+echo "==> pytest: unit and web tests, the whole log"
+cat "$logs/unit.log"
+echo
+echo "==> pytest: both streams"
+rc=0
+for name in real unit; do
+    code=$(cat "$logs/$name.rc")
+    grep -E '^(FAILED|ERROR) ' "$logs/$name.log" || true
+    echo "$name: $(grep -E '^=+ .*(passed|failed|error).* in [0-9.]+s' "$logs/$name.log" | tail -1) (exit $code)"
+    ((code == 0)) || rc=1
+done
+exit "$rc"
