@@ -13,13 +13,24 @@ are serialised.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypedDict, overload
 
-from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    bindparam,
+    exists,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session, aliased
 
 from kvmvps import validation
@@ -105,6 +116,19 @@ def enqueue(
 
 
 CLAIM_BATCH = 20
+# the same two aliases for every claim: building them anew costs more than the query
+_OTHER, _BUILDING = aliased(Job), aliased(Job)
+# what the claim hands back, read by the same UPDATE that takes the job
+_CLAIMED_COLUMNS = (
+    Job.id,
+    Job.uuid,
+    Job.kind,
+    Job.vps_uuid,
+    Job.params,
+    Job.attempts,
+    Job.started_at,
+    Job.host_id,
+)
 
 
 def _claimable(
@@ -114,37 +138,62 @@ def _claimable(
     worker: str,
     only_id: int | None,
     scope: ColumnElement[bool],
-) -> Job | None:
+) -> Claimed | None:
     """The oldest runnable job, locked and marked ours; None if there is none.
 
     Builds for a host whose build slots are all taken are left out by the
     query itself, so no number of them hides the jobs queued behind them.
     The slot is checked again under the host's row lock (a concurrent claim
     may have taken the last one); candidates are read in batches until one
-    fits or none are left.
+    fits or none are left. Only the columns the choice needs are read, and
+    the job is taken and read back by one ``UPDATE ... RETURNING``.
     """
     after = 0
     while True:
-        query = _candidates(build_limit, after).where(scope)
+        query = _candidates(build_limit).where(scope)
         if only_id is not None:
             query = query.where(Job.id == only_id)
-        batch = list(session.scalars(query))
-        for job in batch:
-            if job.kind in BUILD_KINDS and not _build_slot_free(session, job, build_limit):
+        batch = session.execute(query, {"after": after}).all()
+        for job_id, kind, host_id in batch:
+            if kind in BUILD_KINDS and not _build_slot_free(session, host_id, build_limit):
                 continue
-            job.state, job.worker = JobState.RUNNING, worker
-            job.attempts += 1
-            job.started_at = job.started_at or now()
-            job.lease_expires_at = now() + lease
-            return job
+            return _take(session, job_id, worker, lease)
         if len(batch) < CLAIM_BATCH:
             return None
-        after = batch[-1].id
+        after = batch[-1][0]
 
 
-def _candidates(build_limit: int, after: int) -> Select[Job]:
-    """Queued jobs after id ``after`` whose VPS is free and whose host can take a build."""
-    other = aliased(Job)
+def _take(session: Session, job_id: int, worker: str, lease: timedelta) -> Claimed:
+    """Mark the locked queued job ``job_id`` as ours, and read what the worker needs."""
+    moment = now()
+    row = session.execute(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(
+            state=JobState.RUNNING,
+            worker=worker,
+            attempts=Job.attempts + 1,
+            started_at=func.coalesce(Job.started_at, moment),
+            lease_expires_at=moment + lease,
+        )
+        .returning(*_CLAIMED_COLUMNS)
+    ).one()
+    return Claimed(
+        id=row.id,
+        uuid=row.uuid,
+        kind=row.kind,
+        vps_uuid=row.vps_uuid,
+        params=json.loads(row.params or "{}"),
+        attempts=row.attempts,
+        started_at=aware(row.started_at or moment),
+        host_id=row.host_id,
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _candidates(build_limit: int) -> Select[int, str, int | None]:
+    """Queued jobs after id ``:after`` whose VPS is free and whose host can take a build."""
+    other, building = _OTHER, _BUILDING
     busy_vps = exists().where(
         other.vps_uuid == Job.vps_uuid,
         other.id != Job.id,
@@ -152,7 +201,6 @@ def _candidates(build_limit: int, after: int) -> Select[Job]:
             other.state == JobState.RUNNING, and_(other.state == JobState.QUEUED, other.id < Job.id)
         ),
     )
-    building = aliased(Job)
     running_builds = (
         select(func.count())
         .select_from(building)
@@ -167,23 +215,23 @@ def _candidates(build_limit: int, after: int) -> Select[Job]:
         Job.kind.in_(BUILD_KINDS), Job.host_id.is_not(None), running_builds >= build_limit
     )
     return (
-        select(Job)
-        .where(Job.state == JobState.QUEUED, Job.id > after, ~busy_vps, ~host_full)
+        select(Job.id, Job.kind, Job.host_id)
+        .where(Job.state == JobState.QUEUED, Job.id > bindparam("after"), ~busy_vps, ~host_full)
         .order_by(Job.id)
         .limit(CLAIM_BATCH)
         .with_for_update(skip_locked=True, of=Job)
     )
 
 
-def _build_slot_free(session: Session, job: Job, build_limit: int) -> bool:
+def _build_slot_free(session: Session, host_id: int | None, build_limit: int) -> bool:
     """At most ``build_limit`` builds at once per host (the host row is locked)."""
-    if job.host_id is None:
+    if host_id is None:
         return True
-    session.scalar(select(Host.id).where(Host.id == job.host_id).with_for_update())
+    session.scalar(select(Host.id).where(Host.id == host_id).with_for_update())
     running = session.scalar(
         select(func.count())
         .select_from(Job)
-        .where(Job.host_id == job.host_id, Job.state == JobState.RUNNING, Job.kind.in_(BUILD_KINDS))
+        .where(Job.host_id == host_id, Job.state == JobState.RUNNING, Job.kind.in_(BUILD_KINDS))
     )
     return (running or 0) < build_limit
 
@@ -197,21 +245,8 @@ def claim(ctx: Context, worker: str, only_id: int | None = None) -> Claimed | No
     st = ctx.settings
     with ctx.db.session() as s:
         scope = _scope(s, st.agent_host)
-        job = _claimable(
-            s, st.build_limit, timedelta(seconds=st.job_lease_seconds), worker, only_id, scope
-        )
-        if job is None:
-            return None
-        return Claimed(
-            id=job.id,
-            uuid=job.uuid,
-            kind=job.kind,
-            vps_uuid=job.vps_uuid,
-            params=json.loads(job.params or "{}"),
-            attempts=job.attempts,
-            started_at=aware(job.started_at or now()),
-            host_id=job.host_id,
-        )
+        lease = timedelta(seconds=st.job_lease_seconds)
+        return _claimable(s, st.build_limit, lease, worker, only_id, scope)
 
 
 def _scope(session: Session, agent_host: str) -> ColumnElement[bool]:
