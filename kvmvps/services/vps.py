@@ -12,7 +12,19 @@ from sqlalchemy.orm import Session, joinedload, selectinload
 
 from kvmvps import interrupt, validation
 from kvmvps.errors import Conflict, HypervisorNotFound, InvalidInput, NotFound
-from kvmvps.models import Host, Job, JobState, User, Vps, VpsState
+from kvmvps.models import (
+    CpuPin,
+    Forward,
+    Host,
+    Image,
+    Job,
+    JobState,
+    Network,
+    Plan,
+    User,
+    Vps,
+    VpsState,
+)
 from kvmvps.services import Context, failures, guard
 
 # libvirt's words for a domain's state -> our VPS state
@@ -136,13 +148,13 @@ class VpsView(TypedDict):
     rescue_host_key_fingerprint: str | None
 
 
+# states a host that does not answer makes ``unknown``
+SETTLED = (VpsState.RUNNING, VpsState.STOPPED, VpsState.SUSPENDED)
+
+
 def shown_state(vps: Vps) -> str:
     """The VPS's state; ``unknown`` for a settled VPS while its host does not answer."""
-    if vps.host.down_since is not None and vps.state in (
-        VpsState.RUNNING,
-        VpsState.STOPPED,
-        VpsState.SUSPENDED,
-    ):
+    if vps.host.down_since is not None and vps.state in SETTLED:
         return VpsState.UNKNOWN
     return vps.state
 
@@ -222,24 +234,121 @@ def list_vps(
 ) -> list[VpsView]:
     """VPSes, oldest first: all, or one owner's (by e-mail or id), state's or host's.
 
-    With ``owner_id`` (a customer), failures are in plain words.
+    With ``owner_id`` (a customer), failures are in plain words. The rows are
+    read as columns, not ORM objects (three statements, whatever the count):
+    the same views as :func:`view`, several times faster at thousands.
     """
     if state is not None and state not in VpsState.ALL:
         raise InvalidInput(f"unknown state {state!r}; one of {', '.join(VpsState.ALL)}")
-    query = _query().order_by(Vps.created_at, Vps.id)
+    query = (
+        select(*_LIST_COLUMNS)
+        .join(Host, Host.id == Vps.host_id)
+        .join(Plan, Plan.id == Vps.plan_id)
+        .join(Image, Image.id == Vps.image_id)
+        .join(Network, Network.id == Vps.network_id)
+        .join(User, User.id == Vps.owner_id)
+    )
     if owner:
-        query = query.join(User, User.id == Vps.owner_id).where(User.email == owner.lower())
+        query = query.where(User.email == owner.lower())
     if owner_id is not None:
         query = query.where(Vps.owner_id == owner_id)
     if state:
         query = query.where(Vps.state == state)
     if host:
-        query = query.join(Host, Host.id == Vps.host_id).where(Host.name == host)
+        query = query.where(Host.name == host)
+    ids = query.with_only_columns(Vps.id)
     with ctx.db.reading() as s:
-        shown = [view(v) for v in s.scalars(query)]
-    for one in shown:
-        one["error"] = failures.for_owner(one["error"], owner_id)
-    return shown
+        rows = s.execute(query.order_by(Vps.created_at, Vps.id)).all()
+        pins: dict[int, list[int]] = {}
+        for pinned, cpu in s.execute(
+            select(CpuPin.vps_id, CpuPin.host_cpu)
+            .where(CpuPin.vps_id.in_(ids))
+            .order_by(CpuPin.vps_id, CpuPin.vcpu)
+        ):
+            pins.setdefault(pinned, []).append(cpu)
+        ssh: dict[int | None, tuple[str | None, int]] = {}
+        for forwarded, address, port in s.execute(
+            select(Forward.vps_id, Forward.public_address, Forward.public_port)
+            .where(
+                Forward.vps_id.in_(ids),
+                Forward.kind == "ssh",
+                Forward.public_address.is_not(None),
+            )
+            .order_by(Forward.id)
+        ):
+            ssh.setdefault(forwarded, (address, port))
+    return [_row_view(row, pins.get(row.id, []), ssh.get(row.id), owner_id) for row in rows]
+
+
+_LIST_COLUMNS = (
+    Vps.id,
+    Vps.uuid,
+    Vps.hostname,
+    Vps.state,
+    Vps.ip,
+    Vps.ipv6,
+    Vps.mac,
+    Vps.domain_name,
+    Host.name.label("host"),
+    Host.down_since,
+    Plan.name.label("plan"),
+    Image.name.label("image"),
+    Network.name.label("network"),
+    User.email,
+    Plan.vcpus,
+    Plan.memory_mib,
+    Plan.disk_gib,
+    Vps.username,
+    Vps.host_key_fingerprint,
+    Vps.error,
+    Vps.suspended_reason,
+    Vps.suspended_at,
+    Vps.rescue_image_id,
+    Vps.rescue_host_key_fingerprint,
+    Vps.expires_at,
+    Vps.created_at,
+    Vps.updated_at,
+)
+
+
+def _row_view(
+    row: Any, pins: list[int], ssh: tuple[str | None, int] | None, owner_id: int | None
+) -> VpsView:
+    """:func:`view` of a row of ``_LIST_COLUMNS`` (tests check that both agree)."""
+    state = row.state
+    if row.down_since is not None and state in SETTLED:
+        state = VpsState.UNKNOWN
+    ssh_host, ssh_port = ssh if ssh is not None and row.ip else (row.ip, 22 if row.ip else None)
+    return {
+        "id": row.uuid,
+        "hostname": row.hostname,
+        "state": state,
+        "ip": row.ip,
+        "ipv6": row.ipv6,
+        "mac": row.mac,
+        "domain": row.domain_name,
+        "host": row.host,
+        "plan": row.plan,
+        "image": row.image,
+        "network": row.network,
+        "owner": row.email,
+        "vcpus": row.vcpus,
+        "memory_mib": row.memory_mib,
+        "disk_gib": row.disk_gib,
+        "pinned_cpus": pins,
+        "ssh_host": ssh_host,
+        "ssh_port": ssh_port,
+        "username": row.username,
+        "host_key_fingerprint": row.host_key_fingerprint,
+        "error": failures.for_owner(row.error, owner_id),
+        "suspended_reason": row.suspended_reason,
+        "suspended_at": _iso(row.suspended_at),
+        "rescue": row.rescue_image_id is not None,
+        "rescue_host_key_fingerprint": row.rescue_host_key_fingerprint,
+        "expires_at": _iso(row.expires_at),
+        "created_at": _iso(row.created_at),
+        "updated_at": _iso(row.updated_at),
+    }
 
 
 def domain_xml(ctx: Context, ref: str) -> str:
