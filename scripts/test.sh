@@ -33,7 +33,7 @@ stream() {
     echo "$rc" >"$logs/$name.rc"
 }
 echo "==> pytest: unit and web tests (log: $logs/unit.log), beside the real-guest tests" >&2
-stream unit nice -n 10 "${pytest[@]}" tests/unit tests/web &
+stream unit nice -n 5 "${pytest[@]}" tests/unit tests/web &
 unit_pid=$!
 echo "==> pytest: integration and e2e tests (log: $logs/real.log)" >&2
 stream real "${pytest[@]}" tests/integration tests/e2e &
