@@ -56,8 +56,8 @@ python_env() {
   # pip runs again only when pyproject.toml changed since it last ran.
   local stamp=.venv/.kvmvps-pyproject.sha256
   # ... and when the installed kvmvps is not this checkout (a moved or copied tree)
-  local here
-  here=$(cd / && "$PWD/.venv/bin/python" -c 'import kvmvps; print(kvmvps.__file__)' 2>/dev/null || true)
+  local here tree=$PWD
+  here=$(cd / && "$tree/.venv/bin/python" -c 'import kvmvps; print(kvmvps.__file__)' 2>/dev/null || true)
   if [ -x .venv/bin/kvmvps-admin ] && sha256sum -c --status "$stamp" 2>/dev/null \
     && [ "$here" = "$PWD/kvmvps/__init__.py" ]; then
     return 0
