@@ -15,6 +15,7 @@ ran) and nothing of it on the target.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import NoReturn
@@ -22,7 +23,7 @@ from typing import NoReturn
 from lxml import etree
 from sqlalchemy import select
 
-from kvmvps import cpupin, xmlrender
+from kvmvps import cpupin, logs, xmlrender
 from kvmvps.errors import HypervisorError, KvmvpsError, NotFound, StepFailed
 from kvmvps.hypervisor import DhcpEntry, Hypervisor
 from kvmvps.interrupt import Interrupted
@@ -62,6 +63,7 @@ class Move:
     xml: str = ""  # the target's persistent definition
     source_xml: str = ""  # the running domain as the source has it (to move it back)
     told: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def src(self) -> Hypervisor:
@@ -355,6 +357,7 @@ def run(
     for index, step in enumerate(steps):
         if progress:
             progress(step.name, index, len(steps))
+        started = time.perf_counter()
         try:
             if checkpoint:
                 checkpoint()
@@ -363,6 +366,8 @@ def run(
             _fail(m, done + [step], step.name, StepFailed("the worker is stopping"))
         except Exception as exc:  # noqa: BLE001 - every failure rolls back
             _fail(m, done + [step], step.name, exc)
+        m.timings[step.name] = seconds = time.perf_counter() - started
+        logs.event(log, "step", f"step {step.name} done in {seconds:.2f} s", step=step.name)
         done.append(step)
     leftovers = _clear_source(m)
     _tell(ctx, m, leftovers)
