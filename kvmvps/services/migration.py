@@ -80,8 +80,8 @@ def request(
     ctx: Context, ref: str, to: str, *, live: bool | None = None, actor: str | None = None
 ) -> Requested:
     """Queue the move of VPS ``ref`` to host ``to`` (live: None picks by its state)."""
-    name = (to or "").strip()
-    if not name:
+    name = to or ""
+    if not name.strip():
         raise InvalidInput("name the host to migrate to")
     with ctx.db.session() as s:
         vps = resolve(s, ref)
