@@ -17,7 +17,16 @@ from sqlalchemy import func, select
 
 from kvmvps.errors import StepFailed
 from kvmvps.models import Forward, Job, JobState, Vps
-from kvmvps.services import Context, actions, hosts, migration, migration_work, orders, suspension
+from kvmvps.services import (
+    Context,
+    actions,
+    hosts,
+    migration,
+    migration_work,
+    orders,
+    reconcile,
+    suspension,
+)
 from kvmvps.services import vps as vps_service
 from kvmvps.services.facts import VpsFacts
 from kvmvps.services.provisioning import OrderRequest
@@ -77,7 +86,7 @@ def _target_traces(ctx: Context, node: str, uuid: str) -> list[str]:
 
 
 def test_bad_requests_are_one_line_errors_and_change_nothing(
-    two: tuple[Context, str, str],
+    two: tuple[Context, str, str], tmp_path: Path
 ) -> None:
     ctx, uuid, local = two
     before = _snapshot(ctx, uuid)
@@ -104,11 +113,6 @@ def test_bad_requests_are_one_line_errors_and_change_nothing(
         assert_one_line_error(result, 1, fragment)
         assert run_cli(ctx, "host", *on).exit_code == 0
     assert _snapshot(ctx, uuid) == before
-
-
-def test_the_vps_must_be_free_to_move(two: tuple[Context, str, str], tmp_path: Path) -> None:
-    ctx, uuid, _local = two
-    before = _snapshot(ctx, uuid)
     # stopped: only cold
     run_or_follow(ctx, actions.request(ctx, "web1", "destroy", actor=OP).job)
     live = run_cli(ctx, "vps", "migrate", "web1", "--to", "node2", "--live")
@@ -190,6 +194,26 @@ def test_a_failed_move_leaves_the_vps_as_it_was_and_nothing_on_the_target(
     assert hv.state(domain) == "running"
     after = _snapshot(ctx, uuid)
     assert after[:-1] == before[:-1] and after[-1] == before[-1] + 2  # the two failed jobs
+
+
+def test_reconcile_leaves_a_move_in_progress_alone(two: tuple[Context, str, str]) -> None:
+    """``reconcile --fix`` while the target holds a volume of a VPS whose host is the source."""
+    ctx, uuid, _local = two
+    migration.request(ctx, "web1", "node2", actor=OP)  # queued: the VPS has a job at work
+    seen: list[object] = []
+
+    def meanwhile(_m: migration_work.Move) -> None:
+        seen.append(reconcile.run(ctx, fix=True).orphan_volumes)
+        seen.append(len(_target_traces(ctx, "node2", uuid)))
+        raise RuntimeError("injected after a reconcile")
+
+    names = [s.name for s in migration_work.STEPS]
+    steps = migration_work.STEPS[: names.index("dhcp") + 1]
+    steps += (migration_work.MoveStep("reconcile", meanwhile, migration_work.STEPS[0].undo),)
+    with pytest.raises(StepFailed, match="injected after a reconcile"):
+        migration_work.run(ctx, uuid, "node2", live=True, steps=steps)
+    assert seen == [[], 2]  # the overlay volume and the DHCP entry were left alone
+    assert _target_traces(ctx, "node2", uuid) == []
 
 
 def test_retarget_points_disks_filter_and_pins_at_the_target() -> None:
