@@ -25,8 +25,9 @@ from sqlalchemy.engine import make_url
 
 from kvmvps import keys
 from kvmvps.config import load_settings
-from kvmvps.models import AuditEntry, Vps
-from kvmvps.services import Context, inventory, setup
+from kvmvps.models import AuditEntry, Host, Vps
+from kvmvps.services import Context, forwards, inventory, setup
+from kvmvps.services import hosts as hosts_service
 from tests import conftest
 from tests.badinput import create_args, run_cli
 from tests.guestcheck import known_hosts
@@ -65,7 +66,10 @@ def hosts(real_ctx: Context, tiny_image: str, second_host: dict[str, str]) -> It
         conn.exec_driver_sql(f'CREATE DATABASE "{db}"')
     state = conftest.make_state_dir("migrate-")
     shutil.copytree(real_ctx.settings.keys_dir, state / "keys")  # the key the image carries
-    env = conftest.test_env(state, name=NAME, subnet=SUBNET)
+    # forwards on A's link address go into chains of this test's own
+    env = conftest.test_env(
+        state, name=NAME, subnet=SUBNET, KVMVPS_CHAIN_PREFIX=f"KVM{os.getpid()}"
+    )
     env["KVMVPS_DATABASE_URL"] = (
         make_url(conftest.PG_URL).set(database=db).render_as_string(hide_password=False)
     )
@@ -94,6 +98,9 @@ def hosts(real_ctx: Context, tiny_image: str, second_host: dict[str, str]) -> It
         ns = f"kvh-{second_host['name']}"
         yield Hosts(ctx, a, "hv2", uri, second_host["address"], ns, second_host["link"], state)
     finally:
+        for host in hosts_service.list_hosts(ctx):
+            if host["uri"] == ctx.settings.libvirt_uri:
+                forwards.remove_rules(ctx, _host_id(ctx, host["name"]))
         conftest.cleanup_installation(ctx)
         far = ctx.hypervisor(uri)
         for domain in far.list_domains(prefix="kvmvps-"):
@@ -107,6 +114,13 @@ def hosts(real_ctx: Context, tiny_image: str, second_host: dict[str, str]) -> It
         conftest._drop_database(admin, db)
         admin.dispose()
         shutil.rmtree(state, ignore_errors=True)
+
+
+def _host_id(ctx: Context, name: str) -> int:
+    with ctx.db.session() as s:
+        host_id = s.scalar(select(Host.id).where(Host.name == name))
+    assert host_id is not None
+    return host_id
 
 
 def _root(h: Hosts, ns: str | None, ip: str, host_key: str, command: str) -> str:
