@@ -45,7 +45,7 @@ from kvmvps.services import (  # noqa: E402
 )
 from kvmvps.services import vps as vps_service  # noqa: E402
 from kvmvps.services.facts import overlay_spec  # noqa: E402
-from kvmvps.services.migration_work import load  # noqa: E402
+from kvmvps.services.migration_work import load, retarget  # noqa: E402
 from kvmvps.services.provisioning import OrderRequest  # noqa: E402
 
 HOST_B = "mgbench"
@@ -73,21 +73,38 @@ def move(ctx: Context, to: str, live: bool) -> float:
 
 
 def virsh_round(ctx: Context, b_uri: str, b_address: str, a_address: str) -> list[float]:
-    """virsh migrate there and back (full copy into a volume made first); seconds each."""
+    """virsh migrate there and back (full copy into a volume made first); seconds each.
+
+    ``--xml`` names the target's file for the disk: the second host shares this
+    machine's file system, so the source's path would exist there too (and be
+    the source's own file, locked by its QEMU).
+    """
     m = load(ctx, vps_service.show(ctx, "mig")["id"], HOST_B, True)
     pool, volume = m.facts.pool, m.facts.overlay_volume
     a, b = ctx.hypervisor(ctx.settings.libvirt_uri), ctx.hypervisor(b_uri)
     capacity = a.volume_capacity(pool, volume)
     b.create_volume(pool, volume, xmlrender.overlay_volume_xml(overlay_spec(m.facts, capacity)))
     times = []
-    for src, dst, address in ((ctx.settings.libvirt_uri, b_uri, b_address),
-                              (b_uri, ctx.settings.libvirt_uri, a_address)):  # fmt: skip
+    legs = ((a, b, b_uri, b_address), (b, a, ctx.settings.libvirt_uri, a_address))
+    for src, dst, dst_uri, address in legs:
+        xml = retarget(
+            src.migratable_xml(m.facts.domain),
+            m.facts,
+            {volume: dst.volume_path(pool, volume)},
+            None,
+            m.facts.pinned_cpus,
+        )
+        path = ctx.settings.state_dir / "virsh-dest.xml"
+        path.write_text(xml)
         t0 = time.perf_counter()
-        subprocess.run(
-            ["virsh", "-q", "-c", src, "migrate", "--live", "--persistent", "--undefinesource",
-             "--copy-storage-all", m.facts.domain, dst, f"tcp://{address}"],
-            check=True, capture_output=True,
+        done = subprocess.run(
+            ["virsh", "-q", "-c", src.uri, "migrate", "--live", "--persistent",
+             "--undefinesource", "--copy-storage-all", "--xml", str(path), m.facts.domain,
+             dst_uri, f"tcp://{address}"],
+            capture_output=True, text=True,
         )  # fmt: skip
+        if done.returncode:
+            raise RuntimeError(f"virsh migrate: {done.stderr.strip()}")
         times.append(time.perf_counter() - t0)
     b.delete_volume(pool, volume)
     return times
@@ -119,7 +136,10 @@ def run(ctx: Context, rounds: int, far: dict[str, str]) -> dict[str, Any]:
     for _ in range(rounds):
         live["A->B"].append(move(ctx, HOST_B, True))
         live["B->A"].append(move(ctx, local, True))
-    peer = virsh_round(ctx, far["uri"], far["address"], far["link"])
+    try:
+        peer: list[float | str] = list(virsh_round(ctx, far["uri"], far["address"], far["link"]))
+    except RuntimeError as exc:
+        peer = [str(exc)] * 2
     runner.run_or_follow(ctx, actions.request(ctx, "mig", "destroy", actor="bench").job)
     cold = {"A->B": move(ctx, HOST_B, False), "B->A": move(ctx, local, False)}
     return {
@@ -150,7 +170,8 @@ def main() -> None:
         shown = ", ".join(f"{t:.1f}" for t in times)
         print(f"  kvmvps live {way}: median {statistics.median(times):.1f} s  ({shown})")
     for way, seconds in result["virsh live s"].items():
-        print(f"  virsh migrate --live --copy-storage-all {way}: {seconds:.1f} s")
+        shown = f"{seconds:.1f} s" if isinstance(seconds, float) else seconds
+        print(f"  virsh migrate --live --copy-storage-all {way}: {shown}")
     for way, seconds in result["cold stopped s"].items():
         print(f"  kvmvps cold (stopped) {way}: {seconds:.1f} s")
     if args.json:
