@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid as uuidlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import NoReturn
@@ -123,9 +124,32 @@ def _prepare(m: Move) -> None:
         raise StepFailed(
             f"host {m.target.name} already has a domain {m.facts.domain}; remove it first"
         )
+    if _shared_pool(m):
+        raise StepFailed(
+            f"hosts {m.source.name} and {m.target.name} share the storage pool's directory; "
+            "a move copies the disk and needs each host's own"
+        )
     m.was_running = m.src.state(m.facts.domain) == "running"
     if m.live and not m.was_running:
         raise StepFailed(f"{m.facts.hostname} is not running: a live move needs it running")
+
+
+def _shared_pool(m: Move) -> bool:
+    """Whether a volume made in the source's pool shows up in the target's (shared storage).
+
+    The move deletes and makes the VPS's volumes in the target's pool: on
+    shared storage that would be the source's own disk.
+    """
+    probe = f"{PROBE_PREFIX}{uuidlib.uuid4().hex[:12]}.raw"
+    xml = xmlrender.raw_volume_xml(RawVolumeSpec(name=probe, capacity_bytes=512))
+    m.src.create_volume(m.facts.pool, probe, xml)
+    try:
+        return m.dst.volume_exists(m.facts.pool, probe)
+    finally:
+        m.src.delete_volume(m.facts.pool, probe)
+
+
+PROBE_PREFIX = "migrate-probe-"
 
 
 def _stop(m: Move) -> None:

@@ -270,3 +270,15 @@ def test_evacuate_queues_every_vps_or_none(two: tuple[Context, str, str], tmp_pa
     assert lines[1].startswith(f"queued: web2: {local} -> ") and "(cold)" in lines[1]
     assert hosts.show_host(ctx, local)["maintenance"]
     del uuid
+
+
+def test_shared_storage_is_found_and_the_probe_removed(two: tuple[Context, str, str]) -> None:
+    """One pool seen by both ends (here: the same host) would make the move delete the disk."""
+    ctx, uuid, local = two
+    pool = ctx.settings.storage_pool
+    same = migration_work.load(ctx, uuid, local, live=True)
+    assert migration_work._shared_pool(same) is True
+    other = migration_work.load(ctx, uuid, "node2", live=True)
+    assert migration_work._shared_pool(other) is False
+    for hv in (same.src, other.dst):
+        assert not [v for v in hv.list_volumes(pool) if v.startswith("migrate-probe-")]
