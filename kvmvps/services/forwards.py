@@ -151,12 +151,13 @@ def move(ctx: Context, session: Session, vps: Vps, target: Host) -> list[str]:
 
     Each forward keeps its protocol, guest port and kind; its public address
     and port become the target's. Where the target cannot serve forwards,
-    they are dropped. Returns one line per forward for the customer's notice.
+    they are dropped; a NAT VPS that lost its SSH forward so gets a new one
+    on a target that can. Returns one line per change for the customer's notice.
     HTTP names stay: they follow the VPS's host.
     """
     address = host_edge.public_address(ctx, target)
     serves = bool(address) and host_edge.serves_forwards(target)
-    told = []
+    told, has_ssh = [], False
     held = session.scalars(select(Forward).where(Forward.vps_id == vps.id).order_by(Forward.id))
     for row in list(held):
         was = f"{row.protocol} {row.public_address}:{row.public_port}"
@@ -169,6 +170,11 @@ def move(ctx: Context, session: Session, vps: Vps, target: Host) -> list[str]:
             continue
         new = _allocate(ctx, session, vps, target, address, protocol, guest, kind)
         told.append(f"{was} -> guest port {guest}: now {new.public_address}:{new.public_port}")
+        has_ssh = has_ssh or kind == SSH
+    if serves and not has_ssh:
+        ssh = allocate_ssh(ctx, session, vps, target, vps.network)  # dropped on an earlier move
+        if ssh is not None:
+            told.append(f"SSH (guest port 22): now {ssh.public_address}:{ssh.public_port}")
     return told
 
 

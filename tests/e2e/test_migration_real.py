@@ -191,6 +191,9 @@ def test_live_there_and_back_and_a_failed_move_leaves_nothing(hosts: Hosts) -> N
     # and back, live: what was written on B came along
     back = _ok(ctx, "vps", "migrate", "mig1", "--to", h.a, "--live", "--wait")
     assert (back["host"], back["state"]) == (h.a, "running")
+    # B serves no forwards (no agent): the SSH forward went, and came back on A's address
+    assert (view["ssh_host"], moved["ssh_host"], back["ssh_host"]) == (h.link, view["ip"], h.link)
+    assert back["ssh_port"] != 22 and moved["ssh_port"] == 22
     assert _traces(h, h.b_uri, view) == []
     marks = _root(h, None, view["ip"], host_key, "cat /root/mark").split()
     assert marks == [token, f"{token}-b"]
