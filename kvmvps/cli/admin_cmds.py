@@ -197,6 +197,9 @@ def host_group() -> None:
     """
 
 
+make_lazy(host_group, {"evacuate": "kvmvps.cli.migrate_cmds"})
+
+
 @host_group.command("add")
 @click.argument("name")
 @click.option("--uri", required=True, help="libvirt URI, e.g. qemu+ssh://root@kvm2/system.")

@@ -48,6 +48,7 @@ make_lazy(
         **dict.fromkeys(("suspend", "unsuspend"), "kvmvps.cli.tenant_cmds"),
         "backup": "kvmvps.cli.backup_cmds",
         "snapshot": "kvmvps.cli.snapshot_cmds",
+        "migrate": "kvmvps.cli.migrate_cmds",
     },
 )
 

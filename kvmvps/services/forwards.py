@@ -146,6 +146,38 @@ def release(session: Session, vps: Vps) -> None:
     session.flush()
 
 
+def move(ctx: Context, session: Session, vps: Vps, target: Host) -> list[str]:
+    """Give back the VPS's public ports and take new ones on ``target`` (flushed, not committed).
+
+    Each forward keeps its protocol, guest port and kind; its public address
+    and port become the target's. Where the target cannot serve forwards,
+    they are dropped; a NAT VPS that lost its SSH forward so gets a new one
+    on a target that can. Returns one line per change for the customer's notice.
+    HTTP names stay: they follow the VPS's host.
+    """
+    address = host_edge.public_address(ctx, target)
+    serves = bool(address) and host_edge.serves_forwards(target)
+    told, has_ssh = [], False
+    held = session.scalars(select(Forward).where(Forward.vps_id == vps.id).order_by(Forward.id))
+    for row in list(held):
+        was = f"{row.protocol} {row.public_address}:{row.public_port}"
+        protocol, guest, kind = row.protocol, row.guest_port or 0, row.kind or EXTRA
+        row.vps_id, row.guest_port, row.kind = None, None, None
+        row.released_at = datetime.now(UTC)
+        session.flush()
+        if not serves:
+            told.append(f"{was} -> guest port {guest}: removed (host {target.name} has none)")
+            continue
+        new = _allocate(ctx, session, vps, target, address, protocol, guest, kind)
+        told.append(f"{was} -> guest port {guest}: now {new.public_address}:{new.public_port}")
+        has_ssh = has_ssh or kind == SSH
+    if serves and not has_ssh:
+        ssh = allocate_ssh(ctx, session, vps, target, vps.network)  # dropped on an earlier move
+        if ssh is not None:
+            told.append(f"SSH (guest port 22): now {ssh.public_address}:{ssh.public_port}")
+    return told
+
+
 # -- the customer's forwards --------------------------------------------------
 class ForwardView(TypedDict):
     """The stable JSON shape of a forward."""

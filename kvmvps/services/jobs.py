@@ -59,6 +59,7 @@ KINDS = BUILD_KINDS + (
     "snapshot_revert",
     "snapshot_delete",
     "resize",
+    "migrate",  # move a VPS to another host (params: to, live)
 )
 MAX_ATTEMPTS = 3
 

@@ -196,6 +196,10 @@ def _host_pass(ctx: Context, host: Host, seen: Seen, fix: bool, report: Report) 
         query = select(Vps).where(Vps.host_id == host.id).options(*FACTS_LOADED)
         rows = list(s.scalars(query))
         known = {v.domain_name for v in rows}
+        # a VPS with a job at work may be on its way to or from this host (a migration)
+        moving = (
+            set(s.scalars(select(Vps.domain_name).where(Vps.uuid.in_(busy)))) if busy else set()
+        )
         settled = []
         for vps in rows:
             if vps.uuid not in busy and vps.state in SETTLED:
@@ -205,8 +209,8 @@ def _host_pass(ctx: Context, host: Host, seen: Seen, fix: bool, report: Report) 
                     settled.append(facts_of(vps, ctx.settings))
     for facts in settled:
         _check_isolation(ctx, hv, facts, report)
-    _orphan_domains(hv, host, set(domains) - known, fix, report, ctx.settings.storage_pool)
-    _orphan_volumes(ctx, hv, host, known, fix, report)
+    _orphan_domains(hv, host, set(domains) - known - moving, fix, report, ctx.settings.storage_pool)
+    _orphan_volumes(ctx, hv, host, known | moving, fix, report)
     _orphan_dhcp(hv, host, seen, fix, report)
     report.forwarding += forwards.sync(ctx, host)
 

@@ -26,6 +26,7 @@ from kvmvps.services import (
     forwards,
     imagetest,
     jobs,
+    migration_work,
     provisioning,
     rescue,
     snapshots,
@@ -191,6 +192,14 @@ def _resize(ctx: Context, c: Claimed, jc: JobControl) -> None:
     vps_extra.resize(ctx, _vps(c), plan, job=c.uuid)
 
 
+def _migrate(ctx: Context, c: Claimed, jc: JobControl) -> None:
+    to = c.params.get("to")
+    if not isinstance(to, str):
+        raise NotFound(f"job {c.uuid[:8]} names no target host")
+    live = bool(c.params.get("live"))
+    migration_work.run(ctx, _vps(c), to, live, checkpoint=jc.checkpoint, progress=jc.progress)
+
+
 def _simple(action: Callable[[Context, str], object]) -> Handler:
     return lambda ctx, c, jc: action(ctx, _vps(c))
 
@@ -216,6 +225,7 @@ HANDLERS: dict[str, Handler] = {
     "snapshot_revert": _snapshot_job(snapshots.run_revert),
     "snapshot_delete": _snapshot_job(snapshots.run_delete),
     "resize": _resize,
+    "migrate": _migrate,
 }
 
 

@@ -115,6 +115,8 @@ WALK: list[tuple[Args, str | None]] = [
     (["host", "remove", "node2"], "host.remove"),
     (create_args(hostname="web1"), "vps.create"),
     (create_args(plan="nope", hostname="web9"), "vps.create"),
+    (["vps", "migrate", "web1", "--to", "nope"], "vps.migrate"),  # refused: no such host
+    (["host", "evacuate", "nope"], "host.evacuate"),  # refused: no such host
     (["vps", "list"], None),
     (["vps", "show", "web1"], None),
     (["vps", "xml", "web1"], None),
