@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import selectinload
 
 from kvmvps import xmlrender
-from kvmvps.errors import Conflict, HypervisorError, HypervisorUnavailable
+from kvmvps.errors import Conflict, HypervisorError, HypervisorNotFound, HypervisorUnavailable
 from kvmvps.hypervisor import Hypervisor
 from kvmvps.models import Host, IpLease, Job, JobState, Lock, Network, Vps, VpsState
 from kvmvps.services import Context, audit, forwards, guard, isolation
@@ -266,7 +266,10 @@ def _orphan_domains(
 ) -> None:
     """Unknown kvmvps-* domains, except those another installation made (its own pool)."""
     for name in sorted(names):
-        meta = hv.domain_metadata(name, KVMVPS_XMLNS)
+        try:
+            meta = hv.domain_metadata(name, KVMVPS_XMLNS)
+        except HypervisorNotFound:
+            continue  # removed since it was listed (by whoever made it): no orphan
         if meta is not None and meta.get("installation", installation) != installation:
             continue
         report.orphan_domains.append({"host": host.name, "domain": name})

@@ -114,11 +114,22 @@ def pair(real_ctx: Context, tiny_image: str) -> Iterator[Pair]:
         shutil.rmtree(state, ignore_errors=True)
 
 
+def ebtables_nat() -> str:
+    """``ebtables -t nat -L``, asked again while libvirt changes the ruleset (exit 4: busy)."""
+    for _ in range(50):
+        listed = subprocess.run(["ebtables", "-t", "nat", "-L"], capture_output=True, text=True)
+        if listed.returncode != 4:
+            break
+        time.sleep(0.1)
+    assert listed.returncode == 0, listed.stderr
+    return listed.stdout
+
+
 def test_root_in_one_guest_cannot_take_over_its_neighbour(pair: Pair) -> None:
     ctx, victim = pair.ctx, pair.victim
     vip, vmac = victim["ip"], victim["mac"]
     tap = interface(ctx, pair.mallory["domain"]).find("target").get("dev")
-    rules = subprocess.run(["ebtables", "-t", "nat", "-L"], capture_output=True, text=True).stdout
+    rules = ebtables_nat()
     assert f"-i {tap} -j libvirt-I-{tap}" in rules, rules  # the filter is in the kernel
     assert host_ping(vip)
     assert vmac in host_neighbour(vip)
@@ -362,5 +373,5 @@ def test_ipv6_reaches_the_guest_from_outside_and_cannot_be_spoofed(
         res = _ssh_v6(ctx, ns, "victim", tmp_path)
         assert res.returncode == 0 and res.stdout.strip() == "victim", res.stderr
     # no router advertisements from a guest (ebtables names or numbers the type)
-    rules = sh("ebtables", "-t", "nat", "-L").stdout
+    rules = ebtables_nat()
     assert "router-advertisement" in rules or "icmp-type 134" in rules, rules

@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import threading
 
+from sqlalchemy import select
+
 from kvmvps import xmlrender
 from kvmvps.hypervisor import DhcpEntry
+from kvmvps.models import Host
 from kvmvps.services import Context, reconcile
 from kvmvps.xmlspec import DhcpHost, RawVolumeSpec
 from tests.badinput import create_args, run_cli
@@ -114,3 +117,17 @@ def test_another_installations_domain_is_not_an_orphan(td_ctx: Context) -> None:
         assert hv.domain_exists("kvmvps-their000000")
     finally:
         hv.undefine("kvmvps-their000000")
+
+
+def test_a_domain_removed_between_listing_and_reading_is_no_orphan_and_no_error(
+    td_ctx: Context,
+) -> None:
+    """Another installation on the same libvirtd may remove its domain mid-pass."""
+    with td_ctx.db.reading() as s:
+        host = s.scalars(select(Host)).one()
+    hv = td_ctx.hypervisor(host.uri)
+    report = reconcile.Report(fixed=True)
+    gone = "kvmvps-0123456789ab"
+    assert not hv.domain_exists(gone)
+    reconcile._orphan_domains(hv, host, {gone}, True, report, td_ctx.settings.storage_pool)
+    assert report.orphan_domains == [] and report.errors == []
