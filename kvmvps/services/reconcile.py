@@ -27,7 +27,7 @@ from kvmvps import xmlrender
 from kvmvps.errors import Conflict, HypervisorError, HypervisorUnavailable
 from kvmvps.hypervisor import Hypervisor
 from kvmvps.models import Host, IpLease, Job, JobState, Lock, Network, Vps, VpsState
-from kvmvps.services import Context, audit, forwards, guard, isolation
+from kvmvps.services import Context, audit, forwards, guard, isolation, provisioning
 from kvmvps.services.facts import DOMAIN_PREFIX, RESCUE_SUFFIX, VpsFacts, facts_of
 from kvmvps.services.jobs import now
 from kvmvps.services.vps import _FROM_LIBVIRT as FROM_LIBVIRT
@@ -51,6 +51,7 @@ class Report:
     orphan_volumes: list[dict[str, str]] = field(default_factory=list)
     orphan_dhcp: list[dict[str, str]] = field(default_factory=list)
     forwarding: list[dict[str, str]] = field(default_factory=list)
+    rolled_back: list[dict[str, str]] = field(default_factory=list)
     isolation: list[dict[str, str]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -192,6 +193,7 @@ def _host_pass(ctx: Context, host: Host, seen: Seen, fix: bool, report: Report) 
     busy = seen.busy
     hv = ctx.hypervisor(host)
     domains = hv.list_domains(prefix=DOMAIN_PREFIX)
+    _finish_rollbacks(ctx, host, busy, report)
     with ctx.db.session() as s:
         query = select(Vps).where(Vps.host_id == host.id).options(*FACTS_LOADED)
         rows = list(s.scalars(query))
@@ -209,6 +211,23 @@ def _host_pass(ctx: Context, host: Host, seen: Seen, fix: bool, report: Report) 
     _orphan_volumes(ctx, hv, host, known, fix, report)
     _orphan_dhcp(hv, host, seen, fix, report)
     report.forwarding += forwards.sync(ctx, host)
+
+
+def _finish_rollbacks(ctx: Context, host: Host, busy: set[str], report: Report) -> None:
+    """Roll back the failed builds that waited for this host to answer again.
+
+    Done on every pass, like the forwarding rules: until then the VPS holds
+    its address and CPUs.
+    """
+    with ctx.db.reading() as s:
+        query = select(Vps.uuid, Vps.hostname).where(Vps.host_id == host.id, Vps.rollback_pending)
+        waiting = [(uuid, name) for uuid, name in s.execute(query) if uuid not in busy]
+    for uuid, hostname in waiting:
+        if provisioning.finish_rollback(ctx, uuid):
+            report.rolled_back.append({"vps": uuid, "hostname": hostname, "host": host.name})
+            log.warning("rolled back the failed build of %s on %s", hostname, host.name)
+        else:
+            report.errors.append(f"{hostname}: its rollback waits for host {host.name}")
 
 
 def _hold(hv: Hypervisor, vps: Vps, actual: str | None, report: Report) -> str | None:
@@ -308,6 +327,7 @@ DRIFT_KINDS = (
     "orphan_volumes",
     "orphan_dhcp",
     "forwarding",
+    "rolled_back",
     "isolation",
     "errors",
 )

@@ -137,8 +137,9 @@ class VpsView(TypedDict):
 
 
 def shown_state(vps: Vps) -> str:
-    """The VPS's state; ``unknown`` for a settled VPS while its host does not answer."""
+    """The VPS's state; ``unknown`` for a built or building VPS while its host does not answer."""
     if vps.host.down_since is not None and vps.state in (
+        VpsState.BUILDING,
         VpsState.RUNNING,
         VpsState.STOPPED,
         VpsState.SUSPENDED,
