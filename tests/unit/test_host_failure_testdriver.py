@@ -21,7 +21,17 @@ from kvmvps.config import load_settings
 from kvmvps.errors import InvalidInput, StepFailed
 from kvmvps.hypervisor import Hypervisor
 from kvmvps.models import Host, IpLease, Job, JobState, Vps, VpsState
-from kvmvps.services import Context, jobs, orders, provisioning, reconcile, runner, steps, vps
+from kvmvps.services import (
+    Context,
+    failures,
+    jobs,
+    orders,
+    provisioning,
+    reconcile,
+    runner,
+    steps,
+    vps,
+)
 from kvmvps.services.provisioning import OrderRequest
 from tests.badinput import run_cli
 from tests.snapshots import snapshot
@@ -234,3 +244,16 @@ def test_an_order_pinned_to_a_host_that_is_down_changes_nothing(
     assert snapshot(td_ctx) == before
     with td_ctx.db.session() as s:
         assert s.scalar(select(func.count()).select_from(Vps)) == vpses
+
+
+def test_customers_read_that_the_host_is_away_not_that_all_was_undone() -> None:
+    waiting = (
+        "building web1 failed at step 'start': libvirt is unavailable; its host does not "
+        "answer: it is rolled back when the host answers again"
+    )
+    said = failures.plain(waiting, "create")
+    assert said is not None and "Nothing was left half-made" not in said
+    assert said.startswith("The server did not start.") and "cleaned up" in said
+    power = failures.plain("host hv2 did not answer for 300 s: libvirt is unavailable", "reboot")
+    assert power == f"The server did not reboot. {failures.HOST_DID_NOT_ANSWER}"
+    assert "hv2" not in power and "libvirt" not in power
