@@ -326,8 +326,14 @@ def _add_dhcp(b: Build) -> None:
 
 
 def _dhcp_ready(b: Build) -> None:
+    """Wait for the entry :func:`_add_dhcp` is writing; a retry of this step writes it here."""
     if b.dhcp is not None:
-        b.dhcp.result()
+        pending, b.dhcp = b.dhcp, None
+        pending.result()
+        return
+    host = b.facts.dhcp_host
+    if host is not None:  # the first try failed (its host went away): write it now
+        b.hv.add_dhcp_host(b.facts.network_libvirt, _entry(host), xmlrender.dhcp_host_xml(host))
 
 
 def _remove_dhcp(b: Build) -> None:

@@ -172,6 +172,7 @@ class Seen:
     """What a pass reads once for all hosts."""
 
     busy: set[str]  # VPSes with an unfinished job: left alone
+    domains: set[str]  # every VPS's domain name, on any host
     nat_networks: list[str]  # libvirt names
     leases: set[tuple[str, str]]  # (network's libvirt name, MAC) held by a VPS
 
@@ -180,13 +181,14 @@ def _seen(ctx: Context) -> Seen:
     with ctx.db.reading() as s:
         unfinished = select(Job.vps_uuid).where(Job.state.in_(JobState.UNFINISHED))
         busy = {uuid for uuid in s.scalars(unfinished) if uuid}
+        domains = set(s.scalars(select(Vps.domain_name)))
         nets = list(s.scalars(select(Network.libvirt_name).where(Network.kind == "nat")))
         held = s.execute(
             select(Network.libvirt_name, IpLease.mac)
             .join(IpLease, IpLease.network_id == Network.id)
             .where(IpLease.vps_id.is_not(None))
         )
-        return Seen(busy, nets, {(name, mac) for name, mac in held if mac})
+        return Seen(busy, domains, nets, {(name, mac) for name, mac in held if mac})
 
 
 def _host_pass(ctx: Context, host: Host, seen: Seen, fix: bool, report: Report) -> None:
@@ -208,7 +210,7 @@ def _host_pass(ctx: Context, host: Host, seen: Seen, fix: bool, report: Report) 
     for facts in settled:
         _check_isolation(ctx, hv, facts, report)
     _orphan_domains(hv, host, set(domains) - known, fix, report, ctx.settings.storage_pool)
-    _orphan_volumes(ctx, hv, host, known, fix, report)
+    _orphan_volumes(ctx, hv, host, seen.domains, fix, report)
     _orphan_dhcp(hv, host, seen, fix, report)
     report.forwarding += forwards.sync(ctx, host)
 
@@ -292,6 +294,7 @@ def _orphan_domains(
 def _orphan_volumes(
     ctx: Context, hv: Hypervisor, host: Host, known: set[str], fix: bool, report: Report
 ) -> None:
+    """Volumes of no VPS on any host: hosts may share the pool's directory (NFS, one machine)."""
     pool = ctx.settings.storage_pool
     for volume in hv.list_volumes(pool):
         if not volume.startswith(DOMAIN_PREFIX):

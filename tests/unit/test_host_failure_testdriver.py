@@ -93,16 +93,19 @@ def _host_goes_away_after(
     monkeypatch.setattr(provisioning, "STEPS", tuple(wrap(s) for s in provisioning.STEPS))
 
 
+@pytest.mark.parametrize("after", ["define", "start"])  # "start": the DHCP entry is retried
 def test_a_build_waits_for_its_host_and_goes_on_when_it_answers(
-    td_ctx: Context, outage: Outage, monkeypatch: pytest.MonkeyPatch
+    td_ctx: Context, outage: Outage, monkeypatch: pytest.MonkeyPatch, after: str
 ) -> None:
-    _host_goes_away_after(monkeypatch, "define", outage, 0.8)  # shorter than KVMVPS_HOST_WAIT
+    _host_goes_away_after(monkeypatch, after, outage, 0.8)  # shorter than KVMVPS_HOST_WAIT
     started = time.monotonic()
     uuid = orders.create(td_ctx, ORDER).uuid
     assert time.monotonic() - started >= 0.8  # it waited, and did not fail
     shown = vps.show(td_ctx, uuid)
     assert shown["state"] == "running" and shown["error"] is None
-    assert leftovers(td_ctx)["domains"] == [shown["domain"]]
+    found = leftovers(td_ctx)
+    assert found["domains"] == [shown["domain"]] and found["IpLease"] == 1
+    assert [(e.mac, e.ip) for e in found["dhcp"]] == [(shown["mac"], shown["ip"])]
     with td_ctx.db.session() as s:
         assert s.scalar(select(Vps.rollback_pending)) is False
 
