@@ -30,7 +30,7 @@ from sqlalchemy.engine import make_url
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fair_queue import worker_env
-from provision import BENCH_NAME, BENCH_ROOT, BENCH_SUBNET, _lock, _remove_leftovers, machine
+from provision import BENCH_ROOT, _remove_installation, machine
 from provision import teardown as remove_installation
 
 from kvmvps.config import load_settings
@@ -40,7 +40,11 @@ from kvmvps.services.provisioning import OrderRequest
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "second-host.sh"
 HOST_B = "bench2"
-HOSTS_DIR = BENCH_ROOT / "hosts"  # not under /tmp: sshd refuses keys there
+# a directory, pool, network and subnet of its own, away from BENCH_ROOT: the benchmarks
+# that share it remove any domain under it when they start, and this one runs beside them
+ROOT_DIR = Path(f"{BENCH_ROOT}-hosts")
+HOSTS_DIR = ROOT_DIR / "hosts"  # not under /tmp: sshd refuses keys there
+NAME, SUBNET = "kvmvpshb", "10.237.0.0/24"
 
 
 def _second_host(action: str) -> dict[str, str]:
@@ -74,21 +78,20 @@ def _drop_database(base_url: str, name: str) -> None:
 
 
 def _installation(database_url: str) -> Context:
-    """Like provision.installation(), on PostgreSQL."""
-    BENCH_ROOT.mkdir(parents=True, exist_ok=True)
-    os.chmod(BENCH_ROOT, 0o755)  # noqa: S103 - world-readable on purpose: QEMU (libvirt-qemu) reads it
-    _lock()
-    _remove_leftovers("qemu:///system")
-    state = BENCH_ROOT / f"run-hosts-{os.getpid()}"
+    """Like provision.installation(), on PostgreSQL, with its own names."""
+    ROOT_DIR.mkdir(parents=True, exist_ok=True)
+    os.chmod(ROOT_DIR, 0o755)  # noqa: S103 - world-readable on purpose: QEMU (libvirt-qemu) reads it
+    _remove_installation("qemu:///system", f"{ROOT_DIR}/run-", NAME, NAME)  # a killed run
+    state = ROOT_DIR / f"run-{os.getpid()}"
     state.mkdir(mode=0o755)
     os.chmod(state, 0o755)  # noqa: S103 - as above
     env = {
         "KVMVPS_STATE_DIR": str(state),
         "KVMVPS_DATABASE_URL": database_url,
-        "KVMVPS_STORAGE_POOL": BENCH_NAME,
-        "KVMVPS_NETWORK": BENCH_NAME,
-        "KVMVPS_NETWORK_BRIDGE": f"{BENCH_NAME}0",
-        "KVMVPS_NETWORK_SUBNET": BENCH_SUBNET,
+        "KVMVPS_STORAGE_POOL": NAME,
+        "KVMVPS_NETWORK": NAME,
+        "KVMVPS_NETWORK_BRIDGE": f"{NAME}0",
+        "KVMVPS_NETWORK_SUBNET": SUBNET,
         "KVMVPS_HOST_MEMORY_RESERVE_MIB": "0",
         "KVMVPS_IMAGE_TEST_INTERVAL": "0",
         "KVMVPS_CACHE_DIR": os.environ.get("KVMVPS_CACHE_DIR", "/var/cache/kvmvps-tests"),
