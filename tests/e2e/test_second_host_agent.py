@@ -87,7 +87,7 @@ def site(real_ctx: Context, tiny_image: str, second_host: dict[str, str]) -> Ite
     agent_env = {
         **env,
         "KVMVPS_DATABASE_URL": agent_url,
-        "KVMVPS_RECONCILE_INTERVAL": "2",
+        "KVMVPS_RECONCILE_INTERVAL": "4",
         "KVMVPS_HOST_WAIT": "8",  # a job waits this long for its host when it stops answering
     }
     try:
