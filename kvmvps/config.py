@@ -50,6 +50,8 @@ class Settings:
     cache_dir: str = ""
     build_limit: int = 10
     build_timeout: float = 900.0
+    # how long a job waits for a host that stops answering before it fails (0: not at all)
+    host_wait: float = 300.0
     job_lease_seconds: float = 30.0
     worker_heartbeat_seconds: float = 5.0
     worker_poll_seconds: float = 0.5
@@ -260,6 +262,8 @@ def _check_queue(s: Settings) -> None:
             "KVMVPS_METRICS_INTERVAL must be 0 (off) or from 5 to 3600 seconds, "
             f"not {s.metrics_interval:g}"
         )
+    if not 0 <= s.host_wait <= 3600:
+        raise InvalidInput(f"KVMVPS_HOST_WAIT must be from 0 to 3600 seconds, not {s.host_wait:g}")
     if s.metrics_token and len(s.metrics_token) < 16:
         raise InvalidInput("KVMVPS_METRICS_TOKEN must be at least 16 characters long")
     if not 0 < s.customer_shutdown_timeout_max <= 3600:

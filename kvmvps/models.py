@@ -325,6 +325,9 @@ class Vps(Base):
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     pending_password: Mapped[str | None] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)
+    # a failed build whose host stopped answering: it keeps its address and CPUs until
+    # reconcile, once the host answers again, has undone what the build made there
+    rollback_pending: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
     # an operator's suspension: while the reason is set, the customer can change nothing
     suspended_reason: Mapped[str | None] = mapped_column(String(500))
     suspended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

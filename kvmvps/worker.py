@@ -129,6 +129,7 @@ class Worker:
         self.recover_expired()
         self._maybe_reconcile()
         self._maybe_sample()
+        self._heartbeat()  # a pass over a slow remote host must not make the worker look dead
         started = 0
         while self.pool.free() > 0 and (limit is None or started < limit):
             if self.stopping.is_set():

@@ -73,8 +73,12 @@ def openssh(
     *,
     password: str | None = None,
     identity: Path | None = None,
+    netns: str | None = None,
 ) -> subprocess.CompletedProcess:
-    """Run ``command`` with the stock OpenSSH client (and sshpass for a password)."""
+    """Run ``command`` with the stock OpenSSH client (and sshpass for a password).
+
+    ``netns``: from that network namespace (a customer's machine elsewhere).
+    """
     kh = known_hosts(tmp, ip, port, host_key)
     opts = [
         "-o",
@@ -97,7 +101,9 @@ def openssh(
     if password is not None:
         assert shutil.which("sshpass"), "sshpass is needed (apt-get install sshpass)"
         argv = ["sshpass", "-e", *argv]
-        env = {"SSHPASS": password, "PATH": "/usr/bin:/bin"}
+        env = {"SSHPASS": password, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    if netns is not None:
+        argv = ["ip", "netns", "exec", netns, *argv]
     return subprocess.run(
         argv, capture_output=True, text=True, env=env, timeout=60, stdin=subprocess.DEVNULL
     )

@@ -126,11 +126,15 @@ def reconcile_cmd(obj: Obj, fix: bool, as_json: bool) -> None:
         click.echo(f"{verb:9} volume {item['volume']} in pool {item['pool']} on {item['host']}")
     for item in report.orphan_dhcp:
         click.echo(f"{verb:9} DHCP entry {item['mac']} {item['ip']} in {item['network']}")
+    for item in report.rolled_back:
+        click.echo(f"rollback  {item['hostname']}: its failed build undone on {item['host']}")
     for item in report.forwarding:
         click.echo(f"network   {item['host']}: {item['action']}")
     for error in report.errors:
         click.echo(f"error     {error}")
-    if report.clean and not report.drift and not report.held and not report.forwarding:
+    if report.clean and not (
+        report.drift or report.held or report.forwarding or report.rolled_back
+    ):
         click.echo(f"in sync: {', '.join(report.hosts)}")
 
 

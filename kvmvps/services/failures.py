@@ -46,6 +46,11 @@ ROLLED_BACK = (
     "Nothing was left half-made; please try again, and contact support if it happens again."
 )
 FOLLOW_UP = "Please try again, and contact support if it happens again."
+HOST_AWAY = (
+    "Its host is not answering at the moment; what was made there is cleaned up "
+    "as soon as it is back. Please try again later."
+)
+HOST_DID_NOT_ANSWER = "Its host did not answer, so nothing was changed. Please try again later."
 
 
 def plain(error: str | None, kind: str | None = None) -> str | None:
@@ -61,6 +66,10 @@ def plain(error: str | None, kind: str | None = None) -> str | None:
         sentence = "the build was interrupted too often"
     else:
         sentence = KIND_SENTENCES.get(kind or "", GENERIC)
+    if "rolled back when the host answers again" in error:
+        return f"{sentence[0].upper()}{sentence[1:]}. {HOST_AWAY}"
+    if re.match(r"host \S+ did not answer for ", error):
+        return f"{sentence[0].upper()}{sentence[1:]}. {HOST_DID_NOT_ANSWER}"
     rolled_back = "rolled back" in error
     return f"{sentence[0].upper()}{sentence[1:]}. {ROLLED_BACK if rolled_back else FOLLOW_UP}"
 

@@ -21,7 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from kvmvps import cpupin, guest, interrupt, ipam, logs, validation, xmlrender
+from kvmvps import cpupin, guest, ipam, logs, validation, xmlrender
 from kvmvps.errors import (
     Conflict,
     HypervisorError,
@@ -40,6 +40,7 @@ from kvmvps.services import (
     backup_work,
     credentials,
     forwards,
+    hostwait,
     inventory,
     isolation,
     jobs,
@@ -325,8 +326,14 @@ def _add_dhcp(b: Build) -> None:
 
 
 def _dhcp_ready(b: Build) -> None:
+    """Wait for the entry :func:`_add_dhcp` is writing; a retry of this step writes it here."""
     if b.dhcp is not None:
-        b.dhcp.result()
+        pending, b.dhcp = b.dhcp, None
+        pending.result()
+        return
+    host = b.facts.dhcp_host
+    if host is not None:  # the first try failed (its host went away): write it now
+        b.hv.add_dhcp_host(b.facts.network_libvirt, _entry(host), xmlrender.dhcp_host_xml(host))
 
 
 def _remove_dhcp(b: Build) -> None:
@@ -391,9 +398,6 @@ STEPS: tuple[Step, ...] = (
 
 
 # -- running the steps -------------------------------------------------------
-UNAVAILABLE_RETRIES = (1.0, 2.0, 4.0)
-
-
 def build(
     ctx: Context,
     uuid: str,
@@ -411,7 +415,10 @@ def build(
     """
     b = _load(ctx, uuid, deadline)
     b.backup = backup
-    _set_state(ctx, b.facts.vps_id, VpsState.BUILDING)
+    with ctx.db.session() as s:
+        vps = s.get(Vps, b.facts.vps_id)
+        if vps is not None:  # a reinstall of a VPS whose last build waits for its rollback
+            vps.state, vps.error, vps.rollback_pending = VpsState.BUILDING, None, False
     try:
         return _run_steps(b, progress, checkpoint, deadline)
     finally:
@@ -476,27 +483,61 @@ def _load(ctx: Context, uuid: str, deadline: float | None) -> Build:
 
 
 def _do_with_retries(step: Step, b: Build) -> None:
-    """Run a step; while libvirt is unreachable, retry with backoff, then give up."""
-    for pause in (*UNAVAILABLE_RETRIES, None):
+    """Run a step; while its host does not answer, wait for it (KVMVPS_HOST_WAIT), then give up.
+
+    Every step is idempotent, so a step cut off by its host going away simply
+    runs again once the host answers.
+    """
+    until = hostwait.limit(b.ctx, b.job_deadline)
+    while True:
         try:
             step.do(b)
             return
         except HypervisorUnavailable as exc:
-            if pause is None:
+            log.warning("step %s of %s: %s", step.name, b.facts.domain, exc)
+            if not hostwait.wait_for(b.hv, until):
                 raise
-            log.warning(
-                "step %s of %s: %s; retrying in %.0f s", step.name, b.facts.domain, exc, pause
-            )
-            interrupt.sleep(pause)
 
 
 def _fail(b: Build, steps: list[Step], step_name: str, exc: Exception) -> NoReturn:
-    leftovers = _roll_back(b, steps)
+    """Roll back ``steps`` and mark the VPS failed; while its host is away, defer the rollback.
+
+    A host that does not answer cannot undo anything; releasing the address
+    and CPUs meanwhile would hand them to another VPS while the half-made
+    guest may still run there. So the VPS keeps them, is marked failed with
+    ``rollback_pending``, and reconcile rolls it back once the host answers.
+    """
+    b.close_console()
     message = _failure_message(b.facts, step_name, exc)
+    gone = isinstance(exc, HypervisorUnavailable)  # it was waited for already
+    until = time.monotonic() if gone else hostwait.limit(b.ctx, b.job_deadline)
+    if not hostwait.wait_for(b.hv, until):
+        _defer_rollback(b, message, exc)
+    leftovers, unreachable = _undo(b, steps)
+    if unreachable:
+        _defer_rollback(b, message, exc)
     if leftovers:
         message += f" (cleanup left: {'; '.join(leftovers)})"
     _mark_failed(b.ctx, b.facts.vps_id, message)
     raise StepFailed(message) from exc
+
+
+DEFERRED = "; its host does not answer: it is rolled back when the host answers again"
+
+
+def _defer_rollback(b: Build, message: str, exc: Exception) -> NoReturn:
+    message = message.removesuffix("; rolled back") + DEFERRED
+    _mark_waiting(b.ctx, b.facts.vps_id, message)
+    raise StepFailed(message) from exc
+
+
+def _mark_waiting(ctx: Context, vps_id: int, message: str) -> None:
+    """Failed, its allocations kept, its rollback left to reconcile (see :func:`_fail`)."""
+    with ctx.db.session() as s:
+        vps = s.get(Vps, vps_id)
+        if vps is not None:
+            vps.state, vps.error = VpsState.ERROR, message
+            vps.rollback_pending, vps.pending_password = True, None
 
 
 def _failure_message(facts: VpsFacts, step: str, exc: Exception) -> str:
@@ -506,14 +547,20 @@ def _failure_message(facts: VpsFacts, step: str, exc: Exception) -> str:
 
 def _roll_back(b: Build, steps: list[Step]) -> list[str]:
     """Undo ``steps`` in reverse; return what could not be undone."""
-    leftovers = []
+    return _undo(b, steps)[0]
+
+
+def _undo(b: Build, steps: list[Step]) -> tuple[list[str], bool]:
+    """Undo ``steps`` in reverse: what could not be undone, and whether the host was away."""
+    leftovers, unreachable = [], False
     for step in reversed(steps):
         try:
             step.undo(b)
         except Exception as exc:  # noqa: BLE001 - keep undoing the rest
             log.error("undoing step %s of %s failed: %s", step.name, b.facts.domain, exc)
             leftovers.append(f"{step.name}: {exc}")
-    return leftovers
+            unreachable = unreachable or isinstance(exc, HypervisorUnavailable)
+    return leftovers, unreachable
 
 
 def _mark_failed(ctx: Context, vps_id: int, message: str) -> None:
@@ -525,7 +572,7 @@ def _mark_failed(ctx: Context, vps_id: int, message: str) -> None:
         cpupin.release(s, vps)
         forwards.release(s, vps)
         vps.state, vps.error = VpsState.ERROR, message
-        vps.pending_password = None
+        vps.pending_password, vps.rollback_pending = None, False
         host_id = vps.host_id
     forwards.apply_quietly(ctx, host_id)
 
@@ -608,8 +655,35 @@ def abandon(ctx: Context, uuid: str, reason: str) -> None:
         if vps is None:
             return
         facts = load_facts(s, vps.id, ctx.settings)
-    leftovers = _roll_back(Build(ctx=ctx, facts=facts), list(STEPS))
-    message = f"building {facts.hostname} failed: {reason}; rolled back"
+    leftovers, unreachable = _undo(Build(ctx=ctx, facts=facts), list(STEPS))
+    message = f"building {facts.hostname} failed: {reason}"
+    if unreachable:
+        _mark_waiting(ctx, facts.vps_id, message + DEFERRED)
+        return
+    message += "; rolled back"
     if leftovers:
         message += f" (cleanup left: {'; '.join(leftovers)})"
     _mark_failed(ctx, facts.vps_id, message)
+
+
+def finish_rollback(ctx: Context, uuid: str) -> bool:
+    """Roll back a failed build that waited for its host; True when done.
+
+    Reconcile calls this once the host answers again. False: the host went
+    away again, and the VPS keeps waiting (and holding its allocations).
+    """
+    with ctx.db.session() as s:
+        vps = s.scalar(select(Vps).where(Vps.uuid == uuid, Vps.rollback_pending))
+        if vps is None:
+            return True
+        facts = load_facts(s, vps.id, ctx.settings)
+        reason = (vps.error or "").removesuffix(DEFERRED)
+    b = Build(ctx=ctx, facts=facts)
+    leftovers, unreachable = _undo(b, list(STEPS))
+    if unreachable:
+        return False
+    message = f"{reason}; rolled back once its host answered again"
+    if leftovers:
+        message += f" (cleanup left: {'; '.join(leftovers)})"
+    _mark_failed(ctx, facts.vps_id, message)
+    return True

@@ -27,7 +27,7 @@ from kvmvps import xmlrender
 from kvmvps.errors import Conflict, HypervisorError, HypervisorNotFound, HypervisorUnavailable
 from kvmvps.hypervisor import Hypervisor
 from kvmvps.models import Host, IpLease, Job, JobState, Lock, Network, Vps, VpsState
-from kvmvps.services import Context, audit, forwards, guard, isolation
+from kvmvps.services import Context, audit, forwards, guard, isolation, provisioning
 from kvmvps.services.facts import DOMAIN_PREFIX, RESCUE_SUFFIX, VpsFacts, facts_of
 from kvmvps.services.jobs import now
 from kvmvps.services.vps import _FROM_LIBVIRT as FROM_LIBVIRT
@@ -51,6 +51,7 @@ class Report:
     orphan_volumes: list[dict[str, str]] = field(default_factory=list)
     orphan_dhcp: list[dict[str, str]] = field(default_factory=list)
     forwarding: list[dict[str, str]] = field(default_factory=list)
+    rolled_back: list[dict[str, str]] = field(default_factory=list)
     isolation: list[dict[str, str]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -171,6 +172,7 @@ class Seen:
     """What a pass reads once for all hosts."""
 
     busy: set[str]  # VPSes with an unfinished job: left alone
+    domains: set[str]  # every VPS's domain name, on any host
     nat_networks: list[str]  # libvirt names
     leases: set[tuple[str, str]]  # (network's libvirt name, MAC) held by a VPS
 
@@ -179,19 +181,21 @@ def _seen(ctx: Context) -> Seen:
     with ctx.db.reading() as s:
         unfinished = select(Job.vps_uuid).where(Job.state.in_(JobState.UNFINISHED))
         busy = {uuid for uuid in s.scalars(unfinished) if uuid}
+        domains = set(s.scalars(select(Vps.domain_name)))
         nets = list(s.scalars(select(Network.libvirt_name).where(Network.kind == "nat")))
         held = s.execute(
             select(Network.libvirt_name, IpLease.mac)
             .join(IpLease, IpLease.network_id == Network.id)
             .where(IpLease.vps_id.is_not(None))
         )
-        return Seen(busy, nets, {(name, mac) for name, mac in held if mac})
+        return Seen(busy, domains, nets, {(name, mac) for name, mac in held if mac})
 
 
 def _host_pass(ctx: Context, host: Host, seen: Seen, fix: bool, report: Report) -> None:
     busy = seen.busy
     hv = ctx.hypervisor(host)
     domains = hv.list_domains(prefix=DOMAIN_PREFIX)
+    _finish_rollbacks(ctx, host, busy, report)
     with ctx.db.session() as s:
         query = select(Vps).where(Vps.host_id == host.id).options(*FACTS_LOADED)
         rows = list(s.scalars(query))
@@ -210,9 +214,27 @@ def _host_pass(ctx: Context, host: Host, seen: Seen, fix: bool, report: Report) 
     for facts in settled:
         _check_isolation(ctx, hv, facts, report)
     _orphan_domains(hv, host, set(domains) - known - moving, fix, report, ctx.settings.storage_pool)
-    _orphan_volumes(ctx, hv, host, known | moving, fix, report)
+    # any VPS's volume (those moving, those of other hosts on a shared pool) is no orphan
+    _orphan_volumes(ctx, hv, host, seen.domains, fix, report)
     _orphan_dhcp(hv, host, seen, fix, report)
     report.forwarding += forwards.sync(ctx, host)
+
+
+def _finish_rollbacks(ctx: Context, host: Host, busy: set[str], report: Report) -> None:
+    """Roll back the failed builds that waited for this host to answer again.
+
+    Done on every pass, like the forwarding rules: until then the VPS holds
+    its address and CPUs.
+    """
+    with ctx.db.reading() as s:
+        query = select(Vps.uuid, Vps.hostname).where(Vps.host_id == host.id, Vps.rollback_pending)
+        waiting = [(uuid, name) for uuid, name in s.execute(query) if uuid not in busy]
+    for uuid, hostname in waiting:
+        if provisioning.finish_rollback(ctx, uuid):
+            report.rolled_back.append({"vps": uuid, "hostname": hostname, "host": host.name})
+            log.warning("rolled back the failed build of %s on %s", hostname, host.name)
+        else:
+            report.errors.append(f"{hostname}: its rollback waits for host {host.name}")
 
 
 def _hold(hv: Hypervisor, vps: Vps, actual: str | None, report: Report) -> str | None:
@@ -280,6 +302,7 @@ def _orphan_domains(
 def _orphan_volumes(
     ctx: Context, hv: Hypervisor, host: Host, known: set[str], fix: bool, report: Report
 ) -> None:
+    """Volumes of no VPS on any host: hosts may share the pool's directory (NFS, one machine)."""
     pool = ctx.settings.storage_pool
     for volume in hv.list_volumes(pool):
         if not volume.startswith(DOMAIN_PREFIX):
@@ -315,6 +338,7 @@ DRIFT_KINDS = (
     "orphan_volumes",
     "orphan_dhcp",
     "forwarding",
+    "rolled_back",
     "isolation",
     "errors",
 )

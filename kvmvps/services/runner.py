@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 
 from kvmvps import interrupt, logs
-from kvmvps.errors import KvmvpsError, NotFound
+from kvmvps.errors import HypervisorUnavailable, KvmvpsError, NotFound
 from kvmvps.interrupt import Interrupted
 from kvmvps.models import Host, Job, JobState, Vps, VpsState
 from kvmvps.services import (
@@ -24,6 +24,7 @@ from kvmvps.services import (
     backups,
     credentials,
     forwards,
+    hostwait,
     imagetest,
     jobs,
     migration_work,
@@ -229,6 +230,33 @@ HANDLERS: dict[str, Handler] = {
 }
 
 
+# jobs that are simply run again once their host answers (a build waits step by step)
+WAITS_FOR_HOST = frozenset(
+    ("start", "destroy", "reboot", "shutdown", "suspend", "resume", "edge", "unrescue")
+)
+
+
+def _handle(ctx: Context, claimed: Claimed, jc: JobControl) -> None:
+    """Run the job's handler; while its host does not answer, wait (KVMVPS_HOST_WAIT)."""
+    handler = HANDLERS[claimed.kind]
+    if claimed.kind not in WAITS_FOR_HOST or claimed.host_id is None:
+        handler(ctx, claimed, jc)
+        return
+    until = hostwait.limit(ctx, jc.deadline)
+    while True:
+        try:
+            handler(ctx, claimed, jc)
+            return
+        except HypervisorUnavailable as exc:
+            with ctx.db.reading() as s:
+                host = s.get(Host, claimed.host_id)
+                name, uri = (host.name, host.uri) if host is not None else ("?", "")
+            if not uri or not hostwait.wait_for(ctx.hypervisor(uri), until):
+                raise HypervisorUnavailable(
+                    f"host {name} did not answer for {ctx.settings.host_wait:g} s: {exc}"
+                ) from None
+
+
 def _keep_lease(ctx: Context, jc: JobControl, done: threading.Event) -> None:
     interval = max(0.5, ctx.settings.job_lease_seconds / 3)
     while not done.wait(interval):
@@ -290,7 +318,7 @@ def _run_handler(
     error: str | None = None
     try:
         with interrupt.stoppable(jc.should_stop):
-            HANDLERS[claimed.kind](ctx, claimed, jc)
+            _handle(ctx, claimed, jc)
     except Interrupted:
         if not jc.lost.is_set():
             jobs.release(ctx, claimed.id, worker)

@@ -149,12 +149,12 @@ class VpsView(TypedDict):
 
 
 # states a host that does not answer makes ``unknown``
-SETTLED = (VpsState.RUNNING, VpsState.STOPPED, VpsState.SUSPENDED)
+SHOWN_UNKNOWN = (VpsState.BUILDING, VpsState.RUNNING, VpsState.STOPPED, VpsState.SUSPENDED)
 
 
 def shown_state(vps: Vps) -> str:
-    """The VPS's state; ``unknown`` for a settled VPS while its host does not answer."""
-    if vps.host.down_since is not None and vps.state in SETTLED:
+    """The VPS's state; ``unknown`` for a built or building VPS while its host does not answer."""
+    if vps.host.down_since is not None and vps.state in SHOWN_UNKNOWN:
         return VpsState.UNKNOWN
     return vps.state
 
@@ -316,7 +316,7 @@ def _row_view(
 ) -> VpsView:
     """:func:`view` of a row of ``_LIST_COLUMNS`` (tests check that both agree)."""
     state = row.state
-    if row.down_since is not None and state in SETTLED:
+    if row.down_since is not None and state in SHOWN_UNKNOWN:
         state = VpsState.UNKNOWN
     ssh_host, ssh_port = ssh if ssh is not None and row.ip else (row.ip, 22 if row.ip else None)
     return {

@@ -30,9 +30,30 @@ def stall_after(name: str, marker: Path) -> None:
     provisioning.STEPS = tuple(wrap(s) for s in provisioning.STEPS)
 
 
+def hold_after(name: str, marker: Path) -> None:
+    """After step ``name`` did its work, write ``marker`` and wait until the test removes it."""
+
+    def wrap(step: steps.Step) -> steps.Step:
+        if step.name != name:
+            return step
+
+        def do(b: steps.Build) -> None:
+            step.do(b)
+            marker.write_text(b.facts.uuid)
+            while marker.exists():
+                time.sleep(0.1)
+
+        return dataclasses.replace(step, do=do)
+
+    provisioning.STEPS = tuple(wrap(s) for s in provisioning.STEPS)
+
+
 if __name__ == "__main__":
-    stall_after(os.environ["PAUSE_AFTER"], Path(os.environ["PAUSE_MARKER"]))
+    if os.environ.get("PAUSE_UNTIL_GONE"):
+        hold_after(os.environ["PAUSE_AFTER"], Path(os.environ["PAUSE_MARKER"]))
+    else:
+        stall_after(os.environ["PAUSE_AFTER"], Path(os.environ["PAUSE_MARKER"]))
     from kvmvps.cli.main import main
 
-    sys.argv = ["kvmvps-admin", "worker"]
+    sys.argv = ["kvmvps-admin", "worker", *sys.argv[1:]]  # e.g. --host NAME
     main()
