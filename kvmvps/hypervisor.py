@@ -12,7 +12,6 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import libvirt
@@ -24,6 +23,12 @@ from kvmvps.errors import (
     HypervisorNotFound,
     HypervisorUnavailable,
 )
+from kvmvps.hvtypes import BackupProgress as BackupProgress
+from kvmvps.hvtypes import DhcpEntry as DhcpEntry
+from kvmvps.hvtypes import DomainStats as DomainStats
+from kvmvps.hvtypes import HostInfo as HostInfo
+from kvmvps.hvtypes import NicState as NicState
+from kvmvps.hvtypes import dhcp_entries, nic_states, parse_domain_stats
 
 T = TypeVar("T")
 
@@ -80,100 +85,18 @@ def translate(exc: libvirt.libvirtError, what: str) -> HypervisorError:
     return HypervisorError(f"{what}: {message}")
 
 
-@dataclass(frozen=True)
-class HostInfo:
-    cpus: int
-    memory_mib: int
-    hostname: str
-
-
-@dataclass(frozen=True)
-class DhcpEntry:
-    mac: str
-    ip: str
-    name: str
-
-
-@dataclass(frozen=True)
-class NicState:
-    """What libvirt's XML says about one guest interface's isolation."""
-
-    mac: str
-    filter: str | None
-    parameters: tuple[tuple[str, str], ...]
-    isolated: bool
-
-
-@dataclass(frozen=True)
-class DomainStats:
-    """One running domain's counters from libvirt's bulk statistics call.
-
-    ``instance`` is libvirt's domain id, new at every start: counters of a
-    different instance began again from zero. Network and disk counters are
-    summed over the domain's interfaces and disks.
-    """
-
-    name: str
-    instance: int
-    cpu_ns: int
-    memory_kib: int
-    rx_bytes: int
-    tx_bytes: int
-    rx_packets: int
-    tx_packets: int
-    read_bytes: int
-    write_bytes: int
-    read_reqs: int
-    write_reqs: int
-
-
 _STAT_GROUPS = (
     libvirt.VIR_DOMAIN_STATS_CPU_TOTAL
     | libvirt.VIR_DOMAIN_STATS_BALLOON
     | libvirt.VIR_DOMAIN_STATS_INTERFACE
     | libvirt.VIR_DOMAIN_STATS_BLOCK
 )
-_NET_KEYS = {"rx.bytes": "rx_bytes", "tx.bytes": "tx_bytes", "rx.pkts": "rx_packets"}
-_NET_KEYS["tx.pkts"] = "tx_packets"
-_BLOCK_KEYS = {"rd.bytes": "read_bytes", "wr.bytes": "write_bytes", "rd.reqs": "read_reqs"}
-_BLOCK_KEYS["wr.reqs"] = "write_reqs"
-
-
-def _sum_indexed(stats: dict[str, Any], group: str, keys: dict[str, str]) -> dict[str, int]:
-    """``net.0.rx.bytes`` + ``net.1.rx.bytes``... as ``{"rx_bytes": total}``."""
-    totals = dict.fromkeys(keys.values(), 0)
-    for index in range(int(stats.get(f"{group}.count", 0))):
-        for key, field_name in keys.items():
-            totals[field_name] += int(stats.get(f"{group}.{index}.{key}", 0))
-    return totals
-
-
-def _domain_stats(dom: Any, stats: dict[str, Any]) -> DomainStats:
-    memory = stats.get("balloon.rss", stats.get("balloon.current", 0))
-    return DomainStats(
-        name=dom.name(),
-        instance=int(dom.ID()),
-        cpu_ns=int(stats.get("cpu.time", 0)),
-        memory_kib=int(memory),
-        **_sum_indexed(stats, "net", _NET_KEYS),
-        **_sum_indexed(stats, "block", _BLOCK_KEYS),
-    )
 
 
 def _affect_flags(dom: Any) -> tuple[int, ...]:
     """Live and config, one call each (libvirt refuses both in one call for some APIs)."""
     config = (libvirt.VIR_DOMAIN_AFFECT_CONFIG,)
     return ((libvirt.VIR_DOMAIN_AFFECT_LIVE,) if dom.isActive() else ()) + config
-
-
-@dataclass(frozen=True)
-class BackupProgress:
-    """Where a domain's push-mode backup job stands."""
-
-    running: bool
-    error: str | None = None
-    processed_bytes: int = 0
-    total_bytes: int = 0
 
 
 COPY_CHUNK = 1 << 20
@@ -441,11 +364,7 @@ class Hypervisor:
                 ):
                     raise
                 xml = net.XMLDesc(0)
-            root = etree.fromstring(xml.encode())
-            return [
-                DhcpEntry(mac=h.get("mac", ""), ip=h.get("ip", ""), name=h.get("name", ""))
-                for h in root.iterfind("./ip/dhcp/host")
-            ]
+            return dhcp_entries(xml)
 
         return self._call(f"network {network}", entries)
 
@@ -619,22 +538,7 @@ class Hypervisor:
 
     def interfaces(self, name: str, inactive: bool = False) -> list[NicState]:
         """The domain's interfaces (running or defined) with filter and isolation."""
-        root = etree.fromstring(self.domain_xml(name, inactive).encode())
-        nics = []
-        for nic in root.iterfind("devices/interface"):
-            ref, mac = nic.find("filterref"), nic.find("mac")
-            params = () if ref is None else ref.iterfind("parameter")
-            nics.append(
-                NicState(
-                    mac="" if mac is None else mac.get("address", ""),
-                    filter=None if ref is None else ref.get("filter"),
-                    parameters=tuple(
-                        sorted((p.get("name", ""), p.get("value", "")) for p in params)
-                    ),
-                    isolated=nic.find("port[@isolated='yes']") is not None,
-                )
-            )
-        return nics
+        return nic_states(self.domain_xml(name, inactive))
 
     def update_device(self, name: str, xml: str) -> None:
         """Change a device (an ``<interface>``) in the definition and, if running, live."""
@@ -868,7 +772,7 @@ class Hypervisor:
         def collect(conn: libvirt.virConnect) -> list[DomainStats]:
             flags = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE
             return [
-                _domain_stats(dom, stats)
+                parse_domain_stats(dom.name(), int(dom.ID()), stats)
                 for dom, stats in conn.getAllDomainStats(_STAT_GROUPS, flags)
                 if dom.name().startswith(prefix)
             ]
