@@ -277,16 +277,16 @@ def test_documented_shapes_match_the_answers(world: World, api) -> None:
 def test_a_lost_race_for_the_hostname_is_409(world: World, api, monkeypatch) -> None:
     from sqlalchemy.exc import IntegrityError
 
-    from kvmvps.services import provisioning
+    from kvmvps.services import ordering, provisioning
 
     assert api("POST", "/servers", json=ORDER).status_code == 202
-    monkeypatch.setattr(provisioning, "check_order", lambda *a, **k: {})
+    monkeypatch.setattr(provisioning, "check_order", lambda *a, **k: {})  # the web's early check
     r = api("POST", "/servers", json=ORDER)  # record_order's own check
     assert r.status_code == 409 and "already has a VPS named 'api1'" in r.get_json()["error"]
 
     def racing(*_a, **_k):
         raise IntegrityError("INSERT", {}, Exception("UNIQUE constraint failed"))
 
-    monkeypatch.setattr(provisioning, "_insert_order", racing)  # its commit lost the race
+    monkeypatch.setattr(ordering, "_insert_order", racing)  # its commit lost the race
     r = api("POST", "/servers", json={**ORDER, "hostname": "api2"})
     assert r.status_code == 409 and "you already have a VPS named 'api2'" in r.get_json()["error"]
