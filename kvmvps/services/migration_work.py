@@ -108,8 +108,8 @@ def _nothing(_m: Move) -> None:
     """Nothing to undo."""
 
 
-def _prepare(m: Move) -> None:
-    """The target has the pool, networks and filters; CPUs are chosen there; no leftovers."""
+def _choose_pins(m: Move) -> None:
+    """The target has the pool, networks and filters; the VPS's CPUs are chosen there."""
     with m.ctx.db.reading() as s:
         prep = setup.host_prep(s, m.target.uri)
         host = s.get(Host, m.target.id)
@@ -120,6 +120,11 @@ def _prepare(m: Move) -> None:
             cpupin.choose_cpus(counts, host.cpus, m.facts.vcpus, m.ctx.settings.cpu_overcommit)
         )
     setup.prepare_host(m.ctx, prep)
+
+
+def _prepare(m: Move) -> None:
+    """CPUs chosen on the target, which must hold no domain of this VPS."""
+    _choose_pins(m)
     if m.dst.domain_exists(m.facts.domain):
         raise StepFailed(
             f"host {m.target.name} already has a domain {m.facts.domain}; remove it first"
@@ -132,6 +137,30 @@ def _prepare(m: Move) -> None:
     m.was_running = m.src.state(m.facts.domain) == "running"
     if m.live and not m.was_running:
         raise StepFailed(f"{m.facts.hostname} is not running: a live move needs it running")
+
+
+def _prepare_arrived(m: Move) -> None:
+    """A resumed live move whose guest runs on the target already: finish it there."""
+    _choose_pins(m)
+    m.was_running = True
+
+
+def arrived(m: Move) -> bool:
+    """A live move that ended before its worker died: the guest runs on the target only.
+
+    libvirt finished the migration (the target's domain runs, the source's is
+    defined but shut off) and only the recording was left. Undoing it would move
+    a guest that runs, with the customer's newest data, for nothing: the
+    resumed job finishes it instead.
+    """
+    dst, src, domain = m.dst, m.src, m.facts.domain
+    return (
+        m.live
+        and dst.domain_exists(domain)
+        and dst.is_active(domain)
+        and src.domain_exists(domain)
+        and not src.is_active(domain)
+    )
 
 
 def _shared_pool(m: Move) -> bool:
@@ -295,6 +324,15 @@ STEPS: tuple[MoveStep, ...] = (
     MoveStep("verify", _verify, _nothing),
     MoveStep("commit", _commit, _nothing),
 )
+# a resumed live move that arrived (see :func:`arrived`): what is left after 'migrate'
+ARRIVED_STEPS: tuple[MoveStep, ...] = (
+    MoveStep("prepare", _prepare_arrived, _nothing),
+    MoveStep("dhcp", _add_dhcp, _nothing),
+    MoveStep("render", _render, _nothing),
+    MoveStep("define", _define, _nothing),
+    MoveStep("verify", _verify, _nothing),
+    MoveStep("commit", _commit, _nothing),
+)
 
 
 def retarget(
@@ -377,6 +415,9 @@ def run(
     m = load(ctx, uuid, to, live)
     if m.source.id == m.target.id:
         return None
+    if steps is STEPS and arrived(m):
+        log.warning("%s runs on %s already: finishing its move", m.facts.domain, m.target.name)
+        steps = ARRIVED_STEPS
     done: list[MoveStep] = []
     for index, step in enumerate(steps):
         if progress:

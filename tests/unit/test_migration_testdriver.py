@@ -282,3 +282,34 @@ def test_shared_storage_is_found_and_the_probe_removed(two: tuple[Context, str, 
     assert migration_work._shared_pool(other) is False
     for hv in (same.src, other.dst):
         assert not [v for v in hv.list_volumes(pool) if v.startswith("migrate-probe-")]
+
+
+def test_a_live_move_that_arrived_before_its_worker_died_is_finished_not_undone(
+    two: tuple[Context, str, str],
+) -> None:
+    """The guest runs on the target and is shut off on the source: the job finishes the move.
+
+    That is where a worker killed after libvirt's migration and before the
+    commit leaves a live move. Undoing it would move the running guest (and the
+    data written since) back for nothing; refusing would leave the database
+    naming the wrong host and reconcile calling the running guest an orphan.
+    """
+    ctx, uuid, local = two
+    domain = vps_service.show(ctx, uuid)["domain"]
+    # what libvirt's migration had done: on the target the volume, the DHCP entry and
+    # the domain, running; on the source the domain, defined and shut off
+    m = migration_work.load(ctx, uuid, "node2", live=True)
+    for step in migration_work.STEPS[:5]:  # prepare, stop, volumes, dhcp, render
+        step.do(m)
+    m.dst.define_domain(m.xml)
+    m.dst.start(domain)
+    m.src.destroy(domain)
+    req = migration.request(ctx, "web1", "node2", actor=OP)
+    run_or_follow(ctx, req.job)
+    shown = vps_service.show(ctx, uuid)
+    assert (shown["host"], shown["state"]) == ("node2", "running")
+    assert m.dst.state(domain) == "running"
+    assert not m.src.domain_exists(domain)  # the source's half is gone
+    assert _target_traces(ctx, local, uuid) == []
+    report = reconcile.run(ctx)
+    assert report.orphan_domains == [] and report.vanished == [], report
