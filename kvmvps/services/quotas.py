@@ -13,6 +13,7 @@ customer counts against that customer's limits like any other.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -21,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from kvmvps.config import MAX_QUOTA, Settings
 from kvmvps.errors import InvalidInput, QuotaExceeded
-from kvmvps.models import Plan, User, Vps
+from kvmvps.models import Job, JobState, Plan, User, Vps
 from kvmvps.services import Context, audit
 from kvmvps.services.inventory import user_by_email
 
@@ -63,7 +64,12 @@ def _own(user: User, column: str) -> int | None:
 
 
 def usage(session: Session, user_id: int) -> Amounts:
-    """What the user's VPSes take, every state counted."""
+    """What the user's VPSes take, every state counted, and the growth of resizes pending.
+
+    A VPS with a resize queued or running counts at the larger of its plan and
+    the plan it is moving to: an order placed meanwhile must not take what the
+    resize was allowed to grow into.
+    """
     row = session.execute(
         select(
             func.count(Vps.id),
@@ -75,7 +81,39 @@ def usage(session: Session, user_id: int) -> Amounts:
         .join(Plan, Plan.id == Vps.plan_id)
         .where(Vps.owner_id == user_id)
     ).one()
-    return Amounts(*(int(v) for v in row))
+    used = [int(v) for v in row]
+    for vcpus, memory_mib, disk_gib in _pending_growth(session, user_id):
+        used[1] += vcpus
+        used[2] += memory_mib
+        used[3] += disk_gib
+    return Amounts(*used)
+
+
+def _pending_growth(session: Session, user_id: int) -> list[tuple[int, int, int]]:
+    """(vCPUs, MiB, GiB) each unfinished resize of the user's VPSes will add."""
+    pending = session.execute(
+        select(Job.params, Plan.vcpus, Plan.memory_mib, Plan.disk_gib)
+        .join(Vps, Vps.uuid == Job.vps_uuid)
+        .join(Plan, Plan.id == Vps.plan_id)
+        .where(
+            Vps.owner_id == user_id,
+            Job.kind == "resize",
+            Job.state.in_(JobState.UNFINISHED),
+        )
+    ).all()
+    growth = []
+    for params, vcpus, memory_mib, disk_gib in pending:
+        name = json.loads(params or "{}").get("plan")
+        new = session.scalar(select(Plan).where(Plan.name == name)) if name else None
+        if new is not None:
+            growth.append(
+                (
+                    max(0, new.vcpus - vcpus),
+                    max(0, new.memory_mib - memory_mib),
+                    max(0, new.disk_gib - disk_gib),
+                )
+            )
+    return growth
 
 
 def check_order(

@@ -180,3 +180,29 @@ def test_the_shop_claims_only_what_images_deliver(world: World) -> None:
     images = world.app.test_client().get("/api/v1/images", headers=world.bearer(A)).get_json()
     facts = {i["name"]: (i["root_access"], i["fills_disk"]) for i in images["images"]}
     assert facts["base"] == ("none", True) and facts["linux"] == ("sudo", True)
+
+
+def test_an_order_cannot_take_what_a_queued_resize_may_grow_into(world: World, plans: None) -> None:
+    """Quota 3 vCPUs: a 1-vCPU VPS, its resize to 2 queued; a second 1-vCPU order is refused.
+
+    Without the pending growth counted, the order would fit (1 + 1 <= 3), and
+    once the resize ran the customer would hold 3 vCPUs... or 4 with one more order.
+    """
+    uuid = built(world)
+    quotas.set_quota(world.ctx, A, {"vcpus": 3}, actor="test")
+    client = world.app.test_client()
+    r = client.post(
+        f"/api/v1/servers/{uuid}/resize", json={"plan": "nano2"}, headers=world.bearer(A)
+    )
+    assert r.status_code == 202, r.get_json()
+    assert quotas.quota_view(world.ctx, A)["vcpus"]["used"] == 2  # the pending growth counts
+    before = db_snapshot(world.ctx)
+    order = {"plan": "nano2", "image": "base", "hostname": "squeeze"}  # 2 more: 4 > 3
+    refused = client.post("/api/v1/servers", json=order, headers=world.bearer(A))
+    assert refused.status_code == 403, refused.get_json()
+    assert "uses 2 of 3" in refused.get_json()["error"]
+    assert db_snapshot(world.ctx) == before
+    small = client.post("/api/v1/servers", json={**order, "plan": "nano"}, headers=world.bearer(A))
+    assert small.status_code == 202, small.get_json()  # 2 + 1 fits
+    assert run_inline(world.ctx, r.get_json()["job"])
+    assert quotas.quota_view(world.ctx, A)["vcpus"]["used"] == 3  # done: counted once
