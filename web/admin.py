@@ -33,6 +33,7 @@ from kvmvps.services import (
     imagetest,
     inventory,
     jobs,
+    migration,
     operators,
     quotas,
     suspension,
@@ -139,6 +140,11 @@ def server(id: str) -> ResponseReturnValue:
         plain=PLAIN,
         confirm=CONFIRM,
         plans=[p["name"] for p in views.plan_views(services(), admin=True)],
+        other_hosts=[
+            h.name
+            for h in inventory.list_hosts(services())
+            if h.enabled and not h.maintenance and h.name != detail["vps"]["host"]
+        ],
     )
 
 
@@ -182,6 +188,35 @@ def resize(id: str) -> ResponseReturnValue:
     except KvmvpsError as exc:
         return _refused(exc, lambda: server(id))
     flash(f"{shown['hostname']} now has plan {shown['plan']}.", "ok")
+    return redirect(url_for("admin.server", id=vps["id"]))
+
+
+MOVE_MODES = {"auto": None, "live": True, "cold": False}
+
+
+@bp.post("/servers/<id>/migrate")
+def migrate(id: str) -> ResponseReturnValue:
+    """Move the VPS to another host: live while it runs, cold when stopped (or as chosen)."""
+    ActionForm()  # the CSRF token was checked before the view
+    ctx = services()
+    vps = admin_views.vps_detail(ctx, id)["vps"]  # an unknown server: 404
+    mode = request.form.get("mode") or "auto"
+    try:
+        if mode not in MOVE_MODES:
+            raise InvalidInput("the move is live, cold or auto")
+        with write_turn():
+            queued = migration.request(
+                ctx,
+                vps["id"],
+                request.form.get("to") or "",
+                live=MOVE_MODES[mode],
+                actor=current_user.actor,
+            )
+    except KvmvpsError as exc:  # an unknown host too: the page again with the message
+        flash(str(exc), "error")
+        return make_response(server(id), status_for(exc))
+    how = "live" if queued.live else "cold"
+    flash(f"{vps['hostname']} is queued to move to {queued.target} ({how}).", "ok")
     return redirect(url_for("admin.server", id=vps["id"]))
 
 
@@ -450,6 +485,22 @@ def host_maintenance(name: str, state: str) -> ResponseReturnValue:
     with write_turn():
         host_service.set_maintenance(services(), name, state == "on", actor=current_user.actor)
     flash(f"Host {name}: maintenance {state}.", "ok")
+    return redirect(url_for("admin.hosts"))
+
+
+@bp.post("/hosts/<name>/evacuate")
+def host_evacuate(name: str) -> ResponseReturnValue:
+    """Move every VPS off the host (all or none are queued); the host goes into maintenance."""
+    ActionForm()  # the CSRF token was checked before the view
+    try:
+        with write_turn():
+            queued = migration.evacuate(services(), name, actor=current_user.actor)
+    except KvmvpsError as exc:
+        flash(str(exc), "error")
+        return make_response(hosts(), status_for(exc))
+    flash(
+        f"Host {name}: {len(queued)} server(s) queued to move off it; it is in maintenance.", "ok"
+    )
     return redirect(url_for("admin.hosts"))
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from kvmvps.errors import CapacityError, Conflict, InvalidInput
+from kvmvps.errors import CapacityError, Conflict, InvalidInput, NotFound
 from kvmvps.models import Host, Job, JobState, Snapshot, Vps, VpsState
 from kvmvps.services import Context, audit, guard, jobs
 from kvmvps.services.inventory import get_by_name
@@ -89,6 +89,8 @@ def request(
             raise Conflict(f"{vps.hostname} is on host {name} already")
         _check_vps(s, vps)
         moving = _mode(vps, live)
+        if s.scalar(select(Host.id).where(Host.name == name, Host.enabled)) is None:
+            raise NotFound(f"there is no enabled host named {name[:64]!r}")
         st = ctx.settings
         target = choose_host(s, vps.plan, st.cpu_overcommit, st.host_memory_reserve_mib, name)
         return _enqueue(s, vps, target, moving, actor or "")

@@ -302,6 +302,11 @@ TABLE: dict[tuple[str, str], Case] = {
         lambda w, s: {"name": hosts.list_hosts(w.ctx)[0]["name"], "state": "off"},
         form=lambda w: {},
     ),
+    # no second host here: the operator is told no host takes it (test_admin_migrate.py moves)
+    ("admin.migrate", "POST"): Case(site(403, 403, 404), a_vps, form=lambda w: {"to": "nosuch"}),
+    ("admin.host_evacuate", "POST"): Case(
+        site(403, 403, 404), lambda w, s: {"name": "nosuch"}, form=lambda w: {}
+    ),
     ("api.openapi", "GET"): Case(every(200)),
     ("api.plans", "GET"): Case(api(200, 200, 200)),
     ("api.images", "GET"): Case(api(200, 200, 200)),
