@@ -363,6 +363,9 @@ def deliver_credentials(
         proof.close()
         raise
     pushed = time.monotonic()
+    if not proof.usable():
+        proof.close()  # its early handshake failed (sshd busy at boot?): a fresh connection
+        proof = PasswordProof(target)
     verify_password_login(target, user, password, ready=proof)
     done = time.monotonic()
     return {"banner": banner - started, "push": pushed - banner, "proof": done - pushed}
@@ -428,6 +431,12 @@ class PasswordProof:
         except (OSError, paramiko.SSHException) as exc:
             self.error = exc
             self.done.set()
+
+    def usable(self) -> bool:
+        """Whether the handshake (waited for up to 15 s) ended in a live connection."""
+        self.done.wait(15)
+        transport = self.transport
+        return self.error is None and transport is not None and transport.is_active()
 
     def login(self, user: str, password: str) -> None:
         """Authenticate as ``user`` with ``password``; GuestError or HostKeyMismatch if not."""

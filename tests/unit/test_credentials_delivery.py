@@ -47,6 +47,7 @@ class Guest(paramiko.ServerInterface):
     shadow: str = ""
     password_tries: int = 0
     refuse_password: bool = False
+    drop: int = 0  # the n-th connection is closed at once (0: none)
 
     def get_allowed_auths(self, username: str) -> str:
         return "publickey,password"
@@ -114,6 +115,9 @@ def served(tmp_path: Path) -> Iterator[Served]:
             except OSError:
                 return
             fake.connections += 1
+            if fake.connections == fake.drop:
+                conn.close()
+                continue
             transport = paramiko.Transport(conn)
             transport.add_server_key(host_key)
             transport.start_server(event=threading.Event(), server=fake)  # in its own thread
@@ -155,6 +159,13 @@ def test_one_root_connection_one_command_then_the_proof(served: Served) -> None:
     assert served.guest.shadow.startswith("vps:$6$")
     assert sha512_crypt.verify("Correct-Horse-9", served.guest.shadow.split(":", 1)[1])
     assert served.guest.password_tries == 1
+
+
+def test_a_proof_connection_dropped_early_is_made_again(served: Served) -> None:
+    """sshd closes the proof's early connection (busy at boot): a fresh one proves the password."""
+    served.guest.drop = 2  # 1: root, on the banner's socket; 2: the proof's early handshake
+    _deliver(served, password="Correct-Horse-9")
+    assert served.guest.connections == 3 and served.guest.password_tries == 1
 
 
 def test_a_refused_password_fails_the_delivery(served: Served) -> None:
