@@ -161,9 +161,9 @@ def test_one_root_connection_one_command_then_the_proof(served: Served) -> None:
     assert served.guest.password_tries == 1
 
 
-def test_a_proof_connection_dropped_early_is_made_again(served: Served) -> None:
-    """sshd closes the proof's early connection (busy at boot): a fresh one proves the password."""
-    served.guest.drop = 2  # 1: root, on the banner's socket; 2: the proof's early handshake
+def test_a_dropped_proof_connection_is_made_again(served: Served) -> None:
+    """sshd closes the proof's first connection (busy at boot): a fresh one proves the password."""
+    served.guest.drop = 2  # 1: root, on the banner's socket; 2: the proof's first try
     _deliver(served, password="Correct-Horse-9")
     assert served.guest.connections == 3 and served.guest.password_tries == 1
 
