@@ -60,9 +60,7 @@ PACKAGES = (
     "python3-cffi-backend",
 )
 ARCH = "amd64"
-CMDLINE = (
-    "console=tty0 console=ttyS0 root=/dev/vda rw net.ifnames=0 no_timer_check"  # see images/tiny.py
-)
+CMDLINE = "console=ttyS0 root=/dev/vda rw net.ifnames=0 no_timer_check"  # see images/tiny.py
 DEFAULT_HOSTNAME = "debian"  # until cloud-init sets the seed's
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 ETC_HOSTS = (

@@ -165,23 +165,17 @@ def push(b: Build) -> None:
     password = unseal(b.ctx, token)
     target = guest.Target(host=f.ip or "", port=22, host_key=b.host_key or "")
     key_path = keys.provisioning_key_path(b.ctx.settings)
-    guest.wait_for_ssh_banner(target.host, target.port, b.deadline)
-    with guest.root_session(target, key_path, b.deadline) as client:
-        # the proof's handshake runs while the one push command runs
-        proof = guest.PasswordProof(target)
-        try:
-            guest.push_credentials(
-                client,
-                hostname=f.hostname,
-                user=f.login_user,
-                password=password,
-                ssh_keys=ssh_keys,
-                ipv6=f.ipv6_config,
-            )
-        except BaseException:
-            proof.close()
-            raise
-    guest.verify_password_login(target, f.login_user, password, ready=proof)
+    phases = guest.deliver_credentials(
+        target,
+        key_path,
+        b.deadline,
+        hostname=f.hostname,
+        user=f.login_user,
+        password=password,
+        ssh_keys=ssh_keys,
+        ipv6=f.ipv6_config,
+    )
+    log.debug("credentials of %s: %s", f.domain, {k: round(v, 3) for k, v in phases.items()})
     erase_pending_password(b.ctx, f.vps_id)
 
 

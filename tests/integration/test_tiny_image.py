@@ -198,7 +198,9 @@ def test_guest_programs_are_installed(built: tuple[BuiltImage, str, Path]) -> No
     assert "::sysinit:/etc/init.d/rcS" in inittab and "::shutdown:/etc/init.d/rcK" in inittab
     assert "dropbear -F -g" in inittab and "acpid" in inittab
     assert "/sbin/uevent /usr/sbin/grow-root" in inittab
-    assert "/usr/sbin/grow-root boot" in _debugfs(raw, "cat /etc/init.d/rcS")
+    rcs = _debugfs(raw, "cat /etc/init.d/rcS")
+    assert "/usr/sbin/grow-root boot &" in rcs  # in the background: sshd does not wait
+    assert "renice -n 19 -p $!" in rcs and _stat(raw, "/usr/bin/renice")[0] == "symlink"
     assert _stat(raw, "/sbin/init")[0] == "symlink"
 
 
