@@ -25,11 +25,14 @@ fi
 # other. The unit stream runs at a lower priority so guests boot at their pace.
 logs=${KVMVPS_TEST_LOGS:-test-artifacts/pytest}
 rm -rf "$logs" && mkdir -p "$logs"
+# each run its own temporary directory: a process left over from an earlier run
+# (killed, or still exiting) never writes into this one's
+tmp=$(mktemp -d /tmp/kvmvps-pytest.XXXXXX)
 stream() {
     local name=$1
     shift
     local rc=0
-    "$@" --basetemp="/tmp/kvmvps-pytest-$name" >"$logs/$name.log" 2>&1 || rc=$?
+    "$@" --basetemp="$tmp/$name" >"$logs/$name.log" 2>&1 || rc=$?
     echo "$rc" >"$logs/$name.rc"
 }
 echo "==> pytest: unit and web tests (log: $logs/unit.log), beside the real-guest tests" >&2
@@ -53,4 +56,5 @@ for name in real unit; do
     echo "$name: $(grep -E '^=+ .*(passed|failed|error).* in [0-9.]+s' "$logs/$name.log" | tail -1) (exit $code)"
     ((code == 0)) || rc=1
 done
+((rc)) || rm -rf "$tmp"  # kept after a failure, for a look at what the tests left
 exit "$rc"
