@@ -203,3 +203,12 @@ def test_live_there_and_back_and_a_failed_move_leaves_nothing(hosts: Hosts) -> N
         actions = list(s.scalars(select(AuditEntry.action).where(AuditEntry.target == view["id"])))
     assert actions.count("vps.migrate_notice") == 2
     print(f"\nlive migration of an idle tiny guest A->B: {there:.1f} s (with the CLI)")
+
+    # cold, stopped: the disk is copied through the worker; started on B it is the same guest
+    _ok(ctx, "vps", "destroy", "mig1")
+    cold = _ok(ctx, "vps", "migrate", "mig1", "--to", h.b, "--wait")
+    assert (cold["host"], cold["state"], cold["ip"]) == (h.b, "stopped", view["ip"])
+    assert _traces(h, a_uri, view) == []
+    assert _ok(ctx, "vps", "start", "mig1")["state"] == "running"
+    marks = _root(h, h.b_ns, view["ip"], host_key, "cat /root/mark").split()
+    assert marks == [token, f"{token}-b"]
