@@ -179,15 +179,23 @@ def _take(session: Session, job_id: int, worker: str, lease: timedelta) -> Claim
         )
         .returning(*_CLAIMED_COLUMNS)
     ).one()
+    return _claimed(row, moment)
+
+
+def _claimed(job: Any, started: datetime) -> Claimed:
+    """A claimed job as a worker sees it, from a row of ``_CLAIMED_COLUMNS`` or a Job.
+
+    ``started`` stands in for a start time the row lacks.
+    """
     return Claimed(
-        id=row.id,
-        uuid=row.uuid,
-        kind=row.kind,
-        vps_uuid=row.vps_uuid,
-        params=json.loads(row.params or "{}"),
-        attempts=row.attempts,
-        started_at=aware(row.started_at or moment),
-        host_id=row.host_id,
+        id=job.id,
+        uuid=job.uuid,
+        kind=job.kind,
+        vps_uuid=job.vps_uuid,
+        params=json.loads(job.params or "{}"),
+        attempts=job.attempts,
+        started_at=aware(job.started_at or started),
+        host_id=job.host_id,
     )
 
 
@@ -353,18 +361,7 @@ def expired(ctx: Context) -> list[Claimed]:
         rows = s.scalars(
             select(Job).where(Job.state == JobState.RUNNING, Job.lease_expires_at < now())
         )
-        return [
-            Claimed(
-                id=j.id,
-                uuid=j.uuid,
-                kind=j.kind,
-                vps_uuid=j.vps_uuid,
-                params=json.loads(j.params or "{}"),
-                attempts=j.attempts,
-                started_at=aware(j.started_at or now()),
-            )
-            for j in rows
-        ]
+        return [_claimed(j, now()) for j in rows]
 
 
 def requeue_expired(ctx: Context, job_id: int) -> bool:
