@@ -48,6 +48,9 @@ CHECKS = (
 SHUTDOWN_TIMEOUT = 60.0
 FORWARD_TIMEOUT = 20.0
 FILESYSTEM_SHARE = 0.9
+# images grow their root filesystem in the background at first boot (sshd does
+# not wait for it); the check waits this long for the growth to show in df
+FILESYSTEM_GROW_TIMEOUT = 60.0
 TTL_SECONDS = 3 * 3600  # a throwaway VPS nothing else removed is deleted by expiry then
 
 Follow = Callable[[str], None]
@@ -215,15 +218,22 @@ def _forward(r: Run) -> str | None:
 
 
 def _filesystem(r: Run) -> str | None:
+    """The root filesystem fills the plan's disk (waiting out a first-boot grow)."""
     if not r.credentials:
         return None
-    with guest.key_session(_pinned(r), r.user, r.key.private_openssh) as client:
-        out = guest.run(client, "df -Pk /", [])
-    size = root_size_bytes(out)
     want = FILESYSTEM_SHARE * r.disk_bytes
+    started = time.monotonic()
+    deadline = started + FILESYSTEM_GROW_TIMEOUT
+    with guest.key_session(_pinned(r), r.user, r.key.private_openssh) as client:
+        while True:
+            size = root_size_bytes(guest.run(client, "df -Pk /", []))
+            if size >= want or time.monotonic() >= deadline:
+                break
+            time.sleep(1.0)
     detail = f"{size / GIB:.2f} GiB of a {r.disk_bytes / GIB:.2f} GiB disk"
     if size < want:
-        raise GuestError(f"the root filesystem is only {detail} (under 90 %)")
+        waited = time.monotonic() - started
+        raise GuestError(f"the root filesystem is only {detail} (under 90 %) after {waited:.0f} s")
     return detail
 
 
