@@ -59,6 +59,9 @@ INITRD_MODULES = (
     "net_failover",
     "virtio_net",
     "virtio_balloon",  # free page reporting: memory the guest frees goes back to the host
+    # the host's entropy (the domain's <rng>): without it the kernel's random
+    # pool is ready only seconds into an emulated boot, and sshd waits for it
+    "virtio-rng",
     "button",
     "evdev",
 )
