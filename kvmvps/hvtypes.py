@@ -34,6 +34,7 @@ class NicState:
     filter: str | None
     parameters: tuple[tuple[str, str], ...]
     isolated: bool
+    link_down: bool = False
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,7 @@ def nic_states(domain_xml: str) -> list[NicState]:
                 filter=None if ref is None else ref.get("filter"),
                 parameters=tuple(sorted((p.get("name", ""), p.get("value", "")) for p in params)),
                 isolated=nic.find("port[@isolated='yes']") is not None,
+                link_down=nic.find("link[@state='down']") is not None,
             )
         )
     return nics

@@ -440,6 +440,29 @@ class Hypervisor:
         self._domain(name, "start", lambda d: d.createWithFlags(0))
         return False
 
+    def start_as(self, name: str, xml: str, paused: bool = False) -> bool:
+        """Start the defined domain ``name`` running ``xml`` this once; its definition stays.
+
+        ``xml`` must be the same domain (name and UUID). Returns whether it
+        started paused, as :meth:`start` does.
+        """
+        if etree.fromstring(xml.encode()).findtext("name") != name:
+            raise HypervisorError(f"start {name}: the XML given is another domain's")
+        flags = libvirt.VIR_DOMAIN_START_PAUSED if paused else 0
+        try:
+            self._call(f"start {name}", lambda c: c.createXML(xml, flags))
+            return paused
+        except HypervisorError as exc:
+            if not paused or "unsupported flags" not in str(exc):
+                raise
+        self._call(f"start {name}", lambda c: c.createXML(xml, 0))
+        return False
+
+    def update_device_live(self, name: str, xml: str) -> None:
+        """Change a device of the running domain only (its definition already has it)."""
+        flags = libvirt.VIR_DOMAIN_AFFECT_LIVE
+        self._domain(name, "update device of", lambda d: d.updateDeviceFlags(xml, flags))
+
     def open_console(self, name: str) -> ConsoleStream:
         """The domain's serial console (see :class:`ConsoleStream`)."""
         return ConsoleStream(self.uri, name)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 KVMVPS_XMLNS = "https://kvmvps.org/xmlns/domain/1"
 
@@ -207,6 +207,7 @@ class InterfaceSpec:
 
     ``isolated`` sets the bridge port's isolation: isolated ports cannot
     exchange frames with each other, only with the host and the uplink.
+    ``link_down``: the NIC starts unplugged (QEMU drops every frame, both ways).
     """
 
     kind: str
@@ -216,6 +217,7 @@ class InterfaceSpec:
     traffic_filter: TrafficFilter | None = None
     isolated: bool = False
     bandwidth: Bandwidth | None = None
+    link_down: bool = False
 
 
 @dataclass(frozen=True)
@@ -289,6 +291,23 @@ class DomainSpec:
     rescue: bool = False
     # the graphical console; None: serial console only
     graphics: GraphicsSpec | None = field(default_factory=GraphicsSpec)
+
+
+def filters_after_start(spec: DomainSpec) -> DomainSpec | None:
+    """The domain to boot first when its traffic filters are put in place live.
+
+    Each filtered NIC starts without its filter and unplugged (QEMU drops
+    every frame of an unplugged NIC, both ways), so libvirt does not build
+    the filter while it starts the domain; the NIC as defined, filter and
+    link up, then replaces it live. None when no NIC has a filter.
+    """
+    if not any(nic.traffic_filter for nic in spec.interfaces):
+        return None
+    nics = tuple(
+        replace(nic, traffic_filter=None, link_down=True) if nic.traffic_filter else nic
+        for nic in spec.interfaces
+    )
+    return replace(spec, interfaces=nics)
 
 
 def tcg_tb_cache_for(domain_type: str, cache_mib: int) -> int | None:

@@ -82,6 +82,7 @@ STEP_LABELS = {
     "define": "Registering the machine",
     "start": "Powering on",
     "dhcp-ready": "Connecting the network",
+    "filter": "Securing the network",
     "host-key": "Reading the SSH host key",
     "credentials": "Setting up your login",
 }

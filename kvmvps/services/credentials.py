@@ -85,15 +85,22 @@ def start_watching_console(b: Build) -> None:
     """
     f = b.facts
     if f.cloud_init or not f.credentials:
-        b.hv.start(f.domain)
+        _start(b, paused=False)
         return
-    if not b.hv.start(f.domain, paused=True):
+    if not _start(b, paused=True):
         return  # this host cannot start it paused: the key is read from the console log
     b.close_console()
     try:
         b.console = b.hv.open_console(f.domain)
     finally:
         b.hv.resume(f.domain)
+
+
+def _start(b: Build, paused: bool) -> bool:
+    """Start the domain as defined, or as its first boot (``b.boot_xml``) where there is one."""
+    if b.boot_xml is not None:
+        return b.hv.start_as(b.facts.domain, b.boot_xml, paused=paused)
+    return b.hv.start(b.facts.domain, paused=paused)
 
 
 def read_host_key(b: Build) -> None:

@@ -20,6 +20,7 @@ STEP_SENTENCES: dict[str, str] = {
     "start": "the server did not start",
     "dhcp": "the server's network address could not be set up",
     "dhcp-ready": "the server's network address could not be set up",
+    "filter": "the server's network protection could not be set up",
     "host-key": "the server did not answer SSH in time",
     "credentials": "the server's login could not be set up",
 }

@@ -33,6 +33,11 @@ def ensure_filters(hv: Hypervisor) -> None:
             hv.define_nwfilter(xmlrender.nwfilter_xml(spec))
 
 
+def filters_supported(hv: Hypervisor) -> bool:
+    """Whether the host's libvirt has traffic filters (libvirt's test driver has none)."""
+    return hv.nwfilter_exists(TRAFFIC_FILTER) is not None
+
+
 def gateway_mac(hv: Hypervisor, facts: VpsFacts) -> str | None:
     """The NAT network's bridge MAC, which kvmvps's own filter lets guests reach."""
     if facts.network_kind != "nat" or facts.allow_guest_traffic:
@@ -72,6 +77,8 @@ def problems(actual: NicState | None, want: NicState) -> list[str]:
         )
     if actual.isolated != want.isolated:
         found.append("port isolation " + ("on" if actual.isolated else "off"))
+    if actual.link_down != want.link_down:
+        found.append("link " + ("down" if actual.link_down else "up"))
     return found
 
 

@@ -50,6 +50,11 @@ class Build:
     ctx: Context
     facts: VpsFacts
     xml: str = ""
+    # the first boot's domain (NICs unplugged, unfiltered) and the NIC that then
+    # replaces its own live, filter and link up; None where libvirt has no filters
+    boot_xml: str | None = None
+    nic_xml: str | None = None
+    filters: Background | None = None
     host_key: str | None = None
     deadline: float = 0.0
     job_deadline: float | None = None

@@ -28,10 +28,12 @@ import pytest
 from lxml import etree
 from sqlalchemy import select
 
-from kvmvps import keys
+from kvmvps import keys, xmlrender
 from kvmvps.config import load_settings
 from kvmvps.models import Vps
-from kvmvps.services import Context, inventory, setup
+from kvmvps.services import Context, inventory, isolation, setup
+from kvmvps.services.facts import domain_spec, load_facts
+from kvmvps.xmlspec import filters_after_start
 from tests import conftest
 from tests.badinput import run_cli
 from tests.forwarding import netns, netns_available, sh
@@ -375,3 +377,66 @@ def test_ipv6_reaches_the_guest_from_outside_and_cannot_be_spoofed(
     # no router advertisements from a guest (ebtables names or numbers the type)
     rules = ebtables_nat()
     assert "router-advertisement" in rules or "icmp-type 134" in rules, rules
+
+
+def _tap_rx_packets(tap: str) -> int:
+    """Frames the host has received from the guest's NIC (its tap's receive counter)."""
+    return int(Path(f"/sys/class/net/{tap}/statistics/rx_packets").read_text())
+
+
+def _host_key_printed(console_log: str) -> bool:
+    """Whether the tiny guest has printed its host key block (the log starts anew at each start)."""
+    log = Path(console_log)
+    return log.exists() and "BEGIN SSH HOST KEY" in log.read_text(errors="replace")
+
+
+def test_a_first_boot_sends_nothing_before_its_filter_is_in_place(pair: Pair) -> None:
+    """Builds start a guest unfiltered and unplugged, and plug it in live once filtered.
+
+    Here the plug-in never comes (a worker killed at that moment): the guest
+    boots and asks for its address, and not one frame leaves its NIC; the
+    definition keeps its filter; reconcile then puts filter and link right.
+    Last in the module: it reboots mallory.
+    """
+    ctx, domain = pair.ctx, pair.mallory["domain"]
+    hv = ctx.hypervisor(ctx.settings.libvirt_uri)
+    with ctx.db.reading() as s:
+        vps_id = s.scalar(select(Vps.id).where(Vps.hostname == "mallory"))
+        facts = load_facts(s, vps_id, ctx.settings)
+    spec = domain_spec(facts, ctx.domain_type, False, isolation.gateway_mac(hv, facts))
+    first_boot = filters_after_start(spec)
+    assert first_boot is not None
+    hv.destroy(domain)
+    assert hv.start_as(domain, xmlrender.domain_xml(first_boot)) is False
+    nic = interface(ctx, domain)
+    assert nic.find("filterref") is None and nic.find("link").get("state") == "down"
+    defined = etree.fromstring(hv.domain_xml(domain, inactive=True).encode())
+    assert defined.find("devices/interface/filterref") is not None  # the definition is unchanged
+    assert defined.find("devices/interface/link") is None
+    tap = nic.find("target").get("dev")
+    assert f"libvirt-I-{tap}" not in ebtables_nat()
+
+    # the guest has booted (its rc printed the host key after starting DHCP) and retried
+    deadline = time.monotonic() + 120
+    while not _host_key_printed(facts.console_log):
+        assert time.monotonic() < deadline, "mallory did not boot"
+        time.sleep(0.5)
+    time.sleep(3)
+    assert _tap_rx_packets(tap) == 0
+    assert not host_ping(pair.mallory["ip"])
+
+    report = ok(ctx, "reconcile")
+    fixed = [i for i in report["isolation"] if i["hostname"] == "mallory"]
+    problems = " | ".join(i["problem"] for i in fixed)
+    assert "running guest: filter is missing" in problems and "link down" in problems, fixed
+    assert all(i["action"] == "filter and isolation put back" for i in fixed), fixed
+    nic = interface(ctx, domain)
+    assert nic.find("filterref").get("filter") == "kvmvps-clean-traffic-ipv6"
+    assert nic.find("link") is None or nic.find("link").get("state") == "up"
+    assert f"-i {tap} -j libvirt-I-{tap}" in ebtables_nat()
+    deadline = time.monotonic() + 60
+    while not host_ping(pair.mallory["ip"]):
+        assert time.monotonic() < deadline, "mallory's NIC did not come up"
+    assert root_run(ctx, "mallory", "hostname").strip() == "mallory"
+    assert _tap_rx_packets(tap) > 0
+    assert ok(ctx, "reconcile")["isolation"] == []

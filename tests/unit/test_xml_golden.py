@@ -25,6 +25,7 @@ from kvmvps.xmlspec import (
     SnapshotSpec,
     TrafficFilter,
     VolumeDiskSpec,
+    filters_after_start,
     nat_network_spec,
     own_nwfilters,
     tcg_tb_cache_for,
@@ -118,6 +119,10 @@ DOMAIN_VARIANTS = {
         interfaces=(LIMITED_NIC,), disks=(LIMITED_DISK,), cputune=LIMITS.cputune()
     ),
     "domain_serial_only.xml": domain(graphics=None),
+    # the first boot: the filtered NIC unplugged and unfiltered until it is put in place live
+    "domain_first_boot_unfiltered.xml": filters_after_start(
+        domain(interfaces=(NAT_NIC, InterfaceSpec("bridge", "br1", "52:54:00:aa:bb:ce")))
+    ),
 }
 
 
@@ -177,6 +182,29 @@ def test_limits_are_placed() -> None:
     outbound = root.find("devices/interface/bandwidth/outbound")
     assert dict(outbound.attrib) == {"average": "256"}
     assert root.find("devices/interface/port") is None  # guest traffic allowed: no isolation
+
+
+def test_first_boot_unplugs_only_filtered_nics_and_keeps_the_rest() -> None:
+    spec = domain(interfaces=(BRIDGE_NIC, LIMITED_NIC), cputune=LIMITS.cputune())
+    boot = filters_after_start(spec)
+    assert boot is not None
+    for before, after in zip(spec.interfaces, boot.interfaces, strict=True):
+        assert after.traffic_filter is None and after.link_down
+        assert (after.mac, after.isolated, after.bandwidth) == (
+            before.mac,
+            before.isolated,
+            before.bandwidth,
+        )
+    assert boot.disks == spec.disks and boot.cputune == spec.cputune and boot.uuid == spec.uuid
+    root = etree.fromstring(xmlrender.domain_xml(boot).encode())
+    assert root.find("devices/interface/filterref") is None
+    assert [n.get("state") for n in root.iterfind("devices/interface/link")] == ["down", "down"]
+    # the NIC that replaces it live is the defined one: filter, link up
+    fragment = etree.fromstring(xmlrender.interface_xml(spec, BRIDGE_NIC.mac).encode())
+    assert fragment.find("filterref") is not None and fragment.find("link") is None
+    # nothing filtered, nothing to do after the start
+    unfiltered = InterfaceSpec("network", "n", "52:54:00:aa:bb:cc")
+    assert filters_after_start(domain(interfaces=(unfiltered,))) is None
 
 
 def test_interface_fragment_is_cut_from_a_validated_domain() -> None:
