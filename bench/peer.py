@@ -77,6 +77,7 @@ def virt_install_cmd(ctx: Context, img: Image, name: str, disk: Path, mac: str) 
         f"--disk=path={disk},format=qcow2,bus=virtio",
         f"--network=network={BENCH_NAME},model=virtio,mac={mac}",
         "--osinfo=detect=on,require=off",
+        "--rng=/dev/urandom",  # kvmvps gives its guests the host's entropy too
         "--graphics=none",
         "--noautoconsole",
         "--quiet",

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from lxml import etree
 
 from kvmvps import limits
-from kvmvps.errors import InvalidInput
-from kvmvps.services import Context, reconcile
+from kvmvps.errors import HypervisorError, InvalidInput
+from kvmvps.hvtypes import NicState
+from kvmvps.services import Context, isolation, reconcile
 from tests.badinput import assert_one_line_error, create_args, run_cli
 from tests.snapshots import snapshot
 
@@ -71,6 +73,31 @@ def test_reconcile_reports_a_stripped_filter(td_ctx: Context) -> None:
     assert any("filter is missing" in p for p in problems), report.isolation
     assert any("port isolation off" in p for p in problems), report.isolation
     assert not report.clean and any("fix failed" in e for e in report.errors)
+
+
+def test_start_as_refuses_another_domains_xml_and_starts_nothing(td_ctx: Context) -> None:
+    """The first boot's XML must be the domain's own: never another guest's NIC or disk."""
+    mine, theirs = ok(td_ctx, *create_args()), ok(td_ctx, *create_args(hostname="web2"))
+    hv = td_ctx.hypervisor(td_ctx.settings.libvirt_uri)
+    hv.destroy(mine["domain"])
+    foreign = hv.domain_xml(theirs["domain"], inactive=True)
+    with pytest.raises(HypervisorError, match="another domain's"):
+        hv.start_as(mine["domain"], foreign)
+    assert hv.state(mine["domain"]) == "shut off"
+    assert hv.state(theirs["domain"]) == "running"
+
+
+def test_a_link_left_down_is_a_problem_reconcile_reports() -> None:
+    want = NicState(
+        mac="52:54:00:aa:bb:cc", filter="kvmvps-clean-traffic", parameters=(), isolated=True
+    )
+    assert isolation.problems(want, want) == []
+    assert isolation.problems(replace(want, link_down=True), want) == ["link down"]
+    stripped = replace(want, filter=None, link_down=True)
+    assert isolation.problems(stripped, want) == [
+        "filter is missing, not kvmvps-clean-traffic",
+        "link down",
+    ]
 
 
 LIMIT_ARGS = (
