@@ -42,6 +42,7 @@ def spawn_worker(
         "KVMVPS_RECONCILE_INTERVAL": "0",
         "KVMVPS_WORKER_CONCURRENCY": str(concurrency),
         "KVMVPS_CPU_OVERCOMMIT": str(ctx.settings.cpu_overcommit),
+        "KVMVPS_BUILD_LIMIT": str(ctx.settings.build_limit),
     }
     argv = [sys.executable, "-m", "kvmvps", "worker"]
     if pause_after:
@@ -63,24 +64,26 @@ def wait_job(ctx: Context, job: str, states: tuple[str, ...], timeout: float, st
 def test_sigkill_at_each_step_then_a_fresh_worker(fresh_ctx: Context, tmp_path: Path) -> None:
     """For every step, a worker dies right after that step did its work; another takes over.
 
-    One order per step, all at once: each of ten pausing workers (one job at a
-    time) claims one order and stalls right after its own step; all ten are
-    SIGKILLed, then one fresh worker resumes the ten orders side by side. Every
+    One order per step, all at once: each of the pausing workers (one a step,
+    one job at a time) claims one order and stalls right after its own step;
+    all are SIGKILLed, then one fresh worker resumes the orders side by side. Every
     step still gets its real kill with real resources (volume, seed, domain,
     DHCP entry, booted guest) left behind; the orders just share the waits
     (lease expiry, boots) instead of paying them one after another, which took
     about 250 s when each step had its own test and installation.
     """
     names = [s.name for s in provisioning.STEPS]
-    # ten one-vCPU guests at once on a two-core host: beyond the default overcommit of 4
-    # and time for ten boots side by side on a busy host (deadlines only: nobody waits them out)
+    # a one-vCPU guest a step at once on a two-core host: beyond the default overcommit of 4
+    # and the default 10 builds at once on a host (a step more and the last order would wait
+    # for a slot the stalled workers never free), and time for the boots side by side on a
+    # busy host (deadlines only: nobody waits them out)
     fresh_ctx.settings = dataclasses.replace(
-        fresh_ctx.settings, cpu_overcommit=len(names), ssh_timeout=400
+        fresh_ctx.settings, cpu_overcommit=len(names), build_limit=len(names), ssh_timeout=400
     )
     before = libvirt_snapshot(fresh_ctx)
     markers = {name: tmp_path / f"paused-{name}" for name in names}
     first = [
-        # a longer lease (here and for the fresh worker): ten jobs' heartbeats on a busy
+        # a longer lease (here and for the fresh worker): the jobs' heartbeats on a busy
         # host must not lapse and cost an extra attempt (the fresh worker waits at most
         # this long for the killed workers' leases to run out)
         spawn_worker(fresh_ctx, tmp_path / f"w-{name}.log", name, marker, lease=15)
