@@ -93,6 +93,22 @@ _STAT_GROUPS = (
 )
 
 
+def _paused_if_possible(paused: bool, create: Callable[[int], object]) -> bool:
+    """Call ``create`` with the start-paused flag if ``paused``; without it where refused.
+
+    Returns whether the domain started paused.
+    """
+    if paused:
+        try:
+            create(libvirt.VIR_DOMAIN_START_PAUSED)
+            return True
+        except HypervisorError as exc:
+            if "unsupported flags" not in str(exc):
+                raise
+    create(0)
+    return False
+
+
 def _affect_flags(dom: Any) -> tuple[int, ...]:
     """Live and config, one call each (libvirt refuses both in one call for some APIs)."""
     config = (libvirt.VIR_DOMAIN_AFFECT_CONFIG,)
@@ -428,17 +444,9 @@ class Hypervisor:
         Returns whether it was started paused: a driver that cannot (libvirt's
         test driver) starts it running instead.
         """
-        if paused:
-            try:
-                self._domain(
-                    name, "start", lambda d: d.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
-                )
-                return True
-            except HypervisorError as exc:
-                if "unsupported flags" not in str(exc):
-                    raise
-        self._domain(name, "start", lambda d: d.createWithFlags(0))
-        return False
+        return _paused_if_possible(
+            paused, lambda flags: self._domain(name, "start", lambda d: d.createWithFlags(flags))
+        )
 
     def start_as(self, name: str, xml: str, paused: bool = False) -> bool:
         """Start the defined domain ``name`` running ``xml`` this once; its definition stays.
@@ -448,15 +456,9 @@ class Hypervisor:
         """
         if etree.fromstring(xml.encode()).findtext("name") != name:
             raise HypervisorError(f"start {name}: the XML given is another domain's")
-        flags = libvirt.VIR_DOMAIN_START_PAUSED if paused else 0
-        try:
-            self._call(f"start {name}", lambda c: c.createXML(xml, flags))
-            return paused
-        except HypervisorError as exc:
-            if not paused or "unsupported flags" not in str(exc):
-                raise
-        self._call(f"start {name}", lambda c: c.createXML(xml, 0))
-        return False
+        return _paused_if_possible(
+            paused, lambda flags: self._call(f"start {name}", lambda c: c.createXML(xml, flags))
+        )
 
     def update_device_live(self, name: str, xml: str) -> None:
         """Change a device of the running domain only (its definition already has it)."""
