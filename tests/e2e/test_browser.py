@@ -41,14 +41,43 @@ except ImportError:  # the test extra brings it; CI must not skip quietly
     if os.environ.get("KVMVPS_REQUIRE_LIBVIRT") == "1" or tools_required():
         raise
     pytest.skip("selenium is not installed (pip install -e '.[test]')", allow_module_level=True)
+from selenium.common.exceptions import (  # noqa: E402
+    StaleElementReferenceException,
+    WebDriverException,
+)
 from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.expected_conditions import staleness_of  # noqa: E402
+from selenium.webdriver.remote.webelement import WebElement  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 SHOTS = ARTIFACTS / "browser"
 PASSWORD = "a browser password"
 BUILD_TIMEOUT = 600
+# What chromedriver says, mid-navigation, about a node of the page just left.
+NODE_GONE = ("does not belong to the document", "No node with given id found")
+
+
+def staleness_of(page: WebElement) -> Callable[[webdriver.Chrome], bool]:
+    """True once ``page`` has left the document.
+
+    Selenium's own ``staleness_of`` waits for StaleElementReferenceException only.
+    While a navigation is under way chromedriver may instead answer "Node with
+    given id does not belong to the document" as a generic error: the same fact,
+    reported mid-swap, so it counts as gone too. Any other error still fails.
+    """
+
+    def _gone(_driver: webdriver.Chrome) -> bool:
+        try:
+            page.is_enabled()
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as error:
+            if any(sign in str(error.msg or "") for sign in NODE_GONE):
+                return True
+            raise
+        return False
+
+    return _gone
 
 
 class PinnedFingerprint(paramiko.MissingHostKeyPolicy):
