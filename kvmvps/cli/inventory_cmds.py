@@ -93,14 +93,22 @@ def image_build_tiny(obj: Obj, name: str, as_json: bool) -> None:
 
 @image_group.command("build-debian")
 @click.argument("name")
+@click.option(
+    "--cloud-init",
+    "cloud_init",
+    is_flag=True,
+    help="Run cloud-init at boot and give each VPS a seed (default: installed but off).",
+)
 @json_option
 @pass_obj
-def image_build_debian(obj: Obj, name: str, as_json: bool) -> None:
+def image_build_debian(obj: Obj, name: str, cloud_init: bool, as_json: bool) -> None:
     """Build a Debian 12 image (systemd, OpenSSH, cloud-init) with debootstrap."""
     progress = None if as_json else (lambda msg: click.echo(f"  {msg}", err=True))
     from kvmvps.services import images as image_service  # lazy for speed: see above
 
-    image = image_service.build_debian(obj.ctx, name, progress, actor=actor())
+    image = image_service.build_debian(
+        obj.ctx, name, progress, cloud_init=cloud_init, actor=actor()
+    )
     _print_images([views.image_view(image)], as_json, single=True)
 
 

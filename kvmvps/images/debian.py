@@ -9,18 +9,31 @@ nothing either. The filesystem is made with ``mkfs.ext4 -d`` on the whole disk (
 partition table, nothing mounted) and converted to a compressed qcow2; the
 kernel and initrd are copied out for direct kernel boot.
 
-Guest facts: cloud-init with ``datasource_list: [NoCloud, None]`` (the seed is
-an ISO9660 ``cidata`` CD-ROM on a virtio-scsi bus: the cloud kernel has no
-AHCI driver); without a seed cloud-init still runs with the None datasource.
-Either way it creates the login user, installs or generates the SSH host keys
-before sshd starts, prints them to the serial console and grows the root
-filesystem to the disk (resize2fs, every boot, in the background). root
-accepts the provisioning key. DHCP on eth0 with ifupdown, started by udev when
-the NIC appears (the boot does not wait for the lease); systemd-logind powers
-off on the ACPI button. Boot time under emulation: the initrd holds only the
-virtio modules the root disk needs, and the root filesystem (mounted read-write
-by the kernel) has no fsck pass that would wait for udev to announce /dev/vda.
-The build runs as root (debootstrap, file ownership in the image).
+Two kinds, one tree. By default cloud-init is installed but off
+(``/etc/cloud/cloud-init.disabled``): kvmvps needs nothing from it, and under
+emulation its two boot stages (Python starting twice, ordered before
+``sysinit.target`` and so before sshd) cost about half a minute of every boot.
+The image then works like the tiny one: the login user exists already, locked;
+sshd's unit makes the host keys on the first boot (ed25519 and ECDSA) and
+prints the public keys on the serial console, where kvmvps reads and pins
+them; a unit grows the root filesystem to the disk at every boot. A customer
+who wants cloud-init removes that one file.
+
+With ``cloud_init=True`` cloud-init runs as in a cloud image:
+``datasource_list: [NoCloud, None]`` (the seed is an ISO9660 ``cidata``
+CD-ROM on a virtio-scsi bus: the cloud kernel has no AHCI driver); without a
+seed it still runs with the None datasource. It creates the login user,
+installs or generates the SSH host keys before sshd starts, prints them to the
+serial console and grows the root filesystem (resize2fs, every boot, in the
+background).
+
+Both: root accepts the provisioning key. DHCP on eth0 with ifupdown, started
+by udev when the NIC appears (the boot does not wait for the lease);
+systemd-logind powers off on the ACPI button. Boot time under emulation: the
+initrd holds only the virtio modules the root disk needs, and the root
+filesystem (mounted read-write by the kernel) has no fsck pass that would wait
+for udev to announce /dev/vda. The build runs as root (debootstrap, file
+ownership in the image).
 """
 
 from __future__ import annotations
@@ -61,7 +74,7 @@ PACKAGES = (
 )
 ARCH = "amd64"
 CMDLINE = "console=ttyS0 root=/dev/vda rw net.ifnames=0 no_timer_check"  # see images/tiny.py
-DEFAULT_HOSTNAME = "debian"  # until cloud-init sets the seed's
+DEFAULT_HOSTNAME = "debian"  # until the credentials step (or cloud-init) sets the VPS's
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 ETC_HOSTS = (
     f"127.0.0.1\tlocalhost\n127.0.1.1\t{DEFAULT_HOSTNAME}\n"
@@ -94,7 +107,12 @@ GUEST_FILES = {
     "debian-ipv6.conf": ("etc/sysctl.d/90-kvmvps-ipv6.conf", 0o644),
     "debian-grow-root.rules": ("etc/udev/rules.d/90-kvmvps-grow-root.rules", 0o644),
     "debian-ssh-hostkeys.conf": ("etc/systemd/system/ssh.service.d/kvmvps-hostkeys.conf", 0o644),
+    "debian-host-keys": ("usr/local/sbin/kvmvps-host-keys", 0o755),
+    "debian-grow-root.service": ("etc/systemd/system/kvmvps-grow-root.service", 0o644),
 }
+# cloud-init's documented off switch; a customer deletes it to turn cloud-init on
+CLOUD_INIT_OFF = "etc/cloud/cloud-init.disabled"
+LOGIN_USER_GROUPS = "adm,sudo"  # as cloud-init's default user gets them
 # The initrd: only what mounting /dev/vda needs (ext4 is built into the cloud kernel).
 INITRAMFS_CONF = (
     "# kvmvps: a small initrd for direct kernel boot on virtio\n"
@@ -125,8 +143,13 @@ def build_debian_image(
     mirror: str | None = None,
     cache_dir: Path | None = None,
     progress: Progress | None = None,
+    cloud_init: bool = False,
 ) -> BuiltImage:
-    """Build the Debian image into dest_dir: disk.qcow2, vmlinuz and initrd.img."""
+    """Build the Debian image into dest_dir: disk.qcow2, vmlinuz and initrd.img.
+
+    ``cloud_init``: cloud-init runs at boot and kvmvps gives the VPS a seed;
+    otherwise cloud-init stays installed but off (see the module docstring).
+    """
     say = progress or (lambda _msg: None)
     pubkey, user = _check_arguments(provisioning_pubkey, login_user, suite)
     mirror_url = _check_mirror(mirror) if mirror else host_mirror(suite)
@@ -140,6 +163,8 @@ def build_debian_image(
         _installed_tree(tarball, suite, root, mirror_url, say)
         say("configuring the guest")
         _configure(root, pubkey, user, suite, mirror_url)
+        if not cloud_init:
+            _without_cloud_init(root, user)
         _strip(root)
         kernel, initrd = _find_boot_files(root)
         shutil.copyfile(kernel, work / "vmlinuz")
@@ -147,7 +172,7 @@ def build_debian_image(
         say("making the disk image")
         _make_disk(root, work)
         built = publish(
-            work, dest, cmdline=CMDLINE, login_user=user, cloud_init=True, os_family="debian"
+            work, dest, cmdline=CMDLINE, login_user=user, cloud_init=cloud_init, os_family="debian"
         )
     say("Debian image ready")
     return built
@@ -411,7 +436,41 @@ def _configure(root: Path, pubkey: str, login_user: str, suite: str, mirror: str
     os.chmod(ssh_dir, 0o700)
     _write(ssh_dir / "authorized_keys", pubkey + "\n", 0o600)
     _configure_sshd(root)
+    wants = root / "etc/systemd/system/multi-user.target.wants"
+    wants.mkdir(parents=True, exist_ok=True)
+    grow = wants / "kvmvps-grow-root.service"
+    grow.unlink(missing_ok=True)
+    grow.symlink_to("/etc/systemd/system/kvmvps-grow-root.service")
     _reset_identity(root)
+
+
+def _without_cloud_init(root: Path, login_user: str) -> None:
+    """cloud-init off: make here, once, the login user it would make at every first boot.
+
+    Locked, like cloud-init's (``lock_passwd``): the credentials step sets its
+    password. kvmvps-grow-root.service, which runs only while cloud-init is
+    off, takes over from cloud-init's ``resize_rootfs``.
+    """
+    _write(root / CLOUD_INIT_OFF, "kvmvps: cloud-init is off; delete this file to turn it on\n")
+    _run(
+        [
+            "chroot",
+            str(root),
+            "useradd",
+            "--create-home",
+            "--shell",
+            "/bin/bash",
+            "--groups",
+            LOGIN_USER_GROUPS,
+            "--comment",
+            login_user,
+            login_user,
+        ],
+        "useradd",
+    )
+    _write(
+        root / "etc/sudoers.d/90-kvmvps-login-user", f"{login_user} ALL=(ALL) NOPASSWD:ALL\n", 0o440
+    )
 
 
 def _default_user_config(login_user: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 from kvmvps import keys, validation
 from kvmvps.errors import Conflict
@@ -57,7 +58,14 @@ def build_debian(
     name: str,
     progress: Callable[[str], None] | None = None,
     *,
+    cloud_init: bool = False,
     actor: str | None = None,
 ) -> Image:
-    """Build the Debian 12 cloud-init image and register it as ``name``."""
-    return _build(ctx, name, build_debian_image, progress)
+    """Build the Debian 12 image and register it as ``name``.
+
+    cloud-init is installed either way; with ``cloud_init`` it runs at boot and
+    each VPS gets a seed, otherwise it stays off and kvmvps reads the host key
+    from the console, as for the tiny image (a boot about half a minute shorter
+    under emulation).
+    """
+    return _build(ctx, name, partial(build_debian_image, cloud_init=cloud_init), progress)

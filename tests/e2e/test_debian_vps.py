@@ -1,4 +1,9 @@
-"""A real Debian 12 VPS (systemd, OpenSSH, cloud-init) on the real libvirtd."""
+"""Real Debian 12 VPSes (systemd, OpenSSH, cloud-init) on the real libvirtd.
+
+The image's default kind (cloud-init installed but off: the host key read from
+the console) gets the whole walk; the cloud-init kind (the seed's host key)
+gets an order, a look at what cloud-init did, and a password login.
+"""
 
 from __future__ import annotations
 
@@ -48,7 +53,7 @@ def test_debian_vps_end_to_end(real_ctx: Context, debian: str, tmp_path: Path) -
     assert vps["state"] == "running" and user == "debian" and len(password) >= 16
     assert domstate(vps["domain"]) == "running"
 
-    # the key kvmvps generated and put in the seed is the one the guest serves
+    # the key the guest printed on its console at its first boot is the one it serves
     served = scanned_host_key(ip)
     assert keygen_fingerprint(served, tmp_path) == vps["host_key_fingerprint"]
 
@@ -57,11 +62,15 @@ def test_debian_vps_end_to_end(real_ctx: Context, debian: str, tmp_path: Path) -
         ip, 22, served, "root", key_filename=str(keys.provisioning_key_path(real_ctx.settings))
     )
     _, out, _ = root.exec_command(
-        f"hostname; cat /home/{user}/.ssh/authorized_keys; chage -l {user} | head -1"
+        f"hostname; cat /home/{user}/.ssh/authorized_keys; chage -l {user} | head -1; "
+        "systemctl is-active cloud-init-local.service cloud-init.service | sort -u; "
+        "ls /etc/ssh/ | grep -c '^ssh_host_.*_key$'"
     )
-    hostname, authorized, last_change = out.read().decode().splitlines()[:3]
+    hostname, authorized, last_change, cloud_init, host_keys = out.read().decode().splitlines()[:5]
     assert hostname == "deb1" and authorized == pubkey
     assert "password must be changed" in last_change
+    # cloud-init stayed off; the first boot made two host keys (ed25519 and ECDSA)
+    assert (cloud_init, host_keys) == ("inactive", "2")
     # the fixed IPv6 address is set now, and the if-up.d hook sets it again at every boot
     assert vps["ipv6"]
     _, out, _ = root.exec_command(
@@ -108,4 +117,48 @@ def test_debian_vps_end_to_end(real_ctx: Context, debian: str, tmp_path: Path) -
     assert root_pw.returncode != 0
 
     assert run_cli(real_ctx, "vps", "delete", "deb1", "--yes").exit_code == 0
+    assert libvirt_snapshot(real_ctx) == before
+
+
+@pytest.fixture(scope="module")
+def debian_cloud_init(real_ctx: Context, debian: str) -> str:
+    """The cloud-init kind of the image: the same cached tree, cloud-init on."""
+    from kvmvps.services import images
+
+    if "bookworm-ci" not in [i.name for i in inventory.list_images(real_ctx)]:
+        images.build_debian(real_ctx, "bookworm-ci", cloud_init=True)
+    return "bookworm-ci"
+
+
+def test_cloud_init_kind_serves_the_seeds_host_key(
+    real_ctx: Context, debian_cloud_init: str, tmp_path: Path
+) -> None:
+    before = libvirt_snapshot(real_ctx)
+    result = run_cli(
+        real_ctx,
+        *create_args("deb", debian_cloud_init, "debci1"),
+        extra_env={"KVMVPS_SSH_TIMEOUT": "300"},
+    )
+    assert result.exit_code == 0, result.stderr
+    vps = json.loads(result.stdout)
+    ip, user, password = vps["ip"], vps["username"], vps["password"]
+
+    # the key kvmvps generated and put in the seed is the one the guest serves
+    served = scanned_host_key(ip)
+    assert keygen_fingerprint(served, tmp_path) == vps["host_key_fingerprint"]
+    root = paramiko_client(
+        ip, 22, served, "root", key_filename=str(keys.provisioning_key_path(real_ctx.settings))
+    )
+    _, out, _ = root.exec_command(
+        "cat /var/lib/cloud/data/instance-id; hostname; "
+        "ls /etc/ssh/ | grep '^ssh_host_.*_key$'; test -e /etc/cloud/cloud-init.disabled; echo $?"
+    )
+    instance, hostname, *host_keys, switch = out.read().decode().splitlines()
+    root.close()
+    # cloud-init ran with this VPS's seed, and installed its one key instead of making any
+    assert (instance, hostname) == (vps["id"], "debci1")
+    assert host_keys == ["ssh_host_ed25519_key"] and switch == "1"
+    paramiko_client(ip, 22, served, user, password=password).close()
+
+    assert run_cli(real_ctx, "vps", "delete", "debci1", "--yes").exit_code == 0
     assert libvirt_snapshot(real_ctx) == before

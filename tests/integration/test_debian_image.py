@@ -118,7 +118,13 @@ def test_a_chosen_login_user_is_the_one_cloud_init_creates(tmp_path: Path) -> No
     assert user["system_info"]["default_user"]["name"] == "alice"
     assert user["system_info"]["default_user"]["lock_passwd"] is True
     assert (tmp_path / "root/.ssh/authorized_keys").read_text() == key + "\n"
-    assert not (tmp_path / "etc/passwd").exists()  # no user is made in the image itself
+    assert not (tmp_path / "etc/passwd").exists()  # the user is made by useradd, or cloud-init
+    # both kinds: the boot-time grow unit is enabled (it runs only while cloud-init is off)
+    grow = tmp_path / "etc/systemd/system/multi-user.target.wants/kvmvps-grow-root.service"
+    assert os.readlink(grow) == "/etc/systemd/system/kvmvps-grow-root.service"
+    unit = (tmp_path / "etc/systemd/system/kvmvps-grow-root.service").read_text()
+    assert "ConditionPathExists=/etc/cloud/cloud-init.disabled" in unit
+    assert not (tmp_path / debian.CLOUD_INIT_OFF).exists()  # _without_cloud_init writes it
 
 
 def test_a_cached_installed_tree_is_unpacked_not_installed(
@@ -216,7 +222,8 @@ def test_output_files_and_boot_facts(built: tuple[BuiltImage, str, Path]) -> Non
     assert sorted(p.name for p in out.iterdir()) == ["disk.qcow2", "initrd.img", "vmlinuz"]
     assert image.kernel_path == out / "vmlinuz" and image.initrd_path == out / "initrd.img"
     assert image.cmdline == CMDLINE == "console=ttyS0 root=/dev/vda rw net.ifnames=0 no_timer_check"
-    assert (image.login_user, image.cloud_init, image.os_family) == ("debian", True, "debian")
+    # the default kind: cloud-init installed but off, the host key read from the console
+    assert (image.login_user, image.cloud_init, image.os_family) == ("debian", False, "debian")
     assert image.kernel_path.read_bytes()[0x202:0x206] == b"HdrS"  # Linux boot protocol
     head = image.initrd_path.read_bytes()[:6]
     assert head[:2] == b"\x1f\x8b" or head[:4] == b"\x28\xb5\x2f\xfd" or head == b"070701"
@@ -294,6 +301,8 @@ def test_cloud_init_configuration(built: tuple[BuiltImage, str, Path]) -> None:
     assert user["system_info"]["default_user"]["name"] == "debian"  # the default login user
     assert user["system_info"]["default_user"]["lock_passwd"] is True
     assert "cloud-init.service" in _ls(raw, "/etc/systemd/system/cloud-init.target.wants")
+    # installed, and off until a customer deletes the documented switch
+    assert "cloud-init is off" in _cat(raw, "/etc/cloud/cloud-init.disabled")
 
 
 @pytest.mark.slow
@@ -306,9 +315,23 @@ def test_root_key_and_ssh_setup(built: tuple[BuiltImage, str, Path]) -> None:
     assert not [n for n in _ls(raw, "/etc/ssh") if n.startswith("ssh_host_")]
     assert _cat(raw, "/etc/ssh/sshd_config.d/50-cloud-init.conf") == "PasswordAuthentication yes\n"
     dropin = _cat(raw, "/etc/systemd/system/ssh.service.d/kvmvps-hostkeys.conf")
-    assert "ssh-keygen -A" in dropin and "ExecStartPre=/usr/sbin/sshd -t" in dropin
-    passwd = _cat(raw, "/etc/passwd").splitlines()
-    assert not [ln for ln in passwd if ln.startswith(f"{image.login_user}:")]  # cloud-init makes it
+    starts = [ln for ln in dropin.splitlines() if ln.startswith("ExecStartPre=")]
+    assert starts == ["ExecStartPre=", "ExecStartPre=/usr/local/sbin/kvmvps-host-keys"]
+    script = _cat(raw, "/usr/local/sbin/kvmvps-host-keys")
+    assert _mode(raw, "/usr/local/sbin/kvmvps-host-keys") & 0o777 == 0o755
+    assert "for type in ed25519 ecdsa" in script and "-----BEGIN SSH HOST KEY KEYS-----" in script
+    # cloud-init is off: the login user is made in the image, locked, as cloud-init makes it
+    user = image.login_user
+    entry = [ln for ln in _cat(raw, "/etc/passwd").splitlines() if ln.startswith(f"{user}:")]
+    assert len(entry) == 1 and entry[0].endswith(f":/home/{user}:/bin/bash")
+    shadow = [ln for ln in _cat(raw, "/etc/shadow").splitlines() if ln.startswith(f"{user}:")]
+    assert shadow[0].split(":")[1].startswith("!")  # no password until the credentials step
+    groups = _cat(raw, "/etc/group").splitlines()
+    for group in ("adm", "sudo"):
+        assert [g for g in groups if g.startswith(f"{group}:") and user in g.split(":")[3]]
+    sudoers = "/etc/sudoers.d/90-kvmvps-login-user"
+    assert _cat(raw, sudoers) == f"{user} ALL=(ALL) NOPASSWD:ALL\n"
+    assert _mode(raw, sudoers) & 0o777 == 0o440
 
 
 @pytest.mark.slow
