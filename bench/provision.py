@@ -6,13 +6,14 @@ step and end to end, the median and the spread. Nothing here is a test; it
 only measures and prints. ``bench/run.py`` runs this and every other
 benchmark and writes a report.
 
-    .venv/bin/python bench/provision.py --runs 5 [--debian] [--json out.json]
+    .venv/bin/python bench/provision.py --runs 5 [--debian] [--images tiny,debian,debian-cloud-init] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import fcntl
+import functools
 import json
 import os
 import platform
@@ -257,7 +258,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--debian", action="store_true", help="also the Debian image")
-    parser.add_argument("--images", help="comma-separated, instead: tiny,debian")
+    parser.add_argument("--images", help="comma-separated, instead: tiny,debian,debian-cloud-init")
     parser.add_argument("--json", type=Path, help="write the figures here too")
     args = parser.parse_args()
     ctx = installation()
@@ -265,7 +266,11 @@ def main() -> None:
     print(f"machine: {results['machine']}")
     try:
         inventory.add_plan(ctx, "bench", 1, 512, 2)
-        builders = {"tiny": images.build_tiny, "debian": images.build_debian}
+        builders = {
+            "tiny": images.build_tiny,
+            "debian": images.build_debian,
+            "debian-cloud-init": functools.partial(images.build_debian, cloud_init=True),
+        }
         names = args.images.split(",") if args.images else ["tiny"] + ["debian"] * args.debian
         wanted = [(name, builders[name]) for name in names]
         for name, build in wanted:

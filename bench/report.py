@@ -84,9 +84,10 @@ def steps_section(prov: dict[str, Any]) -> list[str]:
             "- `allocate` is the order's transaction (VPS row, address, MAC, pinned CPUs, job); "
             "`claim` is the job being claimed; every build step includes its job progress write.",
             "- `dhcp` only starts the DHCP update; `dhcp-ready` waits for it, after `start`.",
-            "- `host-key` waits for the tiny image to print its host keys on the console; a "
-            "cloud-init image (debian) gets a host key from kvmvps, so its wait for the boot "
-            "falls in `credentials`, which logs in as soon as SSH answers.",
+            "- `host-key` waits for the guest to print its host keys on the console (the tiny "
+            "and the default Debian image); a cloud-init image gets its host key from kvmvps, "
+            "so its wait for the boot falls in `credentials`, which logs in as soon as SSH "
+            "answers.",
         ]
         + _failures(prov["images"])
     )

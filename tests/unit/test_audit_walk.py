@@ -80,6 +80,7 @@ WALK: list[tuple[Args, str | None]] = [
     (["image", "show", "base"], None),
     (["image", "build-tiny", "bad name"], "image.build-tiny"),
     (["image", "build-debian", "bad name"], "image.build-debian"),
+    (["image", "build-debian", "bad name", "--cloud-init"], "image.build-debian"),
     (["network", "add", "lan2", "--subnet", "10.232.7.0/24"], "network.add"),
     (
         ["network", "add", "lan3", "--subnet", "10.232.8.0/24", "--allow-guest-traffic"],
