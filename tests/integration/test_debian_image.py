@@ -22,7 +22,7 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from kvmvps import keys
+from kvmvps import guest, keys
 from kvmvps.errors import ImageBuildError, InvalidInput
 from kvmvps.images import BuiltImage, debian
 from kvmvps.images.debian import CMDLINE, build_debian_image, host_mirror
@@ -125,6 +125,56 @@ def test_a_chosen_login_user_is_the_one_cloud_init_creates(tmp_path: Path) -> No
     unit = (tmp_path / "etc/systemd/system/kvmvps-grow-root.service").read_text()
     assert "ConditionPathExists=/etc/cloud/cloud-init.disabled" in unit
     assert not (tmp_path / debian.CLOUD_INIT_OFF).exists()  # _without_cloud_init writes it
+
+
+def _run_host_keys_script(ssh_dir: Path, console: Path) -> None:
+    """Run the image's kvmvps-host-keys with ``ssh_dir`` as /etc/ssh and ``console`` as
+    /dev/console, in a mount namespace of its own (the host's files are never touched)."""
+    script = Path(debian.__file__).parent / "guest" / "debian-host-keys"
+    console.write_text("")
+    inner = (
+        f"mount --bind {ssh_dir} /etc/ssh && mount --bind {console} /dev/console && "
+        f"exec sh {script}"
+    )
+    subprocess.run(["unshare", "--mount", "sh", "-c", inner], check=True, timeout=60)
+
+
+def test_host_key_script_makes_two_keys_once_and_prints_what_sshd_serves(tmp_path: Path) -> None:
+    """The first boot without cloud-init: keys made, printed where kvmvps reads them."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("ssh-keygen") is None:
+        missing_tool("needs root, unshare and ssh-keygen")
+    ssh_dir, console = tmp_path / "ssh", tmp_path / "console"
+    ssh_dir.mkdir()
+    _run_host_keys_script(ssh_dir, console)
+    made = sorted(p.name for p in ssh_dir.iterdir())
+    assert made == [
+        "ssh_host_ecdsa_key",
+        "ssh_host_ecdsa_key.pub",
+        "ssh_host_ed25519_key",
+        "ssh_host_ed25519_key.pub",
+    ]
+    printed = guest.parse_console_host_keys(console.read_text())
+    ed25519 = " ".join((ssh_dir / "ssh_host_ed25519_key.pub").read_text().split()[:2])
+    assert len(printed) == 2 and guest.preferred_key(printed) == ed25519
+    # the next boot makes nothing new and prints the same keys, a missing .pub derived
+    (ssh_dir / "ssh_host_ecdsa_key.pub").unlink()
+    _run_host_keys_script(ssh_dir, console)
+    assert sorted(guest.parse_console_host_keys(console.read_text())) == sorted(printed)
+    assert len(list(ssh_dir.iterdir())) == 3
+
+
+def test_host_key_script_adds_no_type_beside_a_seeded_key(tmp_path: Path) -> None:
+    """cloud-init installed the seed's one key: sshd serves it alone, and it is printed."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("ssh-keygen") is None:
+        missing_tool("needs root, unshare and ssh-keygen")
+    ssh_dir, console = tmp_path / "ssh", tmp_path / "console"
+    ssh_dir.mkdir()
+    key = ssh_dir / "ssh_host_ed25519_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    _run_host_keys_script(ssh_dir, console)
+    assert sorted(p.name for p in ssh_dir.iterdir()) == [key.name, f"{key.name}.pub"]
+    printed = guest.parse_console_host_keys(console.read_text())
+    assert printed == [" ".join(Path(f"{key}.pub").read_text().split()[:2])]
 
 
 def test_a_cached_installed_tree_is_unpacked_not_installed(
