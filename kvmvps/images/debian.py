@@ -52,6 +52,7 @@ from importlib import resources
 from pathlib import Path
 
 from kvmvps import validation
+from kvmvps.cloudinit import LOGIN_USER_GROUPS, LOGIN_USER_SUDO
 from kvmvps.errors import ImageBuildError, InvalidInput
 from kvmvps.images import BuiltImage, publish
 
@@ -112,7 +113,6 @@ GUEST_FILES = {
 }
 # cloud-init's documented off switch; a customer deletes it to turn cloud-init on
 CLOUD_INIT_OFF = "etc/cloud/cloud-init.disabled"
-LOGIN_USER_GROUPS = "adm,sudo"  # as cloud-init's default user gets them
 # The initrd: only what mounting /dev/vda needs (ext4 is built into the cloud kernel).
 INITRAMFS_CONF = (
     "# kvmvps: a small initrd for direct kernel boot on virtio\n"
@@ -447,9 +447,10 @@ def _configure(root: Path, pubkey: str, login_user: str, suite: str, mirror: str
 def _without_cloud_init(root: Path, login_user: str) -> None:
     """cloud-init off: make here, once, the login user it would make at every first boot.
 
-    Locked, like cloud-init's (``lock_passwd``): the credentials step sets its
-    password. kvmvps-grow-root.service, which runs only while cloud-init is
-    off, takes over from cloud-init's ``resize_rootfs``.
+    The seed's groups and sudo rule (``kvmvps.cloudinit``); locked, like
+    cloud-init's (``lock_passwd``): the credentials step sets its password.
+    kvmvps-grow-root.service, which runs only while cloud-init is off, takes
+    over from cloud-init's ``resize_rootfs``.
     """
     _write(root / CLOUD_INIT_OFF, "kvmvps: cloud-init is off; delete this file to turn it on\n")
     _run(
@@ -461,16 +462,14 @@ def _without_cloud_init(root: Path, login_user: str) -> None:
             "--shell",
             "/bin/bash",
             "--groups",
-            LOGIN_USER_GROUPS,
+            ",".join(LOGIN_USER_GROUPS),
             "--comment",
             login_user,
             login_user,
         ],
         "useradd",
     )
-    _write(
-        root / "etc/sudoers.d/90-kvmvps-login-user", f"{login_user} ALL=(ALL) NOPASSWD:ALL\n", 0o440
-    )
+    _write(root / "etc/sudoers.d/90-kvmvps-login-user", f"{login_user} {LOGIN_USER_SUDO}\n", 0o440)
 
 
 def _default_user_config(login_user: str) -> str:
@@ -479,8 +478,8 @@ def _default_user_config(login_user: str) -> str:
         "name": login_user,
         "lock_passwd": True,
         "gecos": login_user,
-        "groups": ["adm", "sudo"],
-        "sudo": ["ALL=(ALL) NOPASSWD:ALL"],
+        "groups": list(LOGIN_USER_GROUPS),
+        "sudo": [LOGIN_USER_SUDO],
         "shell": "/bin/bash",
     }
     # JSON is YAML; login_user is validated, but never formatted into YAML by hand.
