@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import paramiko
 import pytest
@@ -37,25 +38,33 @@ def debian(real_ctx: Context, debian_image: str) -> str:
     return debian_image
 
 
-def test_debian_vps_end_to_end(real_ctx: Context, debian: str, tmp_path: Path) -> None:
-    before = libvirt_snapshot(real_ctx)
-    key_path, pubkey = customer_keypair(tmp_path)
+def _order(
+    real_ctx: Context, image: str, hostname: str, tmp_path: Path, *extra: str
+) -> tuple[dict[str, Any], str]:
+    """Order a VPS through the CLI; its ``vps create`` JSON and the host key it serves,
+    checked to be the one kvmvps pinned."""
     # a deadline, not a speed check (bench/provision.py --debian measures): an emulated
     # systemd boot on a busy two-core machine can take longer than the default two minutes
     result = run_cli(
         real_ctx,
-        *create_args("deb", debian, "deb1", "--ssh-key", f"{key_path}.pub"),
+        *create_args("deb", image, hostname, *extra),
         extra_env={"KVMVPS_SSH_TIMEOUT": "300"},
     )
     assert result.exit_code == 0, result.stderr
     vps = json.loads(result.stdout)
+    served = scanned_host_key(vps["ip"])
+    assert keygen_fingerprint(served, tmp_path) == vps["host_key_fingerprint"]
+    return vps, served
+
+
+def test_debian_vps_end_to_end(real_ctx: Context, debian: str, tmp_path: Path) -> None:
+    before = libvirt_snapshot(real_ctx)
+    key_path, pubkey = customer_keypair(tmp_path)
+    # the key the guest printed on its console at its first boot is the one it serves
+    vps, served = _order(real_ctx, debian, "deb1", tmp_path, "--ssh-key", f"{key_path}.pub")
     ip, user, password = vps["ip"], vps["username"], vps["password"]
     assert vps["state"] == "running" and user == "debian" and len(password) >= 16
     assert domstate(vps["domain"]) == "running"
-
-    # the key the guest printed on its console at its first boot is the one it serves
-    served = scanned_host_key(ip)
-    assert keygen_fingerprint(served, tmp_path) == vps["host_key_fingerprint"]
 
     # root (provisioning key) sees the hostname, the customer's key and the forced change
     root = paramiko_client(
@@ -134,18 +143,9 @@ def test_cloud_init_kind_serves_the_seeds_host_key(
     real_ctx: Context, debian_cloud_init: str, tmp_path: Path
 ) -> None:
     before = libvirt_snapshot(real_ctx)
-    result = run_cli(
-        real_ctx,
-        *create_args("deb", debian_cloud_init, "debci1"),
-        extra_env={"KVMVPS_SSH_TIMEOUT": "300"},
-    )
-    assert result.exit_code == 0, result.stderr
-    vps = json.loads(result.stdout)
-    ip, user, password = vps["ip"], vps["username"], vps["password"]
-
     # the key kvmvps generated and put in the seed is the one the guest serves
-    served = scanned_host_key(ip)
-    assert keygen_fingerprint(served, tmp_path) == vps["host_key_fingerprint"]
+    vps, served = _order(real_ctx, debian_cloud_init, "debci1", tmp_path)
+    ip, user, password = vps["ip"], vps["username"], vps["password"]
     root = paramiko_client(
         ip, 22, served, "root", key_filename=str(keys.provisioning_key_path(real_ctx.settings))
     )
