@@ -96,7 +96,12 @@ def list_query() -> Select[Vps]:
 
 
 def resolve(session: Session, ref: str, owner_id: int | None = None) -> Vps:
-    """A VPS by uuid, unique uuid prefix, or hostname (optionally of one owner)."""
+    """A VPS by uuid, hostname, or unique uuid prefix (optionally of one owner).
+
+    A whole uuid wins, then a hostname only one VPS has: a hostname such as
+    ``b2`` or ``cafe`` is also the start of some other VPS's uuid, one time in
+    256 for two characters, and naming one's own VPS must not depend on that.
+    """
     ref = (ref or "").strip().lower()
     if not ref:
         raise InvalidInput("no VPS named: give an id, an id prefix or a hostname")
@@ -107,6 +112,9 @@ def resolve(session: Session, ref: str, owner_id: int | None = None) -> Vps:
     exact = [v for v in matches if v.uuid == ref]
     if exact:
         return exact[0]
+    named = [v for v in matches if v.hostname == ref]
+    if len(named) == 1:
+        return named[0]
     if not matches:
         raise NotFound(f"no VPS matches {ref!r}")
     if len(matches) > 1:

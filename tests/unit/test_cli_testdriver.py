@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from kvmvps.limits import LIMIT_FIELDS
-from kvmvps.models import Vps
+from kvmvps.models import User, Vps
 from kvmvps.services import Context
 from kvmvps.services.vps import VIEW_KEYS
 from tests.badinput import assert_one_line_error, create_args, run_cli
@@ -86,6 +86,26 @@ def test_references(td_ctx: Context) -> None:
     result = run_cli(td_ctx, "vps", "show", a["id"][:4])
     assert_one_line_error(result, 2, "ambiguous", a["id"][:8], shared[:8])
     assert json.loads(ok(td_ctx, "vps", "show", a["id"][:9], "--json"))["id"] == a["id"]
+
+
+def test_a_hostname_wins_over_an_id_prefix(td_ctx: Context) -> None:
+    """A VPS named like the start of another's id is still found by its name."""
+    a = json.loads(ok(td_ctx, *create_args(hostname="alpha")))
+    b = json.loads(ok(td_ctx, *create_args(hostname="beta")))
+    with td_ctx.db.session() as s:  # b's id starts with "cafe", alpha is renamed "cafe"
+        s.execute(update(Vps).where(Vps.uuid == b["id"]).values(uuid="cafe" + b["id"][4:]))
+        s.execute(update(Vps).where(Vps.uuid == a["id"]).values(hostname="cafe"))
+    assert json.loads(ok(td_ctx, "vps", "show", "cafe", "--json"))["id"] == a["id"]
+    assert json.loads(ok(td_ctx, "vps", "show", "cafe" + b["id"][4:9], "--json"))["hostname"] == (
+        "beta"
+    )
+    # two VPSes of that name (two owners, seen by the operator): still ambiguous, in one line
+    c = json.loads(ok(td_ctx, *create_args(hostname="gamma")))
+    ok(td_ctx, "user", "add", "other@example.com", "--password", "another long password")
+    with td_ctx.db.session() as s:
+        other = s.scalars(select(User.id).where(User.email == "other@example.com")).one()
+        s.execute(update(Vps).where(Vps.uuid == c["id"]).values(hostname="cafe", owner_id=other))
+    assert_one_line_error(run_cli(td_ctx, "vps", "show", "cafe"), 2, "ambiguous")
 
 
 def test_empty_reference_is_refused(td_ctx: Context) -> None:
