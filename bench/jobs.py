@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import multiprocessing
 import os
 import shutil
 import statistics
@@ -26,17 +27,18 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from provision import installation, machine, teardown
 from sqlalchemy import delete, func, select
 
-from kvmvps.config import load_settings
+from kvmvps.config import Settings, load_settings
 from kvmvps.models import Job
 from kvmvps.services import (
     Context,
+    claims,
     images,
     inventory,
     jobs,
@@ -102,37 +104,52 @@ def _seconds(start: str, end: str) -> float:
     return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
 
 
-def claim_throughput(url: str, total: int = 2000, claimers: int = 4) -> dict[str, float]:
-    """Job claims per second on PostgreSQL: ``claimers`` threads claim and finish ``total`` jobs.
+def _claim_until_empty(settings: Settings, name: str, done: Any) -> None:
+    """One claimer: claim and finish jobs until none is left; count them in ``done``."""
+    own = Context(settings)
+    count = 0
+    while (c := claims.claim(own, name)) is not None:
+        claims.finish(own, c.id, name)
+        count += 1
+    own.close()
+    with done.get_lock():
+        done.value += count
 
+
+def claim_throughput(
+    url: str, total: int = 2000, claimers: int = 4, processes: bool = True
+) -> dict[str, float]:
+    """Job claims per second on PostgreSQL: ``claimers`` claim and finish ``total`` jobs.
+
+    Each claimer is a process of its own, as worker services and host agents
+    are; ``processes=False`` runs them as threads of one process instead (one
+    worker service's job threads, sharing one interpreter lock).
     Give it a database of its own: the claimers take any queued job in it.
     The jobs it made are deleted afterwards, and its state dir removed.
     """
     state = Path(tempfile.mkdtemp(prefix="kvmvps-claims-"))
     ctx = Context(load_settings({"KVMVPS_STATE_DIR": str(state), "KVMVPS_DATABASE_URL": url}))
+    forking = multiprocessing.get_context("fork")
+    done = forking.Value("i", 0)
     try:
         ctx.db.migrate()
         with ctx.db.session() as s:
             before = s.scalar(select(func.max(Job.id))) or 0
             for _ in range(total):
                 jobs.enqueue(s, "start", None, None)
-        done = [0] * claimers
-
-        def claimer(i: int) -> None:
-            own = Context(ctx.settings)
-            while (c := jobs.claim(own, f"c{i}")) is not None:
-                jobs.finish(own, c.id, f"c{i}")
-                done[i] += 1
-            own.close()
-
+        ctx.db.dispose()  # no pooled connection crosses a fork
+        runner: Callable[..., Any] = forking.Process if processes else threading.Thread
         t0 = time.perf_counter()
-        threads = [threading.Thread(target=claimer, args=(i,)) for i in range(claimers)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        workers = [
+            runner(target=_claim_until_empty, args=(ctx.settings, f"c{i}", done))
+            for i in range(claimers)
+        ]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
         elapsed = time.perf_counter() - t0
-        assert sum(done) >= total
+        assert done.value >= total, (done.value, total)
         with ctx.db.session() as s:
             s.execute(delete(Job).where(Job.id > before))
     finally:
@@ -141,6 +158,7 @@ def claim_throughput(url: str, total: int = 2000, claimers: int = 4) -> dict[str
     return {
         "jobs": total,
         "claimers": claimers,
+        "processes": processes,
         "seconds": elapsed,
         "claims_per_second": total / elapsed,
     }

@@ -10,7 +10,7 @@ import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     Connection,
@@ -66,14 +66,14 @@ def make_read_engine(url: str) -> Engine:
 POOL_SIZE = 5  # SQLAlchemy's default; a worker adds two connections per job thread
 
 
-def make_engine(url: str, pool_size: int = POOL_SIZE) -> Engine:
+def make_engine(url: str, pool_size: int = POOL_SIZE, **options: Any) -> Engine:
     """An engine for ``url``; SQLite gets foreign keys, WAL and a busy timeout."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30}, pool_size=pool_size)
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=pool_size)
+    return create_engine(url, pool_pre_ping=True, pool_size=pool_size, **options)
 
 
 class Database:
@@ -83,7 +83,11 @@ class Database:
         self.url = url
         self.engine = make_engine(url, pool_size)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        self._read_engine = make_read_engine(url) if url.startswith("sqlite") else self.engine
+        sqlite = url.startswith("sqlite")
+        # single statements in autocommit get connections of their own: no
+        # isolation level to switch and switch back at each checkout
+        self._autocommit = None if sqlite else make_engine(url, 2, isolation_level="AUTOCOMMIT")
+        self._read_engine = make_read_engine(url) if sqlite else self.engine
         self._readers = sessionmaker(self._read_engine, expire_on_commit=False)
 
     @classmethod
@@ -96,6 +100,27 @@ class Database:
         """A session whose transaction commits on success and rolls back on error."""
         with self._sessions() as session, session.begin():
             yield session
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """A plain connection in a transaction (commit on success), for hot Core statements."""
+        with self.engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def statement(self) -> Iterator[Connection]:
+        """A connection for one statement that is its own transaction.
+
+        On PostgreSQL it runs in autocommit: no ``BEGIN`` and ``COMMIT`` round
+        trips. Elsewhere (SQLite's writes begin with ``BEGIN IMMEDIATE``) it is
+        an ordinary transaction.
+        """
+        if self._autocommit is None:
+            with self.engine.begin() as conn:
+                yield conn
+            return
+        with self._autocommit.connect() as conn:
+            yield conn
 
     @contextmanager
     def reading(self) -> Iterator[Session]:
@@ -140,6 +165,8 @@ class Database:
     def dispose(self) -> None:
         self.engine.dispose()
         self._read_engine.dispose()
+        if self._autocommit is not None:
+            self._autocommit.dispose()
 
 
 def rowcount(result: object) -> int:

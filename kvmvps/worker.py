@@ -34,6 +34,7 @@ from kvmvps.services import (
     Context,
     allowance,
     backups,
+    claims,
     expiry,
     imagetest,
     inventory,
@@ -134,7 +135,7 @@ class Worker:
         while self.pool.free() > 0 and (limit is None or started < limit):
             if self.stopping.is_set():
                 break
-            claimed = jobs.claim(self.ctx, self.name)
+            claimed = claims.claim(self.ctx, self.name)
             if claimed is None:
                 break
             self.pool.start(claimed.uuid, partial(self._run_job, claimed))

@@ -13,7 +13,6 @@ are serialised.
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -21,17 +20,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypedDict, overload
 
 from sqlalchemy import (
-    ColumnElement,
-    Select,
-    and_,
-    bindparam,
-    exists,
-    func,
     or_,
     select,
     update,
 )
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session
 
 from kvmvps import validation
 from kvmvps.db import rowcount
@@ -116,74 +109,8 @@ def enqueue(
     return job
 
 
-CLAIM_BATCH = 20
-# the same two aliases for every claim: building them anew costs more than the query
-_OTHER, _BUILDING = aliased(Job), aliased(Job)
-# what the claim hands back, read by the same UPDATE that takes the job
-_CLAIMED_COLUMNS = (
-    Job.id,
-    Job.uuid,
-    Job.kind,
-    Job.vps_uuid,
-    Job.params,
-    Job.attempts,
-    Job.started_at,
-    Job.host_id,
-)
-
-
-def _claimable(
-    session: Session,
-    build_limit: int,
-    lease: timedelta,
-    worker: str,
-    only_id: int | None,
-    scope: ColumnElement[bool],
-) -> Claimed | None:
-    """The oldest runnable job, locked and marked ours; None if there is none.
-
-    Builds for a host whose build slots are all taken are left out by the
-    query itself, so no number of them hides the jobs queued behind them.
-    The slot is checked again under the host's row lock (a concurrent claim
-    may have taken the last one); candidates are read in batches until one
-    fits or none are left. Only the columns the choice needs are read, and
-    the job is taken and read back by one ``UPDATE ... RETURNING``.
-    """
-    after = 0
-    while True:
-        query = _candidates(build_limit).where(scope)
-        if only_id is not None:
-            query = query.where(Job.id == only_id)
-        batch = session.execute(query, {"after": after}).all()
-        for job_id, kind, host_id in batch:
-            if kind in BUILD_KINDS and not _build_slot_free(session, host_id, build_limit):
-                continue
-            return _take(session, job_id, worker, lease)
-        if len(batch) < CLAIM_BATCH:
-            return None
-        after = batch[-1][0]
-
-
-def _take(session: Session, job_id: int, worker: str, lease: timedelta) -> Claimed:
-    """Mark the locked queued job ``job_id`` as ours, and read what the worker needs."""
-    moment = now()
-    row = session.execute(
-        update(Job)
-        .where(Job.id == job_id)
-        .values(
-            state=JobState.RUNNING,
-            worker=worker,
-            attempts=Job.attempts + 1,
-            started_at=func.coalesce(Job.started_at, moment),
-            lease_expires_at=moment + lease,
-        )
-        .returning(*_CLAIMED_COLUMNS)
-    ).one()
-    return _claimed(row, moment)
-
-
-def _claimed(job: Any, started: datetime) -> Claimed:
-    """A claimed job as a worker sees it, from a row of ``_CLAIMED_COLUMNS`` or a Job.
+def claimed_from_row(job: Any, started: datetime) -> Claimed:
+    """A claimed job as a worker sees it, from a row of the jobs table or a Job.
 
     ``started`` stands in for a start time the row lacks.
     """
@@ -197,75 +124,6 @@ def _claimed(job: Any, started: datetime) -> Claimed:
         started_at=aware(job.started_at or started),
         host_id=job.host_id,
     )
-
-
-@functools.lru_cache(maxsize=8)
-def _candidates(build_limit: int) -> Select[int, str, int | None]:
-    """Queued jobs after id ``:after`` whose VPS is free and whose host can take a build."""
-    other, building = _OTHER, _BUILDING
-    busy_vps = exists().where(
-        other.vps_uuid == Job.vps_uuid,
-        other.id != Job.id,
-        or_(
-            other.state == JobState.RUNNING, and_(other.state == JobState.QUEUED, other.id < Job.id)
-        ),
-    )
-    running_builds = (
-        select(func.count())
-        .select_from(building)
-        .where(
-            building.host_id == Job.host_id,
-            building.state == JobState.RUNNING,
-            building.kind.in_(BUILD_KINDS),
-        )
-        .scalar_subquery()
-    )
-    host_full = and_(
-        Job.kind.in_(BUILD_KINDS), Job.host_id.is_not(None), running_builds >= build_limit
-    )
-    return (
-        select(Job.id, Job.kind, Job.host_id)
-        .where(Job.state == JobState.QUEUED, Job.id > bindparam("after"), ~busy_vps, ~host_full)
-        .order_by(Job.id)
-        .limit(CLAIM_BATCH)
-        .with_for_update(skip_locked=True, of=Job)
-    )
-
-
-def _build_slot_free(session: Session, host_id: int | None, build_limit: int) -> bool:
-    """At most ``build_limit`` builds at once per host (the host row is locked)."""
-    if host_id is None:
-        return True
-    session.scalar(select(Host.id).where(Host.id == host_id).with_for_update())
-    running = session.scalar(
-        select(func.count())
-        .select_from(Job)
-        .where(Job.host_id == host_id, Job.state == JobState.RUNNING, Job.kind.in_(BUILD_KINDS))
-    )
-    return (running or 0) < build_limit
-
-
-def claim(ctx: Context, worker: str, only_id: int | None = None) -> Claimed | None:
-    """Atomically take the oldest runnable job (or job ``only_id``).
-
-    A host agent (KVMVPS_AGENT_HOST) takes only its host's jobs; every other
-    process leaves the jobs of hosts that have an agent.
-    """
-    st = ctx.settings
-    with ctx.db.session() as s:
-        scope = _scope(s, st.agent_host)
-        lease = timedelta(seconds=st.job_lease_seconds)
-        return _claimable(s, st.build_limit, lease, worker, only_id, scope)
-
-
-def _scope(session: Session, agent_host: str) -> ColumnElement[bool]:
-    """Which jobs this process may claim: its host's (an agent), or those of hosts without one."""
-    if agent_host:
-        host_id = session.scalar(select(Host.id).where(Host.name == agent_host))
-        if host_id is None:
-            raise NotFound(f"no host named {agent_host!r} (KVMVPS_AGENT_HOST)")
-        return Job.host_id == host_id
-    return or_(Job.host_id.is_(None), Job.host_id.not_in(select(Host.id).where(Host.agent)))
 
 
 def request_edge(session: Session, host: Host) -> None:
@@ -324,22 +182,6 @@ def set_step(ctx: Context, job_id: int, step: str, progress: int) -> None:
         s.execute(update(Job).where(Job.id == job_id).values(step=step, progress=progress))
 
 
-def finish(ctx: Context, job_id: int, worker: str, error: str | None = None) -> None:
-    """Mark a job we hold as succeeded (or failed with ``error``)."""
-    with ctx.db.session() as s:
-        s.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.worker == worker)
-            .values(
-                state=JobState.FAILED if error else JobState.SUCCEEDED,
-                error=error,
-                finished_at=now(),
-                lease_expires_at=None,
-                progress=100 if error is None else Job.progress,
-            )
-        )
-
-
 def release(ctx: Context, job_id: int, worker: str) -> None:
     """Hand a job back to the queue (a worker stopping between steps)."""
     with ctx.db.session() as s:
@@ -361,7 +203,7 @@ def expired(ctx: Context) -> list[Claimed]:
         rows = s.scalars(
             select(Job).where(Job.state == JobState.RUNNING, Job.lease_expires_at < now())
         )
-        return [_claimed(j, now()) for j in rows]
+        return [claimed_from_row(j, now()) for j in rows]
 
 
 def requeue_expired(ctx: Context, job_id: int) -> bool:

@@ -22,6 +22,7 @@ from kvmvps.services import (
     Context,
     backup_work,
     backups,
+    claims,
     credentials,
     forwards,
     hostwait,
@@ -333,7 +334,7 @@ def _run_handler(
         done.set()
         keeper.join()
     if error != "":
-        jobs.finish(ctx, claimed.id, worker, error=error)
+        claims.finish(ctx, claimed.id, worker, error=error)
     return error
 
 
@@ -349,7 +350,7 @@ def run_inline(ctx: Context, job_uuid: str, progress: Progress | None = None) ->
     """Run one queued job in this process; False if it cannot be claimed now."""
     with ctx.db.session() as s:
         job_id = s.scalar(select(Job.id).where(Job.uuid == job_uuid))
-    claimed = jobs.claim(ctx, inline_worker_name(), only_id=job_id)
+    claimed = claims.claim(ctx, inline_worker_name(), only_id=job_id)
     if claimed is None:
         return False
     run_claimed(ctx, claimed, inline_worker_name(), on_progress=progress)
@@ -374,7 +375,7 @@ def _give_up(ctx: Context, job: Claimed, holder: str) -> None:
         provisioning.abandon(ctx, job.vps_uuid, error)
     if job.kind == "image_test" and isinstance(job.params.get("test"), str):
         imagetest.abandon(ctx, job.params["test"], error)
-    jobs.finish(ctx, job.id, holder, error=error)
+    claims.finish(ctx, job.id, holder, error=error)
 
 
 # -- waiting for a job -------------------------------------------------------
@@ -456,7 +457,7 @@ class _Driver:
         if head is None:
             return True
         if head.state == JobState.QUEUED:
-            claimed = jobs.claim(self.ctx, self.name, only_id=head.id)
+            claimed = claims.claim(self.ctx, self.name, only_id=head.id)
             if claimed is not None:
                 mine = head.uuid == self.job_uuid
                 if not mine:

@@ -10,7 +10,7 @@ from sqlalchemy import select, update
 
 from kvmvps.errors import NotFound
 from kvmvps.models import Host, Job, JobState
-from kvmvps.services import Context, host_edge, hosts, jobs
+from kvmvps.services import Context, claims, host_edge, hosts, jobs
 from kvmvps.services.runner import NoWorker, run_or_follow
 from tests.badinput import create_args, run_cli
 from tests.snapshots import snapshot
@@ -47,14 +47,14 @@ def test_central_workers_leave_the_agents_jobs_and_agents_take_only_theirs(td_ct
     loose = _queue(td_ctx, None, "v-none")
     agent = _as_agent(td_ctx, "far")
     try:
-        first = jobs.claim(td_ctx, "central")
+        first = claims.claim(td_ctx, "central")
         assert first is not None and first.uuid == ours
-        second = jobs.claim(td_ctx, "central")
+        second = claims.claim(td_ctx, "central")
         assert second is not None and second.uuid == loose
-        assert jobs.claim(td_ctx, "central") is None  # the agent's job stays queued
-        mine = jobs.claim(agent, "agent:far:1")
+        assert claims.claim(td_ctx, "central") is None  # the agent's job stays queued
+        mine = claims.claim(agent, "agent:far:1")
         assert mine is not None and mine.uuid == theirs and mine.host_id == far
-        assert jobs.claim(agent, "agent:far:1") is None
+        assert claims.claim(agent, "agent:far:1") is None
     finally:
         agent.close()
 
@@ -64,7 +64,7 @@ def test_an_agent_of_an_unknown_host_claims_nothing(td_ctx: Context) -> None:
     ghost = _as_agent(td_ctx, "ghost")
     try:
         with pytest.raises(NotFound, match="ghost"):
-            jobs.claim(ghost, "agent:ghost:1")
+            claims.claim(ghost, "agent:ghost:1")
     finally:
         ghost.close()
     with td_ctx.db.session() as s:
@@ -74,9 +74,9 @@ def test_an_agent_of_an_unknown_host_claims_nothing(td_ctx: Context) -> None:
 def test_switching_the_agent_off_hands_its_jobs_back(td_ctx: Context) -> None:
     far = _far(td_ctx)
     queued = _queue(td_ctx, far, "v-far")
-    assert jobs.claim(td_ctx, "central") is None
+    assert claims.claim(td_ctx, "central") is None
     hosts.set_agent(td_ctx, "far", False, actor="test")
-    claimed = jobs.claim(td_ctx, "central")
+    claimed = claims.claim(td_ctx, "central")
     assert claimed is not None and claimed.uuid == queued
 
 

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import Engine, event, select, update
 
 from kvmvps.errors import NotFound
 from kvmvps.models import Job, JobState, Vps
-from kvmvps.services import Context, actions, jobs, provisioning
+from kvmvps.services import Context, actions, claims, jobs, provisioning
 from kvmvps.services import vps as vps_service
 from kvmvps.services.provisioning import OrderRequest
 from kvmvps.worker import Worker
@@ -52,13 +54,13 @@ def test_jobs_of_one_vps_run_in_order_never_together(td_ctx: Context) -> None:
     first = order(td_ctx)
     second = actions.request(td_ctx, first.uuid, "delete")  # queued behind the build
     other = order(td_ctx, "web2")
-    a = jobs.claim(td_ctx, "w1")
-    b = jobs.claim(td_ctx, "w2")
+    a = claims.claim(td_ctx, "w1")
+    b = claims.claim(td_ctx, "w2")
     assert a.uuid == first.job
     assert b.uuid == other.job  # the delete waits for the build of the same VPS
-    assert jobs.claim(td_ctx, "w3") is None
-    jobs.finish(td_ctx, a.id, "w1")
-    c = jobs.claim(td_ctx, "w3")
+    assert claims.claim(td_ctx, "w3") is None
+    claims.finish(td_ctx, a.id, "w1")
+    c = claims.claim(td_ctx, "w3")
     assert c.uuid == second.job
 
 
@@ -68,8 +70,8 @@ def test_build_limit_per_host(td_ctx: Context) -> None:
     td_ctx.settings = dataclasses.replace(td_ctx.settings, build_limit=2)
     for i in range(3):
         order(td_ctx, f"b{i}")
-    assert jobs.claim(td_ctx, "w1") and jobs.claim(td_ctx, "w2")
-    assert jobs.claim(td_ctx, "w3") is None
+    assert claims.claim(td_ctx, "w1") and claims.claim(td_ctx, "w2")
+    assert claims.claim(td_ctx, "w3") is None
 
 
 def test_blocked_builds_never_starve_other_jobs(td_ctx: Context) -> None:
@@ -83,21 +85,63 @@ def test_blocked_builds_never_starve_other_jobs(td_ctx: Context) -> None:
         host = s.scalar(select(Vps.host_id).where(Vps.uuid == running.uuid))
         for i in range(26):
             jobs.enqueue(s, "create", f"blocked-{i}", host, actor="test")
-    first = jobs.claim(td_ctx, "w1")
+    first = claims.claim(td_ctx, "w1")
     assert first is not None and first.kind == "create"  # takes the host's only build slot
     reboot = actions.request(td_ctx, running.uuid, "reboot")
     started = time.monotonic()
-    claimed = jobs.claim(td_ctx, "w2")
+    claimed = claims.claim(td_ctx, "w2")
     assert claimed is not None and claimed.uuid == reboot.job
     assert time.monotonic() - started < 2
-    assert jobs.claim(td_ctx, "w3") is None  # the 25 builds still wait for the slot
-    jobs.finish(td_ctx, first.id, "w1")
-    assert jobs.claim(td_ctx, "w3").kind == "create"
+    assert claims.claim(td_ctx, "w3") is None  # the 25 builds still wait for the slot
+    claims.finish(td_ctx, first.id, "w1")
+    assert claims.claim(td_ctx, "w3").kind == "create"
+
+
+@contextlib.contextmanager
+def statements() -> Iterator[list[str]]:
+    """The SQL statements every engine runs meanwhile, in order (two words of each)."""
+    seen: list[str] = []
+
+    def record(_conn, _cursor, sql, *_rest) -> None:
+        words = " ".join(sql.split()[:2]).upper()
+        if words != "BEGIN IMMEDIATE":  # SQLite's way to begin a write
+            seen.append(words)
+
+    event.listen(Engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(Engine, "before_cursor_execute", record)
+
+
+def test_a_claim_and_a_finish_are_one_statement_each(td_ctx: Context) -> None:
+    """The hot path: the oldest job that is not a build for a host is taken by one
+    ``UPDATE ... RETURNING`` and finished by one ``UPDATE``; a build for a host is
+    looked at again under the host's lock, and still claimed first, in order."""
+    running = order(td_ctx, "web0")
+    Worker(td_ctx).run(max_jobs=1)
+    reboot = actions.request(td_ctx, running.uuid, "reboot")
+    with statements() as seen:
+        claimed = claims.claim(td_ctx, "w1")
+        assert claimed is not None and claimed.uuid == reboot.job and claimed.kind == "reboot"
+        claims.finish(td_ctx, claimed.id, "w1")
+    assert seen == ["UPDATE JOBS", "UPDATE JOBS"]
+    assert jobs.get_job(td_ctx, reboot.job)["state"] == "succeeded"
+
+    build = order(td_ctx, "web1")  # a build for a host, older than the start behind it
+    shutdown = actions.request(td_ctx, running.uuid, "shutdown")
+    with statements() as seen:
+        first = claims.claim(td_ctx, "w1")
+    assert first is not None and first.uuid == build.job  # order kept
+    assert seen[0] == "UPDATE JOBS" and len(seen) > 2  # the one statement took nothing
+    second = claims.claim(td_ctx, "w2")
+    assert second is not None and second.uuid == shutdown.job
+    assert claims.claim(td_ctx, "w3") is None
 
 
 def test_expired_lease_is_queued_again_then_resumed(td_ctx: Context) -> None:
     o = order(td_ctx)
-    claimed = jobs.claim(td_ctx, "dead-worker")
+    claimed = claims.claim(td_ctx, "dead-worker")
     assert claimed.uuid == o.job
     with td_ctx.db.session() as s:
         s.execute(update(Job).values(lease_expires_at=jobs.now() - timedelta(seconds=1)))
@@ -131,7 +175,7 @@ def test_job_whose_workers_keep_dying_is_rolled_back(td_ctx: Context) -> None:
 
 def test_stopping_worker_hands_the_job_back_between_steps(td_ctx: Context) -> None:
     o = order(td_ctx)
-    claimed = jobs.claim(td_ctx, "w1")
+    claimed = claims.claim(td_ctx, "w1")
     steps_seen: list[str] = []
 
     def stop_after_two() -> bool:
@@ -217,7 +261,7 @@ def test_delete_of_a_queued_vps_with_no_worker_runs_the_build_first(td_ctx: Cont
 
 def test_delete_behind_a_dead_workers_job_takes_it_over(td_ctx: Context) -> None:
     o = order(td_ctx)
-    claimed = jobs.claim(td_ctx, "dead-worker")
+    claimed = claims.claim(td_ctx, "dead-worker")
     assert claimed is not None and claimed.uuid == o.job
     with td_ctx.db.session() as s:  # it died 28 s into a 30 s lease
         s.execute(update(Job).values(lease_expires_at=jobs.now() + timedelta(seconds=2)))
@@ -238,7 +282,7 @@ def test_waiting_on_nothing_says_what_to_start_within_seconds(td_ctx: Context) -
 
     first, second = order(td_ctx, "a1"), order(td_ctx, "a2")
     alive = f"inline:{socket.gethostname()}:{os.getpid()}"
-    assert jobs.claim(td_ctx, alive, only_id=_job_id(td_ctx, first.job)) is not None
+    assert claims.claim(td_ctx, alive, only_id=_job_id(td_ctx, first.job)) is not None
     result, elapsed = _cli_in_thread(
         td_ctx, "vps", "delete", second.uuid, "--yes", extra_env={"KVMVPS_BUILD_LIMIT": "1"}
     )
@@ -259,7 +303,7 @@ def test_resumed_delete_whose_row_is_gone_succeeds(td_ctx: Context) -> None:
     o = order(td_ctx)
     Worker(td_ctx).run(max_jobs=1)
     requested = actions.request(td_ctx, o.uuid, "delete", actor="test")
-    claimed = jobs.claim(td_ctx, "dead-worker")
+    claimed = claims.claim(td_ctx, "dead-worker")
     assert claimed is not None and claimed.uuid == requested.job
     provisioning.delete(td_ctx, o.uuid)  # the dead worker got this far, then died
     with td_ctx.db.session() as s:
