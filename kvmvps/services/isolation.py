@@ -9,6 +9,7 @@ altered filter back with a device update, live and in the definition.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 
 from kvmvps import xmlrender
 from kvmvps.errors import HypervisorError, KvmvpsError
@@ -43,6 +44,28 @@ def gateway_mac(hv: Hypervisor, facts: VpsFacts) -> str | None:
     if facts.network_kind != "nat" or facts.allow_guest_traffic:
         return None
     return hv.network_mac(facts.network_libvirt)
+
+
+@dataclass
+class Known:
+    """What a reconcile pass already knows of a host: each domain's state, from its listing,
+    and each network's gateway MAC, read once instead of once per VPS."""
+
+    states: dict[str, str]
+    gateways: dict[str, str | None] = field(default_factory=dict)
+
+    def active(self, hv: Hypervisor, domain: str) -> bool:
+        state = self.states.get(domain)
+        if state in (None, "crashed"):  # not listed, or kept after a crash: ask
+            return hv.is_active(domain)
+        return state != "shut off"
+
+    def gateway(self, hv: Hypervisor, facts: VpsFacts) -> str | None:
+        if facts.network_kind != "nat" or facts.allow_guest_traffic:
+            return None
+        if facts.network_libvirt not in self.gateways:
+            self.gateways[facts.network_libvirt] = gateway_mac(hv, facts)
+        return self.gateways[facts.network_libvirt]
 
 
 def wanted(facts: VpsFacts, gateway: str | None) -> NicState:
@@ -82,15 +105,24 @@ def problems(actual: NicState | None, want: NicState) -> list[str]:
     return found
 
 
-def check(ctx: Context, hv: Hypervisor, facts: VpsFacts, fix: bool = True) -> list[dict[str, str]]:
+def check(
+    ctx: Context,
+    hv: Hypervisor,
+    facts: VpsFacts,
+    fix: bool = True,
+    *,
+    known: Known | None = None,
+) -> list[dict[str, str]]:
     """Compare the domain's interface (live, and defined) with the rendered one; fix it.
 
     Returns one entry per difference found, saying whether it was fixed.
+    ``known`` carries what a caller checking many domains already read.
     """
-    gateway = gateway_mac(hv, facts)
+    gateway = known.gateway(hv, facts) if known else gateway_mac(hv, facts)
     want = wanted(facts, gateway)
     found: list[str] = []
-    views = [False, True] if hv.is_active(facts.domain) else [True]
+    active = known.active(hv, facts.domain) if known else hv.is_active(facts.domain)
+    views = [False, True] if active else [True]
     for inactive in views:
         nics = {n.mac: n for n in hv.interfaces(facts.domain, inactive=inactive)}
         where = "definition" if inactive else "running guest"

@@ -211,8 +211,9 @@ def _host_pass(ctx: Context, host: Host, seen: Seen, fix: bool, report: Report) 
                 _check_power(vps, actual, report)
                 if vps.domain_name in domains:
                     settled.append(facts_of(vps, ctx.settings))
+    seen_here = isolation.Known(domains)
     for facts in settled:
-        _check_isolation(ctx, hv, facts, report)
+        _check_isolation(ctx, hv, facts, seen_here, report)
     _orphan_domains(hv, host, set(domains) - known - moving, fix, report, ctx.settings.storage_pool)
     # any VPS's volume (those moving, those of other hosts on a shared pool) is no orphan
     _orphan_volumes(ctx, hv, host, seen.domains, fix, report)
@@ -253,14 +254,16 @@ def _hold(hv: Hypervisor, vps: Vps, actual: str | None, report: Report) -> str |
     return actual
 
 
-def _check_isolation(ctx: Context, hv: Hypervisor, facts: VpsFacts, report: Report) -> None:
+def _check_isolation(
+    ctx: Context, hv: Hypervisor, facts: VpsFacts, known: isolation.Known, report: Report
+) -> None:
     """Every guest NIC's anti-spoofing filter and port isolation: put back where missing.
 
     Like the forwarding rules, this is fixed on every pass, not only with ``fix``:
     a guest running unfiltered can take over its neighbours' addresses.
     """
     try:
-        found = isolation.check(ctx, hv, facts)
+        found = isolation.check(ctx, hv, facts, known=known)
     except HypervisorError as exc:
         report.errors.append(f"isolation of {facts.hostname}: {exc}")
         return

@@ -12,6 +12,7 @@ from kvmvps import limits
 from kvmvps.errors import HypervisorError, InvalidInput
 from kvmvps.hvtypes import NicState
 from kvmvps.services import Context, isolation, reconcile
+from kvmvps.services.facts import DOMAIN_PREFIX
 from tests.badinput import assert_one_line_error, create_args, run_cli
 from tests.snapshots import snapshot
 
@@ -73,6 +74,23 @@ def test_reconcile_reports_a_stripped_filter(td_ctx: Context) -> None:
     assert any("filter is missing" in p for p in problems), report.isolation
     assert any("port isolation off" in p for p in problems), report.isolation
     assert not report.clean and any("fix failed" in e for e in report.errors)
+
+
+def test_a_pass_knows_which_domains_run_from_one_listing(td_ctx: Context) -> None:
+    """Reconcile checks a running guest's live NIC too; whether it runs comes from the
+    host's listing (one call), and libvirt is asked only of a domain the listing lacks."""
+    vps = ok(td_ctx, *create_args())
+    hv = td_ctx.hypervisor(td_ctx.settings.libvirt_uri)
+    listed = hv.list_domains(prefix=DOMAIN_PREFIX)
+    assert listed == {vps["domain"]: "running"}
+    assert isolation.Known(listed).active(hv, vps["domain"]) is True
+    hv.destroy(vps["domain"])
+    listed = hv.list_domains(prefix=DOMAIN_PREFIX)
+    assert listed == {vps["domain"]: "shut off"}
+    assert isolation.Known(listed).active(hv, vps["domain"]) is False
+    assert isolation.Known({}).active(hv, vps["domain"]) is False  # asked: shut off
+    hv.start(vps["domain"])
+    assert isolation.Known({}).active(hv, vps["domain"]) is True  # asked: running
 
 
 def test_start_as_refuses_another_domains_xml_and_starts_nothing(td_ctx: Context) -> None:
