@@ -17,9 +17,16 @@ from kvmvps.services.audit import os_actor
 
 @dataclass
 class Obj:
+    """What a command gets: its services context, built when first needed.
+
+    A command the worker answers on its control socket runs on the worker's
+    own context (already checked, and not ``owned``: it outlives the command).
+    """
+
     debug: bool = False
     _ctx: Context | None = field(default=None, repr=False)
     _checked: bool = field(default=False, repr=False)
+    owned: bool = True
 
     @property
     def ctx(self) -> Context:
@@ -41,7 +48,7 @@ class Obj:
         return self._ctx
 
     def close(self) -> None:
-        if self._ctx is not None:
+        if self._ctx is not None and self.owned:
             self._ctx.close()
 
 

@@ -28,8 +28,9 @@ from typing import Any, TextIO, TypeGuard
 import click
 
 from kvmvps.cli import fastpath
-from kvmvps.config import Settings, load_settings
+from kvmvps.config import load_settings
 from kvmvps.errors import KvmvpsError
+from kvmvps.services import Context
 
 log = logging.getLogger(__name__)
 BACKLOG = 16
@@ -72,9 +73,9 @@ class _ThreadStream(io.TextIOBase):
 class ControlServer:
     """Serves the control socket in a daemon thread of the worker process."""
 
-    def __init__(self, settings: Settings, cli: click.Group) -> None:
-        self.settings, self.cli = settings, cli
-        self.path = Path(settings.state_dir) / fastpath.SOCKET_NAME
+    def __init__(self, ctx: Context, cli: click.Group) -> None:
+        self.ctx, self.settings, self.cli = ctx, ctx.settings, cli
+        self.path = Path(ctx.settings.state_dir) / fastpath.SOCKET_NAME
         self._local = threading.local()
         self._sock: socket.socket | None = None
         self._stop = threading.Event()
@@ -166,7 +167,10 @@ class ControlServer:
         out, err = io.StringIO(), io.StringIO()
         self._local.out, self._local.err = out, err
         try:
-            self.cli.main(args=list(argv), prog_name="kvmvps-admin", standalone_mode=True)
+            # the worker's context: no engine to build, no schema to check per command
+            self.cli.main(
+                args=list(argv), prog_name="kvmvps-admin", standalone_mode=True, obj=self.ctx
+            )
             code = 0
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)

@@ -16,7 +16,7 @@ from kvmvps.cli.lazy import make_lazy
 from kvmvps.cli.output import say
 from kvmvps.db import schema_is_current
 from kvmvps.errors import KvmvpsError
-from kvmvps.services import audit
+from kvmvps.services import Context, audit
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,9 @@ def cli(ctx: click.Context, debug: bool) -> None:
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    ctx.obj = Obj(debug=debug)
+    # the worker's control socket hands its own, checked context (kvmvps.cli.control)
+    shared = ctx.obj if isinstance(ctx.obj, Context) else None
+    ctx.obj = Obj(debug=debug, _ctx=shared, _checked=shared is not None, owned=shared is None)
     ctx.call_on_close(ctx.obj.close)
 
 

@@ -95,7 +95,7 @@ def _control_server(ctx: Context, agent_host: str | None) -> ControlServer | Non
     root = click.get_current_context().find_root().command
     if agent_host is not None or not isinstance(root, click.Group):
         return None
-    server = ControlServer(ctx.settings, root)
+    server = ControlServer(ctx, root)
     return server if server.start() else None
 
 
