@@ -323,8 +323,12 @@ class Hypervisor:
         return self._call(f"list volumes in {pool}", names)
 
     # -- networks ---------------------------------------------------------
-    def ensure_network(self, name: str, xml: str) -> None:
-        """Define, start and autostart the network unless it already runs."""
+    def ensure_network(self, name: str, xml: str | Callable[[], str]) -> None:
+        """Define, start and autostart the network unless it already runs.
+
+        ``xml`` may be a function giving the XML, called only when the
+        network has to be defined.
+        """
 
         def ensure(conn: libvirt.virConnect) -> None:
             try:
@@ -332,7 +336,7 @@ class Hypervisor:
             except libvirt.libvirtError as exc:
                 if exc.get_error_code() != libvirt.VIR_ERR_NO_NETWORK:
                     raise
-                net = conn.networkDefineXML(xml)
+                net = conn.networkDefineXML(xml if isinstance(xml, str) else xml())
             if not net.isActive():
                 net.create()
             if not net.autostart():

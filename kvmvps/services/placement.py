@@ -33,24 +33,43 @@ class Capacity:
 
 
 def capacity(session: Session, host: Host, overcommit: float, reserve_mib: int) -> Capacity:
-    pinned = session.scalar(
-        select(func.count()).select_from(CpuPin).where(CpuPin.host_id == host.id)
-    )
-    committed = session.scalar(
-        select(func.coalesce(func.sum(Plan.memory_mib), 0))
-        .select_from(Vps)
-        .join(Plan, Plan.id == Vps.plan_id)
-        .where(Vps.host_id == host.id, Vps.state != VpsState.ERROR)
-    )
-    return Capacity(
-        host=host.name,
-        cpus=host.cpus,
-        vcpus_pinned=pinned or 0,
-        vcpu_limit=int(host.cpus * overcommit),
-        memory_mib=host.memory_mib,
-        memory_committed_mib=committed or 0,
-        memory_limit_mib=max(0, host.memory_mib - reserve_mib),
-    )
+    return capacities(session, [host], overcommit, reserve_mib)[0]
+
+
+def capacities(
+    session: Session, hosts: list[Host], overcommit: float, reserve_mib: int
+) -> list[Capacity]:
+    """Each host's capacity, in two queries for all of them (not two per host)."""
+    ids = [h.id for h in hosts]
+    pinned: dict[int, int] = {
+        host_id: count
+        for host_id, count in session.execute(
+            select(CpuPin.host_id, func.count())
+            .where(CpuPin.host_id.in_(ids))
+            .group_by(CpuPin.host_id)
+        )
+    }
+    committed: dict[int, int] = {
+        host_id: int(total or 0)
+        for host_id, total in session.execute(
+            select(Vps.host_id, func.sum(Plan.memory_mib))
+            .join(Plan, Plan.id == Vps.plan_id)
+            .where(Vps.host_id.in_(ids), Vps.state != VpsState.ERROR)
+            .group_by(Vps.host_id)
+        )
+    }
+    return [
+        Capacity(
+            host=host.name,
+            cpus=host.cpus,
+            vcpus_pinned=pinned.get(host.id, 0),
+            vcpu_limit=int(host.cpus * overcommit),
+            memory_mib=host.memory_mib,
+            memory_committed_mib=committed.get(host.id, 0),
+            memory_limit_mib=max(0, host.memory_mib - reserve_mib),
+        )
+        for host in hosts
+    ]
 
 
 def fits(cap: Capacity, plan: Plan) -> bool:
@@ -76,7 +95,7 @@ def available_plans(
     session: Session, plans: list[Plan], overcommit: float, reserve_mib: int
 ) -> set[int]:
     """The ids of the plans some placeable host has room for now (database only)."""
-    caps = [capacity(session, h, overcommit, reserve_mib) for h in _enabled_hosts(session)]
+    caps = capacities(session, _enabled_hosts(session), overcommit, reserve_mib)
     return {plan.id for plan in plans if any(fits(cap, plan) for cap in caps)}
 
 
@@ -99,8 +118,7 @@ def choose_host(
             raise CapacityError("every host is disabled or in maintenance; no VPS can be placed")
         raise CapacityError("no hosts are registered; run 'kvmvps-admin init' first")
     fitting = []
-    for host in hosts:
-        cap = capacity(session, host, overcommit, reserve_mib)
+    for host, cap in zip(hosts, capacities(session, hosts, overcommit, reserve_mib), strict=True):
         if fits(cap, plan):
             fitting.append((cap.free_memory_mib, cap.free_vcpus, -host.id, host))
     if not fitting:

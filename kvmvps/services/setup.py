@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -122,19 +123,27 @@ def _ensure_operator(session: Session) -> User:
 
 @dataclass(frozen=True)
 class HostPrep:
-    """What a host needs from kvmvps: its pool and every network (name, XML)."""
+    """What a host needs from kvmvps: its pool and every network (libvirt names)."""
 
     uri: str
-    networks: tuple[tuple[str, str], ...]
+    networks: tuple[str, ...]
 
 
 def host_prep(session: Session, uri: str) -> HostPrep:
     """Read from the database what :func:`prepare_host` makes sure of (no libvirt call)."""
-    networks = tuple(
-        (net.libvirt_name, inventory.network_xml(session, net))
-        for net in session.scalars(select(Network).order_by(Network.id))
-    )
-    return HostPrep(uri=uri, networks=networks)
+    names = session.scalars(select(Network.libvirt_name).order_by(Network.id))
+    return HostPrep(uri=uri, networks=tuple(names))
+
+
+def _network_xml(ctx: Context, name: str) -> str:
+    """A network's XML, with a DHCP entry per VPS: read only for a host that lacks it.
+
+    Every order prepares its host; rendering and validating a network of
+    thousands of DHCP entries each time would cost more than the order.
+    """
+    with ctx.db.reading() as s:
+        network = s.scalars(select(Network).where(Network.libvirt_name == name)).one()
+        return inventory.network_xml(s, network)
 
 
 def prepare_host(ctx: Context, prep: HostPrep) -> None:
@@ -148,8 +157,8 @@ def prepare_host(ctx: Context, prep: HostPrep) -> None:
         ctx.settings.storage_pool,
         xmlrender.pool_xml(ctx.settings.storage_pool, str(ctx.settings.pool_dir)),
     )
-    for name, xml in prep.networks:
-        hv.ensure_network(name, xml)
+    for name in prep.networks:
+        hv.ensure_network(name, functools.partial(_network_xml, ctx, name))
 
 
 def owner_for(ctx: Context, session: Session, email: str | None) -> User:

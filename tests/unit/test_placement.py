@@ -6,9 +6,10 @@ import pytest
 from sqlalchemy import select
 
 from kvmvps.errors import CapacityError
-from kvmvps.models import Host, Plan
-from kvmvps.services import Context, provisioning
-from kvmvps.services.placement import available_plans, capacity, choose_host
+from kvmvps.models import Host, Network, Plan, Vps
+from kvmvps.services import Context, inventory, provisioning
+from kvmvps.services.placement import available_plans, capacities, capacity, choose_host
+from kvmvps.xmlspec import SENTINEL_MAC
 
 
 def test_most_free_memory_wins_and_full_hosts_are_skipped(td_ctx: Context) -> None:
@@ -60,3 +61,46 @@ def test_a_host_in_maintenance_gets_no_new_vps(td_ctx: Context) -> None:
             choose_host(s, plan, overcommit=1, reserve_mib=0)
         assert available_plans(s, [plan], overcommit=1, reserve_mib=0) == set()
         s.rollback()
+
+
+def test_capacities_of_many_hosts_equal_each_hosts_own(td_ctx: Context) -> None:
+    """The batched reading (two queries for every host) says what one host's reading says."""
+    for name in ("web1", "web2", "web3"):
+        provisioning.record_order(td_ctx, provisioning.OrderRequest("small", "base", name))
+    with td_ctx.db.session() as s:
+        s.add(Host(name="empty", uri="qemu+ssh://empty/system", cpus=4, memory_mib=8192))
+    with td_ctx.db.session() as s:
+        hosts = list(s.scalars(select(Host).order_by(Host.id)))
+        together = capacities(s, hosts, overcommit=2, reserve_mib=512)
+        alone = [capacity(s, h, overcommit=2, reserve_mib=512) for h in hosts]
+    assert together == alone
+    assert together[0].vcpus_pinned == 3 and together[0].memory_committed_mib == 3 * 256
+    assert together[1].vcpus_pinned == 0 and together[1].memory_committed_mib == 0
+
+
+def test_an_order_renders_its_network_only_for_a_host_that_lacks_it(
+    td_ctx: Context, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every order prepares its host; the network's XML (a DHCP entry per VPS) is rendered
+    only when the host has no such network, not at each order."""
+    provisioning.record_order(td_ctx, provisioning.OrderRequest("small", "base", "web1"))
+    real = inventory.network_xml
+    rendered: list[str] = []
+
+    def counting(session, network):
+        rendered.append(network.libvirt_name)
+        return real(session, network)
+
+    monkeypatch.setattr(inventory, "network_xml", counting)
+    provisioning.record_order(td_ctx, provisioning.OrderRequest("small", "base", "web2"))
+    assert rendered == []
+    hv = td_ctx.hypervisor(td_ctx.settings.libvirt_uri)
+    with td_ctx.db.session() as s:
+        name = s.scalar(select(Network.libvirt_name))
+    assert hv.remove_network(name)
+    provisioning.record_order(td_ctx, provisioning.OrderRequest("small", "base", "web3"))
+    assert rendered == [name] and hv.network_exists(name)
+    with td_ctx.db.session() as s:  # the network came back with the DHCP entries it had
+        macs = set(s.scalars(select(Vps.mac).where(Vps.hostname.in_(["web1", "web2"]))))
+    entries = {e.mac for e in hv.dhcp_hosts(name, live=False)} - {SENTINEL_MAC}
+    assert entries == macs and len(macs) == 2
