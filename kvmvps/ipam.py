@@ -6,6 +6,7 @@ Allocation happens inside the caller's transaction; the unique constraints on
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import secrets
@@ -122,11 +123,16 @@ def ipv6_for(network: Network, address: str) -> str | None:
     """
     if not network.ipv6_prefix:
         return None
-    prefix = ipaddress.IPv6Network(network.ipv6_prefix)
-    offset = int(ipaddress.IPv4Address(address)) - int(
-        ipaddress.IPv4Network(network.subnet).network_address
-    )
-    return str(prefix.network_address + offset)
+    v6_base, v4_base = _bases(network.ipv6_prefix, network.subnet)
+    offset = int(ipaddress.IPv4Address(address)) - v4_base
+    return str(ipaddress.IPv6Address(v6_base + offset))
+
+
+@functools.lru_cache(maxsize=256)
+def _bases(ipv6_prefix: str, subnet: str) -> tuple[int, int]:
+    """A network's first IPv6 and IPv4 addresses, as numbers (parsed once per network)."""
+    v6 = ipaddress.IPv6Network(ipv6_prefix).network_address
+    return int(v6), int(ipaddress.IPv4Network(subnet).network_address)
 
 
 def default_ipv6_prefix(name: str, taken: AbstractSet[str]) -> str:
