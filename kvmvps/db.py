@@ -116,11 +116,16 @@ class Database:
         an ordinary transaction.
         """
         if self._autocommit is None:
-            with self.engine.begin() as conn:
+            with self.transaction() as conn:
                 yield conn
             return
         with self._autocommit.connect() as conn:
             yield conn
+
+    @property
+    def autocommits(self) -> bool:
+        """Whether :meth:`statement` runs in autocommit (PostgreSQL), not in a transaction."""
+        return self._autocommit is not None
 
     @contextmanager
     def reading(self) -> Iterator[Session]:

@@ -69,7 +69,7 @@ _CLAIMED_COLUMNS = (
 def _clock(server: bool, name: str) -> ColumnElement[datetime]:
     """The time a claim or a finish records.
 
-    On PostgreSQL a claim runs in autocommit without reading first, so a time
+    Where a claim runs in autocommit (PostgreSQL), without reading first, a time
     taken in Python before the statement could precede the finish of the job
     it waited for (jobs of one VPS run one after another): the server's
     ``clock_timestamp()`` is read while the statement runs, after that finish.
@@ -125,10 +125,6 @@ def _finished(ok: bool, server: bool) -> Update:
     )
 
 
-def _server_clock(ctx: Context) -> bool:
-    return not ctx.db.url.startswith("sqlite")
-
-
 def claim(ctx: Context, worker: str, only_id: int | None = None) -> Claimed | None:
     """Atomically take the oldest runnable job (or job ``only_id``).
 
@@ -143,7 +139,7 @@ def claim(ctx: Context, worker: str, only_id: int | None = None) -> Claimed | No
     if st.agent_host:
         scope["agent_host"] = st.agent_host
     lease = timedelta(seconds=st.job_lease_seconds)
-    server = _server_clock(ctx)
+    server = ctx.db.autocommits
     statement = _quick_take(st.build_limit, bool(st.agent_host), only_id is not None, server)
     with ctx.db.statement() as conn:
         moment = now()
@@ -153,13 +149,13 @@ def claim(ctx: Context, worker: str, only_id: int | None = None) -> Claimed | No
         return claimed_from_row(taken, moment)
     with ctx.db.transaction() as conn:
         if st.agent_host:
-            _agent_host_id(conn, st.agent_host)  # a clear error for an unknown host
+            _require_agent_host(conn, st.agent_host)  # a clear error for an unknown host
         return _claimable(conn, st.build_limit, lease, worker, scope)
 
 
 def finish(ctx: Context, job_id: int, worker: str, error: str | None = None) -> None:
     """Mark a job we hold as succeeded (or failed with ``error``)."""
-    statement = _finished(error is None, _server_clock(ctx))
+    statement = _finished(error is None, ctx.db.autocommits)
     with ctx.db.statement() as conn:
         values = {"job_id": job_id, "holder": worker, "error": error, "at": now()}
         conn.execute(statement, values)
@@ -276,9 +272,8 @@ def _build_slot_free(conn: Connection, host_id: int | None, build_limit: int) ->
     return (running or 0) < build_limit
 
 
-def _agent_host_id(conn: Connection, agent_host: str) -> int:
-    """The id of the host this agent serves (KVMVPS_AGENT_HOST)."""
+def _require_agent_host(conn: Connection, agent_host: str) -> None:
+    """The host this agent serves (KVMVPS_AGENT_HOST) must exist."""
     host_id = conn.execute(select(Host.id).where(Host.name == agent_host)).scalar()
     if host_id is None:
         raise NotFound(f"no host named {agent_host!r} (KVMVPS_AGENT_HOST)")
-    return int(host_id)

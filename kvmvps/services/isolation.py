@@ -61,8 +61,7 @@ class Known:
         return state != "shut off"
 
     def gateway(self, hv: Hypervisor, facts: VpsFacts) -> str | None:
-        if facts.network_kind != "nat" or facts.allow_guest_traffic:
-            return None
+        """:func:`gateway_mac`, once per network (kind and guest traffic are the network's)."""
         if facts.network_libvirt not in self.gateways:
             self.gateways[facts.network_libvirt] = gateway_mac(hv, facts)
         return self.gateways[facts.network_libvirt]
