@@ -7,19 +7,17 @@ from ``kvmvps.hypervisor`` and never from its modules.
 from kvmvps.hypervisor.domains import (
     COPY_CHUNK,
     DOMAIN_STATES,
-    WRITE_TIMEOUT,
     BackupProgress,
-    ConsoleStream,
     DhcpEntry,
     DomainStats,
     HostInfo,
     Hypervisor,
-    LifecycleWatch,
     NicState,
     close_all,
     get_hypervisor,
-    translate,
 )
+from kvmvps.hypervisor.errors import translate
+from kvmvps.hypervisor.streams import WRITE_TIMEOUT, ConsoleStream, LifecycleWatch
 
 __all__ = [
     "COPY_CHUNK",

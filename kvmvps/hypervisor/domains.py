@@ -1,16 +1,15 @@
-"""The hypervisor adapter: the only module that imports libvirt.
+"""The :class:`Hypervisor`: one libvirt host's calls, and the shared one per URI.
 
 One :class:`Hypervisor` per host URI owns a lazily opened connection that is
 reopened when it drops. Every libvirt error is translated into the project's
-own exceptions, and nothing libvirt-typed leaves this module.
+own exceptions (:mod:`kvmvps.hypervisor.errors`), and nothing libvirt-typed
+leaves this package.
 """
 
 from __future__ import annotations
 
 import contextlib
-import queue
 import threading
-import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -29,36 +28,10 @@ from kvmvps.hvtypes import DomainStats as DomainStats
 from kvmvps.hvtypes import HostInfo as HostInfo
 from kvmvps.hvtypes import NicState as NicState
 from kvmvps.hvtypes import dhcp_entries, nic_states, parse_domain_stats
+from kvmvps.hypervisor.errors import translate
+from kvmvps.hypervisor.streams import ConsoleStream
 
 T = TypeVar("T")
-
-
-def _ignore_libvirt_errors(_ctx: Any, _err: Any) -> None:
-    """libvirt prints every error to stderr by default; we raise them instead."""
-
-
-libvirt.registerErrorHandler(_ignore_libvirt_errors, None)
-
-_NOT_FOUND = {
-    libvirt.VIR_ERR_NO_DOMAIN,
-    libvirt.VIR_ERR_NO_NETWORK,
-    libvirt.VIR_ERR_NO_STORAGE_POOL,
-    libvirt.VIR_ERR_NO_STORAGE_VOL,
-    libvirt.VIR_ERR_NO_NWFILTER,
-    libvirt.VIR_ERR_NO_DOMAIN_BACKUP,
-}
-_UNAVAILABLE_CODES = {libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_RPC, libvirt.VIR_ERR_AUTH_FAILED}
-_UNAVAILABLE_DOMAINS = {libvirt.VIR_FROM_RPC, libvirt.VIR_FROM_REMOTE}
-_INVALID = {
-    libvirt.VIR_ERR_XML_ERROR,
-    libvirt.VIR_ERR_XML_DETAIL,
-    libvirt.VIR_ERR_INVALID_ARG,
-    libvirt.VIR_ERR_OPERATION_INVALID,
-    libvirt.VIR_ERR_CONFIG_UNSUPPORTED,
-    libvirt.VIR_ERR_DOM_EXIST,
-    libvirt.VIR_ERR_NETWORK_EXIST,
-    libvirt.VIR_ERR_STORAGE_VOL_EXIST,
-}
 
 DOMAIN_STATES = {
     libvirt.VIR_DOMAIN_NOSTATE: "no state",
@@ -70,20 +43,6 @@ DOMAIN_STATES = {
     libvirt.VIR_DOMAIN_CRASHED: "crashed",
     libvirt.VIR_DOMAIN_PMSUSPENDED: "pmsuspended",
 }
-
-
-def translate(exc: libvirt.libvirtError, what: str) -> HypervisorError:
-    """Our exception for a libvirt error, with a one-line message."""
-    code, domain = exc.get_error_code(), exc.get_error_domain()
-    message = (exc.get_error_message() or str(exc)).splitlines()[0]
-    if code in _NOT_FOUND:
-        return HypervisorNotFound(f"{what}: {message}")
-    if code in _UNAVAILABLE_CODES or domain in _UNAVAILABLE_DOMAINS:
-        return HypervisorUnavailable(f"libvirt is unavailable ({what}): {message}")
-    if code in _INVALID:
-        return HypervisorInvalid(f"{what}: {message}")
-    return HypervisorError(f"{what}: {message}")
-
 
 _STAT_GROUPS = (
     libvirt.VIR_DOMAIN_STATS_CPU_TOTAL
@@ -825,165 +784,3 @@ def close_all() -> None:
         for hv in _hypervisors.values():
             hv.close()
         _hypervisors.clear()
-
-
-# -- lifecycle events --------------------------------------------------------
-_events_lock = threading.Lock()
-_events_started = False
-
-
-def _start_event_loop() -> None:
-    """Run libvirt's default event loop in a daemon thread (once per process)."""
-    global _events_started
-    with _events_lock:
-        if _events_started:
-            return
-        libvirt.virEventRegisterDefaultImpl()
-
-        def loop() -> None:
-            while True:
-                libvirt.virEventRunDefaultImpl()
-
-        threading.Thread(target=loop, name="libvirt-events", daemon=True).start()
-        _events_started = True
-
-
-class LifecycleWatch:
-    """Calls ``callback(domain_name)`` whenever a domain starts, stops, pauses..."""
-
-    def __init__(self, uri: str, callback: Callable[[str], None]) -> None:
-        _start_event_loop()
-        self.uri = uri
-        try:
-            self._conn = libvirt.open(uri)
-            self._conn.setKeepAlive(5, 3)
-            self._id = self._conn.domainEventRegisterAny(
-                None,
-                libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
-                lambda _c, dom, _event, _detail, _opaque: callback(dom.name()),
-                None,
-            )
-        except libvirt.libvirtError as exc:
-            raise translate(exc, f"watch domain events on {uri}") from None
-
-    def close(self) -> None:
-        try:
-            self._conn.domainEventDeregisterAny(self._id)
-            self._conn.close()
-        except libvirt.libvirtError:
-            pass
-
-
-# -- serial console ----------------------------------------------------------
-_STREAM_END = libvirt.VIR_STREAM_EVENT_ERROR | libvirt.VIR_STREAM_EVENT_HANGUP
-_STREAM_EVENTS = libvirt.VIR_STREAM_EVENT_READABLE | _STREAM_END
-WRITE_TIMEOUT = 10.0
-
-
-class ConsoleStream:
-    """A guest's serial console through ``virDomainOpenConsole`` on a libvirt stream.
-
-    The stream is non-blocking and driven by libvirt's event loop, on a
-    connection of its own (so ``qemu+ssh://`` hosts work the same as local
-    ones, and closing it never disturbs the shared connection). Output waits in
-    a queue for :meth:`read`; :meth:`write` sends keystrokes. Opening takes the
-    console over from any other session (``VIR_DOMAIN_CONSOLE_FORCE``): that
-    one ends, so a reconnecting browser is never locked out by its own ghost.
-    """
-
-    def __init__(self, uri: str, domain: str) -> None:
-        _start_event_loop()
-        self.domain = domain
-        self._output: queue.Queue[bytes | None] = queue.Queue()
-        self._lock = threading.Lock()
-        self._ended = False
-        self._conn: libvirt.virConnect | None = None
-        try:
-            self._conn = libvirt.open(uri)
-            with contextlib.suppress(libvirt.libvirtError):  # drivers without keepalive
-                self._conn.setKeepAlive(5, 3)
-            dom = self._conn.lookupByName(domain)
-            self._stream = self._conn.newStream(libvirt.VIR_STREAM_NONBLOCK)
-            dom.openConsole(None, self._stream, libvirt.VIR_DOMAIN_CONSOLE_FORCE)
-            self._stream.eventAddCallback(_STREAM_EVENTS, self._on_event, None)
-        except libvirt.libvirtError as exc:
-            self.close()
-            raise translate(exc, f"console of {domain}") from None
-
-    def _on_event(self, stream: Any, events: int, _opaque: Any) -> None:
-        """In the event loop's thread: move what the guest wrote into the queue."""
-        if events & libvirt.VIR_STREAM_EVENT_READABLE:
-            while True:
-                try:
-                    data = stream.recv(65536)
-                except libvirt.libvirtError:
-                    self._end()
-                    return
-                if data == -2:  # nothing more for now
-                    break
-                if not data:
-                    self._end()
-                    return
-                self._output.put(bytes(data))
-        if events & _STREAM_END:
-            self._end()
-
-    def _end(self) -> None:
-        with self._lock:
-            if self._ended:
-                return
-            self._ended = True
-        with contextlib.suppress(libvirt.libvirtError):
-            self._stream.eventRemoveCallback()
-        self._output.put(None)
-
-    @property
-    def ended(self) -> bool:
-        return self._ended
-
-    def read(self, timeout: float) -> bytes | None:
-        """The guest's next output; None when nothing came within ``timeout``, b"" at the end."""
-        try:
-            data = self._output.get(timeout=timeout)
-        except queue.Empty:
-            return None
-        if data is None:
-            self._output.put(None)  # every later read sees the end too
-            return b""
-        return data
-
-    def write(self, data: bytes) -> None:
-        """Send ``data`` to the guest; raise :class:`HypervisorError` once the console ended."""
-        deadline = time.monotonic() + WRITE_TIMEOUT
-        while data:
-            if self._ended:
-                raise HypervisorError(f"the console of {self.domain} has closed")
-            try:
-                sent = self._stream.send(data)
-            except libvirt.libvirtError as exc:
-                self._end()
-                raise translate(exc, f"console of {self.domain}") from None
-            if sent == -2:
-                if time.monotonic() > deadline:
-                    raise HypervisorError(f"the console of {self.domain} takes no input")
-                time.sleep(0.01)
-                continue
-            data = data[sent:]
-
-    def close(self) -> None:
-        """End the session (idempotent); the guest keeps running."""
-        if self._conn is None:
-            return
-        if hasattr(self, "_stream"):
-            self._end()
-            with contextlib.suppress(libvirt.libvirtError):
-                self._stream.abort()
-        conn, self._conn = self._conn, None
-        with contextlib.suppress(libvirt.libvirtError):
-            conn.close()
-
-    def __enter__(self) -> ConsoleStream:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.close()
