@@ -1,6 +1,6 @@
 """What the hypervisor adapter hands out: plain data, and the parsing that makes it.
 
-:mod:`kvmvps.hypervisor` (the only module that imports libvirt) returns these;
+:mod:`kvmvps.hypervisor` (the only package that imports libvirt) returns these;
 nothing here knows libvirt, so they are read and tested without a connection.
 """
 

@@ -1,22 +1,24 @@
 """The hypervisor adapter: the only package that imports libvirt.
 
-Everything the rest of kvmvps uses is re-exported here, so callers import
-from ``kvmvps.hypervisor`` and never from its modules.
+One :class:`Hypervisor` per host URI owns a lazily opened connection that is
+reopened when it drops. Every libvirt error is translated into the project's
+own exceptions, and nothing libvirt-typed leaves this package: what it hands
+out is plain data (:mod:`kvmvps.hvtypes`).
+
+- ``errors``: libvirt's errors translated (:func:`translate`)
+- ``connection``: the connection to one host and the call wrapper (:class:`Connection`)
+- ``storage``, ``network``: the storage and network calls (mixins of :class:`Connection`)
+- ``domains``: :class:`Hypervisor` (domain calls; the mixins composed) and the shared
+  one per URI (:func:`get_hypervisor`, :func:`close_all`)
+- ``streams``: libvirt's event loop, :class:`LifecycleWatch`, :class:`ConsoleStream`
+
+Callers import from ``kvmvps.hypervisor``, never from its modules.
 """
 
-from kvmvps.hypervisor.domains import (
-    COPY_CHUNK,
-    DOMAIN_STATES,
-    BackupProgress,
-    DhcpEntry,
-    DomainStats,
-    HostInfo,
-    Hypervisor,
-    NicState,
-    close_all,
-    get_hypervisor,
-)
+from kvmvps.hvtypes import BackupProgress, DhcpEntry, DomainStats, HostInfo, NicState
+from kvmvps.hypervisor.domains import DOMAIN_STATES, Hypervisor, close_all, get_hypervisor
 from kvmvps.hypervisor.errors import translate
+from kvmvps.hypervisor.storage import COPY_CHUNK
 from kvmvps.hypervisor.streams import WRITE_TIMEOUT, ConsoleStream, LifecycleWatch
 
 __all__ = [

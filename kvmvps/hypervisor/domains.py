@@ -1,37 +1,25 @@
-"""The :class:`Hypervisor`: one libvirt host's calls, and the shared one per URI.
+"""The :class:`Hypervisor`: a host's domain calls, its storage and network calls mixed in.
 
-One :class:`Hypervisor` per host URI owns a lazily opened connection that is
-reopened when it drops. Every libvirt error is translated into the project's
-own exceptions (:mod:`kvmvps.hypervisor.errors`), and nothing libvirt-typed
-leaves this package.
+Domains: lifecycle, devices and limits, backups, migration, internal
+snapshots, listing and statistics. Also the one shared :class:`Hypervisor`
+per URI (:func:`get_hypervisor`, :func:`close_all`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import libvirt
 from lxml import etree
 
-from kvmvps.errors import (
-    HypervisorError,
-    HypervisorInvalid,
-    HypervisorNotFound,
-    HypervisorUnavailable,
-)
-from kvmvps.hvtypes import BackupProgress as BackupProgress
-from kvmvps.hvtypes import DhcpEntry as DhcpEntry
-from kvmvps.hvtypes import DomainStats as DomainStats
-from kvmvps.hvtypes import HostInfo as HostInfo
-from kvmvps.hvtypes import NicState as NicState
-from kvmvps.hvtypes import dhcp_entries, nic_states, parse_domain_stats
-from kvmvps.hypervisor.errors import translate
+from kvmvps.errors import HypervisorError, HypervisorNotFound
+from kvmvps.hvtypes import BackupProgress, DomainStats, NicState, nic_states, parse_domain_stats
+from kvmvps.hypervisor.connection import Connection
+from kvmvps.hypervisor.network import NetworkCalls
+from kvmvps.hypervisor.storage import StorageCalls
 from kvmvps.hypervisor.streams import ConsoleStream
-
-T = TypeVar("T")
 
 DOMAIN_STATES = {
     libvirt.VIR_DOMAIN_NOSTATE: "no state",
@@ -74,325 +62,16 @@ def _affect_flags(dom: Any) -> tuple[int, ...]:
     return ((libvirt.VIR_DOMAIN_AFFECT_LIVE,) if dom.isActive() else ()) + config
 
 
-COPY_CHUNK = 1 << 20
+class Hypervisor(StorageCalls, NetworkCalls, Connection):
+    """One libvirt host, reached through ``uri``: its domains, storage and networks.
 
-
-def _send_all(stream: Any, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        sent = stream.send(view.tobytes())
-        view = view[sent:]
-
-
-class Hypervisor:
-    """One libvirt host, reached through ``uri``."""
-
-    def __init__(self, uri: str) -> None:
-        self.uri = uri
-        self._conn: libvirt.virConnect | None = None
-        self._lock = threading.RLock()
-
-    # -- connection -------------------------------------------------------
-    def _connection(self) -> libvirt.virConnect:
-        with self._lock:
-            if self._conn is not None:
-                try:
-                    if self._conn.isAlive():
-                        return self._conn
-                except libvirt.libvirtError:
-                    pass
-                self._drop()
-            try:
-                self._conn = libvirt.open(self.uri)
-            except libvirt.libvirtError as exc:
-                raise HypervisorUnavailable(
-                    f"cannot connect to libvirt at {self.uri}: {exc.get_error_message()}"
-                ) from None
-            return self._conn
-
-    def _drop(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(libvirt.libvirtError):
-                conn.close()
-
-    def close(self) -> None:
-        with self._lock:
-            self._drop()
-
-    def _call(self, what: str, fn: Callable[[libvirt.virConnect], T]) -> T:
-        """Run ``fn`` on the connection, translating errors; drop a dead connection.
-
-        One connection serves every thread of the process (libvirt allows
-        concurrent calls on it); a worker's job threads share it.
-        """
-        conn = self._connection()
-        try:
-            return fn(conn)
-        except libvirt.libvirtError as exc:
-            err = translate(exc, what)
-            if isinstance(err, HypervisorUnavailable):
-                self._forget(conn)
-            raise err from None
-
-    def _forget(self, conn: libvirt.virConnect) -> None:
-        """Stop handing out ``conn``; other threads still in a call on it keep it.
-
-        It is not closed here: the last reference going away closes it, so a
-        call in another thread is not cut off by this one's failure.
-        """
-        with self._lock:
-            if self._conn is conn:
-                self._conn = None
-
-    def ping(self) -> None:
-        """Raise :class:`HypervisorUnavailable` unless libvirtd answers."""
-        self._call("ping", lambda c: c.getLibVersion())
-
-    def host_info(self) -> HostInfo:
-        def info(conn: libvirt.virConnect) -> HostInfo:
-            _model, memory_mib, cpus, *_rest = conn.getInfo()
-            return HostInfo(cpus=cpus, memory_mib=memory_mib, hostname=conn.getHostname())
-
-        return self._call("host info", info)
-
-    # -- storage ----------------------------------------------------------
-    def ensure_pool(self, name: str, xml: str) -> None:
-        """Define, build, start and autostart the pool unless it already runs."""
-
-        def ensure(conn: libvirt.virConnect) -> None:
-            try:
-                pool = conn.storagePoolLookupByName(name)
-            except libvirt.libvirtError as exc:
-                if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_POOL:
-                    raise
-                pool = conn.storagePoolDefineXML(xml, 0)
-                pool.build(0)
-            if not pool.isActive():
-                pool.create(0)
-            if not pool.autostart():
-                pool.setAutostart(1)
-
-        self._call(f"storage pool {name}", ensure)
-
-    def create_volume(self, pool: str, name: str, xml: str) -> str:
-        """Create a volume from ``xml`` unless it exists; return its path."""
-
-        def create(conn: libvirt.virConnect) -> str:
-            sp = conn.storagePoolLookupByName(pool)
-            try:
-                return sp.storageVolLookupByName(name).path()
-            except libvirt.libvirtError as exc:
-                if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_VOL:
-                    raise
-            return sp.createXML(xml, 0).path()
-
-        return self._call(f"create volume {name}", create)
-
-    def upload_volume(self, pool: str, name: str, xml: str, data: bytes) -> str:
-        """Create a volume and fill it with ``data`` through a libvirt stream."""
-
-        def upload(conn: libvirt.virConnect) -> str:
-            sp = conn.storagePoolLookupByName(pool)
-            vol = sp.createXML(xml, 0)
-            stream = conn.newStream(0)
-            vol.upload(stream, 0, len(data), 0)
-            stream.send(data)
-            stream.finish()
-            return vol.path()
-
-        return self._call(f"upload volume {name}", upload)
-
-    def volume_exists(self, pool: str, name: str) -> bool:
-        return name in self.list_volumes(pool)
-
-    def delete_volume(self, pool: str, name: str) -> bool:
-        """Delete a volume; False when it was already gone."""
-
-        def delete(conn: libvirt.virConnect) -> bool:
-            try:
-                vol = conn.storagePoolLookupByName(pool).storageVolLookupByName(name)
-            except libvirt.libvirtError as exc:
-                if exc.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
-                    return False
-                raise
-            vol.delete(0)
-            return True
-
-        return self._call(f"delete volume {name}", delete)
-
-    def volume_capacity(self, pool: str, name: str) -> int:
-        """The volume's virtual size in bytes."""
-
-        def capacity(conn: libvirt.virConnect) -> int:
-            return conn.storagePoolLookupByName(pool).storageVolLookupByName(name).info()[1]
-
-        return self._call(f"volume {name}", capacity)
-
-    def resize_volume(self, pool: str, name: str, capacity_bytes: int) -> None:
-        """Grow a volume to ``capacity_bytes``; never shrinks, a no-op at that size."""
-
-        def resize(conn: libvirt.virConnect) -> None:
-            vol = conn.storagePoolLookupByName(pool).storageVolLookupByName(name)
-            current = vol.info()[1]
-            if capacity_bytes < current:
-                raise HypervisorInvalid(
-                    f"resize volume {name}: {capacity_bytes} bytes is smaller than its "
-                    f"{current}; volumes only grow"
-                )
-            if capacity_bytes > current:
-                vol.resize(capacity_bytes, 0)
-
-        self._call(f"resize volume {name}", resize)
-
-    def grow_disk_live(self, name: str, disk: str, capacity_bytes: int) -> None:
-        """Grow the disk ``disk`` (``vda``) of a running domain: QEMU grows its image
-        and the guest sees the new size at once."""
-        flag = libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES
-        self._domain(
-            name, f"grow disk {disk} of", lambda d: d.blockResize(disk, capacity_bytes, flag)
-        )
-
-    def volume_path(self, pool: str, name: str) -> str:
-        """The file of a volume (the pool is refreshed first: files may change under it)."""
-
-        def path(conn: libvirt.virConnect) -> str:
-            sp = conn.storagePoolLookupByName(pool)
-            sp.refresh(0)
-            return sp.storageVolLookupByName(name).path()
-
-        return self._call(f"volume {name}", path)
-
-    def pool_path(self, pool: str) -> str:
-        """The directory of a ``dir`` pool."""
-        xml = self._call(
-            f"storage pool {pool}", lambda c: c.storagePoolLookupByName(pool).XMLDesc(0)
-        )
-        path = etree.fromstring(xml.encode()).findtext("target/path")
-        if not path:
-            raise HypervisorInvalid(f"storage pool {pool} has no target directory")
-        return path
-
-    def list_volumes(self, pool: str) -> list[str]:
-        def names(conn: libvirt.virConnect) -> list[str]:
-            sp = conn.storagePoolLookupByName(pool)
-            sp.refresh(0)
-            return sorted(sp.listVolumes())
-
-        return self._call(f"list volumes in {pool}", names)
-
-    # -- networks ---------------------------------------------------------
-    def ensure_network(self, name: str, xml: str | Callable[[], str]) -> None:
-        """Define, start and autostart the network unless it already runs.
-
-        ``xml`` may be a function giving the XML, called only when the
-        network has to be defined.
-        """
-
-        def ensure(conn: libvirt.virConnect) -> None:
-            try:
-                net = conn.networkLookupByName(name)
-            except libvirt.libvirtError as exc:
-                if exc.get_error_code() != libvirt.VIR_ERR_NO_NETWORK:
-                    raise
-                net = conn.networkDefineXML(xml if isinstance(xml, str) else xml())
-            if not net.isActive():
-                net.create()
-            if not net.autostart():
-                net.setAutostart(1)
-
-        self._call(f"network {name}", ensure)
-
-    def remove_network(self, name: str) -> bool:
-        """Stop and undefine a network; False when it did not exist."""
-
-        def remove(conn: libvirt.virConnect) -> bool:
-            try:
-                net = conn.networkLookupByName(name)
-            except libvirt.libvirtError as exc:
-                if exc.get_error_code() == libvirt.VIR_ERR_NO_NETWORK:
-                    return False
-                raise
-            if net.isActive():
-                net.destroy()
-            net.undefine()
-            return True
-
-        return self._call(f"remove network {name}", remove)
-
-    def network_exists(self, name: str) -> bool:
-        try:
-            self._call(f"network {name}", lambda c: c.networkLookupByName(name))
-        except HypervisorNotFound:
-            return False
-        return True
-
-    def dhcp_hosts(self, network: str, live: bool = True) -> list[DhcpEntry]:
-        """The static DHCP entries of the running (or the defined) network."""
-        flags = 0 if live else libvirt.VIR_NETWORK_XML_INACTIVE
-
-        def entries(conn: libvirt.virConnect) -> list[DhcpEntry]:
-            net = conn.networkLookupByName(network)
-            try:
-                xml = net.XMLDesc(flags)
-            except libvirt.libvirtError as exc:
-                # drivers without separate live/config XML reject the flag
-                if exc.get_error_code() not in (
-                    libvirt.VIR_ERR_INVALID_ARG,
-                    libvirt.VIR_ERR_NO_SUPPORT,
-                ):
-                    raise
-                xml = net.XMLDesc(0)
-            return dhcp_entries(xml)
-
-        return self._call(f"network {network}", entries)
-
-    def dhcp_leases(self, network: str) -> dict[str, str]:
-        """The addresses the network's DHCP server currently leases, with their MACs."""
-
-        def leases(conn: libvirt.virConnect) -> dict[str, str]:
-            net = conn.networkLookupByName(network)
-            if not net.isActive():
-                return {}
-            try:
-                leases = net.DHCPLeases()
-            except libvirt.libvirtError as exc:
-                if exc.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:
-                    raise
-                return {}  # a driver without a DHCP server leases nothing
-            return {lease["ipaddr"]: lease["mac"] for lease in leases}
-
-        return self._call(f"DHCP leases of {network}", leases)
-
-    def add_dhcp_host(self, network: str, entry: DhcpEntry, xml: str) -> None:
-        """Add a static DHCP entry live and to the config, where it is missing."""
-        self._update_dhcp(network, entry, xml, libvirt.VIR_NETWORK_UPDATE_COMMAND_ADD_LAST, False)
-
-    def remove_dhcp_host(self, network: str, entry: DhcpEntry, xml: str) -> None:
-        """Remove a static DHCP entry live and from the config, where present."""
-        self._update_dhcp(network, entry, xml, libvirt.VIR_NETWORK_UPDATE_COMMAND_DELETE, True)
-
-    def _update_dhcp(
-        self, network: str, entry: DhcpEntry, xml: str, command: int, present: bool
-    ) -> None:
-        def update(conn: libvirt.virConnect) -> None:
-            net = conn.networkLookupByName(network)
-            flags = 0
-            if net.isActive() and (entry in self.dhcp_hosts(network, live=True)) == present:
-                flags |= libvirt.VIR_NETWORK_UPDATE_AFFECT_LIVE
-            if (entry in self.dhcp_hosts(network, live=False)) == present:
-                flags |= libvirt.VIR_NETWORK_UPDATE_AFFECT_CONFIG
-            if flags:
-                net.update(command, libvirt.VIR_NETWORK_SECTION_IP_DHCP_HOST, -1, xml, flags)
-
-        self._call(f"DHCP entry {entry.mac} on {network}", update)
+    The connection is :class:`Connection`'s; the storage and network calls
+    are mixed in from :class:`StorageCalls` and :class:`NetworkCalls`.
+    """
 
     # -- domains ----------------------------------------------------------
     def define_domain(self, xml: str) -> str:
         return self._call("define domain", lambda c: c.defineXML(xml).name())
-
-    def _domain(self, name: str, what: str, fn: Callable[[Any], T]) -> T:
-        return self._call(f"{what} {name}", lambda c: fn(c.lookupByName(name)))
 
     def domain_exists(self, name: str) -> bool:
         try:
@@ -486,44 +165,7 @@ class Hypervisor:
     def is_active(self, name: str) -> bool:
         return bool(self._domain(name, "look up", lambda d: d.isActive()))
 
-    # -- isolation and limits ---------------------------------------------
-    def nwfilter_exists(self, name: str) -> bool | None:
-        """Whether libvirt has the nwfilter; None for a driver without nwfilters (test:///)."""
-
-        def lookup(conn: libvirt.virConnect) -> bool | None:
-            try:
-                conn.nwfilterLookupByName(name)
-            except libvirt.libvirtError as exc:
-                if exc.get_error_code() == libvirt.VIR_ERR_NO_SUPPORT:
-                    return None
-                raise
-            return True
-
-        try:
-            return self._call(f"nwfilter {name}", lookup)
-        except HypervisorNotFound:
-            return False
-
-    def define_nwfilter(self, xml: str) -> bool:
-        """Define (or redefine, same UUID) an nwfilter; False for a driver without nwfilters."""
-
-        def define(conn: libvirt.virConnect) -> bool:
-            try:
-                conn.nwfilterDefineXML(xml)
-            except libvirt.libvirtError as exc:
-                if exc.get_error_code() == libvirt.VIR_ERR_NO_SUPPORT:
-                    return False
-                raise
-            return True
-
-        return self._call("define nwfilter", define)
-
-    def network_mac(self, name: str) -> str | None:
-        """The MAC of a libvirt network's bridge (the guests' gateway), if it has one."""
-        xml = self._call(f"network {name}", lambda c: c.networkLookupByName(name).XMLDesc(0))
-        mac = etree.fromstring(xml.encode()).find("mac")
-        return None if mac is None else mac.get("address")
-
+    # -- interfaces and limits --------------------------------------------
     def interfaces(self, name: str, inactive: bool = False) -> list[NicState]:
         """The domain's interfaces (running or defined) with filter and isolation."""
         return nic_states(self.domain_xml(name, inactive))
@@ -626,7 +268,6 @@ class Hypervisor:
 
         self._domain(name, "abort the backup of", abort)
 
-    # -- internal snapshots ------------------------------------------------------
     # -- migration --------------------------------------------------------
     def migratable_xml(self, name: str) -> str:
         """The running domain's XML as a migration's destination may be given it."""
@@ -670,39 +311,7 @@ class Hypervisor:
 
         self._domain(name, f"migrate to {address}", migrate)
 
-    def copy_volume_to(self, pool: str, name: str, target: Hypervisor, xml: str) -> int:
-        """Copy the volume's file into a new volume (``xml``) of the same pool on ``target``.
-
-        Both ends are libvirt storage streams through this process, so the
-        hosts need no shared file system and no other channel. Returns the
-        number of bytes copied.
-        """
-
-        def copy(conn: libvirt.virConnect) -> int:
-            source = conn.storagePoolLookupByName(pool).storageVolLookupByName(name)
-            far = target._connection()
-            made = far.storagePoolLookupByName(pool).createXML(xml, 0)
-            down, up = conn.newStream(0), far.newStream(0)
-            source.download(down, 0, 0, 0)
-            made.upload(up, 0, 0, 0)
-            total = 0
-            try:
-                while chunk := down.recv(COPY_CHUNK):
-                    if not isinstance(chunk, bytes):
-                        raise HypervisorError(f"copy volume {name}: the stream stalled")
-                    _send_all(up, chunk)
-                    total += len(chunk)
-                down.finish()
-                up.finish()
-            except BaseException:
-                for stream in (down, up):
-                    with contextlib.suppress(libvirt.libvirtError):
-                        stream.abort()
-                raise
-            return total
-
-        return self._call(f"copy volume {name}", copy)
-
+    # -- internal snapshots -----------------------------------------------
     def snapshot_create(self, name: str, xml: str) -> None:
         """Take an internal snapshot (``<domainsnapshot>``); a running guest pauses meanwhile."""
         self._domain(name, "snapshot", lambda d: d.snapshotCreateXML(xml, 0))
