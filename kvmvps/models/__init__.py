@@ -4,16 +4,19 @@ Schema changes go through Alembic migrations in ``kvmvps/migrations``. The
 models are plain data: nothing here talks to libvirt. Every model is
 re-exported here (``from kvmvps.models import Vps``), and importing the
 package defines every table on ``Base.metadata``.
+
+- ``base``: the declarative base, the naming convention, ``utcnow``
+- ``core``: every table but the metering ones
+- ``metering``: counters, samples, hourly sums, monthly transfer, gauges
 """
 
+from kvmvps.models.base import NAMING, Base, utcnow
 from kvmvps.models.core import (
-    NAMING,
     AccountToken,
     ApiToken,
     AuditEntry,
     Backup,
     BackupState,
-    Base,
     ConsoleTicket,
     CpuPin,
     Forward,
@@ -27,10 +30,6 @@ from kvmvps.models.core import (
     JobState,
     Lock,
     LoginCounter,
-    MetricCounter,
-    MetricGauge,
-    MetricHourly,
-    MetricSample,
     Network,
     PasswordReveal,
     Plan,
@@ -38,12 +37,17 @@ from kvmvps.models.core import (
     SavedKey,
     Snapshot,
     SnapshotState,
-    TransferMonth,
     User,
     Vps,
     VpsState,
     Worker,
-    utcnow,
+)
+from kvmvps.models.metering import (
+    MetricCounter,
+    MetricGauge,
+    MetricHourly,
+    MetricSample,
+    TransferMonth,
 )
 
 __all__ = [
