@@ -6,41 +6,36 @@ re-exported here (``from kvmvps.models import Vps``), and importing the
 package defines every table on ``Base.metadata``.
 
 - ``base``: the declarative base, the naming convention, ``utcnow``
-- ``core``: every table but the metering ones
+- ``accounts``: users and their credentials, tokens and tickets
+- ``core``: networks, plans, images, hosts, VPSes and what each VPS holds
+- ``ops``: backups, snapshots, the audit log, jobs, workers, locks
 - ``metering``: counters, samples, hourly sums, monthly transfer, gauges
 """
 
-from kvmvps.models.base import NAMING, Base, utcnow
-from kvmvps.models.core import (
+from kvmvps.models.accounts import (
     AccountToken,
     ApiToken,
-    AuditEntry,
-    Backup,
-    BackupState,
     ConsoleTicket,
+    Invitation,
+    LoginCounter,
+    PasswordReveal,
+    RecoveryCode,
+    SavedKey,
+    User,
+)
+from kvmvps.models.base import NAMING, Base, utcnow
+from kvmvps.models.core import (
     CpuPin,
     Forward,
     Host,
     HttpName,
     Image,
     ImageTest,
-    Invitation,
     IpLease,
-    Job,
-    JobState,
-    Lock,
-    LoginCounter,
     Network,
-    PasswordReveal,
     Plan,
-    RecoveryCode,
-    SavedKey,
-    Snapshot,
-    SnapshotState,
-    User,
     Vps,
     VpsState,
-    Worker,
 )
 from kvmvps.models.metering import (
     MetricCounter,
@@ -48,6 +43,17 @@ from kvmvps.models.metering import (
     MetricHourly,
     MetricSample,
     TransferMonth,
+)
+from kvmvps.models.ops import (
+    AuditEntry,
+    Backup,
+    BackupState,
+    Job,
+    JobState,
+    Lock,
+    Snapshot,
+    SnapshotState,
+    Worker,
 )
 
 __all__ = [

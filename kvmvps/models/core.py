@@ -1,7 +1,7 @@
-"""The tables apart from metering.
+"""The inventory and what runs on it.
 
-Accounts, the inventory (networks, plans, images, hosts), VPSes and what each
-holds, backups, snapshots, the audit log, jobs, workers and locks.
+Networks, plans, images (and their self-tests), hosts, VPSes, and what each
+VPS holds: its addresses, port forwards, HTTP names and pinned CPUs.
 """
 
 from __future__ import annotations
@@ -14,15 +14,14 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     ForeignKey,
-    Index,
     Integer,
     String,
     Text,
     UniqueConstraint,
-    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from kvmvps.models.accounts import User
 from kvmvps.models.base import Base, utcnow
 
 
@@ -41,111 +40,6 @@ class VpsState:
 
     ALL = (QUEUED, BUILDING, RUNNING, STOPPED, SUSPENDED, ERROR, DELETING)
     SHOWN = (*ALL, UNKNOWN)
-
-
-class User(Base):
-    __tablename__ = "users"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    email: Mapped[str] = mapped_column(String(254), unique=True)
-    password_hash: Mapped[str | None] = mapped_column(String(255))
-    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
-    is_active: Mapped[bool] = mapped_column(Boolean, default=True)
-    # per-customer limits; None: the KVMVPS_QUOTA_* default
-    quota_vps: Mapped[int | None] = mapped_column(Integer)
-    quota_vcpus: Mapped[int | None] = mapped_column(Integer)
-    quota_memory_mib: Mapped[int | None] = mapped_column(Integer)
-    quota_disk_gib: Mapped[int | None] = mapped_column(Integer)
-    # raised to end every session of the user (log out, new password, disabled)
-    session_epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
-    # TOTP second factor: the secret sealed (Fernet, key in the state dir); the
-    # last time step a code was accepted in, so a code works once
-    totp_secret: Mapped[str | None] = mapped_column(Text)
-    totp_enabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
-    totp_last_step: Mapped[int | None] = mapped_column(BigInteger)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-
-
-class RecoveryCode(Base):
-    """A one-time code that stands in for a TOTP code; only its SHA-256 is stored."""
-
-    __tablename__ = "recovery_codes"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
-    code_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-
-
-class AccountToken(Base):
-    """A mailed link's secret (password reset, e-mail confirmation); only its SHA-256."""
-
-    __tablename__ = "account_tokens"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
-    purpose: Mapped[str] = mapped_column(String(16))  # "reset" or "email"
-    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    new_email: Mapped[str | None] = mapped_column(String(254))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-
-
-class SavedKey(Base):
-    """An SSH public key kept on a customer's account, offered at order time."""
-
-    __tablename__ = "saved_keys"
-    __table_args__ = (UniqueConstraint("user_id", "fingerprint"),)
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
-    name: Mapped[str] = mapped_column(String(64), default="")
-    public_key: Mapped[str] = mapped_column(Text)
-    fingerprint: Mapped[str] = mapped_column(String(128))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-
-
-class PasswordReveal(Base):
-    """A new VPS password, sealed, waiting to be shown to its owner once."""
-
-    __tablename__ = "password_reveals"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    vps_id: Mapped[int] = mapped_column(ForeignKey("vps.id", ondelete="CASCADE"), unique=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
-    job_uuid: Mapped[str | None] = mapped_column(String(36))
-    sealed: Mapped[str] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-
-
-class Invitation(Base):
-    """A single-use sign-up code; only its SHA-256 is stored."""
-
-    __tablename__ = "invitations"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    code_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    email: Mapped[str | None] = mapped_column(String(254))
-    created_by: Mapped[str] = mapped_column(String(300), default="")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    used_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
-
-
-class LoginCounter(Base):
-    """Attempts (logins, sign-ups) counted per key in one fixed time window.
-
-    ``key`` is a digest of what is limited (a client address, or an address
-    and an e-mail); ``window`` is the window's start in Unix seconds.
-    """
-
-    __tablename__ = "login_counters"
-
-    key: Mapped[str] = mapped_column(String(64), primary_key=True)
-    window: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    count: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class Network(Base):
@@ -347,69 +241,6 @@ class Vps(Base):
         return self.rescue_image_id is not None
 
 
-class BackupState:
-    QUEUED = "queued"
-    READY = "ready"
-    FAILED = "failed"
-
-    ALL = (QUEUED, READY, FAILED)
-
-
-class Backup(Base):
-    """A full copy of a VPS's disk in the backup directory: ``<uuid>.qcow2`` + ``<uuid>.json``.
-
-    The row outlives its VPS (a deleted VPS's backups may be kept), so it
-    names the VPS by uuid and keeps its owner and hostname. File names are
-    made from the backup's own uuid only, never from user text.
-    """
-
-    __tablename__ = "backups"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    uuid: Mapped[str] = mapped_column(String(36), unique=True, default=lambda: str(uuidlib.uuid4()))
-    vps_uuid: Mapped[str] = mapped_column(String(36), index=True)
-    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
-    hostname: Mapped[str] = mapped_column(String(63))
-    image_name: Mapped[str] = mapped_column(String(64))
-    kind: Mapped[str] = mapped_column(String(16), default="manual")  # or "scheduled"
-    state: Mapped[str] = mapped_column(String(16), default=BackupState.QUEUED)
-    consistency: Mapped[str | None] = mapped_column(String(16))  # "stopped", "crash", "frozen"
-    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
-    virtual_bytes: Mapped[int | None] = mapped_column(BigInteger)
-    host_key: Mapped[str | None] = mapped_column(Text)
-    host_key_fingerprint: Mapped[str | None] = mapped_column(String(128))
-    error: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-
-
-class SnapshotState:
-    QUEUED = "queued"
-    READY = "ready"
-    FAILED = "failed"
-
-    ALL = (QUEUED, READY, FAILED)
-
-
-class Snapshot(Base):
-    """An internal qcow2 snapshot of a VPS's disk (with its memory when it ran).
-
-    libvirt knows it as ``snap-<uuid>``, made from the row's own uuid; the
-    customer's ``label`` is display text only. The rows go with their VPS.
-    """
-
-    __tablename__ = "snapshots"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    uuid: Mapped[str] = mapped_column(String(36), unique=True, default=lambda: str(uuidlib.uuid4()))
-    vps_id: Mapped[int] = mapped_column(ForeignKey("vps.id", ondelete="CASCADE"), index=True)
-    label: Mapped[str] = mapped_column(String(64), default="")
-    state: Mapped[str] = mapped_column(String(16), default=SnapshotState.QUEUED)
-    with_memory: Mapped[bool | None] = mapped_column(Boolean)  # taken while it ran
-    error: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-
-
 class IpLease(Base):
     """An address of a network: held by a VPS, or free since ``released_at``.
 
@@ -480,116 +311,3 @@ class CpuPin(Base):
     host_cpu: Mapped[int] = mapped_column(Integer)
 
     vps: Mapped[Vps] = relationship(back_populates="pins")
-
-
-class ApiToken(Base):
-    """A bearer token for the REST API; only its SHA-256 is stored."""
-
-    __tablename__ = "api_tokens"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
-    name: Mapped[str] = mapped_column(String(64), default="")
-    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
-
-    user: Mapped[User] = relationship()
-
-
-class ConsoleTicket(Base):
-    """A one-use pass to one VPS's console for one user; only its SHA-256 is stored."""
-
-    __tablename__ = "console_tickets"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    ticket_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    # no foreign keys: a ticket outliving its user or VPS is simply refused
-    user_id: Mapped[int] = mapped_column(Integer)
-    vps_uuid: Mapped[str] = mapped_column(String(36))
-    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
-    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    # which console it opens: "serial" or "vnc" (a ticket of one kind opens no other)
-    kind: Mapped[str] = mapped_column(String(8), default="serial", server_default="serial")
-
-
-class AuditEntry(Base):
-    """Who did what to which object, when, and how it ended."""
-
-    __tablename__ = "audit_log"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
-    actor: Mapped[str] = mapped_column(String(300))
-    action: Mapped[str] = mapped_column(String(64))
-    target: Mapped[str] = mapped_column(String(300), default="")
-    result: Mapped[str] = mapped_column(String(16))
-    detail: Mapped[str | None] = mapped_column(Text)
-
-
-class JobState:
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-
-    UNFINISHED = (QUEUED, RUNNING)
-    ALL = (QUEUED, RUNNING, SUCCEEDED, FAILED)
-
-
-class Job(Base):
-    """A durable unit of work (an order, a power action...) that a worker runs."""
-
-    __tablename__ = "jobs"
-    # the claim's scan: queued jobs in id order, never the long tail of finished ones
-    __table_args__ = (
-        Index(
-            "ix_jobs_queued",
-            "id",
-            postgresql_where=text("state = 'queued'"),
-            sqlite_where=text("state = 'queued'"),
-        ),
-    )
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    uuid: Mapped[str] = mapped_column(String(36), unique=True, default=lambda: str(uuidlib.uuid4()))
-    kind: Mapped[str] = mapped_column(String(32))
-    vps_uuid: Mapped[str | None] = mapped_column(String(36), index=True)
-    host_id: Mapped[int | None] = mapped_column(ForeignKey("hosts.id"))
-    state: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED, index=True)
-    step: Mapped[str | None] = mapped_column(String(32))
-    progress: Mapped[int] = mapped_column(Integer, default=0)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    params: Mapped[str] = mapped_column(Text, default="{}")
-    error: Mapped[str | None] = mapped_column(Text)
-    actor: Mapped[str] = mapped_column(String(300), default="")
-    worker: Mapped[str | None] = mapped_column(String(128))
-    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    updated_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), default=utcnow, onupdate=utcnow
-    )
-
-
-class Worker(Base):
-    """A running worker process and its last sign of life."""
-
-    __tablename__ = "workers"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(String(128), unique=True)
-    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-
-
-class Lock(Base):
-    """A named, expiring lock shared by every process (e.g. one reconcile at a time)."""
-
-    __tablename__ = "locks"
-
-    name: Mapped[str] = mapped_column(String(64), primary_key=True)
-    holder: Mapped[str | None] = mapped_column(String(128))
-    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
