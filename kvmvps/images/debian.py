@@ -111,6 +111,13 @@ GUEST_FILES = {
     "debian-host-keys": ("usr/local/sbin/kvmvps-host-keys", 0o755),
     "debian-grow-root.service": ("etc/systemd/system/kvmvps-grow-root.service", 0o644),
 }
+# openssh-server's ordering, and the header of kvmvps's copy of its unit without it
+SSH_UNIT_AFTER = "After=network.target auditd.service"
+SSH_UNIT_HEADER = (
+    "# kvmvps: Debian's ssh.service (/usr/lib/systemd/system), without After=network.target:\n"
+    "# sshd listens on every address and needs no interface up. Delete this file to\n"
+    "# go back to the package's unit.\n"
+)
 # cloud-init's documented off switch; a customer deletes it to turn cloud-init on
 CLOUD_INIT_OFF = "etc/cloud/cloud-init.disabled"
 # The initrd: only what mounting /dev/vda needs (ext4 is built into the cloud kernel).
@@ -496,9 +503,30 @@ def _configure_sshd(root: Path) -> None:
     _write(root / "etc/ssh/sshd_config.d/50-cloud-init.conf", "PasswordAuthentication yes\n", 0o600)
     for key in (root / "etc/ssh").glob("ssh_host_*"):
         key.unlink()
+    _ssh_unit_without_network_wait(root)
     # e2scrub_reap only cleans up LVM snapshots; there is no LVM here.
     (root / "etc/systemd/system/multi-user.target.wants/e2scrub_reap.service").unlink(
         missing_ok=True
+    )
+
+
+def _ssh_unit_without_network_wait(root: Path) -> None:
+    """sshd starts without waiting for ``network.target``: the package's own unit,
+    copied to /etc (as ``systemctl edit --full ssh`` does) minus that ordering.
+
+    sshd listens on every address, so it needs no interface up; but Debian's unit
+    waits for ``network.target``, which waits for ifupdown (``networking.service``
+    and the DHCP lease of ``ifup@eth0``): under emulation, 10 s and more of every
+    boot. A drop-in cannot remove an ordering, hence the copy; the package's
+    drop-ins (``ssh.service.d``) still apply, and cloud-init, when on, still
+    orders itself before sshd.
+    """
+    unit = (root / "usr/lib/systemd/system/ssh.service").read_text(encoding="utf-8")
+    if SSH_UNIT_AFTER not in unit.splitlines():
+        raise ImageBuildError(f"ssh.service has no line {SSH_UNIT_AFTER!r}; its ordering changed")
+    _write(
+        root / "etc/systemd/system/ssh.service",
+        SSH_UNIT_HEADER + unit.replace(SSH_UNIT_AFTER, "After=auditd.service"),
     )
 
 

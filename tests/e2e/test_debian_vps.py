@@ -80,6 +80,15 @@ def test_debian_vps_end_to_end(real_ctx: Context, debian: str, tmp_path: Path) -
     assert "password must be changed" in last_change
     # cloud-init stayed off; the first boot made two host keys (ed25519 and ECDSA)
     assert (cloud_init, host_keys) == ("inactive", "2")
+    # sshd ran from kvmvps's copy of its unit, which does not wait for the network
+    _, out, _ = root.exec_command(
+        "systemctl show -P FragmentPath ssh.service; systemctl show -P After ssh.service; "
+        "systemctl is-active ssh.service networking.service"
+    )
+    fragment, after, ssh_active, networking = out.read().decode().splitlines()[:4]
+    assert fragment == "/etc/systemd/system/ssh.service"
+    assert "network.target" not in after.split() and "auditd.service" in after.split()
+    assert (ssh_active, networking) == ("active", "active")
     # the fixed IPv6 address is set now, and the if-up.d hook sets it again at every boot
     assert vps["ipv6"]
     _, out, _ = root.exec_command(

@@ -113,6 +113,7 @@ def test_a_chosen_login_user_is_the_one_cloud_init_creates(tmp_path: Path) -> No
     key = _pubkey()
     for rel in ("root", "etc/ssh", "etc/systemd/system", "var/lib/systemd"):
         (tmp_path / rel).mkdir(parents=True)  # the bits of a debootstrapped tree it edits
+    _package_ssh_unit(tmp_path)
     debian._configure(tmp_path, key, "alice", "bookworm", "http://deb.debian.org/debian")
     user = yaml.safe_load((tmp_path / "etc/cloud/cloud.cfg.d/91_kvmvps_user.cfg").read_text())
     assert user["system_info"]["default_user"]["name"] == "alice"
@@ -125,6 +126,55 @@ def test_a_chosen_login_user_is_the_one_cloud_init_creates(tmp_path: Path) -> No
     unit = (tmp_path / "etc/systemd/system/kvmvps-grow-root.service").read_text()
     assert "ConditionPathExists=/etc/cloud/cloud-init.disabled" in unit
     assert not (tmp_path / debian.CLOUD_INIT_OFF).exists()  # _without_cloud_init writes it
+
+
+# openssh-server's unit in Debian 12 (/usr/lib/systemd/system/ssh.service)
+PACKAGE_SSH_UNIT = """[Unit]
+Description=OpenBSD Secure Shell server
+Documentation=man:sshd(8) man:sshd_config(5)
+After=network.target auditd.service
+ConditionPathExists=!/etc/ssh/sshd_not_to_be_run
+
+[Service]
+EnvironmentFile=-/etc/default/ssh
+ExecStartPre=/usr/sbin/sshd -t
+ExecStart=/usr/sbin/sshd -D $SSHD_OPTS
+Type=notify
+
+[Install]
+WantedBy=multi-user.target
+Alias=sshd.service
+"""
+
+
+def _package_ssh_unit(root: Path, text: str = PACKAGE_SSH_UNIT) -> None:
+    unit = root / "usr/lib/systemd/system/ssh.service"
+    unit.parent.mkdir(parents=True, exist_ok=True)
+    unit.write_text(text)
+
+
+def test_sshd_does_not_wait_for_the_network(tmp_path: Path) -> None:
+    """The package's unit, copied to /etc without After=network.target; the rest unchanged."""
+    (tmp_path / "etc/systemd/system").mkdir(parents=True)
+    _package_ssh_unit(tmp_path)
+    debian._ssh_unit_without_network_wait(tmp_path)
+    copy = (tmp_path / "etc/systemd/system/ssh.service").read_text()
+    assert copy.startswith("# kvmvps: ")
+    body = [ln for ln in copy.splitlines() if not ln.startswith("#")]
+    expected = PACKAGE_SSH_UNIT.replace(
+        "After=network.target auditd.service", "After=auditd.service"
+    ).splitlines()
+    assert body == expected
+    assert "network.target" not in "\n".join(body)
+
+
+def test_an_ssh_unit_whose_ordering_changed_stops_the_build(tmp_path: Path) -> None:
+    """A later package with other ordering is not copied blindly: the build says so."""
+    (tmp_path / "etc/systemd/system").mkdir(parents=True)
+    _package_ssh_unit(tmp_path, PACKAGE_SSH_UNIT.replace("auditd.service", "other.service"))
+    with pytest.raises(ImageBuildError, match="ordering changed"):
+        debian._ssh_unit_without_network_wait(tmp_path)
+    assert not (tmp_path / "etc/systemd/system/ssh.service").exists()
 
 
 def _run_host_keys_script(ssh_dir: Path, console: Path) -> None:
@@ -364,6 +414,13 @@ def test_root_key_and_ssh_setup(built: tuple[BuiltImage, str, Path]) -> None:
     assert _mode(raw, "/root/.ssh") & 0o777 == 0o700
     assert not [n for n in _ls(raw, "/etc/ssh") if n.startswith("ssh_host_")]
     assert _cat(raw, "/etc/ssh/sshd_config.d/50-cloud-init.conf") == "PasswordAuthentication yes\n"
+    # sshd's unit: the package's own, without the wait for network.target
+    unit = _cat(raw, "/etc/systemd/system/ssh.service")
+    package = _cat(raw, "/usr/lib/systemd/system/ssh.service")
+    assert "After=network.target auditd.service" in package.splitlines()
+    assert [ln for ln in unit.splitlines() if not ln.startswith("#")] == package.replace(
+        "After=network.target auditd.service", "After=auditd.service"
+    ).splitlines()
     dropin = _cat(raw, "/etc/systemd/system/ssh.service.d/kvmvps-hostkeys.conf")
     starts = [ln for ln in dropin.splitlines() if ln.startswith("ExecStartPre=")]
     assert starts == ["ExecStartPre=", "ExecStartPre=/usr/local/sbin/kvmvps-host-keys"]
