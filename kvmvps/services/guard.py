@@ -76,4 +76,9 @@ def check_action(vps: Vps, action: str, *, operator: bool) -> None:
 
 def holds_running(vps: Vps, libvirt_state: str | None) -> bool:
     """True when a suspended VPS's domain runs anyway (started behind kvmvps's back)."""
-    return is_suspended(vps) and libvirt_state in ("running", "idle", "in shutdown")
+    return runs_while_suspended(vps.suspended_reason, libvirt_state)
+
+
+def runs_while_suspended(suspended_reason: str | None, libvirt_state: str | None) -> bool:
+    """:func:`holds_running` of a VPS's columns."""
+    return suspended_reason is not None and libvirt_state in ("running", "idle", "in shutdown")

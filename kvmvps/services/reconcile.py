@@ -15,20 +15,27 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, fields
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import selectinload
 
 from kvmvps import xmlrender
 from kvmvps.errors import Conflict, HypervisorError, HypervisorNotFound, HypervisorUnavailable
 from kvmvps.hypervisor import Hypervisor
 from kvmvps.models import Host, IpLease, Job, JobState, Lock, Network, Vps, VpsState
 from kvmvps.services import Context, audit, forwards, guard, isolation, provisioning
-from kvmvps.services.facts import DOMAIN_PREFIX, RESCUE_SUFFIX, VpsFacts, facts_of
+from kvmvps.services.facts import (
+    DOMAIN_PREFIX,
+    RESCUE_SUFFIX,
+    VpsFacts,
+    facts_from_row,
+    facts_query,
+    pins_of,
+)
 from kvmvps.services.jobs import now
 from kvmvps.services.vps import _FROM_LIBVIRT as FROM_LIBVIRT
 from kvmvps.xmlspec import KVMVPS_XMLNS, SENTINEL_MAC, DhcpHost
@@ -38,6 +45,9 @@ log = logging.getLogger(__name__)
 LOCK_NAME = "reconcile"
 LOCK_TTL = timedelta(minutes=10)
 SETTLED = (VpsState.RUNNING, VpsState.STOPPED, VpsState.SUSPENDED)
+# hosts a pass looks at at once: their libvirt calls wait on the network (remote
+# hosts) or run in libvirt's and lxml's C code, which let go of the GIL
+HOST_THREADS = 8
 
 
 @dataclass
@@ -54,6 +64,13 @@ class Report:
     rolled_back: list[dict[str, str]] = field(default_factory=list)
     isolation: list[dict[str, str]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+
+    def absorb(self, part: Report) -> None:
+        """Add a host's share of the pass to this report."""
+        for f in fields(self):
+            mine = getattr(self, f.name)
+            if isinstance(mine, list):
+                mine += getattr(part, f.name)
 
     @property
     def clean(self) -> bool:
@@ -120,28 +137,55 @@ def _run(ctx: Context, fix: bool, holder: str, wait: bool) -> Report:
             raise Conflict("another reconcile is running; try again shortly")
         time.sleep(0.5)
     try:
-        report = Report(fixed=fix)
-        with ctx.db.session() as s:
-            query = select(Host).where(Host.enabled)
+        with ctx.db.reading() as s:
+            query = select(Host).where(Host.enabled).order_by(Host.id)
             if ctx.settings.agent_host:  # a host agent looks after its own host only
                 query = query.where(Host.name == ctx.settings.agent_host)
             hosts = list(s.scalars(query))
-        seen = _seen(ctx)  # once per pass, not per host
-        for host in hosts:
+        seen = _seen(ctx, [host.id for host in hosts])  # once per pass, not per host
+        report = Report(fixed=fix)
+        for host, (part, failure) in zip(hosts, _each_host(ctx, hosts, seen, fix), strict=True):
             report.hosts.append(host.name)
-            try:
-                _host_pass(ctx, host, seen, fix, report)
-            except HypervisorUnavailable as exc:
-                report.errors.append(f"{host.name}: {exc}")
-                _mark_down(ctx, host.id, report)
-            except HypervisorError as exc:
-                report.errors.append(f"{host.name}: {exc}")
-            else:
-                if host.down_since is not None:
-                    _mark_up(ctx, host.id, report)
+            report.absorb(part)
+            _finish_host(ctx, host, failure, report)
         return report
     finally:
         release(ctx, holder)
+
+
+def _each_host(
+    ctx: Context, hosts: list[Host], seen: Seen, fix: bool
+) -> list[tuple[Report, HypervisorError | None]]:
+    """Each host's share of the pass, several hosts at once (see HOST_THREADS)."""
+
+    def one(host: Host) -> tuple[Report, HypervisorError | None]:
+        part = Report(fixed=fix)
+        try:
+            _host_pass(ctx, host, seen, fix, part)
+        except HypervisorError as exc:
+            return part, exc
+        return part, None
+
+    if len(hosts) < 2:
+        return [one(host) for host in hosts]
+    with ThreadPoolExecutor(min(HOST_THREADS, len(hosts)), "reconcile") as pool:
+        return list(pool.map(one, hosts))
+
+
+def _finish_host(ctx: Context, host: Host, failure: HypervisorError | None, report: Report) -> None:
+    """The host's forwarding rules (one host after another: iptables and the proxy are
+    shared), then what the pass learnt of whether it answers."""
+    if failure is None:
+        try:
+            report.forwarding += forwards.sync(ctx, host)
+        except HypervisorError as exc:
+            failure = exc
+    if failure is not None:
+        report.errors.append(f"{host.name}: {failure}")
+        if isinstance(failure, HypervisorUnavailable):
+            _mark_down(ctx, host.id, report)
+    elif host.down_since is not None:
+        _mark_up(ctx, host.id, report)
 
 
 def _mark_down(ctx: Context, host_id: int, report: Report) -> None:
@@ -163,21 +207,24 @@ def _mark_up(ctx: Context, host_id: int, report: Report) -> None:
             log.warning("host %s answers again", host.name)
 
 
-# what facts_of reads of each VPS, loaded with the rows instead of one query per VPS
-FACTS_LOADED = [selectinload(getattr(Vps, name)) for name in ("plan", "image", "network", "pins")]
-
-
 @dataclass(frozen=True)
 class Seen:
-    """What a pass reads once for all hosts."""
+    """What a pass reads once for all hosts: columns, no ORM object per VPS."""
 
     busy: set[str]  # VPSes with an unfinished job: left alone
     domains: set[str]  # every VPS's domain name, on any host
     nat_networks: list[str]  # libvirt names
     leases: set[tuple[str, str]]  # (network's libvirt name, MAC) held by a VPS
+    moving: set[str]  # the domains of busy VPSes: perhaps on their way to or from a host
+    vpses: dict[int, list[Any]]  # host id -> its VPSes, as facts_query rows (+ _PASS_COLUMNS)
+    pins: dict[int, tuple[int, ...]]  # VPS id -> pinned host CPUs
 
 
-def _seen(ctx: Context) -> Seen:
+# what the pass reads of each VPS beyond its facts
+_PASS_COLUMNS = (Vps.state, Vps.suspended_reason, Vps.host_id, Vps.rollback_pending)
+
+
+def _seen(ctx: Context, host_ids: list[int]) -> Seen:
     with ctx.db.reading() as s:
         unfinished = select(Job.vps_uuid).where(Job.state.in_(JobState.UNFINISHED))
         busy = {uuid for uuid in s.scalars(unfinished) if uuid}
@@ -188,69 +235,79 @@ def _seen(ctx: Context) -> Seen:
             .join(IpLease, IpLease.network_id == Network.id)
             .where(IpLease.vps_id.is_not(None))
         )
-        return Seen(busy, domains, nets, {(name, mac) for name, mac in held if mac})
-
-
-def _host_pass(ctx: Context, host: Host, seen: Seen, fix: bool, report: Report) -> None:
-    busy = seen.busy
-    hv = ctx.hypervisor(host)
-    domains = hv.list_domains(prefix=DOMAIN_PREFIX)
-    _finish_rollbacks(ctx, host, busy, report)
-    with ctx.db.session() as s:
-        query = select(Vps).where(Vps.host_id == host.id).options(*FACTS_LOADED)
-        rows = list(s.scalars(query))
-        known = {v.domain_name for v in rows}
-        # a VPS with a job at work may be on its way to or from this host (a migration)
+        leases = {(name, mac) for name, mac in held if mac}
         moving = (
             set(s.scalars(select(Vps.domain_name).where(Vps.uuid.in_(busy)))) if busy else set()
         )
-        settled = []
-        for vps in rows:
-            if vps.uuid not in busy and vps.state in SETTLED:
-                actual = _hold(hv, vps, domains.get(vps.domain_name), report)
-                _check_power(vps, actual, report)
-                if vps.domain_name in domains:
-                    settled.append(facts_of(vps, ctx.settings))
-    seen_here = isolation.Known(domains)
+        on_hosts = Vps.host_id.in_(host_ids)
+        vpses: dict[int, list[Any]] = {host_id: [] for host_id in host_ids}
+        for row in s.execute(facts_query(*_PASS_COLUMNS).where(on_hosts).order_by(Vps.id)):
+            vpses[row.host_id].append(row)
+        pins = pins_of(s, select(Vps.id).where(on_hosts))
+    return Seen(busy, domains, nets, leases, moving, vpses, pins)
+
+
+def _host_pass(ctx: Context, host: Host, seen: Seen, fix: bool, report: Report) -> None:
+    hv = ctx.hypervisor(host)
+    rows = seen.vpses.get(host.id, [])
+    rolled_back = _finish_rollbacks(ctx, host, rows, seen.busy, report)
+    domains = hv.list_domains(prefix=DOMAIN_PREFIX)
+    changes: list[StateChange] = []
+    settled = []
+    for row in rows:
+        if row.uuid in seen.busy or row.uuid in rolled_back or row.state not in SETTLED:
+            continue
+        actual = _hold(hv, row, domains.get(row.domain_name), report)
+        changes += _check_power(row, actual, report)
+        if row.domain_name in domains:
+            settled.append(facts_from_row(row, seen.pins.get(row.id, ()), ctx.settings))
+    _write_states(ctx, changes)
+    known = isolation.Known(domains)
     for facts in settled:
-        _check_isolation(ctx, hv, facts, seen_here, report)
-    _orphan_domains(hv, host, set(domains) - known - moving, fix, report, ctx.settings.storage_pool)
+        _check_isolation(ctx, hv, facts, known, report)
+    own = {row.domain_name for row in rows}
+    _orphan_domains(
+        hv, host, set(domains) - own - seen.moving, fix, report, ctx.settings.storage_pool
+    )
     # any VPS's volume (those moving, those of other hosts on a shared pool) is no orphan
     _orphan_volumes(ctx, hv, host, seen.domains, fix, report)
     _orphan_dhcp(hv, host, seen, fix, report)
-    report.forwarding += forwards.sync(ctx, host)
 
 
-def _finish_rollbacks(ctx: Context, host: Host, busy: set[str], report: Report) -> None:
+def _finish_rollbacks(
+    ctx: Context, host: Host, rows: list[Any], busy: set[str], report: Report
+) -> set[str]:
     """Roll back the failed builds that waited for this host to answer again.
 
     Done on every pass, like the forwarding rules: until then the VPS holds
-    its address and CPUs.
+    its address and CPUs. Returns the VPSes rolled back.
     """
-    with ctx.db.reading() as s:
-        query = select(Vps.uuid, Vps.hostname).where(Vps.host_id == host.id, Vps.rollback_pending)
-        waiting = [(uuid, name) for uuid, name in s.execute(query) if uuid not in busy]
-    for uuid, hostname in waiting:
-        if provisioning.finish_rollback(ctx, uuid):
-            report.rolled_back.append({"vps": uuid, "hostname": hostname, "host": host.name})
-            log.warning("rolled back the failed build of %s on %s", hostname, host.name)
+    done = set()
+    for row in rows:
+        if not row.rollback_pending or row.uuid in busy:
+            continue
+        if provisioning.finish_rollback(ctx, row.uuid):
+            done.add(row.uuid)
+            report.rolled_back.append(
+                {"vps": row.uuid, "hostname": row.hostname, "host": host.name}
+            )
+            log.warning("rolled back the failed build of %s on %s", row.hostname, host.name)
         else:
-            report.errors.append(f"{hostname}: its rollback waits for host {host.name}")
+            report.errors.append(f"{row.hostname}: its rollback waits for host {host.name}")
+    return done
 
 
-def _hold(hv: Hypervisor, vps: Vps, actual: str | None, report: Report) -> str | None:
+def _hold(hv: Hypervisor, row: Any, actual: str | None, report: Report) -> str | None:
     """Pause a suspended VPS that runs anyway (``virsh start``, autostart after a reboot)."""
-    if not guard.holds_running(vps, actual):
+    if not guard.runs_while_suspended(row.suspended_reason, actual):
         return actual
     try:
-        hv.suspend(vps.domain_name)
-        actual = hv.state(vps.domain_name)
+        hv.suspend(row.domain_name)
+        actual = hv.state(row.domain_name)
     except HypervisorError as exc:
-        report.errors.append(f"{vps.hostname}: could not pause it (suspended): {exc}")
+        report.errors.append(f"{row.hostname}: could not pause it (suspended): {exc}")
         return actual
-    report.held.append(
-        {"vps": vps.uuid, "hostname": vps.hostname, "reason": vps.suspended_reason or ""}
-    )
+    report.held.append({"vps": row.uuid, "hostname": row.hostname, "reason": row.suspended_reason})
     return actual
 
 
@@ -271,19 +328,33 @@ def _check_isolation(
     report.errors += [f"{f['hostname']}: {f['action']}" for f in found if "failed" in f["action"]]
 
 
-def _check_power(vps: Vps, actual: str | None, report: Report) -> None:
+# (VPS id, the state the pass read, the state to write, the error to write)
+StateChange = tuple[int, str, str, str | None]
+
+
+def _check_power(row: Any, actual: str | None, report: Report) -> list[StateChange]:
     if actual is None:
-        vps.state, vps.error = VpsState.ERROR, "the domain has vanished from libvirt"
         report.vanished.append(
-            {"vps": vps.uuid, "hostname": vps.hostname, "domain": vps.domain_name}
+            {"vps": row.uuid, "hostname": row.hostname, "domain": row.domain_name}
         )
-        return
+        return [(row.id, row.state, VpsState.ERROR, "the domain has vanished from libvirt")]
     state = FROM_LIBVIRT[actual]
-    if state != vps.state:
-        report.drift.append(
-            {"vps": vps.uuid, "hostname": vps.hostname, "from": vps.state, "to": state}
-        )
-        vps.state = state
+    if state == row.state:
+        return []
+    report.drift.append({"vps": row.uuid, "hostname": row.hostname, "from": row.state, "to": state})
+    return [(row.id, row.state, state, None)]
+
+
+def _write_states(ctx: Context, changes: list[StateChange]) -> None:
+    """Each change, unless the VPS's state changed since the pass read it (a job's stands)."""
+    if not changes:
+        return
+    with ctx.db.session() as s:
+        for vps_id, read, state, error in changes:
+            values: dict[str, str] = (
+                {"state": state} if error is None else {"state": state, "error": error}
+            )
+            s.execute(update(Vps).where(Vps.id == vps_id, Vps.state == read).values(**values))
 
 
 def _orphan_domains(
