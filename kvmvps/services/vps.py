@@ -322,40 +322,72 @@ _LIST_COLUMNS = (
 def _row_view(
     row: Any, pins: list[int], ssh: tuple[str | None, int] | None, owner_id: int | None
 ) -> VpsView:
-    """:func:`view` of a row of ``_LIST_COLUMNS`` (tests check that both agree)."""
-    state = row.state
-    if row.down_since is not None and state in SHOWN_UNKNOWN:
+    """:func:`view` of a row of ``_LIST_COLUMNS`` (tests check that both agree).
+
+    The row is unpacked in one go: at ten thousand VPSes, reading 27 attributes of
+    each row by name cost as much as the query.
+    """
+    (
+        _id,
+        uuid,
+        hostname,
+        state,
+        ip,
+        ipv6,
+        mac,
+        domain,
+        host,
+        down_since,
+        plan,
+        image,
+        network,
+        email,
+        vcpus,
+        memory_mib,
+        disk_gib,
+        username,
+        host_key_fingerprint,
+        error,
+        suspended_reason,
+        suspended_at,
+        rescue_image_id,
+        rescue_host_key_fingerprint,
+        expires_at,
+        created_at,
+        updated_at,
+    ) = row
+    if down_since is not None and state in SHOWN_UNKNOWN:
         state = VpsState.UNKNOWN
-    ssh_host, ssh_port = ssh if ssh is not None and row.ip else (row.ip, 22 if row.ip else None)
+    ssh_host, ssh_port = ssh if ssh is not None and ip else (ip, 22 if ip else None)
     return {
-        "id": row.uuid,
-        "hostname": row.hostname,
+        "id": uuid,
+        "hostname": hostname,
         "state": state,
-        "ip": row.ip,
-        "ipv6": row.ipv6,
-        "mac": row.mac,
-        "domain": row.domain_name,
-        "host": row.host,
-        "plan": row.plan,
-        "image": row.image,
-        "network": row.network,
-        "owner": row.email,
-        "vcpus": row.vcpus,
-        "memory_mib": row.memory_mib,
-        "disk_gib": row.disk_gib,
+        "ip": ip,
+        "ipv6": ipv6,
+        "mac": mac,
+        "domain": domain,
+        "host": host,
+        "plan": plan,
+        "image": image,
+        "network": network,
+        "owner": email,
+        "vcpus": vcpus,
+        "memory_mib": memory_mib,
+        "disk_gib": disk_gib,
         "pinned_cpus": pins,
         "ssh_host": ssh_host,
         "ssh_port": ssh_port,
-        "username": row.username,
-        "host_key_fingerprint": row.host_key_fingerprint,
-        "error": failures.for_owner(row.error, owner_id),
-        "suspended_reason": row.suspended_reason,
-        "suspended_at": _iso(row.suspended_at),
-        "rescue": row.rescue_image_id is not None,
-        "rescue_host_key_fingerprint": row.rescue_host_key_fingerprint,
-        "expires_at": _iso(row.expires_at),
-        "created_at": _iso(row.created_at),
-        "updated_at": _iso(row.updated_at),
+        "username": username,
+        "host_key_fingerprint": host_key_fingerprint,
+        "error": failures.for_owner(error, owner_id),
+        "suspended_reason": suspended_reason,
+        "suspended_at": _iso(suspended_at),
+        "rescue": rescue_image_id is not None,
+        "rescue_host_key_fingerprint": rescue_host_key_fingerprint,
+        "expires_at": _iso(expires_at),
+        "created_at": _iso(created_at),
+        "updated_at": _iso(updated_at),
     }
 
 
