@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import json
 import threading
+from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from kvmvps import xmlrender
 from kvmvps.hypervisor import DhcpEntry
-from kvmvps.models import Host
-from kvmvps.services import Context, reconcile
+from kvmvps.models import Host, Vps
+from kvmvps.services import Context, hosts, provisioning, reconcile, runner
+from kvmvps.services import vps as vps_service
+from kvmvps.services.provisioning import OrderRequest
 from kvmvps.xmlspec import DhcpHost, RawVolumeSpec
 from tests.badinput import create_args, run_cli
+from tests.unit.test_admin_cli import node_uri
+from tests.unit.test_host_failure_testdriver import NOBODY
 
 ORPHAN_XML = """<domain type='test'><name>kvmvps-0rphan000000</name><memory>65536</memory>
 <os><type>hvm</type></os></domain>"""
@@ -131,3 +136,55 @@ def test_a_domain_removed_between_listing_and_reading_is_no_orphan_and_no_error(
     assert not hv.domain_exists(gone)
     reconcile._orphan_domains(hv, host, {gone}, True, report, td_ctx.settings.storage_pool)
     assert report.orphan_domains == [] and report.errors == []
+
+
+def test_hosts_are_passed_together_and_one_that_is_gone_spoils_nothing(
+    td_ctx: Context, tmp_path: Path
+) -> None:
+    """A pass looks at several hosts at once: each host's drift is corrected, one host that
+    no longer answers is reported and marked, and the report keeps the hosts' order."""
+    ctx = td_ctx
+    uris = {"a": ctx.settings.libvirt_uri}
+    for name in ("h1", "h2"):
+        (tmp_path / name).mkdir()
+        uris[name] = node_uri(tmp_path / name)
+        hosts.add_host(ctx, name, uris[name])
+    with ctx.db.reading() as s:
+        first = s.scalar(select(Host.name).where(Host.uri == uris["a"]))
+    built = {}
+    for name, host in (("a", first), ("b", "h1"), ("c", "h2")):
+        order = provisioning.record_order(ctx, OrderRequest("small", "base", name, host=host))
+        assert runner.run_inline(ctx, order.job)
+        built[name] = vps_service.show(ctx, name)
+    assert (built["b"]["host"], built["c"]["host"]) == ("h1", "h2")
+    for name, uri in (("a", uris["a"]), ("b", uris["h1"])):  # behind kvmvps's back
+        ctx.hypervisor(uri).destroy(built[name]["domain"])
+    with ctx.db.session() as s:  # h2's libvirtd is gone
+        s.execute(update(Host).where(Host.name == "h2").values(uri=NOBODY))
+    report = reconcile.run(ctx)
+    assert report.hosts[1:] == ["h1", "h2"]
+    assert sorted((d["hostname"], d["to"]) for d in report.drift) == [
+        ("a", "stopped"),
+        ("b", "stopped"),
+    ]
+    assert [e.split(":")[0] for e in report.errors] == ["h2", "h2"]  # the error, then the mark
+    assert vps_service.show(ctx, "a")["state"] == vps_service.show(ctx, "b")["state"] == "stopped"
+    assert vps_service.show(ctx, "c")["state"] == "unknown"  # its host does not answer
+    with ctx.db.reading() as s:
+        assert s.scalar(select(Host.down_since).where(Host.name == "h2")) is not None
+        assert s.scalar(select(Host.down_since).where(Host.name == "h1")) is None
+
+
+def test_a_state_changed_since_the_pass_read_it_stands(td_ctx: Context) -> None:
+    """The pass writes what it found only where the VPS is still as it read it: a job that
+    changed the state meanwhile (a start, a delete) is not undone by an older look."""
+    vps = created(td_ctx)
+    with td_ctx.db.session() as s:
+        vps_id = s.scalar(select(Vps.id).where(Vps.uuid == vps["id"]))
+        s.execute(update(Vps).where(Vps.id == vps_id).values(state="stopped"))  # the job's
+    reconcile._write_states(td_ctx, [(vps_id, "running", "error", "vanished, once")])
+    shown = vps_service.show(td_ctx, "web1")
+    assert (shown["state"], shown["error"]) == ("stopped", None)
+    reconcile._write_states(td_ctx, [(vps_id, "stopped", "error", "vanished, now")])
+    shown = vps_service.show(td_ctx, "web1")
+    assert (shown["state"], shown["error"]) == ("error", "vanished, now")
