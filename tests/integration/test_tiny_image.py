@@ -246,6 +246,48 @@ def test_chpasswd_shim_rejects_unknown_user_and_changes_nothing(rootfs: Path) ->
     assert bad.returncode != 0 and (rootfs / "etc/shadow").read_text() == before
 
 
+def test_chpasswd_shim_applies_every_line_and_keeps_the_other_fields(rootfs: Path) -> None:
+    """Several users at once: the last line of a user wins, a user of /etc/passwd without a
+    shadow line gets one, every field after the date stays; the temporary file a crashed run
+    of the same PID left is no obstacle."""
+    passwd, shadow = rootfs / "etc/passwd", rootfs / "etc/shadow"
+    saved = passwd.read_text(), shadow.read_text()
+    try:
+        passwd.write_text(saved[0] + "carol:x:1002:1002::/home/carol:/bin/sh\n")
+        lines = shadow.read_text().splitlines()
+        alice = next(ln for ln in lines if ln.startswith("alice:")).split(":")
+        alice[3:] = ["1", "60", "5", "9", "", ""]  # min, max, warn, inactive, expire, reserved
+        shadow.write_text(
+            "\n".join([ln for ln in lines if not ln.startswith("alice:")] + [":".join(alice)])
+            + "\n"
+        )
+        (rootfs / "etc/shadow.chpasswd.1").write_text("left by a crashed run with PID 1")
+        second = SHA512_HASH.replace("$6$", "$6$other")
+        stdin = f"alice:{second}\ncarol:{SHA512_HASH}\nalice:{SHA512_HASH}"  # no last newline
+        result = subprocess.run(  # as PID 1 of a PID namespace: its temporary file's name
+            ["unshare", "--pid", "--fork", "chroot", str(rootfs), "/usr/sbin/chpasswd", "-e"],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            check=False,
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+        )
+        assert result.returncode == 0, result.stderr
+        assert not list((rootfs / "etc").glob("shadow.*")), "temporary files left behind"
+        after = {ln.split(":")[0]: ln.split(":") for ln in shadow.read_text().splitlines()}
+        assert after["alice"][1] == SHA512_HASH and after["alice"][3:] == alice[3:]
+        assert after["carol"][1] == SHA512_HASH
+        assert ":".join(after["carol"][3:]) == "0:99999:7:::"  # a new line's defaults
+        assert after["alice"][2] == after["carol"][2] and int(after["alice"][2]) > 19000  # today
+        assert len(shadow.read_text().splitlines()) == len(lines) + 1  # one line for carol
+        assert shadow.stat().st_mode & 0o777 == 0o600
+    finally:
+        passwd.write_text(saved[0])
+        shadow.write_text(saved[1])
+        for stale in (rootfs / "etc").glob("shadow.*"):
+            stale.unlink()
+
+
 def test_dropbear_runs_with_the_libraries_in_the_image(rootfs: Path) -> None:
     version = _chroot(rootfs, "/usr/sbin/dropbear", "-V")
     assert "Dropbear" in version.stderr + version.stdout, version.stderr
