@@ -55,6 +55,7 @@ from kvmvps import validation
 from kvmvps.cloudinit import LOGIN_USER_GROUPS, LOGIN_USER_SUDO
 from kvmvps.errors import ImageBuildError, InvalidInput
 from kvmvps.images import BuiltImage, publish
+from kvmvps.images.aptsources import MIRROR_SCHEMES, host_mirror
 
 PACKAGES = (
     "systemd-sysv",
@@ -76,7 +77,6 @@ PACKAGES = (
 ARCH = "amd64"
 CMDLINE = "console=ttyS0 root=/dev/vda rw net.ifnames=0 no_timer_check"  # see images/tiny.py
 DEFAULT_HOSTNAME = "debian"  # until the credentials step (or cloud-init) sets the VPS's
-DEFAULT_MIRROR = "http://deb.debian.org/debian"
 ETC_HOSTS = (
     f"127.0.0.1\tlocalhost\n127.0.1.1\t{DEFAULT_HOSTNAME}\n"
     "::1\t\tlocalhost ip6-localhost ip6-loopback\nff02::1\t\tip6-allnodes\n"
@@ -95,10 +95,7 @@ HOST_TOOLS = {
     "umount": "mount",
     "tar": "tar",
 }
-SOURCES_DIR = Path("/etc/apt/sources.list.d")
-SOURCES_LIST = Path("/etc/apt/sources.list")
 _SUITE_RE = re.compile(r"[a-z][a-z0-9-]{1,30}")
-_MIRROR_SCHEMES = ("http://", "https://", "file:/")
 # guest/ file -> (path in the root filesystem, mode)
 GUEST_FILES = {
     "debian-cloud.cfg": ("etc/cloud/cloud.cfg.d/90_kvmvps.cfg", 0o644),
@@ -185,63 +182,6 @@ def build_debian_image(
     return built
 
 
-def host_mirror(
-    suite: str = "bookworm", sources_dir: Path = SOURCES_DIR, sources_list: Path = SOURCES_LIST
-) -> str:
-    """The Debian mirror the host's apt uses for ``suite``, else deb.debian.org."""
-    entries: list[tuple[str, list[str]]] = []
-    for path in sorted(sources_dir.glob("*.sources")) if sources_dir.is_dir() else []:
-        entries += _deb822_entries(_read_text(path))
-    for path in [sources_list, *sorted(sources_dir.glob("*.list"))]:
-        entries += _one_line_entries(_read_text(path))
-    for uri, suites in entries:
-        if suite in suites and uri.startswith(_MIRROR_SCHEMES):
-            return uri.rstrip("/")
-    return DEFAULT_MIRROR
-
-
-def _deb822_entries(text: str) -> list[tuple[str, list[str]]]:
-    """(URI, suites) of each enabled ``Types: deb`` stanza of a .sources file."""
-    entries = []
-    for stanza in re.split(r"\n\s*\n", text):
-        fields: dict[str, str] = {}
-        key = ""
-        for line in stanza.splitlines():
-            if line.startswith("#") or not line.strip():
-                continue
-            if line[0].isspace() and key:
-                fields[key] += " " + line.strip()
-            elif ":" in line:
-                key, _, value = line.partition(":")
-                key = key.strip().lower()
-                fields[key] = value.strip()
-        if "deb" not in fields.get("types", "").split():
-            continue
-        if fields.get("enabled", "yes").lower() == "no":
-            continue
-        for uri in fields.get("uris", "").split():
-            entries.append((uri, fields.get("suites", "").split()))
-    return entries
-
-
-def _one_line_entries(text: str) -> list[tuple[str, list[str]]]:
-    """(URI, [suite]) of each ``deb`` line of a sources.list file."""
-    entries = []
-    for line in text.splitlines():
-        line = re.sub(r"\[[^\]]*\]", " ", line.split("#", 1)[0])
-        words = line.split()
-        if len(words) >= 3 and words[0] == "deb":
-            entries.append((words[1], [words[2]]))
-    return entries
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return ""
-
-
 def _check_arguments(pubkey: str, login_user: str, suite: str) -> tuple[str, str]:
     """Validate the provisioning key, login user and suite; return key and user."""
     key = validation.ssh_public_key(pubkey)
@@ -254,7 +194,7 @@ def _check_arguments(pubkey: str, login_user: str, suite: str) -> tuple[str, str
 
 
 def _check_mirror(mirror: str) -> str:
-    if not mirror.startswith(_MIRROR_SCHEMES) or any(c.isspace() for c in mirror):
+    if not mirror.startswith(MIRROR_SCHEMES) or any(c.isspace() for c in mirror):
         raise InvalidInput(f"invalid Debian mirror URL: {mirror!r}")
     return mirror.rstrip("/")
 
