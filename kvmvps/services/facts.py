@@ -109,85 +109,70 @@ def load_facts(session: Session, vps_id: int, settings: Settings) -> VpsFacts:
 
 
 def facts_of(vps: Vps, settings: Settings) -> VpsFacts:
-    image, plan, net = vps.image, vps.plan, vps.network
-    return VpsFacts(
-        vps_id=vps.id,
-        uuid=vps.uuid,
-        hostname=vps.hostname,
-        domain=vps.domain_name,
-        host_uri=vps.host.uri,
-        pool=settings.storage_pool,
-        overlay_volume=f"{vps.domain_name}.qcow2",
-        seed_volume=f"{vps.domain_name}-seed.iso",
-        console_log=str(Path(settings.console_dir) / f"{vps.domain_name}.log"),
-        network_kind=net.kind,
-        network_libvirt=net.libvirt_name,
-        bridge=net.bridge_name,
-        mac=vps.mac,
-        ip=vps.ip,
-        vcpus=plan.vcpus,
-        memory_mib=plan.memory_mib,
-        disk_gib=plan.disk_gib,
-        pinned_cpus=tuple(vps.pinned_cpus),
-        image_name=image.name,
-        base_path=image.base_path,
-        kernel_path=image.kernel_path,
-        initrd_path=image.initrd_path,
-        cmdline=image.cmdline,
-        cloud_init=image.cloud_init,
-        credentials=image.credentials,
-        login_user=image.login_user,
-        allow_guest_traffic=net.allow_guest_traffic,
-        limits=throttled(plan_limits(plan), vps.throttle_kibps),
-        throttle_kibps=vps.throttle_kibps,
-        ipv6=vps.ipv6 if net.kind == "nat" else None,
-        ipv6_gateway=ipam.ipv6_for(net, net.gateway),
-    )
+    """The facts of an ORM object: :func:`facts_from_row` of the same fields a
+    :func:`facts_query` row holds, read from the object and its relations."""
+    parts = {Vps: vps, Host: vps.host, Plan: vps.plan, Image: vps.image, Network: vps.network}
+    row = FactsRow(getattr(parts[attr.class_], attr.key) for attr, _ in _FACTS_FIELDS)
+    return facts_from_row(row, tuple(vps.pinned_cpus), settings)
 
 
-# what facts_of reads, as the columns of one joined query (many VPSes at once:
-# no ORM object per VPS); facts_from_row turns a row into the same facts
-_FACTS_HEAD = (
-    Vps.id,
-    Vps.uuid,
-    Vps.hostname,
-    Vps.domain_name,
-    Vps.mac,
-    Vps.ip,
-    Vps.ipv6,
-    Vps.throttle_kibps,
-    Host.uri.label("host_uri"),
-    Network.kind.label("network_kind"),
-    Network.libvirt_name.label("network_libvirt"),
-    Network.bridge_name,
-    Network.allow_guest_traffic,
-    Network.ipv6_prefix,
-    Network.subnet,
-    Network.gateway,
-    Plan.vcpus,
-    Plan.memory_mib,
-    Plan.disk_gib,
+# What a VPS's facts are made of, as (attribute, name in a row): facts_query selects
+# them as the columns of one joined query (many VPSes at once, no ORM object each),
+# facts_of reads them from an ORM object; facts_from_row makes the facts of either.
+_FACTS_FIELDS: tuple[tuple[Any, str], ...] = (
+    (Vps.id, "id"),
+    (Vps.uuid, "uuid"),
+    (Vps.hostname, "hostname"),
+    (Vps.domain_name, "domain_name"),
+    (Vps.mac, "mac"),
+    (Vps.ip, "ip"),
+    (Vps.ipv6, "ipv6"),
+    (Vps.throttle_kibps, "throttle_kibps"),
+    (Host.uri, "host_uri"),
+    (Network.kind, "network_kind"),
+    (Network.libvirt_name, "network_libvirt"),
+    (Network.bridge_name, "bridge_name"),
+    (Network.allow_guest_traffic, "allow_guest_traffic"),
+    (Network.ipv6_prefix, "ipv6_prefix"),
+    (Network.subnet, "subnet"),
+    (Network.gateway, "gateway"),
+    (Plan.vcpus, "vcpus"),
+    (Plan.memory_mib, "memory_mib"),
+    (Plan.disk_gib, "disk_gib"),
+    *((getattr(Plan, f.name), f"limit_{f.name}") for f in LIMIT_FIELDS),
+    (Image.name, "image_name"),
+    (Image.base_path, "base_path"),
+    (Image.kernel_path, "kernel_path"),
+    (Image.initrd_path, "initrd_path"),
+    (Image.cmdline, "cmdline"),
+    (Image.cloud_init, "cloud_init"),
+    (Image.credentials, "credentials"),
+    (Image.login_user, "login_user"),
 )
-_FACTS_LIMITS = tuple(getattr(Plan, f.name) for f in LIMIT_FIELDS)
-_FACTS_TAIL = (
-    Image.name.label("image_name"),
-    Image.base_path,
-    Image.kernel_path,
-    Image.initrd_path,
-    Image.cmdline,
-    Image.cloud_init,
-    Image.credentials,
-    Image.login_user,
-)
-_FACTS_COLUMNS = _FACTS_HEAD + _FACTS_LIMITS + _FACTS_TAIL
+_INDEX = {name: i for i, (_, name) in enumerate(_FACTS_FIELDS)}
+
+
+class FactsRow(tuple[Any, ...]):
+    """The fields of a :func:`facts_query` row, read from an ORM object: by name, like a row."""
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[_INDEX[name]]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
 # where the plan's limits are in a row
-_LIMITS = slice(len(_FACTS_HEAD), len(_FACTS_HEAD) + len(_FACTS_LIMITS))
+_FIRST_LIMIT = _INDEX[f"limit_{LIMIT_FIELDS[0].name}"]
+_LIMITS = slice(_FIRST_LIMIT, _FIRST_LIMIT + len(LIMIT_FIELDS))
 
 
 def facts_query(*extra: Any) -> Select[Any]:
     """A select of :func:`facts_from_row`'s columns (and ``extra``), one row a VPS."""
     return (
-        select(*_FACTS_COLUMNS, *extra)
+        select(*(attr.label(name) for attr, name in _FACTS_FIELDS), *extra)
         .join(Host, Host.id == Vps.host_id)
         .join(Plan, Plan.id == Vps.plan_id)
         .join(Image, Image.id == Vps.image_id)
@@ -205,7 +190,7 @@ def pins_of(s: Session, ids: Select[Any]) -> dict[int, tuple[int, ...]]:
 
 
 def facts_from_row(row: Any, pins: tuple[int, ...], settings: Settings) -> VpsFacts:
-    """:func:`facts_of` of a :func:`facts_query` row (a test checks that both agree)."""
+    """The facts of a :func:`facts_query` row (or of :func:`facts_of`'s ``FactsRow``)."""
     domain, nat = row.domain_name, row.network_kind == "nat"
     return VpsFacts(
         vps_id=row.id,
@@ -251,7 +236,7 @@ def _limits(values: tuple[int | None, ...], throttle_kibps: int | None) -> PlanL
 
 @functools.lru_cache(maxsize=16)
 def _directory(path: str) -> str:
-    """``path`` as :class:`Path` writes it (what facts_of's ``Path(...) / name`` starts with)."""
+    """``path`` as :class:`Path` writes it (the console log's directory)."""
     return str(Path(path))
 
 
