@@ -1,14 +1,19 @@
 """Reconciliation: the database against what libvirt really has, on every host.
 
 Each pass corrects power-state drift (a guest shut down from inside, or with
-virsh), pauses again a suspended VPS that someone started, marks VPSes whose domain vanished, and reports domains, volumes and
-DHCP entries that carry kvmvps's prefix but belong to no VPS; with ``fix`` it
-removes those. VPSes with an unfinished job are left alone: a build or a
-delete is moving them. One pass at a time, across all processes (a lock row).
-Every pass puts a guest NIC's missing anti-spoofing filter and port
-isolation back. On the local host every pass also puts running guests' taps back on their
-bridges (after a network restart) and rewrites the port-forwarding rules and
-the proxy configuration from the database where they differ.
+virsh), pauses again a suspended VPS that someone started, marks VPSes whose
+domain vanished, and reports domains, volumes and DHCP entries that carry
+kvmvps's prefix but belong to no VPS; with ``fix`` it removes those. VPSes
+with an unfinished job are left alone: a build or a delete is moving them.
+One pass at a time, across all processes (a lock row). Every pass puts a
+guest NIC's missing anti-spoofing filter and port isolation back. On the
+local host every pass also puts running guests' taps back on their bridges
+(after a network restart) and rewrites the port-forwarding rules and the
+proxy configuration from the database where they differ.
+
+A pass reads what it needs of every VPS once, as plain columns, and looks at
+several hosts at once (``HOST_THREADS``); a state it corrects is written only
+if the VPS is still as the pass read it.
 """
 
 from __future__ import annotations
