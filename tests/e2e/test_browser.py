@@ -232,6 +232,26 @@ def value(driver: webdriver.Chrome, css: str) -> str:
     return element.get_attribute("value") or element.text.strip()
 
 
+def _build_ended(driver: webdriver.Chrome) -> bool:
+    """On the credentials page, or the progress page shows its error.
+
+    The page may move on to the credentials between finding the error element
+    and reading it: the element is then stale (or, mid-navigation, "not in the
+    document"), and the next look finds the new URL. Any other error fails.
+    """
+    if "/credentials" in driver.current_url:
+        return True
+    try:
+        shown = driver.find_element(By.CSS_SELECTOR, "[data-error]").get_attribute("class")
+    except StaleElementReferenceException:
+        return False
+    except WebDriverException as error:
+        if any(sign in str(error.msg or "") for sign in NODE_GONE):
+            return False
+        raise
+    return "hidden" not in (shown or "").split()
+
+
 def watch_build(driver: webdriver.Chrome, name: str) -> None:
     """Screenshot the progress page mid-build, then wait for the credentials page."""
     wait_url(driver, "/jobs/")
@@ -245,13 +265,7 @@ def watch_build(driver: webdriver.Chrome, name: str) -> None:
     if "/jobs/" in driver.current_url:
         shot(driver, name)
     WebDriverWait(driver, BUILD_TIMEOUT, poll_frequency=0.5).until(
-        lambda d: (
-            "/credentials" in d.current_url
-            or not d.find_element(By.CSS_SELECTOR, "[data-error]")
-            .get_attribute("class")
-            .count("hidden")
-        ),
-        "the build never finished",
+        _build_ended, "the build never finished"
     )
     error = driver.find_elements(By.CSS_SELECTOR, ".progress-card [data-error]:not(.hidden)")
     assert not error, error[0].text
