@@ -263,8 +263,10 @@ def test_delete_behind_a_dead_workers_job_takes_it_over(td_ctx: Context) -> None
     o = order(td_ctx)
     claimed = claims.claim(td_ctx, "dead-worker")
     assert claimed is not None and claimed.uuid == o.job
-    with td_ctx.db.session() as s:  # it died 28 s into a 30 s lease
-        s.execute(update(Job).values(lease_expires_at=jobs.now() + timedelta(seconds=2)))
+    # it died 25 s into a 30 s lease (5 s left: time enough, on a busy machine, for
+    # the command below to find the lease still held)
+    with td_ctx.db.session() as s:
+        s.execute(update(Job).values(lease_expires_at=jobs.now() + timedelta(seconds=5)))
     result, elapsed = _cli_in_thread(td_ctx, "vps", "delete", o.uuid, "--yes")
     assert result.exit_code == 0, result.stderr
     assert "dead-worker, which held job" in result.stderr and "has stopped" in result.stderr
