@@ -12,11 +12,9 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import libvirt
-
 from kvmvps.errors import HypervisorUnavailable
 from kvmvps.hvtypes import HostInfo
-from kvmvps.hypervisor.errors import translate
+from kvmvps.hypervisor.errors import libvirt, translate
 
 T = TypeVar("T")
 

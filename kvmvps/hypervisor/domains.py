@@ -11,12 +11,12 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-import libvirt
 from lxml import etree
 
 from kvmvps.errors import HypervisorError, HypervisorNotFound
 from kvmvps.hvtypes import BackupProgress, DomainStats, NicState, nic_states, parse_domain_stats
 from kvmvps.hypervisor.connection import Connection
+from kvmvps.hypervisor.errors import libvirt
 from kvmvps.hypervisor.network import NetworkCalls
 from kvmvps.hypervisor.storage import StorageCalls
 from kvmvps.hypervisor.streams import ConsoleStream

@@ -1,6 +1,8 @@
-"""libvirt's errors as the project's own exceptions.
+"""libvirt's errors as the project's own exceptions; the one module that imports libvirt.
 
-Importing this module stops libvirt from printing every error to stderr;
+The package's other modules take ``libvirt`` from here, so libvirt is always
+loaded with its error handler in place. Importing this module stops libvirt
+from printing every error to stderr;
 :func:`translate` turns a ``libvirtError`` into a :class:`HypervisorError`
 subclass by its code and domain.
 """
@@ -9,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import libvirt
+import libvirt as libvirt  # re-exported: the package's one import of libvirt
 
 from kvmvps.errors import (
     HypervisorError,

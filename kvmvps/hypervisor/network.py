@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import libvirt
 from lxml import etree
 
 from kvmvps.errors import HypervisorNotFound
 from kvmvps.hvtypes import DhcpEntry, dhcp_entries
 from kvmvps.hypervisor.connection import Connection
+from kvmvps.hypervisor.errors import libvirt
 
 
 class NetworkCalls(Connection):

@@ -8,11 +8,11 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-import libvirt
 from lxml import etree
 
 from kvmvps.errors import HypervisorError, HypervisorInvalid
 from kvmvps.hypervisor.connection import Connection
+from kvmvps.hypervisor.errors import libvirt
 
 COPY_CHUNK = 1 << 20
 

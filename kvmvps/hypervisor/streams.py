@@ -13,10 +13,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import libvirt
-
 from kvmvps.errors import HypervisorError
-from kvmvps.hypervisor.errors import translate
+from kvmvps.hypervisor.errors import libvirt, translate
 
 # -- lifecycle events --------------------------------------------------------
 _events_lock = threading.Lock()
