@@ -6,7 +6,9 @@ domains). The VPSes are ordered through the service layer and built through
 their jobs, so that none is left busy and reconciliation checks each one.
 It then prints, next to its target:
 
-- ``vps list`` (the service call behind the CLI and the admin list), <= 100 ms;
+- ``vps list`` (the service call behind the CLI and the admin list), <= 100 ms:
+  the whole listing, and a page of 100 (``--limit 100``, the API's ``limit=100``)
+  at the start and halfway down;
 - a reconcile pass over every host, <= 1 s;
 - job claims on PostgreSQL with 4 claimers (claim + finish), >= 500 per second.
 
@@ -53,6 +55,7 @@ from kvmvps.services.facts import load_facts  # noqa: E402
 from kvmvps.services.steps import Build  # noqa: E402
 
 T = TypeVar("T")
+PAGE = 100  # a listing page, as the CLI's --limit and the API's limit= give it
 NODE = """<node>
   <cpu><mhz>2000</mhz><model>bench</model><active>256</active><nodes>1</nodes>
     <sockets>1</sockets><cores>256</cores><threads>1</threads></cpu>
@@ -153,10 +156,19 @@ def main() -> None:
         db = "PostgreSQL" if args.postgres else "SQLite"
         print(f"{args.vps} VPSes over {args.hosts} hosts on the test driver ({db}): {built:.0f} s")
         listed, list_s = timed(args.repeats, lambda: vps_service.list_vps(ctx))
+        page, first_s = timed(args.repeats, lambda: vps_service.list_page(ctx, limit=PAGE))
+        middle = vps_service.list_page(ctx, limit=args.vps // 2)["next"]
+        _, deep_s = timed(
+            args.repeats, lambda: vps_service.list_page(ctx, limit=PAGE, after=middle)
+        )
         report, rec_s = timed(args.repeats, lambda: reconcile.run(ctx))
         assert len(listed) == args.vps, len(listed)
         assert report.clean and not report.drift and not report.errors, report
+        assert len(page["servers"]) == PAGE and page["next"] is not None
         print(line("vps list (service call, median)", statistics.median(list_s) * 1000, "ms", 100))
+        for what, times in (("the first", first_s), ("one halfway down", deep_s)):
+            ms = statistics.median(times) * 1000
+            print(line(f"vps list, {what} page of {PAGE} (median)", ms, "ms", 100))
         rec_ms = statistics.median(rec_s) * 1000
         print(line(f"reconcile pass, {args.hosts} hosts (median)", rec_ms, "ms", 1000))
         ctx.close()

@@ -169,7 +169,11 @@ def list_servers() -> ResponseReturnValue:
     if everyone and not _user().is_admin:
         abort(403, "listing every server (?all=1) is for operators")
     owner = None if everyone else _user().id
-    return jsonify({"servers": vps_service.list_vps(services(), owner_id=owner)})
+    args = request.args
+    page = vps_service.list_page(
+        services(), owner_id=owner, limit=args.get("limit"), after=args.get("after")
+    )
+    return jsonify(page)
 
 
 @bp.post("/servers")

@@ -26,12 +26,28 @@ def _server_paths(not_found: dict[str, Any], body: dict[str, Any]) -> dict[str, 
     return {
         "/servers": {
             "get": op(
-                "Your servers (every server with all=1, operators only)",
+                "Your servers, oldest first, a page at a time (every server with all=1,"
+                " operators only)",
                 {
-                    "200": as_json(ref("ServerList"), "The servers."),
+                    "200": as_json(ref("ServerList"), "A page of servers."),
+                    "400": as_json(ERR, "A limit out of range, or an after no page gave."),
                     "403": as_json(ERR, "all=1 asked by a customer."),
                 },
-                parameters=[{"name": "all", "in": "query", "schema": {**STR, "enum": ["1"]}}],
+                parameters=[
+                    {"name": "all", "in": "query", "schema": {**STR, "enum": ["1"]}},
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "description": "At most this many servers (default and most: 1000).",
+                        "schema": {**INT, "minimum": 1, "maximum": 1000},
+                    },
+                    {
+                        "name": "after",
+                        "in": "query",
+                        "description": "The next of the page before: the page after it.",
+                        "schema": {**STR, "maxLength": 120},
+                    },
+                ],
             ),
             "post": op(
                 "Order a server; it is built in the background",

@@ -97,7 +97,13 @@ SCHEMAS: dict[str, Any] = {
     "Server": SERVER,
     "ServerList": {
         "type": "object",
-        "properties": {"servers": {"type": "array", "items": ref("Server")}},
+        "properties": {
+            "servers": {"type": "array", "items": ref("Server")},
+            "next": {
+                **nullable(STR),
+                "description": "Pass as after= for the next page; null on the last page.",
+            },
+        },
     },
     "Snapshot": {
         "type": "object",

@@ -217,17 +217,38 @@ def vps_reinstall(
 @click.option("--owner", help="Only this owner's (e-mail).")
 @click.option("--state", help="Only VPSes in this state.")
 @click.option("--host", help="Only VPSes on this host.")
+@click.option("--limit", help="Show a page of at most this many (1-1000), oldest first.")
+@click.option("--after", help="Start after this cursor (the next of the page before).")
 @json_option
 @pass_obj
 def vps_list(
-    obj: Obj, owner: str | None, state: str | None, host: str | None, as_json: bool
+    obj: Obj,
+    owner: str | None,
+    state: str | None,
+    host: str | None,
+    limit: str | None,
+    after: str | None,
+    as_json: bool,
 ) -> None:
-    """List VPSes."""
-    rows = vps_service.list_vps(obj.ctx, owner=owner, state=state, host=host)
+    """List VPSes: all of them, or a page with --limit (--json: {servers, next})."""
+    if limit is None and after is None:
+        rows = vps_service.list_vps(obj.ctx, owner=owner, state=state, host=host)
+        emit_json(rows) if as_json else _table(rows)
+        return
+    page = vps_service.list_page(
+        obj.ctx, owner=owner, state=state, host=host, limit=limit, after=after
+    )
     if as_json:
-        emit_json(rows)
-    else:
-        table([{**r, "id": r["id"][:8]} for r in rows], LIST_COLUMNS)
+        emit_json(page)
+        return
+    _table(page["servers"])
+    if page["next"]:
+        size = vps_service.list_limit(limit)
+        click.echo(f"next page: --limit {size} --after {page['next']}", err=True)
+
+
+def _table(rows: list[vps_service.VpsView]) -> None:
+    table([{**r, "id": r["id"][:8]} for r in rows], LIST_COLUMNS)
 
 
 @vps_group.command("show")

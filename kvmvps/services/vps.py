@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import re
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, TypedDict, overload
+from typing import Any, TypedDict
 
 from sqlalchemy import Select, or_, select
 from sqlalchemy.orm import Session, joinedload, selectinload
@@ -26,6 +28,27 @@ from kvmvps.models import (
     VpsState,
 )
 from kvmvps.services import Context, failures, guard
+from kvmvps.services.vps_views import (
+    LIST_COLUMNS,
+    row_view,
+)
+from kvmvps.services.vps_views import (
+    SHOWN_UNKNOWN as SHOWN_UNKNOWN,
+)
+from kvmvps.services.vps_views import (
+    VIEW_KEYS as VIEW_KEYS,
+)
+from kvmvps.services.vps_views import (
+    VpsView as VpsView,
+)
+from kvmvps.services.vps_views import (
+    shown_state as shown_state,
+)
+from kvmvps.services.vps_views import (
+    view as view,
+)
+
+_Rows = Select[*tuple[Any, ...]]  # a select of several columns
 
 # libvirt's words for a domain's state -> our VPS state
 _FROM_LIBVIRT = {
@@ -38,37 +61,6 @@ _FROM_LIBVIRT = {
     "crashed": VpsState.STOPPED,
     "no state": VpsState.STOPPED,
 }
-
-VIEW_KEYS = (
-    "id",
-    "hostname",
-    "state",
-    "ip",
-    "ipv6",
-    "mac",
-    "domain",
-    "host",
-    "plan",
-    "image",
-    "network",
-    "owner",
-    "vcpus",
-    "memory_mib",
-    "disk_gib",
-    "pinned_cpus",
-    "ssh_host",
-    "ssh_port",
-    "username",
-    "host_key_fingerprint",
-    "error",
-    "suspended_reason",
-    "suspended_at",
-    "rescue",
-    "rescue_host_key_fingerprint",
-    "expires_at",
-    "created_at",
-    "updated_at",
-)
 
 
 def _query() -> Select[Vps]:
@@ -123,103 +115,6 @@ def resolve(session: Session, ref: str, owner_id: int | None = None) -> Vps:
     return matches[0]
 
 
-class VpsView(TypedDict):
-    """The stable JSON shape of a VPS, shared by the CLI and the API."""
-
-    id: str
-    hostname: str
-    state: str
-    ip: str | None
-    ipv6: str | None
-    mac: str | None
-    domain: str
-    host: str
-    plan: str
-    image: str
-    network: str
-    owner: str
-    vcpus: int
-    memory_mib: int
-    disk_gib: int
-    pinned_cpus: list[int]
-    ssh_host: str | None
-    ssh_port: int | None
-    username: str | None
-    host_key_fingerprint: str | None
-    error: str | None
-    expires_at: str | None
-    created_at: str
-    updated_at: str
-    suspended_reason: str | None
-    suspended_at: str | None
-    rescue: bool
-    rescue_host_key_fingerprint: str | None
-
-
-# states a host that does not answer makes ``unknown``
-SHOWN_UNKNOWN = (VpsState.BUILDING, VpsState.RUNNING, VpsState.STOPPED, VpsState.SUSPENDED)
-
-
-def shown_state(vps: Vps) -> str:
-    """The VPS's state; ``unknown`` for a built or building VPS while its host does not answer."""
-    if vps.host.down_since is not None and vps.state in SHOWN_UNKNOWN:
-        return VpsState.UNKNOWN
-    return vps.state
-
-
-def view(vps: Vps) -> VpsView:
-    """The stable JSON shape of a VPS, shared by the CLI and the API."""
-    ssh_host, ssh_port = _ssh_endpoint(vps)
-    return {
-        "id": vps.uuid,
-        "hostname": vps.hostname,
-        "state": shown_state(vps),
-        "ip": vps.ip,
-        "ipv6": vps.ipv6,
-        "mac": vps.mac,
-        "domain": vps.domain_name,
-        "host": vps.host.name,
-        "plan": vps.plan.name,
-        "image": vps.image.name,
-        "network": vps.network.name,
-        "owner": vps.owner.email,
-        "vcpus": vps.plan.vcpus,
-        "memory_mib": vps.plan.memory_mib,
-        "disk_gib": vps.plan.disk_gib,
-        "pinned_cpus": vps.pinned_cpus,
-        "ssh_host": ssh_host,
-        "ssh_port": ssh_port,
-        "username": vps.username,
-        "host_key_fingerprint": vps.host_key_fingerprint,
-        "error": vps.error,
-        "suspended_reason": vps.suspended_reason,
-        "suspended_at": _iso(vps.suspended_at),
-        "rescue": vps.in_rescue,
-        "rescue_host_key_fingerprint": vps.rescue_host_key_fingerprint,
-        "expires_at": _iso(vps.expires_at),
-        "created_at": _iso(vps.created_at),
-        "updated_at": _iso(vps.updated_at),
-    }
-
-
-def _ssh_endpoint(vps: Vps) -> tuple[str | None, int | None]:
-    """Where to log in: the public address and port of the SSH forward, else ip and 22."""
-    ssh = next((f for f in vps.forwards if f.kind == "ssh" and f.public_address), None)
-    if ssh is not None and vps.ip:
-        return ssh.public_address, ssh.public_port
-    return vps.ip, 22 if vps.ip else None
-
-
-@overload
-def _iso(moment: datetime) -> str: ...
-@overload
-def _iso(moment: datetime | None) -> str | None: ...
-def _iso(moment: datetime | None) -> str | None:
-    if moment is None:
-        return None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat()
-
-
 def show(ctx: Context, ref: str, owner_id: int | None = None) -> VpsView:
     """One VPS of ``owner_id`` (any owner for None); NotFound for anyone else's.
 
@@ -240,16 +135,96 @@ def list_vps(
     *,
     owner_id: int | None = None,
 ) -> list[VpsView]:
-    """VPSes, oldest first: all, or one owner's (by e-mail or id), state's or host's.
+    """VPSes, oldest first (then by id): all, or one owner's (by e-mail or id), state's or host's.
 
     With ``owner_id`` (a customer), failures are in plain words. The rows are
     read as columns, not ORM objects (three statements, whatever the count):
     the same views as :func:`view`, several times faster at thousands.
     """
+    return _views(ctx, _listing(owner, state, host, owner_id), owner_id)
+
+
+class VpsPage(TypedDict):
+    """One page of :func:`list_vps`: ``next`` is the ``after`` of the next page, or None."""
+
+    servers: list[VpsView]
+    next: str | None
+
+
+MAX_LIST_PAGE = 1000
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_CURSOR_LEN = 120
+
+
+def list_limit(value: str | int | None) -> int:
+    """A page size: MAX_LIST_PAGE when missing; InvalidInput unless a whole number 1..MAX."""
+    if value is None or value == "":
+        return MAX_LIST_PAGE
+    text = str(value).strip() if not isinstance(value, bool) else "-"
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text[:5]) <= MAX_LIST_PAGE:
+        raise InvalidInput(f"limit must be a whole number from 1 to {MAX_LIST_PAGE}")
+    return int(text)
+
+
+def list_page(
+    ctx: Context,
+    owner: str | None = None,
+    state: str | None = None,
+    host: str | None = None,
+    *,
+    owner_id: int | None = None,
+    limit: str | int | None = None,
+    after: str | None = None,
+) -> VpsPage:
+    """At most ``limit`` rows of :func:`list_vps`, those after the cursor ``after``.
+
+    A keyset page: ``after`` (a page's ``next``) holds where the page before
+    ended, the creation time and id of its last VPS. The next page starts
+    there even when that VPS was deleted meanwhile, it never shows a VPS twice
+    when others are ordered, and it costs the same however deep it is. A
+    cursor carries nothing but its own VPS's time and id, and filters still
+    apply: a made-up one only moves the start of the caller's own listing.
+    """
+    size = list_limit(limit)
+    query = _listing(owner, state, host, owner_id)
+    if after is not None and after.strip():
+        created, uuid = _position(after)
+        query = query.where(
+            or_(Vps.created_at > created, (Vps.created_at == created) & (Vps.uuid > uuid))
+        )
+    views = _views(ctx, query, owner_id, size + 1)
+    more = len(views) > size
+    return {"servers": views[:size], "next": _cursor(views[size - 1]) if more else None}
+
+
+def _cursor(shown: VpsView) -> str:
+    raw = f"{shown['created_at']}~{shown['id']}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _position(after: str) -> tuple[datetime, str]:
+    """The (created, uuid) a cursor of :func:`_cursor` holds; InvalidInput for anything else."""
+    bad = InvalidInput("after must be the next of a page, as the listing gave it")
+    text = after.strip()
+    if len(text) > _CURSOR_LEN or not text.isascii():
+        raise bad
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
+        moment, uuid = raw.split("~")
+        created = datetime.fromisoformat(moment)
+    except ValueError:
+        raise bad from None
+    if created.tzinfo is None or not _UUID.fullmatch(uuid):
+        raise bad
+    return created.astimezone(UTC), uuid
+
+
+def _listing(owner: str | None, state: str | None, host: str | None, owner_id: int | None) -> _Rows:
+    """The listing's columns with its filters, unordered."""
     if state is not None and state not in VpsState.ALL:
         raise InvalidInput(f"unknown state {state!r}; one of {', '.join(VpsState.ALL)}")
-    query = (
-        select(*_LIST_COLUMNS)
+    query: _Rows = (
+        select(*LIST_COLUMNS)
         .join(Host, Host.id == Vps.host_id)
         .join(Plan, Plan.id == Vps.plan_id)
         .join(Image, Image.id == Vps.image_id)
@@ -264,9 +239,17 @@ def list_vps(
         query = query.where(Vps.state == state)
     if host:
         query = query.where(Host.name == host)
-    ids = query.with_only_columns(Vps.id)
+    return query
+
+
+def _views(
+    ctx: Context, query: _Rows, owner_id: int | None, limit: int | None = None
+) -> list[VpsView]:
+    """The views of ``query``'s rows, oldest first, with their pins and SSH forwards."""
+    query = query.order_by(Vps.created_at, Vps.uuid).limit(limit)
+    ids = query.with_only_columns(Vps.id)  # the same rows: filters, order and limit
     with ctx.db.reading() as s:
-        rows = s.execute(query.order_by(Vps.created_at, Vps.id)).all()
+        rows = s.execute(query).all()
         pins: dict[int, list[int]] = {}
         for pinned, cpu in s.execute(
             select(CpuPin.vps_id, CpuPin.host_cpu)
@@ -285,110 +268,7 @@ def list_vps(
             .order_by(Forward.id)
         ):
             ssh.setdefault(forwarded, (address, port))
-    return [_row_view(row, pins.get(row.id, []), ssh.get(row.id), owner_id) for row in rows]
-
-
-_LIST_COLUMNS = (
-    Vps.id,
-    Vps.uuid,
-    Vps.hostname,
-    Vps.state,
-    Vps.ip,
-    Vps.ipv6,
-    Vps.mac,
-    Vps.domain_name,
-    Host.name.label("host"),
-    Host.down_since,
-    Plan.name.label("plan"),
-    Image.name.label("image"),
-    Network.name.label("network"),
-    User.email,
-    Plan.vcpus,
-    Plan.memory_mib,
-    Plan.disk_gib,
-    Vps.username,
-    Vps.host_key_fingerprint,
-    Vps.error,
-    Vps.suspended_reason,
-    Vps.suspended_at,
-    Vps.rescue_image_id,
-    Vps.rescue_host_key_fingerprint,
-    Vps.expires_at,
-    Vps.created_at,
-    Vps.updated_at,
-)
-
-
-def _row_view(
-    row: Any, pins: list[int], ssh: tuple[str | None, int] | None, owner_id: int | None
-) -> VpsView:
-    """:func:`view` of a row of ``_LIST_COLUMNS`` (tests check that both agree).
-
-    The row is unpacked in one go: at ten thousand VPSes, reading 27 attributes of
-    each row by name cost as much as the query.
-    """
-    (
-        _id,
-        uuid,
-        hostname,
-        state,
-        ip,
-        ipv6,
-        mac,
-        domain,
-        host,
-        down_since,
-        plan,
-        image,
-        network,
-        email,
-        vcpus,
-        memory_mib,
-        disk_gib,
-        username,
-        host_key_fingerprint,
-        error,
-        suspended_reason,
-        suspended_at,
-        rescue_image_id,
-        rescue_host_key_fingerprint,
-        expires_at,
-        created_at,
-        updated_at,
-    ) = row
-    if down_since is not None and state in SHOWN_UNKNOWN:
-        state = VpsState.UNKNOWN
-    ssh_host, ssh_port = ssh if ssh is not None and ip else (ip, 22 if ip else None)
-    return {
-        "id": uuid,
-        "hostname": hostname,
-        "state": state,
-        "ip": ip,
-        "ipv6": ipv6,
-        "mac": mac,
-        "domain": domain,
-        "host": host,
-        "plan": plan,
-        "image": image,
-        "network": network,
-        "owner": email,
-        "vcpus": vcpus,
-        "memory_mib": memory_mib,
-        "disk_gib": disk_gib,
-        "pinned_cpus": pins,
-        "ssh_host": ssh_host,
-        "ssh_port": ssh_port,
-        "username": username,
-        "host_key_fingerprint": host_key_fingerprint,
-        "error": failures.for_owner(error, owner_id),
-        "suspended_reason": suspended_reason,
-        "suspended_at": _iso(suspended_at),
-        "rescue": rescue_image_id is not None,
-        "rescue_host_key_fingerprint": rescue_host_key_fingerprint,
-        "expires_at": _iso(expires_at),
-        "created_at": _iso(created_at),
-        "updated_at": _iso(updated_at),
-    }
+    return [row_view(row, pins.get(row.id, []), ssh.get(row.id), owner_id) for row in rows]
 
 
 def domain_xml(ctx: Context, ref: str) -> str:

@@ -290,3 +290,29 @@ def test_a_lost_race_for_the_hostname_is_409(world: World, api, monkeypatch) -> 
     monkeypatch.setattr(ordering, "_insert_order", racing)  # its commit lost the race
     r = api("POST", "/servers", json={**ORDER, "hostname": "api2"})
     assert r.status_code == 409 and "you already have a VPS named 'api2'" in r.get_json()["error"]
+
+
+def test_servers_come_a_page_at_a_time_and_only_ones_own(world: World, api) -> None:
+    mine = [world.order(A).uuid for _ in range(3)]
+    theirs = world.order(B).uuid
+    whole = api("GET", "/servers").get_json()
+    assert [s["id"] for s in whole["servers"]] == mine and whole["next"] is None
+    first = api("GET", "/servers?limit=2").get_json()
+    assert [s["id"] for s in first["servers"]] == mine[:2]
+    rest = api("GET", f"/servers?limit=2&after={first['next']}").get_json()
+    assert [s["id"] for s in rest["servers"]] == mine[2:] and rest["next"] is None
+    # a cursor taken from the operator's listing, just before B's server, shows B nothing
+    everyone = vps_service.list_page(world.ctx, limit=3)
+    assert everyone["next"] is not None
+    after_b = api("GET", f"/servers?after={everyone['next']}").get_json()
+    assert after_b == {"servers": [], "next": None}
+    assert theirs not in str(api("GET", "/servers?limit=1").get_json())
+    for query, message in (
+        ("limit=0", "limit must be a whole number from 1 to 1000"),
+        ("limit=1001", "limit must be a whole number from 1 to 1000"),
+        ("limit=%00", "limit must be a whole number from 1 to 1000"),
+        ("after=junk", "after must be the next of a page, as the listing gave it"),
+        ("after=" + "A" * 5000, "after must be the next of a page, as the listing gave it"),
+    ):
+        r = api("GET", f"/servers?{query}")
+        assert r.status_code == 400 and r.get_json()["error"] == message, query
