@@ -9,7 +9,8 @@ It then prints, next to its target:
 - ``vps list`` (the service call behind the CLI and the admin list), <= 100 ms:
   the whole listing, and a page of 100 (``--limit 100``, the API's ``limit=100``)
   at the start and halfway down;
-- a reconcile pass over every host, <= 1 s;
+- a reconcile pass over every host, <= 1 s: the first pass of the process, and
+  the median of the next ones (which skip what the pass before found clean);
 - job claims on PostgreSQL with 4 claimers (claim + finish), >= 500 per second.
 
     .venv/bin/python bench/provider_scale.py [--vps 10000] [--hosts 50]
@@ -169,8 +170,10 @@ def main() -> None:
         for what, times in (("the first", first_s), ("one halfway down", deep_s)):
             ms = statistics.median(times) * 1000
             print(line(f"vps list, {what} page of {PAGE} (median)", ms, "ms", 100))
-        rec_ms = statistics.median(rec_s) * 1000
-        print(line(f"reconcile pass, {args.hosts} hosts (median)", rec_ms, "ms", 1000))
+        # the first pass knows nothing; the next ones skip what the pass before found clean
+        cold_ms, warm_ms = rec_s[0] * 1000, statistics.median(rec_s[1:]) * 1000
+        print(line(f"reconcile pass, {args.hosts} hosts, the first", cold_ms, "ms", 1000))
+        print(line(f"reconcile pass, {args.hosts} hosts (median of the next)", warm_ms, "ms", 1000))
         ctx.close()
     finally:
         shutil.rmtree(state, ignore_errors=True)

@@ -13,7 +13,7 @@ import os
 import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 from typing import Any
 
@@ -112,8 +112,9 @@ class Settings:
     def images_dir(self) -> Path:
         return self.state_dir / "images"
 
-    @property
+    @cached_property
     def console_dir(self) -> Path:
+        # cached: a reconcile pass builds the facts (and the console log path) of every VPS
         return self.state_dir / "console"
 
     @property

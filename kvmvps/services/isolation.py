@@ -8,11 +8,14 @@ altered filter back with a device update, live and in the definition.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from kvmvps import xmlrender
 from kvmvps.errors import HypervisorError, KvmvpsError
+from kvmvps.hvtypes import nic_states
 from kvmvps.hypervisor import Hypervisor, NicState
 from kvmvps.services import Context
 from kvmvps.services.facts import TRAFFIC_FILTER, VpsFacts, domain_spec, interface_spec
@@ -67,6 +70,47 @@ class Known:
         return self.gateways[facts.network_libvirt]
 
 
+# (inactive, the domain's XML): the running guest's and the definition, or the definition
+Documents = list[tuple[bool, str]]
+
+
+def documents(hv: Hypervisor, domain: str, active: bool) -> Documents:
+    """The XML documents a check compares: the running guest's (if it runs), the definition."""
+    return [(inactive, hv.domain_xml(domain, inactive)) for inactive in (False, True)[not active :]]
+
+
+class Memo:
+    """What the last reconcile pass found clean on each host, and from what.
+
+    A check is a function of the VPS's facts row, its pins, the network's
+    gateway and the domain's documents. When all of them are as they were when
+    the last pass found the domain clean, it is clean again: the pass still
+    reads the documents from libvirt, but does not build the facts, render the
+    wanted interface or parse the documents again. Any change, in the database
+    or in libvirt, and the domain is checked in full. Only the last pass's
+    entries are kept (a host's whole set is replaced at the end of its pass).
+    """
+
+    def __init__(self) -> None:
+        self._clean: dict[str, dict[str, tuple[Any, ...]]] = {}
+
+    def last(self, uri: str) -> dict[str, tuple[Any, ...]]:
+        return self._clean.get(uri, {})
+
+    def keep(self, uri: str, clean: dict[str, tuple[Any, ...]]) -> None:
+        self._clean[uri] = clean
+
+    @staticmethod
+    def key(
+        row: Any, pins: tuple[int, ...], gateway: str | None, texts: Documents
+    ) -> tuple[Any, ...]:
+        digest = hashlib.blake2b(digest_size=16)
+        for inactive, text in texts:
+            digest.update(b"defined\0" if inactive else b"live\0")
+            digest.update(text.encode())
+        return (tuple(row), pins, gateway, digest.digest())
+
+
 def wanted(facts: VpsFacts, gateway: str | None) -> NicState:
     """The interface state provisioning renders for the VPS."""
     spec = interface_spec(facts, gateway)
@@ -111,19 +155,22 @@ def check(
     fix: bool = True,
     *,
     known: Known | None = None,
+    texts: Documents | None = None,
 ) -> list[dict[str, str]]:
     """Compare the domain's interface (live, and defined) with the rendered one; fix it.
 
     Returns one entry per difference found, saying whether it was fixed.
-    ``known`` carries what a caller checking many domains already read.
+    ``known`` carries what a caller checking many domains already read, and
+    ``texts`` the domain's documents if it read them (:func:`documents`).
     """
     gateway = known.gateway(hv, facts) if known else gateway_mac(hv, facts)
     want = wanted(facts, gateway)
     found: list[str] = []
-    active = known.active(hv, facts.domain) if known else hv.is_active(facts.domain)
-    views = [False, True] if active else [True]
-    for inactive in views:
-        nics = {n.mac: n for n in hv.interfaces(facts.domain, inactive=inactive)}
+    if texts is None:
+        active = known.active(hv, facts.domain) if known else hv.is_active(facts.domain)
+        texts = documents(hv, facts.domain, active)
+    for inactive, text in texts:
+        nics = {n.mac: n for n in nic_states(text)}
         where = "definition" if inactive else "running guest"
         found += [f"{where}: {p}" for p in problems(nics.get(want.mac), want)]
     if not found:

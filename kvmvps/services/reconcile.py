@@ -13,7 +13,9 @@ proxy configuration from the database where they differ.
 
 A pass reads what it needs of every VPS once, as plain columns, and looks at
 several hosts at once (``HOST_THREADS``); a state it corrects is written only
-if the VPS is still as the pass read it.
+if the VPS is still as the pass read it. A domain the last pass of this
+process found clean, whose row and documents are unchanged, is not compared
+again (:class:`isolation.Memo`): libvirt is still asked for its documents.
 """
 
 from __future__ import annotations
@@ -36,7 +38,6 @@ from kvmvps.services import Context, audit, forwards, guard, isolation, provisio
 from kvmvps.services.facts import (
     DOMAIN_PREFIX,
     RESCUE_SUFFIX,
-    VpsFacts,
     facts_from_row,
     facts_query,
     pins_of,
@@ -53,6 +54,8 @@ SETTLED = (VpsState.RUNNING, VpsState.STOPPED, VpsState.SUSPENDED)
 # hosts a pass looks at at once: their libvirt calls wait on the network (remote
 # hosts) or run in libvirt's and lxml's C code, which let go of the GIL
 HOST_THREADS = 8
+# the domains each host's last pass found clean (a worker passes every few minutes)
+MEMO = isolation.Memo()
 
 
 @dataclass
@@ -265,11 +268,15 @@ def _host_pass(ctx: Context, host: Host, seen: Seen, fix: bool, report: Report) 
         actual = _hold(hv, row, domains.get(row.domain_name), report)
         changes += _check_power(row, actual, report)
         if row.domain_name in domains:
-            settled.append(facts_from_row(row, seen.pins.get(row.id, ()), ctx.settings))
+            settled.append(row)
     _write_states(ctx, changes)
     known = isolation.Known(domains)
-    for facts in settled:
-        _check_isolation(ctx, hv, facts, known, report)
+    last, clean = MEMO.last(hv.uri), {}
+    for row in settled:
+        key = _check_isolation(ctx, hv, row, seen.pins.get(row.id, ()), known, last, report)
+        if key is not None:
+            clean[row.domain_name] = key
+    MEMO.keep(hv.uri, clean)
     own = {row.domain_name for row in rows}
     _orphan_domains(
         hv, host, set(domains) - own - seen.moving, fix, report, ctx.settings.storage_pool
@@ -317,20 +324,34 @@ def _hold(hv: Hypervisor, row: Any, actual: str | None, report: Report) -> str |
 
 
 def _check_isolation(
-    ctx: Context, hv: Hypervisor, facts: VpsFacts, known: isolation.Known, report: Report
-) -> None:
+    ctx: Context,
+    hv: Hypervisor,
+    row: Any,
+    pins: tuple[int, ...],
+    known: isolation.Known,
+    last: dict[str, tuple[Any, ...]],
+    report: Report,
+) -> tuple[Any, ...] | None:
     """Every guest NIC's anti-spoofing filter and port isolation: put back where missing.
 
     Like the forwarding rules, this is fixed on every pass, not only with ``fix``:
-    a guest running unfiltered can take over its neighbours' addresses.
+    a guest running unfiltered can take over its neighbours' addresses. Returns
+    the memo key of a domain found clean (see :class:`isolation.Memo`).
     """
     try:
-        found = isolation.check(ctx, hv, facts, known=known)
+        active = known.active(hv, row.domain_name)
+        texts = isolation.documents(hv, row.domain_name, active)
+        key = isolation.Memo.key(row, pins, known.gateway(hv, row), texts)
+        if last.get(row.domain_name) == key:
+            return key
+        facts = facts_from_row(row, pins, ctx.settings)
+        found = isolation.check(ctx, hv, facts, known=known, texts=texts)
     except HypervisorError as exc:
-        report.errors.append(f"isolation of {facts.hostname}: {exc}")
-        return
+        report.errors.append(f"isolation of {row.hostname}: {exc}")
+        return None
     report.isolation += found
     report.errors += [f"{f['hostname']}: {f['action']}" for f in found if "failed" in f["action"]]
+    return None if found else key
 
 
 # (VPS id, the state the pass read, the state to write, the error to write)
