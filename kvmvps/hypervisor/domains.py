@@ -162,6 +162,15 @@ class Hypervisor(StorageCalls, NetworkCalls, Connection):
         flags = libvirt.VIR_DOMAIN_XML_INACTIVE if inactive else 0
         return self._domain(name, "XML of", lambda d: d.XMLDesc(flags))
 
+    def domain_documents(self, name: str, live: bool) -> list[tuple[bool, str]]:
+        """(inactive, XML): the running guest's (when ``live``) and the definition, one lookup."""
+        views = (False, True) if live else (True,)
+
+        def read(dom: libvirt.virDomain) -> list[tuple[bool, str]]:
+            return [(i, dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE if i else 0)) for i in views]
+
+        return self._domain(name, "XML of", read)
+
     def is_active(self, name: str) -> bool:
         return bool(self._domain(name, "look up", lambda d: d.isActive()))
 

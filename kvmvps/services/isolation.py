@@ -76,7 +76,7 @@ Documents = list[tuple[bool, str]]
 
 def documents(hv: Hypervisor, domain: str, active: bool) -> Documents:
     """The XML documents a check compares: the running guest's (if it runs), the definition."""
-    return [(inactive, hv.domain_xml(domain, inactive)) for inactive in (False, True)[not active :]]
+    return hv.domain_documents(domain, live=active)
 
 
 class Memo:
