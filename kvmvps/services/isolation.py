@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvmvps import xmlrender
+from kvmvps.config import Settings
 from kvmvps.errors import HypervisorError, KvmvpsError
 from kvmvps.hvtypes import nic_states
 from kvmvps.hypervisor import Hypervisor, NicState
@@ -88,17 +89,18 @@ class Memo:
     reads the documents from libvirt, but does not build the facts, render the
     wanted interface or parse the documents again. Any change, in the database
     or in libvirt, and the domain is checked in full. Only the last pass's
-    entries are kept (a host's whole set is replaced at the end of its pass).
+    entries are kept (a host's whole set is replaced at the end of its pass),
+    per host and settings (what a domain should be depends on them too).
     """
 
     def __init__(self) -> None:
-        self._clean: dict[str, dict[str, tuple[Any, ...]]] = {}
+        self._clean: dict[tuple[str, Settings], dict[str, tuple[Any, ...]]] = {}
 
-    def last(self, uri: str) -> dict[str, tuple[Any, ...]]:
-        return self._clean.get(uri, {})
+    def last(self, uri: str, settings: Settings) -> dict[str, tuple[Any, ...]]:
+        return self._clean.get((uri, settings), {})
 
-    def keep(self, uri: str, clean: dict[str, tuple[Any, ...]]) -> None:
-        self._clean[uri] = clean
+    def keep(self, uri: str, settings: Settings, clean: dict[str, tuple[Any, ...]]) -> None:
+        self._clean[(uri, settings)] = clean
 
     @staticmethod
     def key(

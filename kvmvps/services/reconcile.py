@@ -271,12 +271,12 @@ def _host_pass(ctx: Context, host: Host, seen: Seen, fix: bool, report: Report) 
             settled.append(row)
     _write_states(ctx, changes)
     known = isolation.Known(domains)
-    last, clean = MEMO.last(hv.uri), {}
+    last, clean = MEMO.last(hv.uri, ctx.settings), {}
     for row in settled:
         key = _check_isolation(ctx, hv, row, seen.pins.get(row.id, ()), known, last, report)
         if key is not None:
             clean[row.domain_name] = key
-    MEMO.keep(hv.uri, clean)
+    MEMO.keep(hv.uri, ctx.settings, clean)
     own = {row.domain_name for row in rows}
     _orphan_domains(
         hv, host, set(domains) - own - seen.moving, fix, report, ctx.settings.storage_pool
