@@ -57,7 +57,7 @@ def listed_ctx(td_ctx: Context) -> Iterator[Context]:
 
 def _orm_views(ctx: Context, **where: object) -> list[vps_service.VpsView]:
     with ctx.db.reading() as s:
-        query = vps_service.list_query().order_by(Vps.created_at, Vps.id)
+        query = vps_service.list_query().order_by(Vps.created_at, Vps.uuid)  # the listing's order
         for name, value in where.items():
             query = query.where(getattr(Vps, name) == value)
         return [vps_service.view(v) for v in s.scalars(query)]
