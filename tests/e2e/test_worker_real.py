@@ -99,7 +99,9 @@ def test_sigkill_at_each_step_then_a_fresh_worker(fresh_ctx: Context, tmp_path: 
                 for i in range(len(names))
             )
         }
-        deadline = time.monotonic() + 500
+        # a ceiling, not a wait: a CI run once saw all eleven workers start 8 minutes late
+        # at once (cause unknown), and the orders then need their boots on top
+        deadline = time.monotonic() + 900
         while not all(m.exists() and m.read_text() for m in markers.values()):
             assert time.monotonic() < deadline, _logs(tmp_path)
             time.sleep(0.05)
