@@ -138,6 +138,18 @@ def whole_number(value: int, what: str, minimum: int, maximum: int) -> int:
     return value
 
 
+def whole_number_text(value: str | int | None, what: str, maximum: int, default: int) -> int:
+    """A whole number 1..``maximum`` as a query string or an option gives it; ``default``
+    when missing. Only a few digits are converted, so a huge one is refused cheaply."""
+    if value is None or value == "":
+        return default
+    text = str(value).strip()
+    head = text[: len(str(maximum)) + 1]
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(head) <= maximum:
+        raise InvalidInput(f"{what} must be a whole number from 1 to {maximum}")
+    return int(text)
+
+
 def seconds(value: object, what: str, maximum: float) -> float:
     """A number of seconds above 0 and at most ``maximum`` (finite; ints of any size refused)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -49,12 +49,7 @@ class Page(Generic[T]):
 
 def page_number(value: str | int | None) -> int:
     """A page number from a query string: 1 when missing; InvalidInput when not 1..MAX_PAGE."""
-    if value is None or value == "":
-        return 1
-    text = str(value).strip()
-    if not (text.isascii() and text.isdigit()) or not 1 <= int(text[:7]) <= MAX_PAGE:
-        raise InvalidInput(f"page must be a whole number from 1 to {MAX_PAGE}")
-    return int(text)
+    return validation.whole_number_text(value, "page", MAX_PAGE, 1)
 
 
 def text_filter(value: str | None, what: str) -> str | None:

@@ -15,7 +15,6 @@ from sqlalchemy.orm import Session, joinedload, selectinload
 from kvmvps import interrupt, validation
 from kvmvps.errors import Conflict, HypervisorNotFound, InvalidInput, NotFound
 from kvmvps.models import (
-    CpuPin,
     Forward,
     Host,
     Image,
@@ -28,6 +27,7 @@ from kvmvps.models import (
     VpsState,
 )
 from kvmvps.services import Context, failures, guard
+from kvmvps.services.facts import pins_of
 from kvmvps.services.vps_views import (
     LIST_COLUMNS,
     row_view,
@@ -158,12 +158,7 @@ _CURSOR_LEN = 120
 
 def list_limit(value: str | int | None) -> int:
     """A page size: MAX_LIST_PAGE when missing; InvalidInput unless a whole number 1..MAX."""
-    if value is None or value == "":
-        return MAX_LIST_PAGE
-    text = str(value).strip() if not isinstance(value, bool) else "-"
-    if not (text.isascii() and text.isdigit()) or not 1 <= int(text[:5]) <= MAX_LIST_PAGE:
-        raise InvalidInput(f"limit must be a whole number from 1 to {MAX_LIST_PAGE}")
-    return int(text)
+    return validation.whole_number_text(value, "limit", MAX_LIST_PAGE, MAX_LIST_PAGE)
 
 
 def list_page(
@@ -250,13 +245,7 @@ def _views(
     ids = query.with_only_columns(Vps.id)  # the same rows: filters, order and limit
     with ctx.db.reading() as s:
         rows = s.execute(query).all()
-        pins: dict[int, list[int]] = {}
-        for pinned, cpu in s.execute(
-            select(CpuPin.vps_id, CpuPin.host_cpu)
-            .where(CpuPin.vps_id.in_(ids))
-            .order_by(CpuPin.vps_id, CpuPin.vcpu)
-        ):
-            pins.setdefault(pinned, []).append(cpu)
+        pins = pins_of(s, ids)
         ssh: dict[int | None, tuple[str | None, int]] = {}
         for forwarded, address, port in s.execute(
             select(Forward.vps_id, Forward.public_address, Forward.public_port)
@@ -268,7 +257,7 @@ def _views(
             .order_by(Forward.id)
         ):
             ssh.setdefault(forwarded, (address, port))
-    return [row_view(row, pins.get(row.id, []), ssh.get(row.id), owner_id) for row in rows]
+    return [row_view(row, list(pins.get(row.id, ())), ssh.get(row.id), owner_id) for row in rows]
 
 
 def domain_xml(ctx: Context, ref: str) -> str:
