@@ -75,11 +75,6 @@ class Known:
 Documents = list[tuple[bool, str]]
 
 
-def documents(hv: Hypervisor, domain: str, active: bool) -> Documents:
-    """The XML documents a check compares: the running guest's (if it runs), the definition."""
-    return hv.domain_documents(domain, live=active)
-
-
 class Memo:
     """What the last reconcile pass found clean on each host, and from what.
 
@@ -163,14 +158,14 @@ def check(
 
     Returns one entry per difference found, saying whether it was fixed.
     ``known`` carries what a caller checking many domains already read, and
-    ``texts`` the domain's documents if it read them (:func:`documents`).
+    ``texts`` the domain's documents if it read them (``domain_documents``).
     """
     gateway = known.gateway(hv, facts) if known else gateway_mac(hv, facts)
     want = wanted(facts, gateway)
     found: list[str] = []
     if texts is None:
         active = known.active(hv, facts.domain) if known else hv.is_active(facts.domain)
-        texts = documents(hv, facts.domain, active)
+        texts = hv.domain_documents(facts.domain, live=active)
     for inactive, text in texts:
         nics = {n.mac: n for n in nic_states(text)}
         where = "definition" if inactive else "running guest"

@@ -340,7 +340,7 @@ def _check_isolation(
     """
     try:
         active = known.active(hv, row.domain_name)
-        texts = isolation.documents(hv, row.domain_name, active)
+        texts = hv.domain_documents(row.domain_name, live=active)
         key = isolation.Memo.key(row, pins, known.gateway(hv, row), texts)
         if last.get(row.domain_name) == key:
             return key
