@@ -69,15 +69,20 @@ def staleness_of(page: WebElement) -> Callable[[webdriver.Chrome], bool]:
     def _gone(_driver: webdriver.Chrome) -> bool:
         try:
             page.is_enabled()
-        except StaleElementReferenceException:
-            return True
         except WebDriverException as error:
-            if any(sign in str(error.msg or "") for sign in NODE_GONE):
+            if node_gone(error):
                 return True
             raise
         return False
 
     return _gone
+
+
+def node_gone(error: WebDriverException) -> bool:
+    """The element left the document: stale, or chromedriver's mid-navigation words for it."""
+    return isinstance(error, StaleElementReferenceException) or any(
+        sign in str(error.msg or "") for sign in NODE_GONE
+    )
 
 
 class PinnedFingerprint(paramiko.MissingHostKeyPolicy):
@@ -243,10 +248,8 @@ def _build_ended(driver: webdriver.Chrome) -> bool:
         return True
     try:
         shown = driver.find_element(By.CSS_SELECTOR, "[data-error]").get_attribute("class")
-    except StaleElementReferenceException:
-        return False
     except WebDriverException as error:
-        if any(sign in str(error.msg or "") for sign in NODE_GONE):
+        if node_gone(error):
             return False
         raise
     return "hidden" not in (shown or "").split()
