@@ -58,6 +58,8 @@ class Settings:
     worker_concurrency: int = 4
     customer_shutdown_timeout_max: float = 120.0
     reconcile_interval: float = 60.0
+    # a domain found clean is read again at least every this many passes (1: every pass)
+    reconcile_recheck_passes: int = 10
     metrics_interval: float = 60.0
     # seconds between the worker's self-tests of each image (0: never); the plan they order
     image_test_interval: float = 86400.0
@@ -262,6 +264,11 @@ def _check_queue(s: Settings) -> None:
         raise InvalidInput(
             "KVMVPS_METRICS_INTERVAL must be 0 (off) or from 5 to 3600 seconds, "
             f"not {s.metrics_interval:g}"
+        )
+    if not 1 <= s.reconcile_recheck_passes <= 1000:
+        raise InvalidInput(
+            "KVMVPS_RECONCILE_RECHECK_PASSES must be from 1 (every pass) to 1000, "
+            f"not {s.reconcile_recheck_passes}"
         )
     if not 0 <= s.host_wait <= 3600:
         raise InvalidInput(f"KVMVPS_HOST_WAIT must be from 0 to 3600 seconds, not {s.host_wait:g}")

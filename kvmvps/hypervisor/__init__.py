@@ -10,7 +10,8 @@ out is plain data (:mod:`kvmvps.hvtypes`).
 - ``storage``, ``network``: the storage and network calls (mixins of :class:`Connection`)
 - ``domains``: :class:`Hypervisor` (domain calls; the mixins composed) and the shared
   one per URI (:func:`get_hypervisor`, :func:`close_all`)
-- ``streams``: libvirt's event loop, :class:`LifecycleWatch`, :class:`ConsoleStream`
+- ``streams``: libvirt's event loop, :class:`LifecycleWatch`, :class:`ConsoleStream`, and
+  the domain changes a connection was told of (``DomainChanges``)
 
 Callers import from ``kvmvps.hypervisor``, never from its modules.
 """

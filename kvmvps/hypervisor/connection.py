@@ -2,7 +2,8 @@
 
 :class:`Connection` opens the connection lazily, reopens it when it drops and
 runs every call through :meth:`Connection._call`, which translates libvirt's
-errors. The storage, network and domain calls build on it.
+errors. The storage, network and domain calls build on it. Once asked
+(:meth:`Connection.domain_changes`), it also follows the host's domain events.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any, TypeVar
 from kvmvps.errors import HypervisorUnavailable
 from kvmvps.hvtypes import HostInfo
 from kvmvps.hypervisor.errors import libvirt, translate
+from kvmvps.hypervisor.streams import DomainChanges, start_event_loop
 
 T = TypeVar("T")
 
@@ -26,6 +28,7 @@ class Connection:
         self.uri = uri
         self._conn: libvirt.virConnect | None = None
         self._lock = threading.RLock()
+        self._changes: DomainChanges | None = None  # once someone asked (domain_changes)
 
     # -- connection -------------------------------------------------------
     def _connection(self) -> libvirt.virConnect:
@@ -37,12 +40,15 @@ class Connection:
                 except libvirt.libvirtError:
                     pass
                 self._drop()
+            start_event_loop()  # before opening: a remote connection's events need it
             try:
                 self._conn = libvirt.open(self.uri)
             except libvirt.libvirtError as exc:
                 raise HypervisorUnavailable(
                     f"cannot connect to libvirt at {self.uri}: {exc.get_error_message()}"
                 ) from None
+            if self._changes is not None:
+                self._changes.attach(self._conn)
             return self._conn
 
     def _drop(self) -> None:
@@ -79,6 +85,24 @@ class Connection:
         with self._lock:
             if self._conn is conn:
                 self._conn = None
+                if self._changes is not None:
+                    self._changes.lost()
+
+    def domain_changes(self) -> set[str] | None:
+        """The domains libvirt told of a change of since the last call; None: any may have.
+
+        The first call starts following the host's domain events on this
+        connection and answers None, as does the first call after the
+        connection was lost or reopened (events may have gone unseen).
+        """
+        with self._lock:
+            if self._changes is None:
+                self._changes = DomainChanges()
+                if self._conn is not None:
+                    self._changes.attach(self._conn)
+            changes = self._changes
+        self._connection()  # (re)opened meanwhile: attached anew, and None below
+        return changes.take()
 
     def ping(self) -> None:
         """Raise :class:`HypervisorUnavailable` unless libvirtd answers."""

@@ -21,7 +21,7 @@ _events_lock = threading.Lock()
 _events_started = False
 
 
-def _start_event_loop() -> None:
+def start_event_loop() -> None:
     """Run libvirt's default event loop in a daemon thread (once per process)."""
     global _events_started
     with _events_lock:
@@ -37,15 +37,78 @@ def _start_event_loop() -> None:
         _events_started = True
 
 
+# the events after which a domain's documents may differ: started, stopped, defined,
+# undefined...; a device added or removed; tunables (pins, limits); its metadata
+_CHANGE_EVENTS = (
+    "LIFECYCLE",
+    "DEVICE_ADDED",
+    "DEVICE_REMOVED",
+    "TUNABLE",
+    "METADATA_CHANGE",
+)
+
+
+class DomainChanges:
+    """The domains libvirt reported a change of, on one connection, since the last look.
+
+    Attached to a connection (:meth:`attach`, on each (re)open), it counts
+    every domain named in one of ``_CHANGE_EVENTS``. Until it is attached, and
+    after the connection was lost or reopened, anything may have changed
+    unseen: :meth:`take` then says so (None) once.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._names: set[str] = set()
+        self._unknown = True  # nothing seen yet: anything may have changed
+        self.following = False
+
+    def attach(self, conn: libvirt.virConnect) -> None:
+        """Follow ``conn``'s domain events from now on; what came before is unknown."""
+        self.lost()
+        try:
+            for name in _CHANGE_EVENTS:
+                event = getattr(libvirt, f"VIR_DOMAIN_EVENT_ID_{name}")
+                try:
+                    conn.domainEventRegisterAny(None, event, self._on_event, None)
+                except libvirt.libvirtError:
+                    if name == "LIFECYCLE":
+                        raise
+                    # a driver without this event: its changes are not told of
+            with contextlib.suppress(libvirt.libvirtError):  # drivers without close callbacks
+                conn.registerCloseCallback(lambda *_args: self.lost(), None)
+            self.following = True
+        except libvirt.libvirtError:
+            self.following = False
+
+    def _on_event(self, _conn: Any, dom: Any, *_details: Any) -> None:
+        with self._lock:
+            self._names.add(dom.name())
+
+    def lost(self) -> None:
+        """Events may have been missed (the connection closed or was reopened)."""
+        with self._lock:
+            self._unknown = True
+            self._names.clear()
+
+    def take(self) -> set[str] | None:
+        """The domains changed since the last call; None when any may have changed."""
+        with self._lock:
+            names, self._names = self._names, set()
+            unknown, self._unknown = self._unknown, False
+        return None if unknown or not self.following else names
+
+
 class LifecycleWatch:
     """Calls ``callback(domain_name)`` whenever a domain starts, stops, pauses..."""
 
     def __init__(self, uri: str, callback: Callable[[str], None]) -> None:
-        _start_event_loop()
+        start_event_loop()
         self.uri = uri
         try:
             self._conn = libvirt.open(uri)
-            self._conn.setKeepAlive(5, 3)
+            with contextlib.suppress(libvirt.libvirtError):  # drivers without keepalive
+                self._conn.setKeepAlive(5, 3)
             self._id = self._conn.domainEventRegisterAny(
                 None,
                 libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
@@ -81,7 +144,7 @@ class ConsoleStream:
     """
 
     def __init__(self, uri: str, domain: str) -> None:
-        _start_event_loop()
+        start_event_loop()
         self.domain = domain
         self._output: queue.Queue[bytes | None] = queue.Queue()
         self._lock = threading.Lock()

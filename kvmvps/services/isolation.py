@@ -8,8 +8,8 @@ altered filter back with a device update, live and in the definition.
 
 from __future__ import annotations
 
-import hashlib
 import logging
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,37 +75,76 @@ class Known:
 Documents = list[tuple[bool, str]]
 
 
+@dataclass
+class Round:
+    """One host's pass, as the memo sees it (:meth:`Memo.begin`)."""
+
+    changed: set[str] | None  # the domains libvirt told of a change of; None: any
+    last: dict[str, tuple[Any, ...]]  # what the last pass found clean, and from what
+    turn: int  # the pass's number on this host: whose turn it is to be read again
+    recheck: int  # every domain is read again at least every this many passes
+    clean: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+
+    def still_clean(self, domain: str, key: tuple[Any, ...]) -> bool:
+        """Whether ``domain`` is clean without reading it (see :class:`Memo`)."""
+        if self.changed is None or domain in self.changed:
+            return False
+        if due(self.turn, domain, self.recheck):
+            return False
+        return self.last.get(domain) == key
+
+
+def due(turn: int, domain: str, recheck: int) -> bool:
+    """Whether it is ``domain``'s turn to be read again in a host's pass number ``turn``:
+    once in any ``recheck`` passes in a row, spread over the domains by their names."""
+    return (turn + zlib.crc32(domain.encode())) % recheck == 0
+
+
 class Memo:
     """What the last reconcile pass found clean on each host, and from what.
 
     A check is a function of the VPS's facts row, its pins, the network's
-    gateway and the domain's documents. When all of them are as they were when
-    the last pass found the domain clean, it is clean again: the pass still
-    reads the documents from libvirt, but does not build the facts, render the
-    wanted interface or parse the documents again. Any change, in the database
-    or in libvirt, and the domain is checked in full. Only the last pass's
-    entries are kept (a host's whole set is replaced at the end of its pass),
-    per host and settings (what a domain should be depends on them too).
+    gateway and the domain's documents. The documents change only through
+    libvirt, which tells of most changes as events (the host's
+    :meth:`~kvmvps.hypervisor.Hypervisor.domain_changes`: started, stopped,
+    defined, a device added or removed...). A domain the last pass found clean,
+    whose row, pins, gateway and state are as they were and of which libvirt
+    told no change, is clean again: its documents are not even read.
+
+    Not every change is told of (a device updated in place is not), so each
+    domain still takes its turn to be read and checked in full every
+    ``recheck`` passes, a share of the domains in each pass. Every domain is
+    read whenever events may have gone unseen (the first pass of a process,
+    a connection lost or reopened, a pass that failed half-way) and after the
+    settings changed (what a domain should be depends on them too). Only the
+    last pass's entries are kept, per host.
     """
 
     def __init__(self) -> None:
-        self._clean: dict[tuple[str, Settings], dict[str, tuple[Any, ...]]] = {}
+        # host URI -> the settings of its last pass, and the domains that pass found clean
+        self._clean: dict[str, tuple[Settings, dict[str, tuple[Any, ...]]]] = {}
+        self._turns: dict[str, int] = {}
 
-    def last(self, uri: str, settings: Settings) -> dict[str, tuple[Any, ...]]:
-        return self._clean.get((uri, settings), {})
+    def begin(self, hv: Hypervisor, settings: Settings) -> Round:
+        """A host's pass starts: what changed since the last one, and what it found clean."""
+        changed = hv.domain_changes()
+        turn = self._turns[hv.uri] = self._turns.get(hv.uri, -1) + 1
+        # a pass that fails half-way leaves nothing: the events it took are not lost with it
+        before, last = self._clean.pop(hv.uri, (settings, {}))
+        if changed is None or before != settings:
+            last = {}
+        return Round(changed, last, turn, settings.reconcile_recheck_passes)
 
-    def keep(self, uri: str, settings: Settings, clean: dict[str, tuple[Any, ...]]) -> None:
-        self._clean[(uri, settings)] = clean
+    def end(self, hv: Hypervisor, settings: Settings, done: Round) -> None:
+        """The host's pass ended: what it found clean replaces what the last one found."""
+        self._clean[hv.uri] = (settings, done.clean)
 
     @staticmethod
     def key(
-        row: Any, pins: tuple[int, ...], gateway: str | None, texts: Documents
+        row: Any, pins: tuple[int, ...], gateway: str | None, state: str | None
     ) -> tuple[Any, ...]:
-        digest = hashlib.blake2b(digest_size=16)
-        for inactive, text in texts:
-            digest.update(b"defined\0" if inactive else b"live\0")
-            digest.update(text.encode())
-        return (tuple(row), pins, gateway, digest.digest())
+        """What a domain was found clean from, besides its documents."""
+        return (tuple(row), pins, gateway, state)
 
 
 def wanted(facts: VpsFacts, gateway: str | None) -> NicState:

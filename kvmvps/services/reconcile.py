@@ -14,8 +14,8 @@ proxy configuration from the database where they differ.
 A pass reads what it needs of every VPS once, as plain columns, and looks at
 several hosts at once (``HOST_THREADS``); a state it corrects is written only
 if the VPS is still as the pass read it. A domain the last pass of this
-process found clean, whose row and documents are unchanged, is not compared
-again (:class:`isolation.Memo`): libvirt is still asked for its documents.
+process found clean, whose row is unchanged and of which libvirt told no
+change since, is not read again until its turn comes (:class:`isolation.Memo`).
 """
 
 from __future__ import annotations
@@ -271,12 +271,12 @@ def _host_pass(ctx: Context, host: Host, seen: Seen, fix: bool, report: Report) 
             settled.append(row)
     _write_states(ctx, changes)
     known = isolation.Known(domains)
-    last, clean = MEMO.last(hv.uri, ctx.settings), {}
+    memo = MEMO.begin(hv, ctx.settings)
     for row in settled:
-        key = _check_isolation(ctx, hv, row, seen.pins.get(row.id, ()), known, last, report)
+        key = _check_isolation(ctx, hv, row, seen.pins.get(row.id, ()), known, memo, report)
         if key is not None:
-            clean[row.domain_name] = key
-    MEMO.keep(hv.uri, ctx.settings, clean)
+            memo.clean[row.domain_name] = key
+    MEMO.end(hv, ctx.settings, memo)
     own = {row.domain_name for row in rows}
     _orphan_domains(
         hv, host, set(domains) - own - seen.moving, fix, report, ctx.settings.storage_pool
@@ -329,7 +329,7 @@ def _check_isolation(
     row: Any,
     pins: tuple[int, ...],
     known: isolation.Known,
-    last: dict[str, tuple[Any, ...]],
+    memo: isolation.Round,
     report: Report,
 ) -> tuple[Any, ...] | None:
     """Every guest NIC's anti-spoofing filter and port isolation: put back where missing.
@@ -339,11 +339,12 @@ def _check_isolation(
     the memo key of a domain found clean (see :class:`isolation.Memo`).
     """
     try:
+        state = known.states.get(row.domain_name)
+        key = isolation.Memo.key(row, pins, known.gateway(hv, row), state)
+        if memo.still_clean(row.domain_name, key):
+            return key
         active = known.active(hv, row.domain_name)
         texts = hv.domain_documents(row.domain_name, live=active)
-        key = isolation.Memo.key(row, pins, known.gateway(hv, row), texts)
-        if last.get(row.domain_name) == key:
-            return key
         facts = facts_from_row(row, pins, ctx.settings)
         found = isolation.check(ctx, hv, facts, known=known, texts=texts)
     except HypervisorError as exc:
