@@ -185,7 +185,9 @@ class Worker:
             return
         self._last_reconcile = time.monotonic()
         try:
-            report = reconcile.run(self.ctx, fix=False, holder=self.name, wait=False)
+            report = reconcile.run(
+                self.ctx, fix=False, holder=self.name, wait=False, incremental=True
+            )
         except KvmvpsError as exc:
             log.info("periodic reconcile skipped: %s", exc)
             return

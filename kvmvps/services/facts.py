@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Select, select
+from sqlalchemy import Connection, Select, select
 from sqlalchemy.orm import Session
 
 from kvmvps import ipam
@@ -180,8 +180,11 @@ def facts_query(*extra: Any) -> Select[Any]:
     )
 
 
-def pins_of(s: Session, ids: Select[Any]) -> dict[int, tuple[int, ...]]:
-    """The pinned host CPUs of the VPSes ``ids`` selects, by VPS id, in vCPU order."""
+def pins_of(s: Session | Connection, ids: Select[Any]) -> dict[int, tuple[int, ...]]:
+    """The pinned host CPUs of the VPSes ``ids`` selects, by VPS id, in vCPU order.
+
+    Listings pass their session's connection: plain rows, without the ORM's layer.
+    """
     pins: dict[int, list[int]] = {}
     query = select(CpuPin.vps_id, CpuPin.host_cpu).where(CpuPin.vps_id.in_(ids))
     for vps_id, cpu in s.execute(query.order_by(CpuPin.vps_id, CpuPin.vcpu)):

@@ -125,9 +125,15 @@ class Memo:
         self._clean: dict[str, tuple[Settings, dict[str, tuple[Any, ...]]]] = {}
         self._turns: dict[str, int] = {}
 
-    def begin(self, hv: Hypervisor, settings: Settings) -> Round:
-        """A host's pass starts: what changed since the last one, and what it found clean."""
-        changed = hv.domain_changes()
+    def begin(self, hv: Hypervisor, settings: Settings, incremental: bool = True) -> Round:
+        """A host's pass starts: what changed since the last one, and what it found clean.
+
+        A pass that is not ``incremental`` reads every domain, and leaves what
+        it found for the next one.
+        """
+        changed = hv.domain_changes()  # taken either way: a full pass reads all of it
+        if not incremental:
+            changed = None
         turn = self._turns[hv.uri] = self._turns.get(hv.uri, -1) + 1
         # a pass that fails half-way leaves nothing: the events it took are not lost with it
         before, last = self._clean.pop(hv.uri, (settings, {}))

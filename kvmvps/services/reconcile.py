@@ -13,9 +13,10 @@ proxy configuration from the database where they differ.
 
 A pass reads what it needs of every VPS once, as plain columns, and looks at
 several hosts at once (``HOST_THREADS``); a state it corrects is written only
-if the VPS is still as the pass read it. A domain the last pass of this
-process found clean, whose row is unchanged and of which libvirt told no
-change since, is not read again until its turn comes (:class:`isolation.Memo`).
+if the VPS is still as the pass read it. In a worker's periodic pass, a
+domain the last pass of the process found clean, whose row is unchanged and
+of which libvirt told no change since, is not read again until its turn
+comes (:class:`isolation.Memo`); ``kvmvps-admin reconcile`` reads every one.
 """
 
 from __future__ import annotations
@@ -125,20 +126,24 @@ def run(
     wait: bool = True,
     *,
     actor: str | None = None,
+    incremental: bool = False,
 ) -> Report:
     """One reconciliation pass over every enabled host.
 
     A pass with ``fix`` changes things and is recorded as ``reconcile`` of
-    ``actor``; a pass that only looks and corrects power states is not.
+    ``actor``; a pass that only looks and corrects power states is not. An
+    ``incremental`` pass (a worker's periodic one) reads only the domains
+    that changed since this process's last pass, and each in its turn
+    (:class:`isolation.Memo`); any other reads every domain.
     """
     with audit.audited(ctx, actor if fix else None, "reconcile", ""):
-        return _run(ctx, fix, holder, wait)
+        return _run(ctx, fix, holder, wait, incremental)
 
 
 audit.declare("reconcile")
 
 
-def _run(ctx: Context, fix: bool, holder: str, wait: bool) -> Report:
+def _run(ctx: Context, fix: bool, holder: str, wait: bool, incremental: bool) -> Report:
     deadline = time.monotonic() + (60 if wait else 0)
     while not acquire(ctx, holder):
         if time.monotonic() >= deadline:
@@ -150,7 +155,7 @@ def _run(ctx: Context, fix: bool, holder: str, wait: bool) -> Report:
             if ctx.settings.agent_host:  # a host agent looks after its own host only
                 query = query.where(Host.name == ctx.settings.agent_host)
             hosts = list(s.scalars(query))
-        seen = _seen(ctx, [host.id for host in hosts])  # once per pass, not per host
+        seen = _seen(ctx, [host.id for host in hosts], incremental)  # once, not per host
         report = Report(fixed=fix)
         for host, (part, failure) in zip(hosts, _each_host(ctx, hosts, seen, fix), strict=True):
             report.hosts.append(host.name)
@@ -226,13 +231,14 @@ class Seen:
     moving: set[str]  # the domains of busy VPSes: perhaps on their way to or from a host
     vpses: dict[int, list[Any]]  # host id -> its VPSes, as facts_query rows (+ _PASS_COLUMNS)
     pins: dict[int, tuple[int, ...]]  # VPS id -> pinned host CPUs
+    incremental: bool  # read only what changed, and each domain in its turn
 
 
 # what the pass reads of each VPS beyond its facts
 _PASS_COLUMNS = (Vps.state, Vps.suspended_reason, Vps.host_id, Vps.rollback_pending)
 
 
-def _seen(ctx: Context, host_ids: list[int]) -> Seen:
+def _seen(ctx: Context, host_ids: list[int], incremental: bool) -> Seen:
     with ctx.db.reading() as s:
         unfinished = select(Job.vps_uuid).where(Job.state.in_(JobState.UNFINISHED))
         busy = {uuid for uuid in s.scalars(unfinished) if uuid}
@@ -249,10 +255,11 @@ def _seen(ctx: Context, host_ids: list[int]) -> Seen:
         )
         on_hosts = Vps.host_id.in_(host_ids)
         vpses: dict[int, list[Any]] = {host_id: [] for host_id in host_ids}
-        for row in s.execute(facts_query(*_PASS_COLUMNS).where(on_hosts).order_by(Vps.id)):
+        conn = s.connection()  # Core rows, as the listing reads them
+        for row in conn.execute(facts_query(*_PASS_COLUMNS).where(on_hosts).order_by(Vps.id)):
             vpses[row.host_id].append(row)
-        pins = pins_of(s, select(Vps.id).where(on_hosts))
-    return Seen(busy, domains, nets, leases, moving, vpses, pins)
+        pins = pins_of(conn, select(Vps.id).where(on_hosts))
+    return Seen(busy, domains, nets, leases, moving, vpses, pins, incremental)
 
 
 def _host_pass(ctx: Context, host: Host, seen: Seen, fix: bool, report: Report) -> None:
@@ -271,7 +278,7 @@ def _host_pass(ctx: Context, host: Host, seen: Seen, fix: bool, report: Report) 
             settled.append(row)
     _write_states(ctx, changes)
     known = isolation.Known(domains)
-    memo = MEMO.begin(hv, ctx.settings)
+    memo = MEMO.begin(hv, ctx.settings, seen.incremental)
     for row in settled:
         key = _check_isolation(ctx, hv, row, seen.pins.get(row.id, ()), known, memo, report)
         if key is not None:

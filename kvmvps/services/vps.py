@@ -244,10 +244,11 @@ def _views(
     query = query.order_by(Vps.created_at, Vps.uuid).limit(limit)
     ids = query.with_only_columns(Vps.id)  # the same rows: filters, order and limit
     with ctx.db.reading() as s:
-        rows = s.execute(query).all()
-        pins = pins_of(s, ids)
+        conn = s.connection()  # Core rows: the ORM's layer cost a third of the listing
+        rows = conn.execute(query).all()
+        pins = pins_of(conn, ids)
         ssh: dict[int | None, tuple[str | None, int]] = {}
-        for forwarded, address, port in s.execute(
+        for forwarded, address, port in conn.execute(
             select(Forward.vps_id, Forward.public_address, Forward.public_port)
             .where(
                 Forward.vps_id.in_(ids),

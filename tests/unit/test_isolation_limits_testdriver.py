@@ -7,12 +7,10 @@ from dataclasses import replace
 
 import pytest
 from lxml import etree
-from sqlalchemy import update
 
 from kvmvps import limits
 from kvmvps.errors import HypervisorError, InvalidInput
 from kvmvps.hvtypes import NicState
-from kvmvps.models import Vps
 from kvmvps.services import Context, isolation, reconcile
 from kvmvps.services.facts import DOMAIN_PREFIX
 from tests.badinput import assert_one_line_error, create_args, run_cli
@@ -83,36 +81,6 @@ def _strip_filter(hv, domain: str) -> None:
     nic = root.find("devices/interface")
     nic.remove(nic.find("filterref"))
     hv.define_domain(etree.tostring(root, encoding="unicode"))
-
-
-def test_a_pass_after_a_clean_one_still_sees_every_change(td_ctx: Context, monkeypatch) -> None:
-    """The last pass's clean domains are not compared again while nothing changed; a change
-    in libvirt (a stripped filter) or in the database (another address) is seen at once."""
-    mine, other = ok(td_ctx, *create_args()), ok(td_ctx, *create_args(hostname="web2"))
-    hv = td_ctx.hypervisor(td_ctx.settings.libvirt_uri)
-    parsed: list[str] = []
-    parse = isolation.nic_states
-    monkeypatch.setattr(isolation, "nic_states", lambda text: parsed.append(text) or parse(text))
-    assert reconcile.run(td_ctx).isolation == [] and len(parsed) == 4  # two running guests
-    parsed.clear()
-    assert reconcile.run(td_ctx).isolation == [] and parsed == []  # nothing changed
-    _strip_filter(hv, mine["domain"])
-    report = reconcile.run(td_ctx)
-    assert [(i["hostname"], i["problem"]) for i in report.isolation] == [
-        ("web1", "definition: filter is missing, not kvmvps-clean-traffic-open-ipv6")
-    ]
-    assert len(parsed) == 2  # only the changed domain was compared again
-    parsed.clear()
-    with td_ctx.db.session() as s:
-        s.execute(update(Vps).where(Vps.uuid == other["id"]).values(ip="10.231.0.99"))
-    problems = [(i["hostname"], i["problem"]) for i in reconcile.run(td_ctx).isolation]
-    assert ("web2", "definition: filter parameters differ: " + _params(other)) in problems
-    assert ("web2", "running guest: filter parameters differ: " + _params(other)) in problems
-    assert any(h == "web1" for h, _ in problems)  # still stripped, still reported
-
-
-def _params(vps: dict) -> str:
-    return f"IP={vps['ip']}, IPV6={vps['ipv6']}, MAC={vps['mac']}"
 
 
 def test_a_pass_knows_which_domains_run_from_one_listing(td_ctx: Context) -> None:

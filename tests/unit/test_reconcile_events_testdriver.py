@@ -103,7 +103,7 @@ def passes(ctx: Context, reads: list[str], count: int) -> tuple[list[list[str]],
     each, found = [], []
     for _ in range(count):
         before = len(reads)
-        found += problems(reconcile.run(ctx))
+        found += problems(reconcile.run(ctx, incremental=True))
         each.append(sorted(reads[before:]))
     return each, found
 
@@ -173,6 +173,21 @@ def test_after_a_lost_connection_every_domain_is_read(td_ctx: Context, reads: li
     hv._forget(hv._connection())  # as a call that found libvirtd gone does
     assert passes(td_ctx, reads, 1) == ([names], [])
     assert passes(td_ctx, reads, 1) == ([expected(names, 4, 10)], [])
+
+
+def test_the_operators_reconcile_reads_every_domain(td_ctx: Context, reads: list[str]) -> None:
+    """``kvmvps-admin reconcile`` trusts no memo: a change nobody told of is found at once."""
+    mine, other = two(td_ctx)
+    hv = td_ctx.hypervisor(td_ctx.settings.libvirt_uri)
+    passes(td_ctx, reads, 2)
+    settle(td_ctx, lambda: strip_definition(hv, other["domain"]))
+    hv.domain_changes()  # swallowed
+    reads.clear()
+    report = ok(td_ctx, "reconcile", "--json")
+    assert [(i["hostname"], i["problem"]) for i in report["isolation"]] == [
+        ("web2", "definition: filter is missing, not " + FILTER)
+    ]
+    assert sorted(reads) == sorted([mine["domain"], other["domain"]])
 
 
 def test_a_change_in_the_database_or_the_settings_is_read_at_once(
