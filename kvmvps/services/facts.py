@@ -187,7 +187,7 @@ def pins_of(s: Session | Connection, ids: Select[Any]) -> dict[int, tuple[int, .
     """
     pins: dict[int, list[int]] = {}
     query = select(CpuPin.vps_id, CpuPin.host_cpu).where(CpuPin.vps_id.in_(ids))
-    for vps_id, cpu in s.execute(query.order_by(CpuPin.vps_id, CpuPin.vcpu)):
+    for vps_id, cpu in s.execute(query.order_by(CpuPin.vps_id, CpuPin.vcpu)).all():
         pins.setdefault(vps_id, []).append(cpu)
     return {vps_id: tuple(cpus) for vps_id, cpus in pins.items()}
 

@@ -256,7 +256,8 @@ def _seen(ctx: Context, host_ids: list[int], incremental: bool) -> Seen:
         on_hosts = Vps.host_id.in_(host_ids)
         vpses: dict[int, list[Any]] = {host_id: [] for host_id in host_ids}
         conn = s.connection()  # Core rows, as the listing reads them
-        for row in conn.execute(facts_query(*_PASS_COLUMNS).where(on_hosts).order_by(Vps.id)):
+        query = facts_query(*_PASS_COLUMNS).where(on_hosts).order_by(Vps.id)
+        for row in conn.execute(query).all():  # one fetch, not one per row
             vpses[row.host_id].append(row)
         pins = pins_of(conn, select(Vps.id).where(on_hosts))
     return Seen(busy, domains, nets, leases, moving, vpses, pins, incremental)
