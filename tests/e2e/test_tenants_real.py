@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -31,7 +31,7 @@ from sqlalchemy import select
 from kvmvps import keys, xmlrender
 from kvmvps.config import load_settings
 from kvmvps.models import Vps
-from kvmvps.services import Context, inventory, isolation, setup
+from kvmvps.services import Context, inventory, isolation, reconcile, setup
 from kvmvps.services.facts import domain_spec, load_facts
 from kvmvps.xmlspec import filters_after_start
 from tests import conftest
@@ -204,6 +204,33 @@ def _measure_disk(ctx: Context, hostname: str, mib: int) -> float:
     )
     start, end = (float(x) for x in out.split()[-2:])
     return mib * (1 << 20) / (end - start)
+
+
+def test_a_workers_pass_finds_a_change_nobody_told_of_in_its_turn(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker's passes read only what libvirt told of a change of, and each domain in its
+    turn: a filter taken away with a live device update is put back within N passes."""
+    ctx, domain = pair.ctx, pair.mallory["domain"]
+    monkeypatch.setattr(ctx, "settings", replace(ctx.settings, reconcile_recheck_passes=3))
+    monkeypatch.setattr(reconcile, "MEMO", isolation.Memo())  # turns from 0
+    hv = ctx.hypervisor(ctx.settings.libvirt_uri)
+    turn = 0  # the first pass reads everything; then up to mallory's turn, all clean
+    while turn == 0 or not isolation.due(turn - 1, domain, 3):
+        assert reconcile.run(ctx, incremental=True).isolation == []
+        turn += 1
+    nic = interface(ctx, domain)
+    for tag in ("filterref", "port", "target", "alias", "address"):
+        for el in nic.findall(tag):
+            nic.remove(el)
+    hv.update_device(domain, etree.tostring(nic, encoding="unicode"))
+    found = []
+    for t in (turn, turn + 1, turn + 2):  # mallory's next turn is the last of these
+        found += [(t, i["action"]) for i in reconcile.run(ctx, incremental=True).isolation]
+    # in the first pass if libvirt told of the update, else in mallory's turn; once
+    assert {t for t, _ in found} in ({turn}, {turn + 2}), found
+    assert all(action == "filter and isolation put back" for _, action in found), found
+    assert interface(ctx, domain).find("filterref").get("filter") == "kvmvps-clean-traffic-ipv6"
 
 
 def test_limits_move_onto_a_running_guest_and_hold(pair: Pair) -> None:
