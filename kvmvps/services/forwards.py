@@ -417,8 +417,8 @@ def sync(ctx: Context, host: Host) -> list[dict[str, str]]:
     if not host_edge.runs_here(ctx, host):
         if host.agent:
             return []  # its own agent keeps them
-        with ctx.db.session() as s:
-            held = s.scalar(
+        with ctx.db.statement() as conn:  # one round trip: every remote host, every pass
+            held = conn.scalar(
                 select(Forward.id)
                 .where(Forward.host_id == host.id, Forward.vps_id.is_not(None))
                 .limit(1)
