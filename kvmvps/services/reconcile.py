@@ -155,9 +155,10 @@ def _run(ctx: Context, fix: bool, holder: str, wait: bool, incremental: bool) ->
             if ctx.settings.agent_host:  # a host agent looks after its own host only
                 query = query.where(Host.name == ctx.settings.agent_host)
             hosts = list(s.scalars(query))
-        seen = _seen(ctx, [host.id for host in hosts], incremental)  # once, not per host
+        seen = _seen(ctx, [host.id for host in hosts])  # once per pass, not per host
         report = Report(fixed=fix)
-        for host, (part, failure) in zip(hosts, _each_host(ctx, hosts, seen, fix), strict=True):
+        parts = _each_host(ctx, hosts, seen, fix, incremental)
+        for host, (part, failure) in zip(hosts, parts, strict=True):
             report.hosts.append(host.name)
             report.absorb(part)
             _finish_host(ctx, host, failure, report)
@@ -167,14 +168,14 @@ def _run(ctx: Context, fix: bool, holder: str, wait: bool, incremental: bool) ->
 
 
 def _each_host(
-    ctx: Context, hosts: list[Host], seen: Seen, fix: bool
+    ctx: Context, hosts: list[Host], seen: Seen, fix: bool, incremental: bool
 ) -> list[tuple[Report, HypervisorError | None]]:
     """Each host's share of the pass, several hosts at once (see HOST_THREADS)."""
 
     def one(host: Host) -> tuple[Report, HypervisorError | None]:
         part = Report(fixed=fix)
         try:
-            _host_pass(ctx, host, seen, fix, part)
+            _host_pass(ctx, host, seen, fix, incremental, part)
         except HypervisorError as exc:
             return part, exc
         return part, None
@@ -231,14 +232,13 @@ class Seen:
     moving: set[str]  # the domains of busy VPSes: perhaps on their way to or from a host
     vpses: dict[int, list[Any]]  # host id -> its VPSes, as facts_query rows (+ _PASS_COLUMNS)
     pins: dict[int, tuple[int, ...]]  # VPS id -> pinned host CPUs
-    incremental: bool  # read only what changed, and each domain in its turn
 
 
 # what the pass reads of each VPS beyond its facts
 _PASS_COLUMNS = (Vps.state, Vps.suspended_reason, Vps.host_id, Vps.rollback_pending)
 
 
-def _seen(ctx: Context, host_ids: list[int], incremental: bool) -> Seen:
+def _seen(ctx: Context, host_ids: list[int]) -> Seen:
     with ctx.db.reading() as s:
         conn = s.connection()  # Core rows, in one fetch each: the ORM's layer cost more
         unfinished = select(Job.vps_uuid).where(Job.state.in_(JobState.UNFINISHED))
@@ -260,10 +260,12 @@ def _seen(ctx: Context, host_ids: list[int], incremental: bool) -> Seen:
         for row in conn.execute(query).all():
             vpses[row.host_id].append(row)
         pins = pins_of(conn, select(Vps.id).where(on_hosts))
-    return Seen(busy, domains, nets, leases, moving, vpses, pins, incremental)
+    return Seen(busy, domains, nets, leases, moving, vpses, pins)
 
 
-def _host_pass(ctx: Context, host: Host, seen: Seen, fix: bool, report: Report) -> None:
+def _host_pass(
+    ctx: Context, host: Host, seen: Seen, fix: bool, incremental: bool, report: Report
+) -> None:
     hv = ctx.hypervisor(host)
     rows = seen.vpses.get(host.id, [])
     rolled_back = _finish_rollbacks(ctx, host, rows, seen.busy, report)
@@ -279,7 +281,7 @@ def _host_pass(ctx: Context, host: Host, seen: Seen, fix: bool, report: Report) 
             settled.append(row)
     _write_states(ctx, changes)
     known = isolation.Known(domains)
-    memo = MEMO.begin(hv, ctx.settings, seen.incremental)
+    memo = MEMO.begin(hv, ctx.settings, incremental)
     for row in settled:
         key = _check_isolation(ctx, hv, row, seen.pins.get(row.id, ()), known, memo, report)
         if key is not None:
