@@ -100,6 +100,8 @@ def domain(**changes) -> DomainSpec:
         installation="kvmvps",
         kernel_boot=KERNEL,
         tcg_tb_cache_mib=32,
+        cpu_model="qemu64",
+        cpu_disabled=("svm",),
     )
     base.update(changes)
     return DomainSpec(**base)
@@ -109,7 +111,11 @@ DOMAIN_VARIANTS = {
     "domain_nat_kernel_qemu.xml": domain(),
     "domain_nat_disk_boot.xml": domain(kernel_boot=None),
     "domain_kvm_passthrough.xml": domain(
-        domain_type="kvm", cpu_mode="host-passthrough", tcg_tb_cache_mib=None
+        domain_type="kvm",
+        cpu_mode="host-passthrough",
+        cpu_model=None,
+        cpu_disabled=(),
+        tcg_tb_cache_mib=None,
     ),
     "domain_bridge_seed.xml": domain(interfaces=(BRIDGE_NIC,), disks=(OVERLAY, SEED)),
     "domain_kernel_no_initrd.xml": domain(
