@@ -154,7 +154,7 @@ def _build(dest: Path, cache: Path, pubkey: str, login_user: str, say: Progress)
         _unpack([debs[p] for p in ROOTFS_PACKAGES], ptree)
         applets = _busybox_applets(ptree / "bin/busybox")
         say("assembling the initramfs")
-        _write_initrd(ktree, ptree, applets, work / "initrd.img")
+        write_initrd(ktree, ptree / "bin/busybox", applets, INITRD_MODULES, work / "initrd.img")
         shutil.copyfile(_find_kernel(ktree), work / "vmlinuz")
         say("assembling the root filesystem")
         root = work / "rootfs"
@@ -292,8 +292,20 @@ def _find_module(ktree: Path, name: str) -> bytes:
     raise ImageBuildError(f"kernel module {name} is missing from the kernel package")
 
 
-def _write_initrd(ktree: Path, ptree: Path, applets: list[str], out: Path) -> None:
-    """Write a gzip'd newc initramfs: busybox, modules and guest/tiny-initramfs-init."""
+def busybox(cache: Path, work: Path, say: Progress) -> tuple[Path, list[str]]:
+    """busybox-static from the package cache, unpacked in work: its path and applets."""
+    debs = _fetch_debs(("busybox-static",), cache, say)
+    tree = work / "busybox"
+    _unpack([debs["busybox-static"]], tree)
+    return tree / "bin/busybox", _busybox_applets(tree / "bin/busybox")
+
+
+def write_initrd(
+    ktree: Path, busybox_path: Path, applets: list[str], modules: Iterable[str], out: Path
+) -> None:
+    """Write a gzip'd newc initramfs: busybox, the kernel modules (from ktree, in load
+    order) and guest/tiny-initramfs-init, which loads them and mounts the root disk."""
+    modules = tuple(modules)
     cpio = _Cpio()
     dirs = {"bin", "dev", "proc", "sys", "newroot", "etc", "lib", "lib/modules"}
     for applet in applets:
@@ -302,13 +314,13 @@ def _write_initrd(ktree: Path, ptree: Path, applets: list[str], out: Path) -> No
     for d in sorted(dirs):
         cpio.directory(d)
     cpio.device("dev/console", stat.S_IFCHR | 0o600, 5, 1)
-    cpio.file("bin/busybox", (ptree / "bin/busybox").read_bytes(), 0o755)
+    cpio.file("bin/busybox", busybox_path.read_bytes(), 0o755)
     for applet in applets:
         if applet != "bin/busybox":
             cpio.symlink(applet, "/bin/busybox")
     cpio.file("init", _guest_file("tiny-initramfs-init"), 0o755)
-    cpio.file("etc/modules", "".join(f"{m}\n" for m in INITRD_MODULES).encode(), 0o644)
-    for name in INITRD_MODULES:
+    cpio.file("etc/modules", "".join(f"{m}\n" for m in modules).encode(), 0o644)
+    for name in modules:
         cpio.file(f"lib/modules/{name}.ko", _find_module(ktree, name), 0o644)
     out.write_bytes(gzip.compress(cpio.finish(), compresslevel=9, mtime=0))
 

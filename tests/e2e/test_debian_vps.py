@@ -15,6 +15,7 @@ import paramiko
 import pytest
 
 from kvmvps import keys
+from kvmvps.config import resolve_domain_type
 from kvmvps.services import Context, inventory, vps_extra
 from kvmvps.services.runner import run_inline
 from tests.badinput import create_args, run_cli
@@ -89,6 +90,13 @@ def test_debian_vps_end_to_end(real_ctx: Context, debian: str, tmp_path: Path) -
     assert fragment == "/etc/systemd/system/ssh.service"
     assert "network.target" not in after.split() and "auditd.service" in after.split()
     assert (ssh_active, networking) == ("active", "active")
+    # under emulation its CPU offers no SVM, so its kernel loaded no kvm module
+    _, out, _ = root.exec_command(
+        "grep -cw svm /proc/cpuinfo || true; lsmod | grep -c '^kvm' || true"
+    )
+    svm, kvm_modules = out.read().decode().split()[:2]
+    if resolve_domain_type(real_ctx.settings) == "qemu":
+        assert (svm, kvm_modules) == ("0", "0")
     # the fixed IPv6 address is set now, and the if-up.d hook sets it again at every boot
     assert vps["ipv6"]
     _, out, _ = root.exec_command(

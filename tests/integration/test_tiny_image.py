@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from kvmvps.errors import InvalidInput
 from kvmvps.images import BuiltImage
 from kvmvps.images.tiny import CMDLINE, DISK_SIZE, INITRD_MODULES, build_tiny_image
-from tests.imagecheck import debugfs, raw_copy
+from tests.imagecheck import debugfs, raw_copy, read_newc
 from tests.tools import missing_tool
 
 pytestmark = pytest.mark.slow
@@ -117,27 +117,11 @@ def test_whole_disk_is_a_clean_ext4_filesystem(built: tuple[BuiltImage, str, Pat
     subprocess.run(["e2fsck", "-fn", str(raw)], capture_output=True, check=True)
 
 
-def _read_newc(archive: bytes) -> dict[str, tuple[int, bytes]]:
-    """Parse a newc cpio archive into {name: (mode, data)}."""
-    entries: dict[str, tuple[int, bytes]] = {}
-    pos = 0
-    while True:
-        assert archive[pos : pos + 6] == b"070701", f"bad cpio header at {pos}"
-        fields = [int(archive[pos + 6 + 8 * i : pos + 14 + 8 * i], 16) for i in range(13)]
-        mode, size, namesize = fields[1], fields[6], fields[11]
-        name = archive[pos + 110 : pos + 110 + namesize - 1].decode()
-        pos = (pos + 110 + namesize + 3) & ~3
-        if name == "TRAILER!!!":
-            return entries
-        entries[name] = (mode, archive[pos : pos + size])
-        pos = (pos + size + 3) & ~3
-
-
 def test_kernel_and_initrd(built: tuple[BuiltImage, str, Path]) -> None:
     image, _, _ = built
     assert image.kernel_path is not None and image.initrd_path is not None
     assert image.kernel_path.read_bytes()[0x202:0x206] == b"HdrS", "not a bzImage"
-    entries = _read_newc(gzip.decompress(image.initrd_path.read_bytes()))
+    entries = read_newc(gzip.decompress(image.initrd_path.read_bytes()))
     mode, init = entries["init"]
     assert stat.S_ISREG(mode) and mode & 0o111
     assert init.startswith(b"#!/bin/sh") and b"switch_root /newroot /sbin/init" in init
