@@ -132,15 +132,7 @@ INITRAMFS_MODULES = ("virtio_pci", "virtio_blk")
 # initrd runs udev to find the disk: about 5 s of an emulated boot instead of 1.
 # The rng is the host's entropy (the domain's <rng>): ready before systemd starts,
 # so nothing waits for the kernel's random pool.
-BOOT_MODULES = (
-    "virtio_ring",
-    "virtio",
-    "virtio_pci_modern_dev",
-    "virtio_pci_legacy_dev",
-    "virtio_pci",
-    "virtio_blk",
-    "virtio-rng",
-)
+BOOT_MODULES = (*tiny.ROOT_DISK_MODULES, "virtio-rng")
 ROOTFS_RECIPE = hashlib.sha256(json.dumps([INITRAMFS_CONF, INITRAMFS_MODULES]).encode()).hexdigest()
 # Trimmed from the image: apt's lists and caches, docs (copyright files stay), logs.
 STRIP_CONTENTS = (

@@ -48,13 +48,17 @@ ROOTFS_PACKAGES = (
     "libcom-err2",
 )
 # Load order matters: each module needs the ones before it.
-INITRD_MODULES = (
+# What mounting the root disk (/dev/vda) needs; ext4 is built into the cloud kernel.
+ROOT_DISK_MODULES = (
     "virtio_ring",
     "virtio",
     "virtio_pci_modern_dev",
     "virtio_pci_legacy_dev",
     "virtio_pci",
     "virtio_blk",
+)
+INITRD_MODULES = (
+    *ROOT_DISK_MODULES,
     "failover",
     "net_failover",
     "virtio_net",
