@@ -61,12 +61,13 @@ INSTALL_KEYS = (
 )
 FORCE_CHANGE = 'if command -v chage >/dev/null 2>&1; then chage -d 0 "$1"; echo forced; fi'
 # The fixed IPv6 address ($1: "ADDRESS/64 GATEWAY"), kept in /etc/kvmvps/ipv6
-# (the tiny image's boot script and the Debian image's if-up.d hook apply it on
-# every boot) and applied now on the
+# (the tiny image's boot script applies it on every boot; the Debian image's
+# kvmvps-ipv6 makes it systemd-networkd's) and applied now on the
 # interface of the IPv4 default route; router advertisements are ignored.
 SET_IPV6 = (
     'mkdir -p /etc/kvmvps; printf "%s\\n" "$1" > /etc/kvmvps/ipv6.new; '
     "mv /etc/kvmvps/ipv6.new /etc/kvmvps/ipv6; "
+    "if [ -x /usr/local/sbin/kvmvps-ipv6 ]; then /usr/local/sbin/kvmvps-ipv6; fi; "
     "i=$(ip route show default 2>/dev/null | awk '{print $5; exit}'); i=${i:-eth0}; "
     "for k in accept_ra autoconf accept_dad; do "
     'echo 0 > "/proc/sys/net/ipv6/conf/$i/$k" || true; done; '

@@ -27,15 +27,18 @@ installs or generates the SSH host keys before sshd starts, prints them to the
 serial console and grows the root filesystem (resize2fs, every boot, in the
 background).
 
-Both: root accepts the provisioning key. DHCP on eth0 with ifupdown, started
-by udev when the NIC appears (the boot does not wait for the lease);
-systemd-logind powers off on the ACPI button. Boot time under emulation: the
+Both: root accepts the provisioning key. DHCP on eth0 by systemd-networkd as
+soon as udev announces the NIC (the boot does not wait for the lease);
+/etc/resolv.conf is written from the lease (guest/debian-resolv-conf);
+ifupdown, which took 3-5 s more of an emulated vCPU to get the lease, is not
+installed. systemd-logind powers off on the ACPI
+button. Boot time under emulation: the
 VPS boots with the tiny image's busybox initrd, which loads the virtio modules
 the root disk needs and mounts it (no udev in the initrd); the image's own
 initrd (``update-initramfs``, kept for a customer who boots the disk another
 way) holds only those modules too. The root filesystem (mounted read-write by
-the kernel) has no fsck pass that would wait for udev to announce /dev/vda. The build runs as root (debootstrap, file
-ownership in the image).
+the kernel) has no fsck pass that would wait for udev to announce /dev/vda.
+The build runs as root (debootstrap, file ownership in the image).
 """
 
 from __future__ import annotations
@@ -66,8 +69,6 @@ PACKAGES = (
     "linux-image-cloud-amd64",
     "initramfs-tools",
     "iproute2",
-    "ifupdown",
-    "isc-dhcp-client",
     "passwd",
     "login",
     "cloud-init",
@@ -103,9 +104,11 @@ _SUITE_RE = re.compile(r"[a-z][a-z0-9-]{1,30}")
 # guest/ file -> (path in the root filesystem, mode)
 GUEST_FILES = {
     "debian-cloud.cfg": ("etc/cloud/cloud.cfg.d/90_kvmvps.cfg", 0o644),
-    "debian-eth0.cfg": ("etc/network/interfaces.d/eth0.cfg", 0o644),
-    "debian-interfaces": ("etc/network/interfaces", 0o644),
-    "debian-ipv6-up": ("etc/network/if-up.d/kvmvps-ipv6", 0o755),
+    "debian-eth0.network": ("etc/systemd/network/50-kvmvps-eth0.network", 0o644),
+    "debian-ipv6": ("usr/local/sbin/kvmvps-ipv6", 0o755),
+    "debian-resolv-conf": ("usr/local/sbin/kvmvps-resolv-conf", 0o755),
+    "debian-resolv-conf.path": ("etc/systemd/system/kvmvps-resolv-conf.path", 0o644),
+    "debian-resolv-conf.service": ("etc/systemd/system/kvmvps-resolv-conf.service", 0o644),
     "debian-ipv6.conf": ("etc/sysctl.d/90-kvmvps-ipv6.conf", 0o644),
     "debian-grow-root.rules": ("etc/udev/rules.d/90-kvmvps-grow-root.rules", 0o644),
     "debian-ssh-hostkeys.conf": ("etc/systemd/system/ssh.service.d/kvmvps-hostkeys.conf", 0o644),
@@ -118,6 +121,14 @@ SSH_UNIT_HEADER = (
     "# kvmvps: Debian's ssh.service (/usr/lib/systemd/system), without After=network.target:\n"
     "# sshd listens on every address and needs no interface up. Delete this file to\n"
     "# go back to the package's unit.\n"
+)
+# Enabled in the image (``systemctl enable`` in the chroot): the network (DHCP
+# on eth0: guest/debian-eth0.network), resolv.conf from its lease and the root
+# filesystem's growth.
+ENABLED_UNITS = (
+    "systemd-networkd.service",
+    "kvmvps-resolv-conf.path",
+    "kvmvps-grow-root.service",
 )
 # cloud-init's documented off switch; a customer deletes it to turn cloud-init on
 CLOUD_INIT_OFF = "etc/cloud/cloud-init.disabled"
@@ -177,6 +188,7 @@ def build_debian_image(
         _installed_tree(tarball, suite, root, mirror_url, say)
         say("configuring the guest")
         _configure(root, pubkey, user, suite, mirror_url)
+        _run(["chroot", str(root), "systemctl", "enable", *ENABLED_UNITS], "systemctl enable")
         if not cloud_init:
             _without_cloud_init(root, user)
         _strip(root)
@@ -389,17 +401,13 @@ def _configure(root: Path, pubkey: str, login_user: str, suite: str, mirror: str
         f"deb {mirror} {suite} main\ndeb {mirror} {suite}-updates main\n"
         f"deb {SECURITY_MIRROR} {suite}-security main\n",
     )
-    (root / "etc/resolv.conf").unlink(missing_ok=True)  # the host's; dhclient writes one
+    # the host's; kvmvps-resolv-conf writes the lease's
+    (root / "etc/resolv.conf").unlink(missing_ok=True)
     ssh_dir = root / "root/.ssh"
     ssh_dir.mkdir(mode=0o700, exist_ok=True)
     os.chmod(ssh_dir, 0o700)
     _write(ssh_dir / "authorized_keys", pubkey + "\n", 0o600)
     _configure_sshd(root)
-    wants = root / "etc/systemd/system/multi-user.target.wants"
-    wants.mkdir(parents=True, exist_ok=True)
-    grow = wants / "kvmvps-grow-root.service"
-    grow.unlink(missing_ok=True)
-    grow.symlink_to("/etc/systemd/system/kvmvps-grow-root.service")
     _reset_identity(root)
 
 
@@ -467,7 +475,7 @@ def _ssh_unit_without_network_wait(root: Path) -> None:
     copied to /etc (as ``systemctl edit --full ssh`` does) minus that ordering.
 
     sshd listens on every address, so it needs no interface up; but Debian's unit
-    waits for ``network.target``, which waits for ifupdown (``networking.service``
+    waits for ``network.target``, which waited for ifupdown (``networking.service``
     and the DHCP lease of ``ifup@eth0``): under emulation, 10 s and more of every
     boot. A drop-in cannot remove an ordering, hence the copy; the package's
     drop-ins (``ssh.service.d``) still apply, and cloud-init, when on, still

@@ -84,7 +84,7 @@ def test_debian_vps_end_to_end(real_ctx: Context, debian: str, tmp_path: Path) -
     # sshd ran from kvmvps's copy of its unit, which does not wait for the network
     _, out, _ = root.exec_command(
         "systemctl show -P FragmentPath ssh.service; systemctl show -P After ssh.service; "
-        "systemctl is-active ssh.service networking.service"
+        "systemctl is-active ssh.service systemd-networkd.service"
     )
     fragment, after, ssh_active, networking = out.read().decode().splitlines()[:4]
     assert fragment == "/etc/systemd/system/ssh.service"
@@ -97,16 +97,34 @@ def test_debian_vps_end_to_end(real_ctx: Context, debian: str, tmp_path: Path) -
     svm, kvm_modules = out.read().decode().split()[:2]
     if resolve_domain_type(real_ctx.settings) == "qemu":
         assert (svm, kvm_modules) == ("0", "0")
-    # the fixed IPv6 address is set now, and the if-up.d hook sets it again at every boot
+    # the fixed IPv6 address is set now, and is networkd's: a restart of networkd (as an
+    # upgrade of systemd makes, or a boot) puts it back; /etc/resolv.conf names the
+    # lease's DNS server (the gateway's dnsmasq)
     assert vps["ipv6"]
     _, out, _ = root.exec_command(
         "ip -6 -o addr show dev eth0 scope global; ip -6 addr flush dev eth0 scope global; "
-        "ip -6 -o addr show dev eth0 scope global | wc -l; "
-        "IFACE=eth0 MODE=start /etc/network/if-up.d/kvmvps-ipv6; "
-        "ip -6 -o addr show dev eth0 scope global"
+        "ip -6 -o addr show dev eth0 scope global | wc -l; systemctl restart systemd-networkd; "
+        "for i in $(seq 50); do ip -6 -o addr show dev eth0 scope global | grep -q . && break; "
+        "sleep 0.2; done; ip -6 -o addr show dev eth0 scope global; "
+        "ip -6 route show default; ip -4 route show default; "
+        f"grep -v '^#' /etc/resolv.conf; getent hosts {vps['domain']} || echo unresolved"
     )
-    now, flushed, again = out.read().decode().splitlines()[:3]
+    now, flushed, again, route6, route4, nameserver, resolved = out.read().decode().splitlines()[:7]
     assert f" {vps['ipv6']}/64 " in now and flushed == "0" and f" {vps['ipv6']}/64 " in again
+    assert route6.startswith("default via ")
+    assert nameserver == f"nameserver {route4.split()[2]}"
+    assert resolved.split() == [ip, vps["domain"]]  # the name dnsmasq has from its DHCP entry
+    # a line in /etc/kvmvps/ipv6 that is no address and gateway changes nothing
+    dropin = "/etc/systemd/network/50-kvmvps-eth0.network.d/kvmvps-ipv6.conf"
+    _, out, _ = root.exec_command(
+        "cp /etc/kvmvps/ipv6 /root/ipv6.kept; "
+        "printf '%s\\n' '$(touch /tmp/pwned)/64 fd00::1;x' > /etc/kvmvps/ipv6; "
+        f"/usr/local/sbin/kvmvps-ipv6 2>&1; echo rc=$?; grep '^Address=' {dropin}; "
+        "test -e /tmp/pwned; echo pwned=$?; mv /root/ipv6.kept /etc/kvmvps/ipv6"
+    )
+    refused, status, address, pwned = out.read().decode().splitlines()[:4]
+    assert "not an IPv6 address" in refused and status == "rc=1" and pwned == "pwned=1"
+    assert address == f"Address={vps['ipv6']}/64"
 
     # the customer moves to a plan with a bigger disk: it grows while the guest runs, and
     # the root filesystem with it (the image's udev rule), no reboot

@@ -121,9 +121,9 @@ def test_a_chosen_login_user_is_the_one_cloud_init_creates(tmp_path: Path) -> No
     assert user["system_info"]["default_user"]["lock_passwd"] is True
     assert (tmp_path / "root/.ssh/authorized_keys").read_text() == key + "\n"
     assert not (tmp_path / "etc/passwd").exists()  # the user is made by useradd, or cloud-init
-    # both kinds: the boot-time grow unit is enabled (it runs only while cloud-init is off)
-    grow = tmp_path / "etc/systemd/system/multi-user.target.wants/kvmvps-grow-root.service"
-    assert os.readlink(grow) == "/etc/systemd/system/kvmvps-grow-root.service"
+    # both kinds: the boot-time grow unit (enabled by the build, with the network; it runs
+    # only while cloud-init is off)
+    assert "kvmvps-grow-root.service" in debian.ENABLED_UNITS
     unit = (tmp_path / "etc/systemd/system/kvmvps-grow-root.service").read_text()
     assert "ConditionPathExists=/etc/cloud/cloud-init.disabled" in unit
     assert not (tmp_path / debian.CLOUD_INIT_OFF).exists()  # _without_cloud_init writes it
@@ -408,7 +408,7 @@ def test_cloud_init_configuration(built: tuple[BuiltImage, str, Path]) -> None:
     assert config["datasource_list"] == ["NoCloud", "None"]
     assert config["disable_root"] is False
     assert config["growpart"] == {"mode": "off"} and config["resize_rootfs"] == "noblock"
-    assert config["network"] == {"config": "disabled"}  # eth0.cfg is the network
+    assert config["network"] == {"config": "disabled"}  # the image's networkd file is
     assert "dsa" not in config["ssh_genkeytypes"]
     user = yaml.safe_load(_cat(raw, "/etc/cloud/cloud.cfg.d/91_kvmvps_user.cfg"))
     assert user["system_info"]["default_user"]["name"] == "debian"  # the default login user
@@ -466,20 +466,37 @@ def test_system_configuration(built: tuple[BuiltImage, str, Path]) -> None:
         "0",
         "0",
     ]  # no fsck pass: the kernel mounts the root read-write
-    eth0 = _cat(raw, "/etc/network/interfaces.d/eth0.cfg")
-    assert [ln for ln in eth0.splitlines() if not ln.startswith("#")] == [
-        "allow-hotplug eth0",
-        "iface eth0 inet dhcp",
-    ]  # brought up by udev; the boot does not wait for the lease
-    assert "source /etc/network/interfaces.d/*" in _cat(raw, "/etc/network/interfaces")
-    hook = "/etc/network/if-up.d/kvmvps-ipv6"  # the fixed IPv6 address, at every boot
-    assert "/etc/kvmvps/ipv6" in _cat(raw, hook) and _mode(raw, hook) & 0o777 == 0o755
+    # DHCP on eth0 by systemd-networkd (the lease by the MAC), no router advertisements
+    eth0 = _cat(raw, "/etc/systemd/network/50-kvmvps-eth0.network")
+    assert [ln for ln in eth0.splitlines() if ln and not ln.startswith("#")] == [
+        "[Match]",
+        "Name=eth0",
+        "[Network]",
+        "DHCP=ipv4",
+        "IPv6AcceptRA=no",
+        "[DHCPv4]",
+        "ClientIdentifier=mac",
+    ]
+    wants = "/etc/systemd/system/multi-user.target.wants"
+    for unit in ("systemd-networkd.service", "kvmvps-resolv-conf.path"):
+        assert unit in _ls(raw, wants), unit
+    assert "kvmvps-grow-root.service" in _ls(raw, wants)
+    units = _ls(raw, "/usr/lib/systemd/system")
+    assert "networking.service" not in units and "systemd-resolved.service" not in units
+    # resolv.conf: none in the image; written from the lease
+    assert "resolv.conf" not in _ls(raw, "/etc")
+    path = _cat(raw, "/etc/systemd/system/kvmvps-resolv-conf.path")
+    assert "PathChanged=/run/systemd/netif/leases" in path
+    writer = "/usr/local/sbin/kvmvps-resolv-conf"
+    assert _mode(raw, writer) & 0o777 == 0o755
+    assert "ExecStart=" + writer in _cat(raw, "/etc/systemd/system/kvmvps-resolv-conf.service")
+    helper = "/usr/local/sbin/kvmvps-ipv6"  # the fixed IPv6 address, made networkd's
+    assert "/etc/kvmvps/ipv6" in _cat(raw, helper) and _mode(raw, helper) & 0o777 == 0o755
     assert "autoconf = 0" in _cat(raw, "/etc/sysctl.d/90-kvmvps-ipv6.conf")  # no SLAAC
     rule = _cat(raw, "/etc/udev/rules.d/90-kvmvps-grow-root.rules")  # a live-grown disk
     assert 'ENV{RESIZE}=="1"' in rule and "resize2fs /dev/vda" in rule
     assert "machine-id" in _ls(raw, "/etc") and _cat(raw, "/etc/machine-id") == ""
     assert _cat(raw, "/etc/hostname") == "debian\n"
-    assert "resolv.conf" not in _ls(raw, "/etc")
     assert "-security main" in _cat(raw, "/etc/apt/sources.list")
     assert "/dev/null" in _debugfs(raw, "stat /etc/systemd/system/systemd-firstboot.service")
 
