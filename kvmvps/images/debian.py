@@ -31,14 +31,15 @@ Both: root accepts the provisioning key. DHCP on eth0 by systemd-networkd as
 soon as udev announces the NIC (the boot does not wait for the lease);
 /etc/resolv.conf is written from the lease (guest/debian-resolv-conf);
 ifupdown, which took 3-5 s more of an emulated vCPU to get the lease, is not
-installed. systemd-logind powers off on the ACPI
-button. Boot time under emulation: the
-VPS boots with the tiny image's busybox initrd, which loads the virtio modules
-the root disk needs and mounts it (no udev in the initrd); the image's own
-initrd (``update-initramfs``, kept for a customer who boots the disk another
-way) holds only those modules too. The root filesystem (mounted read-write by
-the kernel) has no fsck pass that would wait for udev to announce /dev/vda.
-The build runs as root (debootstrap, file ownership in the image).
+installed. systemd-logind powers off on the ACPI button.
+
+Boot time under emulation: the VPS boots with the tiny image's busybox initrd,
+which loads the virtio modules the root disk needs and mounts it (no udev in
+the initrd); the image's own initrd (``update-initramfs``, kept for a customer
+who boots the disk another way) holds only those modules too. The root
+filesystem (mounted read-write by the kernel) has no fsck pass that would wait
+for udev to announce /dev/vda. The build runs as root (debootstrap, file
+ownership in the image).
 """
 
 from __future__ import annotations
