@@ -476,6 +476,7 @@ def test_system_configuration(built: tuple[BuiltImage, str, Path]) -> None:
         "IPv6AcceptRA=no",
         "[DHCPv4]",
         "ClientIdentifier=mac",
+        "UseHostname=no",
     ]
     wants = "/etc/systemd/system/multi-user.target.wants"
     for unit in ("systemd-networkd.service", "kvmvps-resolv-conf.path"):
