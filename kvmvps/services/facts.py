@@ -33,7 +33,7 @@ from kvmvps.xmlspec import (
     OverlayVolumeSpec,
     TrafficFilter,
     VolumeDiskSpec,
-    tcg_cpu_for,
+    cpu_for,
     tcg_tb_cache_for,
     vcpupins_for,
 )
@@ -348,7 +348,7 @@ def domain_spec(
     kernel_boot = None
     if facts.kernel_path:
         kernel_boot = KernelBoot(facts.kernel_path, facts.initrd_path, facts.cmdline)
-    cpu_model, cpu_disabled = tcg_cpu_for(domain_type)
+    cpu = cpu_for(domain_type)
     return DomainSpec(
         name=facts.domain,
         uuid=facts.uuid,
@@ -363,9 +363,9 @@ def domain_spec(
         vps_uuid=facts.uuid,
         installation=facts.pool,
         kernel_boot=kernel_boot,
-        cpu_mode="host-passthrough" if domain_type == "kvm" else None,
-        cpu_model=cpu_model,
-        cpu_disabled=cpu_disabled,
+        cpu_mode=cpu.mode,
+        cpu_model=cpu.model,
+        cpu_disabled=cpu.disabled,
         cputune=facts.limits.cputune(),
         tcg_tb_cache_mib=tcg_tb_cache_for(domain_type, tb_cache_mib),
     )
