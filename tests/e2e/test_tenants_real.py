@@ -168,6 +168,24 @@ def interface(ctx: Context, domain: str) -> etree._Element:
     return etree.fromstring(xml.encode()).find("devices/interface")
 
 
+def test_the_bridge_forwards_a_guests_first_frame(pair: Pair) -> None:
+    """No spanning tree on the network's bridge: a new guest port forwards at once.
+
+    With it on, the kernel raises the bridge's forward delay to its minimum of
+    2 s and holds every new port in two 2-s states first: each boot's first
+    DHCP request was lost. The guests' filters keep loops and BPDUs out.
+    """
+    bridge = Path(f"/sys/class/net/{BRIDGE}/bridge")
+    assert (bridge / "stp_state").read_text().strip() == "0"
+    for vps in (pair.victim, pair.mallory):
+        tap = interface(pair.ctx, vps["domain"]).find("target").get("dev")
+        assert (bridge.parent / "brif" / tap / "state").read_text().strip() == "3"  # forwarding
+    # what keeps loops and BPDUs out: a guest's frames of any other kind are dropped
+    tap = interface(pair.ctx, pair.mallory["domain"]).find("target").get("dev")
+    chain = ebtables_nat().split(f"Bridge chain: libvirt-I-{tap},")[1].split("\n\n")[0]
+    assert chain.strip().splitlines()[-1] == "-j DROP", chain
+
+
 def test_reconcile_puts_a_removed_filter_back(pair: Pair) -> None:
     ctx, domain = pair.ctx, pair.mallory["domain"]
     hv = ctx.hypervisor(ctx.settings.libvirt_uri)
