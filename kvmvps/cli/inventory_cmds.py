@@ -37,6 +37,7 @@ IMAGE_COLUMNS = (
     "virtual_size_gib",
     "kernel_boot",
     "rescue",
+    "tcg_cache_mib",
 )
 NETWORK_COLUMNS = (
     "name",
@@ -136,6 +137,12 @@ def image_build_debian(obj: Obj, name: str, cloud_init: bool, as_json: bool) -> 
     help="Only boot VPSes of this image; push no password or keys.",
 )
 @click.option("--rescue", is_flag=True, help="VPSes boot this image in rescue mode.")
+@click.option(
+    "--tcg-cache-mib",
+    metavar="MIB|default",
+    help="Under emulation, its VPSes' translated-code cache in MiB (0: QEMU's own); "
+    "'default': KVMVPS_TCG_TB_CACHE_MIB.",
+)
 @json_option
 @pass_obj
 def image_add(
@@ -149,6 +156,7 @@ def image_add(
     cloud_init: bool,
     no_credentials: bool,
     rescue: bool,
+    tcg_cache_mib: str | None,
     as_json: bool,
 ) -> None:
     """Register a qcow2 base image (copied into the image store).
@@ -170,6 +178,7 @@ def image_add(
         cloud_init=cloud_init,
         credentials=not no_credentials,
         rescue=rescue,
+        tcg_cache_mib=tcg_cache_mib,
         actor=actor(),
     )
     _print_images([views.image_view(image)], as_json, single=True)
@@ -182,11 +191,21 @@ def image_add(
     default=None,
     help="Whether VPSes boot this image in rescue mode (the newest rescue image is used).",
 )
+@click.option(
+    "--tcg-cache-mib",
+    metavar="MIB|default",
+    help="Under emulation, its VPSes' translated-code cache in MiB (0: QEMU's own); "
+    "'default': KVMVPS_TCG_TB_CACHE_MIB.",
+)
 @json_option
 @pass_obj
-def image_edit(obj: Obj, name: str, rescue: bool | None, as_json: bool) -> None:
-    """Change an image's settings."""
-    image = inventory.edit_image(obj.ctx, name, rescue=rescue, actor=actor())
+def image_edit(
+    obj: Obj, name: str, rescue: bool | None, tcg_cache_mib: str | None, as_json: bool
+) -> None:
+    """Change an image's settings (a new code-cache size applies as each VPS is next defined)."""
+    image = inventory.edit_image(
+        obj.ctx, name, rescue=rescue, tcg_cache_mib=tcg_cache_mib, actor=actor()
+    )
     _print_images([views.image_view(image)], as_json, single=True)
 
 

@@ -33,13 +33,22 @@ class BuiltImage:
     login_user: str
     cloud_init: bool
     os_family: str
+    # under TCG, the code cache its VPSes need in MiB; None: KVMVPS_TCG_TB_CACHE_MIB
+    tcg_tb_cache_mib: int | None = None
 
 
 OUTPUTS = ("disk.qcow2", "vmlinuz", "initrd.img")
 
 
 def publish(
-    work: Path, dest: Path, *, cmdline: str, login_user: str, cloud_init: bool, os_family: str
+    work: Path,
+    dest: Path,
+    *,
+    cmdline: str,
+    login_user: str,
+    cloud_init: bool,
+    os_family: str,
+    tcg_tb_cache_mib: int | None = None,
 ) -> BuiltImage:
     """Move a finished build's files from ``work`` into ``dest`` (world-readable)."""
     for name in OUTPUTS:
@@ -53,4 +62,5 @@ def publish(
         login_user=login_user,
         cloud_init=cloud_init,
         os_family=os_family,
+        tcg_tb_cache_mib=tcg_tb_cache_mib,
     )

@@ -131,6 +131,9 @@ class Image(Base):
     rescue: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
     # its last self-test failed: hidden from the shop and refused for orders until one passes
     test_failed: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
+    # under TCG, the translated-code cache of its VPSes in MiB (0: QEMU's own);
+    # None: KVMVPS_TCG_TB_CACHE_MIB
+    tcg_tb_cache_mib: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

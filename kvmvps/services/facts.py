@@ -87,6 +87,8 @@ class VpsFacts:
     # the guest's fixed IPv6 address and the network's IPv6 gateway (None: IPv4 only)
     ipv6: str | None = None
     ipv6_gateway: str | None = None
+    # the image's own TCG code-cache size in MiB; None: the setting's
+    image_tb_cache_mib: int | None = None
 
     @property
     def ipv6_config(self) -> str:
@@ -149,6 +151,7 @@ _FACTS_FIELDS: tuple[tuple[Any, str], ...] = (
     (Image.cloud_init, "cloud_init"),
     (Image.credentials, "credentials"),
     (Image.login_user, "login_user"),
+    (Image.tcg_tb_cache_mib, "image_tb_cache_mib"),
 )
 _INDEX = {name: i for i, (_, name) in enumerate(_FACTS_FIELDS)}
 
@@ -223,6 +226,7 @@ def facts_from_row(row: Any, pins: tuple[int, ...], settings: Settings) -> VpsFa
         cloud_init=row.cloud_init,
         credentials=row.credentials,
         login_user=row.login_user,
+        image_tb_cache_mib=row.image_tb_cache_mib,
         allow_guest_traffic=row.allow_guest_traffic,
         limits=_limits(row[_LIMITS], row.throttle_kibps),
         throttle_kibps=row.throttle_kibps,
@@ -255,6 +259,7 @@ class RescueFacts:
     cmdline: str | None
     credentials: bool
     volume: str
+    tb_cache_mib: int | None = None  # the rescue image's own code-cache size
 
 
 def rescue_facts(image: Image, facts: VpsFacts) -> RescueFacts:
@@ -266,6 +271,7 @@ def rescue_facts(image: Image, facts: VpsFacts) -> RescueFacts:
         cmdline=image.cmdline,
         credentials=image.credentials,
         volume=rescue_volume_of(facts.domain),
+        tb_cache_mib=image.tcg_tb_cache_mib,
     )
 
 
@@ -284,13 +290,24 @@ def rescue_overlay_spec(rescue: RescueFacts, capacity_bytes: int) -> OverlayVolu
 
 
 def rescue_domain_spec(
-    facts: VpsFacts, rescue: RescueFacts, domain_type: str, gateway_mac: str | None = None
+    facts: VpsFacts,
+    rescue: RescueFacts,
+    domain_type: str,
+    gateway_mac: str | None = None,
+    tb_cache_mib: int = 0,
 ) -> DomainSpec:
     """The VPS's domain in rescue mode: the rescue system on vda, the VPS's own disk on vdb.
 
-    Memory, vCPUs, pins, limits and the NIC (so address, filter and forwards) stay the VPS's.
+    Memory, vCPUs, pins, limits and the NIC (so address, filter and forwards)
+    stay the VPS's; the code cache is the rescue image's (see :func:`domain_spec`).
     """
-    own = domain_spec(facts, domain_type, False, gateway_mac)
+    own = domain_spec(
+        replace(facts, image_tb_cache_mib=rescue.tb_cache_mib),
+        domain_type,
+        False,
+        gateway_mac,
+        tb_cache_mib,
+    )
     disks = (
         VolumeDiskSpec(pool=facts.pool, volume=rescue.volume, target="vda"),
         VolumeDiskSpec(
@@ -328,7 +345,8 @@ def domain_spec(
     """Everything the domain template places, computed from the facts.
 
     ``gateway_mac`` is the NAT network's bridge MAC (see :func:`interface_spec`);
-    ``tb_cache_mib`` caps TCG's translated-code cache (KVMVPS_TCG_TB_CACHE_MIB).
+    ``tb_cache_mib`` caps TCG's translated-code cache (KVMVPS_TCG_TB_CACHE_MIB)
+    unless the image has a size of its own (``image edit --tcg-cache-mib``).
     """
     disks = [
         VolumeDiskSpec(
@@ -367,7 +385,10 @@ def domain_spec(
         cpu_model=cpu.model,
         cpu_disabled=cpu.disabled,
         cputune=facts.limits.cputune(),
-        tcg_tb_cache_mib=tcg_tb_cache_for(domain_type, tb_cache_mib),
+        tcg_tb_cache_mib=tcg_tb_cache_for(
+            domain_type,
+            tb_cache_mib if facts.image_tb_cache_mib is None else facts.image_tb_cache_mib,
+        ),
     )
 
 

@@ -16,6 +16,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from kvmvps import ipam, limits, validation, xmlrender
+from kvmvps.config import MAX_TB_CACHE_MIB
 from kvmvps.errors import Conflict, InvalidInput, NotFound
 from kvmvps.images import BuiltImage
 from kvmvps.models import Host, Image, ImageTest, IpLease, Network, Plan, User, Vps
@@ -220,11 +221,16 @@ def add_image(
     os_family: str = "linux",
     credentials: bool = True,
     rescue: bool = False,
+    tcg_cache_mib: str | int | None = None,
     actor: str | None = None,
 ) -> Image:
-    """Register a qcow2 base image (copied into the image store); ``rescue``: a rescue system."""
+    """Register a qcow2 base image (copied into the image store); ``rescue``: a rescue system.
+
+    ``tcg_cache_mib``: see :func:`tcg_cache_size`.
+    """
     name = validation.object_name(name, "image name")
     validation.unix_user(login_user)
+    cache_mib = tcg_cache_size(tcg_cache_mib)
     kernel_p, initrd_p = check_regular(kernel, "kernel"), check_regular(initrd, "initrd")
     info = check_base_image(check_regular(path, "base image") or Path(path))
     if initrd_p and not kernel_p:
@@ -245,6 +251,7 @@ def add_image(
         os_family=os_family,
         credentials=credentials,
         rescue=rescue,
+        tcg_tb_cache_mib=cache_mib,
     )
     with ctx.db.session() as s:
         _refuse_duplicate(s, Image, name, "image")
@@ -252,16 +259,50 @@ def add_image(
     return image
 
 
+def tcg_cache_size(value: str | int | None) -> int | None:
+    """An image's TCG code-cache size in MiB, 0 (QEMU's own) to MAX_TB_CACHE_MIB.
+
+    None or ``default``: none of its own, KVMVPS_TCG_TB_CACHE_MIB applies. Used
+    only under emulation (domain type ``qemu``); a VPS of the image gets it when
+    its domain is next defined (an order, a reinstall, a migration; a rescue
+    boot takes the rescue image's).
+    """
+    if value is None:
+        return None
+    text = str(value)
+    if text == "default":
+        return None
+    head = text[: len(str(MAX_TB_CACHE_MIB)) + 1]
+    if not (text.isascii() and text.isdigit()) or int(head) > MAX_TB_CACHE_MIB:
+        raise InvalidInput(
+            f"the code cache must be a whole number of MiB from 0 to {MAX_TB_CACHE_MIB}, "
+            "or 'default'"
+        )
+    return int(text)
+
+
 @audit.audits("image.edit", target="name")
 def edit_image(
-    ctx: Context, name: str, *, rescue: bool | None = None, actor: str | None = None
+    ctx: Context,
+    name: str,
+    *,
+    rescue: bool | None = None,
+    tcg_cache_mib: str | int | None = None,
+    actor: str | None = None,
 ) -> Image:
-    """Change an image's settings: whether it is a rescue system."""
-    if rescue is None:
-        raise InvalidInput("nothing to change (--rescue or --no-rescue)")
+    """Change an image's settings: whether it is a rescue system, its code-cache size.
+
+    ``tcg_cache_mib`` None leaves the size as it is; ``default`` removes it.
+    """
+    if rescue is None and tcg_cache_mib is None:
+        raise InvalidInput("nothing to change (--rescue, --no-rescue or --tcg-cache-mib)")
+    cache_mib = tcg_cache_size(tcg_cache_mib)
     with ctx.db.session() as s:
         image = get_by_name(s, Image, name, "image")
-        image.rescue = rescue
+        if rescue is not None:
+            image.rescue = rescue
+        if tcg_cache_mib is not None:
+            image.tcg_tb_cache_mib = cache_mib
         return image
 
 
@@ -280,6 +321,7 @@ def register_built_image(
         cloud_init=built.cloud_init,
         os_family=built.os_family,
         rescue=rescue,
+        tcg_cache_mib=built.tcg_tb_cache_mib,
     )
 
 

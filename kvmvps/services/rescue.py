@@ -140,7 +140,9 @@ def _unclone(r: Rescue) -> None:
 
 def _render(r: Rescue) -> None:
     gateway = isolation.gateway_mac(r.hv, r.facts)
-    spec = rescue_domain_spec(r.facts, r.rescue, r.ctx.domain_type, gateway)
+    spec = rescue_domain_spec(
+        r.facts, r.rescue, r.ctx.domain_type, gateway, r.ctx.settings.tcg_tb_cache_mib
+    )
     r.xml = xmlrender.domain_xml(spec)
 
 

@@ -50,6 +50,7 @@ class ImageView(TypedDict):
     os_family: str
     hidden: bool
     rescue: bool
+    tcg_cache_mib: int | None
 
 
 class PublicImageView(TypedDict):
@@ -155,6 +156,7 @@ def image_view(image: Image) -> ImageView:
         "os_family": image.os_family,
         "hidden": bool(image.hidden),
         "rescue": image.rescue,
+        "tcg_cache_mib": image.tcg_tb_cache_mib,
     }
 
 

@@ -86,6 +86,7 @@ def test_result_describes_a_tiny_direct_boot_image(built: tuple[BuiltImage, str,
     assert image.cmdline == CMDLINE
     assert "root=/dev/vda" in image.cmdline and "console=ttyS0" in image.cmdline
     assert (image.login_user, image.cloud_init, image.os_family) == ("alice", False, "tiny")
+    assert image.tcg_tb_cache_mib == 32  # its VPSes' code cache under emulation
     assert sorted(p.name for p in out.iterdir()) == ["disk.qcow2", "initrd.img", "vmlinuz"]
 
 
