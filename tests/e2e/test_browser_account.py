@@ -94,8 +94,13 @@ def _turn_on_two_factor(driver: webdriver.Chrome, base: str) -> pyotp.TOTP:
 
 
 def _log_out_and_in(driver: webdriver.Chrome, base: str, email: str, totp: pyotp.TOTP) -> None:
-    click(driver, By.XPATH, "//header//button[normalize-space()='Log out']")
-    wait_url(driver, base + "/")
+    logout = "//header//button[normalize-space()='Log out']"
+    click(driver, By.XPATH, logout)
+    # every page's address starts with base + "/": wait for the logged-out page itself,
+    # or /login could load while the log-out is still on its way (and redirect away)
+    WebDriverWait(driver, 30, poll_frequency=0.2).until(
+        lambda d: not d.find_elements(By.XPATH, logout), "the log-out did not happen"
+    )
     driver.get(base + "/login")
     fill(driver, email=email, password=PASSWORD)
     submit(driver)
