@@ -39,6 +39,12 @@ IMAGE_COLUMNS = (
     "rescue",
     "tcg_cache_mib",
 )
+TCG_CACHE_OPTION = click.option(
+    "--tcg-cache-mib",
+    metavar="MIB|default",
+    help="Under emulation, its VPSes' translated-code cache in MiB (0: QEMU's own); "
+    "'default': KVMVPS_TCG_TB_CACHE_MIB.",
+)
 NETWORK_COLUMNS = (
     "name",
     "kind",
@@ -137,12 +143,7 @@ def image_build_debian(obj: Obj, name: str, cloud_init: bool, as_json: bool) -> 
     help="Only boot VPSes of this image; push no password or keys.",
 )
 @click.option("--rescue", is_flag=True, help="VPSes boot this image in rescue mode.")
-@click.option(
-    "--tcg-cache-mib",
-    metavar="MIB|default",
-    help="Under emulation, its VPSes' translated-code cache in MiB (0: QEMU's own); "
-    "'default': KVMVPS_TCG_TB_CACHE_MIB.",
-)
+@TCG_CACHE_OPTION
 @json_option
 @pass_obj
 def image_add(
@@ -191,12 +192,7 @@ def image_add(
     default=None,
     help="Whether VPSes boot this image in rescue mode (the newest rescue image is used).",
 )
-@click.option(
-    "--tcg-cache-mib",
-    metavar="MIB|default",
-    help="Under emulation, its VPSes' translated-code cache in MiB (0: QEMU's own); "
-    "'default': KVMVPS_TCG_TB_CACHE_MIB.",
-)
+@TCG_CACHE_OPTION
 @json_option
 @pass_obj
 def image_edit(
